@@ -1,0 +1,114 @@
+"""The canonical transaction: one definition for the API, history files and the simulator.
+
+Every other module reads payments through this module's names. History files may carry the
+extra columns in ``HISTORY_COLUMNS`` (labels and the bank's answers, with the time each became known).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+from datetime import UTC, datetime
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+PAN_SECRET_ENV = "ANTIFRAUD_PAN_SECRET"
+
+Identifier = Annotated[str, StringConstraints(min_length=1, max_length=128, strip_whitespace=True)]
+CountryCode = Annotated[str, StringConstraints(pattern=r"^[A-Z]{2}$")]
+Channel = Literal["ecom", "pos", "moto"]
+
+
+def _utc(value: datetime) -> datetime:
+    # A timestamp without an offset is ambiguous in front of a bank: refuse it rather than guess.
+    if value.tzinfo is None:
+        raise ValueError("timestamp must carry a UTC offset (RFC 3339), e.g. 2026-01-31T12:00:00Z")
+    return value.astimezone(UTC)
+
+
+class Transaction(BaseModel):
+    """A card payment about to be sent to the bank for authorization."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    transaction_id: Identifier
+    timestamp: Annotated[datetime, AfterValidator(_utc)]
+    card_id: Identifier | None = Field(
+        default=None, description="Opaque card token. Required unless `pan` is sent instead."
+    )
+    pan: Annotated[str, StringConstraints(pattern=r"^[0-9]{12,19}$")] | None = Field(
+        default=None,
+        description="Raw card number; replaced at once by a keyed hash in `card_id`, never stored.",
+        repr=False,
+        exclude=True,
+    )
+    merchant_id: Identifier
+    amount: float = Field(ge=0, le=1e9, allow_inf_nan=False)
+    currency: Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]
+    customer_id: Identifier | None = None
+    email: Annotated[str, StringConstraints(max_length=254, strip_whitespace=True, to_lower=True)] | None = None
+    ip: Annotated[str, StringConstraints(max_length=64)] | None = None
+    device_id: Identifier | None = None
+    card_bin: Annotated[str, StringConstraints(pattern=r"^[0-9]{6,8}$")] | None = None
+    card_country: CountryCode | None = None
+    ip_country: CountryCode | None = None
+    billing_country: CountryCode | None = None
+    shipping_country: CountryCode | None = None
+    mcc: Annotated[str, StringConstraints(pattern=r"^[0-9]{4}$")] | None = None
+    channel: Channel | None = None
+    payment_method: Annotated[str, StringConstraints(max_length=32)] | None = None
+    card_on_file: bool | None = None
+    authenticated: bool | None = None
+    terminal_id: Identifier | None = None
+
+    @model_validator(mode="after")
+    def _tokenize_pan(self) -> Transaction:
+        if self.pan is None:
+            if self.card_id is None:
+                raise ValueError("card_id is required (or send pan, which is tokenized at once)")
+            return self
+        if self.card_id is not None:
+            raise ValueError("send either card_id or pan, not both")
+        pan = self.pan
+        # frozen model: write through object.__setattr__, then drop the PAN from the instance.
+        object.__setattr__(self, "card_id", tokenize_pan(pan))
+        if self.card_bin is None:
+            object.__setattr__(self, "card_bin", pan[:6])
+        object.__setattr__(self, "pan", None)
+        return self
+
+
+def pan_secret() -> bytes:
+    """The HMAC key for PAN tokenization, from the environment only."""
+    secret = os.environ.get(PAN_SECRET_ENV, "")
+    if len(secret) < 16:
+        raise ValueError(
+            f"a raw pan was sent but {PAN_SECRET_ENV} is not set (at least 16 characters): "
+            "set it in the service's environment, or send the card token as card_id"
+        )
+    return secret.encode()
+
+
+def tokenize_pan(pan: str) -> str:
+    """Replace a raw card number by a stable keyed hash; the PAN cannot be recovered from it."""
+    digest = hmac.new(pan_secret(), pan.encode(), hashlib.sha256).hexdigest()
+    return "tok_" + digest[:40]
+
+
+# Columns of a transaction, in order; the API body and history files share them.
+TRANSACTION_COLUMNS: tuple[str, ...] = tuple(n for n in Transaction.model_fields if n != "pan")
+REQUIRED_COLUMNS: tuple[str, ...] = ("transaction_id", "timestamp", "card_id", "merchant_id", "amount", "currency")
+
+# What a history file adds: the truth and the feedback the bank and the cardholder gave, each with
+# the time it became known, so that offline features only see what production would have seen.
+HISTORY_COLUMNS: tuple[str, ...] = (
+    "label",  # 1 fraud, 0 legitimate
+    "label_time",  # when the label became known (chargeback date)
+    "bank_outcome",  # approved | declined
+    "decline_code",
+    "outcome_time",  # when the bank answered
+    "refund_time",  # when a refund was reported, if any
+    "cancel_time",  # when a cancellation was reported, if any
+)
