@@ -1,0 +1,194 @@
+"""Online executor: compute a payment's features from Redis and record it, in one round trip.
+
+Each entity of the payment (card, device, merchant, ...) is one block of `score.lua`; its keys share
+a hash tag so a block touches a single Redis Cluster slot. On a single Redis every block goes in one
+EVALSHA; on a cluster the blocks are grouped by slot and the calls pipelined.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import redis
+from redis.cluster import RedisCluster
+from redis.crc import key_slot
+
+from features.derive import Deriver
+from features.plan import EntityPlan, Plan, compile_plan, feedback_retention_ms
+from features.spec import FeatureSpec, load_spec
+
+LUA = Path(__file__).with_name("score.lua").read_text()
+FEEDBACK_EVENTS = {"decline": "decline", "refund": "reversal", "cancel": "reversal", "fraud": "fraud"}
+
+
+def to_ms(timestamp: datetime | int) -> int:
+    """Event time in integer milliseconds since the epoch."""
+    if isinstance(timestamp, int):
+        return timestamp
+    return int(round(timestamp.timestamp() * 1000))
+
+
+def to_milli(amount: float) -> int:
+    """Amounts are summed as integers in thousandths of the currency unit, so sums are exact."""
+    return int(round(amount * 1000))
+
+
+def entity_prefix(namespace: str, entity: str, key: str) -> str:
+    """The hash-tagged key prefix of one entity; a digest keeps raw emails and IPs out of key names."""
+    digest = hashlib.blake2b(key.encode(), digest_size=12).hexdigest()
+    return f"{namespace}:{{{entity}:{digest}}}"
+
+
+@dataclass(frozen=True)
+class OnlineResult:
+    """Features of one payment as the engine saw it before recording it."""
+
+    values: np.ndarray  # in spec.feature_names order, NaN where missing
+    raw: np.ndarray
+    duplicate: bool  # the payment had already been recorded (a retry): nothing was counted again
+    missing_entities: tuple[str, ...]  # entities the payment has no key for
+
+
+class _Block:
+    """The static tokens of one entity's block; only distinct-field values vary per payment."""
+
+    def __init__(self, p: EntityPlan) -> None:
+        self.plan = p
+        tokens: list[str | None] = ["E", str(p.event_retention_ms), str(len(p.exact))]
+        tokens += [str(w.ms) for w in p.exact]
+        spread = p.exact.index(p.spread_window) + 1 if p.spread_window is not None else 0
+        tokens.append(str(spread))
+        for g, group in p.buckets.items():
+            tokens += ["B", str(g), str(group.max_buckets), str(len(group.windows))]
+            tokens += [str(w.ms // g) for w in group.windows]
+            tokens += [str(len(group.fraud_windows))] + [str(w.ms // g) for w in group.fraud_windows]
+        self.value_slots: list[tuple[int, str]] = []
+        for d in p.distinct.values():
+            tokens += ["D", d.field]
+            self.value_slots.append((len(tokens), d.field))
+            tokens += [None, str(d.retention_ms), str(d.lookback_ms), str(len(d.windows))]
+            tokens += [str(w.ms) for w in d.windows]
+        for event, windows in p.feedback.items():
+            if windows:
+                tokens += ["F", event, str(len(windows))] + [str(w.ms) for w in windows]
+        if p.profile_ttl_ms is not None:
+            tokens += ["P", str(p.profile_ttl_ms)]
+        self.tokens = tokens
+        self.n_values = len(p.raw_names()) - 1  # all but `present`
+
+    def args(self, payment: Mapping[str, Any]) -> list[str]:
+        tokens = list(self.tokens)
+        for slot, name in self.value_slots:
+            value = payment.get(name)
+            tokens[slot] = "" if value is None else str(value)
+        return [str(len(tokens)), *tokens]  # type: ignore[list-item]
+
+
+class OnlineFeatures:
+    """Reads and records payment features in Redis, following a feature spec."""
+
+    def __init__(self, client: redis.Redis | RedisCluster, spec: FeatureSpec | None = None,
+                 namespace: str = "af") -> None:
+        self.client = client
+        self.plan: Plan = compile_plan(spec or load_spec())
+        self.spec = self.plan.spec
+        self.deriver = Deriver(self.plan)
+        self.namespace = namespace
+        self._script = client.register_script(LUA)
+        self._blocks = [_Block(p) for p in self.plan.entities]
+        self._starts = [self.plan.raw_index[f"{p.entity}:present"] for p in self.plan.entities]
+        self._cluster = isinstance(client, RedisCluster)
+
+    @property
+    def feature_names(self) -> list[str]:
+        return self.spec.feature_names
+
+    def score(self, payment: Mapping[str, Any]) -> OnlineResult:
+        """Features of a payment (a mapping of canonical fields), then record it, atomically per entity."""
+        t_ms = to_ms(payment["timestamp"])
+        txid = str(payment["transaction_id"])
+        keys, args, present, missing = [], [], [], []
+        for block, start in zip(self._blocks, self._starts, strict=True):
+            key = self.spec.entity_key(block.plan.entity, payment)  # type: ignore[arg-type]
+            if key is None:
+                missing.append(block.plan.entity)
+                continue
+            keys.append(entity_prefix(self.namespace, block.plan.entity, key))
+            args.append(block.args(payment))
+            present.append((block, start))
+        header = ["score", txid, str(t_ms), str(to_milli(float(payment["amount"])))]
+        replies = self._call(keys, header, args, [1 + block.n_values for block, _ in present])
+        raw = np.full(len(self.plan.raw_names), np.nan)
+        raw[self._starts] = 0.0
+        duplicate = False
+        for (block, start), reply in zip(present, replies, strict=True):
+            duplicate = duplicate or reply[0] == 1
+            raw[start] = 1.0
+            raw[start + 1:start + 1 + block.n_values] = [float(v) for v in reply[1:]]
+        columns = {name: np.array([payment.get(name)], dtype=object) for name in _PAYMENT_FIELDS}
+        values = self.deriver.transform(raw[None, :], columns, np.array([t_ms]))[0]
+        return OnlineResult(values, raw, duplicate, tuple(missing))
+
+    def feedback(self, event: str, txid: str, reported_at: datetime | int, payment: Mapping[str, Any]) -> bool:
+        """Record a feedback event (decline, refund, cancel, fraud) about an earlier payment.
+
+        Returns False when every entity had already recorded this event for this transaction.
+        """
+        kind = FEEDBACK_EVENTS.get(event)
+        if kind is None:
+            raise ValueError(f"unknown feedback event {event!r}; use one of {sorted(FEEDBACK_EVENTS)}")
+        keys, args = [], []
+        for p in self.plan.entities:
+            if kind not in p.feedback:
+                continue
+            key = self.spec.entity_key(p.entity, payment)  # type: ignore[arg-type]
+            if key is None:
+                continue
+            g = p.fraud_bucket_ms if kind == "fraud" and p.fraud_bucket_ms else 0
+            keep = p.buckets[g].max_buckets if g else 0
+            keys.append(entity_prefix(self.namespace, p.entity, key))
+            args.append(["3", str(feedback_retention_ms(p, kind)), str(g), str(keep)])
+        if not keys:
+            return False
+        replies = self._call(keys, ["feedback", txid, str(to_ms(reported_at)), kind], args, [1] * len(keys))
+        return any(reply[0] == 1 for reply in replies)
+
+    def _call(self, keys: list[str], header: list[str], blocks: Sequence[list[str]],
+              lengths: Sequence[int]) -> list[list[Any]]:
+        """Run the script over entity blocks; returns each block's reply values, in block order."""
+        if not keys:
+            return []
+        if self._cluster:
+            # Redis Cluster: one EVALSHA per slot, pipelined.
+            by_slot: dict[int, list[int]] = {}
+            for i, key in enumerate(keys):
+                by_slot.setdefault(key_slot(key.encode()), []).append(i)
+            groups = list(by_slot.values())
+        else:
+            groups = [list(range(len(keys)))]
+        pipe = self.client.pipeline(transaction=False) if len(groups) > 1 else None
+        replies = [
+            self._script(keys=[keys[i] for i in group], args=header + [a for i in group for a in blocks[i]],
+                         client=pipe)
+            for group in groups
+        ]
+        if pipe is not None:
+            replies = pipe.execute()
+        out: list[list[Any]] = [[] for _ in keys]
+        for group, reply in zip(groups, replies, strict=True):
+            pos = 0
+            for i in group:
+                out[i] = list(reply[pos:pos + lengths[i]])
+                pos += lengths[i]
+        return out
+
+
+# Payment fields the payment features read.
+_PAYMENT_FIELDS = ("amount", "channel", "mcc", "card_on_file", "authenticated", "ip_country", "card_country",
+                   "billing_country", "shipping_country")

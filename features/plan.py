@@ -1,0 +1,135 @@
+"""Compile the feature spec into per-entity plans and the layout of raw aggregates.
+
+Both executors produce the same *raw aggregates* (counts, sums in milli-units, maxima, distinct
+counts, first/last times) in the column order fixed here; `features.derive` then turns them into
+features with one shared piece of code. Parity therefore only has to hold on the aggregates, and
+they are integers wherever possible so that it holds exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from features.spec import FeatureSpec, Window
+
+
+@dataclass
+class BucketGroup:
+    """Bucketed windows of one granularity on one entity."""
+
+    granularity_ms: int
+    windows: list[Window] = field(default_factory=list)
+    fraud_windows: list[Window] = field(default_factory=list)  # label-rate windows: also sum frauds
+
+    @property
+    def max_buckets(self) -> int:
+        return max(w.ms // self.granularity_ms for w in (*self.windows, *self.fraud_windows))
+
+
+@dataclass
+class DistinctField:
+    """Distinct-value windows and novelty look-back of one field on one entity."""
+
+    field: str
+    windows: list[Window] = field(default_factory=list)
+    lookback_ms: int = 0
+
+    @property
+    def retention_ms(self) -> int:
+        return max([self.lookback_ms, *(w.ms for w in self.windows)])
+
+
+@dataclass
+class EntityPlan:
+    """Everything one entity's Redis shard reads and records for a payment."""
+
+    entity: str
+    exact: list[Window] = field(default_factory=list)
+    spread_window: Window | None = None  # the window whose amount spread (M2) is needed
+    event_retention_ms: int = 0
+    buckets: dict[int, BucketGroup] = field(default_factory=dict)
+    distinct: dict[str, DistinctField] = field(default_factory=dict)
+    feedback: dict[str, list[Window]] = field(default_factory=dict)
+    fraud_bucket_ms: int | None = None  # granularity where fraud labels are counted, if any
+    profile_ttl_ms: int | None = None
+
+    def raw_names(self) -> list[str]:
+        """Names of the raw aggregates this entity yields, in output order."""
+        e = self.entity
+        names = [f"{e}:present"]
+        for w in self.exact:
+            names += [f"{e}:count:{w.label}", f"{e}:sum:{w.label}", f"{e}:max:{w.label}"]
+        if self.spread_window is not None:
+            names.append(f"{e}:m2:{self.spread_window.label}")
+        for group in self.buckets.values():
+            for w in group.windows:
+                names += [f"{e}:count:{w.label}", f"{e}:sum:{w.label}", f"{e}:max:{w.label}"]
+            for w in group.fraud_windows:
+                names += [f"{e}:rate_count:{w.label}", f"{e}:rate_frauds:{w.label}"]
+        for d in self.distinct.values():
+            names.append(f"{e}:novel:{d.field}")
+            names += [f"{e}:distinct:{d.field}:{w.label}" for w in d.windows]
+        for event, windows in self.feedback.items():
+            names += [f"{e}:feedback:{event}:{w.label}" for w in windows]
+        if self.profile_ttl_ms is not None:
+            names += [f"{e}:first_ts", f"{e}:last_ts"]
+        return names
+
+
+@dataclass
+class Plan:
+    """The compiled spec: entity plans in a fixed order and the raw aggregate layout."""
+
+    spec: FeatureSpec
+    entities: list[EntityPlan]
+    raw_names: list[str]
+    raw_index: dict[str, int]
+
+
+def compile_plan(spec: FeatureSpec) -> Plan:
+    """Turn a FeatureSpec into what the executors run."""
+    plans = {name: EntityPlan(name) for name in spec.used_entities()}
+    for v in spec.velocity:
+        p = plans[v.entity]
+        for w in v.windows:
+            if w.granularity_ms is None:
+                p.exact.append(w)
+            else:
+                p.buckets.setdefault(w.granularity_ms, BucketGroup(w.granularity_ms)).windows.append(w)
+    if spec.card_behaviour is not None:
+        b = spec.card_behaviour
+        p = plans[b.entity]
+        if b.window not in p.exact:
+            p.exact.append(b.window)
+        p.spread_window = b.window
+        p.profile_ttl_ms = b.profile_ttl_ms
+    for d in spec.distinct:
+        plans[d.entity].distinct.setdefault(d.field, DistinctField(d.field)).windows.extend(d.windows)
+    for n in spec.novelty:
+        df = plans[n.entity].distinct.setdefault(n.field, DistinctField(n.field))
+        df.lookback_ms = max(df.lookback_ms, n.lookback_ms)
+    for f in spec.feedback:
+        plans[f.entity].feedback.setdefault(f.event, []).extend(f.windows)
+    for r in spec.label_rate:
+        p = plans[r.entity]
+        g = r.window.granularity_ms
+        assert g is not None
+        p.buckets.setdefault(g, BucketGroup(g)).fraud_windows.append(r.window)
+        p.fraud_bucket_ms = g
+        # fraud labels must be deduplicated per transaction like any other feedback event
+        p.feedback.setdefault("fraud", [])
+    for p in plans.values():
+        p.exact.sort(key=lambda w: w.ms)
+        p.event_retention_ms = max([spec.dedupe_horizon_ms, *(w.ms for w in p.exact)])
+    ordered = list(plans.values())
+    raw_names = [name for p in ordered for name in p.raw_names()]
+    return Plan(spec, ordered, raw_names, {n: i for i, n in enumerate(raw_names)})
+
+
+def feedback_retention_ms(plan: EntityPlan, event: str) -> int:
+    """How long an entity keeps feedback events of one kind."""
+    windows = plan.feedback.get(event, [])
+    longest = max([w.ms for w in windows], default=0)
+    if event == "fraud" and plan.fraud_bucket_ms is not None:
+        longest = max([longest, *(w.ms for g in plan.buckets.values() for w in g.fraud_windows)])
+    return max(longest, 1)

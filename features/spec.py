@@ -1,0 +1,261 @@
+"""Load the declarative feature spec (features/spec.yaml) into typed definitions.
+
+The spec says *what* each feature means; `features.online` and `features.offline` decide *how*
+to compute it from Redis or from a history file. Both read the `FeatureSpec` built here, so a
+feature exists in training exactly when it exists in serving.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+DEFAULT_SPEC_PATH = Path(__file__).with_name("spec.yaml")
+
+Stat = Literal["count", "sum", "mean", "max"]
+FeedbackEvent = Literal["decline", "reversal", "fraud"]
+STATS: tuple[Stat, ...] = ("count", "sum", "mean", "max")
+FEEDBACK_EVENTS: tuple[FeedbackEvent, ...] = ("decline", "reversal", "fraud")
+PAYMENT_FEATURES: tuple[str, ...] = (
+    "amount",
+    "hour_of_day",
+    "day_of_week",
+    "channel",
+    "mcc",
+    "card_on_file",
+    "authenticated",
+    "ip_card_country_mismatch",
+    "billing_shipping_mismatch",
+    "ip_billing_country_mismatch",
+)
+
+_UNITS_MS = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+_DURATION = re.compile(r"^(\d+)(ms|s|m|h|d)$")
+
+
+class SpecError(ValueError):
+    """The feature spec is malformed; the message names the section and entry."""
+
+
+def parse_duration(text: str) -> int:
+    """Parse '10m', '24h', '30d' into milliseconds."""
+    match = _DURATION.match(str(text).strip())
+    if not match or int(match.group(1)) == 0:
+        raise SpecError(f"bad duration {text!r}: use a positive number and one of ms, s, m, h, d (e.g. 24h)")
+    return int(match.group(1)) * _UNITS_MS[match.group(2)]
+
+
+@dataclass(frozen=True)
+class Window:
+    """A look-back window; bucketed when `granularity_ms` is set."""
+
+    label: str
+    ms: int
+    granularity_ms: int | None = None
+
+    def lower_bound(self, t_ms: int) -> int:
+        """Smallest event time inside the window of a payment at `t_ms`."""
+        if self.granularity_ms is None:
+            return t_ms - self.ms
+        buckets = self.ms // self.granularity_ms
+        return (t_ms // self.granularity_ms - buckets + 1) * self.granularity_ms
+
+
+@dataclass(frozen=True)
+class Velocity:
+    entity: str
+    windows: tuple[Window, ...]
+    stats: tuple[Stat, ...]
+
+
+@dataclass(frozen=True)
+class Distinct:
+    entity: str
+    field: str
+    name: str
+    windows: tuple[Window, ...]
+
+
+@dataclass(frozen=True)
+class Novelty:
+    entity: str
+    field: str
+    name: str
+    lookback_ms: int
+
+
+@dataclass(frozen=True)
+class Feedback:
+    entity: str
+    event: FeedbackEvent
+    windows: tuple[Window, ...]
+
+
+@dataclass(frozen=True)
+class LabelRate:
+    entity: str
+    window: Window
+    prior: float
+    strength: float
+
+
+@dataclass(frozen=True)
+class CardBehaviour:
+    entity: str
+    window: Window
+    profile_ttl_ms: int
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """The whole spec: entities, stateful feature groups and payment features, in a fixed order."""
+
+    entities: dict[str, tuple[str, ...]]
+    dedupe_horizon_ms: int
+    velocity: tuple[Velocity, ...]
+    distinct: tuple[Distinct, ...]
+    novelty: tuple[Novelty, ...]
+    feedback: tuple[Feedback, ...]
+    label_rate: tuple[LabelRate, ...]
+    card_behaviour: CardBehaviour | None
+    payment: tuple[str, ...]
+    digest: str = field(default="")
+
+    @property
+    def feature_names(self) -> list[str]:
+        """Every feature, in the column order the model sees."""
+        names = list(self.payment)
+        for v in self.velocity:
+            names += [f"{v.entity}_{stat}_{w.label}" for w in v.windows for stat in v.stats]
+        for d in self.distinct:
+            names += [f"{d.entity}_distinct_{d.name}_{w.label}" for w in d.windows]
+        names += [f"{n.entity}_{n.name}" for n in self.novelty]
+        for f in self.feedback:
+            names += [f"{f.entity}_{f.event}s_{w.label}" for w in f.windows]
+        names += [f"{r.entity}_fraud_rate_{r.window.label}" for r in self.label_rate]
+        if self.card_behaviour is not None:
+            b = self.card_behaviour
+            label = b.window.label
+            names += [
+                f"{b.entity}_amount_to_mean_{label}",
+                f"{b.entity}_amount_zscore_{label}",
+                f"{b.entity}_seconds_since_prev",
+                f"{b.entity}_age_days",
+            ]
+        return names
+
+    def entity_key(self, entity: str, payment: dict[str, Any]) -> str | None:
+        """The entity's identity for this payment, or None when a key field is missing."""
+        parts = []
+        for name in self.entities[entity]:
+            value = payment.get(name)
+            if value is None or (isinstance(value, float) and math.isnan(value)) or value == "":
+                return None
+            parts.append(str(value))
+        return "|".join(parts)
+
+    def used_entities(self) -> list[str]:
+        """Entities that at least one feature reads, in declaration order."""
+        used = {g.entity for g in (*self.velocity, *self.distinct, *self.novelty, *self.feedback)}
+        used |= {r.entity for r in self.label_rate}
+        if self.card_behaviour is not None:
+            used.add(self.card_behaviour.entity)
+        return [e for e in self.entities if e in used]
+
+
+def load_spec(path: str | Path = DEFAULT_SPEC_PATH) -> FeatureSpec:
+    """Read and validate a feature spec YAML file."""
+    text = Path(path).read_text()
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise SpecError(f"{path}: expected a mapping at the top level")
+    try:
+        spec = _build(raw)
+    except (KeyError, TypeError) as exc:
+        raise SpecError(f"{path}: missing or malformed entry: {exc}") from exc
+    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+    return FeatureSpec(**{**spec.__dict__, "digest": digest})
+
+
+def _windows(labels: list[str], granularity: dict[str, str] | None = None) -> tuple[Window, ...]:
+    granularity = granularity or {}
+    windows = []
+    for label in labels:
+        ms = parse_duration(label)
+        g = parse_duration(granularity[label]) if label in granularity else None
+        if g is not None and ms % g:
+            raise SpecError(f"window {label} is not a whole number of {granularity[label]} buckets")
+        windows.append(Window(label, ms, g))
+    return tuple(windows)
+
+
+def _check_entity(entities: dict[str, tuple[str, ...]], name: str, section: str) -> str:
+    if name not in entities:
+        raise SpecError(f"{section}: unknown entity {name!r}; declared: {', '.join(entities)}")
+    return name
+
+
+def _build(raw: dict[str, Any]) -> FeatureSpec:
+    entities = {name: tuple(fields) for name, fields in raw["entities"].items()}
+    velocity = []
+    for v in raw.get("velocity", []):
+        stats = tuple(v["stats"])
+        bad = [s for s in stats if s not in STATS]
+        if bad:
+            raise SpecError(f"velocity: unknown stats {bad}; use {list(STATS)}")
+        entity = _check_entity(entities, v["entity"], "velocity")
+        velocity.append(Velocity(entity, _windows(v["windows"], v.get("granularity")), stats))  # type: ignore[arg-type]
+    distinct = [
+        Distinct(_check_entity(entities, d["entity"], "distinct"), d["field"], d["name"], _windows(d["windows"]))
+        for d in raw.get("distinct", [])
+    ]
+    novelty = [
+        Novelty(_check_entity(entities, n["entity"], "novelty"), n["field"], n["name"], parse_duration(n["lookback"]))
+        for n in raw.get("novelty", [])
+    ]
+    feedback = []
+    for f in raw.get("feedback", []):
+        if f["event"] not in FEEDBACK_EVENTS:
+            raise SpecError(f"feedback: unknown event {f['event']!r}; use {list(FEEDBACK_EVENTS)}")
+        feedback.append(Feedback(_check_entity(entities, f["entity"], "feedback"), f["event"], _windows(f["windows"])))
+    label_rate = [
+        LabelRate(
+            _check_entity(entities, r["entity"], "label_rate"),
+            _windows([r["window"]], {r["window"]: r["granularity"]})[0],
+            float(r["prior"]),
+            float(r["strength"]),
+        )
+        for r in raw.get("label_rate", [])
+    ]
+    behaviour = None
+    if "card_behaviour" in raw:
+        b = raw["card_behaviour"]
+        behaviour = CardBehaviour(
+            _check_entity(entities, b["entity"], "card_behaviour"),
+            _windows([b["window"]])[0],
+            parse_duration(b["profile_ttl"]),
+        )
+    payment = tuple(raw.get("payment", []))
+    unknown = [p for p in payment if p not in PAYMENT_FEATURES]
+    if unknown:
+        raise SpecError(f"payment: unknown features {unknown}; available: {list(PAYMENT_FEATURES)}")
+    return FeatureSpec(
+        entities=entities,
+        dedupe_horizon_ms=parse_duration(raw.get("dedupe_horizon", "2d")),
+        velocity=tuple(velocity),
+        distinct=tuple(distinct),
+        novelty=tuple(novelty),
+        feedback=tuple(feedback),
+        label_rate=tuple(label_rate),
+        card_behaviour=behaviour,
+        payment=payment,
+    )
