@@ -1,0 +1,292 @@
+"""Offline executor: the spec's features, point-in-time, for every payment of a history.
+
+Each payment gets the value it would have seen online at its own timestamp: it sees the payments
+before it in the stream (time order, file order on ties) and the feedback events (declines,
+refunds and cancellations, fraud labels) reported strictly before it. Everything is vectorised:
+per entity, payments are sorted by (entity, time) once, and windows become `searchsorted` ranges
+over that order, with exact integer sums and a sparse table for maxima.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from features.derive import Deriver
+from features.plan import EntityPlan, Plan, compile_plan
+from features.spec import FeatureSpec, Window, load_spec
+
+Progress = Callable[[str], None]
+PAYMENT_FIELDS = ("amount", "channel", "mcc", "card_on_file", "authenticated", "ip_country", "card_country",
+                  "billing_country", "shipping_country")
+
+
+def timestamps_ms(series: pd.Series) -> np.ndarray:
+    """UTC timestamps as int64 milliseconds since the epoch (the online executor's clock)."""
+    values = pd.to_datetime(series, utc=True)
+    return (values.dt.tz_convert("UTC").dt.tz_localize(None).astype("datetime64[ms]")
+            .astype(np.int64).to_numpy())
+
+
+def amounts_milli(series: pd.Series) -> np.ndarray:
+    """Amounts in thousandths of the currency unit, rounded exactly as online (half to even)."""
+    return np.rint(series.to_numpy(dtype=float) * 1000).astype(np.int64)
+
+
+def _key_codes(frame: pd.DataFrame, fields: tuple[str, ...]) -> np.ndarray:
+    """Integer code of an entity key per row, -1 where a key field is missing."""
+    missing = np.zeros(len(frame), dtype=bool)
+    parts = []
+    for name in fields:
+        column = frame[name] if name in frame else pd.Series([None] * len(frame), index=frame.index)
+        text = column.astype("string")
+        missing |= (text.isna() | (text == "")).to_numpy()
+        parts.append(text.fillna(""))
+    key = parts[0] if len(parts) == 1 else parts[0].str.cat(parts[1:], sep="|")
+    codes, _ = pd.factorize(key, use_na_sentinel=True)
+    return np.where(missing, -1, codes).astype(np.int64)
+
+
+@dataclass
+class _Sorted:
+    """One entity's payments sorted by (entity, stream position), with searchsorted keys."""
+
+    rows: np.ndarray  # row index of each sorted element
+    code: np.ndarray
+    ts: np.ndarray
+    amount: np.ndarray
+    rank: np.ndarray  # position of each element in the sorted order
+    group_start: np.ndarray
+    span: int
+    origin: int
+
+    def ckey(self, code: np.ndarray, ts: np.ndarray) -> np.ndarray:
+        return code * self.span + (ts - self.origin)
+
+    def start(self, lower: np.ndarray) -> np.ndarray:
+        """First sorted position of the same entity with time >= lower (per element)."""
+        keys = self.ckey(self.code, self.ts)
+        return np.maximum(np.searchsorted(keys, self.ckey(self.code, lower), side="left"), self.group_start)
+
+
+class _RangeMax:
+    """Sparse table: max over any [lo, hi) range of an int64 array in O(1) per query."""
+
+    def __init__(self, values: np.ndarray) -> None:
+        self.levels = [values]
+        width = 1
+        while width * 2 <= len(values):
+            prev = self.levels[-1]
+            self.levels.append(np.maximum(prev[:-width], prev[width:]))
+            width *= 2
+
+    def query(self, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+        length = hi - lo
+        out = np.full(len(lo), -1, dtype=np.int64)
+        ok = length > 0
+        k = np.zeros(len(lo), dtype=np.int64)
+        k[ok] = np.floor(np.log2(length[ok])).astype(np.int64)
+        for level in np.unique(k[ok]):
+            sel = ok & (k == level)
+            table = self.levels[level]
+            out[sel] = np.maximum(table[lo[sel]], table[hi[sel] - (1 << level)])
+        return out
+
+
+def _feedback_events(history: pd.DataFrame) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Row index and time (ms) of each feedback event kind found in the history."""
+    n = len(history)
+    events: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    if "bank_outcome" in history:
+        declined = (history["bank_outcome"].astype("string") == "declined").fillna(False).to_numpy(dtype=bool)
+        when = history["outcome_time"] if "outcome_time" in history else history["timestamp"]
+        when = when.where(when.notna(), history["timestamp"])
+        rows = np.nonzero(declined)[0]
+        events["decline"] = (rows, timestamps_ms(when.iloc[rows]))
+    reversal = np.full(n, np.iinfo(np.int64).max)
+    for column in ("refund_time", "cancel_time"):
+        if column in history:
+            present = history[column].notna().to_numpy()
+            if present.any():
+                times = timestamps_ms(history[column][present])
+                reversal[present] = np.minimum(reversal[present], times)
+    rows = np.nonzero(reversal != np.iinfo(np.int64).max)[0]
+    events["reversal"] = (rows, reversal[rows])
+    if "label" in history:
+        fraud = (pd.to_numeric(history["label"], errors="coerce") == 1).to_numpy()
+        when = history["label_time"] if "label_time" in history else history["timestamp"]
+        rows = np.nonzero(fraud & when.notna().to_numpy())[0]
+        events["fraud"] = (rows, timestamps_ms(when.iloc[rows]))
+    return events
+
+
+class OfflineFeatures:
+    """Computes a spec's features over a whole history (see the module docstring)."""
+
+    def __init__(self, spec: FeatureSpec | None = None) -> None:
+        self.plan: Plan = compile_plan(spec or load_spec())
+        self.spec = self.plan.spec
+        self.deriver = Deriver(self.plan)
+
+    @property
+    def feature_names(self) -> list[str]:
+        return self.spec.feature_names
+
+    def raw(self, history: pd.DataFrame, progress: Progress | None = None) -> np.ndarray:
+        """Raw aggregates (rows in the history's order, which must be time-sorted)."""
+        t = timestamps_ms(history["timestamp"])
+        if len(t) > 1 and np.any(np.diff(t) < 0):
+            raise ValueError("history must be sorted by timestamp (load it with training.history.load_history)")
+        amount = amounts_milli(history["amount"])
+        events = _feedback_events(history)
+        raw = np.full((len(history), len(self.plan.raw_names)), np.nan)
+        for p in self.plan.entities:
+            if progress:
+                progress(p.entity)
+            codes = _key_codes(history, self.spec.entities[p.entity])
+            raw[:, self.plan.raw_index[f"{p.entity}:present"]] = (codes >= 0).astype(float)
+            if not (codes >= 0).any():
+                continue
+            s = self._sort(codes, t, amount)
+            for name, values in self._entity(p, s, history, codes, events):
+                raw[s.rows, self.plan.raw_index[name]] = values
+        return raw
+
+    def transform(self, history: pd.DataFrame, progress: Progress | None = None) -> pd.DataFrame:
+        """Features for every payment: a frame with `transaction_id` and one column per feature."""
+        raw = self.raw(history, progress)
+        columns = {name: history[name].to_numpy(dtype=object) if name in history else
+                   np.full(len(history), None, dtype=object) for name in PAYMENT_FIELDS}
+        columns["amount"] = history["amount"].to_numpy(dtype=float)
+        values = self.deriver.transform(raw, columns, timestamps_ms(history["timestamp"]))
+        out = pd.DataFrame(values, columns=self.feature_names, index=history.index)
+        out.insert(0, "transaction_id", history["transaction_id"].to_numpy())
+        return out
+
+    @staticmethod
+    def _sort(codes: np.ndarray, t: np.ndarray, amount: np.ndarray) -> _Sorted:
+        rows = np.nonzero(codes >= 0)[0]
+        rows = rows[np.argsort(codes[rows], kind="stable")]  # stable: stream order within an entity
+        code = codes[rows]
+        rank = np.arange(len(rows))
+        first = np.r_[True, code[1:] != code[:-1]]
+        group_start = np.maximum.accumulate(np.where(first, rank, 0))
+        ts = t[rows]
+        # room below each entity's first event for the longest window, so keys never reach the previous one
+        origin = int(ts.min()) - 400 * 86_400_000
+        span = int(ts.max()) - origin + 1
+        return _Sorted(rows, code, ts, amount[rows], rank, group_start, span, origin)
+
+    def _entity(self, p: EntityPlan, s: _Sorted, history: pd.DataFrame, codes: np.ndarray,
+                events: dict[str, tuple[np.ndarray, np.ndarray]]) -> Iterator[tuple[str, np.ndarray]]:
+        e = p.entity
+        cumsum = np.r_[0, np.cumsum(s.amount)]
+        needs_max = bool(p.exact) or any(g.windows for g in p.buckets.values())
+        range_max = _RangeMax(s.amount) if needs_max else None
+
+        def window(label: str, lower: np.ndarray) -> Iterator[tuple[str, np.ndarray]]:
+            lo = s.start(lower)
+            yield f"{e}:count:{label}", (s.rank - lo).astype(float)
+            yield f"{e}:sum:{label}", (cumsum[s.rank] - cumsum[lo]).astype(float)
+            assert range_max is not None
+            yield f"{e}:max:{label}", range_max.query(lo, s.rank).astype(float)
+
+        for w in p.exact:
+            yield from window(w.label, s.ts - w.ms)
+        if p.spread_window is not None:
+            yield f"{e}:m2:{p.spread_window.label}", self._spread(s, p.spread_window)
+        for group in p.buckets.values():
+            for w in group.windows:
+                yield from window(w.label, _bucket_lower(w, s.ts))
+            for w in group.fraud_windows:
+                lower = _bucket_lower(w, s.ts)
+                yield f"{e}:rate_count:{w.label}", (s.rank - s.start(lower)).astype(float)
+                yield f"{e}:rate_frauds:{w.label}", _count_events(s, codes, events.get("fraud"), lower)
+        for d in p.distinct.values():
+            values = _key_codes(history.iloc[s.rows], (d.field,))
+            prev, nxt = _neighbours(s, values)
+            novel = np.where(prev >= 0, (s.ts[np.maximum(prev, 0)] < s.ts - d.lookback_ms).astype(float), 1.0)
+            yield f"{e}:novel:{d.field}", np.where((values < 0) | (d.lookback_ms == 0), -1.0, novel)
+            for w in d.windows:
+                yield f"{e}:distinct:{d.field}:{w.label}", _distinct(s, values, nxt, s.start(s.ts - w.ms))
+        for event, windows in p.feedback.items():
+            for w in windows:
+                yield f"{e}:feedback:{event}:{w.label}", _count_events(s, codes, events.get(event), s.ts - w.ms)
+        if p.profile_ttl_ms is not None:
+            seen = s.rank > s.group_start
+            yield f"{e}:first_ts", np.where(seen, s.ts[s.group_start], -1).astype(float)
+            yield f"{e}:last_ts", np.where(seen, s.ts[np.maximum(s.rank - 1, 0)], -1).astype(float)
+
+    @staticmethod
+    def _spread(s: _Sorted, w: Window) -> np.ndarray:
+        """Sum of squared deviations from the window mean, in the online order (oldest first)."""
+        lo = s.start(s.ts - w.ms)
+        count = s.rank - lo
+        cumsum = np.r_[0, np.cumsum(s.amount)]
+        mean = np.where(count > 0, (cumsum[s.rank] - cumsum[lo]) / np.maximum(count, 1), 0.0)
+        m2 = np.zeros(len(lo))
+        active = np.nonzero(count > 0)[0]
+        step = 0
+        while len(active):
+            j = lo[active] + step
+            m2[active] += (s.amount[j] - mean[active]) ** 2
+            step += 1
+            active = active[count[active] > step]
+        return m2
+
+
+def _bucket_lower(w: Window, ts: np.ndarray) -> np.ndarray:
+    g = w.granularity_ms
+    assert g is not None
+    return (ts // g - w.ms // g + 1) * g
+
+
+def _neighbours(s: _Sorted, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted position of the previous and next payment of the same entity with the same value (-1/n)."""
+    n = len(values)
+    prev = np.full(n, -1, dtype=np.int64)
+    nxt = np.full(n, n, dtype=np.int64)
+    ok = np.nonzero(values >= 0)[0]
+    order = ok[np.lexsort((s.rank[ok], values[ok], s.code[ok]))]
+    same = (s.code[order][1:] == s.code[order][:-1]) & (values[order][1:] == values[order][:-1])
+    prev[order[1:][same]] = order[:-1][same]
+    nxt[order[:-1][same]] = order[1:][same]
+    return prev, nxt
+
+
+def _distinct(s: _Sorted, values: np.ndarray, nxt: np.ndarray, lo: np.ndarray) -> np.ndarray:
+    """Distinct values among each element's earlier window [lo, rank): those not repeated before rank."""
+    count = s.rank - lo
+    out = np.zeros(len(lo))
+    active = np.nonzero(count > 0)[0]
+    step = 0
+    while len(active):
+        j = lo[active] + step
+        out[active] += (values[j] >= 0) & (nxt[j] >= s.rank[active])
+        step += 1
+        active = active[count[active] > step]
+    return out
+
+
+def _count_events(s: _Sorted, codes: np.ndarray, found: tuple[np.ndarray, np.ndarray] | None,
+                  lower: np.ndarray) -> np.ndarray:
+    """Feedback events of the entity with time in [lower, t) for each sorted element."""
+    if found is None or len(found[0]) == 0:
+        return np.zeros(len(s.rows))
+    rows, times = found
+    ev_code = codes[rows]
+    # events after the last payment can never count, and would spill past the entity's key range
+    keep = (ev_code >= 0) & (times >= s.origin) & (times < s.origin + s.span)
+    keys = np.sort(s.ckey(ev_code[keep], times[keep]))
+    hi = np.searchsorted(keys, s.ckey(s.code, s.ts), side="left")
+    lo = np.searchsorted(keys, s.ckey(s.code, np.maximum(lower, s.origin)), side="left")
+    return (hi - lo).astype(float)
+
+
+def compute_features(history: pd.DataFrame, spec: FeatureSpec | None = None,
+                     progress: Progress | None = None) -> pd.DataFrame:
+    """Point-in-time features of every payment in a time-sorted history."""
+    return OfflineFeatures(spec).transform(history, progress)
