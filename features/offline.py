@@ -16,12 +16,11 @@ import numpy as np
 import pandas as pd
 
 from features.derive import Deriver
+from features.payment import PAYMENT_FIELDS
 from features.plan import EntityPlan, Plan, compile_plan
 from features.spec import FeatureSpec, Window, load_spec
 
 Progress = Callable[[str], None]
-PAYMENT_FIELDS = ("amount", "channel", "mcc", "card_on_file", "authenticated", "ip_country", "card_country",
-                  "billing_country", "shipping_country")
 
 
 def timestamps_ms(series: pd.Series) -> np.ndarray:

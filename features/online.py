@@ -20,6 +20,7 @@ from redis.cluster import RedisCluster
 from redis.crc import key_slot
 
 from features.derive import Deriver
+from features.payment import PAYMENT_FIELDS
 from features.plan import EntityPlan, Plan, compile_plan, feedback_retention_ms
 from features.spec import FeatureSpec, load_spec
 
@@ -112,7 +113,19 @@ class OnlineFeatures:
     def score(self, payment: Mapping[str, Any]) -> OnlineResult:
         """Features of a payment (a mapping of canonical fields), then record it, atomically per entity."""
         t_ms = to_ms(payment["timestamp"])
-        txid = str(payment["transaction_id"])
+        header, keys, args, present, missing = self._score_blocks(payment, t_ms)
+        replies = self._call(keys, header, args, [1 + block.n_values for block, _ in present])
+        raw = np.full(len(self.plan.raw_names), np.nan)
+        raw[self._starts] = 0.0
+        duplicate = False
+        for (block, start), reply in zip(present, replies, strict=True):
+            duplicate = duplicate or reply[0] == 1
+            raw[start] = 1.0
+            raw[start + 1:start + 1 + block.n_values] = [float(v) for v in reply[1:]]
+        return OnlineResult(self._derive(raw, payment, t_ms), raw, duplicate, tuple(missing))
+
+    def _score_blocks(self, payment: Mapping[str, Any], t_ms: int) -> tuple[
+            list[str], list[str], list[list[str]], list[tuple[_Block, int]], list[str]]:
         keys, args, present, missing = [], [], [], []
         for block, start in zip(self._blocks, self._starts, strict=True):
             key = self.spec.entity_key(block.plan.entity, payment)  # type: ignore[arg-type]
@@ -122,41 +135,74 @@ class OnlineFeatures:
             keys.append(entity_prefix(self.namespace, block.plan.entity, key))
             args.append(block.args(payment))
             present.append((block, start))
-        header = ["score", txid, str(t_ms), str(to_milli(float(payment["amount"])))]
-        replies = self._call(keys, header, args, [1 + block.n_values for block, _ in present])
+        header = ["score", str(payment["transaction_id"]), str(t_ms), str(to_milli(float(payment["amount"])))]
+        return header, keys, args, present, missing
+
+    def _feedback_blocks(self, event: str, txid: str, t_ms: int, payment: Mapping[str, Any]) -> tuple[
+            list[str], list[str], list[list[str]]]:
+        kind = FEEDBACK_EVENTS.get(event)
+        if kind is None:
+            raise ValueError(f"unknown feedback event {event!r}; use one of {sorted(FEEDBACK_EVENTS)}")
+        keys, args = [], []
+        for p in self.plan.entities:
+            key = self.spec.entity_key(p.entity, payment)  # type: ignore[arg-type]
+            if kind not in p.feedback or key is None:
+                continue
+            g = p.fraud_bucket_ms if kind == "fraud" and p.fraud_bucket_ms else 0
+            keep = p.buckets[g].max_buckets if g else 0
+            keys.append(entity_prefix(self.namespace, p.entity, key))
+            args.append(["3", str(feedback_retention_ms(p, kind)), str(g), str(keep)])
+        return ["feedback", txid, str(t_ms), kind], keys, args
+
+    def backfill(self, history: Any, until_ms: int | None = None, batch: int = 2000,
+                 progress: Any = None) -> int:
+        """Record a history's events (payments and feedback, in stream order) without scoring them.
+
+        Loads the feature state of a new Redis from past payments, pipelined: Redis runs the same
+        script as for a live payment, in order, but nothing waits for each answer. Returns the
+        number of events recorded.
+        """
+        from features.stream import payment_record, stream
+
+        pipe = self.client.pipeline(transaction=False)
+        count = 0
+        for event, row, t_ms in stream(history):
+            if until_ms is not None and t_ms >= until_ms:
+                break
+            payment = payment_record(history, row)
+            if event == "payment":
+                header, keys, args, _, _ = self._score_blocks(payment, t_ms)
+            else:
+                header, keys, args = self._feedback_blocks(event, str(payment["transaction_id"]), t_ms, payment)
+            if keys:
+                self._script(keys=keys, args=header + [a for block in args for a in block], client=pipe)
+            count += 1
+            if count % batch == 0:
+                pipe.execute()
+                if progress:
+                    progress(count)
+        pipe.execute()
+        return count
+
+    def without_state(self, payment: Mapping[str, Any]) -> np.ndarray:
+        """Features when Redis cannot be read: the payment's own, every stateful one missing (NaN)."""
         raw = np.full(len(self.plan.raw_names), np.nan)
         raw[self._starts] = 0.0
-        duplicate = False
-        for (block, start), reply in zip(present, replies, strict=True):
-            duplicate = duplicate or reply[0] == 1
-            raw[start] = 1.0
-            raw[start + 1:start + 1 + block.n_values] = [float(v) for v in reply[1:]]
-        columns = {name: np.array([payment.get(name)], dtype=object) for name in _PAYMENT_FIELDS}
-        values = self.deriver.transform(raw[None, :], columns, np.array([t_ms]))[0]
-        return OnlineResult(values, raw, duplicate, tuple(missing))
+        return self._derive(raw, payment, to_ms(payment["timestamp"]))
+
+    def _derive(self, raw: np.ndarray, payment: Mapping[str, Any], t_ms: int) -> np.ndarray:
+        columns = {name: np.array([payment.get(name)], dtype=object) for name in PAYMENT_FIELDS}
+        return self.deriver.transform(raw[None, :], columns, np.array([t_ms]))[0]
 
     def feedback(self, event: str, txid: str, reported_at: datetime | int, payment: Mapping[str, Any]) -> bool:
         """Record a feedback event (decline, refund, cancel, fraud) about an earlier payment.
 
         Returns False when every entity had already recorded this event for this transaction.
         """
-        kind = FEEDBACK_EVENTS.get(event)
-        if kind is None:
-            raise ValueError(f"unknown feedback event {event!r}; use one of {sorted(FEEDBACK_EVENTS)}")
-        keys, args = [], []
-        for p in self.plan.entities:
-            if kind not in p.feedback:
-                continue
-            key = self.spec.entity_key(p.entity, payment)  # type: ignore[arg-type]
-            if key is None:
-                continue
-            g = p.fraud_bucket_ms if kind == "fraud" and p.fraud_bucket_ms else 0
-            keep = p.buckets[g].max_buckets if g else 0
-            keys.append(entity_prefix(self.namespace, p.entity, key))
-            args.append(["3", str(feedback_retention_ms(p, kind)), str(g), str(keep)])
+        header, keys, args = self._feedback_blocks(event, txid, to_ms(reported_at), payment)
         if not keys:
             return False
-        replies = self._call(keys, ["feedback", txid, str(to_ms(reported_at)), kind], args, [1] * len(keys))
+        replies = self._call(keys, header, args, [1] * len(keys))
         return any(reply[0] == 1 for reply in replies)
 
     def _call(self, keys: list[str], header: list[str], blocks: Sequence[list[str]],
@@ -188,7 +234,3 @@ class OnlineFeatures:
                 pos += lengths[i]
         return out
 
-
-# Payment fields the payment features read.
-_PAYMENT_FIELDS = ("amount", "channel", "mcc", "card_on_file", "authenticated", "ip_country", "card_country",
-                   "billing_country", "shipping_country")

@@ -7,6 +7,9 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 
 NAN = float("nan")
+# Transaction fields the payment features read.
+PAYMENT_FIELDS = ("amount", "channel", "mcc", "card_on_file", "authenticated", "ip_country", "card_country",
+                  "billing_country", "shipping_country")
 CHANNEL_CODES = {"ecom": 0.0, "pos": 1.0, "moto": 2.0}
 MS_PER_HOUR = 3_600_000
 MS_PER_DAY = 86_400_000

@@ -1,0 +1,236 @@
+"""HTTP API of the scoring service (FastAPI). `create_app(settings)` builds it; see docs/api.md."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+import redis
+from fastapi import Depends, FastAPI, HTTPException, Request, Response
+from fastapi.responses import JSONResponse
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from engine.auth import ApiKey, authenticate, load_keys
+from engine.loader import Reloader
+from engine.metrics import Metrics
+from engine.schema import Identifier, Transaction, _utc
+from engine.settings import Settings
+
+log = logging.getLogger("antifraud")
+
+# feedback (kind, value) -> the feature-state event it feeds, if any
+FEATURE_EVENTS = {("label", "fraud"): "fraud", ("label", "chargeback"): "fraud",
+                  ("outcome", "declined"): "decline", ("refund", None): "refund", ("cancel", None): "cancel"}
+
+
+class Feedback(BaseModel):
+    """Something learned about an earlier payment."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    transaction_id: Identifier
+    kind: Literal["label", "outcome", "refund", "cancel"]
+    label: Literal["fraud", "chargeback", "legitimate"] | None = None
+    outcome: Literal["approved", "declined"] | None = None
+    decline_code: Annotated[str, Field(max_length=8)] | None = None
+    reported_at: Annotated[datetime, AfterValidator(_utc)]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Feedback:
+        if self.kind == "label" and self.label is None:
+            raise ValueError("label is required when kind is 'label' (fraud, chargeback or legitimate)")
+        if self.kind == "outcome" and self.outcome is None:
+            raise ValueError("outcome is required when kind is 'outcome' (approved or declined)")
+        return self
+
+    @property
+    def feature_event(self) -> str | None:
+        value = self.label if self.kind == "label" else self.outcome if self.kind == "outcome" else None
+        return FEATURE_EVENTS.get((self.kind, value))
+
+
+class FeedbackAccepted(BaseModel):
+    transaction_id: str
+    accepted: bool
+    matched: bool = Field(description="the payment is known: its feature state was updated")
+
+
+class ScoreResponse(BaseModel):
+    transaction_id: str
+    verdict: Literal["allow", "review", "block"]
+    score: float | None = Field(description="probability of fraud, 0-1; null when the model was unavailable")
+    risk_score: int | None = Field(description="score x 100, rounded")
+    reasons: dict[str, Any]
+    model_version: str | None
+    rules_version: str
+    degraded: Literal[False] | list[str] = Field(description="false, or what was missing")
+    timings: dict[str, float]
+
+
+class BodyLimit:
+    """Refuse request bodies over a size with 413, before anything parses them."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await self._refuse(scope, receive, send)
+            return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:
+                raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, limited, send)
+        except _TooLarge:
+            await self._refuse(scope, receive, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = JSONResponse({"detail": f"request body over {self.max_bytes} bytes"}, status_code=413)
+        await response(scope, receive, send)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def create_app(settings: Settings | None = None, client: redis.Redis | None = None) -> FastAPI:
+    """The service: loads model and rules, connects to Redis (`settings.redis_url`)."""
+    settings = settings or Settings()
+    if client is None:
+        if not settings.redis_url:
+            raise ValueError("no Redis URL: pass --redis or set ANTIFRAUD_REDIS_URL")
+        # Each call may block this worker for at most a share of the request's budget.
+        timeout = settings.budget_ms * 0.6 / 1000
+        client = redis.Redis.from_url(settings.redis_url, socket_timeout=timeout,
+                                      socket_connect_timeout=timeout, health_check_interval=0)
+    metrics = Metrics()
+    reloader = Reloader(settings, client, metrics)
+    keys: list[ApiKey] = load_keys(settings.api_keys_file) if settings.api_keys_file else []
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        reloader.load_all()
+        # Freeze the start-up heap (model, spec, modules) so collections stop walking it:
+        # full collections of that heap were the main cause of p99 spikes.
+        gc.collect()
+        gc.freeze()
+        watcher = asyncio.create_task(reloader.watch())
+        yield
+        watcher.cancel()
+
+    app = FastAPI(title="antifraud", version="1", lifespan=lifespan,
+                  description="Real-time fraud scoring of card payments: allow, review or block.")
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+
+    def role(required: str) -> Callable[[Request], Awaitable[ApiKey | None]]:
+        async def check(request: Request) -> ApiKey | None:
+            if settings.api_keys_file is None:
+                return None  # auth disabled explicitly (development only; `serve` warns)
+            header = request.headers.get("authorization", "")
+            scheme, _, presented = header.partition(" ")
+            key = authenticate(keys, presented.strip()) if scheme.lower() == "bearer" and presented else None
+            if key is None:
+                raise HTTPException(401, "missing or unknown API key: send Authorization: Bearer <key>",
+                                    headers={"WWW-Authenticate": "Bearer"})
+            if required == "admin" and key.role != "admin":
+                raise HTTPException(403, f"key {key.name!r} has role {key.role!r}; this call needs admin")
+            return key
+        return check
+
+    scorer_auth = Depends(role("scorer"))
+    admin_auth = Depends(role("admin"))
+
+    @app.post("/v1/score", response_model=ScoreResponse, dependencies=[scorer_auth])
+    async def score(txn: Transaction) -> dict[str, Any]:
+        """Score a payment before it is sent to the bank: allow, review or block."""
+        return reloader.scorer.score(txn)
+
+    @app.post("/v1/feedback", response_model=FeedbackAccepted, status_code=202, dependencies=[scorer_auth])
+    async def feedback(event: Feedback) -> dict[str, Any]:
+        """Tell the engine what happened to a payment (label, bank outcome, refund, cancellation)."""
+        record = {**event.model_dump(mode="json"), "received_at": datetime.now(UTC).isoformat()}
+        store = reloader.scorer.store
+        try:
+            store.add_feedback(record)  # stored first: an accepted event is never lost
+            decision = store.get(event.transaction_id)
+            matched = decision is not None
+            if matched and event.feature_event is not None:
+                assert decision is not None
+                payment = {**decision["payment"], "transaction_id": event.transaction_id}
+                reloader.scorer.features.feedback(event.feature_event, event.transaction_id,
+                                                  event.reported_at, payment)
+        except (redis.RedisError, OSError) as exc:
+            metrics.redis_errors.inc()
+            raise HTTPException(503, "feedback store unavailable: retry later", headers={"Retry-After": "1"}) from exc
+        metrics.feedback.labels(event.kind).inc()
+        return {"transaction_id": event.transaction_id, "accepted": True, "matched": matched}
+
+    @app.get("/v1/decisions/{transaction_id}", dependencies=[scorer_auth])
+    async def decision(transaction_id: str) -> dict[str, Any]:
+        """A stored decision with its features, reasons and any feedback."""
+        try:
+            found = reloader.scorer.store.get(transaction_id)
+            if found is None:
+                raise HTTPException(404, f"no decision stored for transaction {transaction_id!r}")
+            found["feedback"] = reloader.scorer.store.feedback_for(transaction_id)
+        except (redis.RedisError, OSError) as exc:
+            raise HTTPException(503, "decision store unavailable: retry later") from exc
+        return found
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        """The process is alive."""
+        return {"status": "ok"}
+
+    @app.get("/ready")
+    async def ready(response: Response) -> dict[str, Any]:
+        """Redis reachable, model and rules loaded."""
+        checks = reloader.readiness()
+        if not all(v is True for v in checks.values()):
+            response.status_code = 503
+        return {"ready": response.status_code == 200, "checks": checks}
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        """Prometheus metrics."""
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    @app.post("/admin/reload-rules", dependencies=[admin_auth])
+    async def reload_rules() -> dict[str, Any]:
+        """Load the rule set from disk; a bad one is refused and the previous one keeps serving."""
+        return reloader.reload_rules(raise_http=True)
+
+    @app.post("/admin/reload-model", dependencies=[admin_auth])
+    async def reload_model() -> dict[str, Any]:
+        """Load the model from disk; one that fails to load leaves the previous one serving."""
+        return reloader.reload_model(raise_http=True)
+
+    app.state.reloader = reloader
+    app.state.settings = settings
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """Factory for `uvicorn --factory engine.api:app_from_env` (each worker builds its own)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return create_app(Settings())
+
+

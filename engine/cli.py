@@ -1,0 +1,214 @@
+"""The `antifraud` command line: simulate, features, train, evaluate, rules, backtest, serve, demo."""
+
+from __future__ import annotations
+
+import os
+import sys
+from datetime import date, datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(help="Real-time antifraud scoring engine for card payments.", no_args_is_help=True,
+                  pretty_exceptions_show_locals=False)
+rules_app = typer.Typer(help="Check rule sets.", no_args_is_help=True)
+keys_app = typer.Typer(help="Manage API keys.", no_args_is_help=True)
+app.add_typer(rules_app, name="rules")
+app.add_typer(keys_app, name="keys")
+console = Console(stderr=True)
+
+HistoryOpt = Annotated[Path, typer.Option("--history", help="History file: .csv, .csv.gz or .parquet")]
+ColumnsOpt = Annotated[Path | None, typer.Option("--columns", help="YAML map: canonical name -> your column")]
+
+
+def _fail(message: str) -> typer.Exit:
+    console.print(f"[red]error:[/red] {message}")
+    return typer.Exit(1)
+
+
+def _date(value: datetime) -> date:
+    return value.date()
+
+
+
+
+@app.command()
+def simulate(
+    days: Annotated[int, typer.Option(help="Days of history")] = 60,
+    cards: Annotated[int, typer.Option(help="Number of cards")] = 3000,
+    merchants: Annotated[int, typer.Option(help="Number of merchants")] = 300,
+    seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same file")] = 7,
+    out: Annotated[Path, typer.Option(help="Output file (.parquet, .csv or .csv.gz)")] = Path("history.parquet"),
+) -> None:
+    """Write a realistic simulated payment history with labelled fraud patterns."""
+    from rich.progress import Progress
+
+    from training.history import write_history
+    from training.simulator import simulate as run
+
+    with Progress(console=console) as progress:
+        task = progress.add_task(f"simulating {days} days", total=days)
+        frame = run(days=days, cards=cards, merchants=merchants, seed=seed,
+                    progress=lambda done, total: progress.update(task, completed=done, total=total))
+    write_history(frame, out)
+    frauds = int(frame["label"].sum())
+    console.print(f"wrote {out}: {len(frame):,} payments, {frauds:,} frauds ({frauds / len(frame):.2%})")
+
+
+@app.command()
+def features(
+    history: HistoryOpt,
+    out: Annotated[Path, typer.Option(help="Output file (.parquet or .csv)")],
+    columns: ColumnsOpt = None,
+) -> None:
+    """Compute every feature of the spec, point-in-time, for each payment of a history."""
+    from features.offline import OfflineFeatures
+    from training.history import HistoryError, load_column_map, load_history
+
+    try:
+        frame = load_history(history, load_column_map(columns) if columns else None)
+    except HistoryError as exc:
+        raise _fail(str(exc)) from exc
+    with console.status("computing features") as status:
+        result = OfflineFeatures().transform(frame, progress=lambda e: status.update(f"features: {e}"))
+    if out.suffix == ".parquet":
+        result.to_parquet(out, index=False)
+    else:
+        result.to_csv(out, index=False)
+    console.print(f"wrote {out}: {len(result):,} payments x {result.shape[1] - 1} features")
+
+
+@app.command()
+def train(
+    history: HistoryOpt,
+    train_start: Annotated[datetime, typer.Option("--train-start", formats=["%Y-%m-%d"])],
+    train_end: Annotated[datetime, typer.Option("--train-end", formats=["%Y-%m-%d"], help="exclusive")],
+    out: Annotated[Path, typer.Option(help="Model directory to write")],
+    columns: ColumnsOpt = None,
+    config: Annotated[Path | None, typer.Option(help="TRAIN.yaml with LightGBM settings")] = None,
+) -> None:
+    """Train a LightGBM model on [train-start, train-end) with time-based validation."""
+    from training.config import TrainingError
+    from training.train import train as run
+
+    try:
+        run(history, _date(train_start), _date(train_end), out, columns=columns, config=config)
+    except (TrainingError, ValueError) as exc:
+        raise _fail(str(exc)) from exc
+    console.print(f"model written to {out}")
+
+
+@app.command()
+def evaluate(
+    history: HistoryOpt,
+    model: Annotated[Path, typer.Option(help="Model directory")],
+    start: Annotated[datetime, typer.Option(formats=["%Y-%m-%d"])],
+    end: Annotated[datetime, typer.Option(formats=["%Y-%m-%d"], help="exclusive")],
+    out: Annotated[Path | None, typer.Option(help="Report directory (default: MODEL/eval-START-END)")] = None,
+    columns: ColumnsOpt = None,
+) -> None:
+    """Evaluate a model on a later period: AUC, AP, precision@100, recall at low FPR, cost; plots."""
+    from training.evaluate import evaluate as run
+
+    try:
+        run(history, model, _date(start), _date(end), out_dir=out, columns=columns)
+    except ValueError as exc:
+        raise _fail(str(exc)) from exc
+
+
+@app.command("score-history")
+def score_history(
+    history: HistoryOpt,
+    model: Annotated[Path, typer.Option(help="Model directory")],
+    start: Annotated[datetime, typer.Option(formats=["%Y-%m-%d"])],
+    end: Annotated[datetime, typer.Option(formats=["%Y-%m-%d"], help="exclusive")],
+    out: Annotated[Path, typer.Option(help="Output file (.csv or .parquet)")],
+    rules: Annotated[Path | None, typer.Option(help="Apply this rule set as in production")] = None,
+    columns: ColumnsOpt = None,
+) -> None:
+    """Score every payment of a period with point-in-time features."""
+    from training.scoring import score_history as run
+
+    try:
+        run(history, model, _date(start), _date(end), out, rules_dir=rules, columns=columns)
+    except ValueError as exc:
+        raise _fail(str(exc)) from exc
+    console.print(f"wrote {out}")
+
+
+@rules_app.command("check")
+def rules_check(directory: Annotated[Path, typer.Argument(help="Rule set directory")]) -> None:
+    """Validate a rule set and list every error (exit 1 when there is one)."""
+    from engine.loader import rule_names
+    from engine.rules.check import check_rules, print_report
+    from features.spec import load_spec
+
+    errors = check_rules(directory, rule_names(load_spec().feature_names))
+    print_report(errors, Console(), directory=directory)
+    if errors:
+        raise typer.Exit(1)
+
+
+@keys_app.command("new")
+def keys_new(
+    name: Annotated[str, typer.Option(help="Who uses the key, e.g. checkout-eu")],
+    role: Annotated[str, typer.Option(help="scorer or admin")],
+    file: Annotated[Path, typer.Option(help="Keys file (YAML of name, sha256, role)")],
+) -> None:
+    """Create an API key: prints it once and stores only its SHA-256."""
+    from engine.auth import KeyFileError, new_key
+
+    try:
+        key = new_key(file, name, role)  # type: ignore[arg-type]
+    except KeyFileError as exc:
+        raise _fail(str(exc)) from exc
+    console.print(f"key for {name} ({role}) stored in {file}; it is shown once:")
+    print(key)
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(envvar="ANTIFRAUD_HOST")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(envvar="ANTIFRAUD_PORT")] = 8000,
+    redis_url: Annotated[str | None, typer.Option("--redis", envvar="ANTIFRAUD_REDIS_URL",
+                                                  help="redis:// or unix:// URL; default: embedded")] = None,
+    workers: Annotated[int, typer.Option(envvar="ANTIFRAUD_WORKERS")] = 1,
+    model: Annotated[Path | None, typer.Option(envvar="ANTIFRAUD_MODEL_DIR")] = None,
+    rules: Annotated[Path | None, typer.Option(envvar="ANTIFRAUD_RULES_DIR")] = None,
+    api_keys: Annotated[Path | None, typer.Option("--api-keys", envvar="ANTIFRAUD_API_KEYS")] = None,
+) -> None:
+    """Run the scoring service (FastAPI on uvicorn) until stopped."""
+    from engine.service import run_service
+
+    run_service(host=host, port=port, redis_url=redis_url, workers=workers, model=model, rules=rules,
+                api_keys=api_keys, console=console)
+
+
+@app.command()
+def demo(
+    day: Annotated[str | None, typer.Option(help="Day of the sample to replay (default: the last full day)")] = None,
+    limit: Annotated[int | None, typer.Option(help="Replay at most this many payments")] = None,
+) -> None:
+    """Start the service on an embedded Redis, replay one sample day over HTTP, print a summary."""
+    from engine.demo import run_demo
+
+    sys.exit(run_demo(day=day, limit=limit, console=console))
+
+
+@app.command("export-decisions")
+def export_decisions(
+    out: Annotated[Path, typer.Option(help="Output directory for Parquet files")],
+    redis_url: Annotated[str, typer.Option("--redis", envvar="ANTIFRAUD_REDIS_URL")] = "",
+) -> None:
+    """Write the decision log joined with its feedback as Parquet, for notebooks."""
+    from engine.export import export
+
+    if not redis_url:
+        raise _fail("pass --redis URL (or ANTIFRAUD_REDIS_URL)")
+    export(redis_url, out, namespace=os.environ.get("ANTIFRAUD_NAMESPACE", "af"), console=console)
+
+
+if __name__ == "__main__":
+    app()

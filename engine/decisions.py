@@ -1,0 +1,81 @@
+"""The decision log: every decision in Redis, by transaction id and in a bounded stream.
+
+- `{ns}:{tx:<id>}:d`   the decision (JSON), kept `decision_ttl_days`; it is also the idempotency record:
+                        a retried payment gets this stored answer back.
+- `{ns}:{tx:<id>}:fb`  feedback events about that payment (JSON list), kept as long.
+- `{ns}:decisions`     a Stream of every decision, trimmed to about `maxlen` entries (XADD MAXLEN ~).
+- `{ns}:feedback`      a Stream of every accepted feedback event, for training.
+`antifraud export-decisions` reads both streams into Parquet.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import redis
+
+# Store a decision unless one exists for the transaction (a concurrent retry won the race);
+# only the stored decision enters the stream, so the log has each payment once.
+_STORE = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'd', ARGV[1])
+  return false
+end
+return redis.call('GET', KEYS[1])
+"""
+
+
+class DecisionStore:
+    """Reads and writes decisions and feedback; a thin layer over redis-py."""
+
+    def __init__(self, client: redis.Redis, namespace: str = "af", ttl_days: int = 30,
+                 maxlen: int = 1_000_000) -> None:
+        self.client = client
+        self.ns = namespace
+        self.ttl_ms = ttl_days * 86_400_000
+        self.maxlen = maxlen
+        self.decisions_stream = f"{namespace}:decisions"
+        self.feedback_stream = f"{namespace}:feedback"
+        self._store = client.register_script(_STORE)
+
+    def _key(self, txid: str, kind: str) -> str:
+        return f"{self.ns}:{{tx:{txid}}}:{kind}"
+
+    def get(self, txid: str) -> dict[str, Any] | None:
+        """The stored decision, or None."""
+        raw = self.client.get(self._key(txid, "d"))
+        return json.loads(raw) if raw else None
+
+    def put(self, decision: dict[str, Any]) -> dict[str, Any] | None:
+        """Store a new decision; returns the earlier stored one instead when there is one."""
+        key = self._key(decision["transaction_id"], "d")
+        earlier = self._store(keys=[key, self.decisions_stream],
+                              args=[json.dumps(decision, separators=(",", ":")), self.ttl_ms, self.maxlen])
+        return json.loads(earlier) if earlier else None
+
+    def add_feedback(self, event: dict[str, Any]) -> None:
+        """Keep a feedback event: in the feedback stream and beside its decision."""
+        payload = json.dumps(event, separators=(",", ":"))
+        key = self._key(event["transaction_id"], "fb")
+        pipe = self.client.pipeline(transaction=False)
+        pipe.xadd(self.feedback_stream, {"e": payload})
+        pipe.rpush(key, payload)
+        pipe.pexpire(key, self.ttl_ms)
+        pipe.execute()
+
+    def feedback_for(self, txid: str) -> list[dict[str, Any]]:
+        """Feedback events received about one payment, oldest first."""
+        return [json.loads(v) for v in self.client.lrange(self._key(txid, "fb"), 0, -1)]
+
+    def iter_stream(self, stream: str, field: str, batch: int = 5000) -> Iterator[dict[str, Any]]:
+        """Every entry of a stream, oldest first, in batches."""
+        start = "-"
+        while True:
+            entries = self.client.xrange(stream, min=start, count=batch)
+            if not entries:
+                return
+            for entry_id, fields in entries:
+                yield json.loads(fields[field.encode()])
+            start = "(" + entries[-1][0].decode()

@@ -1,0 +1,135 @@
+"""Loading and live reloading of what the scorer serves: model, shadow model, rule set.
+
+A reload builds the new object completely before swapping one reference, so a request in flight
+keeps the snapshot it started with and no request ever sees half a reload. Anything that fails to
+load is refused with its errors and the previous version keeps serving. Every worker polls the
+files once a second, so an edit (or an admin reload, which also reloads at once in its worker)
+reaches all workers without a deploy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import typing
+from dataclasses import replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import redis
+from fastapi import HTTPException
+
+from engine.decisions import DecisionStore
+from engine.metrics import Metrics
+from engine.model import ModelError, ModelRuntime
+from engine.pipeline import Loaded, Scorer
+from engine.rules import RuleSetError, load_ruleset
+from engine.schema import Transaction
+from engine.settings import Settings
+from features.online import OnlineFeatures
+
+log = logging.getLogger("antifraud.loader")
+
+
+def rule_names(feature_names: list[str]) -> dict[str, str]:
+    """What a rule may read, with its type: every request field, then every feature."""
+    kinds = {str: "string", float: "number", bool: "bool", datetime: "string"}
+    names: dict[str, str] = {}
+    for name, info in Transaction.model_fields.items():
+        if name == "pan":
+            continue
+        base = [a for a in typing.get_args(info.annotation) if a is not type(None)] or [info.annotation]
+        origin = typing.get_origin(base[0])
+        inner = typing.get_args(base[0])[0] if origin is typing.Annotated else base[0]
+        names[name] = kinds.get(inner, "string")  # Literal (channel) and constrained strings
+    for feature in feature_names:
+        names.setdefault(feature, "number")
+    return names
+
+
+def _fingerprint(path: Path) -> tuple[tuple[str, int, int], ...]:
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    return tuple((str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in files if p.exists())
+
+
+class Reloader:
+    """Owns the worker's Scorer and swaps its model and rules when asked or when files change."""
+
+    def __init__(self, settings: Settings, client: redis.Redis, metrics: Metrics) -> None:
+        self.settings = settings
+        self.client = client
+        self.features = OnlineFeatures(client, namespace=settings.namespace)
+        self.names = rule_names(self.features.feature_names)
+        self.metrics = metrics
+        self.scorer: Scorer = None  # type: ignore[assignment]  # set by load_all, before serving
+        self._seen: dict[str, Any] = {}
+
+    def load_all(self) -> None:
+        """First load at start-up: a missing model is served as degraded, bad rules stop the start."""
+        rules = load_ruleset(self.settings.rules_dir, self.names)
+        model = self._model(self.settings.model_dir)
+        shadow = self._model(self.settings.shadow_model_dir) if self.settings.shadow_model_dir else None
+        store = DecisionStore(self.client, self.settings.namespace, self.settings.decision_ttl_days,
+                              self.settings.decision_log_maxlen)
+        self.scorer = Scorer(self.features, store, Loaded(model, rules, shadow), self.settings.fail_policy,
+                             self.settings.shadow_share, metrics=self.metrics)
+        self._seen = {"rules": _fingerprint(self.settings.rules_dir),
+                      "model": _fingerprint(self.settings.model_dir)}
+
+    def _model(self, directory: Path) -> ModelRuntime | None:
+        try:
+            return ModelRuntime(directory, self.features.feature_names)
+        except (ModelError, OSError) as exc:
+            log.error("model not loaded: %s", exc)
+            return None
+
+    def reload_rules(self, raise_http: bool = False) -> dict[str, Any]:
+        """Load the rule set; on errors keep the current one and report them."""
+        self._seen["rules"] = _fingerprint(self.settings.rules_dir)
+        try:
+            rules = load_ruleset(self.settings.rules_dir, self.names)
+        except RuleSetError as exc:
+            errors = [str(e) for e in exc.errors]
+            log.error("rule set refused, previous one keeps serving: %s", errors)
+            if raise_http:
+                raise HTTPException(422, {"message": "rule set refused; the previous one keeps serving",
+                                          "errors": errors}) from exc
+            return {"reloaded": False, "errors": errors}
+        self.scorer.loaded = replace(self.scorer.loaded, rules=rules)
+        log.info("rules %s loaded", rules.version)
+        return {"reloaded": True, "rules_version": rules.version}
+
+    def reload_model(self, raise_http: bool = False) -> dict[str, Any]:
+        """Load the model; on failure keep the current one and report why."""
+        self._seen["model"] = _fingerprint(self.settings.model_dir)
+        try:
+            model = ModelRuntime(self.settings.model_dir, self.features.feature_names)
+        except (ModelError, OSError) as exc:
+            log.error("model refused, previous one keeps serving: %s", exc)
+            if raise_http:
+                raise HTTPException(422, {"message": "model refused; the previous one keeps serving",
+                                          "errors": [str(exc)]}) from exc
+            return {"reloaded": False, "errors": [str(exc)]}
+        self.scorer.loaded = replace(self.scorer.loaded, model=model)
+        log.info("model %s loaded", model.version)
+        return {"reloaded": True, "model_version": model.version}
+
+    async def watch(self, every_s: float = 1.0) -> None:
+        """Poll the rules and model files; reload what changed."""
+        while True:
+            await asyncio.sleep(every_s)
+            if _fingerprint(self.settings.rules_dir) != self._seen.get("rules"):
+                self.reload_rules()
+            if _fingerprint(self.settings.model_dir) != self._seen.get("model"):
+                self.reload_model()
+
+    def readiness(self) -> dict[str, Any]:
+        """Each readiness check: True, or why not."""
+        try:
+            redis_ok: Any = bool(self.client.ping())
+        except (redis.RedisError, OSError) as exc:
+            redis_ok = f"unreachable: {type(exc).__name__}"
+        loaded = self.scorer.loaded
+        return {"redis": redis_ok, "model": loaded.model is not None or "not loaded",
+                "rules": loaded.rules is not None or "not loaded"}

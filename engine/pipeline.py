@@ -1,0 +1,203 @@
+"""The scoring path, in one straight line:
+
+    validate (pydantic, in the API) -> features (one Redis round trip) -> model -> rules -> verdict
+    -> decision log (one Redis round trip)
+
+Failure is a verdict: when Redis is down or slow the stateful features are missing, rules that
+need them are skipped, and the fail policy answers for payments that could not be fully scored.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import zlib
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import numpy as np
+import redis
+
+from engine.decisions import DecisionStore
+from engine.model import ModelRuntime
+from engine.schema import Transaction
+from engine.settings import FailPolicy
+from features.online import OnlineFeatures
+
+ENTITY_FIELDS = ("card_id", "customer_id", "device_id", "ip", "email", "merchant_id", "terminal_id")
+
+
+class RuleSetLike(Protocol):
+    version: str
+
+    def decide(self, score: float | None, env: dict[str, Any], merchant_id: str) -> Any: ...
+
+
+class RedisBreaker:
+    """Stops calling a Redis that just failed, for a short pause, so a dead Redis costs no time."""
+
+    def __init__(self, pause_s: float = 0.5) -> None:
+        self.pause_s = pause_s
+        self.open_until = 0.0
+
+    @property
+    def open(self) -> bool:
+        return time.monotonic() < self.open_until
+
+    def trip(self) -> None:
+        self.open_until = time.monotonic() + self.pause_s
+
+    def reset(self) -> None:
+        self.open_until = 0.0
+
+
+@dataclass
+class Loaded:
+    """What can be swapped live: the model, the shadow model and the rule set."""
+
+    model: ModelRuntime | None
+    rules: RuleSetLike
+    shadow: ModelRuntime | None = None
+
+
+@dataclass
+class Scorer:
+    """Scores payments; one per worker process (the model runtime is not thread-safe)."""
+
+    features: OnlineFeatures
+    store: DecisionStore
+    loaded: Loaded
+    fail_policy: FailPolicy = "review"
+    shadow_share: float = 0.0
+    breaker: RedisBreaker = field(default_factory=RedisBreaker)
+    metrics: Any = None  # engine.metrics.Metrics, or None in batch use
+
+    def score(self, txn: Transaction) -> dict[str, Any]:
+        """The decision for a payment: verdict, score, reasons, versions, degradation and timings."""
+        started = time.perf_counter()
+        timings: dict[str, float] = {}
+        payment = txn.model_dump()
+        loaded = self.loaded  # one consistent snapshot even if a reload swaps it mid-request
+
+        degraded: list[str] = []
+        values, duplicate, missing_reason = self._features(payment)
+        if missing_reason:
+            degraded.append(missing_reason)
+        timings["features_ms"] = _ms(started)
+
+        if duplicate:
+            stored = self._stored(txn.transaction_id)
+            if stored is not None:
+                return stored
+
+        t = time.perf_counter()
+        score: float | None = None
+        if loaded.model is None:
+            degraded.append("model: not loaded")
+        else:
+            score = loaded.model.predict_one(values)
+        timings["model_ms"] = _ms(t)
+
+        t = time.perf_counter()
+        env = _rule_env(payment, self.features.feature_names, values)
+        outcome = loaded.rules.decide(None if degraded else score, env, txn.merchant_id)
+        verdict = outcome.verdict or self.fail_policy
+        timings["rules_ms"] = _ms(t)
+
+        reasons: dict[str, Any] = {
+            "rules": [_fired(f) for f in outcome.fired],
+            "shadow_rules": [_fired(f) for f in outcome.shadow_fired],
+            "skipped_rules": list(outcome.skipped),
+            "model": [],
+        }
+        if score is not None and loaded.model is not None and verdict != "allow":
+            # TreeSHAP costs ~1 ms: spend it only where an analyst will read it.
+            reasons["model"] = [c.__dict__ for c in loaded.model.contributions(values)]
+        if degraded:
+            reasons["fail_policy"] = self.fail_policy if outcome.verdict is None else None
+
+        decision: dict[str, Any] = {
+            "transaction_id": txn.transaction_id,
+            "verdict": verdict,
+            "score": score,
+            "risk_score": None if score is None else int(round(score * 100)),
+            "reasons": reasons,
+            "model_version": loaded.model.version if loaded.model else None,
+            "rules_version": loaded.rules.version,
+            "degraded": degraded or False,
+            "timestamp": txn.timestamp.isoformat(),
+            "decided_at": datetime.now(UTC).isoformat(),
+            "payment": {k: payment[k] for k in ENTITY_FIELDS if payment.get(k) is not None},
+            "amount": txn.amount,
+            "currency": txn.currency,
+            "features": {n: (None if math.isnan(v) else float(v))
+                         for n, v in zip(self.features.feature_names, values, strict=True)},
+        }
+        if loaded.shadow is not None and _in_share(txn.transaction_id, self.shadow_share):
+            decision["shadow"] = {"model_version": loaded.shadow.version,
+                                  "score": loaded.shadow.predict_one(values)}
+        timings["total_ms"] = _ms(started)
+        decision["timings"] = timings
+
+        t = time.perf_counter()
+        earlier = self._store(decision)
+        timings["log_ms"] = _ms(t)
+        if self.metrics is not None:
+            self.metrics.observe(decision, timings)
+        return earlier if earlier is not None else decision
+
+    def _features(self, payment: dict[str, Any]) -> tuple[np.ndarray, bool, str | None]:
+        if not self.breaker.open:
+            try:
+                result = self.features.score(payment)
+                self.breaker.reset()
+                return result.values, result.duplicate, None
+            except (redis.RedisError, OSError) as exc:
+                self.breaker.trip()
+                if self.metrics is not None:
+                    self.metrics.redis_errors.inc()
+                reason = f"features: redis unavailable ({type(exc).__name__})"
+        else:
+            reason = "features: redis unavailable (circuit open)"
+        return self.features.without_state(payment), False, reason
+
+    def _stored(self, txid: str) -> dict[str, Any] | None:
+        try:
+            return self.store.get(txid)
+        except (redis.RedisError, OSError):
+            return None
+
+    def _store(self, decision: dict[str, Any]) -> dict[str, Any] | None:
+        if self.breaker.open:
+            return None
+        try:
+            return self.store.put(decision)
+        except (redis.RedisError, OSError):
+            self.breaker.trip()
+            if self.metrics is not None:
+                self.metrics.redis_errors.inc()
+            return None
+
+
+def _ms(since: float) -> float:
+    return round((time.perf_counter() - since) * 1000, 3)
+
+
+def _fired(f: Any) -> dict[str, Any]:
+    rule_id, action, reason = (f.rule_id, f.action, f.reason) if hasattr(f, "rule_id") else f
+    return {"rule": rule_id, "action": action, "reason": reason}
+
+
+def _rule_env(payment: dict[str, Any], names: list[str], values: np.ndarray) -> dict[str, Any]:
+    # request fields win over same-named payment features: rules read channel == 'ecom', not a code
+    env = dict(payment)
+    for name, value in zip(names, values.tolist(), strict=True):
+        if name not in env:
+            env[name] = None if value != value else value
+    return env
+
+
+def _in_share(txid: str, share: float) -> bool:
+    """Deterministic traffic split by transaction id (the same payment always lands the same way)."""
+    return zlib.crc32(txid.encode()) % 10_000 < share * 10_000

@@ -1,0 +1,40 @@
+"""Service settings: each from a CLI option or an ANTIFRAUD_* environment variable."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+FailPolicy = Literal["allow", "review", "block"]
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(f"ANTIFRAUD_{name}", default)
+
+
+@dataclass
+class Settings:
+    """Everything the scoring service needs to start."""
+
+    redis_url: str | None = field(default_factory=lambda: _env("REDIS_URL", "") or None)
+    model_dir: Path = field(default_factory=lambda: Path(_env("MODEL_DIR", str(ROOT / "models" / "default"))))
+    shadow_model_dir: Path | None = field(
+        default_factory=lambda: Path(p) if (p := _env("SHADOW_MODEL_DIR", "")) else None)
+    shadow_share: float = field(default_factory=lambda: float(_env("SHADOW_SHARE", "0.1")))
+    rules_dir: Path = field(default_factory=lambda: Path(_env("RULES_DIR", str(ROOT / "rules"))))
+    api_keys_file: Path | None = field(default_factory=lambda: Path(p) if (p := _env("API_KEYS", "")) else None)
+    budget_ms: float = field(default_factory=lambda: float(_env("BUDGET_MS", "50")))
+    fail_policy: FailPolicy = field(default_factory=lambda: _env("FAIL_POLICY", "review"))  # type: ignore[arg-type]
+    decision_ttl_days: int = field(default_factory=lambda: int(_env("DECISION_TTL_DAYS", "30")))
+    decision_log_maxlen: int = field(default_factory=lambda: int(_env("DECISION_LOG_MAXLEN", "1000000")))
+    max_body_bytes: int = field(default_factory=lambda: int(_env("MAX_BODY_BYTES", "16384")))
+    namespace: str = field(default_factory=lambda: _env("NAMESPACE", "af"))
+
+    def __post_init__(self) -> None:
+        if self.fail_policy not in ("allow", "review", "block"):
+            raise ValueError(f"fail policy must be allow, review or block, not {self.fail_policy!r}")
+        if not 0 < self.budget_ms <= 10_000:
+            raise ValueError(f"budget_ms must be in (0, 10000], got {self.budget_ms}")
