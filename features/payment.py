@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
+import pandas as pd
 
 NAN = float("nan")
 # Transaction fields the payment features read.
@@ -15,13 +16,17 @@ MS_PER_HOUR = 3_600_000
 MS_PER_DAY = 86_400_000
 
 
+def _is_missing(v: object) -> bool:
+    return v is None or v is pd.NA or v == "" or (isinstance(v, float) and v != v)
+
+
 def _missing(values: np.ndarray) -> np.ndarray:
-    return np.array([v is None or v != v or v == "" for v in values], dtype=bool)  # v != v: NaN
+    return np.array([_is_missing(v) for v in values], dtype=bool)
 
 
 def _as_float(values: np.ndarray) -> np.ndarray:
     """Booleans and numeric strings as floats, missing as NaN."""
-    return np.array([NAN if v is None or v != v or v == "" else float(v) for v in values], dtype=float)
+    return np.array([NAN if _is_missing(v) else float(v) for v in values], dtype=float)  # type: ignore[arg-type]
 
 
 def _mismatch(a: np.ndarray, b: np.ndarray) -> np.ndarray:

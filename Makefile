@@ -1,0 +1,45 @@
+# The two commands a newcomer needs: `make demo` and `make test`. Both create or update .venv first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: venv demo serve test lint typecheck bench reliability clean
+
+$(STAMP): pyproject.toml
+	@echo "==> creating $(VENV) and installing antifraud with its test tools"
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet --progress-bar off -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: venv
+	@echo "==> antifraud demo: sample, model, embedded Redis, service, one day replayed over HTTP"
+	$(BIN)/antifraud demo
+
+# Runs until stopped, on the embedded Redis, with a local development key file in var/.
+serve: venv
+	@mkdir -p var
+	@test -f var/dev-keys.yaml || $(BIN)/antifraud keys new --name dev --role admin --file var/dev-keys.yaml
+	$(BIN)/antifraud serve --api-keys var/dev-keys.yaml
+
+lint: venv
+	@echo "==> ruff"
+	$(BIN)/ruff check engine features training tests benchmarks
+
+typecheck: venv
+	@echo "==> mypy"
+	$(BIN)/mypy
+
+test: venv lint typecheck
+	@echo "==> pytest (real redis-server, real LightGBM)"
+	$(BIN)/pytest -q
+
+bench: venv
+	$(BIN)/python benchmarks/bench_online_features.py
+	$(BIN)/python benchmarks/bench_offline_features.py
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

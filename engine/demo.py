@@ -1,0 +1,192 @@
+"""`make demo`: the whole engine on one machine, from a fresh clone, in a few minutes.
+
+1. the sample history (simulated with a fixed seed if missing) and a model (trained if missing);
+2. an embedded redis-server, loaded with every payment and feedback event before the replay day;
+3. `antifraud serve` as a real process, with a fresh API key;
+4. one day of sample payments replayed over HTTP `POST /v1/score` in time order, with the day's
+   feedback sent to `POST /v1/feedback` as it happens;
+5. a summary: verdicts, frauds caught and missed, latency; everything started is stopped.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pandas as pd
+import redis
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from engine.auth import new_key
+from engine.redis_server import EmbeddedRedis
+from engine.settings import ROOT
+from features.online import OnlineFeatures
+from features.stream import FEEDBACK_COLUMNS, payment_record, stream
+
+SAMPLE = ROOT / "data" / "sample" / "history.parquet"
+MODEL = ROOT / "models" / "default"
+SAMPLE_ARGS = {"days": 60, "cards": 3000, "merchants": 300, "seed": 7}
+TRAIN_DAYS = 42  # the model is trained on the first six weeks; later days are unseen
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def ensure_sample(console: Console) -> pd.DataFrame:
+    """The committed sample, re-simulated with its fixed seed if it is missing."""
+    from training.history import load_history, write_history
+    from training.simulator import simulate
+
+    if not SAMPLE.exists():
+        console.print(f"no sample at {SAMPLE}: simulating it ({SAMPLE_ARGS})")
+        SAMPLE.parent.mkdir(parents=True, exist_ok=True)
+        write_history(simulate(**SAMPLE_ARGS), SAMPLE)  # type: ignore[arg-type]
+    return load_history(SAMPLE)
+
+
+def ensure_model(history: pd.DataFrame, console: Console) -> None:
+    """The default model, trained on the sample's first weeks if it is missing."""
+    from training.train import train
+
+    if (MODEL / "model.txt").exists():
+        return
+    start = history["timestamp"].min().date()
+    console.print(f"no model at {MODEL}: training on {start} + {TRAIN_DAYS} days of the sample")
+    train(SAMPLE, start, start + timedelta(days=TRAIN_DAYS), MODEL)
+
+
+def run_demo(day: str | None = None, limit: int | None = None, console: Console | None = None) -> int:
+    """Run the demo; returns the process exit code."""
+    console = console or Console()
+    history = ensure_sample(console)
+    ensure_model(history, console)
+    last = history["timestamp"].max().normalize()
+    replay_day = pd.Timestamp(day, tz="UTC") if day else last - pd.Timedelta(days=1)
+    start_ms = int(replay_day.timestamp() * 1000)
+    end_ms = start_ms + 86_400_000
+    with tempfile.TemporaryDirectory(prefix="antifraud-demo-") as tmp, EmbeddedRedis(Path(tmp) / "redis") as rds:
+        client = redis.Redis.from_url(rds.url)
+        with Progress(console=console) as progress:
+            before = int((history["timestamp"] < replay_day).sum())
+            task = progress.add_task(f"loading Redis with the {before:,} payments before {replay_day.date()}",
+                                     total=None)
+            OnlineFeatures(client).backfill(history, until_ms=start_ms,
+                                            progress=lambda n: progress.update(task, completed=n))
+            progress.update(task, total=1, completed=1)
+        keys = Path(tmp) / "keys.yaml"
+        key = new_key(keys, "demo", "scorer")
+        port = _free_port()
+        env = {**os.environ, "ANTIFRAUD_PAN_SECRET": os.environ.get("ANTIFRAUD_PAN_SECRET", "demo-secret-0123456789")}
+        server = subprocess.Popen(
+            [sys.executable, "-m", "engine.cli", "serve", "--port", str(port), "--redis", rds.url,
+             "--api-keys", str(keys)], env=env, cwd=ROOT)
+        try:
+            return _replay(history, start_ms, end_ms, port, key, limit, console)
+        finally:
+            server.terminate()
+            server.wait(timeout=10)
+
+
+def _replay(history: pd.DataFrame, start_ms: int, end_ms: int, port: int, key: str, limit: int | None,
+            console: Console) -> int:
+    base = f"http://127.0.0.1:{port}"
+    headers = {"Authorization": f"Bearer {key}"}
+    with httpx.Client(base_url=base, headers=headers, timeout=5.0) as http:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if http.get("/ready").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                console.print("[red]the service did not become ready within 60 s[/red]")
+                return 1
+            time.sleep(0.2)
+        events = [(e, r, t) for e, r, t in stream(history) if start_ms <= t < end_ms]
+        payments = sum(1 for e, _, _ in events if e == "payment")
+        if limit is not None:
+            payments = min(payments, limit)
+        verdicts: dict[str, str] = {}
+        latencies: list[float] = []
+        errors = 0
+        with Progress(console=console) as progress:
+            task = progress.add_task(f"replaying {payments:,} payments over HTTP", total=payments)
+            for event, row, t_ms in events:
+                record = payment_record(history, row)
+                if event == "payment":
+                    if len(latencies) >= payments:
+                        break
+                    body = _transaction_body(record)
+                    t0 = time.perf_counter()
+                    response = http.post("/v1/score", json=body)
+                    latencies.append((time.perf_counter() - t0) * 1000)
+                    if response.status_code != 200:
+                        errors += 1
+                        continue
+                    verdicts[record["transaction_id"]] = response.json()["verdict"]
+                    progress.advance(task)
+                else:
+                    response = http.post("/v1/feedback", json=_feedback_body(event, record, t_ms))
+                    errors += response.status_code != 202
+    _summary(history, verdicts, latencies, errors, console)
+    return 0 if errors == 0 and verdicts else 1
+
+
+def _transaction_body(record: dict[str, object]) -> dict[str, object]:
+    from engine.schema import TRANSACTION_COLUMNS
+
+    body = {k: record.get(k) for k in TRANSACTION_COLUMNS if record.get(k) is not None}
+    body["timestamp"] = pd.Timestamp(record["timestamp"]).isoformat()  # type: ignore[arg-type]
+    return body
+
+
+def _feedback_body(event: str, record: dict[str, object], t_ms: int) -> dict[str, object]:
+    reported = pd.Timestamp(t_ms, unit="ms", tz="UTC").isoformat()
+    body: dict[str, object] = {"transaction_id": record["transaction_id"], "reported_at": reported}
+    if event == "decline":
+        body.update(kind="outcome", outcome="declined", decline_code=record.get("decline_code") or None)
+    elif event == "fraud":
+        body.update(kind="label", label="fraud")
+    else:
+        body.update(kind=event)
+    assert event in FEEDBACK_COLUMNS
+    return body
+
+
+def _summary(history: pd.DataFrame, verdicts: dict[str, str], latencies: list[float], errors: int,
+             console: Console) -> None:
+    labels = history.set_index("transaction_id")["label"]
+    scored = pd.Series(verdicts)
+    fraud = labels.reindex(scored.index).fillna(0).astype(int) == 1
+    table = Table(title="antifraud demo: one day of sample payments over HTTP")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    table.add_row("payments scored", f"{len(scored):,}")
+    for verdict in ("allow", "review", "block"):
+        table.add_row(verdict, f"{int((scored == verdict).sum()):,}")
+    table.add_row("frauds in the day", f"{int(fraud.sum()):,}")
+    table.add_row("frauds blocked", f"{int((fraud & (scored == 'block')).sum()):,}")
+    table.add_row("frauds sent to review", f"{int((fraud & (scored == 'review')).sum()):,}")
+    table.add_row("frauds missed (allowed)", f"{int((fraud & (scored == 'allow')).sum()):,}")
+    table.add_row("good payments blocked", f"{int((~fraud & (scored == 'block')).sum()):,}")
+    if latencies:
+        table.add_row("latency p50 (ms, client side)", f"{np.percentile(latencies, 50):.2f}")
+        table.add_row("latency p99 (ms, client side)", f"{np.percentile(latencies, 99):.2f}")
+    table.add_row("HTTP errors", str(errors))
+    console.print(table)
+
+
