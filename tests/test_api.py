@@ -1,0 +1,160 @@
+"""The scoring service's contract, through FastAPI's test client against a real redis-server."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import lightgbm as lgb
+import numpy as np
+import pytest
+import redis
+from fastapi.testclient import TestClient
+
+from engine.api import create_app
+from engine.auth import new_key
+from engine.redis_server import EmbeddedRedis
+from engine.settings import ROOT, Settings
+from features.offline import OfflineFeatures
+from training.simulator import simulate
+
+PAN = "4111111111111111"
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small real LightGBM model on the spec's features (training itself is tested elsewhere)."""
+    history = simulate(days=10, cards=300, merchants=30, seed=2)
+    history = history.sort_values("timestamp", kind="stable").reset_index(drop=True)
+    features = OfflineFeatures()
+    x = features.transform(history)[features.feature_names]
+    booster = lgb.train({"objective": "binary", "verbose": -1, "num_leaves": 7, "num_threads": 1},
+                        lgb.Dataset(x, history["label"].to_numpy()), num_boost_round=20)
+    directory = tmp_path_factory.mktemp("model") / "test-model"
+    directory.mkdir()
+    booster.save_model(str(directory / "model.txt"))
+    return directory
+
+
+@pytest.fixture
+def service(model_dir: Path, redis_client: redis.Redis, tmp_path: Path,
+            monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[TestClient, dict[str, str], redis.Redis]]:
+    monkeypatch.setenv("ANTIFRAUD_PAN_SECRET", "test-secret-0123456789")
+    keys = tmp_path / "keys.yaml"
+    scorer, admin = new_key(keys, "checkout", "scorer"), new_key(keys, "ops", "admin")
+    settings = Settings(redis_url=None, model_dir=model_dir, rules_dir=ROOT / "rules", api_keys_file=keys)
+    with TestClient(create_app(settings, client=redis_client)) as client:
+        yield client, {"scorer": scorer, "admin": admin}, redis_client
+
+
+def _payment(**overrides: object) -> dict[str, object]:
+    body: dict[str, object] = {"transaction_id": "tx-1", "timestamp": "2026-03-01T12:00:00Z", "card_id": "card_a",
+                               "merchant_id": "m_1", "amount": 42.5, "currency": "EUR", "channel": "ecom",
+                               "ip_country": "FR", "card_country": "FR", "device_id": "dev_1"}
+    body.update(overrides)
+    return body
+
+
+def _auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def test_score_answers_a_verdict_with_reasons_and_versions(service) -> None:  # type: ignore[no-untyped-def]
+    client, keys, _ = service
+    response = client.post("/v1/score", json=_payment(), headers=_auth(keys["scorer"]))
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["verdict"] in ("allow", "review", "block")
+    assert 0.0 <= body["score"] <= 1.0 and body["risk_score"] == round(body["score"] * 100)
+    assert body["model_version"].startswith("test-model-") and body["rules_version"]
+    assert body["degraded"] is False
+    stored = client.get("/v1/decisions/tx-1", headers=_auth(keys["scorer"])).json()
+    assert stored["verdict"] == body["verdict"] and "card_count_24h" in stored["features"]
+
+
+def test_auth_refuses_missing_wrong_and_underprivileged_keys(service) -> None:  # type: ignore[no-untyped-def]
+    client, keys, _ = service
+    assert client.post("/v1/score", json=_payment()).status_code == 401
+    assert client.post("/v1/score", json=_payment(), headers=_auth("afk_wrong")).status_code == 401
+    assert client.post("/admin/reload-rules", headers=_auth(keys["scorer"])).status_code == 403
+    assert client.post("/admin/reload-rules", headers=_auth(keys["admin"])).status_code == 200
+
+
+def test_a_retry_returns_the_stored_decision_and_counts_once(service) -> None:  # type: ignore[no-untyped-def]
+    client, keys, _ = service
+    first = client.post("/v1/score", json=_payment(), headers=_auth(keys["scorer"])).json()
+    again = client.post("/v1/score", json=_payment(), headers=_auth(keys["scorer"])).json()
+    first.pop("timings")
+    again.pop("timings")
+    assert again == first
+    later = client.post("/v1/score", json=_payment(transaction_id="tx-2", timestamp="2026-03-01T12:01:00Z"),
+                        headers=_auth(keys["scorer"]))
+    stored = client.get("/v1/decisions/tx-2", headers=_auth(keys["scorer"])).json()
+    assert later.status_code == 200 and stored["features"]["card_count_24h"] == 1.0
+
+
+@pytest.mark.parametrize(("change", "field"), [
+    ({"amount": -1}, "amount"), ({"currency": "euro"}, "currency"), ({"timestamp": "yesterday"}, "timestamp"),
+    ({"channel": "phone"}, "channel"), ({"unknown_field": 1}, "unknown_field"),
+])
+def test_bad_input_gets_422_naming_the_field(service, change: dict[str, object], field: str) -> None:  # type: ignore[no-untyped-def]
+    client, keys, _ = service
+    response = client.post("/v1/score", json=_payment(**change), headers=_auth(keys["scorer"]))
+    assert response.status_code == 422
+    assert any(field in map(str, error["loc"]) for error in response.json()["detail"])
+
+
+def test_oversized_body_gets_413(service) -> None:  # type: ignore[no-untyped-def]
+    client, keys, _ = service
+    response = client.post("/v1/score", content=b"{" + b" " * 20_000 + b"}", headers=_auth(keys["scorer"]))
+    assert response.status_code == 413
+
+
+def test_feedback_is_stored_even_for_an_unknown_payment(service) -> None:  # type: ignore[no-untyped-def]
+    client, keys, rds = service
+    client.post("/v1/score", json=_payment(), headers=_auth(keys["scorer"]))
+    known = client.post("/v1/feedback", headers=_auth(keys["scorer"]), json={
+        "transaction_id": "tx-1", "kind": "outcome", "outcome": "declined", "decline_code": "05",
+        "reported_at": "2026-03-01T12:00:02Z"})
+    unknown = client.post("/v1/feedback", headers=_auth(keys["scorer"]), json={
+        "transaction_id": "nobody", "kind": "label", "label": "fraud", "reported_at": "2026-03-02T00:00:00Z"})
+    assert known.status_code == 202 and known.json()["matched"] is True
+    assert unknown.status_code == 202 and unknown.json()["matched"] is False
+    assert rds.xlen("af:feedback") == 2
+    later = client.post("/v1/score", json=_payment(transaction_id="tx-3", timestamp="2026-03-01T12:10:00Z"),
+                        headers=_auth(keys["scorer"]))
+    assert later.status_code == 200
+    stored = client.get("/v1/decisions/tx-3", headers=_auth(keys["scorer"])).json()
+    assert stored["features"]["card_declines_1h"] == 1.0
+    assert client.get("/v1/decisions/tx-1", headers=_auth(keys["scorer"])).json()["feedback"][0]["outcome"] == "declined"
+
+
+def test_a_raw_pan_is_nowhere_in_redis(service) -> None:  # type: ignore[no-untyped-def]
+    client, keys, rds = service
+    body = _payment(transaction_id="tx-pan", pan=PAN)
+    del body["card_id"]
+    response = client.post("/v1/score", json=body, headers=_auth(keys["scorer"]))
+    assert response.status_code == 200, response.text
+    for key in rds.scan_iter():
+        assert PAN.encode() not in key
+        dumped = rds.dump(key) or b""
+        assert PAN.encode() not in dumped and PAN[:12].encode() not in dumped
+
+
+def test_redis_down_is_a_degraded_verdict_within_budget(model_dir: Path, tmp_path: Path) -> None:
+    server = EmbeddedRedis(tmp_path / "redis").start()
+    client = redis.Redis.from_url(server.url, socket_timeout=0.03, socket_connect_timeout=0.03)
+    settings = Settings(redis_url=None, model_dir=model_dir, rules_dir=ROOT / "rules", api_keys_file=None,
+                        fail_policy="review")
+    with TestClient(create_app(settings, client=client)) as http:
+        server.stop()
+        for i in range(3):
+            response = http.post("/v1/score", json=_payment(transaction_id=f"down-{i}"))
+            assert response.status_code == 200
+            body = response.json()
+            assert body["degraded"] and "redis" in body["degraded"][0]
+            assert body["verdict"] in ("review", "block")
+            # the budget is 50 ms; a wide margin for a shared machine
+            assert body["timings"]["total_ms"] < 1000
+        assert http.get("/ready").status_code == 503
+        np.testing.assert_equal(http.get("/health").status_code, 200)
