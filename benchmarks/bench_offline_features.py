@@ -23,8 +23,10 @@ def main() -> None:
     t2 = time.perf_counter()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 / 1024
     print(f"simulated {len(history):,} payments in {t1 - t0:.1f} s")
-    print(f"features: {features.shape[1] - 1} x {len(history):,} payments in {t2 - t1:.1f} s "
-          f"= {len(history) / (t2 - t1):,.0f} payments/s; peak memory {peak:.1f} GiB")
+    print(
+        f"features: {features.shape[1] - 1} x {len(history):,} payments in {t2 - t1:.1f} s "
+        f"= {len(history) / (t2 - t1):,.0f} payments/s; peak memory {peak:.1f} GiB"
+    )
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ def percentiles(samples: list[float]) -> str:
 def main() -> None:
     history = simulate(days=30, cards=2000, merchants=100, seed=5)
     history = history.sort_values("timestamp", kind="stable").reset_index(drop=True)
-    warm, measured = history.iloc[: len(history) - 3000], history.iloc[len(history) - 3000:]
+    warm, measured = history.iloc[: len(history) - 3000], history.iloc[len(history) - 3000 :]
     with EmbeddedRedis() as server:
         client = redis.Redis.from_url(server.url)
         online = OnlineFeatures(client)

@@ -25,8 +25,13 @@ from engine.settings import Settings
 log = logging.getLogger("antifraud")
 
 # feedback (kind, value) -> the feature-state event it feeds, if any
-FEATURE_EVENTS = {("label", "fraud"): "fraud", ("label", "chargeback"): "fraud",
-                  ("outcome", "declined"): "decline", ("refund", None): "refund", ("cancel", None): "cancel"}
+FEATURE_EVENTS = {
+    ("label", "fraud"): "fraud",
+    ("label", "chargeback"): "fraud",
+    ("outcome", "declined"): "decline",
+    ("refund", None): "refund",
+    ("cancel", None): "cancel",
+}
 
 
 class Feedback(BaseModel):
@@ -119,8 +124,12 @@ def create_app(settings: Settings | None = None, client: redis.Redis | None = No
             raise ValueError("no Redis URL: pass --redis or set ANTIFRAUD_REDIS_URL")
         # Each call may block this worker for at most a share of the request's budget.
         timeout = settings.budget_ms * 0.6 / 1000
-        client = redis.Redis.from_url(settings.redis_url, socket_timeout=timeout,
-                                      socket_connect_timeout=timeout, health_check_interval=0)
+        client = redis.Redis.from_url(
+            settings.redis_url,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            health_check_interval=0,
+        )
     metrics = Metrics()
     reloader = Reloader(settings, client, metrics)
     keys: list[ApiKey] = load_keys(settings.api_keys_file) if settings.api_keys_file else []
@@ -136,8 +145,12 @@ def create_app(settings: Settings | None = None, client: redis.Redis | None = No
         yield
         watcher.cancel()
 
-    app = FastAPI(title="antifraud", version="1", lifespan=lifespan,
-                  description="Real-time fraud scoring of card payments: allow, review or block.")
+    app = FastAPI(
+        title="antifraud",
+        version="1",
+        lifespan=lifespan,
+        description="Real-time fraud scoring of card payments: allow, review or block.",
+    )
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
 
     def role(required: str) -> Callable[[Request], Awaitable[ApiKey | None]]:
@@ -148,11 +161,15 @@ def create_app(settings: Settings | None = None, client: redis.Redis | None = No
             scheme, _, presented = header.partition(" ")
             key = authenticate(keys, presented.strip()) if scheme.lower() == "bearer" and presented else None
             if key is None:
-                raise HTTPException(401, "missing or unknown API key: send Authorization: Bearer <key>",
-                                    headers={"WWW-Authenticate": "Bearer"})
+                raise HTTPException(
+                    401,
+                    "missing or unknown API key: send Authorization: Bearer <key>",
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
             if required == "admin" and key.role != "admin":
                 raise HTTPException(403, f"key {key.name!r} has role {key.role!r}; this call needs admin")
             return key
+
         return check
 
     scorer_auth = Depends(role("scorer"))
@@ -175,11 +192,14 @@ def create_app(settings: Settings | None = None, client: redis.Redis | None = No
             if matched and event.feature_event is not None:
                 assert decision is not None
                 payment = {**decision["payment"], "transaction_id": event.transaction_id}
-                reloader.scorer.features.feedback(event.feature_event, event.transaction_id,
-                                                  event.reported_at, payment)
+                reloader.scorer.features.feedback(
+                    event.feature_event, event.transaction_id, event.reported_at, payment
+                )
         except (redis.RedisError, OSError) as exc:
             metrics.redis_errors.inc()
-            raise HTTPException(503, "feedback store unavailable: retry later", headers={"Retry-After": "1"}) from exc
+            raise HTTPException(
+                503, "feedback store unavailable: retry later", headers={"Retry-After": "1"}
+            ) from exc
         metrics.feedback.labels(event.kind).inc()
         return {"transaction_id": event.transaction_id, "accepted": True, "matched": matched}
 
@@ -232,5 +252,3 @@ def app_from_env() -> FastAPI:
     """Factory for `uvicorn --factory engine.api:app_from_env` (each worker builds its own)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return create_app(Settings())
-
-

@@ -11,8 +11,11 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-app = typer.Typer(help="Real-time antifraud scoring engine for card payments.", no_args_is_help=True,
-                  pretty_exceptions_show_locals=False)
+app = typer.Typer(
+    help="Real-time antifraud scoring engine for card payments.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
 rules_app = typer.Typer(help="Check rule sets.", no_args_is_help=True)
 keys_app = typer.Typer(help="Manage API keys.", no_args_is_help=True)
 app.add_typer(rules_app, name="rules")
@@ -32,15 +35,15 @@ def _date(value: datetime) -> date:
     return value.date()
 
 
-
-
 @app.command()
 def simulate(
     days: Annotated[int, typer.Option(help="Days of history")] = 60,
     cards: Annotated[int, typer.Option(help="Number of cards")] = 3000,
     merchants: Annotated[int, typer.Option(help="Number of merchants")] = 300,
     seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same file")] = 7,
-    out: Annotated[Path, typer.Option(help="Output file (.parquet, .csv or .csv.gz)")] = Path("history.parquet"),
+    out: Annotated[Path, typer.Option(help="Output file (.parquet, .csv or .csv.gz)")] = Path(
+        "history.parquet"
+    ),
 ) -> None:
     """Write a realistic simulated payment history with labelled fraud patterns."""
     from rich.progress import Progress
@@ -50,8 +53,13 @@ def simulate(
 
     with Progress(console=console) as progress:
         task = progress.add_task(f"simulating {days} days", total=days)
-        frame = run(days=days, cards=cards, merchants=merchants, seed=seed,
-                    progress=lambda done, total: progress.update(task, completed=done, total=total))
+        frame = run(
+            days=days,
+            cards=cards,
+            merchants=merchants,
+            seed=seed,
+            progress=lambda done, total: progress.update(task, completed=done, total=total),
+        )
     write_history(frame, out)
     frauds = int(frame["label"].sum())
     console.print(f"wrote {out}: {len(frame):,} payments, {frauds:,} frauds ({frauds / len(frame):.2%})")
@@ -146,7 +154,7 @@ def rules_check(directory: Annotated[Path, typer.Argument(help="Rule set directo
     from features.spec import load_spec
 
     errors = check_rules(directory, rule_names(load_spec().feature_names))
-    print_report(errors, Console(), directory=directory)
+    print_report(errors, Console())
     if errors:
         raise typer.Exit(1)
 
@@ -172,8 +180,12 @@ def keys_new(
 def serve(
     host: Annotated[str, typer.Option(envvar="ANTIFRAUD_HOST")] = "127.0.0.1",
     port: Annotated[int, typer.Option(envvar="ANTIFRAUD_PORT")] = 8000,
-    redis_url: Annotated[str | None, typer.Option("--redis", envvar="ANTIFRAUD_REDIS_URL",
-                                                  help="redis:// or unix:// URL; default: embedded")] = None,
+    redis_url: Annotated[
+        str | None,
+        typer.Option(
+            "--redis", envvar="ANTIFRAUD_REDIS_URL", help="redis:// or unix:// URL; default: embedded"
+        ),
+    ] = None,
     workers: Annotated[int, typer.Option(envvar="ANTIFRAUD_WORKERS")] = 1,
     model: Annotated[Path | None, typer.Option(envvar="ANTIFRAUD_MODEL_DIR")] = None,
     rules: Annotated[Path | None, typer.Option(envvar="ANTIFRAUD_RULES_DIR")] = None,
@@ -182,13 +194,23 @@ def serve(
     """Run the scoring service (FastAPI on uvicorn) until stopped."""
     from engine.service import run_service
 
-    run_service(host=host, port=port, redis_url=redis_url, workers=workers, model=model, rules=rules,
-                api_keys=api_keys, console=console)
+    run_service(
+        host=host,
+        port=port,
+        redis_url=redis_url,
+        workers=workers,
+        model=model,
+        rules=rules,
+        api_keys=api_keys,
+        console=console,
+    )
 
 
 @app.command()
 def demo(
-    day: Annotated[str | None, typer.Option(help="Day of the sample to replay (default: the last full day)")] = None,
+    day: Annotated[
+        str | None, typer.Option(help="Day of the sample to replay (default: the last full day)")
+    ] = None,
     limit: Annotated[int | None, typer.Option(help="Replay at most this many payments")] = None,
 ) -> None:
     """Start the service on an embedded Redis, replay one sample day over HTTP, print a summary."""

@@ -30,8 +30,9 @@ return redis.call('GET', KEYS[1])
 class DecisionStore:
     """Reads and writes decisions and feedback; a thin layer over redis-py."""
 
-    def __init__(self, client: redis.Redis, namespace: str = "af", ttl_days: int = 30,
-                 maxlen: int = 1_000_000) -> None:
+    def __init__(
+        self, client: redis.Redis, namespace: str = "af", ttl_days: int = 30, maxlen: int = 1_000_000
+    ) -> None:
         self.client = client
         self.ns = namespace
         self.ttl_ms = ttl_days * 86_400_000
@@ -51,8 +52,10 @@ class DecisionStore:
     def put(self, decision: dict[str, Any]) -> dict[str, Any] | None:
         """Store a new decision; returns the earlier stored one instead when there is one."""
         key = self._key(decision["transaction_id"], "d")
-        earlier = self._store(keys=[key, self.decisions_stream],
-                              args=[json.dumps(decision, separators=(",", ":")), self.ttl_ms, self.maxlen])
+        earlier = self._store(
+            keys=[key, self.decisions_stream],
+            args=[json.dumps(decision, separators=(",", ":")), self.ttl_ms, self.maxlen],
+        )
         return json.loads(earlier) if earlier else None
 
     def add_feedback(self, event: dict[str, Any]) -> None:
@@ -76,6 +79,6 @@ class DecisionStore:
             entries = self.client.xrange(stream, min=start, count=batch)
             if not entries:
                 return
-            for entry_id, fields in entries:
+            for _entry_id, fields in entries:
                 yield json.loads(fields[field.encode()])
             start = "(" + entries[-1][0].decode()

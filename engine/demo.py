@@ -77,22 +77,43 @@ def run_demo(day: str | None = None, limit: int | None = None, console: Console 
     replay_day = pd.Timestamp(day, tz="UTC") if day else last - pd.Timedelta(days=1)
     start_ms = int(replay_day.timestamp() * 1000)
     end_ms = start_ms + 86_400_000
-    with tempfile.TemporaryDirectory(prefix="antifraud-demo-") as tmp, EmbeddedRedis(Path(tmp) / "redis") as rds:
+    with (
+        tempfile.TemporaryDirectory(prefix="antifraud-demo-") as tmp,
+        EmbeddedRedis(Path(tmp) / "redis") as rds,
+    ):
         client = redis.Redis.from_url(rds.url)
         with Progress(console=console) as progress:
             before = int((history["timestamp"] < replay_day).sum())
-            task = progress.add_task(f"loading Redis with the {before:,} payments before {replay_day.date()}",
-                                     total=None)
-            OnlineFeatures(client).backfill(history, until_ms=start_ms,
-                                            progress=lambda n: progress.update(task, completed=n))
+            task = progress.add_task(
+                f"loading Redis with the {before:,} payments before {replay_day.date()}", total=None
+            )
+            OnlineFeatures(client).backfill(
+                history, until_ms=start_ms, progress=lambda n: progress.update(task, completed=n)
+            )
             progress.update(task, total=1, completed=1)
         keys = Path(tmp) / "keys.yaml"
         key = new_key(keys, "demo", "scorer")
         port = _free_port()
-        env = {**os.environ, "ANTIFRAUD_PAN_SECRET": os.environ.get("ANTIFRAUD_PAN_SECRET", "demo-secret-0123456789")}
+        env = {
+            **os.environ,
+            "ANTIFRAUD_PAN_SECRET": os.environ.get("ANTIFRAUD_PAN_SECRET", "demo-secret-0123456789"),
+        }
         server = subprocess.Popen(
-            [sys.executable, "-m", "engine.cli", "serve", "--port", str(port), "--redis", rds.url,
-             "--api-keys", str(keys)], env=env, cwd=ROOT)
+            [
+                sys.executable,
+                "-m",
+                "engine.cli",
+                "serve",
+                "--port",
+                str(port),
+                "--redis",
+                rds.url,
+                "--api-keys",
+                str(keys),
+            ],
+            env=env,
+            cwd=ROOT,
+        )
         try:
             return _replay(history, start_ms, end_ms, port, key, limit, console)
         finally:
@@ -100,8 +121,15 @@ def run_demo(day: str | None = None, limit: int | None = None, console: Console 
             server.wait(timeout=10)
 
 
-def _replay(history: pd.DataFrame, start_ms: int, end_ms: int, port: int, key: str, limit: int | None,
-            console: Console) -> int:
+def _replay(
+    history: pd.DataFrame,
+    start_ms: int,
+    end_ms: int,
+    port: int,
+    key: str,
+    limit: int | None,
+    console: Console,
+) -> int:
     base = f"http://127.0.0.1:{port}"
     headers = {"Authorization": f"Bearer {key}"}
     with httpx.Client(base_url=base, headers=headers, timeout=5.0) as http:
@@ -167,8 +195,9 @@ def _feedback_body(event: str, record: dict[str, object], t_ms: int) -> dict[str
     return body
 
 
-def _summary(history: pd.DataFrame, verdicts: dict[str, str], latencies: list[float], errors: int,
-             console: Console) -> None:
+def _summary(
+    history: pd.DataFrame, verdicts: dict[str, str], latencies: list[float], errors: int, console: Console
+) -> None:
     labels = history.set_index("transaction_id")["label"]
     scored = pd.Series(verdicts)
     fraud = labels.reindex(scored.index).fillna(0).astype(int) == 1
@@ -188,5 +217,3 @@ def _summary(history: pd.DataFrame, verdicts: dict[str, str], latencies: list[fl
         table.add_row("latency p99 (ms, client side)", f"{np.percentile(latencies, 99):.2f}")
     table.add_row("HTTP errors", str(errors))
     console.print(table)
-
-

@@ -25,6 +25,7 @@ from engine.metrics import Metrics
 from engine.model import ModelError, ModelRuntime
 from engine.pipeline import Loaded, Scorer
 from engine.rules import RuleSetError, load_ruleset
+from engine.rules.expression import FieldType
 from engine.schema import Transaction
 from engine.settings import Settings
 from features.online import OnlineFeatures
@@ -32,10 +33,10 @@ from features.online import OnlineFeatures
 log = logging.getLogger("antifraud.loader")
 
 
-def rule_names(feature_names: list[str]) -> dict[str, str]:
+def rule_names(feature_names: list[str]) -> dict[str, FieldType]:
     """What a rule may read, with its type: every request field, then every feature."""
-    kinds = {str: "string", float: "number", bool: "bool", datetime: "string"}
-    names: dict[str, str] = {}
+    kinds: dict[object, FieldType] = {str: "string", float: "number", bool: "bool", datetime: "string"}
+    names: dict[str, FieldType] = {}
     for name, info in Transaction.model_fields.items():
         if name == "pan":
             continue
@@ -70,12 +71,24 @@ class Reloader:
         rules = load_ruleset(self.settings.rules_dir, self.names)
         model = self._model(self.settings.model_dir)
         shadow = self._model(self.settings.shadow_model_dir) if self.settings.shadow_model_dir else None
-        store = DecisionStore(self.client, self.settings.namespace, self.settings.decision_ttl_days,
-                              self.settings.decision_log_maxlen)
-        self.scorer = Scorer(self.features, store, Loaded(model, rules, shadow), self.settings.fail_policy,
-                             self.settings.shadow_share, metrics=self.metrics)
-        self._seen = {"rules": _fingerprint(self.settings.rules_dir),
-                      "model": _fingerprint(self.settings.model_dir)}
+        store = DecisionStore(
+            self.client,
+            self.settings.namespace,
+            self.settings.decision_ttl_days,
+            self.settings.decision_log_maxlen,
+        )
+        self.scorer = Scorer(
+            self.features,
+            store,
+            Loaded(model, rules, shadow),
+            self.settings.fail_policy,
+            self.settings.shadow_share,
+            metrics=self.metrics,
+        )
+        self._seen = {
+            "rules": _fingerprint(self.settings.rules_dir),
+            "model": _fingerprint(self.settings.model_dir),
+        }
 
     def _model(self, directory: Path) -> ModelRuntime | None:
         try:
@@ -93,8 +106,9 @@ class Reloader:
             errors = [str(e) for e in exc.errors]
             log.error("rule set refused, previous one keeps serving: %s", errors)
             if raise_http:
-                raise HTTPException(422, {"message": "rule set refused; the previous one keeps serving",
-                                          "errors": errors}) from exc
+                raise HTTPException(
+                    422, {"message": "rule set refused; the previous one keeps serving", "errors": errors}
+                ) from exc
             return {"reloaded": False, "errors": errors}
         self.scorer.loaded = replace(self.scorer.loaded, rules=rules)
         log.info("rules %s loaded", rules.version)
@@ -108,8 +122,9 @@ class Reloader:
         except (ModelError, OSError) as exc:
             log.error("model refused, previous one keeps serving: %s", exc)
             if raise_http:
-                raise HTTPException(422, {"message": "model refused; the previous one keeps serving",
-                                          "errors": [str(exc)]}) from exc
+                raise HTTPException(
+                    422, {"message": "model refused; the previous one keeps serving", "errors": [str(exc)]}
+                ) from exc
             return {"reloaded": False, "errors": [str(exc)]}
         self.scorer.loaded = replace(self.scorer.loaded, model=model)
         log.info("model %s loaded", model.version)
@@ -131,5 +146,8 @@ class Reloader:
         except (redis.RedisError, OSError) as exc:
             redis_ok = f"unreachable: {type(exc).__name__}"
         loaded = self.scorer.loaded
-        return {"redis": redis_ok, "model": loaded.model is not None or "not loaded",
-                "rules": loaded.rules is not None or "not loaded"}
+        return {
+            "redis": redis_ok,
+            "model": loaded.model is not None or "not loaded",
+            "rules": loaded.rules is not None or "not loaded",
+        }

@@ -15,12 +15,17 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         # multi-process mode writes every metric to files and needs no registry of its own
-        self.registry = registry or (None if os.environ.get("PROMETHEUS_MULTIPROC_DIR") else CollectorRegistry())
+        self.registry = registry or (
+            None if os.environ.get("PROMETHEUS_MULTIPROC_DIR") else CollectorRegistry()
+        )
         r = self.registry
-        self.stage = Histogram("antifraud_stage_seconds", "Time per scoring stage", ["stage"],
-                               buckets=STAGE_BUCKETS, registry=r)
+        self.stage = Histogram(
+            "antifraud_stage_seconds", "Time per scoring stage", ["stage"], buckets=STAGE_BUCKETS, registry=r
+        )
         self.verdicts = Counter("antifraud_verdicts_total", "Decisions by verdict", ["verdict"], registry=r)
-        self.rule_hits = Counter("antifraud_rule_hits_total", "Rules that fired", ["rule", "mode"], registry=r)
+        self.rule_hits = Counter(
+            "antifraud_rule_hits_total", "Rules that fired", ["rule", "mode"], registry=r
+        )
         self.degraded = Counter("antifraud_degraded_total", "Decisions made without every signal", registry=r)
         self.redis_errors = Counter("antifraud_redis_errors_total", "Failed Redis calls", registry=r)
         self.feedback = Counter("antifraud_feedback_total", "Feedback events accepted", ["kind"], registry=r)
@@ -37,11 +42,11 @@ class Metrics:
         if decision["degraded"]:
             self.degraded.inc()
 
-
     def render(self) -> bytes:
         """The exposition text; merges every worker's values when PROMETHEUS_MULTIPROC_DIR is set."""
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             registry = CollectorRegistry()
-            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+            multiprocess.MultiProcessCollector(registry)
             return generate_latest(registry)
+        assert self.registry is not None
         return generate_latest(self.registry)

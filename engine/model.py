@@ -43,7 +43,9 @@ class ModelRuntime:
         self.directory = Path(directory)
         model_file = self.directory / "model.txt"
         if not model_file.is_file():
-            raise ModelError(f"{model_file} not found: train a model first (antifraud train ... --out {directory})")
+            raise ModelError(
+                f"{model_file} not found: train a model first (antifraud train ... --out {directory})"
+            )
         text = model_file.read_text()
         self.version = f"{self.directory.name}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
         meta_file = self.directory / "metadata.json"
@@ -65,18 +67,29 @@ class ModelRuntime:
         self._out = np.zeros(1, dtype=np.float64)
         self._out_len = ctypes.c_int64(0)
         self._fast = ctypes.c_void_p()
-        _safe_call(_LIB.LGBM_BoosterPredictForMatSingleRowFastInit(
-            self.booster._handle, ctypes.c_int(_PREDICT_NORMAL), ctypes.c_int(0), ctypes.c_int(-1),
-            ctypes.c_int(_DTYPE_FLOAT64), ctypes.c_int32(self._n), ctypes.c_char_p(b"num_threads=1"),
-            ctypes.byref(self._fast)))
+        _safe_call(
+            _LIB.LGBM_BoosterPredictForMatSingleRowFastInit(
+                self.booster._handle,
+                ctypes.c_int(_PREDICT_NORMAL),
+                ctypes.c_int(0),
+                ctypes.c_int(-1),
+                ctypes.c_int(_DTYPE_FLOAT64),
+                ctypes.c_int32(self._n),
+                ctypes.c_char_p(b"num_threads=1"),
+                ctypes.byref(self._fast),
+            )
+        )
         self._row_ptr = self._row.ctypes.data_as(ctypes.c_void_p)
         self._out_ptr = self._out.ctypes.data_as(ctypes.POINTER(ctypes.c_double))
 
     def predict_one(self, row: np.ndarray) -> float:
         """Probability of fraud for one feature row (NaN = missing). Not thread-safe: one per worker."""
         self._row[:] = row
-        _safe_call(_LIB.LGBM_BoosterPredictForMatSingleRowFast(
-            self._fast, self._row_ptr, ctypes.byref(self._out_len), self._out_ptr))
+        _safe_call(
+            _LIB.LGBM_BoosterPredictForMatSingleRowFast(
+                self._fast, self._row_ptr, ctypes.byref(self._out_len), self._out_ptr
+            )
+        )
         return float(self._out[0])
 
     def predict(self, rows: np.ndarray) -> np.ndarray:
@@ -87,8 +100,11 @@ class ModelRuntime:
         """The features that pushed this payment's score most, by LightGBM's TreeSHAP contributions."""
         contrib = self.booster.predict(row.reshape(1, -1), pred_contrib=True)[0][:-1]
         order = np.argsort(-np.abs(contrib))[:top]
-        return [Contribution(self.feature_names[i], float(row[i]), float(contrib[i])) for i in order
-                if contrib[i] != 0.0]
+        return [
+            Contribution(self.feature_names[i], float(row[i]), float(contrib[i]))
+            for i in order
+            if contrib[i] != 0.0
+        ]
 
     def __del__(self) -> None:
         fast = getattr(self, "_fast", None)

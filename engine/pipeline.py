@@ -121,7 +121,7 @@ class Scorer:
             "transaction_id": txn.transaction_id,
             "verdict": verdict,
             "score": score,
-            "risk_score": None if score is None else int(round(score * 100)),
+            "risk_score": None if score is None else round(score * 100),
             "reasons": reasons,
             "model_version": loaded.model.version if loaded.model else None,
             "rules_version": loaded.rules.version,
@@ -131,12 +131,16 @@ class Scorer:
             "payment": {k: payment[k] for k in ENTITY_FIELDS if payment.get(k) is not None},
             "amount": txn.amount,
             "currency": txn.currency,
-            "features": {n: (None if math.isnan(v) else float(v))
-                         for n, v in zip(self.features.feature_names, values, strict=True)},
+            "features": {
+                n: (None if math.isnan(v) else float(v))
+                for n, v in zip(self.features.feature_names, values, strict=True)
+            },
         }
         if loaded.shadow is not None and _in_share(txn.transaction_id, self.shadow_share):
-            decision["shadow"] = {"model_version": loaded.shadow.version,
-                                  "score": loaded.shadow.predict_one(values)}
+            decision["shadow"] = {
+                "model_version": loaded.shadow.version,
+                "score": loaded.shadow.predict_one(values),
+            }
         timings["total_ms"] = _ms(started)
         decision["timings"] = timings
 

@@ -47,17 +47,28 @@ class EmbeddedRedis:
         """Start the server and wait until it answers PING."""
         args = [
             redis_binary(),
-            "--port", str(self.port),
-            "--bind", "127.0.0.1",
-            "--unixsocket", str(self.socket),
-            "--unixsocketperm", "700",
-            "--dir", str(self.directory),
-            "--save", "",
-            "--appendonly", "yes" if self.appendonly else "no",
-            "--appendfsync", "everysec",
-            "--daemonize", "no",
-            "--loglevel", "warning",
-            "--logfile", str(self.directory / "redis.log"),
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--unixsocket",
+            str(self.socket),
+            "--unixsocketperm",
+            "700",
+            "--dir",
+            str(self.directory),
+            "--save",
+            "",
+            "--appendonly",
+            "yes" if self.appendonly else "no",
+            "--appendfsync",
+            "everysec",
+            "--daemonize",
+            "no",
+            "--loglevel",
+            "warning",
+            "--logfile",
+            str(self.directory / "redis.log"),
         ]
         self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
@@ -69,7 +80,7 @@ class EmbeddedRedis:
                     return self
                 except (redis.ConnectionError, FileNotFoundError):
                     if self.process.poll() is not None or time.monotonic() > deadline:
-                        log = (self.directory / "redis.log")
+                        log = self.directory / "redis.log"
                         detail = log.read_text()[-2000:] if log.exists() else "no log"
                         self.stop()
                         raise RuntimeError(f"redis-server did not start ({args[0]}): {detail}") from None
@@ -93,6 +104,7 @@ class EmbeddedRedis:
     def __enter__(self) -> EmbeddedRedis:
         return self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()

@@ -48,7 +48,9 @@ class Transaction(BaseModel):
     amount: float = Field(ge=0, le=1e9, allow_inf_nan=False)
     currency: Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]
     customer_id: Identifier | None = None
-    email: Annotated[str, StringConstraints(max_length=254, strip_whitespace=True, to_lower=True)] | None = None
+    email: Annotated[str, StringConstraints(max_length=254, strip_whitespace=True, to_lower=True)] | None = (
+        None
+    )
     ip: Annotated[str, StringConstraints(max_length=64)] | None = None
     device_id: Identifier | None = None
     card_bin: Annotated[str, StringConstraints(pattern=r"^[0-9]{6,8}$")] | None = None
@@ -99,7 +101,14 @@ def tokenize_pan(pan: str) -> str:
 
 # Columns of a transaction, in order; the API body and history files share them.
 TRANSACTION_COLUMNS: tuple[str, ...] = tuple(n for n in Transaction.model_fields if n != "pan")
-REQUIRED_COLUMNS: tuple[str, ...] = ("transaction_id", "timestamp", "card_id", "merchant_id", "amount", "currency")
+REQUIRED_COLUMNS: tuple[str, ...] = (
+    "transaction_id",
+    "timestamp",
+    "card_id",
+    "merchant_id",
+    "amount",
+    "currency",
+)
 
 # What a history file adds: the truth and the feedback the bank and the cardholder gave, each with
 # the time it became known, so that offline features only see what production would have seen.

@@ -13,8 +13,16 @@ from engine.redis_server import EmbeddedRedis
 from engine.settings import ROOT
 
 
-def run_service(host: str, port: int, redis_url: str | None, workers: int, model: Path | None,
-                rules: Path | None, api_keys: Path | None, console: Console) -> None:
+def run_service(
+    host: str,
+    port: int,
+    redis_url: str | None,
+    workers: int,
+    model: Path | None,
+    rules: Path | None,
+    api_keys: Path | None,
+    console: Console,
+) -> None:
     """Start uvicorn with `workers` processes; each builds its app from ANTIFRAUD_* variables."""
     embedded = None
     if not redis_url:
@@ -25,9 +33,11 @@ def run_service(host: str, port: int, redis_url: str | None, workers: int, model
             workers = 1
         console.print(f"embedded Redis at {redis_url} (data is not persisted; use --redis in production)")
     if api_keys is None and os.environ.get("ANTIFRAUD_ALLOW_NO_AUTH") != "1":
-        console.print("[red]error:[/red] no --api-keys file. Create one with "
-                      "`antifraud keys new --name checkout --role scorer --file keys.yaml`, "
-                      "or set ANTIFRAUD_ALLOW_NO_AUTH=1 for local development only.")
+        console.print(
+            "[red]error:[/red] no --api-keys file. Create one with "
+            "`antifraud keys new --name checkout --role scorer --file keys.yaml`, "
+            "or set ANTIFRAUD_ALLOW_NO_AUTH=1 for local development only."
+        )
         if embedded:
             embedded.stop()
         raise SystemExit(1)
@@ -39,8 +49,15 @@ def run_service(host: str, port: int, redis_url: str | None, workers: int, model
         os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="antifraud-metrics-"))
     console.print(f"serving on http://{host}:{port} with {workers} worker(s); OpenAPI at /docs")
     try:
-        uvicorn.run("engine.api:app_from_env", factory=True, host=host, port=port, workers=workers,
-                    log_level="warning", access_log=False)
+        uvicorn.run(
+            "engine.api:app_from_env",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_level="warning",
+            access_log=False,
+        )
     finally:
         if embedded:
             embedded.stop()

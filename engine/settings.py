@@ -22,12 +22,15 @@ class Settings:
     redis_url: str | None = field(default_factory=lambda: _env("REDIS_URL", "") or None)
     model_dir: Path = field(default_factory=lambda: Path(_env("MODEL_DIR", str(ROOT / "models" / "default"))))
     shadow_model_dir: Path | None = field(
-        default_factory=lambda: Path(p) if (p := _env("SHADOW_MODEL_DIR", "")) else None)
+        default_factory=lambda: Path(p) if (p := _env("SHADOW_MODEL_DIR", "")) else None
+    )
     shadow_share: float = field(default_factory=lambda: float(_env("SHADOW_SHARE", "0.1")))
     rules_dir: Path = field(default_factory=lambda: Path(_env("RULES_DIR", str(ROOT / "rules"))))
-    api_keys_file: Path | None = field(default_factory=lambda: Path(p) if (p := _env("API_KEYS", "")) else None)
+    api_keys_file: Path | None = field(
+        default_factory=lambda: Path(p) if (p := _env("API_KEYS", "")) else None
+    )
     budget_ms: float = field(default_factory=lambda: float(_env("BUDGET_MS", "50")))
-    fail_policy: FailPolicy = field(default_factory=lambda: _env("FAIL_POLICY", "review"))  # type: ignore[arg-type]
+    fail_policy: FailPolicy = field(default_factory=lambda: _env("FAIL_POLICY", "review"))  # type: ignore[arg-type,return-value]
     decision_ttl_days: int = field(default_factory=lambda: int(_env("DECISION_TTL_DAYS", "30")))
     decision_log_maxlen: int = field(default_factory=lambda: int(_env("DECISION_LOG_MAXLEN", "1000000")))
     max_body_bytes: int = field(default_factory=lambda: int(_env("MAX_BODY_BYTES", "16384")))

@@ -9,7 +9,8 @@ computed a kind at a time (all counts, all means, ...) so that one row costs a f
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+import dataclasses
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -27,15 +28,19 @@ MIN_SPREAD = 1.0
 class _Kind:
     """Output columns of one kind and the raw columns each reads."""
 
-    out: list[int] = field(default_factory=list)
-    present: list[int] = field(default_factory=list)
-    a: list[int] = field(default_factory=list)
-    b: list[int] = field(default_factory=list)
-    params: list[tuple[float, float]] = field(default_factory=list)
+    out: list[int] = dataclasses.field(default_factory=list)
+    present: list[int] = dataclasses.field(default_factory=list)
+    a: list[int] = dataclasses.field(default_factory=list)
+    b: list[int] = dataclasses.field(default_factory=list)
+    params: list[tuple[float, float]] = dataclasses.field(default_factory=list)
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        return (np.array(self.out, dtype=np.intp), np.array(self.present, dtype=np.intp),
-                np.array(self.a, dtype=np.intp), np.array(self.b, dtype=np.intp))
+        return (
+            np.array(self.out, dtype=np.intp),
+            np.array(self.present, dtype=np.intp),
+            np.array(self.a, dtype=np.intp),
+            np.array(self.b, dtype=np.intp),
+        )
 
 
 class Deriver:
@@ -49,8 +54,14 @@ class Deriver:
         idx = plan.raw_index
         kinds: dict[str, _Kind] = {}
 
-        def add(kind: str, feature: str, entity: str, a: str, b: str | None = None,
-                params: tuple[float, float] = (0.0, 0.0)) -> None:
+        def add(
+            kind: str,
+            feature: str,
+            entity: str,
+            a: str,
+            b: str | None = None,
+            params: tuple[float, float] = (0.0, 0.0),
+        ) -> None:
             k = kinds.setdefault(kind, _Kind())
             k.out.append(out[feature])
             k.present.append(idx[f"{entity}:present"])
@@ -63,34 +74,63 @@ class Deriver:
             for w in v.windows:
                 c, s, m = f"{e}:count:{w.label}", f"{e}:sum:{w.label}", f"{e}:max:{w.label}"
                 for stat in v.stats:
-                    kind, a, b = {"count": ("count", c, None), "sum": ("milli", s, None),
-                                  "mean": ("mean", s, c), "max": ("max", m, c)}[stat]
+                    kind, a, b = {
+                        "count": ("count", c, None),
+                        "sum": ("milli", s, None),
+                        "mean": ("mean", s, c),
+                        "max": ("max", m, c),
+                    }[stat]
                     add(kind, f"{e}_{stat}_{w.label}", e, a, b)
         for d in spec.distinct:
             for w in d.windows:
-                add("count", f"{d.entity}_distinct_{d.name}_{w.label}", d.entity,
-                    f"{d.entity}:distinct:{d.field}:{w.label}")
+                add(
+                    "count",
+                    f"{d.entity}_distinct_{d.name}_{w.label}",
+                    d.entity,
+                    f"{d.entity}:distinct:{d.field}:{w.label}",
+                )
         for n in spec.novelty:
             add("flag", f"{n.entity}_{n.name}", n.entity, f"{n.entity}:novel:{n.field}")
         for f in spec.feedback:
             for w in f.windows:
-                add("count", f"{f.entity}_{f.event}s_{w.label}", f.entity,
-                    f"{f.entity}:feedback:{f.event}:{w.label}")
+                add(
+                    "count",
+                    f"{f.entity}_{f.event}s_{w.label}",
+                    f.entity,
+                    f"{f.entity}:feedback:{f.event}:{w.label}",
+                )
         for r in spec.label_rate:
             e, label = r.entity, r.window.label
-            add("rate", f"{e}_fraud_rate_{label}", e, f"{e}:rate_frauds:{label}", f"{e}:rate_count:{label}",
-                (r.prior, r.strength))
-        self._kinds = {name: (k.arrays(), np.array(k.params, dtype=float).reshape(-1, 2))
-                       for name, k in kinds.items()}
+            add(
+                "rate",
+                f"{e}_fraud_rate_{label}",
+                e,
+                f"{e}:rate_frauds:{label}",
+                f"{e}:rate_count:{label}",
+                (r.prior, r.strength),
+            )
+        self._kinds = {
+            name: (k.arrays(), np.array(k.params, dtype=float).reshape(-1, 2)) for name, k in kinds.items()
+        }
         self._behaviour: tuple[list[int], list[int]] | None = None
         if spec.card_behaviour is not None:
             b = spec.card_behaviour
             e, label = b.entity, b.window.label
             self._behaviour = (
-                [out[f"{e}_amount_to_mean_{label}"], out[f"{e}_amount_zscore_{label}"],
-                 out[f"{e}_seconds_since_prev"], out[f"{e}_age_days"]],
-                [idx[f"{e}:present"], idx[f"{e}:count:{label}"], idx[f"{e}:sum:{label}"],
-                 idx[f"{e}:m2:{label}"], idx[f"{e}:first_ts"], idx[f"{e}:last_ts"]],
+                [
+                    out[f"{e}_amount_to_mean_{label}"],
+                    out[f"{e}_amount_zscore_{label}"],
+                    out[f"{e}_seconds_since_prev"],
+                    out[f"{e}_age_days"],
+                ],
+                [
+                    idx[f"{e}:present"],
+                    idx[f"{e}:count:{label}"],
+                    idx[f"{e}:sum:{label}"],
+                    idx[f"{e}:m2:{label}"],
+                    idx[f"{e}:first_ts"],
+                    idx[f"{e}:last_ts"],
+                ],
             )
         self._payment_out = np.array([out[p] for p in spec.payment], dtype=np.intp)
 
@@ -119,8 +159,9 @@ class Deriver:
         x[:, self._payment_out] = payment_matrix(self.plan.spec.payment, payment, t_ms)
         return x
 
-    def _card_behaviour(self, x: np.ndarray, raw: np.ndarray, payment: Mapping[str, np.ndarray],
-                        t_ms: np.ndarray) -> None:
+    def _card_behaviour(
+        self, x: np.ndarray, raw: np.ndarray, payment: Mapping[str, np.ndarray], t_ms: np.ndarray
+    ) -> None:
         assert self._behaviour is not None
         (o_ratio, o_z, o_since, o_age), (p, c, s, m2, first, last) = self._behaviour
         here = raw[:, p] == 1.0
@@ -130,4 +171,6 @@ class Deriver:
         x[:, o_ratio] = np.where(here & (count > 0) & (mean > 0), amount / mean, NAN)
         x[:, o_z] = np.where(here & (count >= 2), (amount - mean) / spread, NAN)
         x[:, o_since] = np.where(here & (raw[:, last] >= 0), (t_ms - raw[:, last]) / 1000.0, NAN)
-        x[:, o_age] = np.where(here, np.where(raw[:, first] >= 0, (t_ms - raw[:, first]) / MS_PER_DAY, 0.0), NAN)
+        x[:, o_age] = np.where(
+            here, np.where(raw[:, first] >= 0, (t_ms - raw[:, first]) / MS_PER_DAY, 0.0), NAN
+        )

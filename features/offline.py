@@ -26,8 +26,9 @@ Progress = Callable[[str], None]
 def timestamps_ms(series: pd.Series) -> np.ndarray:
     """UTC timestamps as int64 milliseconds since the epoch (the online executor's clock)."""
     values = pd.to_datetime(series, utc=True)
-    return (values.dt.tz_convert("UTC").dt.tz_localize(None).astype("datetime64[ms]")
-            .astype(np.int64).to_numpy())
+    return (
+        values.dt.tz_convert("UTC").dt.tz_localize(None).astype("datetime64[ms]").astype(np.int64).to_numpy()
+    )
 
 
 def amounts_milli(series: pd.Series) -> np.ndarray:
@@ -138,7 +139,9 @@ class OfflineFeatures:
         """Raw aggregates (rows in the history's order, which must be time-sorted)."""
         t = timestamps_ms(history["timestamp"])
         if len(t) > 1 and np.any(np.diff(t) < 0):
-            raise ValueError("history must be sorted by timestamp (load it with training.history.load_history)")
+            raise ValueError(
+                "history must be sorted by timestamp (load it with training.history.load_history)"
+            )
         amount = amounts_milli(history["amount"])
         events = _feedback_events(history)
         raw = np.full((len(history), len(self.plan.raw_names)), np.nan)
@@ -157,8 +160,12 @@ class OfflineFeatures:
     def transform(self, history: pd.DataFrame, progress: Progress | None = None) -> pd.DataFrame:
         """Features for every payment: a frame with `transaction_id` and one column per feature."""
         raw = self.raw(history, progress)
-        columns = {name: history[name].to_numpy(dtype=object) if name in history else
-                   np.full(len(history), None, dtype=object) for name in PAYMENT_FIELDS}
+        columns = {
+            name: history[name].to_numpy(dtype=object)
+            if name in history
+            else np.full(len(history), None, dtype=object)
+            for name in PAYMENT_FIELDS
+        }
         columns["amount"] = history["amount"].to_numpy(dtype=float)
         values = self.deriver.transform(raw, columns, timestamps_ms(history["timestamp"]))
         out = pd.DataFrame(values, columns=self.feature_names, index=history.index)
@@ -179,8 +186,14 @@ class OfflineFeatures:
         span = int(ts.max()) - origin + 1
         return _Sorted(rows, code, ts, amount[rows], rank, group_start, span, origin)
 
-    def _entity(self, p: EntityPlan, s: _Sorted, history: pd.DataFrame, codes: np.ndarray,
-                events: dict[str, tuple[np.ndarray, np.ndarray]]) -> Iterator[tuple[str, np.ndarray]]:
+    def _entity(
+        self,
+        p: EntityPlan,
+        s: _Sorted,
+        history: pd.DataFrame,
+        codes: np.ndarray,
+        events: dict[str, tuple[np.ndarray, np.ndarray]],
+    ) -> Iterator[tuple[str, np.ndarray]]:
         e = p.entity
         cumsum = np.r_[0, np.cumsum(s.amount)]
         needs_max = bool(p.exact) or any(g.windows for g in p.buckets.values())
@@ -213,7 +226,10 @@ class OfflineFeatures:
                 yield f"{e}:distinct:{d.field}:{w.label}", _distinct(s, values, nxt, s.start(s.ts - w.ms))
         for event, windows in p.feedback.items():
             for w in windows:
-                yield f"{e}:feedback:{event}:{w.label}", _count_events(s, codes, events.get(event), s.ts - w.ms)
+                yield (
+                    f"{e}:feedback:{event}:{w.label}",
+                    _count_events(s, codes, events.get(event), s.ts - w.ms),
+                )
         if p.profile_ttl_ms is not None:
             seen = s.rank > s.group_start
             yield f"{e}:first_ts", np.where(seen, s.ts[s.group_start], -1).astype(float)
@@ -270,8 +286,9 @@ def _distinct(s: _Sorted, values: np.ndarray, nxt: np.ndarray, lo: np.ndarray) -
     return out
 
 
-def _count_events(s: _Sorted, codes: np.ndarray, found: tuple[np.ndarray, np.ndarray] | None,
-                  lower: np.ndarray) -> np.ndarray:
+def _count_events(
+    s: _Sorted, codes: np.ndarray, found: tuple[np.ndarray, np.ndarray] | None, lower: np.ndarray
+) -> np.ndarray:
     """Feedback events of the entity with time in [lower, t) for each sorted element."""
     if found is None or len(found[0]) == 0:
         return np.zeros(len(s.rows))
@@ -285,7 +302,8 @@ def _count_events(s: _Sorted, codes: np.ndarray, found: tuple[np.ndarray, np.nda
     return (hi - lo).astype(float)
 
 
-def compute_features(history: pd.DataFrame, spec: FeatureSpec | None = None,
-                     progress: Progress | None = None) -> pd.DataFrame:
+def compute_features(
+    history: pd.DataFrame, spec: FeatureSpec | None = None, progress: Progress | None = None
+) -> pd.DataFrame:
     """Point-in-time features of every payment in a time-sorted history."""
     return OfflineFeatures(spec).transform(history, progress)

@@ -32,12 +32,12 @@ def to_ms(timestamp: datetime | int) -> int:
     """Event time in integer milliseconds since the epoch."""
     if isinstance(timestamp, int):
         return timestamp
-    return int(round(timestamp.timestamp() * 1000))
+    return round(timestamp.timestamp() * 1000)
 
 
 def to_milli(amount: float) -> int:
     """Amounts are summed as integers in thousandths of the currency unit, so sums are exact."""
-    return int(round(amount * 1000))
+    return round(amount * 1000)
 
 
 def entity_prefix(namespace: str, entity: str, key: str) -> str:
@@ -94,8 +94,9 @@ class _Block:
 class OnlineFeatures:
     """Reads and records payment features in Redis, following a feature spec."""
 
-    def __init__(self, client: redis.Redis | RedisCluster, spec: FeatureSpec | None = None,
-                 namespace: str = "af") -> None:
+    def __init__(
+        self, client: redis.Redis | RedisCluster, spec: FeatureSpec | None = None, namespace: str = "af"
+    ) -> None:
         self.client = client
         self.plan: Plan = compile_plan(spec or load_spec())
         self.spec = self.plan.spec
@@ -121,11 +122,12 @@ class OnlineFeatures:
         for (block, start), reply in zip(present, replies, strict=True):
             duplicate = duplicate or reply[0] == 1
             raw[start] = 1.0
-            raw[start + 1:start + 1 + block.n_values] = [float(v) for v in reply[1:]]
+            raw[start + 1 : start + 1 + block.n_values] = [float(v) for v in reply[1:]]
         return OnlineResult(self._derive(raw, payment, t_ms), raw, duplicate, tuple(missing))
 
-    def _score_blocks(self, payment: Mapping[str, Any], t_ms: int) -> tuple[
-            list[str], list[str], list[list[str]], list[tuple[_Block, int]], list[str]]:
+    def _score_blocks(
+        self, payment: Mapping[str, Any], t_ms: int
+    ) -> tuple[list[str], list[str], list[list[str]], list[tuple[_Block, int]], list[str]]:
         keys, args, present, missing = [], [], [], []
         for block, start in zip(self._blocks, self._starts, strict=True):
             key = self.spec.entity_key(block.plan.entity, payment)  # type: ignore[arg-type]
@@ -138,8 +140,9 @@ class OnlineFeatures:
         header = ["score", str(payment["transaction_id"]), str(t_ms), str(to_milli(float(payment["amount"])))]
         return header, keys, args, present, missing
 
-    def _feedback_blocks(self, event: str, txid: str, t_ms: int, payment: Mapping[str, Any]) -> tuple[
-            list[str], list[str], list[list[str]]]:
+    def _feedback_blocks(
+        self, event: str, txid: str, t_ms: int, payment: Mapping[str, Any]
+    ) -> tuple[list[str], list[str], list[list[str]]]:
         kind = FEEDBACK_EVENTS.get(event)
         if kind is None:
             raise ValueError(f"unknown feedback event {event!r}; use one of {sorted(FEEDBACK_EVENTS)}")
@@ -154,8 +157,9 @@ class OnlineFeatures:
             args.append(["3", str(feedback_retention_ms(p, kind)), str(g), str(keep)])
         return ["feedback", txid, str(t_ms), kind], keys, args
 
-    def backfill(self, history: Any, until_ms: int | None = None, batch: int = 2000,
-                 progress: Any = None) -> int:
+    def backfill(
+        self, history: Any, until_ms: int | None = None, batch: int = 2000, progress: Any = None
+    ) -> int:
         """Record a history's events (payments and feedback, in stream order) without scoring them.
 
         Loads the feature state of a new Redis from past payments, pipelined: Redis runs the same
@@ -173,7 +177,9 @@ class OnlineFeatures:
             if event == "payment":
                 header, keys, args, _, _ = self._score_blocks(payment, t_ms)
             else:
-                header, keys, args = self._feedback_blocks(event, str(payment["transaction_id"]), t_ms, payment)
+                header, keys, args = self._feedback_blocks(
+                    event, str(payment["transaction_id"]), t_ms, payment
+                )
             if keys:
                 self._script(keys=keys, args=header + [a for block in args for a in block], client=pipe)
             count += 1
@@ -194,7 +200,9 @@ class OnlineFeatures:
         columns = {name: np.array([payment.get(name)], dtype=object) for name in PAYMENT_FIELDS}
         return self.deriver.transform(raw[None, :], columns, np.array([t_ms]))[0]
 
-    def feedback(self, event: str, txid: str, reported_at: datetime | int, payment: Mapping[str, Any]) -> bool:
+    def feedback(
+        self, event: str, txid: str, reported_at: datetime | int, payment: Mapping[str, Any]
+    ) -> bool:
         """Record a feedback event (decline, refund, cancel, fraud) about an earlier payment.
 
         Returns False when every entity had already recorded this event for this transaction.
@@ -205,8 +213,9 @@ class OnlineFeatures:
         replies = self._call(keys, header, args, [1] * len(keys))
         return any(reply[0] == 1 for reply in replies)
 
-    def _call(self, keys: list[str], header: list[str], blocks: Sequence[list[str]],
-              lengths: Sequence[int]) -> list[list[Any]]:
+    def _call(
+        self, keys: list[str], header: list[str], blocks: Sequence[list[str]], lengths: Sequence[int]
+    ) -> list[list[Any]]:
         """Run the script over entity blocks; returns each block's reply values, in block order."""
         if not keys:
             return []
@@ -220,8 +229,11 @@ class OnlineFeatures:
             groups = [list(range(len(keys)))]
         pipe = self.client.pipeline(transaction=False) if len(groups) > 1 else None
         replies = [
-            self._script(keys=[keys[i] for i in group], args=header + [a for i in group for a in blocks[i]],
-                         client=pipe)
+            self._script(
+                keys=[keys[i] for i in group],
+                args=header + [a for i in group for a in blocks[i]],
+                client=pipe,
+            )
             for group in groups
         ]
         if pipe is not None:
@@ -230,7 +242,6 @@ class OnlineFeatures:
         for group, reply in zip(groups, replies, strict=True):
             pos = 0
             for i in group:
-                out[i] = list(reply[pos:pos + lengths[i]])
+                out[i] = list(reply[pos : pos + lengths[i]])
                 pos += lengths[i]
         return out
-

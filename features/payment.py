@@ -9,8 +9,17 @@ import pandas as pd
 
 NAN = float("nan")
 # Transaction fields the payment features read.
-PAYMENT_FIELDS = ("amount", "channel", "mcc", "card_on_file", "authenticated", "ip_country", "card_country",
-                  "billing_country", "shipping_country")
+PAYMENT_FIELDS = (
+    "amount",
+    "channel",
+    "mcc",
+    "card_on_file",
+    "authenticated",
+    "ip_country",
+    "card_country",
+    "billing_country",
+    "shipping_country",
+)
 CHANNEL_CODES = {"ecom": 0.0, "pos": 1.0, "moto": 2.0}
 MS_PER_HOUR = 3_600_000
 MS_PER_DAY = 86_400_000
@@ -26,7 +35,7 @@ def _missing(values: np.ndarray) -> np.ndarray:
 
 def _as_float(values: np.ndarray) -> np.ndarray:
     """Booleans and numeric strings as floats, missing as NaN."""
-    return np.array([NAN if _is_missing(v) else float(v) for v in values], dtype=float)  # type: ignore[arg-type]
+    return np.array([NAN if _is_missing(v) else float(v) for v in values], dtype=float)
 
 
 def _mismatch(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -53,4 +62,6 @@ _FEATURES: dict[str, Callable[[Mapping[str, np.ndarray], np.ndarray], np.ndarray
 def payment_matrix(names: Sequence[str], payment: Mapping[str, np.ndarray], t_ms: np.ndarray) -> np.ndarray:
     """The named payment features as columns of an (n, len(names)) matrix."""
     t = np.asarray(t_ms, dtype=np.int64)
-    return np.column_stack([_FEATURES[name](payment, t) for name in names]) if names else np.empty((len(t), 0))
+    return (
+        np.column_stack([_FEATURES[name](payment, t) for name in names]) if names else np.empty((len(t), 0))
+    )

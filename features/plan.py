@@ -8,7 +8,8 @@ they are integers wherever possible so that it holds exactly.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import dataclasses
+from dataclasses import dataclass
 
 from features.spec import FeatureSpec, Window
 
@@ -18,8 +19,8 @@ class BucketGroup:
     """Bucketed windows of one granularity on one entity."""
 
     granularity_ms: int
-    windows: list[Window] = field(default_factory=list)
-    fraud_windows: list[Window] = field(default_factory=list)  # label-rate windows: also sum frauds
+    windows: list[Window] = dataclasses.field(default_factory=list)
+    fraud_windows: list[Window] = dataclasses.field(default_factory=list)  # label-rate windows: also sum frauds
 
     @property
     def max_buckets(self) -> int:
@@ -31,7 +32,7 @@ class DistinctField:
     """Distinct-value windows and novelty look-back of one field on one entity."""
 
     field: str
-    windows: list[Window] = field(default_factory=list)
+    windows: list[Window] = dataclasses.field(default_factory=list)
     lookback_ms: int = 0
 
     @property
@@ -44,12 +45,12 @@ class EntityPlan:
     """Everything one entity's Redis shard reads and records for a payment."""
 
     entity: str
-    exact: list[Window] = field(default_factory=list)
+    exact: list[Window] = dataclasses.field(default_factory=list)
     spread_window: Window | None = None  # the window whose amount spread (M2) is needed
     event_retention_ms: int = 0
-    buckets: dict[int, BucketGroup] = field(default_factory=dict)
-    distinct: dict[str, DistinctField] = field(default_factory=dict)
-    feedback: dict[str, list[Window]] = field(default_factory=dict)
+    buckets: dict[int, BucketGroup] = dataclasses.field(default_factory=dict)
+    distinct: dict[str, DistinctField] = dataclasses.field(default_factory=dict)
+    feedback: dict[str, list[Window]] = dataclasses.field(default_factory=dict)
     fraud_bucket_ms: int | None = None  # granularity where fraud labels are counted, if any
     profile_ttl_ms: int | None = None
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from dataclasses import dataclass, field
+import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -125,7 +126,7 @@ class FeatureSpec:
     label_rate: tuple[LabelRate, ...]
     card_behaviour: CardBehaviour | None
     payment: tuple[str, ...]
-    digest: str = field(default="")
+    digest: str = dataclasses.field(default="")
 
     @property
     def feature_names(self) -> list[str]:
@@ -213,20 +214,29 @@ def _build(raw: dict[str, Any]) -> FeatureSpec:
         if bad:
             raise SpecError(f"velocity: unknown stats {bad}; use {list(STATS)}")
         entity = _check_entity(entities, v["entity"], "velocity")
-        velocity.append(Velocity(entity, _windows(v["windows"], v.get("granularity")), stats))  # type: ignore[arg-type]
+        velocity.append(Velocity(entity, _windows(v["windows"], v.get("granularity")), stats))
     distinct = [
-        Distinct(_check_entity(entities, d["entity"], "distinct"), d["field"], d["name"], _windows(d["windows"]))
+        Distinct(
+            _check_entity(entities, d["entity"], "distinct"), d["field"], d["name"], _windows(d["windows"])
+        )
         for d in raw.get("distinct", [])
     ]
     novelty = [
-        Novelty(_check_entity(entities, n["entity"], "novelty"), n["field"], n["name"], parse_duration(n["lookback"]))
+        Novelty(
+            _check_entity(entities, n["entity"], "novelty"),
+            n["field"],
+            n["name"],
+            parse_duration(n["lookback"]),
+        )
         for n in raw.get("novelty", [])
     ]
     feedback = []
     for f in raw.get("feedback", []):
         if f["event"] not in FEEDBACK_EVENTS:
             raise SpecError(f"feedback: unknown event {f['event']!r}; use {list(FEEDBACK_EVENTS)}")
-        feedback.append(Feedback(_check_entity(entities, f["entity"], "feedback"), f["event"], _windows(f["windows"])))
+        feedback.append(
+            Feedback(_check_entity(entities, f["entity"], "feedback"), f["event"], _windows(f["windows"]))
+        )
     label_rate = [
         LabelRate(
             _check_entity(entities, r["entity"], "label_rate"),

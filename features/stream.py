@@ -16,7 +16,12 @@ import pandas as pd
 from features.offline import timestamps_ms
 
 # feedback event name -> (history column holding its time, condition on the row)
-FEEDBACK_COLUMNS = {"decline": "outcome_time", "refund": "refund_time", "cancel": "cancel_time", "fraud": "label_time"}
+FEEDBACK_COLUMNS = {
+    "decline": "outcome_time",
+    "refund": "refund_time",
+    "cancel": "cancel_time",
+    "fraud": "label_time",
+}
 
 
 def _feedback_rows(history: pd.DataFrame, event: str) -> np.ndarray:
@@ -26,8 +31,11 @@ def _feedback_rows(history: pd.DataFrame, event: str) -> np.ndarray:
     has_time = history[column].notna().to_numpy()
     if event == "decline":
         outcome = history["bank_outcome"].astype("string") if "bank_outcome" in history else None
-        return has_time & (outcome == "declined").fillna(False).to_numpy(dtype=bool) if outcome is not None \
+        return (
+            has_time & (outcome == "declined").fillna(False).to_numpy(dtype=bool)
+            if outcome is not None
             else np.zeros(len(history), dtype=bool)
+        )
     if event == "fraud":
         return has_time & (pd.to_numeric(history["label"], errors="coerce") == 1).to_numpy()
     return has_time
@@ -35,8 +43,11 @@ def _feedback_rows(history: pd.DataFrame, event: str) -> np.ndarray:
 
 def stream(history: pd.DataFrame) -> Iterator[tuple[str, int, int]]:
     """Yield (event, row, time_ms): event is 'payment' or a feedback event name."""
-    kinds, rows, times = [np.zeros(len(history), dtype=np.int64)], [np.arange(len(history))], \
-        [timestamps_ms(history["timestamp"])]
+    kinds, rows, times = (
+        [np.zeros(len(history), dtype=np.int64)],
+        [np.arange(len(history))],
+        [timestamps_ms(history["timestamp"])],
+    )
     names = ["payment", *FEEDBACK_COLUMNS]
     for k, event in enumerate(FEEDBACK_COLUMNS, start=1):
         selected = np.nonzero(_feedback_rows(history, event))[0]
@@ -52,4 +63,6 @@ def stream(history: pd.DataFrame) -> Iterator[tuple[str, int, int]]:
 def payment_record(history: pd.DataFrame, row: int) -> dict[str, Any]:
     """One history row as the mapping the online executor reads (missing values as None)."""
     record = history.iloc[row].to_dict()
-    return {k: (None if v is None or (not isinstance(v, str) and pd.isna(v)) else v) for k, v in record.items()}
+    return {
+        k: (None if v is None or (not isinstance(v, str) and pd.isna(v)) else v) for k, v in record.items()
+    }

@@ -28,8 +28,11 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     history = history.sort_values("timestamp", kind="stable").reset_index(drop=True)
     features = OfflineFeatures()
     x = features.transform(history)[features.feature_names]
-    booster = lgb.train({"objective": "binary", "verbose": -1, "num_leaves": 7, "num_threads": 1},
-                        lgb.Dataset(x, history["label"].to_numpy()), num_boost_round=20)
+    booster = lgb.train(
+        {"objective": "binary", "verbose": -1, "num_leaves": 7, "num_threads": 1},
+        lgb.Dataset(x, history["label"].to_numpy()),
+        num_boost_round=20,
+    )
     directory = tmp_path_factory.mktemp("model") / "test-model"
     directory.mkdir()
     booster.save_model(str(directory / "model.txt"))
@@ -37,8 +40,9 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def service(model_dir: Path, redis_client: redis.Redis, tmp_path: Path,
-            monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[TestClient, dict[str, str], redis.Redis]]:
+def service(
+    model_dir: Path, redis_client: redis.Redis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[TestClient, dict[str, str], redis.Redis]]:
     monkeypatch.setenv("ANTIFRAUD_PAN_SECRET", "test-secret-0123456789")
     keys = tmp_path / "keys.yaml"
     scorer, admin = new_key(keys, "checkout", "scorer"), new_key(keys, "ops", "admin")
@@ -48,9 +52,18 @@ def service(model_dir: Path, redis_client: redis.Redis, tmp_path: Path,
 
 
 def _payment(**overrides: object) -> dict[str, object]:
-    body: dict[str, object] = {"transaction_id": "tx-1", "timestamp": "2026-03-01T12:00:00Z", "card_id": "card_a",
-                               "merchant_id": "m_1", "amount": 42.5, "currency": "EUR", "channel": "ecom",
-                               "ip_country": "FR", "card_country": "FR", "device_id": "dev_1"}
+    body: dict[str, object] = {
+        "transaction_id": "tx-1",
+        "timestamp": "2026-03-01T12:00:00Z",
+        "card_id": "card_a",
+        "merchant_id": "m_1",
+        "amount": 42.5,
+        "currency": "EUR",
+        "channel": "ecom",
+        "ip_country": "FR",
+        "card_country": "FR",
+        "device_id": "dev_1",
+    }
     body.update(overrides)
     return body
 
@@ -87,16 +100,25 @@ def test_a_retry_returns_the_stored_decision_and_counts_once(service) -> None:  
     first.pop("timings")
     again.pop("timings")
     assert again == first
-    later = client.post("/v1/score", json=_payment(transaction_id="tx-2", timestamp="2026-03-01T12:01:00Z"),
-                        headers=_auth(keys["scorer"]))
+    later = client.post(
+        "/v1/score",
+        json=_payment(transaction_id="tx-2", timestamp="2026-03-01T12:01:00Z"),
+        headers=_auth(keys["scorer"]),
+    )
     stored = client.get("/v1/decisions/tx-2", headers=_auth(keys["scorer"])).json()
     assert later.status_code == 200 and stored["features"]["card_count_24h"] == 1.0
 
 
-@pytest.mark.parametrize(("change", "field"), [
-    ({"amount": -1}, "amount"), ({"currency": "euro"}, "currency"), ({"timestamp": "yesterday"}, "timestamp"),
-    ({"channel": "phone"}, "channel"), ({"unknown_field": 1}, "unknown_field"),
-])
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"amount": -1}, "amount"),
+        ({"currency": "euro"}, "currency"),
+        ({"timestamp": "yesterday"}, "timestamp"),
+        ({"channel": "phone"}, "channel"),
+        ({"unknown_field": 1}, "unknown_field"),
+    ],
+)
 def test_bad_input_gets_422_naming_the_field(service, change: dict[str, object], field: str) -> None:  # type: ignore[no-untyped-def]
     client, keys, _ = service
     response = client.post("/v1/score", json=_payment(**change), headers=_auth(keys["scorer"]))
@@ -113,20 +135,42 @@ def test_oversized_body_gets_413(service) -> None:  # type: ignore[no-untyped-de
 def test_feedback_is_stored_even_for_an_unknown_payment(service) -> None:  # type: ignore[no-untyped-def]
     client, keys, rds = service
     client.post("/v1/score", json=_payment(), headers=_auth(keys["scorer"]))
-    known = client.post("/v1/feedback", headers=_auth(keys["scorer"]), json={
-        "transaction_id": "tx-1", "kind": "outcome", "outcome": "declined", "decline_code": "05",
-        "reported_at": "2026-03-01T12:00:02Z"})
-    unknown = client.post("/v1/feedback", headers=_auth(keys["scorer"]), json={
-        "transaction_id": "nobody", "kind": "label", "label": "fraud", "reported_at": "2026-03-02T00:00:00Z"})
+    known = client.post(
+        "/v1/feedback",
+        headers=_auth(keys["scorer"]),
+        json={
+            "transaction_id": "tx-1",
+            "kind": "outcome",
+            "outcome": "declined",
+            "decline_code": "05",
+            "reported_at": "2026-03-01T12:00:02Z",
+        },
+    )
+    unknown = client.post(
+        "/v1/feedback",
+        headers=_auth(keys["scorer"]),
+        json={
+            "transaction_id": "nobody",
+            "kind": "label",
+            "label": "fraud",
+            "reported_at": "2026-03-02T00:00:00Z",
+        },
+    )
     assert known.status_code == 202 and known.json()["matched"] is True
     assert unknown.status_code == 202 and unknown.json()["matched"] is False
     assert rds.xlen("af:feedback") == 2
-    later = client.post("/v1/score", json=_payment(transaction_id="tx-3", timestamp="2026-03-01T12:10:00Z"),
-                        headers=_auth(keys["scorer"]))
+    later = client.post(
+        "/v1/score",
+        json=_payment(transaction_id="tx-3", timestamp="2026-03-01T12:10:00Z"),
+        headers=_auth(keys["scorer"]),
+    )
     assert later.status_code == 200
     stored = client.get("/v1/decisions/tx-3", headers=_auth(keys["scorer"])).json()
     assert stored["features"]["card_declines_1h"] == 1.0
-    assert client.get("/v1/decisions/tx-1", headers=_auth(keys["scorer"])).json()["feedback"][0]["outcome"] == "declined"
+    assert (
+        client.get("/v1/decisions/tx-1", headers=_auth(keys["scorer"])).json()["feedback"][0]["outcome"]
+        == "declined"
+    )
 
 
 def test_a_raw_pan_is_nowhere_in_redis(service) -> None:  # type: ignore[no-untyped-def]
@@ -144,8 +188,13 @@ def test_a_raw_pan_is_nowhere_in_redis(service) -> None:  # type: ignore[no-unty
 def test_redis_down_is_a_degraded_verdict_within_budget(model_dir: Path, tmp_path: Path) -> None:
     server = EmbeddedRedis(tmp_path / "redis").start()
     client = redis.Redis.from_url(server.url, socket_timeout=0.03, socket_connect_timeout=0.03)
-    settings = Settings(redis_url=None, model_dir=model_dir, rules_dir=ROOT / "rules", api_keys_file=None,
-                        fail_policy="review")
+    settings = Settings(
+        redis_url=None,
+        model_dir=model_dir,
+        rules_dir=ROOT / "rules",
+        api_keys_file=None,
+        fail_policy="review",
+    )
     with TestClient(create_app(settings, client=client)) as http:
         server.stop()
         for i in range(3):

@@ -41,15 +41,27 @@ def test_online_equals_offline_on_20k_payments(history: pd.DataFrame, redis_clie
     assert len(history) >= 20_000
     names, online = _online(history, redis_client)
     offline = OfflineFeatures().transform(history)[names].to_numpy()
-    counts = [i for i, n in enumerate(names) if "_count_" in n or "_distinct_" in n or n.endswith(("s_1h", "s_24h", "s_30d"))]
+    counts = [
+        i
+        for i, n in enumerate(names)
+        if "_count_" in n or "_distinct_" in n or n.endswith(("s_1h", "s_24h", "s_30d"))
+    ]
     # counts must be equal exactly, everything else to 1e-9 relative
     assert np.array_equal(online[:, counts], offline[:, counts], equal_nan=True)
     close = np.isclose(online, offline, rtol=1e-9, atol=1e-9, equal_nan=True)
     bad = [(names[j], int((~close[:, j]).sum())) for j in range(len(names)) if not close[:, j].all()]
     assert not bad, f"features differ online vs offline: {bad}"
     # the comparison is not vacuous: stateful features carry information on this history
-    for name in ("card_count_24h", "card_declines_24h", "merchant_fraud_rate_30d", "device_distinct_cards_7d",
-                 "card_new_device", "card_amount_zscore_30d", "card_frauds_30d", "card_reversals_30d"):
+    for name in (
+        "card_count_24h",
+        "card_declines_24h",
+        "merchant_fraud_rate_30d",
+        "device_distinct_cards_7d",
+        "card_new_device",
+        "card_amount_zscore_30d",
+        "card_frauds_30d",
+        "card_reversals_30d",
+    ):
         column = offline[:, names.index(name)]
         assert np.nanstd(column) > 0, name
 

@@ -16,6 +16,7 @@ import ast
 import difflib
 import functools
 import operator
+import re
 import sys
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -284,6 +285,29 @@ def is_missing_value(value: object, field_type: str) -> bool:
         return False
 
 
+def find_missing(env: Env, numbers: Sequence[str], others: Sequence[str]) -> set[str] | None:
+    """The names among ``numbers`` (number fields) and ``others`` whose value is missing in env.
+
+    None when nothing is missing, the common case, so callers test it for free. This is the
+    same test as :meth:`Expression.evaluate` makes, done once per payment for a whole rule set.
+    """
+    missing: set[str] | None = None
+    get = env.get
+    for name in numbers:
+        v = get(name)
+        if v is None or v is _NA or not -_MAXF <= v <= _MAXF:
+            if missing is None:
+                missing = set()
+            missing.add(name)
+    for name in others:
+        v = get(name)
+        if v is None or v is _NA or v != v:
+            if missing is None:
+                missing = set()
+            missing.add(name)
+    return missing
+
+
 # --------------------------------------------------------------------------------------------
 # The checker: Python AST -> typed tree
 
@@ -411,7 +435,8 @@ class _Checker:
         start = getattr(node, "col_offset", 0)
         end = getattr(node, "end_col_offset", None) or start
         text = self.parsed_bytes[start:end].decode("utf-8", "replace")
-        return "'" + (text if len(text) <= 40 else text[:37] + "...") + "'"
+        text = text if len(text) <= 40 else text[:37] + "..."
+        return text if text[:1] in ("'", '"') else f"'{text}'"
 
     def op_offset(self, left: ast.AST, right: ast.AST, symbol: str) -> int:
         """Offset of an operator symbol between two operands, for a precise caret."""
@@ -589,11 +614,14 @@ class _Checker:
         for op_ast, right_ast in zip(node.ops, node.comparators, strict=True):
             if isinstance(op_ast, ast.In | ast.NotIn):
                 right = self.visit(right_ast, tolerant)
-                parts.append(self.membership(node, left_ast, left, right_ast, right, isinstance(op_ast, ast.NotIn)))
+                parts.append(
+                    self.membership(node, left_ast, left, right_ast, right, isinstance(op_ast, ast.NotIn))
+                )
             elif isinstance(op_ast, ast.Is | ast.IsNot):
                 self.problem(
                     self.op_offset(left_ast, right_ast, "is"),
-                    "'is' is not supported: compare with == or !=, or test a missing value with is_missing(x)",
+                    "'is' is not supported: compare with == or !=, "
+                    "or test for a missing value with is_missing(x)",
                 )
                 right = self.visit(right_ast, tolerant)
                 parts.append(Const(BOOL, self.at(node), None))
@@ -608,7 +636,9 @@ class _Checker:
         # a < b < c means a < b and b < c; sub-expressions have no side effects, so sharing is safe.
         return Logic(BOOL, self.at(node), "and", tuple(parts))
 
-    def check_comparison(self, op: str, left_ast: ast.AST, left: Node, right_ast: ast.AST, right: Node) -> None:
+    def check_comparison(
+        self, op: str, left_ast: ast.AST, left: Node, right_ast: ast.AST, right: Node
+    ) -> None:
         lt, rt = left.type, right.type
         where = self.op_offset(left_ast, right_ast, op)
         if ERROR in (lt, rt):
@@ -680,8 +710,11 @@ class _Checker:
         n = len(node.args)
         if n < spec.min_args or (spec.max_args is not None and n > spec.max_args):
             self.problem(self.at(node), f"wrong number of arguments ({n}): {spec.signature}")
+            for arg in node.args:  # still report problems inside the arguments
+                self.visit(arg, tolerant=True)
             return Const(_result_type(name, ()), self.at(node), None)
         inner = tolerant or name in _TOLERANT_FUNCTIONS
+        args: tuple[Node, ...]
         if name == "round" and n == 2:
             args = (self.visit(node.args[0], inner), self.round_digits(node.args[1]))
         else:
@@ -698,8 +731,9 @@ class _Checker:
             or abs(checked.value) > MAX_ROUND_DIGITS
         ):
             return self.error(
-                node, f"round(): digits must be a whole number literal between -{MAX_ROUND_DIGITS} and "
-                f"{MAX_ROUND_DIGITS}"
+                node,
+                f"round(): digits must be a whole number literal between -{MAX_ROUND_DIGITS} and "
+                f"{MAX_ROUND_DIGITS}",
             )
         return checked
 
@@ -742,15 +776,20 @@ def _hint_condition(kind: str) -> str:
 
 
 def _syntax_message(error: SyntaxError, text: str) -> str:
-    message = error.msg or "invalid syntax"
-    if "Maybe you meant '==' or ':='" in message:
+    message = (error.msg or "invalid syntax").replace(
+        "Perhaps you forgot a comma?", "Is an operator missing?"
+    )
+    if not error.offset and message == "invalid syntax":
+        message = "the expression ends too early"
+    if "Maybe you meant '==' or ':='" in message or re.search(r"(?<![=!<>])=(?!=)", text):
         return "invalid syntax: compare with '==' (a single '=' is not allowed)"
     if "&&" in text or "||" in text:
         return f"{message}: write 'and' / 'or' instead of '&&' / '||'"
     if "!" in text.replace("!=", ""):
         return f"{message}: write 'not' instead of '!'"
     words = {w.upper() for w in text.split()}
-    if any(w in words for w in ("AND", "OR", "NOT")) and not any(w in text.split() for w in ("and", "or", "not")):
+    lower_keywords = any(w in text.split() for w in ("and", "or", "not"))
+    if any(w in words for w in ("AND", "OR", "NOT")) and not lower_keywords:
         return f"{message}: keywords are written in lower case (and, or, not)"
     return message
 
@@ -857,8 +896,15 @@ def compile_expression(
     if len(text) > MAX_LENGTH:
         raise ExpressionError(
             text[:200],
-            [Problem(f"expression too long ({len(text)} characters, at most {MAX_LENGTH}); "
-                     "move long value lists to lists:", 0, 1, 1)],
+            [
+                Problem(
+                    f"expression too long ({len(text)} characters, at most {MAX_LENGTH}); "
+                    "move long value lists to lists:",
+                    0,
+                    1,
+                    1,
+                )
+            ],
         )
     # YAML block scalars may span lines. Python needs one logical line in eval mode: map every
     # line break to a space (same length, so offsets hold) and strip the indentation it rejects.
@@ -884,9 +930,7 @@ def compile_expression(
         raise ExpressionError(text, sorted(checker.problems, key=lambda p: p.offset))
     used = {name: names[name] for name in checker.strict}
     required = frozenset(name for name, strict in checker.strict.items() if strict)
-    list_names = frozenset(
-        n.name for n in _walk(root) if isinstance(n, ListValue) and n.name is not None
-    )
+    list_names = frozenset(n.name for n in _walk(root) if isinstance(n, ListValue) and n.name is not None)
     return Expression(text, root, used, required, list_names)
 
 
@@ -898,14 +942,16 @@ def _parse(text: str, parsed: str, lead: int) -> ast.Expression:
             warnings.simplefilter("ignore")
             return ast.parse(parsed, mode="eval")
     except SyntaxError as e:
-        # 3.11 reports a 1-based character offset on the single line we parsed.
-        offset = lead + max((e.offset or 1) - 1, 0) if (e.lineno or 1) == 1 else lead
+        # 3.11 reports a 1-based character offset on the single line we parsed; 0 when the
+        # input ended too early, which we point at the end of the text.
+        offset = len(text.rstrip()) if not e.offset or (e.lineno or 1) != 1 else lead + e.offset - 1
         offset = min(offset, len(text))
         line, column = _position(text, offset)
         raise ExpressionError(text, [Problem(_syntax_message(e, parsed), offset, line, column)]) from None
     except (RecursionError, MemoryError, ValueError, OverflowError):
         # The parser's own limits (deep nesting, huge literals): refuse rather than crash.
-        raise ExpressionError(text, [Problem("expression too complex or nested too deeply", 0, 1, 1)]) from None
+        problem = Problem("expression too complex or nested too deeply", 0, 1, 1)
+        raise ExpressionError(text, [problem]) from None
 
 
 def _check_size(text: str, tree: ast.Expression, lead: int) -> None:
@@ -1020,7 +1066,7 @@ _CMP: Final[Mapping[str, Callable[[Any, Any], bool]]] = {
     ">": operator.gt,
     ">=": operator.ge,
 }
-_FLIP: Final = {"==": "==", "!=": "!=", "<": ">", "<=": ">=", ">": "<", ">=": "<="}
+_FLIP: Final[Mapping[str, str]] = {"==": "==", "!=": "!=", "<": ">", "<=": ">=", ">": "<", ">=": "<="}
 
 # Specialized closures for the commonest shapes, written out so that CPython runs a single frame
 # with inline bytecode (no call per operand).
@@ -1138,14 +1184,15 @@ class _ScalarCompiler:
                     return (lambda env: a(env) and b(env) and c(env)), False
                 return (lambda env: a(env) or b(env) or c(env)), False
 
+            # explicit loops: all()/any() over a generator cost an extra frame per operand
             def all_(env: Env) -> bool:
-                for f in fns:
+                for f in fns:  # noqa: SIM110
                     if not f(env):
                         return False
                 return True
 
             def any_(env: Env) -> bool:
-                for f in fns:
+                for f in fns:  # noqa: SIM110
                     if f(env):
                         return True
                 return False
@@ -1199,7 +1246,7 @@ class _ScalarCompiler:
         return arith, True
 
     def compare(self, node: Compare) -> tuple[_Fn, bool]:
-        op = node.op
+        op: str = node.op
         left, right = node.left, node.right
         if isinstance(left, Const) and not isinstance(right, Const):
             left, right, op = right, left, _FLIP[op]
@@ -1253,7 +1300,7 @@ class _ScalarCompiler:
     def call(self, node: Call) -> tuple[_Fn, bool]:
         name = node.function
         if name == "round":
-            f, miss = self.build(node.args[0])
+            f, _ = self.build(node.args[0])
             digits = int(node.args[1].value) if len(node.args) == 2 else 0  # type: ignore[attr-defined]
 
             def round_(env: Env) -> float | None:

@@ -1,0 +1,124 @@
+"""Score every payment of a period with point-in-time features: `antifraud score-history`.
+
+The output has one row per payment: `transaction_id, score (0-1), risk_score (0-100), verdict`.
+The verdict comes from the model's thresholds (metadata.json), or from a rule set when one is given:
+the rule engine then sees the same scores and features it would see online.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable, Sequence
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from training.config import TrainingError
+from training.dataset import Progress, build_dataset, check_period, no_progress, read_history
+from training.model_artifact import ModelArtifact
+
+VERDICTS = ("allow", "review", "block")
+# (scores, features of the period, history rows of the period) -> one verdict per payment
+Decide = Callable[[np.ndarray, pd.DataFrame, pd.DataFrame], Sequence[str] | np.ndarray]
+OUTPUT_FORMATS = (".csv", ".csv.gz", ".parquet")
+
+
+def verdicts(scores: np.ndarray, thresholds: dict[str, float]) -> np.ndarray:
+    """`block` at score >= thresholds['block'], else `review` at >= thresholds['review'], else `allow`."""
+    scores = np.asarray(scores, dtype=float)
+    out = np.full(len(scores), "allow", dtype=object)
+    out[scores >= thresholds["review"]] = "review"
+    out[scores >= thresholds["block"]] = "block"
+    return out
+
+
+def risk_scores(scores: np.ndarray) -> np.ndarray:
+    """0-100 integers, rounded as the serving engine rounds them (engine/pipeline.py)."""
+    return np.rint(np.asarray(scores, dtype=float) * 100).astype(np.int64)
+
+
+def rules_decider(rules_dir: Path, names: Sequence[str] | None = None) -> Decide:
+    """A `Decide` backed by the rule engine (engine.rules.ruleset), for `--rules DIR`."""
+    if importlib.util.find_spec("engine.rules.ruleset") is None:
+        raise TrainingError(
+            f"--rules {rules_dir}: the rule engine (engine/rules) is not installed in this build"
+        )
+    from engine.rules import ruleset
+
+    if not Path(rules_dir).is_dir():
+        raise TrainingError(f"--rules {rules_dir}: not a directory of rule files")
+    rules = ruleset.load_ruleset(rules_dir, names)
+
+    def decide(scores: np.ndarray, features: pd.DataFrame, rows: pd.DataFrame) -> np.ndarray:
+        # the rule environment is the payment's fields next to its features, as online
+        columns = pd.concat([rows.reset_index(drop=True), features.reset_index(drop=True)], axis=1)
+        columns = columns.loc[:, ~columns.columns.duplicated()]
+        decided = rules.decide_frame(scores, columns, rows["merchant_id"].to_numpy())
+        return np.asarray(decided["verdict"] if isinstance(decided, pd.DataFrame) else decided, dtype=object)
+
+    return decide
+
+
+def write_table(frame: pd.DataFrame, out: Path) -> Path:
+    """Write CSV (.csv, .csv.gz) or Parquet (.parquet), chosen by the file extension."""
+    name = out.name.lower()
+    if not name.endswith(OUTPUT_FORMATS):
+        raise TrainingError(f"{out}: unknown output format; use one of {', '.join(OUTPUT_FORMATS)}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if name.endswith(".parquet"):
+        frame.to_parquet(out, index=False)
+    else:
+        frame.to_csv(out, index=False)
+    return out
+
+
+def score_history(
+    history: Path,
+    model_dir: Path,
+    start: date | str,
+    end: date | str,
+    out: Path | None,
+    rules_dir: Path | None = None,
+    columns: Path | None = None,
+    progress: Progress = no_progress,
+    decide: Decide | None = None,
+) -> pd.DataFrame:
+    """Score the payments in [start, end) of a history and write them to `out` (CSV or Parquet).
+
+    The verdict is `decide(scores, features, rows)` when given, else the rule set in `rules_dir`
+    when given, else the model's thresholds. Labels are not needed. Returns the written frame.
+    """
+    s, e = check_period(start, end)
+    if out is not None and not out.name.lower().endswith(OUTPUT_FORMATS):
+        raise TrainingError(f"{out}: unknown output format; use one of {', '.join(OUTPUT_FORMATS)}")
+    artifact = ModelArtifact.load(model_dir)
+    if decide is None and rules_dir is not None:
+        decide = rules_decider(rules_dir)
+    progress(f"reading {history}")
+    rows = read_history(history, columns)
+    data = build_dataset(rows, s, e, progress=progress, source=str(history), require_label=False)
+    progress(f"scoring {len(data):,} payments with {artifact.version}")
+    scores = artifact.predict(data.features[artifact.features].to_numpy(dtype=float))
+    verdict = (
+        verdicts(scores, artifact.thresholds)
+        if decide is None
+        else np.asarray(decide(scores, data.features, data.rows), dtype=object)
+    )
+    if len(verdict) != len(scores) or not np.isin(verdict, VERDICTS).all():
+        raise TrainingError(
+            "the rule engine returned verdicts that are not one of allow/review/block per payment"
+        )
+    frame = pd.DataFrame(
+        {
+            "transaction_id": data.rows["transaction_id"].to_numpy(),
+            "score": scores,
+            "risk_score": risk_scores(scores),
+            "verdict": verdict.astype(str),
+        }
+    )
+    if out is not None:
+        write_table(frame, out)
+        progress(f"wrote {out}")
+    return frame
