@@ -69,7 +69,7 @@ _FALSE = frozenset({"false", "f", "0", "no", "n"})
 # Text must look like a date before pandas sees it: pandas reads "now" and "today" as the clock.
 _LOOKS_LIKE_DATE = r"\d{4}-\d{2}-\d{2}.*"
 _DECIMAL = r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?"
-_NOT_TIME = "is not an RFC 3339 timestamp"
+_TIME = "an RFC 3339 timestamp"
 _HAS_OFFSET = r"(?:Z|[+-]\d{2}(?::?\d{2})?)$"
 # Errors pandas and pyarrow raise on unreadable input: a zoo of types, all meaning "not a usable file".
 _READ_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, EOFError, zlib.error, pa.ArrowException)
@@ -344,15 +344,14 @@ def _timestamps(column: pd.Series, name: str, path: Path) -> pd.Series:
     elif pd.api.types.is_numeric_dtype(dtype) or pd.api.types.is_bool_dtype(dtype):
         present = column.notna().to_numpy()
         if present.any():
-            _raise_at(column, int(present.argmax()), name, path, "is a number, " + _NOT_TIME)
+            _raise_at(column, int(present.argmax()), name, path, "is a number, not " + _TIME)
         return _no_times(len(column))
     else:
         codes, text = _distinct_text(column, name, path)
         distinct = _parse_iso8601(text)
-        _raise_first_bad(
-            column, codes, (text != "").to_numpy() & distinct.isna().to_numpy(), name, path, _NOT_TIME
-        )
-        parsed = pd.Series(_then_nat(distinct.array)[codes], index=column.index)
+        bad = (text != "").to_numpy() & distinct.isna().to_numpy()
+        _raise_first_bad(column, codes, bad, name, path, "is not " + _TIME)
+        parsed = pd.Series(_then_nat(distinct.array)[codes], index=column.index).dt.tz_localize("UTC")
     try:
         return parsed.dt.as_unit("ns")
     except (OverflowError, pd.errors.OutOfBoundsDatetime):
