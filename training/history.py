@@ -282,7 +282,7 @@ def _normalize(raw: pd.DataFrame, path: Path, label_delay: timedelta) -> pd.Data
         _tokenize_pans(raw["pan"], out, path)
     out["currency"][pd.isna(out["currency"])] = NO_CURRENCY
     for name in ("transaction_id", "timestamp", "card_id", "merchant_id"):
-        _require_values(np.asarray(out[name]), name, path)
+        _require_values(out[name], name, path)
     _refuse_duplicate_ids(out["transaction_id"], path)
     _apply_time_defaults(out, label_delay)
     for name in raw.columns:
@@ -465,8 +465,8 @@ def _tokenize_pans(column: pd.Series, out: dict[str, Any], path: Path) -> None:
     out["card_bin"] = np.where(pd.isna(out["card_bin"]), bin6, out["card_bin"])
 
 
-def _require_values(values: np.ndarray, name: str, path: Path) -> None:
-    missing = pd.isna(values)
+def _require_values(values: Any, name: str, path: Path) -> None:
+    missing = np.asarray(pd.isna(values))
     if missing.any():
         raise HistoryError(
             f"{path}: column {name!r}, row {int(missing.argmax()) + 1}: value is missing (required)"
