@@ -67,10 +67,9 @@ _MAX_AMOUNT = 1e9  # engine.schema.Transaction.amount's bound
 _TRUE = frozenset({"true", "t", "1", "yes", "y"})
 _FALSE = frozenset({"false", "f", "0", "no", "n"})
 # Text must look like a date before pandas sees it: pandas reads "now" and "today" as the clock.
-_LOOKS_LIKE_DATE = r"\d{4}-\d{2}-\d{2}.*"
+_LOOKS_LIKE_DATE = r"\d{4}-\d{2}-\d{2}"
 _DECIMAL = r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?"
 _TIME = "an RFC 3339 timestamp"
-_HAS_OFFSET = r"(?:Z|[+-]\d{2}(?::?\d{2})?)$"
 # Errors pandas and pyarrow raise on unreadable input: a zoo of types, all meaning "not a usable file".
 _READ_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, EOFError, zlib.error, pa.ArrowException)
 
@@ -262,6 +261,7 @@ def _apply_column_map(frame: pd.DataFrame, columns: dict[str, str], path: Path) 
 
 
 def _normalize(raw: pd.DataFrame, path: Path, label_delay: timedelta) -> pd.DataFrame:
+    """The canonical frame from the file's columns (see the module docstring), or HistoryError."""
     _require_columns(raw, path)
     n = len(raw)
     out: dict[str, Any] = {}
@@ -365,8 +365,9 @@ def _timestamps(column: pd.Series, name: str, path: Path) -> pd.Series:
 def _parse_iso8601(text: pd.Series) -> pd.Series:
     """Parse stripped text as ISO 8601 to UTC; NaT where it is not a timestamp."""
     text = text.str.upper()  # RFC 3339 allows a lower-case t and z, pandas does not
-    dated = text.str.fullmatch(_LOOKS_LIKE_DATE).to_numpy(dtype=bool)
-    aware = text.str.contains(_HAS_OFFSET, regex=True).to_numpy(dtype=bool)
+    dated = text.str.match(_LOOKS_LIKE_DATE).to_numpy(dtype=bool)
+    # After the date, a Z or a sign can only be the UTC offset.
+    aware = text.str.slice(10).str.contains(r"[Z+-]", regex=True).to_numpy(dtype=bool)
     parsed = pd.Series(pd.NaT, index=text.index, dtype="datetime64[ns, UTC]")
     # Naive and offset-bearing values are parsed apart: in one call pandas 2.3 applies the offset
     # of an earlier value to a later naive one, silently shifting it.

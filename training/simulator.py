@@ -28,6 +28,7 @@ come from one seeded ``numpy.random.Generator``: the same arguments give the sam
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -76,27 +77,29 @@ class _Country:
     currency: str
     fx: float  # local currency units per euro, so that prices look local
     weight: float  # share of customers and merchants
+    utc_offset: int  # hours, in winter: people live by local time, timestamps are UTC
 
 
 COUNTRIES = (
-    _Country("FR", "EUR", 1.0, 0.24),
-    _Country("DE", "EUR", 1.0, 0.16),
-    _Country("ES", "EUR", 1.0, 0.09),
-    _Country("IT", "EUR", 1.0, 0.08),
-    _Country("NL", "EUR", 1.0, 0.06),
-    _Country("BE", "EUR", 1.0, 0.04),
-    _Country("IE", "EUR", 1.0, 0.02),
-    _Country("GB", "GBP", 0.85, 0.12),
-    _Country("US", "USD", 1.08, 0.09),
-    _Country("CH", "CHF", 0.95, 0.03),
-    _Country("SE", "SEK", 11.2, 0.03),
-    _Country("PL", "PLN", 4.3, 0.04),
+    _Country("FR", "EUR", 1.0, 0.24, 1),
+    _Country("DE", "EUR", 1.0, 0.16, 1),
+    _Country("ES", "EUR", 1.0, 0.09, 1),
+    _Country("IT", "EUR", 1.0, 0.08, 1),
+    _Country("NL", "EUR", 1.0, 0.06, 1),
+    _Country("BE", "EUR", 1.0, 0.04, 1),
+    _Country("IE", "EUR", 1.0, 0.02, 0),
+    _Country("GB", "GBP", 0.85, 0.12, 0),
+    _Country("US", "USD", 1.08, 0.09, -5),
+    _Country("CH", "CHF", 0.95, 0.03, 1),
+    _Country("SE", "SEK", 11.2, 0.03, 1),
+    _Country("PL", "PLN", 4.3, 0.04, 1),
 )
 # Countries with no customer or merchant here: they show up only as where an IP is.
 OTHER_COUNTRIES = ("BR", "RO", "NG", "VN", "ID", "TR", "IN", "UA", "MA", "TH")
 COUNTRY_CODES = np.array([c.code for c in COUNTRIES] + list(OTHER_COUNTRIES), dtype=object)
 CURRENCIES = np.array([c.currency for c in COUNTRIES], dtype=object)
 FX = np.array([c.fx for c in COUNTRIES])
+UTC_OFFSETS = np.array([c.utc_offset for c in COUNTRIES])
 N_HOME = len(COUNTRIES)
 
 
@@ -141,6 +144,8 @@ BUSTOUT_MCCS = ("5967", "5999", "7995", "5815", "8398", "4814")
 FAVOURITES = 6  # favourite merchants per customer; the first ones get most payments
 FAVOURITE_WEIGHTS = 1.0 / np.arange(1, FAVOURITES + 1) ** 1.1
 FAVOURITE_WEIGHTS /= FAVOURITE_WEIGHTS.sum()
+# No identifier may hold a run of digits as long as a card number (see _tokens).
+_DIGIT_RUN = re.compile(r"[0-9]{12}")
 LEGIT_DECLINES = (("51", 0.55), ("05", 0.2), ("61", 0.1), ("54", 0.05), ("65", 0.1))
 
 
@@ -274,14 +279,18 @@ def _build_world(rng: np.random.Generator, days: int, cards: int, merchants: int
 
 
 def _tokens(rng: np.random.Generator, prefix: str, n: int, nbytes: int = 8) -> np.ndarray:
-    """``n`` distinct opaque identifiers such as ``card_7f3a09c2d4e1b805``."""
+    """``n`` distinct opaque identifiers such as ``card_7f3a09c2d4e1b805``.
+
+    Hex that happens to hold a run of 12 digits is drawn again: it would look like a card number
+    to a data-loss scanner (and the sample would then "contain PANs").
+    """
     out: list[str] = []
     seen: set[str] = set()
     while len(out) < n:
         text = rng.bytes(nbytes * (n - len(out))).hex()
         for i in range(0, len(text), 2 * nbytes):
             token = prefix + text[i : i + 2 * nbytes]
-            if token not in seen:
+            if token not in seen and not _DIGIT_RUN.search(token):
                 seen.add(token)
                 out.append(token)
     return np.array(out, dtype=object)
@@ -435,7 +444,7 @@ def _legit_day(rng: np.random.Generator, w: _World, day: int) -> Batch:
     on_file = ecom & ~second & (fav_slot >= 0) & w.c_stored[cust, np.maximum(fav_slot, 0)]
     decline = _legit_declines(rng, amount > 4 * usual)
     approved = pd.isna(decline)
-    ts = w.start_ms + day * DAY_MS + _time_of_day_ms(rng, w, cust)
+    ts = w.start_ms + day * DAY_MS + _time_of_day_ms(rng, w, cust, where)
     refund, cancel = _refunds_and_cancels(rng, ts, approved, cat)
     return _batch(
         n,
@@ -491,10 +500,11 @@ def _pick_channels(
     return channel
 
 
-def _time_of_day_ms(rng: np.random.Generator, w: _World, cust: np.ndarray) -> np.ndarray:
+def _time_of_day_ms(rng: np.random.Generator, w: _World, cust: np.ndarray, where: np.ndarray) -> np.ndarray:
+    """Time after midnight UTC: the customer's local rhythm, shifted by where they are."""
     first = rng.random(cust.size) < w.c_peak_share[cust]
     peak = np.where(first, w.c_peaks[cust, 0], w.c_peaks[cust, 1])
-    hour = rng.normal(peak, w.c_hour_sd[cust]) % 24.0
+    hour = (rng.normal(peak, w.c_hour_sd[cust]) - UTC_OFFSETS[where]) % 24.0
     return (hour * HOUR_MS).astype(np.int64)  # continuous: random seconds and milliseconds
 
 
@@ -712,14 +722,21 @@ def _stolen_card(cx: _FraudContext, remaining: int) -> Batch:
 def _account_takeover(cx: _FraudContext, remaining: int) -> Batch:
     """A hijacked account: one-click payments with the stored card, new device and IP, a spree."""
     rng, w = cx.rng, cx.w
-    victims = np.flatnonzero(w.c_stored.any(axis=1))
-    owner = int(rng.choice(victims)) if victims.size else int(rng.integers(len(w.c_id)))
+    # The victim is an active online customer: drawn through a past one-click payment of theirs.
+    one_click = np.flatnonzero(cx.legit["card_on_file"].astype(bool))
+    if one_click.size:
+        seen = int(rng.choice(one_click))
+        owner, after = int(w.k_owner[cx.legit["card"][seen]]), int(cx.legit["ts"][seen])
+    else:
+        owner, after = int(rng.integers(len(w.c_id))), w.start_ms
     stored = w.c_fav[owner][w.c_stored[owner]]
     if stored.size == 0:
         stored = cx.pool(CASHOUT_MCCS)
     home = int(w.c_country[owner])
     n = int(rng.integers(3, 11))
-    ts = cx.time(DAY_MS) + np.sort(rng.integers(0, int(rng.integers(20 * MINUTE_MS, 6 * HOUR_MS)), size=n))
+    latest = w.end_ms - 7 * HOUR_MS
+    start = min(latest, after + int(rng.integers(HOUR_MS, max(2 * HOUR_MS, latest - after))))
+    ts = start + np.sort(rng.integers(0, int(rng.integers(20 * MINUTE_MS, 6 * HOUR_MS)), size=n))
     merchant = rng.choice(stored, size=n)
     amount = np.maximum(80.0, MEDIANS[w.m_cat[merchant]] * w.c_level[owner] * rng.uniform(3, 10, size=n))
     ip_country = home if rng.random() < 0.6 else int(cx.foreign_country(home))  # proxies look local
@@ -758,6 +775,7 @@ def _compromised_terminal(cx: _FraudContext, remaining: int) -> Batch:
         return _batch(0)
     cloned = rng.random(skimmed.size) < 0.4
     cloned[rng.integers(skimmed.size)] = True  # at least one, so that the pattern shows
+    cloned[np.cumsum(cloned) > max(1, remaining // 3)] = False  # a busy till: keep to the target
     owner = np.repeat(np.arange(len(w.m_id)), w.m_term_count)[terminal]
     merchant_country = int(w.m_country[owner])
     ring = (merchant_country + int(rng.integers(1, N_HOME))) % N_HOME  # cashed out abroad
@@ -788,7 +806,7 @@ def _last_use(card: np.ndarray, ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     """Distinct cards (in order of card index) and the last time each was seen."""
     order = np.lexsort((ts, card))
     card, ts = card[order], ts[order]
-    last = np.append(card[1:] != card[:-1], True)
+    last = np.append(card[1:] != card[:-1], True) if card.size else np.zeros(0, dtype=bool)
     return card[last], ts[last]
 
 
@@ -808,7 +826,7 @@ def _cloned_card(cx: _FraudContext, card: int, skimmed_at: int, shops: np.ndarra
         merchant=merchant,
         channel=POS,
         amount=np.round(rng.uniform(60, 600, size=n) * FX[w.m_country[merchant]], 2),
-        payment_method=_choose(rng, (("magstripe", 0.7), ("chip", 0.3)), n),  # a clone has no chip
+        payment_method=_choose(rng, (("magstripe", 0.85), ("chip", 0.15)), n),  # a clone has no chip
         terminal=_terminals(rng, w, merchant, np.ones(n, dtype=bool)),
         decline_code=cx.declines(n, 0.15, (("05", 0.6), ("59", 0.4))),
         fraud_pattern="compromised_terminal",
@@ -824,7 +842,7 @@ def _collusive_merchant(cx: _FraudContext, remaining: int) -> Batch:
     length = int(rng.integers(5, 16))
     first_day = int(rng.integers(int(0.1 * w.days), max(int(0.1 * w.days) + 1, w.days - length)))
     length = min(length, w.days - first_day)
-    n = max(25, min(remaining, int(rng.integers(8, 21)) * length))
+    n = max(10, min(remaining, int(rng.integers(8, 21)) * length))
     ts = np.sort(w.start_ms + first_day * DAY_MS + rng.integers(0, length * DAY_MS, size=n))
     moto = bool(w.m_mix[merchant, ECOM] == 0 or (w.m_mix[merchant, MOTO] > 0 and rng.random() < 0.5))
     country = int(w.m_country[merchant])
