@@ -21,7 +21,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.rules import FieldType, ruleset_from_texts, transaction_field_types  # noqa: E402
+from engine.rules import FieldType, ruleset_from_texts, transaction_field_types
 
 FEATURES = (
     "card_count_10m",
@@ -117,9 +117,9 @@ def payments(n: int, seed: int = 7) -> tuple[pd.DataFrame, np.ndarray[Any, Any],
             "card_id": np.char.add("card_", rng.integers(0, 200_000, n).astype(str)).astype(object),
             "customer_id": np.char.add("cust_", rng.integers(0, 50_000, n).astype(str)).astype(object),
             "ip": np.char.add("10.0.", rng.integers(0, 2000, n).astype(str)).astype(object),
-            "email": np.char.add(np.char.add("user", rng.integers(0, 90_000, n).astype(str)), "@example.com").astype(
-                object
-            ),
+            "email": np.char.add(
+                np.char.add("user", rng.integers(0, 90_000, n).astype(str)), "@example.com"
+            ).astype(object),
             "card_bin": (400000 + rng.integers(0, 100_000, n)).astype(str).astype(object),
             "ip_country": rng.choice(countries, n).astype(object),
             "card_country": rng.choice(countries, n).astype(object),
@@ -181,14 +181,16 @@ def bench_decide(ruleset: Any, n: int) -> None:
 def bench_frame(ruleset: Any, rows: int) -> None:
     frame, scores, merchants = payments(rows, seed=11)
     t0 = time.perf_counter()
-    verdicts, fired, _ = ruleset.decide_frame(scores, frame, merchants)
+    verdicts, _, _ = ruleset.decide_frame(scores, frame, merchants)
     elapsed = time.perf_counter() - t0
     counts = pd.Series(verdicts).value_counts(dropna=False).to_dict()
     print(f"decide_frame(), {len(RULES)} rules x {rows:,} rows: {elapsed:.2f} s  verdicts {counts}")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--payments", type=int, default=20_000)
     parser.add_argument("--rows", type=int, default=1_000_000)
     args = parser.parse_args()

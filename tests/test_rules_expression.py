@@ -122,7 +122,10 @@ def test_precedence_evaluates_like_python_arithmetic() -> None:
 
 
 def test_canonical_round_trip() -> None:
-    for text in ["abs(amount - card_mean_30d) > 3 * card_std_30d", "ip_country in ['RU', 'NG'] or not authenticated"]:
+    for text in [
+        "abs(amount - card_mean_30d) > 3 * card_std_30d",
+        "ip_country in ['RU', 'NG'] or not authenticated",
+    ]:
         expr = compile_expression(text, NAMES, LISTS)
         again = compile_expression(expr.canonical, NAMES, LISTS)
         assert again.canonical == expr.canonical
@@ -367,7 +370,11 @@ def test_all_problems_are_reported_in_order() -> None:
         ("ip_country < 'M'", "strings and conditions only support == and !=", 12),
         ("ip in amount", "'in' needs a list", 4),
         ("ip in 'abc'", "'in' needs a list", 4),
-        ("amount in lists.blocked_ips", "'amount' is a number but 'lists.blocked_ips' is a list of strings", 8),
+        (
+            "amount in lists.blocked_ips",
+            "'amount' is a number but 'lists.blocked_ips' is a list of strings",
+            8,
+        ),
         ("amount", "the expression must be a condition (true/false), but it is a number", 1),
         ("ip", "compare it, e.g. x == 'value'", 1),
         ("amount and true", "'and' needs conditions on both sides", 1),
@@ -547,7 +554,25 @@ def expressions(draw: st.DrawFn, kind: str, depth: int = 4) -> str:
 
 
 NUMBER_VALUES = st.sampled_from(
-    [None, math.nan, math.inf, -math.inf, 0.0, -0.0, 1.0, 2.5, -3.0, 3, 0, 100.0, 1e308, -1e308, 5e-324, 0.1, 1.5]
+    [
+        None,
+        math.nan,
+        math.inf,
+        -math.inf,
+        0.0,
+        -0.0,
+        1.0,
+        2.5,
+        -3.0,
+        3,
+        0,
+        100.0,
+        1e308,
+        -1e308,
+        5e-324,
+        0.1,
+        1.5,
+    ]
 )
 STRING_VALUES = st.sampled_from([None, math.nan, "", "a", "A", "ab", "é", "B", "aB"])
 BOOL_VALUES = st.sampled_from([None, True, False])
@@ -613,6 +638,13 @@ def test_vectorized_column_forms() -> None:
     # an absent column is missing everywhere, as an absent field
     fired, skipped = evaluate_frame(expr, {"amount": [20.0, 30.0]}, 2)
     assert not fired.any() and skipped.all()
+
+
+def test_integers_beyond_float_range_are_missing_in_both_evaluators() -> None:
+    expr = compile_expression("amount > 1", NAMES, LISTS)
+    assert expr.evaluate({"amount": 10**400}) is None
+    fired, skipped = evaluate_frame(expr, {"amount": np.array([10**400, 5, None], dtype=object)}, 3)
+    assert fired.tolist() == [False, True, False] and skipped.tolist() == [True, False, True]
 
 
 def test_vectorized_rejects_bad_columns() -> None:

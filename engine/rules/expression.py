@@ -270,21 +270,6 @@ def round_number(x: float, digits: int) -> float | None:
 # Missing values
 
 
-def is_missing_value(value: object, field_type: str) -> bool:
-    """True when a value counts as missing: None, pandas NA, NaN, and for numbers also +-inf."""
-    if value is None or value is _NA:
-        return True
-    if field_type == NUMBER:
-        try:
-            return not -_MAXF <= value <= _MAXF  # type: ignore[operator]
-        except TypeError:
-            return False
-    try:
-        return bool(value != value)
-    except (TypeError, ValueError):
-        return False
-
-
 def find_missing(env: Env, numbers: Sequence[str], others: Sequence[str]) -> set[str] | None:
     """The names among ``numbers`` (number fields) and ``others`` whose value is missing in env.
 
@@ -586,7 +571,7 @@ class _Checker:
             return Const(NUMBER, self.at(node), None)
         if isinstance(node.op, ast.UAdd):
             return operand
-        if isinstance(operand, Const) and operand.type == NUMBER:
+        if isinstance(operand, Const) and isinstance(operand.value, float):
             return Const(NUMBER, self.at(node), -operand.value)  # fold literals like -5
         return Unary(NUMBER, self.at(node), "-", operand)
 
@@ -837,7 +822,7 @@ class Expression:
         self.lists = lists
         self._required_numbers = tuple(sorted(n for n in required if name_types[n] == NUMBER))
         self._required_others = tuple(sorted(n for n in required if name_types[n] != NUMBER))
-        self._fn = _ScalarCompiler(self.tolerant_names, name_types).build(root)[0]
+        self._fn = _ScalarCompiler(self.tolerant_names).build(root)[0]
 
     @property
     def canonical(self) -> str:
@@ -962,8 +947,9 @@ def _check_size(text: str, tree: ast.Expression, lead: int) -> None:
         node, depth = stack.pop()
         count += 1
         if depth > MAX_DEPTH or count > MAX_NODES:
-            offset = lead + getattr(node, "col_offset", 0) if node is not tree.body else lead
-            offset = min(offset, len(text))
+            column = getattr(node, "col_offset", 0)  # in UTF-8 bytes of the parsed text
+            prefix = text[lead:].encode("utf-8", "surrogatepass")[:column]
+            offset = min(lead + len(prefix.decode("utf-8", "replace")), len(text))
             line, column = _position(text, offset)
             what = f"nested too deeply (more than {MAX_DEPTH} levels)" if depth > MAX_DEPTH else "too large"
             raise ExpressionError(text, [Problem(f"expression {what}", offset, line, column)])
@@ -997,10 +983,10 @@ def _walk(node: Node) -> Iterable[Node]:
     while stack:
         current = stack.pop()
         yield current
-        stack.extend(children(current))
+        stack.extend(_children(current))
 
 
-def children(node: Node) -> tuple[Node, ...]:
+def _children(node: Node) -> tuple[Node, ...]:
     """The direct sub-expressions of a node."""
     if isinstance(node, Unary):
         return (node.operand,)
@@ -1101,9 +1087,8 @@ _FN_FN: Final[Mapping[str, Callable[[_Fn, _Fn], _Fn]]] = {
 
 
 class _ScalarCompiler:
-    def __init__(self, tolerant: frozenset[str], types: Mapping[str, FieldType]) -> None:
+    def __init__(self, tolerant: frozenset[str]) -> None:
         self.tolerant = tolerant
-        self.types = types
 
     def strict_name(self, node: Node) -> str | None:
         if isinstance(node, Name) and node.name not in self.tolerant:

@@ -426,6 +426,7 @@ class _Loader:
         self.list_at: dict[str, tuple[str, int]] = {}
         self.rules: list[_RawRule] = []
         self.rule_at: dict[str, tuple[str, int]] = {}
+        self.unreadable = False  # a file failed to parse: what it defines is unknown
 
     def error(self, file: str, node: yaml.Node | None, message: str, rule_id: str | None = None) -> None:
         line = node.start_mark.line + 1 if node is not None else None
@@ -437,7 +438,7 @@ class _Loader:
         for file in sorted(sources):
             self.add_file(file, sources[file])
         compiled = self.compile_rules()
-        if self.bands_at is None and sources:
+        if self.bands_at is None and sources and not self.unreadable:
             self.errors.append(
                 RuleError(
                     self.origin, None, None, "score_bands is not defined: one file must give review and block"
@@ -457,9 +458,11 @@ class _Loader:
             mark = e.problem_mark or e.context_mark
             line = mark.line + 1 if mark is not None else None
             self.errors.append(RuleError(file, line, None, f"YAML syntax error: {e.problem or e}"))
+            self.unreadable = True
             return
         except yaml.YAMLError as e:
             self.errors.append(RuleError(file, None, None, f"YAML error: {e}"))
+            self.unreadable = True
             return
         if root is None:
             return  # an empty file adds nothing
@@ -469,6 +472,8 @@ class _Loader:
             self.error(file, root, "a rules file is a mapping with score_bands, lists and/or rules")
             return
         for key, key_node, value in self.items(file, root, _TOP_KEYS):
+            if key in ("lists", "rules") and _is_null(value):
+                continue  # a section left empty, e.g. every entry commented out
             if key == "score_bands":
                 self.add_bands(file, key_node, value)
             elif key == "lists":
@@ -721,7 +726,9 @@ class _Loader:
             except ExpressionError as e:
                 for problem in e.problems:
                     line, message = _expression_location(raw.when, e.text, problem.line, problem.column)
-                    self.errors.append(RuleError(raw.file, line, rule_id, f"when: {problem.message}{message}"))
+                    self.errors.append(
+                        RuleError(raw.file, line, rule_id, f"when: {problem.message}{message}")
+                    )
                 continue
             if not raw.valid or raw.action is None:
                 continue  # already reported
@@ -739,6 +746,10 @@ class _Loader:
                 )
             )
         return rules
+
+
+def _is_null(node: yaml.Node) -> bool:
+    return isinstance(node, yaml.ScalarNode) and node.tag == _NULL_TAG
 
 
 def _expression_location(node: yaml.ScalarNode, text: str, line: int, column: int) -> tuple[int, str]:

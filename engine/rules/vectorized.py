@@ -82,7 +82,8 @@ def _series(column: Column, name: str, n: int) -> pd.Series[Any]:
         array = np.asarray(column)
         if array.ndim != 1:
             raise ValueError(f"column {name!r} must be one-dimensional")
-        series = pd.Series(array, copy=False)
+        # dtype=object as given: no inference pass (it can fail on huge integers, and costs time)
+        series = pd.Series(array, dtype=object if array.dtype == object else None, copy=False)
     if len(series) != n:
         raise ValueError(f"column {name!r} has {len(series)} rows, expected {n}")
     return series
@@ -100,6 +101,8 @@ def _numbers(series: pd.Series[Any], name: str) -> PreparedColumn:
     else:
         try:
             values = pd.to_numeric(series).to_numpy(dtype=np.float64, na_value=np.nan)
+        except OverflowError:  # an integer beyond float range: missing, as in the scalar evaluator
+            values = np.fromiter((_float_or_nan(v) for v in series), dtype=np.float64, count=len(series))
         except (ValueError, TypeError) as e:
             raise TypeError(f"column {name!r} is declared number but holds non-numbers: {e}") from None
     finite = np.isfinite(values)
@@ -107,6 +110,15 @@ def _numbers(series: pd.Series[Any], name: str) -> PreparedColumn:
         return PreparedColumn(values, None)
     values[~finite] = np.nan
     return PreparedColumn(values, ~finite)
+
+
+def _float_or_nan(value: Any) -> float:
+    if value is None or value is pd.NA:
+        return np.nan
+    try:
+        return float(value)
+    except OverflowError:
+        return np.nan
 
 
 def _strings(series: pd.Series[Any]) -> PreparedColumn:
@@ -141,7 +153,7 @@ def evaluate_prepared(expr: Expression, prepared: Mapping[str, PreparedColumn], 
     """Like :func:`evaluate_frame`, on columns from :func:`prepare_columns` (shared by many rules)."""
     if expr.type != BOOL:
         raise TypeError(f"not a condition: {expr.text!r} is a {expr.type}")
-    values, missing = _Evaluator(prepared, expr.required_names).eval(expr.root)
+    values, missing = _Evaluator(prepared, expr.required_names).visit(expr.root)
     skipped = _or(missing, *(prepared[name].missing for name in expr.required_names))
     fired = np.broadcast_to(np.asarray(values, dtype=bool), (n,))
     if skipped is None:
@@ -155,7 +167,7 @@ def evaluate_values(
 ) -> tuple[np.ndarray[Any, Any], Mask]:
     """(values, skipped) of an expression of any type over n rows; values at skipped rows are fillers."""
     prepared = prepare_columns(columns, expr.name_types, n)
-    values, missing = _Evaluator(prepared, expr.required_names).eval(expr.root)
+    values, missing = _Evaluator(prepared, expr.required_names).visit(expr.root)
     skipped = _or(missing, *(prepared[name].missing for name in expr.required_names))
     dtype: Any = {NUMBER: np.float64, STRING: object, BOOL: np.bool_}[expr.type]
     if np.ndim(values):
@@ -202,27 +214,27 @@ class _Evaluator:
         # names count as present: fewer masks to combine.
         self.required = required
 
-    def eval(self, node: Node) -> _Result:
+    def visit(self, node: Node) -> _Result:
         if isinstance(node, Const):
             return node.value, None
         if isinstance(node, Name):
             column = self.prepared[node.name]
             return column.values, (None if node.name in self.required else column.missing)
         if isinstance(node, Unary):
-            values, missing = self.eval(node.operand)
+            values, missing = self.visit(node.operand)
             if node.op == "not":
                 return np.logical_not(values), missing
             return np.negative(values), missing
         if isinstance(node, Logic):
             return self.logic(node)
         if isinstance(node, Arith):
-            (a, ma), (b, mb) = self.eval(node.left), self.eval(node.right)
+            (a, ma), (b, mb) = self.visit(node.left), self.visit(node.right)
             with np.errstate(all="ignore"):
                 result = _NP_ARITH[node.op](a, b)
                 bad = ~np.isfinite(result)  # overflow, division by zero: missing, as in scalar
             return np.where(bad, np.nan, result), _or(ma, mb, bad)
         if isinstance(node, Compare):
-            (a, ma), (b, mb) = self.eval(node.left), self.eval(node.right)
+            (a, ma), (b, mb) = self.visit(node.left), self.visit(node.right)
             return np.asarray(_NP_CMP[node.op](a, b), dtype=bool), _or(ma, mb)
         if isinstance(node, Member):
             return self.member(node)
@@ -233,7 +245,7 @@ class _Evaluator:
     def logic(self, node: Logic) -> _Result:
         # Kleene logic: a known false operand decides "and", a known true one decides "or";
         # otherwise any missing operand makes the result missing.
-        results = [self.eval(o) for o in node.operands]
+        results = [self.visit(o) for o in node.operands]
         deciding = node.op == "or"  # the operand value that decides the result
         decided: Any = False
         unknown: Any = None
@@ -249,7 +261,7 @@ class _Evaluator:
         return value, unknown & ~decided
 
     def member(self, node: Member) -> _Result:
-        values, missing = self.eval(node.left)
+        values, missing = self.visit(node.left)
         items = node.list.values
         if not items:
             found: Any = np.zeros(np.shape(values), dtype=bool) if np.ndim(values) else False
@@ -264,13 +276,13 @@ class _Evaluator:
     def call(self, node: Call) -> _Result:
         name = node.function
         if name == "round":
-            x, missing = self.eval(node.args[0])
+            x, missing = self.visit(node.args[0])
             digits = int(node.args[1].value) if len(node.args) == 2 else 0  # type: ignore[attr-defined]
             with np.errstate(all="ignore"):
                 result = np.round(x, digits)
                 bad = ~np.isfinite(result)
             return np.where(bad, np.nan, result), _or(missing, bad)
-        results = [self.eval(a) for a in node.args]
+        results = [self.visit(a) for a in node.args]
         if name == "is_missing":
             missing = results[0][1]
             return (False if missing is None else missing.copy()), None
