@@ -150,13 +150,10 @@ def score_history(
 def rules_check(directory: Annotated[Path, typer.Argument(help="Rule set directory")]) -> None:
     """Validate a rule set and list every error (exit 1 when there is one)."""
     from engine.loader import rule_names
-    from engine.rules.check import check_rules, print_report
+    from engine.rules.check import run_check
     from features.spec import load_spec
 
-    errors = check_rules(directory, rule_names(load_spec().feature_names))
-    print_report(errors, Console())
-    if errors:
-        raise typer.Exit(1)
+    raise typer.Exit(run_check(directory, rule_names(load_spec().feature_names), Console()))
 
 
 @keys_app.command("new")

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import typing
 from dataclasses import replace
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +24,7 @@ from engine.model import ModelError, ModelRuntime
 from engine.pipeline import Loaded, Scorer
 from engine.rules import RuleSetError, load_ruleset
 from engine.rules.expression import FieldType
-from engine.schema import Transaction
+from engine.rules.ruleset import transaction_field_types
 from engine.settings import Settings
 from features.online import OnlineFeatures
 
@@ -35,15 +33,7 @@ log = logging.getLogger("antifraud.loader")
 
 def rule_names(feature_names: list[str]) -> dict[str, FieldType]:
     """What a rule may read, with its type: every request field, then every feature."""
-    kinds: dict[object, FieldType] = {str: "string", float: "number", bool: "bool", datetime: "string"}
-    names: dict[str, FieldType] = {}
-    for name, info in Transaction.model_fields.items():
-        if name == "pan":
-            continue
-        base = [a for a in typing.get_args(info.annotation) if a is not type(None)] or [info.annotation]
-        origin = typing.get_origin(base[0])
-        inner = typing.get_args(base[0])[0] if origin is typing.Annotated else base[0]
-        names[name] = kinds.get(inner, "string")  # Literal (channel) and constrained strings
+    names = transaction_field_types()
     for feature in feature_names:
         names.setdefault(feature, "number")
     return names

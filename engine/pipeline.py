@@ -31,7 +31,8 @@ ENTITY_FIELDS = ("card_id", "customer_id", "device_id", "ip", "email", "merchant
 class RuleSetLike(Protocol):
     version: str
 
-    def decide(self, score: float | None, env: dict[str, Any], merchant_id: str) -> Any: ...
+    def decide(self, score: float | None, env: dict[str, Any], merchant_id: str, *,
+               no_score_verdict: str | None = None) -> Any: ...
 
 
 class RedisBreaker:
@@ -101,7 +102,9 @@ class Scorer:
 
         t = time.perf_counter()
         env = _rule_env(payment, self.features.feature_names, values)
-        outcome = loaded.rules.decide(None if degraded else score, env, txn.merchant_id)
+        # Without every signal the fail policy stands in for the score bands; rules still apply.
+        outcome = loaded.rules.decide(None if degraded else score, env, txn.merchant_id,
+                                      no_score_verdict=self.fail_policy)
         verdict = outcome.verdict or self.fail_policy
         timings["rules_ms"] = _ms(t)
 
@@ -115,7 +118,7 @@ class Scorer:
             # TreeSHAP costs ~1 ms: spend it only where an analyst will read it.
             reasons["model"] = [c.__dict__ for c in loaded.model.contributions(values)]
         if degraded:
-            reasons["fail_policy"] = self.fail_policy if outcome.verdict is None else None
+            reasons["fail_policy"] = self.fail_policy
 
         decision: dict[str, Any] = {
             "transaction_id": txn.transaction_id,

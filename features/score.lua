@@ -78,56 +78,91 @@ local function op_events(prefix, a, i, dup, amount)
   end
   if not dup then
     redis.call('ZADD', ev, 'NX', int(t), txid)
-    redis.call('HSET', amt, txid, amount)
-    local old = redis.call('ZRANGEBYSCORE', ev, '-inf', '(' .. int(t - retention))
-    if #old > 0 then
-      hdel_many(amt, old)
-      redis.call('ZREMRANGEBYSCORE', ev, '-inf', '(' .. int(t - retention))
+    if nw > 0 then
+      -- amounts are only needed by exact windows; a dedupe-only log keeps ids alone
+      redis.call('HSET', amt, txid, amount)
+      local old = redis.call('ZRANGEBYSCORE', ev, '-inf', '(' .. int(t - retention))
+      if #old > 0 then hdel_many(amt, old) end
+      redis.call('PEXPIRE', amt, int(retention))
     end
+    redis.call('ZREMRANGEBYSCORE', ev, '-inf', '(' .. int(t - retention))
     redis.call('PEXPIRE', ev, int(retention))
-    redis.call('PEXPIRE', amt, int(retention))
   end
   return i + 3 + nw
 end
 
--- B: bucketed windows of one granularity, in one hash whose fields are "<bucket>:c|s|m|f".
+-- B: bucketed windows of one granularity, in one hash whose fields are "<bucket>:c|s|m|f"
+-- (count, sum, max, frauds reported). A window is the current bucket plus the completed buckets
+-- before it; the completed part only changes when the bucket does, so it is summed once per bucket
+-- and cached in the hash ("pb" = the bucket it was computed at, "P<nb>:c|s|m|f" = the sums over
+-- the nb-1 buckets before it). A write into a bucket older than "pb" drops the cache.
 -- tokens: g, keep, nw, nb1..nbn, nf, fb1..fbn
 local function op_buckets(prefix, a, i, dup, amount)
   local g, keep, nw = tonumber(a[i]), tonumber(a[i + 1]), tonumber(a[i + 2])
   local nf = tonumber(a[i + 3 + nw])
+  local sizes = {}
+  for k = 1, nw do sizes[k] = tonumber(a[i + 2 + k]) end
+  for k = 1, nf do sizes[nw + k] = tonumber(a[i + 3 + nw + k]) end
   local key = prefix .. ':b:' .. int(g)
   local b = math.floor(t / g)
-  local fields = {}
-  for o = 0, keep - 1 do
-    local p = int(b - o) .. ':'
-    fields[#fields + 1] = p .. 'c'
-    fields[#fields + 1] = p .. 's'
-    fields[#fields + 1] = p .. 'm'
-    fields[#fields + 1] = p .. 'f'
+  local cur = int(b) .. ':'
+  local head = { cur .. 'c', cur .. 's', cur .. 'm', cur .. 'f', 'pb' }
+  for k = 1, #sizes do
+    local p = 'P' .. int(sizes[k]) .. ':'
+    head[#head + 1] = p .. 'c'
+    head[#head + 1] = p .. 's'
+    head[#head + 1] = p .. 'm'
+    head[#head + 1] = p .. 'f'
   end
-  local v = redis.call('HMGET', key, unpack(fields))
-  local function window(nb)
-    local c, s, m, f = 0, 0, -1, 0
-    for o = 0, nb - 1 do
-      c = c + (tonumber(v[4 * o + 1]) or 0)
-      s = s + (tonumber(v[4 * o + 2]) or 0)
-      local mo = tonumber(v[4 * o + 3])
-      if mo and mo > m then m = mo end
-      f = f + (tonumber(v[4 * o + 4]) or 0)
+  local v = redis.call('HMGET', key, unpack(head))
+  local past = {}
+  if tonumber(v[5]) == b then
+    for k = 1, #sizes do
+      local o = 5 + 4 * (k - 1)
+      past[k] = { tonumber(v[o + 1]) or 0, tonumber(v[o + 2]) or 0, tonumber(v[o + 3]) or -1, tonumber(v[o + 4]) or 0 }
     end
-    return c, s, m, f
+  else
+    local longest = 1
+    for k = 1, #sizes do if sizes[k] > longest then longest = sizes[k] end end
+    local fields = {}
+    for o = 1, longest - 1 do
+      local p = int(b - o) .. ':'
+      fields[#fields + 1] = p .. 'c'
+      fields[#fields + 1] = p .. 's'
+      fields[#fields + 1] = p .. 'm'
+      fields[#fields + 1] = p .. 'f'
+    end
+    local pv = {}
+    if #fields > 0 then pv = redis.call('HMGET', key, unpack(fields)) end
+    local cache = { 'pb', int(b) }
+    for k = 1, #sizes do
+      local c, s, m, f = 0, 0, -1, 0
+      for o = 1, sizes[k] - 1 do
+        local j = 4 * (o - 1)
+        c = c + (tonumber(pv[j + 1]) or 0)
+        s = s + (tonumber(pv[j + 2]) or 0)
+        local mo = tonumber(pv[j + 3])
+        if mo and mo > m then m = mo end
+        f = f + (tonumber(pv[j + 4]) or 0)
+      end
+      past[k] = { c, s, m, f }
+      local p = 'P' .. int(sizes[k]) .. ':'
+      for _, pair in ipairs({ { 'c', c }, { 's', s }, { 'm', m }, { 'f', f } }) do
+        cache[#cache + 1] = p .. pair[1]
+        cache[#cache + 1] = int(pair[2])
+      end
+    end
+    redis.call('HSET', key, unpack(cache))
   end
+  local cc, cs, cm, cf = tonumber(v[1]) or 0, tonumber(v[2]) or 0, tonumber(v[3]) or -1, tonumber(v[4]) or 0
   for k = 1, nw do
-    local c, s, m = window(tonumber(a[i + 2 + k]))
-    push(c); push(s); push(m)
+    push(past[k][1] + cc); push(past[k][2] + cs); push(math.max(past[k][3], cm))
   end
   for k = 1, nf do
-    local c, _, _, f = window(tonumber(a[i + 3 + nw + k]))
-    push(c); push(f)
+    push(past[nw + k][1] + cc); push(past[nw + k][4] + cf)
   end
   if not dup then
-    local p = int(b) .. ':'
-    if redis.call('HINCRBY', key, p .. 'c', 1) == 1 then
+    if redis.call('HINCRBY', key, cur .. 'c', 1) == 1 then
       -- first payment of a new bucket: drop buckets that fell out of every window
       local stale = {}
       for _, name in ipairs(redis.call('HKEYS', key)) do
@@ -136,9 +171,8 @@ local function op_buckets(prefix, a, i, dup, amount)
       end
       if #stale > 0 then hdel_many(key, stale) end
     end
-    redis.call('HINCRBY', key, p .. 's', amount)
-    local m = tonumber(v[3])
-    if not m or tonumber(amount) > m then redis.call('HSET', key, p .. 'm', amount) end
+    redis.call('HINCRBY', key, cur .. 's', amount)
+    if cm < tonumber(amount) then redis.call('HSET', key, cur .. 'm', amount) end
     redis.call('PEXPIRE', key, int((keep + 1) * g))
   end
   return i + 4 + nw + nf
@@ -218,7 +252,10 @@ if mode == 'feedback' then
       redis.call('PEXPIRE', key, int(retention))
       if event == 'fraud' and g > 0 then
         local bucket_key = prefix .. ':b:' .. int(g)
-        redis.call('HINCRBY', bucket_key, int(math.floor(t / g)) .. ':f', 1)
+        local x = math.floor(t / g)
+        redis.call('HINCRBY', bucket_key, int(x) .. ':f', 1)
+        local pb = tonumber(redis.call('HGET', bucket_key, 'pb'))
+        if pb and x < pb then redis.call('HDEL', bucket_key, 'pb') end
         if redis.call('PTTL', bucket_key) < 0 then redis.call('PEXPIRE', bucket_key, int((keep + 1) * g)) end
       end
     end

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeAlias
 
 import numpy as np
 import pandas as pd
@@ -24,11 +25,28 @@ from features.spec import FeatureSpec, load_spec
 from training.config import TrainingError
 from training.history import load_column_map, load_history
 
+if TYPE_CHECKING:
+    from rich.progress import Progress as RichProgress
+
 Progress = Callable[[str], None]
+# What the public functions accept as `progress`: a callback taking one line per step, a rich
+# Progress (each step becomes its task's description), or None.
+ProgressArg: TypeAlias = "Progress | RichProgress | None"
 
 
 def no_progress(message: str) -> None:
     """The default progress callback: says nothing."""
+
+
+def as_progress(progress: ProgressArg) -> Progress:
+    """A plain callback from any accepted `progress` argument."""
+    if progress is None:
+        return no_progress
+    if hasattr(progress, "add_task") and hasattr(progress, "update"):
+        rich = progress
+        task = rich.add_task("antifraud", total=None)
+        return lambda message: rich.update(task, description=message)
+    return progress
 
 
 def as_date(value: date | datetime | str, what: str) -> date:
@@ -138,19 +156,16 @@ def build_dataset(
     progress: Progress = no_progress,
     source: str = "history",
     require_label: bool = True,
-    context_start: date | None = None,
 ) -> Dataset:
     """Features and labels of the payments in [start, end) of a time-sorted canonical history.
 
-    `context_start` (<= start) widens the returned rows, e.g. to include a model's validation
-    window next to an evaluation period; features are computed over the whole file either way.
+    Features are computed over every payment before `end` (earlier ones are their context).
     `source` names the history in error messages.
     """
     start, end = check_period(start, end)
     if require_label and "label" not in history:
         raise TrainingError(f"{source}: no 'label' column (1 fraud, 0 legitimate)")
     t0, t1 = utc_midnight(start), utc_midnight(end)
-    first = min(start, context_start) if context_start else start
     in_period = ((history["timestamp"] >= t0) & (history["timestamp"] < t1)).to_numpy()
     if not in_period.any():
         span = (
@@ -160,5 +175,5 @@ def build_dataset(
         )
         raise TrainingError(f"{source}: no payments in [{start}, {end}); the file covers {span}")
     rows, features = compute_features(history, t1, spec, progress)
-    keep = (rows["timestamp"] >= utc_midnight(first)).to_numpy()
-    return Dataset(rows[keep], features[keep], utc_midnight(first), t1)
+    keep = (rows["timestamp"] >= t0).to_numpy()
+    return Dataset(rows[keep], features[keep], t0, t1)

@@ -24,15 +24,7 @@ import pandas as pd
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 from training.config import TrainConfig, TrainingError, load_config
-from training.dataset import (
-    Dataset,
-    Progress,
-    check_period,
-    compute_features,
-    no_progress,
-    read_history,
-    utc_midnight,
-)
+from training.dataset import Dataset, ProgressArg, as_progress, build_dataset, check_period, read_history
 from training.model_artifact import ModelArtifact
 from training.report import write_report
 from training.scoring import VERDICTS, verdicts
@@ -153,7 +145,10 @@ def cost_curve(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Cost when every payment scoring >= t is blocked (no review), for a grid of thresholds t."""
     scores = np.asarray(scores, dtype=float)
-    grid = np.unique(np.quantile(scores, np.linspace(0.5, 1.0, points)))
+    # scores crowd near 0: a log-spaced grid plus score quantiles resolves both ends
+    grid = np.unique(
+        np.r_[np.geomspace(1e-5, 1.0, points), np.quantile(scores, np.linspace(0.5, 1.0, points))]
+    )
     fraud = np.asarray(labels) == 1
     amounts = np.asarray(amounts, dtype=float)
     order = np.argsort(-scores, kind="stable")
@@ -253,6 +248,11 @@ def assess(
     """
     warnings = list(warnings or [])
     y = data.y
+    if data.frauds in (0, len(data)):
+        raise TrainingError(
+            f"[{_when(data.start)}, {_when(data.end)}) has {len(data):,} payments and {data.frauds:,} "
+            "frauds: the metrics need both frauds and legitimate payments; choose a longer period"
+        )
     base = baseline_scores(data.features)
     if baseline_thresholds is None:
         baseline_thresholds = {
@@ -262,7 +262,7 @@ def assess(
         warnings.append("the baseline's thresholds were set on this period itself (optimistic for it)")
     metrics: dict[str, Any] = {
         "title": title,
-        "period": {"start": data.start.isoformat(), "end": data.end.isoformat()},
+        "period": {"start": _when(data.start), "end": _when(data.end)},
         "model_version": artifact.version,
         "counts": counts(data.rows),
         "model": compute_metrics(y, scores, data.rows, artifact.thresholds, config),
@@ -271,19 +271,36 @@ def assess(
         "warnings": warnings,
     }
     if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        write_report(
-            out_dir,
-            metrics,
-            y,
-            scores,
-            base,
-            data.rows["amount"].to_numpy(dtype=float),
-            importances(artifact)[: config.top_features],
-            config,
-        )
+        write_outputs(out_dir, metrics, data, scores, artifact, config)
     return metrics
+
+
+def _when(t: pd.Timestamp) -> str:
+    """A date when the time is midnight UTC (the usual case), else the full ISO time."""
+    return f"{t:%Y-%m-%d}" if t == t.normalize() else t.isoformat()
+
+
+def write_outputs(
+    out_dir: Path,
+    metrics: dict[str, Any],
+    data: Dataset,
+    scores: np.ndarray,
+    artifact: ModelArtifact,
+    config: TrainConfig,
+) -> None:
+    """metrics.json, the plots and report.md / report.html in `out_dir`."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    write_report(
+        out_dir,
+        metrics,
+        data.y,
+        scores,
+        baseline_scores(data.features),
+        data.rows["amount"].to_numpy(dtype=float),
+        importances(artifact)[: config.top_features],
+        config,
+    )
 
 
 def config_of(artifact: ModelArtifact, config: Path | None) -> TrainConfig:
@@ -306,66 +323,39 @@ def evaluate(
     out_dir: Path | None = None,
     columns: Path | None = None,
     config: Path | None = None,
-    progress: Progress = no_progress,
+    progress: ProgressArg = None,
 ) -> dict[str, Any]:
     """Metrics of a trained model on the payments in [start, end) of a labelled history.
 
     Writes metrics.json, the plots and report.md/report.html to `out_dir` when given. The
-    baseline's thresholds are set on the model's own validation window when the file covers it, at
-    the same false-positive rates as the model's, so both are held to the same rule.
+    rules-only baseline is held to the model's rule: its thresholds were set at train time on the
+    same validation slice at the same false-positive rates (metadata `baseline_thresholds`).
+    A period overlapping the training period is evaluated, with a warning in `warnings`.
     """
     s, e = check_period(start, end)
+    step = as_progress(progress)
     artifact = ModelArtifact.load(model_dir)
     cfg = config_of(artifact, config)
-    progress(f"reading {history}")
+    step(f"reading {history}")
     rows = read_history(history, columns, require_label=True)
-    t0, t1 = utc_midnight(s), utc_midnight(e)
-    in_period = ((rows["timestamp"] >= t0) & (rows["timestamp"] < t1)).to_numpy()
-    if not in_period.any():
-        raise TrainingError(
-            f"{history}: no payments in [{s}, {e}); the file covers "
-            f"{rows['timestamp'].min():%Y-%m-%d} to {rows['timestamp'].max():%Y-%m-%d}"
-        )
+    data = build_dataset(rows, s, e, progress=step, source=str(history))
     warnings: list[str] = []
-    data_range = artifact.metadata.get("data", {})
-    if data_range.get("train_start") and data_range.get("train_end"):
-        ts, te = date.fromisoformat(data_range["train_start"]), date.fromisoformat(data_range["train_end"])
+    trained_on = artifact.metadata.get("data", {})
+    if trained_on.get("train_start") and trained_on.get("train_end"):
+        ts, te = date.fromisoformat(trained_on["train_start"]), date.fromisoformat(trained_on["train_end"])
         if s < te and ts < e:
             warnings.append(
                 f"the period overlaps the training period [{ts}, {te}): these metrics are "
-                "optimistic; evaluate on dates after the training end"
+                "optimistic; evaluate on dates from the training end on"
             )
-    v0, v1 = data_range.get("validation_start"), data_range.get("validation_end")
-    validation = None
-    horizon = t1
-    if v0 and v1 and (rows["timestamp"] < pd.Timestamp(v0)).any():
-        validation = (pd.Timestamp(v0), pd.Timestamp(v1))
-        horizon = max(t1, validation[1])
-    before, features = compute_features(rows, horizon, progress=progress)
-    data = Dataset(before, features, t0, t1).between(t0, t1)
-    base_thresholds = None
-    if validation is not None:
-        val = Dataset(before, features, *validation).between(*validation)
-        if val.frauds and len(val) > val.frauds:
-            b = baseline_scores(val.features)
-            base_thresholds = {
-                "review": threshold_at_fpr(b, val.y, cfg.review_fpr),
-                "block": threshold_at_fpr(b, val.y, cfg.block_fpr),
-            }
-    progress(f"scoring {len(data):,} payments with {artifact.version}")
+    step(f"scoring {len(data):,} payments with {artifact.version}")
     scores = artifact.predict(data.features[artifact.features].to_numpy(dtype=float))
+    title = f"Evaluation of {artifact.version} on [{s}, {e})"
     metrics = assess(
-        data,
-        scores,
-        artifact,
-        cfg,
-        base_thresholds,
-        out_dir,
-        f"Evaluation of {artifact.version} on [{s}, {e})",
-        warnings,
+        data, scores, artifact, cfg, artifact.metadata.get("baseline_thresholds"), None, title, warnings
     )
     metrics["history"] = str(history)
     if out_dir is not None:
-        (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        progress(f"wrote {out_dir / 'report.md'}")
+        write_outputs(out_dir, metrics, data, scores, artifact, cfg)
+        step(f"wrote {out_dir / 'report.md'}")
     return metrics

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,27 +86,28 @@ class ModelArtifact:
         """The booster in LightGBM's text format (all trees it holds)."""
         return str(self.booster.model_to_string())
 
-    def predict(self, features: np.ndarray) -> np.ndarray:
+    def predict(self, features: np.ndarray, num_threads: int = 1) -> np.ndarray:
         """Fraud scores in [0, 1] for a feature matrix in `features` order."""
-        return np.asarray(self.booster.predict(features, num_threads=2), dtype=float)
+        return np.asarray(self.booster.predict(features, num_threads=num_threads), dtype=float)
 
     def save(self, directory: str | Path) -> Path:
-        """Write model.txt and metadata.json into `directory` (created if needed); returns it."""
+        """Write model.txt and metadata.json into `directory` (created if needed); returns it.
+
+        Each file is written aside and renamed into place: the serving engine polls model
+        directories and must never read a half-written model.
+        """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         text = self.model_text()
-        (directory / MODEL_FILE).write_text(text)
-        self.path = directory
         meta = {
             **self.metadata,
             "name": directory.name,
             "version": f"{directory.name}-{_sha12(text)}",
             "model_sha256": hashlib.sha256(text.encode()).hexdigest(),
         }
-        self.metadata = meta
-        (directory / METADATA_FILE).write_text(
-            json.dumps(meta, indent=2, sort_keys=False, default=_json_default) + "\n"
-        )
+        _write_atomic(directory / MODEL_FILE, text)
+        _write_atomic(directory / METADATA_FILE, json.dumps(meta, indent=2, default=_json_default) + "\n")
+        self.path, self.metadata = directory, meta
         return directory
 
     @classmethod
@@ -153,6 +155,12 @@ class ModelArtifact:
                     stacklevel=2,
                 )
         return cls(booster=booster, metadata=metadata, path=directory)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def _json_default(value: Any) -> Any:

@@ -67,9 +67,8 @@ def plot_scores(path: Path, y: np.ndarray, scores: np.ndarray, thresholds: dict[
     """Histograms of the score for legitimate and fraudulent payments, with the thresholds."""
     fig = Figure(figsize=(6, 4.5))
     ax = fig.add_subplot()
-    bins = np.linspace(0, 1, 51)
-    ax.hist(scores[y == 0], bins=bins, alpha=0.6, density=True, label="legitimate")
-    ax.hist(scores[y == 1], bins=bins, alpha=0.6, density=True, label="fraud")
+    ax.hist(scores[y == 0], bins=50, range=(0.0, 1.0), alpha=0.6, density=True, label="legitimate")
+    ax.hist(scores[y == 1], bins=50, range=(0.0, 1.0), alpha=0.6, density=True, label="fraud")
     for name, color in (("review", "orange"), ("block", "red")):
         ax.axvline(thresholds[name], color=color, ls="--", label=f"{name} >= {thresholds[name]:.3f}")
     ax.set(yscale="log", xlabel="score", ylabel="density")
@@ -96,7 +95,7 @@ def plot_cost(
     ax.axhline(metrics["cost"]["allow_everything"], color="grey", ls=":", label="allow everything")
     for name, color in (("review", "orange"), ("block", "red")):
         ax.axvline(metrics["thresholds"][name], color=color, ls="--", label=name)
-    ax.set(xlabel="threshold", ylabel="expected cost")
+    ax.set(xscale="log", xlim=(1e-5, 1), xlabel="threshold (log scale)", ylabel="expected cost")
     ax.legend(fontsize=8)
     _save(fig, path)
 

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from training.config import TrainingError
-from training.dataset import Progress, build_dataset, check_period, no_progress, read_history
+from training.dataset import ProgressArg, as_progress, build_dataset, check_period, read_history
 from training.model_artifact import ModelArtifact
 
 VERDICTS = ("allow", "review", "block")
@@ -39,24 +39,31 @@ def risk_scores(scores: np.ndarray) -> np.ndarray:
     return np.rint(np.asarray(scores, dtype=float) * 100).astype(np.int64)
 
 
-def rules_decider(rules_dir: Path, names: Sequence[str] | None = None) -> Decide:
-    """A `Decide` backed by the rule engine (engine.rules.ruleset), for `--rules DIR`."""
-    if importlib.util.find_spec("engine.rules.ruleset") is None:
-        raise TrainingError(
-            f"--rules {rules_dir}: the rule engine (engine/rules) is not installed in this build"
-        )
-    from engine.rules import ruleset
+def rules_decider(rules_dir: Path, feature_names: Sequence[str]) -> Decide:
+    """A `Decide` backed by the rule set in `rules_dir` (engine.rules), for `--rules DIR`.
+
+    Rules see what they see online: every payment field, then every feature not named like a
+    payment field (`mcc` and `channel` are the request's strings, not their feature codes). Their
+    score bands, not the model's proposed thresholds, turn the score into a verdict.
+    Raises engine.rules.RuleSetError (a ValueError listing each problem) for a bad rule set.
+    """
+    if importlib.util.find_spec("engine.rules") is None:
+        raise TrainingError(f"--rules {rules_dir}: the rule engine (engine/rules) is not available")
+    # the names and types the serving engine gives rules, so a rule set loads here iff it loads there
+    from engine.loader import rule_names
+    from engine.rules import load_ruleset
+    from engine.schema import TRANSACTION_COLUMNS
 
     if not Path(rules_dir).is_dir():
         raise TrainingError(f"--rules {rules_dir}: not a directory of rule files")
-    rules = ruleset.load_ruleset(rules_dir, names)
+    rules = load_ruleset(rules_dir, rule_names(list(feature_names)))
+    payment_fields = [c for c in TRANSACTION_COLUMNS if c != "timestamp"]
 
     def decide(scores: np.ndarray, features: pd.DataFrame, rows: pd.DataFrame) -> np.ndarray:
-        # the rule environment is the payment's fields next to its features, as online
-        columns = pd.concat([rows.reset_index(drop=True), features.reset_index(drop=True)], axis=1)
-        columns = columns.loc[:, ~columns.columns.duplicated()]
-        decided = rules.decide_frame(scores, columns, rows["merchant_id"].to_numpy())
-        return np.asarray(decided["verdict"] if isinstance(decided, pd.DataFrame) else decided, dtype=object)
+        columns = {name: rows[name].to_numpy() for name in payment_fields if name in rows}
+        columns.update({str(n): features[n].to_numpy() for n in features.columns if n not in columns})
+        verdict, _, _ = rules.decide_frame(scores, columns, rows["merchant_id"].to_numpy())
+        return np.asarray(verdict, dtype=object)
 
     return decide
 
@@ -82,7 +89,7 @@ def score_history(
     out: Path | None,
     rules_dir: Path | None = None,
     columns: Path | None = None,
-    progress: Progress = no_progress,
+    progress: ProgressArg = None,
     decide: Decide | None = None,
 ) -> pd.DataFrame:
     """Score the payments in [start, end) of a history and write them to `out` (CSV or Parquet).
@@ -93,13 +100,14 @@ def score_history(
     s, e = check_period(start, end)
     if out is not None and not out.name.lower().endswith(OUTPUT_FORMATS):
         raise TrainingError(f"{out}: unknown output format; use one of {', '.join(OUTPUT_FORMATS)}")
+    step = as_progress(progress)
     artifact = ModelArtifact.load(model_dir)
     if decide is None and rules_dir is not None:
-        decide = rules_decider(rules_dir)
-    progress(f"reading {history}")
+        decide = rules_decider(rules_dir, artifact.features)
+    step(f"reading {history}")
     rows = read_history(history, columns)
-    data = build_dataset(rows, s, e, progress=progress, source=str(history), require_label=False)
-    progress(f"scoring {len(data):,} payments with {artifact.version}")
+    data = build_dataset(rows, s, e, progress=step, source=str(history), require_label=False)
+    step(f"scoring {len(data):,} payments with {artifact.version}")
     scores = artifact.predict(data.features[artifact.features].to_numpy(dtype=float))
     verdict = (
         verdicts(scores, artifact.thresholds)
@@ -120,5 +128,5 @@ def score_history(
     )
     if out is not None:
         write_table(frame, out)
-        progress(f"wrote {out}")
+        step(f"wrote {out}")
     return frame

@@ -30,6 +30,8 @@ from training.config import TrainConfig, TrainingError, load_config
 from training.dataset import (
     Dataset,
     Progress,
+    ProgressArg,
+    as_progress,
     build_dataset,
     check_period,
     file_sha256,
@@ -43,17 +45,17 @@ MIN_FRAUDS = 5  # below this in either slice, early stopping and thresholds are 
 
 
 def scale_pos_weight(config: TrainConfig, legit: int, frauds: int) -> float | None:
-    """The weight of a fraud relative to a legitimate payment, by the `imbalance` setting.
+    """The weight of a fraud relative to a legitimate payment under the `imbalance` setting.
 
-    `sqrt` (and `auto`) weigh a fraud by sqrt(legit / frauds): frauds get enough weight for the
-    trees to look for them, without pushing every score towards 1 the way the full ratio does.
+    `none` (the default): 1, no weight. `sqrt`: sqrt(legit / frauds). `scale_pos_weight`: the full
+    ratio. `is_unbalance`: None here, LightGBM computes the full ratio itself.
     """
     ratio = legit / max(frauds, 1)
-    if config.imbalance in ("auto", "sqrt"):
+    if config.imbalance == "sqrt":
         return float(np.sqrt(ratio))
     if config.imbalance == "scale_pos_weight":
         return float(ratio)
-    return None  # "none", or "is_unbalance" which LightGBM computes itself
+    return None
 
 
 def split_by_time(data: Dataset, fraction: float) -> tuple[Dataset, Dataset]:
@@ -128,7 +130,7 @@ def train(
     out: Path,
     columns: Path | None = None,
     config: Path | None = None,
-    progress: Progress = no_progress,
+    progress: ProgressArg = None,
     spec: FeatureSpec | None = None,
     report: bool = True,
 ) -> ModelArtifact:
@@ -141,18 +143,19 @@ def train(
     started = time.perf_counter()
     s, e = check_period(train_start, train_end, "training period")
     cfg = load_config(config)
+    step = as_progress(progress)
     spec = spec or load_spec()
     history = Path(history)
-    progress(f"reading {history}")
+    step(f"reading {history}")
     rows = read_history(history, columns, require_label=True)
-    data = build_dataset(rows, s, e, spec, progress, source=str(history))
+    data = build_dataset(rows, s, e, spec, step, source=str(history))
     train_part, valid_part = split_by_time(data, cfg.validation_fraction)
     _check_slices(train_part, valid_part, history)
-    progress(
+    step(
         f"training on {len(train_part):,} payments ({train_part.frauds:,} frauds), "
         f"validating on {len(valid_part):,} ({valid_part.frauds:,} frauds)"
     )
-    booster, params = fit(train_part, valid_part, cfg, spec.feature_names, progress)
+    booster, params = fit(train_part, valid_part, cfg, spec.feature_names, step)
 
     valid_scores = np.asarray(booster.predict(valid_part.X, num_threads=cfg.num_threads), dtype=float)
     thresholds = {
@@ -198,7 +201,7 @@ def train(
         "config": cfg.as_dict(),
     }
     artifact = ModelArtifact(booster, metadata)
-    progress("evaluating on the validation slice")
+    step("evaluating on the validation slice")
     title = f"Validation of {out.name} on [{valid_part.start:%Y-%m-%d}, {valid_part.end:%Y-%m-%d})"
     metrics = assess(
         valid_part, valid_scores, artifact, cfg, base_thresholds, out / "report" if report else None, title
@@ -211,5 +214,5 @@ def train(
     }
     metadata["training_seconds"] = round(time.perf_counter() - started, 2)
     artifact.save(out)
-    progress(f"wrote {out} ({artifact.version}, {booster.num_trees()} trees)")
+    step(f"wrote {out} ({artifact.version}, {booster.num_trees()} trees)")
     return artifact

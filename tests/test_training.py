@@ -1,0 +1,487 @@
+"""Training, evaluation and batch scoring on a small simulated history (real LightGBM, no mocks)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from datetime import date, timedelta
+from pathlib import Path
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from rich.console import Console
+from rich.progress import Progress
+
+from features.spec import load_spec
+from training.config import ConfigError, TrainConfig, TrainingError, load_config
+from training.dataset import build_dataset, compute_features, read_history, utc_midnight
+from training.evaluate import (
+    BASELINE_RULES,
+    baseline_scores,
+    card_precision_at_k,
+    evaluate,
+    expected_cost,
+    recall_at_fpr,
+    threshold_at_fpr,
+)
+from training.history import HistoryError, write_history
+from training.model_artifact import ModelArtifact
+from training.scoring import score_history, verdicts
+from training.simulator import simulate
+from training.train import split_by_time, train
+
+TRAIN_START, TRAIN_END = date(2026, 1, 1), date(2026, 1, 23)
+EVAL_START, EVAL_END = date(2026, 1, 23), date(2026, 1, 31)
+
+
+@pytest.fixture(scope="module")
+def sim() -> pd.DataFrame:
+    return simulate(days=30, cards=400, merchants=40, seed=1)
+
+
+@pytest.fixture(scope="module")
+def history_file(sim: pd.DataFrame, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("history") / "history.parquet"
+    write_history(sim, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(history_file: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[ModelArtifact, list[str]]:
+    messages: list[str] = []
+    out = tmp_path_factory.mktemp("models") / "default"
+    artifact = train(history_file, TRAIN_START, TRAIN_END, out, progress=messages.append)
+    return artifact, messages
+
+
+@pytest.fixture(scope="module")
+def evaluated(
+    trained: tuple[ModelArtifact, list[str]], history_file: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[dict, Path]:
+    artifact, _ = trained
+    assert artifact.path is not None
+    out = tmp_path_factory.mktemp("eval")
+    return evaluate(history_file, artifact.path, EVAL_START, EVAL_END, out), out
+
+
+# ------------------------------------------------------------------------------------------ train
+
+
+def test_train_writes_a_complete_model_directory(trained: tuple[ModelArtifact, list[str]]) -> None:
+    artifact, messages = trained
+    assert artifact.path is not None
+    out = artifact.path
+    for name in (
+        "model.txt",
+        "metadata.json",
+        "report/metrics.json",
+        "report/report.md",
+        "report/report.html",
+        "report/pr_curve.png",
+        "report/roc_curve.png",
+        "report/score_distribution.png",
+        "report/cost_curve.png",
+        "report/feature_importance.png",
+    ):
+        assert (out / name).is_file(), name
+    assert (out / "report" / "pr_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "![Precision-recall curve](pr_curve.png)" in (out / "report" / "report.md").read_text()
+    assert any(m.startswith("features: ") for m in messages) and messages[-1].startswith("wrote ")
+
+
+def test_metadata_records_how_the_model_was_made(
+    trained: tuple[ModelArtifact, list[str]], history_file: Path, sim: pd.DataFrame
+) -> None:
+    artifact, _ = trained
+    assert artifact.path is not None
+    meta = json.loads((artifact.path / "metadata.json").read_text())
+    spec = load_spec()
+    assert meta["features"] == spec.feature_names and meta["spec_digest"] == spec.digest
+    assert meta["params"]["num_threads"] <= 2 and meta["params"]["num_leaves"] == 31
+    assert 1 <= meta["num_trees"] <= 300 and meta["best_iteration"] == meta["num_trees"]
+    data = meta["data"]
+    assert data["history_sha256"] == hashlib.sha256(history_file.read_bytes()).hexdigest()
+    assert (data["train_start"], data["train_end"]) == ("2026-01-01", "2026-01-23")
+    assert (
+        data["validation_start"] == "2026-01-19T00:00:00Z"
+        and data["validation_end"] == "2026-01-23T00:00:00Z"
+    )
+    in_period = sim[(sim.timestamp >= utc_midnight(TRAIN_START)) & (sim.timestamp < utc_midnight(TRAIN_END))]
+    counts = meta["counts"]
+    assert counts["train"]["payments"] + counts["validation"]["payments"] == len(in_period)
+    assert counts["train"]["frauds"] + counts["validation"]["frauds"] == int(in_period.label.sum())
+    t = meta["thresholds"]
+    assert 0 < t["review"] <= t["block"] <= 1 and (t["review_fpr"], t["block_fpr"]) == (0.01, 0.001)
+    assert "legitimate validation payments" in t["rule"]
+    assert 0.5 < meta["validation_metrics"]["roc_auc"] <= 1
+    assert meta["version"] == artifact.version
+    assert meta["config"]["review_cost"] == 2.0
+
+
+def test_thresholds_hold_their_false_positive_rate_on_validation(
+    history_file: Path, trained: tuple[ModelArtifact, list[str]]
+) -> None:
+    artifact, _ = trained
+    rows = read_history(history_file, require_label=True)
+    data = build_dataset(rows, TRAIN_START, TRAIN_END)
+    _, valid = split_by_time(data, 0.2)
+    scores = artifact.predict(valid.X)
+    legit = scores[valid.y == 0]
+    assert (legit >= artifact.thresholds["block"]).mean() <= 0.001
+    assert (legit >= artifact.thresholds["review"]).mean() <= 0.01
+
+
+def test_training_uses_only_the_period(
+    history_file: Path, sim: pd.DataFrame, tmp_path: Path, trained: tuple[ModelArtifact, list[str]]
+) -> None:
+    """Rewriting every label from the training end on (and when it was reported) changes nothing."""
+    artifact, _ = trained
+    later = sim.copy()
+    after = (later.timestamp >= utc_midnight(TRAIN_END)).to_numpy()
+    later.loc[after, "label"] = (1 - later.loc[after, "label"]).astype("int8")
+    later.loc[after, "label_time"] = later.loc[after, "timestamp"] + pd.Timedelta(hours=1)
+    path = tmp_path / "later.parquet"
+    write_history(later, path)
+    again = train(path, TRAIN_START, TRAIN_END, tmp_path / "again", report=False)
+    assert again.model_text() == artifact.model_text()
+
+
+def test_time_split_puts_validation_after_training(history_file: Path) -> None:
+    rows = read_history(history_file, require_label=True)
+    data = build_dataset(rows, TRAIN_START, TRAIN_END)
+    assert data.rows.timestamp.min() >= utc_midnight(TRAIN_START)
+    assert data.rows.timestamp.max() < utc_midnight(TRAIN_END)
+    fit_part, valid = split_by_time(data, 0.2)
+    assert fit_part.rows.timestamp.max() < valid.rows.timestamp.min()
+    assert valid.start == utc_midnight(TRAIN_END - timedelta(days=4))
+    assert len(fit_part) + len(valid) == len(data)
+
+
+def test_features_never_see_labels_reported_later(sim: pd.DataFrame) -> None:
+    """Moving (and flipping) every label reported after T leaves the features of payments <= T alone."""
+    cut = pd.Timestamp("2026-01-20T00:00:00Z")
+    history = read_history_frame(sim)
+    changed = history.copy()
+    late = (changed.label_time > cut).to_numpy()
+    changed.loc[late, "label_time"] = changed.loc[late, "label_time"] + pd.Timedelta(days=60)
+    changed.loc[late, "label"] = (1 - changed.loc[late, "label"]).astype("int8")
+    end = pd.Timestamp("2026-01-31T00:00:00Z")
+    _, before = compute_features(history, end)
+    _, after = compute_features(changed, end)
+    early = (history.timestamp <= cut).to_numpy()
+    pd.testing.assert_frame_equal(before[early], after[early])
+    # the change is visible later on, so the comparison above is not vacuous
+    assert not before[~early].equals(after[~early])
+
+
+def read_history_frame(sim: pd.DataFrame) -> pd.DataFrame:
+    """The simulator's frame with the label times load_history would default."""
+    frame = sim.copy()
+    missing = frame.label_time.isna()
+    frame.loc[missing, "label_time"] = frame.loc[missing, "timestamp"] + pd.Timedelta(days=30)
+    return frame
+
+
+# --------------------------------------------------------------------------------------- evaluate
+
+
+def test_evaluate_reports_sane_metrics(evaluated: tuple[dict, Path], sim: pd.DataFrame) -> None:
+    metrics, out = evaluated
+    model, base = metrics["model"], metrics["baseline"]
+    assert model["roc_auc"] > 0.8
+    fraud_rate = metrics["counts"]["fraud_rate"]
+    assert model["average_precision"] > 5 * fraud_rate
+    for m in (model, base):
+        for key in (
+            "roc_auc",
+            "average_precision",
+            "card_precision_at_100",
+            "recall_at_fpr_0.001",
+            "recall_at_fpr_0.01",
+        ):
+            assert 0 <= m[key] <= 1, key
+        assert m["recall_at_fpr_0.001"] <= m["recall_at_fpr_0.01"]
+        mix = m["verdicts"]
+        assert sum(v["payments"] for v in mix.values()) == metrics["counts"]["payments"]
+        assert sum(v["frauds"] for v in mix.values()) == metrics["counts"]["frauds"]
+        cost = m["cost"]
+        assert cost["total"] == pytest.approx(cost["fraud_allowed"] + cost["reviews"] + cost["legit_blocked"])
+        assert cost["reviews"] == pytest.approx(2.0 * mix["review"]["payments"])
+    in_period = sim[(sim.timestamp >= utc_midnight(EVAL_START)) & (sim.timestamp < utc_midnight(EVAL_END))]
+    assert metrics["counts"]["payments"] == len(in_period)
+    assert metrics["warnings"] == []
+    assert json.loads((out / "metrics.json").read_text())["model"]["roc_auc"] == model["roc_auc"]
+    assert "rules-only" in (out / "report.md").read_text()
+
+
+def test_evaluate_warns_when_the_period_overlaps_training(
+    history_file: Path, trained: tuple[ModelArtifact, list[str]]
+) -> None:
+    artifact, _ = trained
+    assert artifact.path is not None
+    metrics = evaluate(history_file, artifact.path, date(2026, 1, 15), date(2026, 1, 25))
+    assert any("overlaps the training period" in w for w in metrics["warnings"])
+
+
+def test_baseline_rules_read_features_of_the_spec() -> None:
+    names = set(load_spec().feature_names)
+    assert [name for name, _, _ in BASELINE_RULES if name not in names] == []
+
+
+def test_baseline_scores_rank_fraud_above_chance(history_file: Path) -> None:
+    rows = read_history(history_file, require_label=True)
+    data = build_dataset(rows, TRAIN_START, EVAL_END)
+    scores = baseline_scores(data.features)
+    assert scores.shape == (len(data),) and scores.min() >= 0 and scores.max() <= 1
+    from sklearn.metrics import roc_auc_score
+
+    assert roc_auc_score(data.y, scores) > 0.7
+
+
+# ---------------------------------------------------------------------------------------- scoring
+
+
+@pytest.mark.parametrize("name", ["scores.csv", "scores.parquet"])
+def test_score_history_writes_one_row_per_payment(
+    name: str, history_file: Path, tmp_path: Path, trained: tuple[ModelArtifact, list[str]], sim: pd.DataFrame
+) -> None:
+    artifact, _ = trained
+    assert artifact.path is not None
+    out = tmp_path / name
+    frame = score_history(history_file, artifact.path, EVAL_START, EVAL_END, out)
+    written = pd.read_csv(out) if name.endswith(".csv") else pd.read_parquet(out)
+    assert list(written.columns) == ["transaction_id", "score", "risk_score", "verdict"]
+    in_period = sim[(sim.timestamp >= utc_midnight(EVAL_START)) & (sim.timestamp < utc_midnight(EVAL_END))]
+    assert list(written.transaction_id) == list(in_period.transaction_id)
+    assert written.score.between(0, 1).all() and written.risk_score.between(0, 100).all()
+    assert (written.risk_score == np.rint(written.score * 100).astype(int)).all()
+    assert (written.verdict.to_numpy() == verdicts(frame.score.to_numpy(), artifact.thresholds)).all()
+
+
+def test_score_history_needs_no_labels_and_takes_a_decision_hook(
+    sim: pd.DataFrame, tmp_path: Path, trained: tuple[ModelArtifact, list[str]]
+) -> None:
+    artifact, _ = trained
+    assert artifact.path is not None
+    path = tmp_path / "unlabelled.csv"
+    write_history(sim.drop(columns=["label", "label_time", "fraud_pattern"]), path)
+    seen: dict[str, object] = {}
+
+    def decide(scores: np.ndarray, features: pd.DataFrame, rows: pd.DataFrame) -> np.ndarray:
+        seen["features"], seen["rows"] = features.shape, len(rows)
+        return np.where(scores > 0.5, "block", "allow")
+
+    frame = score_history(path, artifact.path, EVAL_START, EVAL_END, None, decide=decide)
+    assert seen["features"] == (len(frame), len(artifact.features)) and seen["rows"] == len(frame)
+    assert set(frame.verdict) <= {"allow", "block"}
+
+
+def test_score_history_with_a_rule_set(
+    history_file: Path, tmp_path: Path, trained: tuple[ModelArtifact, list[str]]
+) -> None:
+    artifact, _ = trained
+    assert artifact.path is not None
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "test.yaml").write_text(
+        "score_bands: {review: 0.5, block: 0.9}\n"
+        "rules:\n"
+        "  - {id: big, when: amount > 300 and not authenticated, action: review, reason: BIG}\n"
+        "  - {id: tiny_burst, when: card_count_10m >= 50, action: block, reason: BURST}\n"
+    )
+    frame = score_history(history_file, artifact.path, EVAL_START, EVAL_END, None, rules_dir=rules)
+    rows = read_history(history_file)
+    rows = rows[(rows.timestamp >= utc_midnight(EVAL_START)) & (rows.timestamp < utc_midnight(EVAL_END))]
+    # a rule reading a missing field is skipped: only payments known to be unauthenticated count
+    big = ((rows.amount > 300) & rows.authenticated.eq(False).fillna(False)).to_numpy(dtype=bool)
+    banded = verdicts(frame.score.to_numpy(), {"review": 0.5, "block": 0.9})
+    expected = np.where(big & (banded == "allow"), "review", banded)
+    assert (frame.verdict.to_numpy() == expected).all() and big.any()
+    with pytest.raises(ValueError, match="nope"):
+        (rules / "bad.yaml").write_text("rules:\n  - {id: bad, when: nope > 1, action: block, reason: X}\n")
+        score_history(history_file, artifact.path, EVAL_START, EVAL_END, None, rules_dir=rules)
+
+
+def test_progress_may_be_a_rich_progress(
+    history_file: Path, trained: tuple[ModelArtifact, list[str]]
+) -> None:
+    artifact, _ = trained
+    assert artifact.path is not None
+    with Progress(console=Console(file=io.StringIO())) as bar:
+        score_history(history_file, artifact.path, EVAL_START, EVAL_END, None, progress=bar)
+        assert bar.tasks[0].description.startswith("scoring ")
+
+
+def test_scores_match_between_evaluate_and_score_history(
+    history_file: Path, evaluated: tuple[dict, Path], trained: tuple[ModelArtifact, list[str]]
+) -> None:
+    artifact, _ = trained
+    assert artifact.path is not None
+    metrics, _ = evaluated
+    frame = score_history(history_file, artifact.path, EVAL_START, EVAL_END, None)
+    counts = frame.verdict.value_counts()
+    for verdict, entry in metrics["model"]["verdicts"].items():
+        assert int(counts.get(verdict, 0)) == entry["payments"]
+
+
+# ----------------------------------------------------------------------------------------- errors
+
+
+def test_bad_dates_are_named(history_file: Path, tmp_path: Path) -> None:
+    with pytest.raises(TrainingError, match="2026-13-01"):
+        train(history_file, "2026-13-01", "2026-01-23", tmp_path / "m")
+    with pytest.raises(TrainingError, match="must be before end"):
+        train(history_file, "2026-01-23", "2026-01-23", tmp_path / "m")
+
+
+def test_an_empty_period_says_what_the_file_covers(history_file: Path, tmp_path: Path) -> None:
+    with pytest.raises(
+        TrainingError, match=r"no payments in \[2025-01-01, 2025-02-01\).*2026-01-01 to 2026-01-30"
+    ):
+        train(history_file, "2025-01-01", "2025-02-01", tmp_path / "m")
+
+
+def test_evaluating_a_period_without_fraud_is_refused(
+    history_file: Path, trained: tuple[ModelArtifact, list[str]]
+) -> None:
+    artifact, _ = trained
+    assert artifact.path is not None
+    with pytest.raises(TrainingError, match=r"\[2026-01-22, 2026-01-23\) has [0-9,]+ payments and 0 frauds"):
+        evaluate(history_file, artifact.path, "2026-01-22", "2026-01-23")
+
+
+def test_a_period_without_enough_fraud_is_refused(history_file: Path, tmp_path: Path) -> None:
+    with pytest.raises(TrainingError, match="at least 5 frauds"):
+        train(history_file, "2026-01-01", "2026-01-03", tmp_path / "m")
+
+
+def test_missing_label_column(sim: pd.DataFrame, tmp_path: Path) -> None:
+    path = tmp_path / "nolabel.csv"
+    write_history(sim.drop(columns=["label", "label_time"]), path)
+    with pytest.raises(TrainingError, match=r"nolabel\.csv: no 'label' column"):
+        train(path, TRAIN_START, TRAIN_END, tmp_path / "m")
+
+
+def test_a_column_map_is_passed_through(sim: pd.DataFrame, tmp_path: Path) -> None:
+    path = tmp_path / "renamed.csv"
+    write_history(sim.rename(columns={"label": "IS_FRAUD"}), path)
+    mapping = tmp_path / "columns.yaml"
+    mapping.write_text("label: IS_FRAUD\n")
+    with pytest.raises(TrainingError, match="no 'label' column"):
+        read_history(path, require_label=True)
+    assert read_history(path, mapping, require_label=True).label.sum() == sim.label.sum()
+    mapping.write_text("label: NOPE\n")
+    with pytest.raises(HistoryError, match="NOPE"):
+        read_history(path, mapping)
+
+
+def test_evaluate_refuses_a_model_for_another_spec(
+    history_file: Path, tmp_path: Path, trained: tuple[ModelArtifact, list[str]]
+) -> None:
+    artifact, _ = trained
+    meta = dict(artifact.metadata)
+    booster = lgb.Booster(model_str=artifact.model_text().replace("card_count_10m", "card_count_5m"))
+    meta["features"] = booster.feature_name()
+    ModelArtifact(booster, meta).save(tmp_path / "old")
+    with pytest.raises(TrainingError, match="card_count_5m"):
+        evaluate(history_file, tmp_path / "old", EVAL_START, EVAL_END)
+
+
+def test_unknown_output_format(
+    history_file: Path, tmp_path: Path, trained: tuple[ModelArtifact, list[str]]
+) -> None:
+    artifact, _ = trained
+    assert artifact.path is not None
+    with pytest.raises(TrainingError, match=r"scores\.xlsx: unknown output format"):
+        score_history(history_file, artifact.path, EVAL_START, EVAL_END, tmp_path / "scores.xlsx")
+
+
+def test_config_file(tmp_path: Path) -> None:
+    assert load_config(None) == TrainConfig()
+    path = tmp_path / "TRAIN.yaml"
+    path.write_text("review_cost: 5\nlightgbm: {max_bin: 127}\n")
+    cfg = load_config(path)
+    assert cfg.review_cost == 5.0 and cfg.lgb_params(None)["max_bin"] == 127
+    path.write_text("review_costs: 5\n")
+    with pytest.raises(ConfigError, match=r"TRAIN\.yaml: unknown settings \['review_costs'\]"):
+        load_config(path)
+    path.write_text("block_fpr: 0.5\n")
+    with pytest.raises(ConfigError, match="block_fpr <= review_fpr"):
+        load_config(path)
+    path.write_text("num_threads: 8\n")
+    with pytest.raises(ConfigError, match="num_threads"):
+        load_config(path)
+    path.write_text("imbalance: yes\n")
+    with pytest.raises(ConfigError, match="imbalance must be a str"):
+        load_config(path)
+
+
+# ---------------------------------------------------------------------------------------- metrics
+
+
+def test_threshold_at_fpr_counts_legitimate_payments_only() -> None:
+    scores = np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 0.95])
+    labels = np.array([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1])
+    t = threshold_at_fpr(scores, labels, 0.1)  # 10 legitimate: one may be flagged
+    assert 0.9 < t <= 1.0 and (scores[labels == 0] >= t).sum() == 1
+    assert threshold_at_fpr(scores, labels, 0.0) > 1.0
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.floats(0, 1), min_size=5, max_size=200), st.floats(0.001, 0.5))
+def test_threshold_at_fpr_is_the_lowest_that_holds(values: list[float], fpr: float) -> None:
+    scores = np.array(values)
+    labels = np.zeros(len(scores), dtype=int)
+    t = threshold_at_fpr(scores, labels, fpr)
+    assert (scores >= t).mean() <= fpr
+    lower = scores[scores < t]
+    if len(lower):
+        assert (scores >= lower.max()).mean() > fpr
+
+
+def test_recall_at_fpr() -> None:
+    labels = np.array([0] * 100 + [1] * 10)
+    scores = np.r_[np.linspace(0, 0.5, 100), np.linspace(0.45, 1, 10)]
+    assert recall_at_fpr(labels, scores, 0.0) == pytest.approx(0.9)
+    assert recall_at_fpr(labels, scores, 0.5) == 1.0
+
+
+def test_card_precision_at_k_per_day() -> None:
+    ts = pd.Series(
+        pd.to_datetime(
+            [
+                "2026-01-01T01:00Z",
+                "2026-01-01T02:00Z",
+                "2026-01-01T03:00Z",
+                "2026-01-02T01:00Z",
+                "2026-01-02T02:00Z",
+            ],
+            utc=True,
+        )
+    )
+    cards = np.array(["a", "a", "b", "a", "c"])
+    scores = np.array([0.9, 0.1, 0.5, 0.2, 0.8])
+    labels = np.array([0, 1, 0, 1, 0])
+    # day 1: card a (max 0.9, had a fraud) ranks first; day 2: card c (no fraud) ranks first
+    mean, daily = card_precision_at_k(labels, scores, cards, ts, k=1)
+    assert daily == [1.0, 0.0] and mean == 0.5
+    assert card_precision_at_k(labels, scores, cards, ts, k=100)[1] == [0.5, 0.5]
+
+
+def test_expected_cost() -> None:
+    labels = np.array([1, 1, 1, 0, 0, 0])
+    amounts = np.array([100.0, 50.0, 20.0, 200.0, 30.0, 10.0])
+    verdict = np.array(["allow", "review", "block", "block", "review", "allow"], dtype=object)
+    cost = expected_cost(labels, verdict, amounts, review_cost=2.0, block_cost_factor=0.1)
+    assert cost == {
+        "total": 100 + 4 + 20,
+        "fraud_allowed": 100,
+        "reviews": 4.0,
+        "legit_blocked": 20.0,
+        "allow_everything": 170.0,
+    }
