@@ -33,10 +33,9 @@ typecheck: venv
 	@echo "==> mypy"
 	$(BIN)/mypy
 
-# ruff and mypy are `make check` until the whole tree is clean (tracked in the issues).
 check: lint typecheck
 
-test: venv
+test: venv lint typecheck
 	@echo "==> pytest (real redis-server, real LightGBM)"
 	$(BIN)/pytest -q
 

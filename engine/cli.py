@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 app = typer.Typer(
     help="Real-time antifraud scoring engine for card payments.",
@@ -33,6 +34,11 @@ def _fail(message: str) -> typer.Exit:
 
 def _date(value: datetime) -> date:
     return value.date()
+
+
+def _steps() -> Progress:
+    """A live line that shows which step a long command is on, and for how long."""
+    return Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console)
 
 
 @app.command()
@@ -102,7 +108,16 @@ def train(
     from training.train import train as run
 
     try:
-        run(history, _date(train_start), _date(train_end), out, columns=columns, config=config)
+        with _steps() as progress:
+            run(
+                history,
+                _date(train_start),
+                _date(train_end),
+                out,
+                columns=columns,
+                config=config,
+                progress=progress,
+            )
     except (TrainingError, ValueError) as exc:
         raise _fail(str(exc)) from exc
     console.print(f"model written to {out}")
@@ -116,14 +131,27 @@ def evaluate(
     end: Annotated[datetime, typer.Option(formats=["%Y-%m-%d"], help="exclusive")],
     out: Annotated[Path | None, typer.Option(help="Report directory (default: MODEL/eval-START-END)")] = None,
     columns: ColumnsOpt = None,
+    config: Annotated[Path | None, typer.Option(help="TRAIN.yaml: cost settings (review cost, ...)")] = None,
 ) -> None:
     """Evaluate a model on a later period: AUC, AP, precision@100, recall at low FPR, cost; plots."""
     from training.evaluate import evaluate as run
 
+    out = out or model / f"eval-{_date(start)}-{_date(end)}"
     try:
-        run(history, model, _date(start), _date(end), out_dir=out, columns=columns)
+        with _steps() as progress:
+            run(
+                history,
+                model,
+                _date(start),
+                _date(end),
+                out_dir=out,
+                columns=columns,
+                config=config,
+                progress=progress,
+            )
     except ValueError as exc:
         raise _fail(str(exc)) from exc
+    console.print(f"report written to {out}")
 
 
 @app.command("score-history")
@@ -140,7 +168,17 @@ def score_history(
     from training.scoring import score_history as run
 
     try:
-        run(history, model, _date(start), _date(end), out, rules_dir=rules, columns=columns)
+        with _steps() as progress:
+            run(
+                history,
+                model,
+                _date(start),
+                _date(end),
+                out,
+                rules_dir=rules,
+                columns=columns,
+                progress=progress,
+            )
     except ValueError as exc:
         raise _fail(str(exc)) from exc
     console.print(f"wrote {out}")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -46,7 +46,7 @@ class DecisionStore:
 
     def get(self, txid: str) -> dict[str, Any] | None:
         """The stored decision, or None."""
-        raw = self.client.get(self._key(txid, "d"))
+        raw = cast(bytes | None, self.client.get(self._key(txid, "d")))
         return json.loads(raw) if raw else None
 
     def put(self, decision: dict[str, Any]) -> dict[str, Any] | None:
@@ -70,13 +70,16 @@ class DecisionStore:
 
     def feedback_for(self, txid: str) -> list[dict[str, Any]]:
         """Feedback events received about one payment, oldest first."""
-        return [json.loads(v) for v in self.client.lrange(self._key(txid, "fb"), 0, -1)]
+        values = cast(list[bytes], self.client.lrange(self._key(txid, "fb"), 0, -1))
+        return [json.loads(v) for v in values]
 
     def iter_stream(self, stream: str, field: str, batch: int = 5000) -> Iterator[dict[str, Any]]:
         """Every entry of a stream, oldest first, in batches."""
         start = "-"
         while True:
-            entries = self.client.xrange(stream, min=start, count=batch)
+            entries = cast(
+                list[tuple[bytes, dict[bytes, bytes]]], self.client.xrange(stream, min=start, count=batch)
+            )
             if not entries:
                 return
             for _entry_id, fields in entries:

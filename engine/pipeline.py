@@ -14,25 +14,19 @@ import time
 import zlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import redis
 
 from engine.decisions import DecisionStore
 from engine.model import ModelRuntime
+from engine.rules import RuleSet
 from engine.schema import Transaction
 from engine.settings import FailPolicy
 from features.online import OnlineFeatures
 
 ENTITY_FIELDS = ("card_id", "customer_id", "device_id", "ip", "email", "merchant_id", "terminal_id")
-
-
-class RuleSetLike(Protocol):
-    version: str
-
-    def decide(self, score: float | None, env: dict[str, Any], merchant_id: str, *,
-               no_score_verdict: str | None = None) -> Any: ...
 
 
 class RedisBreaker:
@@ -58,7 +52,7 @@ class Loaded:
     """What can be swapped live: the model, the shadow model and the rule set."""
 
     model: ModelRuntime | None
-    rules: RuleSetLike
+    rules: RuleSet
     shadow: ModelRuntime | None = None
 
 
@@ -103,8 +97,9 @@ class Scorer:
         t = time.perf_counter()
         env = _rule_env(payment, self.features.feature_names, values)
         # Without every signal the fail policy stands in for the score bands; rules still apply.
-        outcome = loaded.rules.decide(None if degraded else score, env, txn.merchant_id,
-                                      no_score_verdict=self.fail_policy)
+        outcome = loaded.rules.decide(
+            None if degraded else score, env, txn.merchant_id, no_score_verdict=self.fail_policy
+        )
         verdict = outcome.verdict or self.fail_policy
         timings["rules_ms"] = _ms(t)
 

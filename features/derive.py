@@ -8,8 +8,8 @@ computed a kind at a time (all counts, all means, ...) so that one row costs a f
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -114,8 +114,8 @@ class Deriver:
         }
         self._behaviour: tuple[list[int], list[int]] | None = None
         if spec.card_behaviour is not None:
-            b = spec.card_behaviour
-            e, label = b.entity, b.window.label
+            behaviour = spec.card_behaviour
+            e, label = behaviour.entity, behaviour.window.label
             self._behaviour = (
                 [
                     out[f"{e}_amount_to_mean_{label}"],

@@ -45,7 +45,7 @@ def _key_codes(frame: pd.DataFrame, fields: tuple[str, ...]) -> np.ndarray:
         text = column.astype("string")
         missing |= (text.isna() | (text == "")).to_numpy()
         parts.append(text.fillna(""))
-    key = parts[0] if len(parts) == 1 else parts[0].str.cat(parts[1:], sep="|")
+    key = parts[0] if len(parts) == 1 else parts[0].str.cat(parts[1:], sep="|")  # type: ignore[arg-type]
     codes, _ = pd.factorize(key, use_na_sentinel=True)
     return np.where(missing, -1, codes).astype(np.int64)
 

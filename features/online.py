@@ -102,7 +102,7 @@ class OnlineFeatures:
         self.spec = self.plan.spec
         self.deriver = Deriver(self.plan)
         self.namespace = namespace
-        self._script = client.register_script(LUA)
+        self._script = client.register_script(LUA)  # type: ignore[misc]
         self._blocks = [_Block(p) for p in self.plan.entities]
         self._starts = [self.plan.raw_index[f"{p.entity}:present"] for p in self.plan.entities]
         self._cluster = isinstance(client, RedisCluster)

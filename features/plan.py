@@ -20,7 +20,9 @@ class BucketGroup:
 
     granularity_ms: int
     windows: list[Window] = dataclasses.field(default_factory=list)
-    fraud_windows: list[Window] = dataclasses.field(default_factory=list)  # label-rate windows: also sum frauds
+    fraud_windows: list[Window] = dataclasses.field(
+        default_factory=list
+    )  # label-rate windows: also sum frauds
 
     @property
     def max_buckets(self) -> int:

@@ -7,10 +7,10 @@ feature exists in training exactly when it exists in serving.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import re
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -163,8 +163,14 @@ class FeatureSpec:
 
     def used_entities(self) -> list[str]:
         """Entities that at least one feature reads, in declaration order."""
-        used = {g.entity for g in (*self.velocity, *self.distinct, *self.novelty, *self.feedback)}
-        used |= {r.entity for r in self.label_rate}
+        groups: list[Velocity | Distinct | Novelty | Feedback | LabelRate] = [
+            *self.velocity,
+            *self.distinct,
+            *self.novelty,
+            *self.feedback,
+            *self.label_rate,
+        ]
+        used = {g.entity for g in groups}
         if self.card_behaviour is not None:
             used.add(self.card_behaviour.entity)
         return [e for e in self.entities if e in used]

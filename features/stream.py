@@ -64,5 +64,6 @@ def payment_record(history: pd.DataFrame, row: int) -> dict[str, Any]:
     """One history row as the mapping the online executor reads (missing values as None)."""
     record = history.iloc[row].to_dict()
     return {
-        k: (None if v is None or (not isinstance(v, str) and pd.isna(v)) else v) for k, v in record.items()
+        str(k): (None if v is None or (not isinstance(v, str) and pd.isna(v)) else v)
+        for k, v in record.items()
     }
