@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import redis
@@ -157,6 +157,36 @@ class OnlineFeatures:
             args.append(["3", str(feedback_retention_ms(p, kind)), str(g), str(keep)])
         return ["feedback", txid, str(t_ms), kind], keys, args
 
+    def _call_cluster(
+        self, keys: list[str], header: list[str], blocks: Sequence[list[str]]
+    ) -> list[tuple[list[int], Any]]:
+        """Redis Cluster: one EVALSHA per slot, pipelined per node (redis-py's cluster pipeline refuses
+        EVALSHA); a node that answers MOVED or ASK (resharding) gets its calls again through the
+        cluster client, which follows the redirection."""
+        cluster = cast(RedisCluster, self.client)
+        by_slot: dict[int, list[int]] = {}
+        for i, key in enumerate(keys):
+            by_slot.setdefault(key_slot(key.encode()), []).append(i)
+        by_node: dict[str, tuple[Any, list[list[int]]]] = {}
+        for group in by_slot.values():
+            node = cluster.get_node_from_key(keys[group[0]])
+            by_node.setdefault(node.name, (node, []))[1].append(group)
+        out: list[tuple[list[int], Any]] = []
+        for node, groups in by_node.values():
+            calls = [([keys[i] for i in g], header + [a for i in g for a in blocks[i]]) for g in groups]
+            try:
+                pipe = node.redis_connection.pipeline(transaction=False)
+                for call_keys, call_args in calls:
+                    self._script(keys=call_keys, args=call_args, client=pipe)
+                replies = pipe.execute()
+            except redis.ResponseError as exc:
+                if not str(exc).startswith(("MOVED", "ASK")):
+                    raise
+                cluster.nodes_manager.initialize()
+                replies = [self._script(keys=k, args=a) for k, a in calls]
+            out += list(zip(groups, replies, strict=True))
+        return out
+
     def backfill(
         self, history: Any, until_ms: int | None = None, batch: int = 2000, progress: Any = None
     ) -> int:
@@ -220,24 +250,12 @@ class OnlineFeatures:
         if not keys:
             return []
         if self._cluster:
-            # Redis Cluster: one EVALSHA per slot, pipelined.
-            by_slot: dict[int, list[int]] = {}
-            for i, key in enumerate(keys):
-                by_slot.setdefault(key_slot(key.encode()), []).append(i)
-            groups = list(by_slot.values())
+            replies_by_group = self._call_cluster(keys, header, blocks)
+            groups = [g for g, _ in replies_by_group]
+            replies = [r for _, r in replies_by_group]
         else:
             groups = [list(range(len(keys)))]
-        pipe = self.client.pipeline(transaction=False) if len(groups) > 1 else None
-        replies = [
-            self._script(
-                keys=[keys[i] for i in group],
-                args=header + [a for i in group for a in blocks[i]],
-                client=pipe,
-            )
-            for group in groups
-        ]
-        if pipe is not None:
-            replies = pipe.execute()
+            replies = [self._script(keys=keys, args=header + [a for block in blocks for a in block])]
         out: list[list[Any]] = [[] for _ in keys]
         for group, reply in zip(groups, replies, strict=True):
             pos = 0
