@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo serve test check lint typecheck bench clean
+.PHONY: venv demo serve test check lint typecheck bench reliability clean
 
 $(STAMP): pyproject.toml
 	@echo "==> creating $(VENV) and installing antifraud with its test tools"
@@ -37,7 +37,12 @@ check: lint typecheck
 
 test: venv lint typecheck
 	@echo "==> pytest (real redis-server, real LightGBM)"
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --ignore=tests/reliability
+
+# The long evidence: faults under load, durability, idempotency at scale, fuzzing; prints figures.
+reliability: venv
+	@echo "==> reliability suite (about 30 minutes at most)"
+	$(BIN)/pytest -q -s tests/reliability
 
 bench: venv
 	$(BIN)/python benchmarks/bench_online_features.py
