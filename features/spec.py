@@ -8,6 +8,7 @@ feature exists in training exactly when it exists in serving.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import math
 import re
@@ -128,9 +129,9 @@ class FeatureSpec:
     payment: tuple[str, ...]
     digest: str = dataclasses.field(default="")
 
-    @property
+    @functools.cached_property
     def feature_names(self) -> list[str]:
-        """Every feature, in the column order the model sees."""
+        """Every feature, in the column order the model sees (computed once)."""
         names = list(self.payment)
         for v in self.velocity:
             names += [f"{v.entity}_{stat}_{w.label}" for w in v.windows for stat in v.stats]
