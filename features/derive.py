@@ -109,9 +109,19 @@ class Deriver:
                 f"{e}:rate_count:{label}",
                 (r.prior, r.strength),
             )
-        self._kinds = {
-            name: (k.arrays(), np.array(k.params, dtype=float).reshape(-1, 2)) for name, k in kinds.items()
-        }
+        # One gather for all stateful features, then a slice per kind: a few numpy calls per row.
+        arrays = [k.arrays() for k in kinds.values()]
+        self._out, self._present, self._a, self._b = (
+            np.concatenate(parts) for parts in zip(*arrays, strict=True)
+        )
+        self._params = np.concatenate(
+            [np.array(k.params, dtype=float).reshape(-1, 2) for k in kinds.values()]
+        )
+        self._slices: dict[str, slice] = {}
+        start = 0
+        for name, k in kinds.items():
+            self._slices[name] = slice(start, start + len(k.out))
+            start += len(k.out)
         self._behaviour: tuple[list[int], list[int]] | None = None
         if spec.card_behaviour is not None:
             behaviour = spec.card_behaviour
@@ -139,21 +149,23 @@ class Deriver:
         n = raw.shape[0]
         x = np.full((n, len(self.names)), NAN)
         with np.errstate(divide="ignore", invalid="ignore"):
-            for kind, ((out, present, a, b), params) in self._kinds.items():
-                here = raw[:, present] == 1.0
-                va, vb = raw[:, a], raw[:, b]
-                if kind in ("count", "flag"):
-                    value = np.where(va < 0, NAN, va) if kind == "flag" else va
+            here = raw[:, self._present] == 1.0
+            va, vb = raw[:, self._a], raw[:, self._b]
+            value = va.copy()  # counts are the raw value itself
+            for kind, cols in self._slices.items():
+                a, b = va[:, cols], vb[:, cols]
+                if kind == "flag":
+                    value[:, cols] = np.where(a < 0, NAN, a)
                 elif kind == "milli":
-                    value = va / 1000.0
+                    value[:, cols] = a / 1000.0
                 elif kind == "mean":
-                    value = np.where(vb > 0, va / 1000.0 / vb, NAN)
+                    value[:, cols] = np.where(b > 0, a / 1000.0 / b, NAN)
                 elif kind == "max":
-                    value = np.where(vb > 0, va / 1000.0, NAN)
-                else:  # rate: (frauds + prior * strength) / (payments + strength)
-                    prior, strength = params[:, 0], params[:, 1]
-                    value = (va + prior * strength) / (vb + strength)
-                x[:, out] = np.where(here, value, NAN)
+                    value[:, cols] = np.where(b > 0, a / 1000.0, NAN)
+                elif kind == "rate":  # (frauds + prior * strength) / (payments + strength)
+                    prior, strength = self._params[cols, 0], self._params[cols, 1]
+                    value[:, cols] = (a + prior * strength) / (b + strength)
+            x[:, self._out] = np.where(here, value, NAN)
             if self._behaviour is not None:
                 self._card_behaviour(x, raw, payment, t_ms)
         x[:, self._payment_out] = payment_matrix(self.plan.spec.payment, payment, t_ms)
