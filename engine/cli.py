@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 app = typer.Typer(
@@ -28,7 +29,7 @@ ColumnsOpt = Annotated[Path | None, typer.Option("--columns", help="YAML map: ca
 
 
 def _fail(message: str) -> typer.Exit:
-    console.print(f"[red]error:[/red] {message}")
+    console.print(f"[red]error:[/red] {escape(message)}")
     return typer.Exit(1)
 
 
@@ -192,6 +193,44 @@ def rules_check(directory: Annotated[Path, typer.Argument(help="Rule set directo
     from features.spec import load_spec
 
     raise typer.Exit(run_check(directory, rule_names(load_spec().feature_names), Console()))
+
+
+@app.command()
+def backtest(
+    history: HistoryOpt,
+    rules: Annotated[Path, typer.Option(help="Rule set to test")],
+    start: Annotated[datetime, typer.Option(formats=["%Y-%m-%d"])],
+    end: Annotated[datetime, typer.Option(formats=["%Y-%m-%d"], help="exclusive")],
+    baseline_rules: Annotated[
+        Path | None, typer.Option("--baseline-rules", help="Rule set to compare with")
+    ] = None,
+    model: Annotated[Path | None, typer.Option(help="Model directory (scores for the score bands)")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the result as JSON")] = None,
+    columns: ColumnsOpt = None,
+) -> None:
+    """Replay a period with point-in-time features: what a rule set would have done, per rule."""
+    import json
+
+    from training.backtest import print_report, run_backtest
+
+    try:
+        with _steps() as progress:
+            result = run_backtest(
+                history,
+                rules,
+                _date(start),
+                _date(end),
+                model_dir=model,
+                baseline_rules_dir=baseline_rules,
+                columns=columns,
+                progress=progress,
+            )
+    except ValueError as exc:
+        raise _fail(str(exc)) from exc
+    print_report(result, Console())
+    if json_out is not None:
+        json_out.write_text(json.dumps(result.to_json(), indent=2))
+        console.print(f"wrote {json_out}")
 
 
 @keys_app.command("new")

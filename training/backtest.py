@@ -1,0 +1,829 @@
+"""Backtest a rule set on history before it goes live: `antifraud backtest`.
+
+A backtest replays a period of a history file as production would have seen it, and applies a rule
+set to it exactly as the scoring service does:
+
+1. every payment of the period gets its point-in-time features (`training.dataset.build_dataset`,
+   the same offline executor as training: a payment sees only what came before it);
+2. the model scores them (`ModelArtifact.predict`, the booster the service loads). Without a model
+   the score is missing: the score bands give no verdict, rules still apply, and a payment that no
+   rule decides counts as *allow* (``no_score_verdict="allow"``; the report says so);
+3. the rule set decides with `RuleSet.decide_frame`, the vectorized twin of the `RuleSet.decide`
+   the service calls, loaded with the service's names and types (`engine.loader.rule_names`) and
+   fed the same values: the payment's own fields, then every feature not named like one.
+
+What it measures is in :class:`BacktestResult` and docs/backtest.md: per rule (shadow rules
+included) hits, precision, fraud amount caught, good payments hit and skips; the verdict mix and
+the expected cost of `training.evaluate.expected_cost`; and, against a baseline rule set, which
+payments change verdict and what that costs.
+
+Two steps, so that a notebook tuning thresholds computes features once::
+
+    replay = replay_period(history, start, end, model_dir)      # features + scores: seconds
+    result = backtest_rules(replay, rules_dir, baseline_dir)    # one rule set: well under a second
+
+`run_backtest` does both. Every input error is a :class:`BacktestError` (a ValueError) whose
+message names the file, rule or date at fault.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+import pandas as pd
+from rich import box
+from rich.console import Console, JustifyMethod
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
+
+from engine.loader import rule_names
+from engine.rules import RuleSet, RuleSetError, Verdict, load_ruleset
+from engine.rules.expression import FieldType
+from engine.schema import TRANSACTION_COLUMNS
+from features.spec import FeatureSpec, load_spec
+from training.config import TrainConfig, TrainingError
+from training.dataset import ProgressArg, as_progress, build_dataset, check_period, read_history
+from training.evaluate import config_of, expected_cost, verdict_mix
+from training.model_artifact import ModelArtifact
+from training.scoring import VERDICTS
+
+#: the verdict of a payment no rule decides when there is no model (no score, so no band)
+NO_MODEL_VERDICT: Final[Verdict] = "allow"
+#: example transaction ids kept per verdict change direction
+EXAMPLES: Final = 10
+#: what rules read from the payment itself; a feature of the same name (channel, mcc, amount...)
+#: is shadowed by it, as in engine/pipeline.py's rule environment
+PAYMENT_FIELDS: Final = tuple(c for c in TRANSACTION_COLUMNS if c != "timestamp")
+
+
+class BacktestError(ValueError):
+    """A backtest input is wrong; the message names the file, rule or date, ``errors`` lists each."""
+
+    def __init__(self, message: str, errors: Sequence[str] = ()) -> None:
+        self.errors = list(errors) or [message]
+        super().__init__(message)
+
+
+# ------------------------------------------------------------------------------------------ results
+
+
+@dataclass(frozen=True)
+class RuleStats:
+    """What one rule did over the period. Fraud figures are None when the history has no labels."""
+
+    rule_id: str
+    action: str
+    mode: str  # live | shadow (shadow: evaluated and reported, never changes a verdict)
+    reason: str | None
+    merchants: list[str] | None  # the rule's merchant scope; None: every merchant
+    hits: int  # payments on which the condition held
+    hit_rate: float  # hits / payments of the period
+    frauds: int | None  # frauds among the hits
+    precision: float | None  # frauds / hits; None without hits
+    fraud_amount: float | None  # amount of the frauds among the hits ("caught" if the rule acts)
+    good_hits: int | None  # legitimate payments among the hits
+    skipped: int  # payments on which an input the rule reads was missing (not evaluated)
+
+    @property
+    def shadow(self) -> bool:
+        """Whether the rule is in shadow mode."""
+        return self.mode == "shadow"
+
+
+@dataclass(frozen=True)
+class VerdictChange:
+    """Payments whose verdict went from `before` (baseline) to `after` (the rule set tested)."""
+
+    before: str
+    after: str
+    payments: int
+    frauds: int | None
+    amount: float
+    fraud_amount: float | None
+    examples: list[str]  # up to EXAMPLES transaction ids, earliest first
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """The rule set tested against a baseline rule set, on the same payments and scores."""
+
+    baseline_dir: str
+    baseline_version: str
+    changed: int  # payments whose verdict differs
+    matrix: dict[str, dict[str, int]]  # matrix[baseline verdict][new verdict] = payments
+    changes: list[VerdictChange]  # one per direction with at least one payment, largest first
+    baseline_verdicts: dict[str, dict[str, Any]]
+    baseline_cost: dict[str, float] | None
+    cost_difference: dict[str, float] | None  # new minus baseline, per cost part
+    rules_added: list[str]
+    rules_removed: list[str]
+    rules_changed: list[str]  # same id, different condition, action, mode, reason or scope
+    lists_changed: list[str]
+    bands_changed: bool
+
+
+@dataclass
+class BacktestResult:
+    """Everything a backtest measured; :meth:`to_json` is its plain-dict form."""
+
+    history: str
+    start: date
+    end: date  # exclusive
+    payments: int
+    frauds: int | None  # None: the history has no labels
+    fraud_amount: float | None
+    model_version: str | None
+    no_score_verdict: str | None  # "allow" when there is no model, else None
+    rules_dir: str
+    rules_version: str
+    cost_parameters: dict[str, float]
+    rules: list[RuleStats]
+    verdicts: dict[str, dict[str, Any]]  # verdict -> payments, share, frauds, fraud_amount
+    cost: dict[str, float] | None  # training.evaluate.expected_cost; None without labels
+    comparison: Comparison | None = None
+    warnings: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per step
+    #: one row per payment, in time order: transaction_id, timestamp, merchant_id, amount, label
+    #: (when known), score (NaN without a model), verdict and, with a baseline, baseline_verdict.
+    #: For drilling down in a notebook; not part of to_json().
+    decisions: pd.DataFrame | None = field(default=None, repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        """A plain dict of str, int, float, bool, None, lists and dicts (json.dumps-ready)."""
+        comparison = None
+        if self.comparison is not None:
+            c = self.comparison
+            comparison = {
+                "baseline_rules_dir": c.baseline_dir,
+                "baseline_rules_version": c.baseline_version,
+                "changed": c.changed,
+                "changed_share": c.changed / self.payments if self.payments else 0.0,
+                "matrix": c.matrix,
+                "changes": [_plain(vars(change)) for change in c.changes],
+                "baseline_verdicts": _plain(c.baseline_verdicts),
+                "baseline_cost": _plain(c.baseline_cost),
+                "cost_difference": _plain(c.cost_difference),
+                "rules_added": c.rules_added,
+                "rules_removed": c.rules_removed,
+                "rules_changed": c.rules_changed,
+                "lists_changed": c.lists_changed,
+                "bands_changed": c.bands_changed,
+            }
+        return {
+            "history": self.history,
+            "period": {"start": self.start.isoformat(), "end": self.end.isoformat()},
+            "payments": self.payments,
+            "frauds": self.frauds,
+            "fraud_amount": _plain(self.fraud_amount),
+            "model_version": self.model_version,
+            "no_score_verdict": self.no_score_verdict,
+            "rules_dir": self.rules_dir,
+            "rules_version": self.rules_version,
+            "cost_parameters": _plain(self.cost_parameters),
+            "rules": [_plain({**vars(r), "shadow": r.shadow}) for r in self.rules],
+            "verdicts": _plain(self.verdicts),
+            "cost": _plain(self.cost),
+            "comparison": comparison,
+            "warnings": list(self.warnings),
+            "timings": _plain(self.timings),
+        }
+
+    def rules_frame(self) -> pd.DataFrame:
+        """The per-rule figures as a DataFrame, one row per rule in rule set order (for notebooks)."""
+        frame = pd.DataFrame([{**vars(r), "shadow": r.shadow} for r in self.rules])
+        return frame.set_index("rule_id") if len(frame) else frame
+
+
+def _cents(amount: Any) -> float:
+    """A sum of amounts to the cent: float noise such as 404.82000000000005 helps nobody."""
+    return round(float(amount), 2)
+
+
+def _plain(value: Any) -> Any:
+    """JSON-ready: numpy scalars to Python, NaN and infinities to None, tuples to lists."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+# ------------------------------------------------------------------------------------ the replay
+
+
+@dataclass
+class Replay:
+    """A period of history as production saw it: rows, point-in-time features and model scores.
+
+    Independent of any rule set: build it once with :func:`replay_period`, then backtest as many
+    rule sets on it as needed with :func:`backtest_rules`.
+    """
+
+    history: str
+    start: date
+    end: date  # exclusive
+    rows: pd.DataFrame  # the period's canonical history rows, time-sorted
+    features: pd.DataFrame  # the spec's features, same order as rows
+    scores: np.ndarray  # model scores in [0, 1]; NaN everywhere without a model
+    model_version: str | None
+    cost_parameters: dict[str, float]
+    warnings: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def labelled(self) -> bool:
+        """Whether the history says which payments were fraud."""
+        return "label" in self.rows
+
+    @property
+    def feature_names(self) -> list[str]:
+        """The features rules may read, in spec order."""
+        return [str(c) for c in self.features.columns]
+
+    def columns(self) -> dict[str, pd.Series]:
+        """What each rule name reads, as the service's rule environment: payment fields first."""
+        columns: dict[str, pd.Series] = {n: self.rows[n] for n in PAYMENT_FIELDS if n in self.rows}
+        for name in self.feature_names:
+            columns.setdefault(name, self.features[name])
+        return columns
+
+
+def _context_days(spec: FeatureSpec) -> int:
+    """The longest look-back of any feature, in whole days (rounded up)."""
+    windows = [w.ms for v in spec.velocity for w in v.windows]
+    windows += [w.ms for d in spec.distinct for w in d.windows]
+    windows += [w.ms for f in spec.feedback for w in f.windows]
+    windows += [r.window.ms for r in spec.label_rate]
+    windows += [n.lookback_ms for n in spec.novelty]
+    if spec.card_behaviour is not None:
+        windows.append(spec.card_behaviour.window.ms)
+    return math.ceil(max(windows, default=0) / 86_400_000)
+
+
+def _period(start: date | str, end: date | str) -> tuple[date, date]:
+    try:
+        return check_period(start, end, "backtest period")
+    except TrainingError as exc:
+        raise BacktestError(str(exc)) from exc
+
+
+def _load_model(model_dir: Path | str, spec: FeatureSpec) -> ModelArtifact:
+    try:
+        return ModelArtifact.load(model_dir, spec)
+    except TrainingError as exc:  # ArtifactError
+        raise BacktestError(f"--model {model_dir}: {exc}") from exc
+
+
+def replay_period(
+    history: Path | str,
+    start: date | str,
+    end: date | str,
+    model: Path | str | ModelArtifact | None = None,
+    columns: Path | None = None,
+    progress: ProgressArg = None,
+    spec: FeatureSpec | None = None,
+) -> Replay:
+    """Rows, point-in-time features and model scores of the payments in [start, end) of a history.
+
+    `model` is a model directory or an already loaded ModelArtifact. Features are computed over the
+    history before `end` (a payment on `start` sees its card's previous 30 days). Without a model
+    the scores are NaN (see the module docstring). Raises :class:`BacktestError` for a bad date,
+    file, column map or model, or an empty period.
+    """
+    s, e = _period(start, end)
+    step = as_progress(progress)
+    spec = spec or load_spec()
+    artifact = _load_model(model, spec) if isinstance(model, str | Path) else model
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    step(f"reading {history}")
+    try:
+        rows = read_history(Path(history), columns)
+    except (TrainingError, ValueError) as exc:  # HistoryError, a bad column map
+        raise BacktestError(str(exc)) from exc
+    t1 = time.perf_counter()
+    timings["read_s"] = t1 - t0
+    try:
+        data = build_dataset(rows, s, e, spec, step, source=str(history), require_label=False)
+    except TrainingError as exc:  # the period holds no payment
+        raise BacktestError(str(exc)) from exc
+    t2 = time.perf_counter()
+    timings["features_s"] = t2 - t1
+
+    warnings: list[str] = []
+    first, last = rows["timestamp"].iloc[0], rows["timestamp"].iloc[-1]
+    context = _context_days(spec)
+    if first > data.start - pd.Timedelta(days=context):
+        warnings.append(
+            f"the history starts on {first:%Y-%m-%d}, less than {context} days (the longest feature "
+            f"window) before {s}: early payments of the period lack part of their history, so "
+            "velocity and novelty rules behave differently on them than in production"
+        )
+    if last < data.end - pd.Timedelta(days=1):
+        warnings.append(f"the history ends on {last:%Y-%m-%d}, before the period's last day")
+    if "label" not in data.rows:
+        warnings.append("the history has no 'label' column: precision, fraud amounts and cost are not known")
+
+    if artifact is None:
+        scores = np.full(len(data), np.nan)
+        config = TrainConfig()
+        warnings.append(
+            "no model (--model): every score is missing, so the score bands give no verdict; a payment "
+            f"that no rule decides counts as {NO_MODEL_VERDICT} (no_score_verdict={NO_MODEL_VERDICT!r})"
+        )
+    else:
+        step(f"scoring {len(data):,} payments with {artifact.version}")
+        scores = artifact.predict(data.features[artifact.features].to_numpy(dtype=float))
+        config = config_of(artifact, None)
+        trained = artifact.metadata.get("data", {})
+        if trained.get("train_start") and trained.get("train_end"):
+            ts, te = date.fromisoformat(trained["train_start"]), date.fromisoformat(trained["train_end"])
+            if s < te and ts < e:
+                warnings.append(
+                    f"the period overlaps the model's training period [{ts}, {te}): its scores are "
+                    f"optimistic there; backtest from {te} on"
+                )
+    timings["model_s"] = time.perf_counter() - t2
+    return Replay(
+        history=str(history),
+        start=s,
+        end=e,
+        rows=data.rows,
+        features=data.features,
+        scores=scores,
+        model_version=artifact.version if artifact is not None else None,
+        cost_parameters={"review_cost": config.review_cost, "block_cost_factor": config.block_cost_factor},
+        warnings=warnings,
+        timings=timings,
+    )
+
+
+# ----------------------------------------------------------------------------------------- rules
+
+
+def load_rules(directory: Path | str, feature_names: Sequence[str], what: str = "--rules") -> RuleSet:
+    """Load a rule set with the names and types the service gives rules; BacktestError lists errors."""
+    names: dict[str, FieldType] = rule_names(list(feature_names))
+    try:
+        return load_ruleset(directory, names)
+    except RuleSetError as exc:
+        errors = [str(e) for e in exc.errors]
+        # one error per line; an error's caret excerpt stays under it, indented
+        listing = "\n".join("  " + e.replace("\n", "\n    ") for e in errors)
+        raise BacktestError(
+            f"{what} {directory}: {len(errors)} error(s) in the rule set:\n{listing}", errors
+        ) from exc
+
+
+def _rule_stats(
+    ruleset: RuleSet, fired: np.ndarray, skipped: np.ndarray, fraud: np.ndarray | None, amounts: np.ndarray
+) -> list[RuleStats]:
+    n = len(amounts)
+    fraud_amounts = np.where(fraud, amounts, 0.0) if fraud is not None else None
+    stats = []
+    for j, rule in enumerate(ruleset.rules):
+        hit = fired[:, j]
+        hits = int(hit.sum())
+        frauds = int(np.count_nonzero(hit & fraud)) if fraud is not None else None
+        stats.append(
+            RuleStats(
+                rule_id=rule.id,
+                action=rule.action,
+                mode=rule.mode,
+                reason=rule.reason,
+                merchants=sorted(rule.merchants) if rule.merchants is not None else None,
+                hits=hits,
+                hit_rate=hits / n if n else 0.0,
+                frauds=frauds,
+                precision=frauds / hits if frauds is not None and hits else None,
+                fraud_amount=_cents(fraud_amounts[hit].sum()) if fraud_amounts is not None else None,
+                good_hits=hits - frauds if frauds is not None else None,
+                skipped=int(skipped[:, j].sum()),
+            )
+        )
+    return stats
+
+
+def _mix(verdicts: np.ndarray, fraud: np.ndarray | None, amounts: np.ndarray) -> dict[str, dict[str, Any]]:
+    if fraud is not None:
+        return verdict_mix(fraud.astype(np.int8), verdicts, amounts)
+    mix = verdict_mix(np.zeros(len(verdicts), dtype=np.int8), verdicts, amounts)
+    return {v: {**m, "frauds": None, "fraud_amount": None} for v, m in mix.items()}
+
+
+def _decide(replay: Replay, ruleset: RuleSet) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    no_score = NO_MODEL_VERDICT if replay.model_version is None else None
+    verdicts, fired, skipped = ruleset.decide_frame(
+        replay.scores, replay.columns(), replay.rows["merchant_id"], no_score_verdict=no_score
+    )
+    # With a model every score is present, and without one no_score_verdict stands in for the
+    # band: every payment has a verdict, so the cost counts each one.
+    if not set(pd.unique(verdicts)) <= set(VERDICTS):
+        raise RuntimeError("the rule engine left payments without a verdict")
+    return verdicts, fired, skipped
+
+
+def _rule_key(ruleset: RuleSet) -> dict[str, tuple[Any, ...]]:
+    # what a rule does: its description changes the version but never a decision
+    return {
+        r.id: (r.when.canonical, r.action, r.mode, r.reason, sorted(r.merchants or ()) or None)
+        for r in ruleset.rules
+    }
+
+
+def _compare(
+    replay: Replay,
+    ruleset: RuleSet,
+    verdicts: np.ndarray,
+    baseline: RuleSet,
+    before: np.ndarray,
+    baseline_dir: str,
+    fraud: np.ndarray | None,
+    amounts: np.ndarray,
+    cost: dict[str, float] | None,
+) -> Comparison:
+    ids = replay.rows["transaction_id"].to_numpy()
+    matrix: dict[str, dict[str, int]] = {}
+    changes: list[VerdictChange] = []
+    for a in VERDICTS:
+        was = before == a
+        matrix[a] = {}
+        for b in VERDICTS:
+            moved = was & (verdicts == b)
+            count = int(moved.sum())
+            matrix[a][b] = count
+            if a == b or count == 0:
+                continue
+            changes.append(
+                VerdictChange(
+                    before=a,
+                    after=b,
+                    payments=count,
+                    frauds=int(np.count_nonzero(moved & fraud)) if fraud is not None else None,
+                    amount=_cents(amounts[moved].sum()),
+                    fraud_amount=_cents(amounts[moved & fraud].sum()) if fraud is not None else None,
+                    examples=[str(i) for i in ids[moved][:EXAMPLES]],
+                )
+            )
+    changes.sort(key=lambda c: -c.payments)
+    base_cost = (
+        expected_cost(fraud.astype(np.int8), before, amounts, **replay.cost_parameters)
+        if fraud is not None
+        else None
+    )
+    new_keys, old_keys = _rule_key(ruleset), _rule_key(baseline)
+    return Comparison(
+        baseline_dir=baseline_dir,
+        baseline_version=baseline.version,
+        changed=int(np.count_nonzero(before != verdicts)),
+        matrix=matrix,
+        changes=changes,
+        baseline_verdicts=_mix(before, fraud, amounts),
+        baseline_cost=base_cost,
+        cost_difference=(
+            # to a thousandth of a cent: costs carry 0.1 x amounts, and the subtraction adds float noise
+            {k: round(cost[k] - base_cost[k], 5) for k in cost if k != "allow_everything"}
+            if cost is not None and base_cost is not None
+            else None
+        ),
+        rules_added=[r for r in new_keys if r not in old_keys],
+        rules_removed=[r for r in old_keys if r not in new_keys],
+        rules_changed=[r for r in new_keys if r in old_keys and new_keys[r] != old_keys[r]],
+        lists_changed=sorted(
+            name
+            for name in set(ruleset.lists) | set(baseline.lists)
+            if ruleset.lists.get(name) != baseline.lists.get(name)
+        ),
+        bands_changed=(ruleset.bands, dict(ruleset.merchant_bands))
+        != (baseline.bands, dict(baseline.merchant_bands)),
+    )
+
+
+def backtest_rules(
+    replay: Replay,
+    rules: RuleSet | Path | str,
+    baseline: RuleSet | Path | str | None = None,
+    progress: ProgressArg = None,
+    *,
+    rules_label: str | None = None,
+    baseline_label: str | None = None,
+) -> BacktestResult:
+    """Apply a rule set (a directory or a loaded RuleSet) to a replayed period, as production would.
+
+    With `baseline`, also compare: which payments change verdict, in which direction, at what cost.
+    `rules_label` and `baseline_label` name loaded rule sets in the report (default: their path).
+    """
+    step = as_progress(progress)
+    ruleset = rules if isinstance(rules, RuleSet) else load_rules(rules, replay.feature_names)
+    base = (
+        baseline
+        if isinstance(baseline, RuleSet) or baseline is None
+        else load_rules(baseline, replay.feature_names, "--baseline-rules")
+    )
+    t0 = time.perf_counter()
+    step(f"applying {len(ruleset.rules)} rules to {len(replay):,} payments")
+    verdicts, fired, skipped = _decide(replay, ruleset)
+    amounts = replay.rows["amount"].to_numpy(dtype=float)
+    fraud = replay.rows["label"].to_numpy() == 1 if replay.labelled else None
+    cost = (
+        expected_cost(fraud.astype(np.int8), verdicts, amounts, **replay.cost_parameters)
+        if fraud is not None
+        else None
+    )
+    decisions = pd.DataFrame(
+        {
+            "transaction_id": replay.rows["transaction_id"].to_numpy(),
+            "timestamp": replay.rows["timestamp"].to_numpy(),
+            "merchant_id": replay.rows["merchant_id"].to_numpy(),
+            "amount": amounts,
+            "score": replay.scores,
+            "verdict": verdicts,
+        }
+    )
+    if fraud is not None:
+        decisions.insert(4, "label", fraud.astype(np.int8))
+    comparison = None
+    if base is not None:
+        step(f"comparing with the baseline rule set {base.version}")
+        before, _, _ = _decide(replay, base)
+        decisions["baseline_verdict"] = before
+        where = baseline_label or (str(baseline) if not isinstance(baseline, RuleSet) else "baseline")
+        comparison = _compare(replay, ruleset, verdicts, base, before, where, fraud, amounts, cost)
+    timings = {**replay.timings, "rules_s": time.perf_counter() - t0}
+    return BacktestResult(
+        history=replay.history,
+        start=replay.start,
+        end=replay.end,
+        payments=len(replay),
+        frauds=int(fraud.sum()) if fraud is not None else None,
+        fraud_amount=_cents(amounts[fraud].sum()) if fraud is not None else None,
+        model_version=replay.model_version,
+        no_score_verdict=NO_MODEL_VERDICT if replay.model_version is None else None,
+        rules_dir=rules_label or (str(rules) if not isinstance(rules, RuleSet) else "rules"),
+        rules_version=ruleset.version,
+        cost_parameters=dict(replay.cost_parameters),
+        rules=_rule_stats(ruleset, fired, skipped, fraud, amounts),
+        verdicts=_mix(verdicts, fraud, amounts),
+        cost=cost,
+        comparison=comparison,
+        warnings=list(replay.warnings),
+        timings=timings,
+        decisions=decisions,
+    )
+
+
+def run_backtest(
+    history: Path,
+    rules_dir: Path,
+    start: date,
+    end: date,
+    model_dir: Path | None = None,
+    baseline_rules_dir: Path | None = None,
+    columns: Path | None = None,
+    progress: ProgressArg = None,
+) -> BacktestResult:
+    """Backtest the rule set in `rules_dir` on the payments in [start, end) of `history`.
+
+    Inputs are checked cheapest first (dates, rule sets, model) so a typo fails in a second, before
+    the features are computed. Raises :class:`BacktestError` (a ValueError) naming what is wrong;
+    a rule set's errors are all listed, each with file:line and rule id.
+    """
+    _period(start, end)
+    spec = load_spec()
+    ruleset = load_rules(rules_dir, spec.feature_names)
+    base = (
+        load_rules(baseline_rules_dir, spec.feature_names, "--baseline-rules")
+        if baseline_rules_dir is not None
+        else None
+    )
+    artifact = _load_model(model_dir, spec) if model_dir is not None else None
+    replay = replay_period(history, start, end, artifact, columns, progress, spec)
+    return backtest_rules(
+        replay,
+        ruleset,
+        base,
+        progress,
+        rules_label=str(rules_dir),
+        baseline_label=str(baseline_rules_dir) if baseline_rules_dir is not None else None,
+    )
+
+
+# ---------------------------------------------------------------------------------------- report
+# ---------------------------------------------------------------------------------------- report
+
+Column = tuple[str, JustifyMethod]  # header, justification
+
+
+def _table(
+    title: str,
+    columns: Sequence[Column],
+    rows: Sequence[Sequence[str]],
+    styles: Sequence[str | None] | None = None,
+    wrap: Collection[str] = (),
+) -> Table:
+    """A table whose values are never cut: each column is at least as wide as its widest value.
+
+    Rich shrinks columns proportionally in a narrow terminal, which would turn 116,723 into
+    "116,7…": here headers wrap instead ("fraud amount" on two lines), names and ids never wrap,
+    and only the `wrap` columns (long text such as example ids) fold. Without vertical rules and
+    with single spaces between columns, the rules table fits 80 columns and pastes into docs.
+    """
+    table = Table(
+        title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, collapse_padding=True
+    )
+    table.title_style = "bold"
+    for i, (name, justify) in enumerate(columns):
+        widest = max((Text.from_markup(row[i]).cell_len for row in rows), default=0)
+        if name in wrap:
+            table.add_column(name, justify=justify)
+        elif justify == "left":  # names and ids: never folded, so rich narrows the numbers' headers
+            table.add_column(name, justify=justify, no_wrap=True)
+        else:
+            table.add_column(name, justify=justify, min_width=widest)
+    for k, row in enumerate(rows):
+        table.add_row(*row, style=styles[k] if styles is not None else None)
+    return table
+
+
+def _print(console: Console, table: Table) -> None:
+    console.print()
+    console.print(table)
+
+
+def _money(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f}"
+
+
+def _share(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}%}"
+
+
+def _count(value: int | None) -> str:
+    return "-" if value is None else f"{value:,}"
+
+
+def _signed(value: float) -> str:
+    return f"{value:+,.0f}"
+
+
+def print_report(result: BacktestResult, console: Console) -> None:
+    """Print a backtest as rich tables: rules, verdicts and cost, and the changes vs a baseline."""
+    frauds = (
+        f"{result.frauds:,} frauds ({_share(result.frauds / result.payments if result.payments else 0)}), "
+        f"fraud amount {_money(result.fraud_amount)}"
+        if result.frauds is not None
+        else "no labels"
+    )
+    console.print(
+        f"[bold]Backtest[/bold] of the rule set {escape(result.rules_dir)} (version {result.rules_version}) "
+        f"on {escape(result.history)}, \\[{result.start}, {result.end}): {result.payments:,} payments, "
+        f"{frauds}"
+    )
+    model = (
+        f"model {result.model_version}"
+        if result.model_version
+        else f"no model: payments no rule decides count as {result.no_score_verdict}"
+    )
+    costs = ", ".join(f"{k} {v:g}" for k, v in result.cost_parameters.items())
+    console.print(f"{model}; cost parameters: {costs}")
+
+    rows = [
+        [
+            r.rule_id
+            + (" (shadow)" if r.shadow else "")
+            + (f" ({len(r.merchants)} merchant(s) only)" if r.merchants is not None else ""),
+            r.action,
+            _count(r.hits),
+            _share(r.hit_rate, 3),
+            _share(r.precision, 1),
+            _money(r.fraud_amount),
+            _count(r.good_hits),
+            _count(r.skipped),
+        ]
+        for r in result.rules
+    ]
+    columns: list[Column] = [
+        ("rule", "left"),
+        ("action", "left"),
+        ("hits", "right"),
+        ("hit rate", "right"),
+        ("precision", "right"),
+        ("fraud amount", "right"),
+        ("good hits", "right"),
+        ("skipped", "right"),
+    ]
+    styles = ["dim" if r.shadow else None for r in result.rules]
+    title = "Rules (in rule set order; shadow rules never change a verdict)"
+    _print(console, _table(title, columns, rows, styles))
+
+    comparison = result.comparison
+    columns = [("verdict", "left"), ("payments", "right"), ("share", "right"), ("frauds", "right")]
+    columns.append(("fraud amount", "right"))
+    if comparison is not None:
+        columns += [("baseline payments", "right"), ("change", "right")]
+    rows = []
+    for v in VERDICTS:
+        m = result.verdicts[v]
+        row = [v, _count(m["payments"]), _share(m["share"]), _count(m["frauds"]), _money(m["fraud_amount"])]
+        if comparison is not None:
+            b = comparison.baseline_verdicts[v]
+            row += [_count(b["payments"]), f"{m['payments'] - b['payments']:+,}"]
+        rows.append(row)
+    _print(console, _table("Verdicts", columns, rows))
+
+    if result.cost is not None:
+        base_cost, difference = (
+            (comparison.baseline_cost, comparison.cost_difference) if comparison is not None else (None, None)
+        )
+        columns = [("part", "left"), ("cost", "right")]
+        if base_cost is not None:
+            columns += [("baseline", "right"), ("difference", "right")]
+        rows = []
+        parts = {
+            "fraud_allowed": "fraud allowed",
+            "reviews": "reviews",
+            "legit_blocked": "legitimate blocked",
+            "total": "total",
+        }
+        for part, label in parts.items():
+            row = [label, _money(result.cost[part])]
+            if base_cost is not None and difference is not None:
+                row += [_money(base_cost[part]), _signed(difference[part])]
+            rows.append(row)
+        styles = [None, None, None, "bold"]
+        _print(console, _table("Expected cost", columns, rows, styles))
+        console.print(f"allowing everything would cost {_money(result.cost['allow_everything'])}")
+
+    if comparison is not None:
+        _print_comparison(result, comparison, console)
+    for warning in result.warnings:
+        console.print(f"[yellow]warning:[/yellow] {escape(warning)}")
+    steps = {"read_s": "read", "features_s": "features", "model_s": "model", "rules_s": "rules"}
+    spent = ", ".join(
+        f"{label} {result.timings[k]:.1f} s" for k, label in steps.items() if k in result.timings
+    )
+    if spent:
+        console.print(f"[dim]time: {spent}[/dim]")
+
+
+def _print_comparison(result: BacktestResult, c: Comparison, console: Console) -> None:
+    what = []
+    for label, ids in (("added", c.rules_added), ("removed", c.rules_removed), ("changed", c.rules_changed)):
+        if ids:
+            what.append(f"rules {label}: {', '.join(ids)}")
+    if c.lists_changed:
+        what.append(f"lists changed: {', '.join(c.lists_changed)}")
+    if c.bands_changed:
+        what.append("score bands changed")
+    summary = "; ".join(what) if what else "no rule, list or band decides differently"
+    console.print()
+    console.print(
+        f"[bold]Against the baseline[/bold] rule set {escape(c.baseline_dir)} "
+        f"(version {c.baseline_version}): {summary}"
+    )
+    share = c.changed / result.payments if result.payments else 0.0
+    console.print(f"{c.changed:,} payments ({_share(share, 3)}) change verdict")
+    columns: list[Column] = [("baseline \\ new", "left"), *((v, "right") for v in VERDICTS)]
+    rows = [
+        [a, *(_count(c.matrix[a][b]) if a != b else f"[dim]{c.matrix[a][b]:,}[/dim]" for b in VERDICTS)]
+        for a in VERDICTS
+    ]
+    _print(console, _table("Verdict changes", columns, rows))
+    if not c.changes:
+        return
+    columns = [
+        ("from -> to", "left"),
+        ("payments", "right"),
+        ("frauds", "right"),
+        ("amount", "right"),
+        ("fraud amount", "right"),
+        ("examples", "left"),
+    ]
+    rows = [
+        [
+            f"{change.before} -> {change.after}",
+            _count(change.payments),
+            _count(change.frauds),
+            _money(change.amount),
+            _money(change.fraud_amount),
+            escape(", ".join(change.examples[:3]) + (", ..." if len(change.examples) > 3 else "")),
+        ]
+        for change in c.changes
+    ]
+    title = f"Changed payments (--json lists up to {EXAMPLES} examples each)"
+    _print(console, _table(title, columns, rows, wrap=("examples",)))
