@@ -1,0 +1,364 @@
+"""`antifraud export-decisions` (engine/export.py): the decision log and its feedback as Parquet."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import lightgbm as lgb
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import redis
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
+
+from engine import cli
+from engine.api import create_app
+from engine.decisions import DecisionStore
+from engine.export import (
+    DECISIONS_FILE,
+    FEEDBACK_FILE,
+    JOINED_FILE,
+    SUMMARY_FIELDS,
+    ExportError,
+    export,
+)
+from engine.pipeline import ENTITY_FIELDS
+from engine.redis_server import EmbeddedRedis
+from engine.settings import ROOT, Settings
+from features.spec import load_spec
+
+PAN = "4111111111111111"
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+
+def tiny_model(directory: Path, seed: int = 0) -> Path:
+    """A small real LightGBM model on the spec's features, trained on noise in a fraction of a second."""
+    names = load_spec().feature_names
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(1000, len(names)))
+    y = (x[:, 0] + rng.normal(size=1000) > 1.5).astype(int)
+    params = {"objective": "binary", "verbose": -1, "num_leaves": 7, "num_threads": 1, "seed": seed}
+    booster = lgb.train(params, lgb.Dataset(x, y, feature_name=names), num_boost_round=10)
+    directory.mkdir(parents=True, exist_ok=True)
+    booster.save_model(str(directory / "model.txt"))
+    return directory
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The model the app serves in these tests."""
+    return tiny_model(tmp_path_factory.mktemp("export") / "tiny-model")
+
+
+@pytest.fixture
+def http(model_dir: Path, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
+    """The scoring service, in process, on the test Redis, without authentication."""
+    monkeypatch.setenv("ANTIFRAUD_PAN_SECRET", "test-secret-0123456789")
+    settings = Settings(redis_url=None, model_dir=model_dir, rules_dir=ROOT / "rules", api_keys_file=None)
+    with TestClient(create_app(settings, client=redis_client)) as client:
+        yield client
+
+
+def payment(txid: str, minute: int = 0, **overrides: Any) -> dict[str, Any]:
+    """A score request body."""
+    body: dict[str, Any] = {
+        "transaction_id": txid,
+        "timestamp": (T0 + timedelta(minutes=minute)).isoformat(),
+        "card_id": "card_a",
+        "merchant_id": "m_1",
+        "amount": 42.5,
+        "currency": "EUR",
+        "channel": "ecom",
+        "ip_country": "FR",
+        "card_country": "FR",
+        "device_id": "dev_1",
+        "email": "someone@example.com",
+    }
+    body.update(overrides)
+    return {k: v for k, v in body.items() if v is not None}
+
+
+def feedback(txid: str, kind: str, minute: int, **fields: Any) -> dict[str, Any]:
+    """A feedback request body."""
+    reported = (T0 + timedelta(minutes=minute)).isoformat()
+    return {"transaction_id": txid, "kind": kind, "reported_at": reported, **fields}
+
+
+def logged(txid: str, i: int, features: dict[str, Any] | None = None, **overrides: Any) -> dict[str, Any]:
+    """A decision as the pipeline logs it (for tests that write the log directly)."""
+    decision: dict[str, Any] = {
+        "transaction_id": txid,
+        "verdict": ("allow", "review", "block")[i % 3],
+        "score": (i % 100) / 100,
+        "risk_score": i % 100,
+        "reasons": {"rules": [], "shadow_rules": [], "skipped_rules": [], "model": []},
+        "model_version": "m-1",
+        "rules_version": "r-1",
+        "degraded": False,
+        "timestamp": (T0 + timedelta(seconds=i)).isoformat(),
+        "decided_at": (T0 + timedelta(seconds=i, milliseconds=3)).isoformat(),
+        "payment": {"card_id": f"card_{i % 7}", "merchant_id": "m_1"},
+        "amount": float(i),
+        "currency": "EUR",
+        "features": features if features is not None else {"amount": float(i), "card_count_24h": i % 5},
+        "timings": {"total_ms": 1.5},
+    }
+    decision.update(overrides)
+    return decision
+
+
+def event(txid: str, kind: str, minute: int, **fields: Any) -> dict[str, Any]:
+    """A feedback event as the API stores it."""
+    record = {"label": None, "outcome": None, "decline_code": None, **fields}
+    return {
+        **feedback(txid, kind, minute, **record),
+        "received_at": (T0 + timedelta(days=1)).isoformat(),
+    }
+
+
+def read(directory: Path, name: str) -> list[dict[str, Any]]:
+    """The rows of one exported file."""
+    return pq.read_table(directory / name).to_pylist()
+
+
+def strings(table: pa.Table) -> Iterator[str]:
+    """Every text value of a table, list elements included, and its column names."""
+    yield from table.column_names
+    for row in table.to_pylist():
+        for value in row.values():
+            for item in value if isinstance(value, list) else [value]:
+                if item is not None:
+                    yield str(item)
+
+
+def test_export_writes_decisions_feedback_and_their_join(
+    http: TestClient, redis_server: EmbeddedRedis, tmp_path: Path
+) -> None:
+    """Through the CLI: one row per decision with its features, every event, and the summary join."""
+    for body in (
+        payment("tx-1"),
+        payment("tx-2", 1, card_id="card_b", ip="203.0.113.7"),  # deny-listed IP: a block rule
+        payment("tx-3", 2, card_id="card_c", email=None),
+        payment("tx-1"),  # a retry: still one decision
+    ):
+        assert http.post("/v1/score", json=body).status_code == 200
+    for body in (
+        feedback("tx-1", "outcome", 3, outcome="declined", decline_code="05"),
+        feedback("tx-1", "label", 60, label="legitimate"),
+        feedback("tx-1", "label", 50, label="chargeback"),  # received later, reported earlier
+        feedback("tx-2", "refund", 70),
+        feedback("tx-2", "cancel", 71),
+        feedback("tx-2", "refund", 72),
+        feedback("nobody", "label", 80, label="fraud"),
+    ):
+        assert http.post("/v1/feedback", json=body).status_code == 202
+
+    out = tmp_path / "export"
+    result = CliRunner().invoke(cli.app, ["export-decisions", "--out", str(out), "--redis", redis_server.url])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == sorted([DECISIONS_FILE, FEEDBACK_FILE, JOINED_FILE])
+
+    decisions = read(out, DECISIONS_FILE)
+    assert [d["transaction_id"] for d in decisions] == ["tx-1", "tx-2", "tx-3"]
+    for row in decisions:
+        stored = http.get(f"/v1/decisions/{row['transaction_id']}").json()
+        for name in (
+            "verdict",
+            "score",
+            "risk_score",
+            "model_version",
+            "rules_version",
+            "amount",
+            "currency",
+        ):
+            assert row[name] == stored[name], name
+        assert row["timestamp"] == datetime.fromisoformat(stored["timestamp"])
+        assert row["decided_at"] == datetime.fromisoformat(stored["decided_at"])
+        assert row["degraded"] is None and row["other_features"] is None
+        assert row["total_ms"] == stored["timings"]["total_ms"]
+        assert row["rules_fired"] == [r["rule"] for r in stored["reasons"]["rules"]]
+        for name in ENTITY_FIELDS:
+            assert row[name] == stored["payment"].get(name), name
+        features = {n: row[n] for n in stored["features"] if n != "amount"}
+        assert features == {n: v for n, v in stored["features"].items() if n != "amount"}
+        assert row["feature_amount"] == stored["features"]["amount"]
+    assert decisions[1]["rules_fired"] == ["deny_listed_ip"] and decisions[1]["verdict"] == "block"
+    assert decisions[1]["rule_reasons"] == ["DENY_LIST"]
+    assert decisions[2]["email"] is None
+
+    events = read(out, FEEDBACK_FILE)
+    assert [(e["transaction_id"], e["kind"]) for e in events] == [
+        ("tx-1", "outcome"),
+        ("tx-1", "label"),
+        ("tx-1", "label"),
+        ("tx-2", "refund"),
+        ("tx-2", "cancel"),
+        ("tx-2", "refund"),
+        ("nobody", "label"),
+    ]
+    assert events[0]["decline_code"] == "05" and events[0]["reported_at"] == T0 + timedelta(minutes=3)
+    assert all(isinstance(e["received_at"], datetime) for e in events)
+
+    joined = read(out, JOINED_FILE)
+    assert [{k: r[k] for k in decisions[0]} for r in joined] == decisions
+    summary = {r["transaction_id"]: {f.name: r[f.name] for f in SUMMARY_FIELDS} for r in joined}
+    assert summary["tx-1"] == {
+        "label": "legitimate",  # reported last, so it stands
+        "is_fraud": False,
+        "label_reported_at": T0 + timedelta(minutes=60),
+        "bank_outcome": "declined",
+        "decline_code": "05",
+        "outcome_reported_at": T0 + timedelta(minutes=3),
+        "refunded": False,
+        "refunded_at": None,
+        "cancelled": False,
+        "cancelled_at": None,
+        "feedback_events": 3,
+    }
+    assert summary["tx-2"]["refunded"] and summary["tx-2"]["refunded_at"] == T0 + timedelta(minutes=70)
+    assert summary["tx-2"]["cancelled"] and summary["tx-2"]["label"] is None
+    assert summary["tx-3"] == {f.name: None for f in SUMMARY_FIELDS} | {
+        "refunded": False,
+        "cancelled": False,
+        "feedback_events": 0,
+    }
+
+
+def test_a_raw_pan_is_in_no_exported_file(
+    http: TestClient, redis_server: EmbeddedRedis, tmp_path: Path
+) -> None:
+    """A payment sent with a raw `pan`: the export holds its token, never the number or its prefix."""
+    body = payment("tx-pan", pan=PAN, card_id=None)
+    assert http.post("/v1/score", json=body).status_code == 200
+    label = feedback("tx-pan", "label", 5, label="fraud")
+    assert http.post("/v1/feedback", json=label).status_code == 202
+
+    result = export(redis_server.url, tmp_path)
+    assert result.decisions == 1 and result.feedback == 1 and result.decisions_with_feedback == 1
+    card = read(tmp_path, DECISIONS_FILE)[0]["card_id"]
+    assert card.startswith("tok_")
+    for name in (DECISIONS_FILE, FEEDBACK_FILE, JOINED_FILE):
+        table = pq.read_table(tmp_path / name)
+        assert table.num_rows == 1
+        for text in strings(table):
+            assert PAN not in text and PAN[:12] not in text, (name, text)
+        assert PAN.encode() not in (tmp_path / name).read_bytes()
+
+
+def test_the_latest_label_and_outcome_win_by_reported_at(
+    redis_client: redis.Redis, redis_server: EmbeddedRedis, tmp_path: Path
+) -> None:
+    """Events arriving out of order are summarized by when they were reported, refunds by the first."""
+    store = DecisionStore(redis_client)
+    store.put(logged("a", 1))
+    store.put(logged("b", 2))
+    for e in (
+        event("a", "label", 30, label="chargeback"),
+        event("a", "label", 10, label="legitimate"),  # older news, received later
+        event("a", "outcome", 2, outcome="declined", decline_code="51"),
+        event("a", "outcome", 4, outcome="approved"),  # a later approval has no decline code
+        event("b", "cancel", 9),
+        event("b", "cancel", 7),
+        event("b", "label", 20, label="fraud"),
+        event("b", "label", 20, label="legitimate"),  # same time: the one received last
+    ):
+        store.add_feedback(e)
+
+    result = export(redis_server.url, tmp_path)
+    assert (result.decisions, result.feedback, result.decisions_with_feedback, result.unmatched_feedback) == (
+        2,
+        8,
+        2,
+        0,
+    )
+    a, b = read(tmp_path, JOINED_FILE)
+    assert (a["label"], a["is_fraud"], a["label_reported_at"]) == (
+        "chargeback",
+        True,
+        T0 + timedelta(minutes=30),
+    )
+    assert (a["bank_outcome"], a["decline_code"]) == ("approved", None)
+    assert a["outcome_reported_at"] == T0 + timedelta(minutes=4)
+    assert (b["cancelled"], b["cancelled_at"], b["refunded"]) == (True, T0 + timedelta(minutes=7), False)
+    assert (b["label"], b["is_fraud"], b["feedback_events"]) == ("legitimate", False, 4)
+
+
+def test_partitions_and_batches_do_not_change_the_output(
+    redis_client: redis.Redis, redis_server: EmbeddedRedis, tmp_path: Path
+) -> None:
+    """A spilled, many-partition join in tiny batches writes the same rows, in log order."""
+    store = DecisionStore(redis_client)
+    ids = [f"tx-{i:04d}" for i in range(300)]
+    for i, txid in enumerate(ids):
+        store.put(logged(txid, i))
+    for i, txid in enumerate(ids[::3]):
+        store.add_feedback(event(txid, "label", i, label=("fraud", "legitimate")[i % 2]))
+        if i % 4 == 0:
+            store.add_feedback(event(txid, "refund", i + 1))
+    store.add_feedback(event("unknown", "cancel", 1))
+
+    whole = export(redis_server.url, tmp_path / "whole")
+    spilled = export(redis_server.url, tmp_path / "spilled", batch=7, partition_rows=40, row_group_rows=25)
+    assert whole.decisions == spilled.decisions == 300 and whole.unmatched_feedback == 1
+    assert (whole.feedback, whole.decisions_with_feedback) == (
+        spilled.feedback,
+        spilled.decisions_with_feedback,
+    )
+    for name in (DECISIONS_FILE, FEEDBACK_FILE, JOINED_FILE):
+        one, many = (pq.read_table(tmp_path / d / name) for d in ("whole", "spilled"))
+        assert one.replace_schema_metadata().equals(many.replace_schema_metadata()), name
+    assert pq.ParquetFile(tmp_path / "spilled" / JOINED_FILE).metadata.num_row_groups > 1
+    joined = read(tmp_path / "spilled", JOINED_FILE)
+    assert [r["transaction_id"] for r in joined] == ids
+    labelled = {r["transaction_id"]: r["label"] for r in joined if r["label"] is not None}
+    assert labelled == {txid: ("fraud", "legitimate")[i % 2] for i, txid in enumerate(ids[::3])}
+    assert sum(r["refunded"] for r in joined) == len(ids[::3][::4])
+
+
+def test_features_that_appear_later_go_to_other_features(
+    redis_client: redis.Redis, redis_server: EmbeddedRedis, tmp_path: Path
+) -> None:
+    """The feature columns come from the first batch; later new features are kept as JSON."""
+    store = DecisionStore(redis_client)
+    store.put(logged("a", 1, {"f1": 1.0, "f2": None}))
+    store.put(logged("b", 2, {"f1": 2.0, "f2": 3.0}))
+    store.put(logged("c", 3, {"f1": 4.0, "f3": 5.0}))  # the spec changed
+    export(redis_server.url, tmp_path, batch=2)
+    rows = read(tmp_path, DECISIONS_FILE)
+    assert [(r["f1"], r["f2"]) for r in rows] == [(1.0, None), (2.0, 3.0), (4.0, None)]
+    assert [r["other_features"] for r in rows] == [None, None, json.dumps({"f3": 5.0})]
+
+
+def test_an_empty_log_gives_empty_files_with_their_columns(
+    redis_client: redis.Redis, redis_server: EmbeddedRedis, tmp_path: Path
+) -> None:
+    """Nothing logged yet: three readable files with no rows."""
+    result = export(redis_server.url, tmp_path)
+    assert (result.decisions, result.feedback) == (0, 0)
+    for name in (DECISIONS_FILE, FEEDBACK_FILE, JOINED_FILE):
+        assert pq.read_table(tmp_path / name).num_rows == 0
+    assert "label" in pq.read_schema(tmp_path / JOINED_FILE).names
+
+
+def test_export_reads_only_its_namespace(
+    redis_client: redis.Redis, redis_server: EmbeddedRedis, tmp_path: Path
+) -> None:
+    """Two services sharing a Redis under two namespaces export separately."""
+    DecisionStore(redis_client, "af").put(logged("ours", 1))
+    DecisionStore(redis_client, "other").put(logged("theirs", 2))
+    export(redis_server.url, tmp_path, namespace="other")
+    assert [r["transaction_id"] for r in read(tmp_path, DECISIONS_FILE)] == ["theirs"]
+    assert pq.read_schema(tmp_path / DECISIONS_FILE).metadata[b"antifraud.namespace"] == b"other"
+
+
+def test_an_unreachable_redis_is_an_export_error_and_leaves_no_file(tmp_path: Path) -> None:
+    """No Redis: a clear error and an output directory without half-written files."""
+    with pytest.raises(ExportError, match="cannot read the decision log"):
+        export(f"unix://{tmp_path}/nothing.sock", tmp_path / "out")
+    assert list((tmp_path / "out").iterdir()) == []
