@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 
 import redis
 from fastapi import Depends, FastAPI, HTTPException, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -152,6 +153,12 @@ def create_app(settings: Settings | None = None, client: redis.Redis | None = No
         description="Real-time fraud scoring of card payments: allow, review or block.",
     )
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's default echoes the input back; a refused request may carry a raw PAN.
+        errors = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+        return JSONResponse({"detail": errors}, status_code=422)
 
     def role(required: str) -> Callable[[Request], Awaitable[ApiKey | None]]:
         async def check(request: Request) -> ApiKey | None:

@@ -299,11 +299,14 @@ def export_decisions(
     redis_url: Annotated[str, typer.Option("--redis", envvar="ANTIFRAUD_REDIS_URL")] = "",
 ) -> None:
     """Write the decision log joined with its feedback as Parquet, for notebooks."""
-    from engine.export import export
+    from engine.export import ExportError, export
 
     if not redis_url:
         raise _fail("pass --redis URL (or ANTIFRAUD_REDIS_URL)")
-    export(redis_url, out, namespace=os.environ.get("ANTIFRAUD_NAMESPACE", "af"), console=console)
+    try:
+        export(redis_url, out, namespace=os.environ.get("ANTIFRAUD_NAMESPACE", "af"), console=console)
+    except ExportError as exc:
+        raise _fail(str(exc)) from exc
 
 
 if __name__ == "__main__":

@@ -63,7 +63,8 @@ class DecisionStore:
         payload = json.dumps(event, separators=(",", ":"))
         key = self._key(event["transaction_id"], "fb")
         pipe = self.client.pipeline(transaction=False)
-        pipe.xadd(self.feedback_stream, {"e": payload})
+        # bounded like the decision log, but 10x longer: feedback is what training learns from
+        pipe.xadd(self.feedback_stream, {"e": payload}, maxlen=self.maxlen * 10, approximate=True)
         pipe.rpush(key, payload)
         pipe.pexpire(key, self.ttl_ms)
         pipe.execute()

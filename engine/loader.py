@@ -73,9 +73,12 @@ class Reloader:
             Loaded(model, rules, shadow),
             self.settings.fail_policy,
             self.settings.shadow_share,
+            self.settings.budget_ms,
             metrics=self.metrics,
         )
-        self._seen = {
+        if self.settings.shadow_model_dir is not None:
+            self._seen["shadow"] = _fingerprint(self.settings.shadow_model_dir)
+        self._seen |= {
             "rules": _fingerprint(self.settings.rules_dir),
             "model": _fingerprint(self.settings.model_dir),
         }
@@ -104,11 +107,13 @@ class Reloader:
         log.info("rules %s loaded", rules.version)
         return {"reloaded": True, "rules_version": rules.version}
 
-    def reload_model(self, raise_http: bool = False) -> dict[str, Any]:
-        """Load the model; on failure keep the current one and report why."""
-        self._seen["model"] = _fingerprint(self.settings.model_dir)
+    def reload_model(self, raise_http: bool = False, shadow: bool = False) -> dict[str, Any]:
+        """Load the model (or the shadow model); on failure keep the current one and report why."""
+        directory = self.settings.shadow_model_dir if shadow else self.settings.model_dir
+        assert directory is not None
+        self._seen["shadow" if shadow else "model"] = _fingerprint(directory)
         try:
-            model = ModelRuntime(self.settings.model_dir, self.features.feature_names)
+            model = ModelRuntime(directory, self.features.feature_names)
         except (ModelError, OSError) as exc:
             log.error("model refused, previous one keeps serving: %s", exc)
             if raise_http:
@@ -116,8 +121,11 @@ class Reloader:
                     422, {"message": "model refused; the previous one keeps serving", "errors": [str(exc)]}
                 ) from exc
             return {"reloaded": False, "errors": [str(exc)]}
-        self.scorer.loaded = replace(self.scorer.loaded, model=model)
-        log.info("model %s loaded", model.version)
+        if shadow:
+            self.scorer.loaded = replace(self.scorer.loaded, shadow=model)
+        else:
+            self.scorer.loaded = replace(self.scorer.loaded, model=model)
+        log.info("%s %s loaded", "shadow model" if shadow else "model", model.version)
         return {"reloaded": True, "model_version": model.version}
 
     async def watch(self, every_s: float = 1.0) -> None:
@@ -128,6 +136,9 @@ class Reloader:
                 self.reload_rules()
             if _fingerprint(self.settings.model_dir) != self._seen.get("model"):
                 self.reload_model()
+            shadow = self.settings.shadow_model_dir
+            if shadow is not None and _fingerprint(shadow) != self._seen.get("shadow"):
+                self.reload_model(shadow=True)
 
     def readiness(self) -> dict[str, Any]:
         """Each readiness check: True, or why not."""

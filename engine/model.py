@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,25 @@ class Contribution:
     contribution: float
 
 
+def _check_complete(text: str, path: Path) -> None:
+    """Refuse a model file that is not whole: LightGBM aborts the process on a truncated one
+    instead of raising, so a model caught half-copied would take the worker down."""
+    sizes = re.search(r"^tree_sizes=([0-9 ]+)$", text, re.MULTILINE)
+    start, end = text.find("Tree=0"), text.find("end of trees")
+    whole = (
+        sizes is not None
+        and start >= 0
+        and end > start
+        and sum(map(int, sizes.group(1).split())) == end - start
+        and "end of parameters" in text[end:]
+    )
+    if not whole:
+        raise ModelError(
+            f"{path} is incomplete or not a LightGBM text model (was it still being copied?): "
+            "write the new model beside it and rename it into place"
+        )
+
+
 class ModelRuntime:
     """A loaded model directory (model.txt + metadata.json) ready to score single payments."""
 
@@ -50,6 +70,7 @@ class ModelRuntime:
         self.version = f"{self.directory.name}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
         meta_file = self.directory / "metadata.json"
         self.metadata: dict[str, Any] = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+        _check_complete(text, model_file)
         try:
             self.booster = lgb.Booster(model_str=text)
         except lgb.basic.LightGBMError as exc:

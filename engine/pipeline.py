@@ -30,10 +30,16 @@ ENTITY_FIELDS = ("card_id", "customer_id", "device_id", "ip", "email", "merchant
 
 
 class RedisBreaker:
-    """Stops calling a Redis that just failed, for a short pause, so a dead Redis costs no time."""
+    """Stops calling a Redis that keeps failing, for a short pause, so a dead Redis costs no time.
 
-    def __init__(self, pause_s: float = 0.5) -> None:
+    It opens after `threshold` failures in a row (one slow call is not an outage) and lets a call
+    through again after `pause_s`.
+    """
+
+    def __init__(self, pause_s: float = 0.5, threshold: int = 2) -> None:
         self.pause_s = pause_s
+        self.threshold = threshold
+        self.failures = 0
         self.open_until = 0.0
 
     @property
@@ -41,9 +47,12 @@ class RedisBreaker:
         return time.monotonic() < self.open_until
 
     def trip(self) -> None:
-        self.open_until = time.monotonic() + self.pause_s
+        self.failures += 1
+        if self.failures >= self.threshold:
+            self.open_until = time.monotonic() + self.pause_s
 
     def reset(self) -> None:
+        self.failures = 0
         self.open_until = 0.0
 
 
@@ -65,6 +74,7 @@ class Scorer:
     loaded: Loaded
     fail_policy: FailPolicy = "review"
     shadow_share: float = 0.0
+    budget_ms: float = 50.0
     breaker: RedisBreaker = field(default_factory=RedisBreaker)
     metrics: Any = None  # engine.metrics.Metrics, or None in batch use
 
@@ -81,10 +91,17 @@ class Scorer:
             degraded.append(missing_reason)
         timings["features_ms"] = _ms(started)
 
+        store = True
         if duplicate:
-            stored = self._stored(txn.transaction_id)
+            # A retry: answer the first request's decision. If that is not stored yet (the first
+            # request is still running in another worker), the state already counts this payment,
+            # so deciding on it would be wrong: answer degraded, and leave storing to the first.
+            stored = self._wait_for_stored(txn.transaction_id, started)
             if stored is not None:
                 return stored
+            values = self.features.without_state(payment)
+            degraded.append("retry: the first request's decision is not stored yet")
+            store = False
 
         t = time.perf_counter()
         score: float | None = None
@@ -143,11 +160,13 @@ class Scorer:
         decision["timings"] = timings
 
         t = time.perf_counter()
-        earlier = self._store(decision)
+        earlier = self._store(decision) if store else None
         timings["log_ms"] = _ms(t)
+        if earlier is not None:
+            return earlier  # a concurrent retry stored its decision first: one answer per payment
         if self.metrics is not None:
             self.metrics.observe(decision, timings)
-        return earlier if earlier is not None else decision
+        return decision
 
     def _features(self, payment: dict[str, Any]) -> tuple[np.ndarray, bool, str | None]:
         if not self.breaker.open:
@@ -164,11 +183,17 @@ class Scorer:
             reason = "features: redis unavailable (circuit open)"
         return self.features.without_state(payment), False, reason
 
-    def _stored(self, txid: str) -> dict[str, Any] | None:
-        try:
-            return self.store.get(txid)
-        except (redis.RedisError, OSError):
-            return None
+    def _wait_for_stored(self, txid: str, started: float) -> dict[str, Any] | None:
+        """The stored decision, polled for up to half the budget while the first request finishes."""
+        deadline = started + self.budget_ms / 2000
+        while True:
+            try:
+                found = self.store.get(txid)
+            except (redis.RedisError, OSError):
+                return None
+            if found is not None or time.perf_counter() >= deadline:
+                return found
+            time.sleep(0.002)
 
     def _store(self, decision: dict[str, Any]) -> dict[str, Any] | None:
         if self.breaker.open:

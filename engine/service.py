@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -45,8 +46,16 @@ def run_service(
     for name, value in (("MODEL_DIR", model), ("RULES_DIR", rules), ("API_KEYS", api_keys)):
         if value is not None:
             os.environ[f"ANTIFRAUD_{name}"] = str(Path(value).resolve())
+    metrics_dir = None
     if workers > 1:
-        os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="antifraud-metrics-"))
+        given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        if given:
+            # the operator's directory: empty it, or the last run's counts would add to this one's
+            for stale in Path(given).glob("*.db"):
+                stale.unlink()
+        else:
+            metrics_dir = tempfile.mkdtemp(prefix="antifraud-metrics-")
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     console.print(f"serving on http://{host}:{port} with {workers} worker(s); OpenAPI at /docs")
     try:
         uvicorn.run(
@@ -61,3 +70,5 @@ def run_service(
     finally:
         if embedded:
             embedded.stop()
+        if metrics_dir:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
