@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import redis
 from fastapi.testclient import TestClient
+from payloads import score_request
 
 from engine.api import create_app
 from engine.auth import new_key
@@ -49,30 +50,13 @@ def service(
         yield client, {"scorer": scorer, "admin": admin}, redis_client
 
 
-def _payment(**overrides: object) -> dict[str, object]:
-    body: dict[str, object] = {
-        "transaction_id": "tx-1",
-        "timestamp": "2026-03-01T12:00:00Z",
-        "card_id": "card_a",
-        "merchant_id": "m_1",
-        "amount": 42.5,
-        "currency": "EUR",
-        "channel": "ecom",
-        "ip_country": "FR",
-        "card_country": "FR",
-        "device_id": "dev_1",
-    }
-    body.update(overrides)
-    return body
-
-
 def _auth(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
 def test_score_answers_a_verdict_with_reasons_and_versions(service) -> None:  # type: ignore[no-untyped-def]
     client, keys, _ = service
-    response = client.post("/v1/score", json=_payment(), headers=_auth(keys["scorer"]))
+    response = client.post("/v1/score", json=score_request(), headers=_auth(keys["scorer"]))
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["verdict"] in ("allow", "review", "block")
@@ -85,22 +69,22 @@ def test_score_answers_a_verdict_with_reasons_and_versions(service) -> None:  # 
 
 def test_auth_refuses_missing_wrong_and_underprivileged_keys(service) -> None:  # type: ignore[no-untyped-def]
     client, keys, _ = service
-    assert client.post("/v1/score", json=_payment()).status_code == 401
-    assert client.post("/v1/score", json=_payment(), headers=_auth("afk_wrong")).status_code == 401
+    assert client.post("/v1/score", json=score_request()).status_code == 401
+    assert client.post("/v1/score", json=score_request(), headers=_auth("afk_wrong")).status_code == 401
     assert client.post("/admin/reload-rules", headers=_auth(keys["scorer"])).status_code == 403
     assert client.post("/admin/reload-rules", headers=_auth(keys["admin"])).status_code == 200
 
 
 def test_a_retry_returns_the_stored_decision_and_counts_once(service) -> None:  # type: ignore[no-untyped-def]
     client, keys, _ = service
-    first = client.post("/v1/score", json=_payment(), headers=_auth(keys["scorer"])).json()
-    again = client.post("/v1/score", json=_payment(), headers=_auth(keys["scorer"])).json()
+    first = client.post("/v1/score", json=score_request(), headers=_auth(keys["scorer"])).json()
+    again = client.post("/v1/score", json=score_request(), headers=_auth(keys["scorer"])).json()
     first.pop("timings")
     again.pop("timings")
     assert again == first
     later = client.post(
         "/v1/score",
-        json=_payment(transaction_id="tx-2", timestamp="2026-03-01T12:01:00Z"),
+        json=score_request("tx-2", 1),
         headers=_auth(keys["scorer"]),
     )
     stored = client.get("/v1/decisions/tx-2", headers=_auth(keys["scorer"])).json()
@@ -119,7 +103,7 @@ def test_a_retry_returns_the_stored_decision_and_counts_once(service) -> None:  
 )
 def test_bad_input_gets_422_naming_the_field(service, change: dict[str, object], field: str) -> None:  # type: ignore[no-untyped-def]
     client, keys, _ = service
-    response = client.post("/v1/score", json=_payment(**change), headers=_auth(keys["scorer"]))
+    response = client.post("/v1/score", json=score_request(**change), headers=_auth(keys["scorer"]))
     assert response.status_code == 422
     assert any(field in map(str, error["loc"]) for error in response.json()["detail"])
 
@@ -132,7 +116,7 @@ def test_oversized_body_gets_413(service) -> None:  # type: ignore[no-untyped-de
 
 def test_feedback_is_stored_even_for_an_unknown_payment(service) -> None:  # type: ignore[no-untyped-def]
     client, keys, rds = service
-    client.post("/v1/score", json=_payment(), headers=_auth(keys["scorer"]))
+    client.post("/v1/score", json=score_request(), headers=_auth(keys["scorer"]))
     known = client.post(
         "/v1/feedback",
         headers=_auth(keys["scorer"]),
@@ -159,7 +143,7 @@ def test_feedback_is_stored_even_for_an_unknown_payment(service) -> None:  # typ
     assert rds.xlen("af:feedback") == 2
     later = client.post(
         "/v1/score",
-        json=_payment(transaction_id="tx-3", timestamp="2026-03-01T12:10:00Z"),
+        json=score_request("tx-3", 10),
         headers=_auth(keys["scorer"]),
     )
     assert later.status_code == 200
@@ -184,7 +168,7 @@ def test_redis_down_is_a_degraded_verdict_within_budget(model_dir: Path, tmp_pat
     with TestClient(create_app(settings, client=client)) as http:
         server.stop()
         for i in range(3):
-            response = http.post("/v1/score", json=_payment(transaction_id=f"down-{i}"))
+            response = http.post("/v1/score", json=score_request(f"down-{i}"))
             assert response.status_code == 200
             body = response.json()
             assert body["degraded"] and "redis" in body["degraded"][0]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 import redis
 from fastapi.testclient import TestClient
+from payloads import T0, score_request
 from typer.testing import CliRunner
 
 from engine import cli
@@ -34,7 +35,6 @@ from engine.settings import ROOT, Settings
 from features.spec import load_spec
 
 PAN = "4111111111111111"
-T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
 
 def tiny_model(directory: Path, seed: int = 0) -> Path:
@@ -66,22 +66,8 @@ def http(model_dir: Path, redis_client: redis.Redis, monkeypatch: pytest.MonkeyP
 
 
 def payment(txid: str, minute: int = 0, **overrides: Any) -> dict[str, Any]:
-    """A score request body."""
-    body: dict[str, Any] = {
-        "transaction_id": txid,
-        "timestamp": (T0 + timedelta(minutes=minute)).isoformat(),
-        "card_id": "card_a",
-        "merchant_id": "m_1",
-        "amount": 42.5,
-        "currency": "EUR",
-        "channel": "ecom",
-        "ip_country": "FR",
-        "card_country": "FR",
-        "device_id": "dev_1",
-        "email": "someone@example.com",
-    }
-    body.update(overrides)
-    return {k: v for k, v in body.items() if v is not None}
+    """A score request body with an email (the export must carry every entity field)."""
+    return score_request(txid, minute, **{"email": "someone@example.com", **overrides})
 
 
 def feedback(txid: str, kind: str, minute: int, **fields: Any) -> dict[str, Any]:

@@ -22,7 +22,6 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
 
@@ -33,6 +32,8 @@ import pyarrow.parquet as pq
 import pytest
 import redis
 from fastapi.testclient import TestClient
+from payloads import T0
+from payloads import score_request as payment
 from prometheus_client.parser import text_string_to_metric_families
 
 from engine.api import create_app
@@ -47,7 +48,6 @@ from features.spec import load_spec
 PAN = "4539148803436467"  # a Luhn-valid test card number, digits varied enough not to occur by chance
 PAN_SECRET = "test-secret-0123456789"
 DENY_LISTED_IP = "203.0.113.7"  # in rules/lists/blocked_ips.txt
-T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 # The production budget (50 ms) gives each Redis call 30 ms; on a loaded test machine one slow call
 # trips the breaker and the next answers are (rightly) degraded. Tests that are not about Redis
 # failing give it room; the fail-policy tests stop Redis, which fails at once whatever the budget.
@@ -80,24 +80,6 @@ def tiny_model(directory: Path, seed: int) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     booster.save_model(str(directory / "model.txt"))
     return directory
-
-
-def payment(txid: str, minute: float = 0, **overrides: Any) -> dict[str, Any]:
-    """A score request body; an override of None drops the field."""
-    body: dict[str, Any] = {
-        "transaction_id": txid,
-        "timestamp": (T0 + timedelta(minutes=minute)).isoformat(),
-        "card_id": "card_a",
-        "merchant_id": "m_1",
-        "amount": 42.5,
-        "currency": "EUR",
-        "channel": "ecom",
-        "ip_country": "FR",
-        "card_country": "FR",
-        "device_id": "dev_1",
-    }
-    body.update(overrides)
-    return {k: v for k, v in body.items() if v is not None}
 
 
 def answer(body: dict[str, Any]) -> dict[str, Any]:
