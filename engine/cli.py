@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from datetime import date, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import typer
 from rich.console import Console
@@ -23,6 +24,7 @@ keys_app = typer.Typer(help="Manage API keys.", no_args_is_help=True)
 app.add_typer(rules_app, name="rules")
 app.add_typer(keys_app, name="keys")
 console = Console(stderr=True)
+T = TypeVar("T")
 
 HistoryOpt = Annotated[Path, typer.Option("--history", help="History file: .csv, .csv.gz or .parquet")]
 ColumnsOpt = Annotated[Path | None, typer.Option("--columns", help="YAML map: canonical name -> your column")]
@@ -37,9 +39,14 @@ def _date(value: datetime) -> date:
     return value.date()
 
 
-def _steps() -> Progress:
-    """A live line that shows which step a long command is on, and for how long."""
-    return Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console)
+def _run(step: Callable[..., T], *args: object, **kwargs: object) -> T:
+    """Run a long step with a live line saying what it does; its ValueErrors become clear errors."""
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
+    try:
+        with Progress(*columns, console=console) as progress:
+            return step(*args, progress=progress, **kwargs)
+    except ValueError as exc:
+        raise _fail(str(exc)) from exc
 
 
 @app.command()
@@ -105,22 +112,17 @@ def train(
     config: Annotated[Path | None, typer.Option(help="TRAIN.yaml with LightGBM settings")] = None,
 ) -> None:
     """Train a LightGBM model on [train-start, train-end) with time-based validation."""
-    from training.config import TrainingError
     from training.train import train as run
 
-    try:
-        with _steps() as progress:
-            run(
-                history,
-                _date(train_start),
-                _date(train_end),
-                out,
-                columns=columns,
-                config=config,
-                progress=progress,
-            )
-    except (TrainingError, ValueError) as exc:
-        raise _fail(str(exc)) from exc
+    _run(
+        run,
+        history,
+        _date(train_start),
+        _date(train_end),
+        out,
+        columns=columns,
+        config=config,
+    )
     console.print(f"model written to {out}")
 
 
@@ -138,20 +140,16 @@ def evaluate(
     from training.evaluate import evaluate as run
 
     out = out or model / f"eval-{_date(start)}-{_date(end)}"
-    try:
-        with _steps() as progress:
-            run(
-                history,
-                model,
-                _date(start),
-                _date(end),
-                out_dir=out,
-                columns=columns,
-                config=config,
-                progress=progress,
-            )
-    except ValueError as exc:
-        raise _fail(str(exc)) from exc
+    _run(
+        run,
+        history,
+        model,
+        _date(start),
+        _date(end),
+        out_dir=out,
+        columns=columns,
+        config=config,
+    )
     console.print(f"report written to {out}")
 
 
@@ -168,20 +166,16 @@ def score_history(
     """Score every payment of a period with point-in-time features."""
     from training.scoring import score_history as run
 
-    try:
-        with _steps() as progress:
-            run(
-                history,
-                model,
-                _date(start),
-                _date(end),
-                out,
-                rules_dir=rules,
-                columns=columns,
-                progress=progress,
-            )
-    except ValueError as exc:
-        raise _fail(str(exc)) from exc
+    _run(
+        run,
+        history,
+        model,
+        _date(start),
+        _date(end),
+        out,
+        rules_dir=rules,
+        columns=columns,
+    )
     console.print(f"wrote {out}")
 
 
@@ -213,20 +207,16 @@ def backtest(
 
     from training.backtest import print_report, run_backtest
 
-    try:
-        with _steps() as progress:
-            result = run_backtest(
-                history,
-                rules,
-                _date(start),
-                _date(end),
-                model_dir=model,
-                baseline_rules_dir=baseline_rules,
-                columns=columns,
-                progress=progress,
-            )
-    except ValueError as exc:
-        raise _fail(str(exc)) from exc
+    result = _run(
+        run_backtest,
+        history,
+        rules,
+        _date(start),
+        _date(end),
+        model_dir=model,
+        baseline_rules_dir=baseline_rules,
+        columns=columns,
+    )
     print_report(result, Console())
     if json_out is not None:
         json_out.write_text(json.dumps(result.to_json(), indent=2))
