@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 import redis
 from fastapi import Depends, FastAPI, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -38,7 +38,19 @@ FEATURE_EVENTS = {
 class Feedback(BaseModel):
     """Something learned about an earlier payment."""
 
-    model_config = ConfigDict(extra="forbid")
+    # the schema says what the validator below enforces, so generated clients and fuzzers agree
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "allOf": [
+                {
+                    "if": {"properties": {"kind": {"const": kind}}, "required": ["kind"]},
+                    "then": {"properties": {kind: {"type": "string"}}, "required": [kind]},
+                }
+                for kind in ("label", "outcome")
+            ]
+        },
+    )
 
     transaction_id: Identifier
     kind: Literal["label", "outcome", "refund", "cancel"]
@@ -59,6 +71,21 @@ class Feedback(BaseModel):
     def feature_event(self) -> str | None:
         value = self.label if self.kind == "label" else self.outcome if self.kind == "outcome" else None
         return FEATURE_EVENTS.get((self.kind, value))
+
+
+class Problem(BaseModel):
+    """An error answer: what went wrong, and for 422 which field and why."""
+
+    detail: Any
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": Problem, "description": "The body is not valid JSON"},
+    401: {"model": Problem, "description": "Missing or unknown API key"},
+    403: {"model": Problem, "description": "The key's role may not make this call"},
+    413: {"model": Problem, "description": "The body is over the size limit"},
+    422: {"model": Problem, "description": "A field is missing or invalid: detail names it"},
+}
 
 
 class FeedbackAccepted(BaseModel):
@@ -164,8 +191,7 @@ def create_app(settings: Settings | None = None, client: redis.Redis | None = No
         async def check(request: Request) -> ApiKey | None:
             if settings.api_keys_file is None:
                 return None  # auth disabled explicitly (development only; `serve` warns)
-            header = request.headers.get("authorization", "")
-            scheme, _, presented = header.partition(" ")
+            scheme, _, presented = request.headers.get("authorization", "").partition(" ")
             key = authenticate(keys, presented.strip()) if scheme.lower() == "bearer" and presented else None
             if key is None:
                 raise HTTPException(
@@ -182,12 +208,18 @@ def create_app(settings: Settings | None = None, client: redis.Redis | None = No
     scorer_auth = Depends(role("scorer"))
     admin_auth = Depends(role("admin"))
 
-    @app.post("/v1/score", response_model=ScoreResponse, dependencies=[scorer_auth])
+    @app.post("/v1/score", response_model=ScoreResponse, dependencies=[scorer_auth], responses=ERRORS)
     async def score(txn: Transaction) -> dict[str, Any]:
         """Score a payment before it is sent to the bank: allow, review or block."""
         return reloader.scorer.score(txn)
 
-    @app.post("/v1/feedback", response_model=FeedbackAccepted, status_code=202, dependencies=[scorer_auth])
+    @app.post(
+        "/v1/feedback",
+        response_model=FeedbackAccepted,
+        status_code=202,
+        dependencies=[scorer_auth],
+        responses={**ERRORS, 503: {"model": Problem, "description": "Redis unavailable: retry later"}},
+    )
     async def feedback(event: Feedback) -> dict[str, Any]:
         """Tell the engine what happened to a payment (label, bank outcome, refund, cancellation)."""
         record = {**event.model_dump(mode="json"), "received_at": datetime.now(UTC).isoformat()}
@@ -210,7 +242,15 @@ def create_app(settings: Settings | None = None, client: redis.Redis | None = No
         metrics.feedback.labels(event.kind).inc()
         return {"transaction_id": event.transaction_id, "accepted": True, "matched": matched}
 
-    @app.get("/v1/decisions/{transaction_id}", dependencies=[scorer_auth])
+    @app.get(
+        "/v1/decisions/{transaction_id}",
+        dependencies=[scorer_auth],
+        responses={
+            **ERRORS,
+            404: {"model": Problem, "description": "No decision stored for this transaction"},
+            503: {"model": Problem, "description": "Redis unavailable: retry later"},
+        },
+    )
     async def decision(transaction_id: str) -> dict[str, Any]:
         """A stored decision with its features, reasons and any feedback."""
         try:
@@ -235,17 +275,17 @@ def create_app(settings: Settings | None = None, client: redis.Redis | None = No
             response.status_code = 503
         return {"ready": response.status_code == 200, "checks": checks}
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse)
     async def prometheus() -> Response:
         """Prometheus metrics."""
         return Response(metrics.render(), media_type="text/plain; version=0.0.4")
 
-    @app.post("/admin/reload-rules", dependencies=[admin_auth])
+    @app.post("/admin/reload-rules", dependencies=[admin_auth], responses=ERRORS)
     async def reload_rules() -> dict[str, Any]:
         """Load the rule set from disk; a bad one is refused and the previous one keeps serving."""
         return reloader.reload_rules(raise_http=True)
 
-    @app.post("/admin/reload-model", dependencies=[admin_auth])
+    @app.post("/admin/reload-model", dependencies=[admin_auth], responses=ERRORS)
     async def reload_model() -> dict[str, Any]:
         """Load the model from disk; one that fails to load leaves the previous one serving."""
         return reloader.reload_model(raise_http=True)

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -96,7 +97,8 @@ def run_demo(day: str | None = None, limit: int | None = None, console: Console 
         port = _free_port()
         env = {
             **os.environ,
-            "ANTIFRAUD_PAN_SECRET": os.environ.get("ANTIFRAUD_PAN_SECRET", "demo-secret-0123456789"),
+            # a fresh secret per demo unless one is given: no key ever lives in the code
+            "ANTIFRAUD_PAN_SECRET": os.environ.get("ANTIFRAUD_PAN_SECRET") or secrets.token_hex(16),
         }
         server = subprocess.Popen(
             [

@@ -119,7 +119,8 @@ class ModelRuntime:
 
     def contributions(self, row: np.ndarray, top: int = 5) -> list[Contribution]:
         """The features that pushed this payment's score most, by LightGBM's TreeSHAP contributions."""
-        contrib = self.booster.predict(row.reshape(1, -1), pred_contrib=True)[0][:-1]
+        # one thread: on a busy worker, LightGBM's default of every core costs more than it saves
+        contrib = self.booster.predict(row.reshape(1, -1), pred_contrib=True, num_threads=1)[0][:-1]
         order = np.argsort(-np.abs(contrib))[:top]
         return [
             Contribution(self.feature_names[i], float(row[i]), float(contrib[i]))

@@ -126,7 +126,7 @@ class Scorer:
             "skipped_rules": list(outcome.skipped),
             "model": [],
         }
-        if score is not None and loaded.model is not None and verdict != "allow":
+        if score is not None and loaded.model is not None and verdict != "allow" and not degraded:
             # TreeSHAP costs ~1 ms: spend it only where an analyst will read it.
             reasons["model"] = [c.__dict__ for c in loaded.model.contributions(values)]
         if degraded:
@@ -160,10 +160,13 @@ class Scorer:
         decision["timings"] = timings
 
         t = time.perf_counter()
-        earlier = self._store(decision) if store else None
+        earlier, logged = self._store(decision) if store else (None, True)
         timings["log_ms"] = _ms(t)
         if earlier is not None:
             return earlier  # a concurrent retry stored its decision first: one answer per payment
+        if not logged:
+            # no audit record and no idempotency record: the answer must not claim to be complete
+            decision["degraded"] = [*(decision["degraded"] or []), "decision log: not stored"]
         if self.metrics is not None:
             self.metrics.observe(decision, timings)
         return decision
@@ -195,16 +198,17 @@ class Scorer:
                 return found
             time.sleep(0.002)
 
-    def _store(self, decision: dict[str, Any]) -> dict[str, Any] | None:
+    def _store(self, decision: dict[str, Any]) -> tuple[dict[str, Any] | None, bool]:
+        """(an earlier stored decision or None, whether the decision log holds this payment)."""
         if self.breaker.open:
-            return None
+            return None, False
         try:
-            return self.store.put(decision)
+            return self.store.put(decision), True
         except (redis.RedisError, OSError):
             self.breaker.trip()
             if self.metrics is not None:
                 self.metrics.redis_errors.inc()
-            return None
+            return None, False
 
 
 def _ms(since: float) -> float:

@@ -25,13 +25,29 @@ def _utc(value: datetime) -> datetime:
     # A timestamp without an offset is ambiguous in front of a bank: refuse it rather than guess.
     if value.tzinfo is None:
         raise ValueError("timestamp must carry a UTC offset (RFC 3339), e.g. 2026-01-31T12:00:00Z")
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("timestamp is out of range once converted to UTC") from None
 
 
 class Transaction(BaseModel):
     """A card payment about to be sent to the bank for authorization."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # the schema says what `_tokenize_pan` enforces: a card_id or a pan, not both
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        json_schema_extra={
+            "anyOf": [
+                {"properties": {name: {"type": "string"}}, "required": [name]} for name in ("card_id", "pan")
+            ],
+            "not": {
+                "properties": {"card_id": {"type": "string"}, "pan": {"type": "string"}},
+                "required": ["card_id", "pan"],
+            },
+        },
+    )
 
     transaction_id: Identifier
     timestamp: Annotated[datetime, AfterValidator(_utc)]
