@@ -1,0 +1,1 @@
+"""`make reliability`: faults under load, durability, idempotency at scale, fuzzing; prints figures."""
