@@ -270,13 +270,6 @@ def test_cost_of_appendfsync_always() -> None:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: when the decision-log write fails (Redis gone between the features call and the write), "
-    "the answer still says degraded=false: the client is told the payment was fully decided, but no "
-    "decision (audit record, idempotency record) exists. engine/pipeline.py Scorer._store swallows the "
-    "error; it should mark the answer (e.g. degraded += 'decision log: not stored') and count it",
-)
 def test_an_answer_whose_decision_was_not_logged_says_so(
     tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

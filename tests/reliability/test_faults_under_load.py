@@ -501,14 +501,6 @@ def test_latency_while_redis_is_healthy_is_within_budget_and_margin(fault_run: F
     assert pct(scorer[healthy], 99) <= SCORER_LIMIT_MS, pct(scorer[healthy], 99)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a degraded answer (verdict = fail policy 'review') still computes TreeSHAP contributions "
-    "(engine/pipeline.py Scorer.score; LightGBM predict(pred_contrib=True) on all cores: 2-15 ms a call on "
-    "this VM depending on contention, vs ~1 ms for a whole full answer), so while Redis is down or the "
-    "breaker is open every answer pays it; under contention 2 workers then serve < 200 payments/s and "
-    "answers queue for seconds",
-)
 def test_latency_during_redis_faults_is_within_budget_and_margin(fault_run: FaultRun) -> None:
     degraded = [fault_run.answers[i] for i in fault_run.degraded]
     with_shap = [a for a in degraded if a["reasons"]["model"]]

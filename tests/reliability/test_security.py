@@ -444,11 +444,6 @@ def test_no_literal_pan_secret_outside_the_tests() -> None:
     assert not {n: c for n, c in real_keys.items() if c}, "an API key is committed"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (low): engine/demo.py gives ANTIFRAUD_PAN_SECRET a literal default "
-    "('demo-secret-0123456789') for the served subprocess; a per-run secrets.token_hex(16) would do",
-)
 def test_the_demo_has_no_literal_pan_secret() -> None:
     assert "engine/demo.py" not in _literal_secrets()
 
