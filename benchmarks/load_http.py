@@ -1,6 +1,6 @@
 """Load benchmark of the scoring service over HTTP: open-loop fixed-rate replay of sample payments.
 
-    .venv/bin/python benchmarks/load_http.py                      # the full matrix (about 6-9 min)
+    .venv/bin/python benchmarks/load_http.py                      # the full matrix (about 5-9 min)
     .venv/bin/python benchmarks/load_http.py --quick              # one repeat, shorter cells
     .venv/bin/python benchmarks/load_http.py --self-test          # the load generator alone
     .venv/bin/python benchmarks/load_http.py --components 3000    # each step of a request, in-process
@@ -12,7 +12,7 @@ What it does, all on loopback and stopping by itself:
 1. loads the sample history and splits it: every payment and feedback event before the last
    `--replay-days` days is loaded into a real redis-server with `OnlineFeatures.backfill` (the
    Redis snapshot is cached in var/loadtest/ keyed by the sample, the feature spec and score.lua,
-   so a second run skips the ~90 s backfill; `--no-cache` rebuilds it);
+   so a second run skips the 80-110 s backfill; `--no-cache` rebuilds it);
 2. for each repeat, service variant (`--whatif`) and worker count: a fresh redis-server restored
    from that snapshot, and `antifraud serve --workers N --redis URL --api-keys FILE` as a
    subprocess with a fresh key (or, for a what-if, the same app with the changes named);
