@@ -258,6 +258,10 @@ def create_app(settings: Settings | None = None, client: redis.Redis | None = No
             if found is None:
                 raise HTTPException(404, f"no decision stored for transaction {transaction_id!r}")
             found["feedback"] = reloader.scorer.store.feedback_for(transaction_id)
+            try:
+                found["reasons"]["model"] = reloader.scorer.explain(found)
+            except LookupError as exc:
+                found["reasons"]["model_note"] = f"contributions unavailable: {exc}"
         except (redis.RedisError, OSError) as exc:
             raise HTTPException(503, "decision store unavailable: retry later") from exc
         return found

@@ -177,3 +177,14 @@ def test_redis_down_is_a_degraded_verdict_within_budget(model_dir: Path, tmp_pat
             assert body["timings"]["total_ms"] < 1000
         assert http.get("/ready").status_code == 503
         np.testing.assert_equal(http.get("/health").status_code, 200)
+
+
+def test_reading_a_decision_explains_its_score(service) -> None:  # type: ignore[no-untyped-def]
+    client, keys, _ = service
+    answer = client.post("/v1/score", json=score_request(), headers=_auth(keys["scorer"])).json()
+    assert answer["reasons"]["model"] == []  # never computed on the payment's path
+    stored = client.get("/v1/decisions/tx-1", headers=_auth(keys["scorer"])).json()
+    contributions = stored["reasons"]["model"]
+    assert contributions and all({"feature", "value", "contribution"} <= set(c) for c in contributions)
+    names = {c["feature"] for c in contributions}
+    assert names <= set(stored["features"])
