@@ -1325,21 +1325,10 @@ def _respond(adapter: Any, decision: dict[str, Any]) -> bytes:
     return bytes(adapter.dump_json(adapter.validate_python(decision)))
 
 
-ANSWER_FIELDS = (
-    "transaction_id",
-    "verdict",
-    "score",
-    "risk_score",
-    "reasons",
-    "model_version",
-    "rules_version",
-    "degraded",
-    "timings",
-)
-
-
 def _plain_answer(decision: dict[str, Any]) -> bytes:
-    return json.dumps({k: decision[k] for k in ANSWER_FIELDS}, separators=(",", ":")).encode()
+    from engine.api import ScoreResponse  # the answer's fields, from the API's own model
+
+    return json.dumps({k: decision[k] for k in ScoreResponse.model_fields}, separators=(",", ":")).encode()
 
 
 def to_ms_payment(payment: dict[str, Any]) -> int:
