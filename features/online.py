@@ -51,9 +51,7 @@ class OnlineResult:
     """Features of one payment as the engine saw it before recording it."""
 
     values: np.ndarray  # in spec.feature_names order, NaN where missing
-    raw: np.ndarray
     duplicate: bool  # the payment had already been recorded (a retry): nothing was counted again
-    missing_entities: tuple[str, ...]  # entities the payment has no key for
 
 
 class _Block:
@@ -114,7 +112,7 @@ class OnlineFeatures:
     def score(self, payment: Mapping[str, Any]) -> OnlineResult:
         """Features of a payment (a mapping of canonical fields), then record it, atomically per entity."""
         t_ms = to_ms(payment["timestamp"])
-        header, keys, args, present, missing = self._score_blocks(payment, t_ms)
+        header, keys, args, present = self._score_blocks(payment, t_ms)
         replies = self._call(keys, header, args, [1 + block.n_values for block, _ in present])
         raw = np.full(len(self.plan.raw_names), np.nan)
         raw[self._starts] = 0.0
@@ -123,22 +121,21 @@ class OnlineFeatures:
             duplicate = duplicate or reply[0] == 1
             raw[start] = 1.0
             raw[start + 1 : start + 1 + block.n_values] = [float(v) for v in reply[1:]]
-        return OnlineResult(self._derive(raw, payment, t_ms), raw, duplicate, tuple(missing))
+        return OnlineResult(self._derive(raw, payment, t_ms), duplicate)
 
     def _score_blocks(
         self, payment: Mapping[str, Any], t_ms: int
-    ) -> tuple[list[str], list[str], list[list[str]], list[tuple[_Block, int]], list[str]]:
-        keys, args, present, missing = [], [], [], []
+    ) -> tuple[list[str], list[str], list[list[str]], list[tuple[_Block, int]]]:
+        keys, args, present = [], [], []
         for block, start in zip(self._blocks, self._starts, strict=True):
             key = self.spec.entity_key(block.plan.entity, payment)  # type: ignore[arg-type]
             if key is None:
-                missing.append(block.plan.entity)
                 continue
             keys.append(entity_prefix(self.namespace, block.plan.entity, key))
             args.append(block.args(payment))
             present.append((block, start))
         header = ["score", str(payment["transaction_id"]), str(t_ms), str(to_milli(float(payment["amount"])))]
-        return header, keys, args, present, missing
+        return header, keys, args, present
 
     def _feedback_blocks(
         self, event: str, txid: str, t_ms: int, payment: Mapping[str, Any]
@@ -205,7 +202,7 @@ class OnlineFeatures:
                 break
             payment = payment_record(history, row)
             if event == "payment":
-                header, keys, args, _, _ = self._score_blocks(payment, t_ms)
+                header, keys, args, _ = self._score_blocks(payment, t_ms)
             else:
                 header, keys, args = self._feedback_blocks(
                     event, str(payment["transaction_id"]), t_ms, payment
