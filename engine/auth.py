@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 Role = Literal["scorer", "admin"]
 ROLES: tuple[Role, ...] = ("scorer", "admin")
@@ -68,3 +70,52 @@ def authenticate(keys: list[ApiKey], presented: str) -> ApiKey | None:
         if hmac.compare_digest(k.sha256, digest):
             found = k
     return found
+
+
+class ApiKeyAuth:
+    """ASGI middleware: refuses a call without a valid key, or with the wrong role, before anything
+    reads its body, so an unauthenticated caller learns nothing about what the service would accept.
+
+    `roles` maps path prefixes to the role they need; paths under no prefix are open (probes,
+    metrics, the docs). With `keys=None` authentication is off (local development only).
+    """
+
+    def __init__(self, app: ASGIApp, keys: list[ApiKey] | None, roles: dict[str, Role]) -> None:
+        self.app, self.keys, self.roles = app, keys, roles
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        required = self._required(scope)
+        if required is None or self.keys is None:
+            await self.app(scope, receive, send)
+            return
+        presented = _bearer(scope)
+        key = authenticate(self.keys, presented) if presented else None
+        if key is None:
+            response = JSONResponse(
+                {"detail": "missing or unknown API key: send Authorization: Bearer <key>"},
+                status_code=401,
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        elif required == "admin" and key.role != "admin":
+            response = JSONResponse(
+                {"detail": f"key {key.name!r} has role {key.role!r}; this call needs admin"}, status_code=403
+            )
+        else:
+            scope.setdefault("state", {})["api_key"] = key
+            await self.app(scope, receive, send)
+            return
+        await response(scope, receive, send)
+
+    def _required(self, scope: Scope) -> Role | None:
+        if scope["type"] != "http":
+            return None
+        path: str = scope["path"]
+        return next((role for prefix, role in self.roles.items() if path.startswith(prefix)), None)
+
+
+def _bearer(scope: Scope) -> str:
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            scheme, _, presented = value.decode("latin-1").partition(" ")
+            return presented.strip() if scheme.lower() == "bearer" else ""
+    return ""

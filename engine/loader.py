@@ -3,14 +3,15 @@
 A reload builds the new object completely before swapping one reference, so a request in flight
 keeps the snapshot it started with and no request ever sees half a reload. Anything that fails to
 load is refused with its errors and the previous version keeps serving. Every worker polls the
-files once a second, so an edit (or an admin reload, which also reloads at once in its worker)
-reaches all workers without a deploy.
+files once a second and reloads what changed and then held still, so an edit (or an admin reload,
+which also reloads at once in its worker) reaches all workers without a deploy.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -129,16 +130,28 @@ class Reloader:
         return {"reloaded": True, "model_version": model.version}
 
     async def watch(self, every_s: float = 1.0) -> None:
-        """Poll the rules and model files; reload what changed."""
+        """Poll the rules and model files; reload what changed and then held still for one poll.
+
+        Waiting for the files to hold still matters: an editor or `cp` that rewrites a file in place
+        can be caught half-written, and a truncated rule set may still be valid YAML, and wrong.
+        """
+        reloads: dict[str, Callable[[], Any]] = {"rules": self.reload_rules, "model": self.reload_model}
+        paths = {"rules": self.settings.rules_dir, "model": self.settings.model_dir}
+        if self.settings.shadow_model_dir is not None:
+            reloads["shadow"] = lambda: self.reload_model(shadow=True)
+            paths["shadow"] = self.settings.shadow_model_dir
+        changing: dict[str, Any] = {}
         while True:
             await asyncio.sleep(every_s)
-            if _fingerprint(self.settings.rules_dir) != self._seen.get("rules"):
-                self.reload_rules()
-            if _fingerprint(self.settings.model_dir) != self._seen.get("model"):
-                self.reload_model()
-            shadow = self.settings.shadow_model_dir
-            if shadow is not None and _fingerprint(shadow) != self._seen.get("shadow"):
-                self.reload_model(shadow=True)
+            for name, path in paths.items():
+                now = _fingerprint(path)
+                if now == self._seen.get(name):
+                    changing.pop(name, None)
+                elif changing.get(name) == now:
+                    del changing[name]
+                    reloads[name]()
+                else:
+                    changing[name] = now
 
     def readiness(self) -> dict[str, Any]:
         """Each readiness check: True, or why not."""

@@ -75,6 +75,17 @@ def test_auth_refuses_missing_wrong_and_underprivileged_keys(service) -> None:  
     assert client.post("/admin/reload-rules", headers=_auth(keys["admin"])).status_code == 200
 
 
+def test_the_key_is_checked_before_the_body_is_read(service) -> None:  # type: ignore[no-untyped-def]
+    """An unauthenticated caller cannot probe what the service would accept: 401 whatever the body."""
+    client, keys, _ = service
+    for path in ("/v1/score", "/v1/feedback"):
+        for body in (b"not json", b'{"transaction_id": 1}', b"x" * 10):
+            assert client.post(path, content=body).status_code == 401
+            assert client.post(path, content=body, headers=_auth(keys["scorer"])).status_code == 422
+    refused = client.post("/v1/score", content=b"{", headers=_auth(keys["scorer"])).json()
+    assert refused["detail"][0]["loc"][0] == "body"
+
+
 def test_a_retry_returns_the_stored_decision_and_counts_once(service) -> None:  # type: ignore[no-untyped-def]
     client, keys, _ = service
     first = client.post("/v1/score", json=score_request(), headers=_auth(keys["scorer"])).json()
