@@ -12,6 +12,7 @@ from rich.console import Console
 
 from engine.redis_server import EmbeddedRedis
 from engine.settings import ROOT
+from engine.workers import APP, serve_workers
 
 
 def run_service(
@@ -24,7 +25,7 @@ def run_service(
     api_keys: Path | None,
     console: Console,
 ) -> None:
-    """Start uvicorn with `workers` processes; each builds its app from ANTIFRAUD_* variables."""
+    """Start `workers` uvicorn processes; each builds its app from ANTIFRAUD_* variables."""
     embedded = None
     if not redis_url:
         embedded = EmbeddedRedis(ROOT / "var" / "redis").start()
@@ -58,15 +59,12 @@ def run_service(
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     console.print(f"serving on http://{host}:{port} with {workers} worker(s); OpenAPI at /docs")
     try:
-        uvicorn.run(
-            "engine.api:app_from_env",
-            factory=True,
-            host=host,
-            port=port,
-            workers=workers,
-            log_level="warning",
-            access_log=False,
-        )
+        if workers > 1:
+            status = serve_workers(host, port, workers)
+            if status:
+                raise SystemExit(status)
+        else:
+            uvicorn.run(APP, factory=True, host=host, port=port, log_level="warning", access_log=False)
     finally:
         if embedded:
             embedded.stop()

@@ -43,6 +43,7 @@ from engine.export import DECISIONS_FILE, FEEDBACK_FILE, JOINED_FILE, export
 from engine.redis_server import EmbeddedRedis
 from engine.schema import Transaction
 from engine.settings import ROOT, Settings
+from engine.workers import serve_workers
 from features.spec import load_spec
 
 PAN = "4539148803436467"  # a Luhn-valid test card number, digits varied enough not to occur by chance
@@ -689,3 +690,47 @@ def test_a_refused_request_does_not_echo_the_pan(make_app: Callable[..., TestCli
     response = http.post("/v1/score", json=payment("both", pan=PAN))  # card_id and pan: refused
     assert response.status_code == 422
     assert_no_pan(response.text, "the 422 response")
+
+
+# ------------------------------------------------------------------------------------------------
+# worker processes
+
+
+def _worker_pids(supervisor: int) -> set[int]:
+    """The supervisor's worker processes (multiprocessing's spawned children)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except (OSError, ValueError):
+            continue
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        if parent == supervisor and b"spawn_main" in cmdline:
+            found.add(int(entry.name))
+    return found
+
+
+def test_a_worker_that_dies_is_replaced(served: Service) -> None:
+    """Each worker has its own SO_REUSEPORT socket; the supervisor restarts a worker that dies."""
+    before = _worker_pids(served.process.pid)
+    assert len(before) == 2
+    victim = min(before)
+    os.kill(victim, signal.SIGKILL)
+
+    def replaced() -> bool:
+        now = _worker_pids(served.process.pid)
+        return len(now) == 2 and victim not in now
+
+    wait_until(replaced, 60, "a new worker in place of the killed one")
+    stamp = time.monotonic_ns()
+    wait_until(lambda: bool(served.score(payment(f"after-kill-{stamp}"))), 30, "answers after the restart")
+    for i in range(10):  # new connections land on either worker; every one is answered
+        assert served.score(payment(f"after-kill-{stamp}-{i}", card_id=f"card_k{i}"))["verdict"]
+
+
+def test_a_second_service_on_a_taken_port_is_refused(served: Service) -> None:
+    """SO_REUSEPORT must not let a second service share the port by mistake."""
+    port = int(served.url.rsplit(":", 1)[1])
+    with pytest.raises(SystemExit, match="cannot listen"):
+        serve_workers("127.0.0.1", port, 2)
