@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import json
 import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+import orjson
 import redis
 from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -171,7 +171,7 @@ def create_app(settings: Settings | None = None, client: redis.Redis | None = No
             return _invalid(exc.errors(), prefix=("body",))
         decision = reloader.scorer.score(txn)
         answer = {name: decision[name] for name in ANSWER_FIELDS}
-        return Response(json.dumps(answer, separators=(",", ":")), media_type="application/json")
+        return Response(orjson.dumps(answer), media_type="application/json")
 
     @app.post(
         "/v1/feedback",

@@ -9,7 +9,6 @@ need them are skipped, and the fail policy answers for payments that could not b
 
 from __future__ import annotations
 
-import math
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -146,8 +145,8 @@ class Scorer:
             "amount": txn.amount,
             "currency": txn.currency,
             "features": {
-                n: (None if math.isnan(v) else float(v))
-                for n, v in zip(self.features.feature_names, values, strict=True)
+                n: (None if v != v else v)  # NaN (missing) is stored as null
+                for n, v in zip(self.features.feature_names, values.tolist(), strict=True)
             },
         }
         if loaded.shadow is not None and _in_share(txn.transaction_id, self.shadow_share):
