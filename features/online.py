@@ -20,7 +20,6 @@ from redis.cluster import RedisCluster
 from redis.crc import key_slot
 
 from features.derive import Deriver
-from features.payment import PAYMENT_FIELDS
 from features.plan import EntityPlan, Plan, compile_plan, feedback_retention_ms
 from features.spec import FeatureSpec, load_spec
 
@@ -224,8 +223,7 @@ class OnlineFeatures:
         return self._derive(raw, payment, to_ms(payment["timestamp"]))
 
     def _derive(self, raw: np.ndarray, payment: Mapping[str, Any], t_ms: int) -> np.ndarray:
-        columns = {name: np.array([payment.get(name)], dtype=object) for name in PAYMENT_FIELDS}
-        return self.deriver.transform(raw[None, :], columns, np.array([t_ms]))[0]
+        return self.deriver.transform_one(raw, payment, t_ms)
 
     def feedback(
         self, event: str, txid: str, reported_at: datetime | int, payment: Mapping[str, Any]
