@@ -1,13 +1,35 @@
-"""Feedback events: what the payment flow learns about a payment after it was scored."""
+"""Feedback events: what the payment flow learns about a payment after it was scored.
+
+One model per `kind`, joined as a union tagged by `kind` (`Feedback`): the OpenAPI then says by
+itself (`oneOf` + `discriminator`) which fields each kind takes, so clients, generated code and
+fuzzers read the same rule the service enforces.
+"""
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
+    model_serializer,
+)
+from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError
 
 from engine.schema import Identifier, _utc
+
+Label = Literal["fraud", "chargeback", "legitimate"]
+Outcome = Literal["approved", "declined"]
 
 # feedback (kind, value) -> the feature-state event it feeds, if any
 FEATURE_EVENTS = {
@@ -18,40 +40,134 @@ FEATURE_EVENTS = {
     ("cancel", None): "cancel",
 }
 
+# RFC 3339 `date-time`, what the OpenAPI's `format: date-time` means (and what fuzzers check): pydantic
+# alone would also take a number or a digit string as Unix time, a blank for the `T`, no seconds.
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})", re.ASCII)
 
-class Feedback(BaseModel):
-    """Something learned about an earlier payment."""
 
-    # the schema says what the validator below enforces, so generated clients and fuzzers agree
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "allOf": [
-                {
-                    "if": {"properties": {"kind": {"const": kind}}, "required": ["kind"]},
-                    "then": {"properties": {kind: {"type": "string"}}, "required": [kind]},
-                }
-                for kind in ("label", "outcome")
-            ]
-        },
-    )
+def _rfc3339(value: Any) -> Any:
+    if isinstance(value, datetime) or (isinstance(value, str) and _RFC3339.fullmatch(value)):
+        return value
+    raise ValueError("must be an RFC 3339 date-time string with a UTC offset, e.g. 2026-01-31T12:00:00Z")
+
+
+ReportedAt = Annotated[datetime, BeforeValidator(_rfc3339), AfterValidator(_utc)]
+
+# The fields of a stored feedback record, in order: every kind has them all (null where they do
+# not apply), so the feedback stream and its export keep one shape.
+RECORD_FIELDS = ("transaction_id", "kind", "label", "outcome", "decline_code", "reported_at")
+
+
+class FeedbackEvent(BaseModel):
+    """What every kind of feedback carries: the payment and when the news became known."""
+
+    model_config = ConfigDict(extra="forbid")
 
     transaction_id: Identifier
-    kind: Literal["label", "outcome", "refund", "cancel"]
-    label: Literal["fraud", "chargeback", "legitimate"] | None = None
-    outcome: Literal["approved", "declined"] | None = None
-    decline_code: Annotated[str, Field(max_length=8)] | None = None
-    reported_at: Annotated[datetime, AfterValidator(_utc)]
+    kind: str  # each kind's model narrows it to its one value: the union's tag
+    reported_at: ReportedAt
 
-    @model_validator(mode="after")
-    def _consistent(self) -> Feedback:
-        if self.kind == "label" and self.label is None:
-            raise ValueError("label is required when kind is 'label' (fraud, chargeback or legitimate)")
-        if self.kind == "outcome" and self.outcome is None:
-            raise ValueError("outcome is required when kind is 'outcome' (approved or declined)")
-        return self
+    @property
+    def value(self) -> str | None:
+        """What the kind says (the label or the bank's outcome); None for a refund or a cancellation."""
+        return None
 
     @property
     def feature_event(self) -> str | None:
-        value = self.label if self.kind == "label" else self.outcome if self.kind == "outcome" else None
-        return FEATURE_EVENTS.get((self.kind, value))
+        """The feature-state event this feedback feeds (`FEATURE_EVENTS`), if any."""
+        return FEATURE_EVENTS.get((self.kind, self.value))
+
+    @model_serializer(mode="wrap")
+    def _record(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        fields = handler(self)
+        return {name: fields.get(name) for name in RECORD_FIELDS}
+
+
+class LabelFeedback(FeedbackEvent):
+    """The truth about a payment: fraud, chargeback (fraud, from the bank) or legitimate."""
+
+    kind: Literal["label"]
+    label: Label
+
+    @property
+    def value(self) -> str | None:
+        return self.label
+
+
+class OutcomeFeedback(FeedbackEvent):
+    """The bank's answer to the authorization request, with its decline code if any."""
+
+    kind: Literal["outcome"]
+    outcome: Outcome
+    decline_code: Annotated[str, Field(max_length=8)] | None = None
+
+    @property
+    def value(self) -> str | None:
+        return self.outcome
+
+
+class RefundFeedback(FeedbackEvent):
+    """The payment was refunded."""
+
+    kind: Literal["refund"]
+
+
+class CancelFeedback(FeedbackEvent):
+    """The payment was cancelled."""
+
+    kind: Literal["cancel"]
+
+
+KINDS: dict[str, type[FeedbackEvent]] = {
+    "label": LabelFeedback,
+    "outcome": OutcomeFeedback,
+    "refund": RefundFeedback,
+    "cancel": CancelFeedback,
+}
+# the fields only some kinds take: field -> (its kind, its values)
+_OWN_FIELDS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "label": ("label", get_args(Label)),
+    "outcome": ("outcome", get_args(Outcome)),
+    "decline_code": ("outcome", ()),
+}
+
+
+def _choices(values: tuple[str, ...]) -> str:
+    quoted = [f"'{v}'" for v in values]
+    return f"{', '.join(quoted[:-1])} or {quoted[-1]}"
+
+
+def _named(error: ErrorDetails) -> InitErrorDetails:
+    """A validation error located at the field the client sent (pydantic puts the union's tag first,
+    and reports a missing or unknown `kind` at the body), with a message that says what to send."""
+    kind_choices = _choices(tuple(KINDS))
+    type_, loc, message = error["type"], error["loc"], error["msg"]
+    if type_ == "union_tag_not_found":
+        type_, loc, message = "missing", ("kind",), f"kind is required: {kind_choices}"
+    elif type_ == "union_tag_invalid":
+        type_, loc, message = "literal_error", ("kind",), f"Input should be {kind_choices}"
+    elif loc and loc[0] in KINDS:
+        loc = loc[1:]
+        field = loc[0] if len(loc) == 1 else None
+        if isinstance(field, str) and field in _OWN_FIELDS:
+            owner, values = _OWN_FIELDS[field]
+            if type_ == "missing":
+                message = f"{field} is required when kind is '{owner}': {_choices(values)}"
+            elif type_ == "extra_forbidden":
+                message = f"{field} is sent only when kind is '{owner}'"
+    return {"type": PydanticCustomError(type_, message), "loc": loc, "input": error["input"]}
+
+
+def _name_the_fields(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    try:
+        return handler(value)
+    except ValidationError as exc:
+        raise ValidationError.from_exception_data("Feedback", [_named(e) for e in exc.errors()]) from None
+
+
+# Something learned about an earlier payment; the body of POST /v1/feedback.
+Feedback = Annotated[
+    LabelFeedback | OutcomeFeedback | RefundFeedback | CancelFeedback,
+    Discriminator("kind"),
+    WrapValidator(_name_the_fields),
+]

@@ -12,11 +12,38 @@ import os
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StringConstraints,
+    model_validator,
+)
+from pydantic_core import PydanticKnownError
 
 PAN_SECRET_ENV = "ANTIFRAUD_PAN_SECRET"
 
-Identifier = Annotated[str, StringConstraints(min_length=1, max_length=128, strip_whitespace=True)]
+# What an identifier's stripping removes (Unicode White_Space, as pydantic-core trims), spelled out
+# for the schema: JSON Schema's `\s` is another set (it has U+FEFF and not U+0085).
+_BLANK = r"\t\n\v\f\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+
+
+def _at_most_128(value: object) -> object:
+    # the schema's maxLength counts the characters as sent, before stripping
+    if isinstance(value, str) and len(value) > 128:
+        raise PydanticKnownError("string_too_long", {"max_length": 128})
+    return value
+
+
+# An id as the schema says it: 1-128 characters as sent, not only blanks; stored stripped.
+Identifier = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=128, strip_whitespace=True, pattern=f"[^{_BLANK}]"),
+    BeforeValidator(_at_most_128),
+]
 CountryCode = Annotated[str, StringConstraints(pattern=r"^[A-Z]{2}$")]
 Channel = Literal["ecom", "pos", "moto"]
 
@@ -77,8 +104,9 @@ class Transaction(BaseModel):
     mcc: Annotated[str, StringConstraints(pattern=r"^[0-9]{4}$")] | None = None
     channel: Channel | None = None
     payment_method: Annotated[str, StringConstraints(max_length=32)] | None = None
-    card_on_file: bool | None = None
-    authenticated: bool | None = None
+    # strict: 0.0 or "yes" is a client bug to refuse, not a guess to make
+    card_on_file: StrictBool | None = None
+    authenticated: StrictBool | None = None
     terminal_id: Identifier | None = None
 
     @model_validator(mode="after")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -164,6 +165,63 @@ def test_feedback_is_stored_even_for_an_unknown_payment(service) -> None:  # typ
         client.get("/v1/decisions/tx-1", headers=_auth(keys["scorer"])).json()["feedback"][0]["outcome"]
         == "declined"
     )
+
+
+def test_feedback_of_every_kind_is_stored_with_the_same_fields(service) -> None:  # type: ignore[no-untyped-def]
+    """Each kind takes its own fields; the stored record has them all (null where they do not apply)."""
+    client, keys, rds = service
+    for body in (
+        {"kind": "label", "label": "legitimate"},
+        {"kind": "outcome", "outcome": "approved", "decline_code": None},
+        {"kind": "refund"},
+        {"kind": "cancel"},
+    ):
+        event = {"transaction_id": " tx-9 ", "reported_at": "2026-03-01T13:00:02+01:00", **body}
+        response = client.post("/v1/feedback", json=event, headers=_auth(keys["scorer"]))
+        assert response.status_code == 202, response.text
+    records = [json.loads(fields[b"e"]) for _, fields in rds.xrange("af:feedback")]
+    assert [r["kind"] for r in records] == ["label", "outcome", "refund", "cancel"]
+    for record in records:
+        assert list(record) == [
+            *("transaction_id", "kind", "label", "outcome", "decline_code", "reported_at"),
+            "received_at",
+        ]
+        assert record["transaction_id"] == "tx-9" and record["reported_at"] == "2026-03-01T12:00:02Z"
+    assert [(r["label"], r["outcome"], r["decline_code"]) for r in records] == [
+        ("legitimate", None, None),
+        (None, "approved", None),
+        (None, None, None),
+        (None, None, None),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "says"),
+    [
+        ({"kind": "label"}, "label", "label is required when kind is 'label'"),
+        ({"kind": "outcome", "decline_code": "05"}, "outcome", "outcome is required when kind is 'outcome'"),
+        ({"kind": "label", "label": "maybe"}, "label", "'fraud', 'chargeback' or 'legitimate'"),
+        ({"kind": "refund", "label": "fraud"}, "label", "sent only when kind is 'label'"),
+        ({"kind": "cancel", "decline_code": "05"}, "decline_code", "sent only when kind is 'outcome'"),
+        ({}, "kind", "kind is required: 'label', 'outcome', 'refund' or 'cancel'"),
+        ({"kind": "chargeback"}, "kind", "'label', 'outcome', 'refund' or 'cancel'"),
+        ({"kind": "refund", "reported_at": 1772366402}, "reported_at", "RFC 3339"),
+        ({"kind": "refund", "reported_at": "1772366402"}, "reported_at", "RFC 3339"),
+        ({"kind": "refund", "reported_at": "2026-03-01T12:00:02"}, "reported_at", "UTC offset"),
+        ({"kind": "refund", "transaction_id": " \u00a0"}, "transaction_id", "at least 1 character"),
+        ({"kind": "refund", "transaction_id": " " + "t" * 128}, "transaction_id", "at most 128"),
+    ],
+)
+def test_bad_feedback_gets_422_naming_the_field_and_what_to_send(  # type: ignore[no-untyped-def]
+    service, change: dict[str, object], field: str, says: str
+) -> None:
+    client, keys, rds = service
+    event = {"transaction_id": "tx-1", "reported_at": "2026-03-01T12:00:02Z", **change}
+    response = client.post("/v1/feedback", json=event, headers=_auth(keys["scorer"]))
+    assert response.status_code == 422
+    [error] = response.json()["detail"]
+    assert error["loc"] == ["body", field] and says in error["msg"], error
+    assert rds.xlen("af:feedback") == 0
 
 
 def test_redis_down_is_a_degraded_verdict_within_budget(model_dir: Path, tmp_path: Path) -> None:
