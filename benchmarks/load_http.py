@@ -5,7 +5,6 @@
     .venv/bin/python benchmarks/load_http.py --self-test          # the load generator alone
     .venv/bin/python benchmarks/load_http.py --components 3000    # each step of a request, in-process
     .venv/bin/python benchmarks/load_http.py --workers 1 --profile 600   # py-spy, one worker at 600/s
-    .venv/bin/python benchmarks/load_http.py --whatif shipped shap1,lean # A/B against changed services
 
 What it does, all on loopback and stopping by itself:
 
@@ -13,9 +12,8 @@ What it does, all on loopback and stopping by itself:
    `--replay-days` days is loaded into a real redis-server with `OnlineFeatures.backfill` (the
    Redis snapshot is cached in var/loadtest/ keyed by the sample, the feature spec and score.lua,
    so a second run skips the 80-110 s backfill; `--no-cache` rebuilds it);
-2. for each repeat, service variant (`--whatif`) and worker count: a fresh redis-server restored
-   from that snapshot, and `antifraud serve --workers N --redis URL --api-keys FILE` as a
-   subprocess with a fresh key (or, for a what-if, the same app with the changes named);
+2. for each repeat and worker count: a fresh redis-server restored from that snapshot, and
+   `antifraud serve --workers N --redis URL --api-keys FILE` as a subprocess with a fresh key;
 3. for each offered rate: the replay window's payments, in time order, re-stamped with unique
    transaction ids (never duplicates) and, when the window is replayed again, timestamps moved on
    by the window's length (time only moves forward, so velocity features stay realistic), sent at a
@@ -198,20 +196,15 @@ def free_port() -> int:
 
 
 class Stack:
-    """redis-server (restored from the snapshot) and `antifraud serve` with N workers and a fresh key.
+    """redis-server (restored from the snapshot) and `antifraud serve` with N workers and a fresh key."""
 
-    With a what-if (`--whatif`), uvicorn serves `whatif_app` instead, with the same settings as
-    `serve`; with the what-if `reuseport`, N single-worker servers each bind their own socket with
-    SO_REUSEPORT (the kernel spreads connections over them) instead of uvicorn's shared socket.
-    """
-
-    def __init__(self, rdb: Path, workers: int, tcp_redis: bool, whatif: str = "") -> None:
-        self.rdb, self.workers, self.tcp_redis, self.whatif = rdb, workers, tcp_redis, whatif
+    def __init__(self, rdb: Path, workers: int, tcp_redis: bool) -> None:
+        self.rdb, self.workers, self.tcp_redis = rdb, workers, tcp_redis
         self.tmp = tempfile.TemporaryDirectory(prefix="antifraud-load-")
         self.port = free_port()
         self.key = ""
         self.redis: EmbeddedRedis | None = None
-        self.servers: list[subprocess.Popen[bytes]] = []
+        self.server: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> Stack:
         tmp = Path(self.tmp.name)
@@ -225,27 +218,11 @@ class Stack:
         (tmp / "metrics").mkdir()
         if self.workers == 1:
             env.pop("PROMETHEUS_MULTIPROC_DIR")  # what `serve` does with one worker
-        here = str(Path(__file__).resolve().parent)
-        changes = [c for c in self.whatif.split(",") if c]
-        commands: list[list[str]]
-        if not changes:
-            command = [sys.executable, "-m", "engine.cli", "serve", "--host", "127.0.0.1"]
-            command += ["--port", str(self.port), "--redis", url, "--workers", str(self.workers)]
-            commands = [[*command, "--api-keys", str(keys)]]
-        else:
-            env.update(ANTIFRAUD_REDIS_URL=url, ANTIFRAUD_API_KEYS=str(keys), LOADTEST_WHATIF=self.whatif)
-            if "reuseport" in changes:
-                commands = [[sys.executable, __file__, "--serve-reuseport", str(self.port)]] * self.workers
-            else:
-                command = [sys.executable, "-m", "uvicorn", "load_http:whatif_app", "--factory"]
-                command += ["--app-dir", here, "--host", "127.0.0.1", "--port", str(self.port)]
-                command += ["--workers", str(self.workers), "--log-level", "warning", "--no-access-log"]
-                commands = [command]
-        for k, command in enumerate(commands):
-            with open(tmp / f"server-{k}.log", "wb") as log:
-                self.servers.append(
-                    subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log)
-                )
+        command = [sys.executable, "-m", "engine.cli", "serve", "--host", "127.0.0.1"]
+        command += ["--port", str(self.port), "--redis", url, "--workers", str(self.workers)]
+        command += ["--api-keys", str(keys)]
+        with open(tmp / "server.log", "wb") as log:
+            self.server = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log)
         try:
             self._wait_ready()
         except BaseException:
@@ -254,46 +231,47 @@ class Stack:
         return self
 
     def _wait_ready(self, timeout: float = 60.0) -> None:
+        assert self.server is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            for k, server in enumerate(self.servers):
-                if server.poll() is not None:
-                    log = (Path(self.tmp.name) / f"server-{k}.log").read_text()[-2000:]
-                    raise RuntimeError(f"the service exited at start:\n{log}")
+            if self.server.poll() is not None:
+                log = (Path(self.tmp.name) / "server.log").read_text()[-2000:]
+                raise RuntimeError(f"the service exited at start:\n{log}")
             with contextlib.suppress(OSError):
                 status, _ = http_get(self.port, "/ready")
-                # every worker must be up before the clock starts
-                if status == 200 and len(self.worker_pids()) >= self.workers:
-                    time.sleep(0.5 + 0.5 * (len(self.servers) > 1))
+                # Every worker must be up before the clock starts: each listens on its own
+                # SO_REUSEPORT socket once its app has started, and the kernel spreads new
+                # connections only over the sockets listening when they arrive.
+                if status == 200 and listening(self.port) >= self.workers:
+                    time.sleep(0.5)
                     return
             time.sleep(0.2)
-        raise RuntimeError("the service did not become ready within 60 s")
+        raise RuntimeError(f"the service did not become ready within {timeout:.0f} s")
 
     def worker_pids(self) -> list[int]:
-        """The processes that serve requests: the uvicorn workers (or the server itself with one)."""
-        if len(self.servers) > 1 or self.workers == 1:
-            return [s.pid for s in self.servers]
-        pid = self.servers[0].pid
-        return [p for p in descendants(pid) if b"resource_tracker" not in cmdline(p)]
+        """The processes that serve requests: the workers (or the server itself with one)."""
+        assert self.server is not None
+        if self.workers == 1:
+            return [self.server.pid]
+        return [p for p in descendants(self.server.pid) if b"resource_tracker" not in cmdline(p)]
 
     def cpu_pids(self) -> dict[str, list[int]]:
         """Processes whose CPU time a cell accounts, by role."""
-        assert self.redis is not None and self.redis.process is not None
+        assert self.server is not None and self.redis is not None and self.redis.process is not None
         workers = self.worker_pids()
-        every = [s.pid for s in self.servers] + [p for s in self.servers for p in descendants(s.pid)]
+        every = [self.server.pid, *descendants(self.server.pid)]
         supervisor = [p for p in every if p not in workers]
         return {"server": workers, "supervisor": supervisor, "redis": [self.redis.process.pid]}
 
     def __exit__(self, *exc: object) -> None:
-        for server in self.servers:
-            if server.poll() is None:
-                server.send_signal(signal.SIGINT)
-        for server in self.servers:
+        if self.server is not None:
+            if self.server.poll() is None:
+                self.server.send_signal(signal.SIGINT)
             try:
-                server.wait(timeout=10)
+                self.server.wait(timeout=10)
             except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
+                self.server.kill()
+                self.server.wait()
         if self.redis is not None:
             self.redis.stop()
         self.tmp.cleanup()
@@ -332,6 +310,15 @@ def cmdline(pid: int) -> bytes:
         return Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return b""
+
+
+def listening(port: int) -> int:
+    """How many sockets listen on 127.0.0.1:port or *:port (IPv4, from /proc/net/tcp)."""
+    wanted = {f"0100007F:{port:04X}", f"00000000:{port:04X}"}
+    with open("/proc/net/tcp") as f:
+        next(f)  # the header
+        # local address is the 2nd field, the state the 4th (0A: LISTEN)
+        return sum(1 for line in f if (cols := line.split())[1] in wanted and cols[3] == "0A")
 
 
 def cpu_seconds(pids: Sequence[int]) -> float:
@@ -595,7 +582,6 @@ class CellResult:
     workers: int
     rate: float
     repeat: int
-    variant: str  # "shipped", or the what-if changes served
     measured: int
     achieved: float
     ok: int
@@ -613,7 +599,7 @@ class CellResult:
     stage_p99: dict[str, float] = field(default_factory=dict)
     stage_mean: dict[str, float] = field(default_factory=dict)
     total_allow_p50: float = math.nan  # the scorer's total for allowed payments
-    total_flagged_p50: float = math.nan  # ... and for review/block (TreeSHAP contributions on top)
+    total_flagged_p50: float = math.nan  # ... and for review/block
     verdicts: dict[str, int] = field(default_factory=dict)
     degraded: int = 0
     cpu_util: dict[str, float] = field(default_factory=dict)  # cores busy, by role
@@ -634,7 +620,6 @@ def summarize(
     workers: int,
     repeat: int,
     per_worker: list[float],
-    variant: str = "shipped",
 ) -> CellResult:
     """Latency, throughput, stages and CPU of a finished cell (measured part only)."""
     m = slice(cell.measured_from, None)
@@ -676,7 +661,6 @@ def summarize(
         workers=workers,
         rate=cell.rate,
         repeat=repeat,
-        variant=variant,
         measured=len(latency),
         achieved=float(in_window.sum() / window) if window > 0 else math.nan,
         ok=n_ok,
@@ -709,7 +693,7 @@ def summarize(
 def _slow_attribution(
     latency: np.ndarray, flagged: np.ndarray, sched: np.ndarray, sent: np.ndarray, done: np.ndarray
 ) -> tuple[float, float]:
-    """How much of the slowest 1 % is review/block answers (TreeSHAP) and what queued behind them."""
+    """How much of the slowest 1 % is review/block answers and what queued behind them."""
     slow = np.nonzero(latency >= pct(latency, 99))[0]
     if len(slow) == 0 or not np.isfinite(latency[slow]).any():
         return math.nan, math.nan
@@ -751,25 +735,22 @@ def passes(cells: list[CellResult], p99_bound: float) -> bool:
 def report(results: list[CellResult], args: argparse.Namespace) -> str:
     """Markdown tables: per cell, medians over repeats; then saturation and stages."""
     lines = []
-    by_cell: dict[tuple[str, int, float], list[CellResult]] = collections.defaultdict(list)
+    by_cell: dict[tuple[int, float], list[CellResult]] = collections.defaultdict(list)
     for r in results:
-        by_cell[(r.variant, r.workers, r.rate)].append(r)
-    order = {v: i for i, v in enumerate(dict.fromkeys(r.variant for r in results))}
-
-    def ordered() -> list[tuple[tuple[str, int, float], list[CellResult]]]:
-        return sorted(by_cell.items(), key=lambda item: (order[item[0][0]], item[0][1], item[0][2]))
+        by_cell[(r.workers, r.rate)].append(r)
+    ordered = sorted(by_cell.items())
 
     lines.append(
-        "| service | workers | offered /s | achieved /s | p50 ms | p99 ms | p99.9 ms | max ms | errors "
+        "| workers | offered /s | achieved /s | p50 ms | p99 ms | p99.9 ms | max ms | errors "
         "| timeouts | repeats | p99 each | client lag p99 ms | CPU cores: server / redis / client / others |"
     )
-    lines.append("|---" + "|---:" * 13 + "|")
-    for (variant, workers, rate), cells in ordered():
+    lines.append("|---:" * 13 + "|")
+    for (workers, rate), cells in ordered:
         cpu = {
             role: float(np.median([c.cpu_util.get(role, 0.0) for c in cells])) for role in cells[0].cpu_util
         }
         lines.append(
-            f"| {variant} | {workers} | {rate:,.0f} | {fmt(median_of(cells, 'achieved'), 0)} "
+            f"| {workers} | {rate:,.0f} | {fmt(median_of(cells, 'achieved'), 0)} "
             f"| {fmt(median_of(cells, 'p50'))} "
             f"| {fmt(median_of(cells, 'p99'))} | {fmt(median_of(cells, 'p999'))} "
             f"| {fmt(median_of(cells, 'max'), 1)} | {sum(c.errors for c in cells)} "
@@ -779,12 +760,12 @@ def report(results: list[CellResult], args: argparse.Namespace) -> str:
             f"/ {cpu.get('others', 0):.2f} |"
         )
     lines.append("")
-    for variant, workers in dict.fromkeys((v, w) for (v, w, _), _ in ordered()):
-        rates = sorted(rate for (v, w, rate) in by_cell if (v, w) == (variant, workers))
-        sat = [r for r in rates if passes(by_cell[(variant, workers, r)], args.saturation_p99_ms)]
-        aim = [r for r in rates if passes(by_cell[(variant, workers, r)], args.aim_p99_ms)]
+    for workers in dict.fromkeys(w for (w, _), _ in ordered):
+        rates = [rate for (w, rate), _ in ordered if w == workers]
+        sat = [r for r in rates if passes(by_cell[(workers, r)], args.saturation_p99_ms)]
+        aim = [r for r in rates if passes(by_cell[(workers, r)], args.aim_p99_ms)]
         lines.append(
-            f"- {variant}, {workers} worker(s): saturation rate "
+            f"- {workers} worker(s): saturation rate "
             f"{fmt(max(sat), 0) if sat else 'below the lowest rate'}/s "
             f"(achieved >= 95 %, p99 <= {args.saturation_p99_ms:g} ms, failures <= 0.1 %); "
             f"highest rate with p99 <= {args.aim_p99_ms:g} ms: {fmt(max(aim), 0) if aim else 'none'}/s"
@@ -796,12 +777,12 @@ def report(results: list[CellResult], args: argparse.Namespace) -> str:
     )
     lines.append("")
     lines.append(
-        "| service | workers | offered /s | " + " | ".join(STAGES) + " | scorer total allow / flagged p50 "
+        "| workers | offered /s | " + " | ".join(STAGES) + " | scorer total allow / flagged p50 "
         "| CPU us/request: server / redis / client | busiest worker's CPU share, each repeat "
         "| slowest 1 %: review/block / overlapping one |"
     )
-    lines.append("|---" + "|---:" * (6 + len(STAGES)) + "|")
-    for (variant, workers, rate), cells in ordered():
+    lines.append("|---:" * (6 + len(STAGES)) + "|")
+    for (workers, rate), cells in ordered:
         stage_cols = " | ".join(
             f"{fmt(float(np.median([c.stage_p50[s] for c in cells])))} / "
             f"{fmt(float(np.median([c.stage_p99[s] for c in cells])))}"
@@ -813,7 +794,7 @@ def report(results: list[CellResult], args: argparse.Namespace) -> str:
         }
         shares = " / ".join(f"{max(c.worker_share, default=1.0):.2f}" for c in cells)
         lines.append(
-            f"| {variant} | {workers} | {rate:,.0f} | {stage_cols} "
+            f"| {workers} | {rate:,.0f} | {stage_cols} "
             f"| {fmt(median_of(cells, 'total_allow_p50'))} / "
             f"{fmt(median_of(cells, 'total_flagged_p50'))} | {cpu.get('server', 0):,.0f} / "
             f"{cpu.get('redis', 0):,.0f} / {cpu.get('client', 0):,.0f} | {shares} "
@@ -864,16 +845,14 @@ def wait_quiet(ours: Sequence[int], max_cores: float, max_wait_s: float) -> floa
 
 
 def matrix(args: argparse.Namespace, replay: Replay, rdb: Path) -> list[CellResult]:
-    """Every repeat x service variant x worker count x rate; prints each cell as it finishes.
+    """Every repeat x worker count x rate; prints each cell as it finishes.
 
-    Variants and worker counts are interleaved within each repeat, so slow drifts in the load of a
-    shared machine touch them alike.
+    Worker counts are interleaved within each repeat, so slow drifts in the load of a shared machine
+    touch them alike.
     """
     results: list[CellResult] = []
-    for repeat, variant, workers in (
-        (r, v, w) for r in range(args.repeats) for v in args.whatif for w in args.workers
-    ):
-        with Stack(rdb, workers, args.tcp_redis, "" if variant == "shipped" else variant) as stack:
+    for repeat, workers in ((r, w) for r in range(args.repeats) for w in args.workers):
+        with Stack(rdb, workers, args.tcp_redis) as stack:
             source = RequestSource(replay, "127.0.0.1", stack.port, stack.key, f"r{repeat}w{workers}")
             pids = {**stack.cpu_pids(), "client": [os.getpid()]}
             for rate in args.rates:
@@ -890,11 +869,11 @@ def matrix(args: argparse.Namespace, replay: Replay, rdb: Path) -> list[CellResu
                 )
                 spent = [cpu_seconds([p]) - b for p, b in zip(pids["server"], workers_before, strict=True)]
                 shares = [s / max(1e-9, sum(spent)) for s in spent]
-                result = summarize(cell, first, last, workers, repeat, shares, variant)
+                result = summarize(cell, first, last, workers, repeat, shares)
                 result.redis_us_per_call = redis_command_stats(stack)
                 results.append(result)
                 print(
-                    f"repeat {repeat + 1} {variant} workers {workers} rate {rate:>5,}/s: achieved "
+                    f"repeat {repeat + 1} workers {workers} rate {rate:>5,}/s: achieved "
                     f"{result.achieved:7,.0f}/s  p50 {fmt(result.p50):>7}  p99 {fmt(result.p99):>7}  "
                     f"p99.9 {fmt(result.p999):>7} ms  errors {result.errors} timeouts {result.timeouts}  "
                     f"CPU server {result.cpu_util.get('server', 0):.2f} "
@@ -920,89 +899,6 @@ def run_async(coro: Coroutine[Any, Any, T]) -> T:
         factory = None
     with asyncio.Runner(loop_factory=factory) as runner:
         return runner.run(coro)
-
-
-# --------------------------------------------------------------------------------------------------
-# What-if: the proposals, tried without touching the engine
-
-
-WHATIF = {
-    "shap1": "TreeSHAP on one thread (predict(pred_contrib=True, num_threads=1))",
-    "lean": "/v1/score as a plain Starlette route: model_validate_json on the body, one json.dumps",
-    "nometrics": "no Prometheus observe() per decision",
-    "reuseport": "N single-worker servers, each on its own SO_REUSEPORT socket (kernel load balancing)",
-}
-
-
-def whatif_app() -> Any:
-    """The service as `serve` builds it, with the changes named in LOADTEST_WHATIF (comma-separated).
-
-    A measuring device for the proposals in docs/performance.md, loaded by uvicorn in each worker;
-    the engine itself is unchanged (the changes are made on this process's objects only).
-    """
-    import logging
-
-    from pydantic import ValidationError
-    from starlette.requests import Request
-    from starlette.responses import JSONResponse, Response
-    from starlette.routing import Route
-
-    from engine.api import app_from_env
-    from engine.auth import authenticate, load_keys
-    from engine.metrics import Metrics
-    from engine.model import ModelRuntime
-    from engine.schema import Transaction
-
-    changes = {c for c in os.environ.get("LOADTEST_WHATIF", "").split(",") if c} - {"reuseport"}
-    if unknown := changes - set(WHATIF):
-        raise ValueError(f"unknown what-if {sorted(unknown)}; choose from {sorted(WHATIF)}")
-    if "shap1" in changes:
-
-        def contributions(self: ModelRuntime, row: np.ndarray, top: int = 5) -> Any:
-            from engine.model import Contribution
-
-            contrib = self.booster.predict(row.reshape(1, -1), pred_contrib=True, num_threads=1)[0][:-1]
-            order = np.argsort(-np.abs(contrib))[:top]
-            return [
-                Contribution(self.feature_names[i], float(row[i]), float(contrib[i]))
-                for i in order
-                if contrib[i] != 0.0
-            ]
-
-        ModelRuntime.contributions = contributions  # type: ignore[method-assign]
-    if "nometrics" in changes:
-        Metrics.observe = lambda self, decision, timings: None  # type: ignore[method-assign]
-    app = app_from_env()
-    logging.getLogger("antifraud").warning("what-if: %s", sorted(changes))
-    if "lean" in changes:
-        settings = app.state.settings
-        keys = load_keys(settings.api_keys_file) if settings.api_keys_file else []
-
-        async def score(request: Request) -> Response:
-            scheme, _, presented = request.headers.get("authorization", "").partition(" ")
-            if scheme.lower() != "bearer" or authenticate(keys, presented.strip()) is None:
-                return JSONResponse({"detail": "missing or unknown API key"}, 401)
-            try:
-                txn = Transaction.model_validate_json(await request.body())
-            except ValidationError as exc:
-                return JSONResponse({"detail": exc.errors(include_url=False, include_context=False)}, 422)
-            decision = app.state.reloader.scorer.score(txn)
-            return Response(_plain_answer(decision), media_type="application/json")
-
-        app.router.routes.insert(0, Route("/v1/score", score, methods=["POST"]))
-    return app
-
-
-def serve_reuseport(port: int) -> None:
-    """One uvicorn worker on its own SO_REUSEPORT socket (the `reuseport` what-if), until stopped."""
-    import uvicorn
-
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind(("127.0.0.1", port))
-    config = uvicorn.Config(whatif_app, factory=True, log_level="warning", access_log=False)
-    uvicorn.Server(config).run(sockets=[sock])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1097,8 +993,7 @@ def profile(args: argparse.Namespace, replay: Replay, rdb: Path) -> None:
         raise SystemExit("py-spy is not installed: .venv/bin/pip install py-spy (not a project dependency)")
     rate = args.profile
     workers = args.workers[0]
-    variant = args.whatif[0]
-    with Stack(rdb, workers, args.tcp_redis, "" if variant == "shipped" else variant) as stack:
+    with Stack(rdb, workers, args.tcp_redis) as stack:
         source = RequestSource(replay, "127.0.0.1", stack.port, stack.key, "profile")
         pids = {**stack.cpu_pids(), "client": [os.getpid()]}
         warm = source.take(int(rate * 2))
@@ -1137,21 +1032,25 @@ def profile(args: argparse.Namespace, replay: Replay, rdb: Path) -> None:
 
 
 def components(args: argparse.Namespace, replay: Replay, rdb: Path) -> None:
-    """In-process cost of each step of a request, the full ASGI call and the alternatives proposed.
+    """In-process cost of the whole `/v1/score` call and of each step of it.
 
     No HTTP and no other worker: the app built by `create_app` is called as ASGI with the request
     body in memory, against a real redis-server restored from the snapshot (unix socket). Each
     step is then timed alone on fresh payments, with wall time and CPU time (their difference is
-    time the worker spends blocked, mostly waiting for Redis on a synchronous call).
+    time the worker spends blocked, mostly waiting for Redis on a synchronous call). The steps are
+    called through the objects' public methods as `Scorer.score` calls them (the rules' input with
+    the scorer's own `_rule_env`), never through their private helpers, so this keeps working while
+    those change.
     """
     import gc
 
-    from pydantic import TypeAdapter
+    import orjson
 
-    from engine.api import ScoreResponse, create_app
+    from engine.api import ANSWER_FIELDS, create_app
     from engine.pipeline import _rule_env
     from engine.schema import Transaction
     from engine.settings import Settings
+    from features.online import to_ms
 
     n = args.components
     with tempfile.TemporaryDirectory(prefix="antifraud-load-") as tmp:
@@ -1169,9 +1068,9 @@ def components(args: argparse.Namespace, replay: Replay, rdb: Path) -> None:
             source = RequestSource(replay, "127.0.0.1", 80, key, "components")
             rows: dict[str, list[tuple[float, float]]] = collections.defaultdict(list)
 
-            def timed(name: str, fn: Any, *a: Any) -> Any:
+            def timed(name: str, fn: Any, *a: Any, **kw: Any) -> Any:
                 w, c = time.perf_counter(), time.process_time()
-                out = fn(*a)
+                out = fn(*a, **kw)
                 rows[name].append((time.perf_counter() - w, time.process_time() - c))
                 return out
 
@@ -1237,53 +1136,60 @@ def components(args: argparse.Namespace, replay: Replay, rdb: Path) -> None:
             gc.collect()
             gc.freeze()
 
-            response_adapter = TypeAdapter(ScoreResponse)
-            online, model, store = scorer.features, scorer.loaded.model, scorer.store
+            online, store, model, rules = (
+                scorer.features,
+                scorer.store,
+                scorer.loaded.model,
+                scorer.loaded.rules,
+            )
+            assert model is not None, "no model loaded"
+            # A raw row for derive alone: every entity present with an empty history, so derive does
+            # its work for each entity without a Redis call.
+            raw = np.zeros(len(online.plan.raw_names))
+            raw[[online.plan.raw_index[f"{p.entity}:present"] for p in online.plan.entities]] = 1.0
             flagged_rows = []
             for body in bodies(n):
-                timed("parse: json.loads + Transaction.model_validate (FastAPI's way)", _validate_dict, body)
-                txn = timed("parse: Transaction.model_validate_json (one pass, Rust)", _validate_json, body)
+                txn = timed(
+                    "parse: Transaction.model_validate_json (raw body)", Transaction.model_validate_json, body
+                )
                 payment = timed("scorer: txn.model_dump()", txn.model_dump)
-                t_ms = to_ms_payment(payment)
-                header, keys_, args_, present, _ = timed(
-                    "features: build the script's keys and arguments", online._score_blocks, payment, t_ms
+                features = timed(
+                    "features: OnlineFeatures.score (EVALSHA round trip + derive)", online.score, payment
                 )
-                lengths = [1 + block.n_values for block, _ in present]
-                replies = timed(
-                    "features: EVALSHA round trip (redis-py, sync)",
-                    online._call,
-                    keys_,
-                    header,
-                    args_,
-                    lengths,
+                timed(
+                    "features: derive alone (Deriver.transform_one, CPU only)",
+                    online.deriver.transform_one,
+                    raw,
+                    payment,
+                    to_ms(payment["timestamp"]),
                 )
-                raw = np.full(len(online.plan.raw_names), np.nan)
-                raw[online._starts] = 0.0
-                for (block, start), reply in zip(present, replies, strict=True):
-                    raw[start] = 1.0
-                    raw[start + 1 : start + 1 + block.n_values] = [float(v) for v in reply[1:]]
-                values = timed("features: derive (numpy, one row)", online._derive, raw, payment, t_ms)
-                score = timed("model: predict_one", model.predict_one, values)
-                env = timed("rules: _rule_env", _rule_env, payment, online.feature_names, values)
-                outcome = timed("rules: decide", scorer.loaded.rules.decide, score, env, txn.merchant_id)
-                if (outcome.verdict or "review") != "allow":
-                    flagged_rows.append(values)
+                score = timed("model: predict_one", model.predict_one, features.values)
+                env = timed("rules: _rule_env", _rule_env, payment, online.feature_names, features.values)
+                outcome = timed(
+                    "rules: decide",
+                    rules.decide,
+                    score,
+                    env,
+                    txn.merchant_id,
+                    no_score_verdict=scorer.fail_policy,
+                )
+                if (outcome.verdict or scorer.fail_policy) != "allow":
+                    flagged_rows.append(features.values)
             for values in flagged_rows[: max(50, n // 10)]:
-                timed("model: TreeSHAP contributions (review/block only)", model.contributions, values)
+                timed(
+                    "model: TreeSHAP contributions of a review/block (GET /v1/decisions only)",
+                    model.contributions,
+                    values,
+                )
             for body in bodies(n):
                 txn = Transaction.model_validate_json(body)
-                decision = timed("scorer.score(), whole (features .. decision log)", scorer.score, txn)
-                answer = timed(
-                    "response: ScoreResponse validate + dump_json (FastAPI's way)",
-                    _respond,
-                    response_adapter,
-                    decision,
+                decision = timed(
+                    "scorer.score(), whole (features .. decision log, metrics)", scorer.score, txn
                 )
-                timed("response: json.dumps of the answer's fields", _plain_answer, decision)
-                del answer
+                answer = {name: decision[name] for name in ANSWER_FIELDS}  # what /v1/score answers
+                timed("response: orjson.dumps of the answer's fields", orjson.dumps, answer)
                 copy = {**decision, "transaction_id": decision["transaction_id"] + "-copy"}
-                timed("decision log: json.dumps(decision)", json.dumps, copy)
-                timed("decision log: store.put (json.dumps + EVALSHA SET/XADD)", store.put, copy)
+                timed("decision log: store.put (orjson + EVALSHA SET/XADD)", store.put, copy)
                 timed(
                     "metrics: Metrics.observe (one process)",
                     scorer.metrics.observe,
@@ -1309,35 +1215,6 @@ def components(args: argparse.Namespace, replay: Replay, rdb: Path) -> None:
     print(f"\nmetrics in multi-process mode (what 2 workers use): {mp:.0f} us per observe()")
 
 
-def _validate_dict(body: bytes) -> Any:
-    from engine.schema import Transaction
-
-    return Transaction.model_validate(json.loads(body))
-
-
-def _validate_json(body: bytes) -> Any:
-    from engine.schema import Transaction
-
-    return Transaction.model_validate_json(body)
-
-
-def _respond(adapter: Any, decision: dict[str, Any]) -> bytes:
-    return bytes(adapter.dump_json(adapter.validate_python(decision)))
-
-
-def _plain_answer(decision: dict[str, Any]) -> bytes:
-    from engine.api import ScoreResponse  # the answer's fields, from the API's own model
-
-    return json.dumps({k: decision[k] for k in ScoreResponse.model_fields}, separators=(",", ":")).encode()
-
-
-def to_ms_payment(payment: dict[str, Any]) -> int:
-    """A payment's event time in ms (as OnlineFeatures.score computes it)."""
-    from features.online import to_ms
-
-    return to_ms(payment["timestamp"])
-
-
 def _multiprocess_observe_us() -> float:
     """Cost of one Metrics.observe() with PROMETHEUS_MULTIPROC_DIR set (a subprocess: the mode is
     chosen when prometheus_client is imported)."""
@@ -1361,26 +1238,20 @@ def _multiprocess_observe_us() -> float:
 
 
 # Inclusive share of samples whose stack passes through a frame matching each pattern (first match
-# wins per category, checked in this order on each stack).
+# wins per category, checked in this order on each stack). Patterns name public methods and
+# libraries' modules, so they keep matching while the private helpers they call change.
 PROFILE_CATEGORIES: tuple[tuple[str, str], ...] = (
-    ("features: Redis EVALSHA (socket wait incl.)", r"_call \(features/online"),
+    ("decision log: orjson + SET/XADD script", r"put \(engine/decisions"),
+    # after the decision log: the Redis calls left are the features' (and rare duplicate lookups)
+    ("features: Redis EVALSHA (socket wait incl.)", r"\(redis/"),
     ("features: Python around it (args, derive)", r"score \(features/online"),
     ("model: LightGBM predict_one", r"predict_one \(engine/model"),
-    ("model: TreeSHAP contributions (review/block)", r"contributions \(engine/model"),
     ("rules: decide + env", r"decide \(|_rule_env"),
-    ("decision log: json.dumps + SET/XADD script", r"_store \(engine/pipeline"),
     ("scorer: the rest (model_dump, decision dict)", r"score \(engine/pipeline"),
     ("metrics: prometheus observe", r"observe \(engine/metrics"),
-    (
-        "request validation (pydantic, body read)",
-        r"request_body_to_args|_validate_inputs|solve_dependencies|validate_python|_get_body"
-        r"|\.json \(starlette",
-    ),
-    (
-        "response: serialize_response / JSON encode",
-        r"serialize_response|jsonable_encoder|render \(|dump_python|dump_json",
-    ),
-    ("auth check", r"check \(engine/api"),
+    ("request: body read + model_validate_json", r"body \(starlette/requests|model_validate_json"),
+    ("response: Response + send (orjson itself is in the route's own time)", r"\(starlette/responses"),
+    ("auth: API key check", r"authenticate \(engine/auth"),
     ("HTTP protocol (httptools/uvicorn)", r"httptools_impl|h11_impl"),
 )
 
@@ -1467,16 +1338,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--components", type=int, default=0, help="time each step in-process over this many payments"
     )
-    parser.add_argument(
-        "--whatif",
-        nargs="+",
-        default=["shipped"],
-        help="services to measure, interleaved: 'shipped' (antifraud serve, the default) and/or sets "
-        f"of changes, comma-separated, served by whatif_app: {', '.join(WHATIF)}",
-    )
     parser.add_argument("--out", type=Path, help="JSON results file (default reports/load_http-<time>.json)")
     parser.add_argument("--null-server", type=int, default=0, help=argparse.SUPPRESS)
-    parser.add_argument("--serve-reuseport", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.quick:
         args.repeats, args.duration, args.warmup = 1, 4.0, 1.0
@@ -1515,9 +1378,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     if args.null_server:
         null_server(args.null_server)
-        return
-    if args.serve_reuseport:
-        serve_reuseport(args.serve_reuseport)
         return
     info = machine()
     print(
