@@ -252,12 +252,6 @@ def test_openapi_documents_every_status_and_content_type(fuzzed: dict[str, Found
     assert not _failures(fuzzed, UNDOCUMENTED)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="OPEN: POST /v1/feedback agrees with its schema (a oneOf tagged by kind); POST /v1/score does not "
-    "yet (engine/schema.py): an id of blanks only ('\\x0c') is schema-valid but stripped to '' and refused "
-    "(RejectedPositiveData), and card_on_file/authenticated take 0.0 as a boolean (AcceptedNegativeData)",
-)
 def test_request_schemas_match_what_the_service_accepts(fuzzed: dict[str, Found]) -> None:
     assert not _failures(fuzzed, REQUEST_SCHEMA)
 
