@@ -394,8 +394,9 @@ def test_the_decision_stream_is_bounded(
 # live reload
 
 
-def _versions(service: Service, field: str, n: int = 8) -> set[str]:
-    """The `field` of n answers (spread over the workers)."""
+def _versions(service: Service, field: str, n: int = 32) -> set[str]:
+    """The `field` of n answers, each on a new connection: the kernel spreads them over the workers
+    (with 8, all landed on one worker often enough to hide a worker still on the old version)."""
     stamp = time.monotonic_ns()
     return {
         service.score(payment(f"v-{stamp}-{i}", card_id=f"card_v{i}"))[field]
