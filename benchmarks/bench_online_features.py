@@ -1,21 +1,31 @@
 """Online features against a real redis-server on loopback: time per payment, next to a bare EVALSHA.
 
 Prints p50/p99 of `OnlineFeatures.score` (one EVALSHA over every entity block, plus the Python
-around it) and of a bare EVALSHA round trip measured in the same run, and Redis memory per active
-card. A figure, not a test.  Run: .venv/bin/python benchmarks/bench_online_features.py
+around it) and of a bare EVALSHA round trip measured in the same run, Redis's own time per scoring
+EVALSHA and per entity block, and Redis memory per active card. A figure, not a test.
+Run: .venv/bin/python benchmarks/bench_online_features.py
+
+Redis time comes from SLOWLOG with a threshold of 0 (every command's execution time, in us): the
+scoring EVALSHA of the measured payments, then the same number of later payments sent once per
+entity block (each block is a complete script call on its own, as on a Redis Cluster), to say where
+the time goes. The bare EVALSHA calls are left out of both.
 """
 
 from __future__ import annotations
 
 import time
+from collections import defaultdict
 
 import numpy as np
 import redis
 
 from engine.redis_server import EmbeddedRedis
-from features.online import OnlineFeatures
+from features.online import OnlineFeatures, to_ms
 from features.stream import payment_record
 from training.simulator import simulate
+
+MEASURED = 3000  # payments timed with one EVALSHA each
+BY_BLOCK = 1500  # later payments sent one EVALSHA per entity block
 
 
 def percentiles(samples: list[float]) -> str:
@@ -23,16 +33,50 @@ def percentiles(samples: list[float]) -> str:
     return f"p50 {np.percentile(us, 50):7.1f} us   p99 {np.percentile(us, 99):7.1f} us"
 
 
+def _slowlog_start(client: redis.Redis) -> None:
+    client.config_set("slowlog-log-slower-than", 0)
+    client.config_set("slowlog-max-len", 200_000)
+    client.slowlog_reset()
+
+
+def _slowlog_scoring(client: redis.Redis, sha: str) -> list[tuple[str, float]]:
+    """(entity of the first key, microseconds) of every scoring EVALSHA since the last reset."""
+    out = []
+    for entry in client.slowlog_get(200_000):
+        command = entry["command"]
+        args = (command.decode(errors="replace") if isinstance(command, bytes) else str(command)).split(" ")
+        if len(args) < 4 or args[0].upper() != "EVALSHA" or args[1] != sha:
+            continue
+        numkeys = int(args[2])
+        if len(args) <= 3 + numkeys or args[3 + numkeys] != "score":
+            continue
+        entity = args[3].split("{", 1)[1].split(":", 1)[0]
+        out.append((entity, float(entry["duration"])))
+    return out
+
+
+def _cpu_us(client: redis.Redis) -> float:
+    info = client.info("cpu")
+    return (float(info["used_cpu_user_main_thread"]) + float(info["used_cpu_sys_main_thread"])) * 1e6
+
+
 def main() -> None:
     history = simulate(days=30, cards=2000, merchants=100, seed=5)
     history = history.sort_values("timestamp", kind="stable").reset_index(drop=True)
-    warm, measured = history.iloc[: len(history) - 3000], history.iloc[len(history) - 3000 :]
+    n = len(history)
+    warm = history.iloc[: n - MEASURED - BY_BLOCK]
+    measured = history.iloc[n - MEASURED - BY_BLOCK : n - BY_BLOCK]
+    later = history.iloc[n - BY_BLOCK :]
     with EmbeddedRedis() as server:
         client = redis.Redis.from_url(server.url)
         online = OnlineFeatures(client)
         online.backfill(warm)
+        sha = online._script.sha
         bare = client.register_script("return 1")
+        bare(keys=["k"], args=[])
+        _slowlog_start(client)
         bare_times, feature_times = [], []
+        cpu_start = _cpu_us(client)
         for row in range(len(measured)):
             record = payment_record(measured, row)
             t0 = time.perf_counter()
@@ -42,16 +86,59 @@ def main() -> None:
             t2 = time.perf_counter()
             bare_times.append(t1 - t0)
             feature_times.append(t2 - t1)
+        cpu_measured = _cpu_us(client) - cpu_start
+        whole = [us for _, us in _slowlog_scoring(client, sha)]
+        client.slowlog_reset()
+        # the same script, one call per entity block: Redis time by entity. Blocks are independent
+        # (each touches its own entity's keys only), so each entity's blocks are sent in a run of
+        # their own, and Redis's CPU time (INFO cpu, main thread) over the run is that block's.
+        blocks: dict[str, list[tuple[list[str], list[str]]]] = defaultdict(list)
+        for row in range(len(later)):
+            record = payment_record(later, row)
+            header, keys, args, _ = online._score_blocks(record, to_ms(record["timestamp"]))
+            for key, block in zip(keys, args, strict=True):
+                blocks[key.split("{", 1)[1].split(":", 1)[0]].append(([key], header + block))
+        cpu: dict[str, float] = {}
+        for entity, calls in blocks.items():
+            before = _cpu_us(client)
+            for call_keys, call_args in calls:
+                online._script(keys=call_keys, args=call_args)
+            cpu[entity] = (_cpu_us(client) - before) / len(later)
+        before = _cpu_us(client)
+        for _ in range(len(later)):
+            bare(keys=["k"], args=[])
+        cpu_bare = (_cpu_us(client) - before) / len(later)
+        per_block: dict[str, list[float]] = defaultdict(list)
+        for entity, us in _slowlog_scoring(client, sha):
+            per_block[entity].append(us)
+        client.config_set("slowlog-log-slower-than", 10_000)
+        client.slowlog_reset()
         cards = history["card_id"].nunique()
-        used = int(client.info("memory")["used_memory"]) - int(client.info("memory")["used_memory_startup"])
-        calls = client.info("commandstats").get("cmdstat_evalsha", {})
-    print(f"payments: {len(history):,} ({len(warm):,} loaded first), active cards: {cards:,}")
+        memory = client.info("memory")
+        used = int(memory["used_memory"]) - int(memory["used_memory_startup"])
+    print(f"payments: {n:,} ({len(warm):,} loaded first), active cards: {cards:,}")
     print(f"bare EVALSHA round trip        {percentiles(bare_times)}")
     print(f"features for one payment       {percentiles(feature_times)}")
     ratio = np.median(feature_times) / np.median(bare_times)
     print(f"ratio of medians               {ratio:.2f}x (aim: within 1.5x)")
-    if calls:
-        print(f"Redis CPU per EVALSHA          {calls['usec_per_call']:.1f} us (INFO commandstats)")
+    print(
+        f"Redis time per scoring EVALSHA mean {np.mean(whole):6.1f} us   p50 {np.median(whole):6.1f} us"
+        f"   ({len(whole):,} calls, SLOWLOG)"
+    )
+    print(
+        f"by entity block: {len(later):,} later payments, one EVALSHA per block, each entity in its own run"
+    )
+    print("  Redis CPU us per payment (INFO cpu, main thread) / p50 us of one call (SLOWLOG) / calls")
+    total = 0.0
+    for entity, us in cpu.items():
+        total += us
+        print(f"  {entity:14s} {us:6.1f} / {np.median(per_block[entity]):6.1f} / {len(per_block[entity]):,}")
+    print(f"  {'all blocks':14s} {total:6.1f}   (a bare EVALSHA 'return 1': {cpu_bare:.1f} per call)")
+    scoring_cpu = cpu_measured / len(measured) - cpu_bare
+    print(
+        f"Redis CPU per payment, one EVALSHA of all blocks: {scoring_cpu:.1f} us"
+        " (INFO cpu, less the bare call)"
+    )
     print(f"Redis memory per active card   {used / cards:,.0f} bytes (all entities' state / cards)")
 
 

@@ -58,23 +58,35 @@ class _Block:
 
     def __init__(self, p: EntityPlan) -> None:
         self.plan = p
-        tokens: list[str | None] = ["E", str(p.event_retention_ms), str(len(p.exact))]
-        tokens += [str(w.ms) for w in p.exact]
-        spread = p.exact.index(p.spread_window) + 1 if p.spread_window is not None else 0
-        tokens.append(str(spread))
+        self.value_slots: list[tuple[int, str]] = []
+        # An entity with exact windows keeps its events' times and amounts in Redis, and with them
+        # the values of its distinct fields: those are read from the same events (folded), so the
+        # events are kept as long as the longest distinct window or novelty look-back needs.
+        folded = list(p.distinct.values()) if p.exact else []
+        retention = max([p.event_retention_ms, *(d.retention_ms for d in folded)])
+        feedback = [(event, windows) for event, windows in p.feedback.items() if windows]
+        tokens: list[str | None] = ["S", str(p.event_retention_ms), str(len(p.buckets)), str(len(feedback))]
+        if p.exact:
+            tokens += ["E", str(len(p.exact))] + [str(w.ms) for w in p.exact]
+            spread = p.exact.index(p.spread_window) + 1 if p.spread_window is not None else 0
+            tokens += [str(spread), str(retention), str(len(folded))]
+        for d in folded:
+            self.value_slots.append((len(tokens), d.field))
+            tokens += [None, str(d.lookback_ms), str(len(d.windows))] + [str(w.ms) for w in d.windows]
         for g, group in p.buckets.items():
             tokens += ["B", str(g), str(group.max_buckets), str(len(group.windows))]
             tokens += [str(w.ms // g) for w in group.windows]
             tokens += [str(len(group.fraud_windows))] + [str(w.ms // g) for w in group.fraud_windows]
-        self.value_slots: list[tuple[int, str]] = []
-        for d in p.distinct.values():
+        for j, d in enumerate(p.distinct.values()):
+            if folded:
+                tokens += ["Q", str(j + 1)]
+                continue
             tokens += ["D", d.field]
             self.value_slots.append((len(tokens), d.field))
             tokens += [None, str(d.retention_ms), str(d.lookback_ms), str(len(d.windows))]
             tokens += [str(w.ms) for w in d.windows]
-        for event, windows in p.feedback.items():
-            if windows:
-                tokens += ["F", event, str(len(windows))] + [str(w.ms) for w in windows]
+        for event, windows in feedback:
+            tokens += ["F", event, str(len(windows))] + [str(w.ms) for w in windows]
         if p.profile_ttl_ms is not None:
             tokens += ["P", str(p.profile_ttl_ms)]
         self.tokens = tokens
@@ -149,8 +161,13 @@ class OnlineFeatures:
                 continue
             g = p.fraud_bucket_ms if kind == "fraud" and p.fraud_bucket_ms else 0
             keep = p.buckets[g].max_buckets if g else 0
+            group = list(p.buckets).index(g) + 1 if g else 0
+            lists = [event for event, windows in p.feedback.items() if windows]
+            position = lists.index(kind) + 1 if kind in lists else 0
             keys.append(entity_prefix(self.namespace, p.entity, key))
-            args.append(["3", str(feedback_retention_ms(p, kind)), str(g), str(keep)])
+            tokens = [str(feedback_retention_ms(p, kind)), str(g), str(keep), str(group), str(position)]
+            tokens += [str(len(p.buckets)), str(len(lists))]
+            args.append([str(len(tokens)), *tokens])
         return ["feedback", txid, str(t_ms), kind], keys, args
 
     def _call_cluster(

@@ -8,181 +8,233 @@
 -- Scores are event times in ms; amounts are integers in thousandths of the currency unit, so sums
 -- are exact. Every read happens before the block records anything: the aggregates describe the
 -- state before this payment. A transaction id the block has already recorded is not recorded again.
+--
+-- Keys of a block (prefix ":" part):
+--   ev   ZSET txid -> time: the idempotency record, kept for the dedupe horizon (see S below).
+--   s    STRING, a MessagePack array: the block's state, read with one GET and written with one
+--        SET (which refreshes its TTL, the longest any part needs):
+--          [1] the server time (ms) "ev" was last given its TTL,
+--          [2] the payment time "ev" was last trimmed at,
+--          [3] the events of the exact windows (E), or an empty array,
+--          [3 + k] the buckets of the k-th bucketed granularity (B), in token order,
+--          [3 + ngroups + k] the times of the feedback events of the k-th kind with windows (F).
+--   f:<event>  ZSET txid -> time reported: the feedback events' idempotency record;
+--   p    HASH first/last payment time (it lives longer than the rest: its own key);
+--   d:<field>  ZSET value -> last time seen (only for an entity without exact windows).
+-- Each part trims what fell out of its windows whenever it is written.
 
 local mode = ARGV[1]
 local txid = ARGV[2]
 local t = tonumber(ARGV[3])
 local out = {}
+local nout = 0
 
 local function int(x) return string.format('%d', x) end
-local function push(v) out[#out + 1] = v end
+local function push(v) nout = nout + 1; out[nout] = v end
 
--- HMGET/HDEL with many fields, in chunks that fit Lua's unpack limit.
-local function hmget_many(key, fields)
-  local values = {}
-  for i = 1, #fields, 2000 do
-    local chunk = redis.call('HMGET', key, unpack(fields, i, math.min(i + 1999, #fields)))
-    for j = 1, #chunk do values[#values + 1] = chunk[j] end
+-- Server time in ms, for TTL refreshes that are skipped while recent (read once, when needed).
+local now_ms
+local function now()
+  if not now_ms then
+    local tm = redis.call('TIME')
+    now_ms = tonumber(tm[1]) * 1000 + math.floor(tonumber(tm[2]) / 1000)
   end
-  return values
-end
-local function hdel_many(key, fields)
-  for i = 1, #fields, 2000 do
-    redis.call('HDEL', key, unpack(fields, i, math.min(i + 1999, #fields)))
-  end
+  return now_ms
 end
 
--- E: exact windows over the entity's event log. tokens: retention, nw, w1..wn, spread_k
-local function op_events(prefix, a, i, dup, amount)
-  local retention, nw = tonumber(a[i]), tonumber(a[i + 1])
-  local windows = {}
-  for k = 1, nw do windows[k] = tonumber(a[i + 1 + k]) end
-  local spread_k = tonumber(a[i + 2 + nw])
-  local ev, amt = prefix .. ':ev', prefix .. ':amt'
-  if nw > 0 then
-    local counts, sums, maxs = {}, {}, {}
-    for k = 1, nw do counts[k], sums[k], maxs[k] = 0, 0, -1 end
-    local rows = redis.call('ZRANGEBYSCORE', ev, int(t - windows[nw]), '+inf', 'WITHSCORES')
-    local ids, times = {}, {}
-    for j = 1, #rows, 2 do
-      if rows[j] ~= txid then
-        ids[#ids + 1] = rows[j]
-        times[#times + 1] = tonumber(rows[j + 1])
+-- A "slack" of a tenth of a TTL: a key whose TTL was set to ttl + slack less than slack ago still
+-- has more than ttl to live, so its TTL need not be set again (nor its old entries trimmed) yet.
+local function slack_of(ttl) return math.floor(ttl / 10) end
+
+-- E: exact windows over the entity's events, and the distinct values of some of its fields.
+-- tokens: nw, w1..wn (ascending), spread_k, retention, nd, then per distinct field:
+--   value ('' when missing), lookback, nwd, wd1..wdn
+-- state[3] is the stride (2 + nd), then per event, in arrival order, its time, amount and the nd
+-- field values, kept for `retention` (the longest exact window, distinct window or look-back).
+-- A field value's "last time seen" is the latest of its events: the distinct count of a window is
+-- the number of values last seen inside it, and a value is new when not seen within the look-back.
+-- The distinct aggregates are left in `folded[d]` for the Q op to push in their place.
+local folded = {}
+local function op_events(st, a, i, dup, amount)
+  local nw = tonumber(a[i])
+  local spread_k = tonumber(a[i + 1 + nw])
+  local retention, nd = tonumber(a[i + 2 + nw]), tonumber(a[i + 3 + nw])
+  local nexti = i + 4 + nw
+  local stride = 2 + nd
+  local fields, lasts = {}, {}
+  for d = 1, nd do
+    local nwd = tonumber(a[nexti + 2])
+    local lows = {}
+    for k = 1, nwd do lows[k] = t - tonumber(a[nexti + 2 + k]) end
+    lasts[d] = {}
+    fields[d] = { value = a[nexti], lookback = tonumber(a[nexti + 1]), lows = lows, last = lasts[d] }
+    nexti = nexti + 3 + nwd
+  end
+  local lows = {}
+  for k = 1, nw do lows[k] = t - tonumber(a[i + k]) end
+  local v = st.s[3]
+  if v[1] ~= stride then v = { stride } end  -- none yet, or written for another spec
+  local n = #v
+  -- each event goes to the smallest window that holds it (slab k0); windows are nested, so a
+  -- window's totals are its slab's plus every smaller one's
+  local counts, sums, maxs = {}, {}, {}
+  for k = 1, nw do counts[k], sums[k], maxs[k] = 0, 0, -1 end
+  local widest = lows[nw]
+  for j = 2, n, stride do
+    local tj = v[j]
+    if tj >= widest then
+      local k0 = nw
+      while k0 > 1 and tj >= lows[k0 - 1] do k0 = k0 - 1 end
+      local x = v[j + 1]
+      counts[k0] = counts[k0] + 1
+      sums[k0] = sums[k0] + x
+      if x > maxs[k0] then maxs[k0] = x end
+    end
+    -- each field value's last time seen
+    for d = 1, nd do
+      local value = v[j + 1 + d]
+      if value ~= '' then
+        local last = lasts[d]
+        local seen = last[value]
+        if not seen or tj > seen then last[value] = tj end
       end
     end
-    local values = {}
-    if #ids > 0 then values = hmget_many(amt, ids) end
-    for j = 1, #ids do
-      local x = tonumber(values[j]) or 0
-      values[j] = x
-      for k = 1, nw do
-        if times[j] >= t - windows[k] then
-          counts[k] = counts[k] + 1
-          sums[k] = sums[k] + x
-          if x > maxs[k] then maxs[k] = x end
+  end
+  for k = 2, nw do
+    counts[k] = counts[k] + counts[k - 1]
+    sums[k] = sums[k] + sums[k - 1]
+    if maxs[k - 1] > maxs[k] then maxs[k] = maxs[k - 1] end
+  end
+  for k = 1, nw do push(counts[k]); push(sums[k]); push(maxs[k]) end
+  if spread_k > 0 then
+    -- two passes: the squared deviations from the mean, never sum(x^2) - sum^2/n, which cancels
+    local m2 = 0
+    if counts[spread_k] > 0 then
+      local mean, low = sums[spread_k] / counts[spread_k], lows[spread_k]
+      for j = 2, n, stride do
+        if v[j] >= low then
+          local dx = v[j + 1] - mean
+          m2 = m2 + dx * dx
         end
       end
     end
-    for k = 1, nw do push(counts[k]); push(sums[k]); push(maxs[k]) end
-    if spread_k > 0 then
-      -- two passes: the squared deviations from the mean, never sum(x^2) - sum^2/n, which cancels
-      local m2 = 0
-      if counts[spread_k] > 0 then
-        local mean = sums[spread_k] / counts[spread_k]
-        for j = 1, #ids do
-          if times[j] >= t - windows[spread_k] then m2 = m2 + (values[j] - mean) ^ 2 end
-        end
-      end
-      push(string.format('%.17g', m2))
+    push(string.format('%.17g', m2))
+  end
+  for d = 1, nd do
+    local f = fields[d]
+    local r = {}
+    if f.value == '' or f.lookback == 0 then
+      r[1] = -1
+    else
+      local seen = f.last[f.value]
+      r[1] = (seen and seen >= t - f.lookback) and 0 or 1
     end
+    local flows = f.lows
+    for k = 1, #flows do r[k + 1] = 0 end
+    for _, seen in pairs(f.last) do
+      for k = 1, #flows do
+        if seen >= flows[k] then r[k + 1] = r[k + 1] + 1 end
+      end
+    end
+    folded[d] = r
   end
   if not dup then
-    redis.call('ZADD', ev, 'NX', int(t), txid)
-    if nw > 0 then
-      -- amounts are only needed by exact windows; a dedupe-only log keeps ids alone
-      redis.call('HSET', amt, txid, amount)
-      local old = redis.call('ZRANGEBYSCORE', ev, '-inf', '(' .. int(t - retention))
-      if #old > 0 then hdel_many(amt, old) end
-      redis.call('PEXPIRE', amt, int(retention))
+    -- keep what is still inside the retention, then this payment
+    local oldest = t - retention
+    if n > 1 and v[2] < oldest then
+      local kept = { stride }
+      for j = 2, n, stride do
+        if v[j] >= oldest then
+          for o = 0, stride - 1 do kept[#kept + 1] = v[j + o] end
+        end
+      end
+      v, n = kept, #kept
     end
-    redis.call('ZREMRANGEBYSCORE', ev, '-inf', '(' .. int(t - retention))
-    redis.call('PEXPIRE', ev, int(retention))
+    v[n + 1] = t
+    v[n + 2] = tonumber(amount)
+    for d = 1, nd do v[n + 2 + d] = fields[d].value end
+    st.s[3] = v
+    if retention > st.ttl then st.ttl = retention end
   end
-  return i + 3 + nw
+  return nexti
 end
 
--- B: bucketed windows of one granularity, in one hash whose fields are "<bucket>:c|s|m|f"
--- (count, sum, max, frauds reported). A window is the current bucket plus the completed buckets
--- before it; the completed part only changes when the bucket does, so it is summed once per bucket
--- and cached in the hash ("pb" = the bucket it was computed at, "P<nb>:c|s|m|f" = the sums over
--- the nb-1 buckets before it). A write into a bucket older than "pb" drops the cache.
+-- Q: the aggregates of distinct field d computed by E. tokens: d
+local function op_folded(_, a, i)
+  for _, x in ipairs(folded[tonumber(a[i])]) do push(x) end
+  return i + 1
+end
+
+-- B: bucketed windows of one granularity g: state[3 + k] for the k-th B op of the block holds the
+-- buckets that have data, five numbers each: bucket (floor(time / g)), count, sum, max, frauds
+-- reported. A window of nb buckets is the current bucket b and the nb - 1 before it; buckets after
+-- b (written out of time order) are not in it. Recording drops buckets that fell out of every
+-- window (<= b - keep).
 -- tokens: g, keep, nw, nb1..nbn, nf, fb1..fbn
-local function op_buckets(prefix, a, i, dup, amount)
+local function op_buckets(st, a, i, dup, amount)
   local g, keep, nw = tonumber(a[i]), tonumber(a[i + 1]), tonumber(a[i + 2])
   local nf = tonumber(a[i + 3 + nw])
   local sizes = {}
   for k = 1, nw do sizes[k] = tonumber(a[i + 2 + k]) end
   for k = 1, nf do sizes[nw + k] = tonumber(a[i + 3 + nw + k]) end
-  local key = prefix .. ':b:' .. int(g)
+  local nk = nw + nf
+  st.group = st.group + 1
+  local slot = 3 + st.group
   local b = math.floor(t / g)
-  local cur = int(b) .. ':'
-  local head = { cur .. 'c', cur .. 's', cur .. 'm', cur .. 'f', 'pb' }
-  for k = 1, #sizes do
-    local p = 'P' .. int(sizes[k]) .. ':'
-    head[#head + 1] = p .. 'c'
-    head[#head + 1] = p .. 's'
-    head[#head + 1] = p .. 'm'
-    head[#head + 1] = p .. 'f'
-  end
-  local v = redis.call('HMGET', key, unpack(head))
-  local past = {}
-  if tonumber(v[5]) == b then
-    for k = 1, #sizes do
-      local o = 5 + 4 * (k - 1)
-      past[k] = { tonumber(v[o + 1]) or 0, tonumber(v[o + 2]) or 0, tonumber(v[o + 3]) or -1, tonumber(v[o + 4]) or 0 }
-    end
-  else
-    local longest = 1
-    for k = 1, #sizes do if sizes[k] > longest then longest = sizes[k] end end
-    local fields = {}
-    for o = 1, longest - 1 do
-      local p = int(b - o) .. ':'
-      fields[#fields + 1] = p .. 'c'
-      fields[#fields + 1] = p .. 's'
-      fields[#fields + 1] = p .. 'm'
-      fields[#fields + 1] = p .. 'f'
-    end
-    local pv = {}
-    if #fields > 0 then pv = redis.call('HMGET', key, unpack(fields)) end
-    local cache = { 'pb', int(b) }
-    for k = 1, #sizes do
-      local c, s, m, f = 0, 0, -1, 0
-      for o = 1, sizes[k] - 1 do
-        local j = 4 * (o - 1)
-        c = c + (tonumber(pv[j + 1]) or 0)
-        s = s + (tonumber(pv[j + 2]) or 0)
-        local mo = tonumber(pv[j + 3])
-        if mo and mo > m then m = mo end
-        f = f + (tonumber(pv[j + 4]) or 0)
+  local v = st.s[slot] or {}
+  local n = #v
+  local c, s, m, f = {}, {}, {}, {}
+  for k = 1, nk do c[k], s[k], m[k], f[k] = 0, 0, -1, 0 end
+  local here, stale = nil, false
+  for j = 1, n, 5 do
+    local age = b - v[j]
+    if age == 0 then here = j end
+    if age >= 0 then
+      for k = 1, nk do
+        if age < sizes[k] then
+          c[k] = c[k] + v[j + 1]
+          s[k] = s[k] + v[j + 2]
+          if v[j + 3] > m[k] then m[k] = v[j + 3] end
+          f[k] = f[k] + v[j + 4]
+        end
       end
-      past[k] = { c, s, m, f }
-      local p = 'P' .. int(sizes[k]) .. ':'
-      for _, pair in ipairs({ { 'c', c }, { 's', s }, { 'm', m }, { 'f', f } }) do
-        cache[#cache + 1] = p .. pair[1]
-        cache[#cache + 1] = int(pair[2])
-      end
+      if age >= keep then stale = true end
     end
-    redis.call('HSET', key, unpack(cache))
   end
-  local cc, cs, cm, cf = tonumber(v[1]) or 0, tonumber(v[2]) or 0, tonumber(v[3]) or -1, tonumber(v[4]) or 0
-  for k = 1, nw do
-    push(past[k][1] + cc); push(past[k][2] + cs); push(math.max(past[k][3], cm))
-  end
-  for k = 1, nf do
-    push(past[nw + k][1] + cc); push(past[nw + k][4] + cf)
-  end
+  for k = 1, nw do push(c[k]); push(s[k]); push(m[k]) end
+  for k = nw + 1, nk do push(c[k]); push(f[k]) end
   if not dup then
-    if redis.call('HINCRBY', key, cur .. 'c', 1) == 1 then
-      -- first payment of a new bucket: drop buckets that fell out of every window
-      local stale = {}
-      for _, name in ipairs(redis.call('HKEYS', key)) do
-        local nb = tonumber(string.match(name, '^(%-?%d+):'))
-        if nb and nb <= b - keep then stale[#stale + 1] = name end
+    local x = tonumber(amount)
+    if stale then
+      local kept = {}
+      for j = 1, n, 5 do
+        if b - v[j] < keep then
+          for o = 0, 4 do kept[#kept + 1] = v[j + o] end
+        end
       end
-      if #stale > 0 then hdel_many(key, stale) end
+      v, n, here = kept, #kept, nil
+      for j = 1, n, 5 do if v[j] == b then here = j end end
     end
-    redis.call('HINCRBY', key, cur .. 's', amount)
-    if cm < tonumber(amount) then redis.call('HSET', key, cur .. 'm', amount) end
-    redis.call('PEXPIRE', key, int((keep + 1) * g))
+    if here then
+      v[here + 1] = v[here + 1] + 1
+      v[here + 2] = v[here + 2] + x
+      if x > v[here + 3] then v[here + 3] = x end
+    else
+      v[n + 1], v[n + 2], v[n + 3], v[n + 4], v[n + 5] = b, 1, x, math.max(x, -1), 0
+    end
+    st.s[slot] = v
+    local ttl = (keep + 1) * g
+    if ttl > st.ttl then st.ttl = ttl end
   end
   return i + 4 + nw + nf
 end
 
--- D: distinct values of a field (member = value, score = last time seen) and novelty.
+-- D: distinct values of a field (member = value, score = last time seen) and novelty, in a key of
+-- their own (an entity with exact windows folds them into its events instead: see E and Q).
 -- tokens: field, value ('' when missing), retention, lookback, nw, w1..wn
-local function op_distinct(prefix, a, i, dup)
+local function op_distinct(st, a, i, dup)
   local value, retention, lookback, nw = a[i + 1], tonumber(a[i + 2]), tonumber(a[i + 3]), tonumber(a[i + 4])
-  local key = prefix .. ':d:' .. a[i]
+  local key = st.prefix .. ':d:' .. a[i]
   if value == '' or lookback == 0 then
     push(-1)
   else
@@ -198,28 +250,64 @@ local function op_distinct(prefix, a, i, dup)
   return i + 5 + nw
 end
 
--- F: feedback events of one kind reported in each window. tokens: event, nw, w1..wn
-local function op_feedback(prefix, a, i)
-  local key, nw = prefix .. ':f:' .. a[i], tonumber(a[i + 1])
-  for k = 1, nw do push(redis.call('ZCOUNT', key, int(t - tonumber(a[i + 1 + k])), '+inf')) end
+-- F: feedback events of one kind reported in each window, from the k-th feedback list of the
+-- state (times, written by the feedback mode). tokens: event, nw, w1..wn
+local function op_feedback(st, a, i, dup)
+  local nw = tonumber(a[i + 1])
+  st.feed = st.feed + 1
+  local slot = 3 + st.ngroups + st.feed
+  local v = st.s[slot]
+  local n = #v
+  for k = 1, nw do
+    local low, c = t - tonumber(a[i + 1 + k]), 0
+    for j = 1, n do if v[j] >= low then c = c + 1 end end
+    push(c)
+  end
+  if not dup and n > 0 then
+    local retention = 0
+    for k = 1, nw do retention = math.max(retention, tonumber(a[i + 1 + k])) end
+    local oldest = t - retention
+    local kept = {}
+    for j = 1, n do if v[j] >= oldest then kept[#kept + 1] = v[j] end end
+    st.s[slot] = kept
+    if #kept > 0 and retention > st.ttl then st.ttl = retention end
+  end
   return i + 2 + nw
 end
 
--- P: the entity's first and last payment times. tokens: ttl
-local function op_profile(prefix, a, i, dup)
-  local key = prefix .. ':p'
-  local v = redis.call('HMGET', key, 'first', 'last')
+-- P: the entity's first and last payment times, and when its TTL was last set. tokens: ttl
+local function op_profile(st, a, i, dup)
+  local key = st.prefix .. ':p'
+  local v = redis.call('HMGET', key, 'first', 'last', 'r')
   local first, last = tonumber(v[1]), tonumber(v[2])
   push(first or -1); push(last or -1)
   if not dup then
-    if not first or t < first then redis.call('HSET', key, 'first', int(t)) end
-    if not last or t > last then redis.call('HSET', key, 'last', int(t)) end
-    redis.call('PEXPIRE', key, a[i])
+    if not first or t < first then first = t end
+    if not last or t > last then last = t end
+    local ttl = tonumber(a[i])
+    local slack = slack_of(ttl)
+    if now() - (tonumber(v[3]) or 0) >= slack then
+      redis.call('HSET', key, 'first', int(first), 'last', int(last), 'r', int(now()))
+      redis.call('PEXPIRE', key, int(ttl + slack))
+    else
+      redis.call('HSET', key, 'first', int(first), 'last', int(last))
+    end
   end
   return i + 1
 end
 
-local ops = { E = op_events, B = op_buckets, D = op_distinct, F = op_feedback, P = op_profile }
+local ops = { E = op_events, B = op_buckets, D = op_distinct, Q = op_folded, F = op_feedback, P = op_profile }
+
+-- The block's state string, or a new one with `nslots` bucket and feedback lists.
+local function load_state(key, nslots)
+  local blob = redis.call('GET', key)
+  local s = blob and cmsgpack.unpack(blob)
+  if type(s) ~= 'table' or #s ~= 3 + nslots then
+    s = { 0, 0, {} }
+    for k = 1, nslots do s[3 + k] = {} end
+  end
+  return s, blob ~= false
+end
 
 if mode == 'score' then
   local amount = ARGV[4]
@@ -227,11 +315,34 @@ if mode == 'score' then
   for b = 1, #KEYS do
     local prefix = KEYS[b]
     local stop = pos + tonumber(ARGV[pos])
-    local dup = redis.call('ZSCORE', prefix .. ':ev', txid) ~= false
+    -- S: tokens dedupe_retention, ngroups, nfeedback. The idempotency record first: whether this
+    -- block has already recorded the payment. It holds the ids of the last dedupe_retention (+ slack).
+    local dedupe, ngroups, nfeed = tonumber(ARGV[pos + 2]), tonumber(ARGV[pos + 3]), tonumber(ARGV[pos + 4])
+    local ev = prefix .. ':ev'
+    local dup = redis.call('ZADD', ev, 'NX', int(t), txid) == 0
     push(dup and 1 or 0)
-    local i = pos + 1
+    local skey = prefix .. ':s'
+    local st = { prefix = prefix, ttl = 0, group = 0, feed = 0, ngroups = ngroups }
+    st.s = load_state(skey, ngroups + nfeed)
+    local i = pos + 5
     while i <= stop do
-      i = ops[ARGV[i]](prefix, ARGV, i + 1, dup, amount)
+      i = ops[ARGV[i]](st, ARGV, i + 1, dup, amount)
+    end
+    if not dup then
+      -- trimmed every slack of payment time, its TTL set again every slack of server time: it
+      -- holds at most dedupe + slack of ids, and lives at least dedupe after its last write
+      local slack = slack_of(dedupe)
+      if t - st.s[2] >= slack or t < st.s[2] then
+        redis.call('ZREMRANGEBYSCORE', ev, '-inf', '(' .. int(t - dedupe))
+        st.s[2] = t
+      end
+      if now() - st.s[1] >= slack then
+        redis.call('PEXPIRE', ev, int(dedupe + slack))
+        st.s[1] = now()
+      end
+      -- the state outlives the record's TTL, so that a lapsed record is always given one again
+      local ttl = math.max(st.ttl, dedupe + slack)
+      redis.call('SET', skey, cmsgpack.pack(st.s), 'PX', int(ttl))
     end
     pos = stop + 1
   end
@@ -239,24 +350,51 @@ if mode == 'score' then
 end
 
 if mode == 'feedback' then
-  -- tokens per block: retention, fraud_g (0: none), fraud_keep
+  -- tokens per block: retention, fraud_g (0: none), fraud_keep, the fraud granularity's position
+  -- among the block's bucketed ones (0: none), the position of this event's list among the
+  -- block's feedback lists (0: none), the numbers of bucketed granularities and feedback lists
   local event = ARGV[4]
   local pos = 5
   for b = 1, #KEYS do
     local prefix = KEYS[b]
     local retention, g, keep = tonumber(ARGV[pos + 1]), tonumber(ARGV[pos + 2]), tonumber(ARGV[pos + 3])
+    local gidx, fidx = tonumber(ARGV[pos + 4]), tonumber(ARGV[pos + 5])
+    local ngroups, nfeed = tonumber(ARGV[pos + 6]), tonumber(ARGV[pos + 7])
     local key = prefix .. ':f:' .. event
     local added = redis.call('ZADD', key, 'NX', int(t), txid)
     if added == 1 then
       redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. int(t - retention))
       redis.call('PEXPIRE', key, int(retention))
-      if event == 'fraud' and g > 0 then
-        local bucket_key = prefix .. ':b:' .. int(g)
-        local x = math.floor(t / g)
-        redis.call('HINCRBY', bucket_key, int(x) .. ':f', 1)
-        local pb = tonumber(redis.call('HGET', bucket_key, 'pb'))
-        if pb and x < pb then redis.call('HDEL', bucket_key, 'pb') end
-        if redis.call('PTTL', bucket_key) < 0 then redis.call('PEXPIRE', bucket_key, int((keep + 1) * g)) end
+      if gidx > 0 or fidx > 0 then
+        local skey = prefix .. ':s'
+        local s = load_state(skey, ngroups + nfeed)
+        local ttl = 0
+        if fidx > 0 then
+          -- this event's time, in the list the F op counts (old ones dropped)
+          local v, kept = s[3 + ngroups + fidx], {}
+          for j = 1, #v do if v[j] >= t - retention then kept[#kept + 1] = v[j] end end
+          kept[#kept + 1] = t
+          s[3 + ngroups + fidx] = kept
+          ttl = retention
+        end
+        if gidx > 0 then
+          -- one more fraud in the bucket of the report time (see op_buckets for the layout)
+          local v = s[3 + gidx]
+          local x = math.floor(t / g)
+          local n, here = #v, nil
+          for j = 1, n, 5 do if v[j] == x then here = j end end
+          if here then
+            v[here + 4] = v[here + 4] + 1
+          else
+            v[n + 1], v[n + 2], v[n + 3], v[n + 4], v[n + 5] = x, 0, 0, -1, 1
+          end
+          ttl = math.max(ttl, (keep + 1) * g)
+        end
+        if redis.call('PTTL', skey) >= ttl then
+          redis.call('SET', skey, cmsgpack.pack(s), 'KEEPTTL')
+        else
+          redis.call('SET', skey, cmsgpack.pack(s), 'PX', int(ttl))
+        end
       end
     end
     push(added)

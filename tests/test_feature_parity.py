@@ -75,3 +75,23 @@ def test_retry_is_not_counted_twice(history: pd.DataFrame, redis_client: redis.R
     assert again.duplicate
     after = online.score(second)
     assert after.values[online.feature_names.index("card_count_24h")] == 1.0
+
+
+def test_every_key_has_a_ttl(history: pd.DataFrame, redis_client: redis.Redis) -> None:
+    """TTLs bound memory: after a replay with feedback, no key of the online executor lives forever."""
+    online = OnlineFeatures(redis_client)
+    for event, row, t_ms in stream(history.iloc[:3000]):
+        record = payment_record(history, row)
+        if event == "payment":
+            online.score(record)
+        else:
+            online.feedback(event, record["transaction_id"], t_ms, record)
+    keys = list(redis_client.scan_iter(count=5000))
+    assert keys
+    pipe = redis_client.pipeline(transaction=False)
+    for key in keys:
+        pipe.pttl(key)
+    forever = [k for k, ttl in zip(keys, pipe.execute(), strict=True) if ttl < 0]
+    assert not forever, forever[:5]
+    parts = {k.decode().split("}:", 1)[1] for k in keys}
+    assert {"ev", "s", "p"} <= parts and not any(p.startswith(("amt", "b:", "d:")) for p in parts)

@@ -88,19 +88,11 @@ def _stages(run: Run) -> str:
 
 
 def _entity_state(client: redis.Redis, entities: list[tuple[str, str]]) -> dict[str, Any]:
-    """Every counter key of each (entity, key) with its whole value, read by name, pipelined: the
-    event log (ZSET with scores), amounts, bucket, distinct and feedback keys, the profile."""
-    from features.plan import compile_plan
-    from features.spec import load_spec
-
-    plans = {p.entity: p for p in compile_plan(load_spec()).entities}
-    names = []
-    for entity, key in entities:
-        prefix, plan = entity_prefix("af", entity, key), plans[entity]
-        parts = ["ev", "amt", "p", *(f"b:{g}" for g in plan.buckets), *(f"f:{e}" for e in plan.feedback)]
-        parts += [f"f:{e}" for e in ("decline", "reversal", "fraud")]
-        parts += [f"d:{d.field}" for d in plan.distinct.values()]
-        names += [f"{prefix}:{part}" for part in dict.fromkeys(parts)]
+    """Every counter key of each (entity, key) with its whole value, found by its entity's prefix
+    (whatever the script's key layout: event log, state, profile, feedback), read pipelined."""
+    prefixes = tuple(entity_prefix("af", entity, key) + ":" for entity, key in entities)
+    keys = (raw.decode() for raw in client.scan_iter(match="af:{*", count=1000))
+    names = sorted(name for name in keys if name.startswith(prefixes))
     pipe = client.pipeline(transaction=False)
     for name in names:
         pipe.type(name)
