@@ -16,7 +16,7 @@ Asserted (wide margins: 2 shared cores):
 - every payment answered HTTP 200 (no 5xx, nothing unanswered);
 - while Redis is healthy (model swap and rule reloads included): latency from the due time p99 within
   BUDGET + 1 s and max within BUDGET + 3 s, the scorer's own time p99 within BUDGET + 250 ms; the
-  same for every payment, faults included, is an xfail: degraded answers pay for TreeSHAP (a bug);
+  same for every payment, faults included (no answer computes TreeSHAP contributions);
 - degraded answers come from the Redis faults (or from bounded noise episodes, see
   test_degraded_only_during_redis_faults_and_recovered_after) and stop within 2 s of each fault;
 - after the swaps, every answer carries the new model version and the final rules version;
