@@ -51,8 +51,11 @@ def _amount_one(v: Any) -> float:
 
 def _mismatch(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """1.0 when two country fields differ, 0.0 when equal, NaN when either is missing."""
-    either = _missing(a) | _missing(b)
-    return np.where(either, NAN, (a != b).astype(float))
+    known = ~(_missing(a) | _missing(b))
+    out = np.full(len(a), NAN)
+    # compare only known values: comparing pd.NA raises ("boolean value of NA is ambiguous")
+    out[known] = (a[known] != b[known]).astype(float)
+    return out
 
 
 def _mismatch_one(a: Any, b: Any) -> float:
