@@ -30,7 +30,7 @@ STARTUP_FAILURE = 3  # the exit code of a worker whose app did not start
 
 def serve_workers(host: str, port: int, workers: int) -> int:
     """Run `workers` processes serving the app on host:port until stopped; the exit status."""
-    _check_free(host, port)
+    check_port_free(host, port)
     context = multiprocessing.get_context("spawn")  # a clean interpreter: no state copied by fork
     running: dict[int, BaseProcess] = {}
     stopping = threading.Event()
@@ -68,10 +68,13 @@ def serve_workers(host: str, port: int, workers: int) -> int:
     return status
 
 
-def _check_free(host: str, port: int) -> None:
+def check_port_free(host: str, port: int) -> None:
     """Fail like a plain server would when the port is taken: with SO_REUSEPORT alone, a second
     service started on the same port by mistake would silently share the traffic."""
     with _socket(host) as probe:
+        # SO_REUSEADDR as the workers set it: a restart must not wait for the last run's TIME_WAIT
+        # connections, while a socket still listening on the port makes the bind fail
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError as exc:

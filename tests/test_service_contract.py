@@ -43,7 +43,7 @@ from engine.export import DECISIONS_FILE, FEEDBACK_FILE, JOINED_FILE, export
 from engine.redis_server import EmbeddedRedis
 from engine.schema import Transaction
 from engine.settings import ROOT, Settings
-from engine.workers import serve_workers
+from engine.workers import check_port_free, serve_workers
 from features.spec import load_spec
 
 PAN = "4539148803436467"  # a Luhn-valid test card number, digits varied enough not to occur by chance
@@ -735,3 +735,17 @@ def test_a_second_service_on_a_taken_port_is_refused(served: Service) -> None:
     port = int(served.url.rsplit(":", 1)[1])
     with pytest.raises(SystemExit, match="cannot listen"):
         serve_workers("127.0.0.1", port, 2)
+
+
+def test_a_restart_does_not_wait_for_time_wait_connections() -> None:
+    """The taken-port check refuses a listener, not the TIME_WAIT connections a stopped run left."""
+    with socket.socket() as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = int(listener.getsockname()[1])
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            accepted, _ = listener.accept()
+            accepted.close()  # the server side closes first: its end waits in TIME_WAIT
+            client.recv(1)
+    check_port_free("127.0.0.1", port)
