@@ -6,6 +6,8 @@ on a real redis-server and compares every feature with the offline executor's va
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -13,6 +15,7 @@ import redis
 
 from features.offline import OfflineFeatures
 from features.online import OnlineFeatures
+from features.spec import Distinct, FeatureSpec, Novelty, _windows, load_spec
 from features.stream import payment_record, stream
 from training.simulator import simulate
 
@@ -23,8 +26,11 @@ def history() -> pd.DataFrame:
     return frame.sort_values("timestamp", kind="stable").reset_index(drop=True)
 
 
-def _online(history: pd.DataFrame, client: redis.Redis) -> tuple[list[str], np.ndarray]:
-    online = OnlineFeatures(client)
+def _online(
+    history: pd.DataFrame, client: redis.Redis, spec: FeatureSpec | None = None
+) -> tuple[list[str], np.ndarray]:
+    """Every payment's online features, replaying the history and its feedback in stream order."""
+    online = OnlineFeatures(client, spec)
     values = np.full((len(history), len(online.feature_names)), np.nan)
     for event, row, t_ms in stream(history):
         record = payment_record(history, row)
@@ -79,13 +85,7 @@ def test_retry_is_not_counted_twice(history: pd.DataFrame, redis_client: redis.R
 
 def test_every_key_has_a_ttl(history: pd.DataFrame, redis_client: redis.Redis) -> None:
     """TTLs bound memory: after a replay with feedback, no key of the online executor lives forever."""
-    online = OnlineFeatures(redis_client)
-    for event, row, t_ms in stream(history.iloc[:3000]):
-        record = payment_record(history, row)
-        if event == "payment":
-            online.score(record)
-        else:
-            online.feedback(event, record["transaction_id"], t_ms, record)
+    _online(history.iloc[:3000], redis_client)
     keys = list(redis_client.scan_iter(count=5000))
     assert keys
     pipe = redis_client.pipeline(transaction=False)
@@ -95,3 +95,22 @@ def test_every_key_has_a_ttl(history: pd.DataFrame, redis_client: redis.Redis) -
     assert not forever, forever[:5]
     parts = {k.decode().split("}:", 1)[1] for k in keys}
     assert {"ev", "s", "p"} <= parts and not any(p.startswith(("amt", "b:", "d:")) for p in parts)
+
+
+def test_distinct_key_of_an_entity_without_exact_windows(
+    history: pd.DataFrame, redis_client: redis.Redis
+) -> None:
+    """The default spec never keeps a `d:` key (every distinct count reads an entity's exact-window
+    events); a merchant has no exact windows, so its distinct cards and new-card flag use one."""
+    base = load_spec()
+    spec = replace(
+        base,
+        distinct=(*base.distinct, Distinct("merchant", "card_id", "cards", _windows(["1h", "24h"]))),
+        novelty=(*base.novelty, Novelty("merchant", "card_id", "new_card", 24 * 3600 * 1000)),
+    )
+    sample = history.iloc[:4000].reset_index(drop=True)
+    names, online = _online(sample, redis_client, spec)
+    offline = OfflineFeatures(spec).transform(sample)[names].to_numpy()
+    assert {"merchant_distinct_cards_1h", "merchant_distinct_cards_24h", "merchant_new_card"} <= set(names)
+    assert np.allclose(online, offline, rtol=1e-9, atol=1e-9, equal_nan=True)
+    assert any(k.decode().endswith(":d:card_id") for k in redis_client.scan_iter(match="*:d:*"))
