@@ -350,14 +350,12 @@ def replay_period(
         step(f"scoring {len(data):,} payments with {artifact.version}")
         scores = artifact.predict(data.features[artifact.features].to_numpy(dtype=float))
         config = config_of(artifact, None)
-        trained = artifact.metadata.get("data", {})
-        if trained.get("train_start") and trained.get("train_end"):
-            ts, te = date.fromisoformat(trained["train_start"]), date.fromisoformat(trained["train_end"])
-            if s < te and ts < e:
-                warnings.append(
-                    f"the period overlaps the model's training period [{ts}, {te}): its scores are "
-                    f"optimistic there; backtest from {te} on"
-                )
+        if overlap := artifact.training_overlap(s, e):
+            ts, te = overlap
+            warnings.append(
+                f"the period overlaps the model's training period [{ts}, {te}): its scores are "
+                f"optimistic there; backtest from {te} on"
+            )
     timings["model_s"] = time.perf_counter() - t2
     return Replay(
         history=str(history),

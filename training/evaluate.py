@@ -340,14 +340,11 @@ def evaluate(
     rows = read_history(history, columns, require_label=True)
     data = build_dataset(rows, s, e, progress=step, source=str(history))
     warnings: list[str] = []
-    trained_on = artifact.metadata.get("data", {})
-    if trained_on.get("train_start") and trained_on.get("train_end"):
-        ts, te = date.fromisoformat(trained_on["train_start"]), date.fromisoformat(trained_on["train_end"])
-        if s < te and ts < e:
-            warnings.append(
-                f"the period overlaps the training period [{ts}, {te}): these metrics are "
-                "optimistic; evaluate on dates from the training end on"
-            )
+    if overlap := artifact.training_overlap(s, e):
+        warnings.append(
+            f"the period overlaps the training period [{overlap[0]}, {overlap[1]}): these metrics are "
+            "optimistic; evaluate on dates from the training end on"
+        )
     step(f"scoring {len(data):,} payments with {artifact.version}")
     scores = artifact.predict(data.features[artifact.features].to_numpy(dtype=float))
     title = f"Evaluation of {artifact.version} on [{s}, {e})"

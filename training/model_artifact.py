@@ -12,6 +12,7 @@ import json
 import os
 import warnings
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +90,15 @@ class ModelArtifact:
     def predict(self, features: np.ndarray, num_threads: int = 1) -> np.ndarray:
         """Fraud scores in [0, 1] for a feature matrix in `features` order."""
         return np.asarray(self.booster.predict(features, num_threads=num_threads), dtype=float)
+
+    def training_overlap(self, start: date, end: date) -> tuple[date, date] | None:
+        """The training period [start, end) recorded in the metadata, if [start, end) overlaps it:
+        scores there are optimistic (the model has seen those payments)."""
+        trained = self.metadata.get("data", {})
+        if not (trained.get("train_start") and trained.get("train_end")):
+            return None
+        ts, te = date.fromisoformat(trained["train_start"]), date.fromisoformat(trained["train_end"])
+        return (ts, te) if start < te and ts < end else None
 
     def save(self, directory: str | Path) -> Path:
         """Write model.txt and metadata.json into `directory` (created if needed); returns it.
