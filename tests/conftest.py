@@ -1,13 +1,17 @@
-"""Shared fixtures: a real redis-server per test session, flushed between tests."""
+"""Shared fixtures: a real redis-server per test session, flushed between tests; a module's simulated
+history (its own `sim` fixture) written as a Parquet history file."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
+import pandas as pd
 import pytest
 import redis
 
 from engine.redis_server import EmbeddedRedis
+from training.history import write_history
 
 
 @pytest.fixture(scope="session")
@@ -24,3 +28,11 @@ def redis_client(redis_server: EmbeddedRedis) -> Iterator[redis.Redis]:
     client.flushall()
     yield client
     client.close()
+
+
+@pytest.fixture(scope="module")
+def history_file(sim: pd.DataFrame, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The requesting module's `sim` history as a Parquet file."""
+    path = tmp_path_factory.mktemp("history") / "history.parquet"
+    write_history(sim, path)
+    return path

@@ -49,13 +49,6 @@ def sim() -> pd.DataFrame:
 
 
 @pytest.fixture(scope="module")
-def history_file(sim: pd.DataFrame, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("history") / "history.parquet"
-    write_history(sim, path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def model_dir(sim: pd.DataFrame, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small real model on the spec's features, trained on the days before the backtest."""
     spec = load_spec()

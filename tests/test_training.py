@@ -45,13 +45,6 @@ def sim() -> pd.DataFrame:
 
 
 @pytest.fixture(scope="module")
-def history_file(sim: pd.DataFrame, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("history") / "history.parquet"
-    write_history(sim, path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def trained(history_file: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[ModelArtifact, list[str]]:
     messages: list[str] = []
     out = tmp_path_factory.mktemp("models") / "default"
