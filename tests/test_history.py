@@ -275,6 +275,18 @@ def test_random_bytes_give_history_error(data: bytes, suffix: str) -> None:
             load_history(path)
 
 
+def garbage_csv(
+    folder: str, extra: list[str], rows: list[list[str]], separator: str, gz: bool
+) -> tuple[Path, list[str], str]:
+    """A CSV history (gzipped or not) with the required columns and `extra` ones over `rows`:
+    its path, header and text."""
+    header = ["transaction_id", "timestamp", "card_id", "merchant_id", "amount", *extra]
+    text = "\n".join(separator.join(line) for line in [header, *rows]) + "\n"
+    path = Path(folder) / ("h.csv.gz" if gz else "h.csv")
+    path.write_bytes(gzip.compress(text.encode()) if gz else text.encode())
+    return path, header, text
+
+
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     extra=st.lists(COLUMN_NAMES, max_size=4),
@@ -285,11 +297,8 @@ def test_random_bytes_give_history_error(data: bytes, suffix: str) -> None:
 def test_garbage_csv_never_raises_anything_but_history_error(
     extra: list[str], rows: list[list[str]], separator: str, gz: bool
 ) -> None:
-    header = ["transaction_id", "timestamp", "card_id", "merchant_id", "amount", *extra]
-    text = "\n".join(separator.join(line) for line in [header, *rows]) + "\n"
     with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / ("h.csv.gz" if gz else "h.csv")
-        path.write_bytes(gzip.compress(text.encode()) if gz else text.encode())
+        path, _, _ = garbage_csv(folder, extra, rows, separator, gz)
         try:
             loaded = load_history(path)
         except HistoryError:

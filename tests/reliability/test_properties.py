@@ -14,7 +14,6 @@ imported, not copied; the runs here are several times larger and the history pro
 from __future__ import annotations
 
 import csv
-import gzip
 import io
 import os
 import re
@@ -164,11 +163,8 @@ def test_garbage_csv_loads_or_names_the_row_or_column(
 ) -> None:
     tally = HISTORY_TALLY.setdefault("random CSV", Tally())
     monkeypatch.setenv(PAN_SECRET_ENV, "reliability-secret-0123456789")
-    header = ["transaction_id", "timestamp", "card_id", "merchant_id", "amount", *extra]
-    text = "\n".join(separator.join(line) for line in [header, *rows]) + "\n"
     with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / ("h.csv.gz" if gz else "h.csv")
-        path.write_bytes(gzip.compress(text.encode()) if gz else text.encode())
+        path, header, text = HISTORY.garbage_csv(folder, extra, rows, separator, gz)
         try:
             loaded = load_history(path)
         except HistoryError as exc:
