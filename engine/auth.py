@@ -101,7 +101,6 @@ class ApiKeyAuth:
                 {"detail": f"key {key.name!r} has role {key.role!r}; this call needs admin"}, status_code=403
             )
         else:
-            scope.setdefault("state", {})["api_key"] = key
             await self.app(scope, receive, send)
             return
         await response(scope, receive, send)

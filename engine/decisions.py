@@ -89,6 +89,5 @@ class DecisionStore:
 
 
 def _dumps(record: dict[str, Any]) -> bytes:
-    # orjson: ~30x faster than json.dumps on a decision's 87 floats (3 us against 90 us), and NaN
-    # (a missing feature) becomes null
+    # orjson: ~30x faster than json.dumps on a decision's 87 floats (3 us against 90 us)
     return orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY)
