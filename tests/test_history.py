@@ -14,7 +14,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine.schema import HISTORY_COLUMNS, PAN_SECRET_ENV, TRANSACTION_COLUMNS
-from training.history import HistoryError, load_column_map, load_history, write_history
+from training.history import (
+    DEFAULT_LABEL_DELAY,
+    HistoryError,
+    load_column_map,
+    load_history,
+    write_history,
+)
 from training.simulator import simulate
 
 MINIMAL_HEADER = "transaction_id,timestamp,card_id,merchant_id,amount"
@@ -120,6 +126,19 @@ def test_column_map_naming_an_absent_column(tmp_path: Path) -> None:
     path = write_text(tmp_path, f"{MINIMAL_HEADER}\na,2026-01-01,c,m,1\n")
     message = error_of(path, columns={"card_id": "CUSTOMER_ID"})
     assert "'CUSTOMER_ID'" in message and "card_id" in message and "columns found" in message
+    # every absent source at once, each with the file column it most likely meant
+    message = error_of(path, columns={"card_id": "CARDID", "amount": "Amount", "label": "IS_FRAUD"})
+    assert "'CARDID' (did you mean 'card_id'?)" in message
+    assert "'Amount' (did you mean 'amount'?)" in message and "'IS_FRAUD'" in message
+
+
+def test_column_map_typos_and_reversed_lines_are_named(tmp_path: Path) -> None:
+    path = write_text(tmp_path, "timestmp: WHEN\nCUSTOMER_ID: card_id\nlabel: IS_FRAUD\n", "map.yaml")
+    with pytest.raises(HistoryError) as caught:
+        load_column_map(path)
+    message = str(caught.value)
+    assert "'timestmp' is not a canonical column (did you mean 'timestamp'?)" in message
+    assert "reversed? a line reads `card_id: CUSTOMER_ID`" in message
 
 
 def test_minimal_file_gets_defaults(tmp_path: Path) -> None:
@@ -144,6 +163,35 @@ def test_minimal_file_gets_defaults(tmp_path: Path) -> None:
     assert loaded["email"].isna().all() and loaded["card_on_file"].isna().all()
     assert str(loaded["card_on_file"].dtype) == "boolean"
     assert loaded["email"].dtype == object and loaded["email"].tolist() == [None] * 3
+
+
+def test_label_delay_default_and_given(tmp_path: Path) -> None:
+    """Without label_time, a label becomes known DEFAULT_LABEL_DELAY after the payment unless told;
+    the frame says which delay it used and how many frauds got it."""
+    path = write_text(
+        tmp_path,
+        f"{MINIMAL_HEADER},label,label_time\n"
+        "a,2026-01-01T00:00:00Z,c,m,1,1,\n"
+        "b,2026-01-02T00:00:00Z,c,m,1,1,2026-01-05T00:00:00Z\n"
+        "c,2026-01-03T00:00:00Z,c,m,1,0,\n",
+    )
+    loaded = load_history(path)
+    assert timedelta(days=30) == DEFAULT_LABEL_DELAY
+    assert loaded.attrs == {
+        "label_delay": pd.Timedelta(days=30),
+        "label_delay_given": False,
+        "label_time_defaulted": 1,  # the legitimate row does not count, the labelled fraud neither
+    }
+    assert loaded["label_time"].tolist() == [
+        pd.Timestamp("2026-01-31T00:00:00Z"),
+        pd.Timestamp("2026-01-05T00:00:00Z"),
+        pd.Timestamp("2026-02-02T00:00:00Z"),
+    ]
+    week = load_history(path, label_delay=timedelta(days=7))
+    assert week.attrs["label_delay"] == pd.Timedelta(days=7) and week.attrs["label_delay_given"] is True
+    assert week["label_time"].iloc[0] == pd.Timestamp("2026-01-08T00:00:00Z")
+    assert week["label_time"].iloc[1] == pd.Timestamp("2026-01-05T00:00:00Z")  # the file's own time wins
+    assert "must be positive" in error_of(path, label_delay=timedelta(0))
 
 
 def test_booleans_and_case(tmp_path: Path) -> None:
@@ -225,6 +273,15 @@ def test_missing_column_lists_what_was_found(tmp_path: Path) -> None:
     message = error_of(path)
     assert "missing required column 'card_id'" in message
     assert "'CUSTOMER'" in message and "--columns" in message
+
+
+def test_every_missing_column_is_named_at_once(tmp_path: Path) -> None:
+    path = write_text(tmp_path, "transaction_id,Time_Stamp,cardid,shop,value\na,2026-01-01,c,m,1\n")
+    message = error_of(path)
+    assert "missing required columns 'timestamp' (did you mean 'Time_Stamp'?)" in message
+    assert "'card_id' (did you mean 'cardid'?)" in message
+    assert "'merchant_id', 'amount' (columns found" in message  # nothing close: no guess
+    assert "`timestamp: Time_Stamp`" in message  # the hint shows a map line that would work
 
 
 def test_wrong_delimiter_is_explained(tmp_path: Path) -> None:

@@ -86,14 +86,22 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def read_history(path: Path, columns: Path | None = None, require_label: bool = False) -> pd.DataFrame:
+def read_history(
+    path: Path,
+    columns: Path | None = None,
+    require_label: bool = False,
+    label_delay: timedelta | None = None,
+) -> pd.DataFrame:
     """Load a history file (optionally through a column-map YAML) in the canonical schema.
 
-    Raises `training.history.HistoryError` (a ValueError) for unusable files, and `TrainingError`
-    when labels are required but the file has no `label` column.
+    `label_delay` is when a label becomes known after its payment, for rows without a
+    `label_time` (None: not given, `training.history.DEFAULT_LABEL_DELAY`). The frame's `attrs`
+    record `label_delay` (a pandas Timedelta), `label_delay_given` and `label_time_defaulted` (how
+    many frauds had no label_time). Raises `training.history.HistoryError` (a ValueError) for
+    unusable files, and `TrainingError` when labels are required but the file has no `label` column.
     """
     mapping = load_column_map(columns) if columns is not None else None
-    history = load_history(path, mapping)
+    history = load_history(path, mapping, label_delay)
     if require_label and "label" not in history:
         hint = " or map it with --columns (label: YOUR_COLUMN)" if columns is None else f" in {columns}"
         raise TrainingError(

@@ -19,7 +19,10 @@ columns (label, bank outcome, refund, cancellation, each with the time it became
 * ``currency`` may be absent: missing currencies become ``"XXX"`` (ISO 4217 "no currency"), so
   amounts of an unknown currency stay apart from real ones instead of being guessed;
 * ``label_time`` defaults to ``timestamp + label_delay`` where missing, when the file has a
-  ``label`` (for a legitimate payment: the time by which a chargeback would have come);
+  ``label`` (for a legitimate payment: the time by which a chargeback would have come); the delay
+  is ``DEFAULT_LABEL_DELAY`` (30 days) unless given. ``frame.attrs`` records it: ``label_delay``
+  (a ``pandas.Timedelta``), ``label_delay_given`` (bool) and ``label_time_defaulted`` (how many
+  fraud rows had no ``label_time`` and got the delay: a wrong delay skews every label-based feature);
   ``outcome_time`` defaults to ``timestamp`` where ``bank_outcome`` is known;
 * a ``pan`` column (raw card numbers) is tokenized into ``card_id`` with the keyed hash of
   ``engine.schema.tokenize_pan`` (``card_bin`` keeps the first six digits) and dropped at once;
@@ -35,12 +38,13 @@ as ``2026-01-31T12:00:00.123Z``), Parquet with zstd compression.
 from __future__ import annotations
 
 import csv
+import difflib
 import gzip
 import io
 import os
 import warnings
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -53,11 +57,14 @@ import yaml
 
 from engine.schema import HISTORY_COLUMNS, REQUIRED_COLUMNS, TRANSACTION_COLUMNS, tokenize_pan
 
-__all__ = ["HistoryError", "load_column_map", "load_history", "write_history"]
+__all__ = ["DEFAULT_LABEL_DELAY", "HistoryError", "load_column_map", "load_history", "write_history"]
 
 PathLike = str | os.PathLike[str]
 
 NO_CURRENCY = "XXX"  # ISO 4217: "no currency involved"
+# When a label became known, for rows whose file does not say: card chargebacks mostly arrive within
+# a month. Label-based features depend on it, so a file without `label_time` should say its delay.
+DEFAULT_LABEL_DELAY = timedelta(days=30)
 TIME_COLUMNS = ("timestamp", "label_time", "outcome_time", "refund_time", "cancel_time")
 BOOL_COLUMNS = ("card_on_file", "authenticated")
 # Canonical names a column map may target; `pan` is accepted on the way in, never kept.
@@ -124,14 +131,15 @@ _TEXT_RULES: dict[str, _Rule] = {
 def load_history(
     path: PathLike,
     columns: Mapping[str, str] | None = None,
-    label_delay: timedelta = timedelta(days=30),
+    label_delay: timedelta | None = None,
 ) -> pd.DataFrame:
     """Read a CSV, CSV.gz or Parquet history and normalise it to the canonical schema.
 
     ``columns`` maps canonical names to the file's own column names (e.g. ``{"card_id":
     "CUSTOMER_ID"}``); a mapped file column is renamed, not copied, and a file column already
     bearing a mapped canonical name is dropped in favour of the mapping. ``label_delay`` is the
-    default time for a label to become known. See the module docstring for the conventions.
+    time for a label to become known where ``label_time`` is missing (None: ``DEFAULT_LABEL_DELAY``).
+    See the module docstring for the conventions, and for what ``frame.attrs`` records.
     Raises ``HistoryError`` on anything unusable (never a raw pandas or pyarrow error).
     """
     path = Path(path)
@@ -156,9 +164,16 @@ def load_column_map(path: PathLike) -> dict[str, str]:
 def _checked_column_map(columns: Mapping[Any, Any], source: str) -> dict[str, str]:
     unknown = [k for k in columns if k not in CANONICAL_COLUMNS]
     if unknown:
+        problems = []
+        for key in unknown:
+            value = columns[key]
+            if isinstance(value, str) and value.strip() in CANONICAL_COLUMNS:
+                hint = f" (reversed? a line reads `{value.strip()}: {key}`, canonical name first)"
+            else:
+                hint = _did_you_mean(str(key), CANONICAL_COLUMNS)
+            problems.append(f"{_show(key)} is not a canonical column{hint}")
         raise HistoryError(
-            f"{source}: {_show(unknown[0])} is not a canonical column; "
-            f"the known ones are: {', '.join(CANONICAL_COLUMNS)}"
+            f"{source}: {'; '.join(problems)}; the known ones are: {', '.join(CANONICAL_COLUMNS)}"
         )
     for key, value in columns.items():
         if not isinstance(value, str) or not value.strip():
@@ -247,9 +262,12 @@ def _read_parquet(path: Path) -> pd.DataFrame:
 def _apply_column_map(frame: pd.DataFrame, columns: dict[str, str], path: Path) -> pd.DataFrame:
     absent = [(canon, src) for canon, src in columns.items() if src not in frame.columns]
     if absent:
-        canon, src = absent[0]
+        found = [str(c) for c in frame.columns]
+        reads = "; ".join(
+            f"{canon!r} from column {_show(src)}{_did_you_mean(src, found)}" for canon, src in absent
+        )
         raise HistoryError(
-            f"{path}: the column map reads {canon!r} from column {_show(src)}, which the file does not have "
+            f"{path}: the column map reads {reads}, which the file does not have "
             f"(columns found: {_list(frame.columns)})"
         )
     sources = set(columns.values())
@@ -260,7 +278,7 @@ def _apply_column_map(frame: pd.DataFrame, columns: dict[str, str], path: Path) 
 # --------------------------------------------------------------------------------------- normalising
 
 
-def _normalize(raw: pd.DataFrame, path: Path, label_delay: timedelta) -> pd.DataFrame:
+def _normalize(raw: pd.DataFrame, path: Path, label_delay: timedelta | None) -> pd.DataFrame:
     """The canonical frame from the file's columns (see the module docstring), or HistoryError."""
     _require_columns(raw, path)
     n = len(raw)
@@ -284,33 +302,59 @@ def _normalize(raw: pd.DataFrame, path: Path, label_delay: timedelta) -> pd.Data
     for name in ("transaction_id", "timestamp", "card_id", "merchant_id"):
         _require_values(out[name], name, path)
     _refuse_duplicate_ids(out["transaction_id"], path)
-    _apply_time_defaults(out, label_delay)
+    delay = pd.Timedelta(DEFAULT_LABEL_DELAY if label_delay is None else label_delay)
+    if delay <= pd.Timedelta(0):
+        raise HistoryError(f"{path}: the label delay must be positive, got {delay}")
+    defaulted = _apply_time_defaults(out, delay)
     for name in raw.columns:
         if name not in out and name != "pan":
             out[name] = raw[name]
-    return _sorted(pd.DataFrame(out))
+    frame = _sorted(pd.DataFrame(out))
+    frame.attrs.update(
+        label_delay=delay, label_delay_given=label_delay is not None, label_time_defaulted=defaulted
+    )
+    return frame
 
 
 def _require_columns(raw: pd.DataFrame, path: Path) -> None:
-    found = set(raw.columns)
+    """Raise one HistoryError naming every missing required column, with a guess for each."""
+    found = [str(c) for c in raw.columns]
     needed = [c for c in REQUIRED_COLUMNS if c != "currency"]  # currency has a default, see above
     if "pan" in found:
         needed.remove("card_id")  # tokenized from the pan
     missing = [c for c in needed if c not in found]
     if not missing:
         return
+    guesses = {c: _closest(c, [f for f in found if f not in CANONICAL_COLUMNS]) for c in missing}
+    example = next(((c, g) for c, g in guesses.items() if g), (missing[0], "MY_NAME"))
     hint = (
-        "if the file names it differently, map it with --columns "
-        f"(a YAML file such as `{missing[0]}: MY_NAME`)"
+        "if the file names them differently, map them with --columns "
+        f"(a YAML file with one line per column, such as `{example[0]}: {example[1]}`)"
     )
     if len(raw.columns) == 1:
         header = str(raw.columns[0])
         for sep, label in ((";", "semicolon"), ("\t", "tab"), ("|", "pipe")):
             if sep in header:
                 hint = f"the header looks {label}-separated: history CSV files must be comma-separated"
-    raise HistoryError(
-        f"{path}: missing required column {missing[0]!r} (columns found: {_list(raw.columns)}); {hint}"
-    )
+    named = ", ".join(f"{c!r}" + (f" (did you mean {guesses[c]!r}?)" if guesses[c] else "") for c in missing)
+    what = "column" if len(missing) == 1 else "columns"
+    raise HistoryError(f"{path}: missing required {what} {named} (columns found: {_list(found)}); {hint}")
+
+
+def _closest(name: str, candidates: list[str]) -> str | None:
+    """The candidate most like `name`, ignoring case and `_`/`-`/blanks, or None when none is close."""
+
+    def key(text: str) -> str:
+        return "".join(ch for ch in text.lower() if ch.isalnum())
+
+    keyed = {key(c): c for c in reversed(candidates)}  # first candidate wins on equal keys
+    match = difflib.get_close_matches(key(name), list(keyed), n=1, cutoff=0.75)
+    return keyed[match[0]] if match else None
+
+
+def _did_you_mean(name: str, candidates: Sequence[str]) -> str:
+    guess = _closest(name, list(candidates))
+    return f" (did you mean {guess!r}?)" if guess else ""
 
 
 def _texts(column: pd.Series, name: str, path: Path) -> np.ndarray:
@@ -485,15 +529,18 @@ def _refuse_duplicate_ids(ids: np.ndarray, path: Path) -> None:
         )
 
 
-def _apply_time_defaults(out: dict[str, Any], label_delay: timedelta) -> None:
+def _apply_time_defaults(out: dict[str, Any], label_delay: pd.Timedelta) -> int:
+    """Fill label_time and outcome_time where missing; returns how many frauds got the delay."""
     timestamp = out["timestamp"]
+    defaulted = 0
     if "label" in out:
+        unknown = out["label_time"].isna()
+        defaulted = int((unknown.to_numpy() & (out["label"] == 1)).sum())
         # A legitimate payment has no chargeback time: it is "known legitimate" once the delay passed.
-        out["label_time"] = out["label_time"].where(
-            out["label_time"].notna(), timestamp + pd.Timedelta(label_delay)
-        )
+        out["label_time"] = out["label_time"].where(~unknown, timestamp + label_delay)
     answered = pd.notna(out["bank_outcome"]) & out["outcome_time"].isna().to_numpy()
     out["outcome_time"] = out["outcome_time"].where(~answered, timestamp)
+    return defaulted
 
 
 def _sorted(frame: pd.DataFrame) -> pd.DataFrame:
