@@ -670,7 +670,11 @@ def _rfc3339(column: pd.Series) -> np.ndarray:
 
 
 def _write_parquet(df: pd.DataFrame, path: Path) -> None:
-    table = pa.Table.from_pandas(df, preserve_index=False)
+    # pyarrow stores `attrs` in the file's metadata: a loaded frame's (a Timedelta) is not JSON,
+    # and it describes how that frame was read, not the data.
+    plain = df.copy(deep=False)
+    plain.attrs = {}
+    table = pa.Table.from_pandas(plain, preserve_index=False)
     fields = [
         pa.field(f.name, pa.timestamp("ms", tz="UTC")) if pa.types.is_timestamp(f.type) else f
         for f in table.schema
