@@ -183,15 +183,11 @@ class Deriver:
                     f"{f.entity}:feedback:{f.event}:{w.label}",
                 )
         for r in spec.label_rate:
-            e, label = r.entity, r.window.label
-            add(
-                "rate",
-                f"{e}_fraud_rate_{label}",
-                e,
-                f"{e}:rate_frauds:{label}",
-                f"{e}:rate_count:{label}",
-                (r.prior, r.strength),
-            )
+            e = r.entity
+            for w in r.windows:
+                frauds, payments = f"{e}:rate_frauds:{w.label}", f"{e}:rate_count:{w.label}"
+                add("count", f"{e}_known_frauds_{w.label}", e, frauds)
+                add("rate", f"{e}_fraud_rate_{w.label}", e, frauds, payments, (r.prior, r.strength))
         # One gather for all stateful features, then a slice per kind: a few numpy calls per row.
         arrays = [k.arrays() for k in kinds.values()]
         self._out, self._present, self._a, self._b = (

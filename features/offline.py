@@ -153,7 +153,7 @@ class OfflineFeatures:
             if not (codes >= 0).any():
                 continue
             s = self._sort(codes, t, amount)
-            for name, values in self._entity(p, s, history, codes, events):
+            for name, values in self._entity(p, s, history, codes, events, t):
                 raw[s.rows, self.plan.raw_index[name]] = values
         return raw
 
@@ -193,6 +193,7 @@ class OfflineFeatures:
         history: pd.DataFrame,
         codes: np.ndarray,
         events: dict[str, tuple[np.ndarray, np.ndarray]],
+        t_all: np.ndarray,
     ) -> Iterator[tuple[str, np.ndarray]]:
         e = p.entity
         cumsum = np.r_[0, np.cumsum(s.amount)]
@@ -216,7 +217,7 @@ class OfflineFeatures:
             for w in group.fraud_windows:
                 lower = _bucket_lower(w, s.ts)
                 yield f"{e}:rate_count:{w.label}", (s.rank - s.start(lower)).astype(float)
-                yield f"{e}:rate_frauds:{w.label}", _count_events(s, codes, events.get("fraud"), lower)
+                yield f"{e}:rate_frauds:{w.label}", _known_frauds(s, codes, events.get("fraud"), t_all, w)
         for d in p.distinct.values():
             values = _key_codes(history.iloc[s.rows], (d.field,))
             prev, nxt = _neighbours(s, values)
@@ -300,6 +301,40 @@ def _count_events(
     hi = np.searchsorted(keys, s.ckey(s.code, s.ts), side="left")
     lo = np.searchsorted(keys, s.ckey(s.code, np.maximum(lower, s.origin)), side="left")
     return (hi - lo).astype(float)
+
+
+def _known_frauds(
+    s: _Sorted,
+    codes: np.ndarray,
+    found: tuple[np.ndarray, np.ndarray] | None,
+    paid: np.ndarray,
+    w: Window,
+) -> np.ndarray:
+    """Frauds among the entity's payments in bucketed window `w` whose label came before each payment.
+
+    Online, a fraud label adds one to the bucket of the *payment's* time (while that bucket is still
+    kept), and a later payment counts the buckets of its window. So fraud f counts for the entity's
+    payments at times t with t > label_time and bucket(paid) <= bucket(t) < bucket(paid) + w/g: an
+    interval [start_f, end_f) of payment time, which turns the count into two sorted look-ups.
+    """
+    if found is None or len(found[0]) == 0:
+        return np.zeros(len(s.rows))
+    g = w.granularity_ms
+    assert g is not None
+    rows, label_ms = found
+    code = codes[rows]
+    bucket = paid[rows] // g
+    start = np.maximum(label_ms + 1, bucket * g)  # a label counts for payments strictly after it
+    end = (bucket + w.ms // g) * g
+    keep = (code >= 0) & (start < end)
+    # past the entity's last payment: a key no payment of this entity (or the next) can reach
+    limit = s.origin + s.span
+    starts = np.sort(s.ckey(code[keep], np.minimum(start[keep], limit)))
+    ends = np.sort(s.ckey(code[keep], np.minimum(end[keep], limit)))
+    here = s.ckey(s.code, s.ts)
+    begun = np.searchsorted(starts, here, side="right")
+    over = np.searchsorted(ends, here, side="right")
+    return (begun - over).astype(float)
 
 
 def compute_features(

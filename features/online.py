@@ -155,6 +155,7 @@ class OnlineFeatures:
         if kind is None:
             raise ValueError(f"unknown feedback event {event!r}; use one of {sorted(FEEDBACK_EVENTS)}")
         keys, args = [], []
+        paid_ms = to_ms(payment["timestamp"]) if kind == "fraud" else 0
         for p in self.plan.entities:
             key = self.spec.entity_key(p.entity, payment)  # type: ignore[arg-type]
             if kind not in p.feedback or key is None:
@@ -166,7 +167,8 @@ class OnlineFeatures:
             position = lists.index(kind) + 1 if kind in lists else 0
             keys.append(entity_prefix(self.namespace, p.entity, key))
             tokens = [str(feedback_retention_ms(p, kind)), str(g), str(keep), str(group), str(position)]
-            tokens += [str(len(p.buckets)), str(len(lists))]
+            # a fraud is counted in the bucket of the payment it is about (known-fraud share)
+            tokens += [str(len(p.buckets)), str(len(lists)), str(paid_ms // g if g else 0)]
             args.append([str(len(tokens)), *tokens])
         return ["feedback", txid, str(t_ms), kind], keys, args
 

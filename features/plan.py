@@ -20,9 +20,8 @@ class BucketGroup:
 
     granularity_ms: int
     windows: list[Window] = dataclasses.field(default_factory=list)
-    fraud_windows: list[Window] = dataclasses.field(
-        default_factory=list
-    )  # label-rate windows: also sum frauds
+    # label-rate windows: also sum the frauds known among the bucket's payments
+    fraud_windows: list[Window] = dataclasses.field(default_factory=list)
 
     @property
     def max_buckets(self) -> int:
@@ -53,7 +52,7 @@ class EntityPlan:
     buckets: dict[int, BucketGroup] = dataclasses.field(default_factory=dict)
     distinct: dict[str, DistinctField] = dataclasses.field(default_factory=dict)
     feedback: dict[str, list[Window]] = dataclasses.field(default_factory=dict)
-    fraud_bucket_ms: int | None = None  # granularity where fraud labels are counted, if any
+    fraud_bucket_ms: int | None = None  # granularity whose buckets count known frauds, if any
     profile_ttl_ms: int | None = None
 
     def raw_names(self) -> list[str]:
@@ -115,10 +114,13 @@ def compile_plan(spec: FeatureSpec) -> Plan:
         plans[f.entity].feedback.setdefault(f.event, []).extend(f.windows)
     for r in spec.label_rate:
         p = plans[r.entity]
-        g = r.window.granularity_ms
-        assert g is not None
-        p.buckets.setdefault(g, BucketGroup(g)).fraud_windows.append(r.window)
-        p.fraud_bucket_ms = g
+        for w in r.windows:
+            g = w.granularity_ms
+            assert g is not None
+            if p.fraud_bucket_ms not in (None, g):
+                raise ValueError(f"label_rate on {r.entity}: every window must share one granularity")
+            p.buckets.setdefault(g, BucketGroup(g)).fraud_windows.append(w)
+            p.fraud_bucket_ms = g
         # fraud labels must be deduplicated per transaction like any other feedback event
         p.feedback.setdefault("fraud", [])
     for p in plans.values():

@@ -166,8 +166,8 @@ local function op_folded(_, a, i)
 end
 
 -- B: bucketed windows of one granularity g: state[3 + k] for the k-th B op of the block holds the
--- buckets that have data, five numbers each: bucket (floor(time / g)), count, sum, max, frauds
--- reported. A window of nb buckets is the current bucket b and the nb - 1 before it; buckets after
+-- buckets that have data, five numbers each: bucket (floor(time / g)), count, sum, max, and the
+-- frauds known among the bucket's payments (added by feedback as labels arrive). A window of nb buckets is the current bucket b and the nb - 1 before it; buckets after
 -- b (written out of time order) are not in it. Recording drops buckets that fell out of every
 -- window (<= b - keep).
 -- tokens: g, keep, nw, nb1..nbn, nf, fb1..fbn
@@ -352,7 +352,8 @@ end
 if mode == 'feedback' then
   -- tokens per block: retention, fraud_g (0: none), fraud_keep, the fraud granularity's position
   -- among the block's bucketed ones (0: none), the position of this event's list among the
-  -- block's feedback lists (0: none), the numbers of bucketed granularities and feedback lists
+  -- block's feedback lists (0: none), the numbers of bucketed granularities and feedback lists,
+  -- the bucket of the payment this event is about (fraud_g's; 0: none)
   local event = ARGV[4]
   local pos = 5
   for b = 1, #KEYS do
@@ -360,12 +361,15 @@ if mode == 'feedback' then
     local retention, g, keep = tonumber(ARGV[pos + 1]), tonumber(ARGV[pos + 2]), tonumber(ARGV[pos + 3])
     local gidx, fidx = tonumber(ARGV[pos + 4]), tonumber(ARGV[pos + 5])
     local ngroups, nfeed = tonumber(ARGV[pos + 6]), tonumber(ARGV[pos + 7])
+    local paid = tonumber(ARGV[pos + 8])
     local key = prefix .. ':f:' .. event
     local added = redis.call('ZADD', key, 'NX', int(t), txid)
     if added == 1 then
       redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. int(t - retention))
       redis.call('PEXPIRE', key, int(retention))
-      if gidx > 0 or fidx > 0 then
+      -- a known fraud counts only while its payment's bucket is still in some window
+      local counted = gidx > 0 and math.floor(t / g) - paid < keep
+      if counted or fidx > 0 then
         local skey = prefix .. ':s'
         local s = load_state(skey, ngroups + nfeed)
         local ttl = 0
@@ -377,16 +381,16 @@ if mode == 'feedback' then
           s[3 + ngroups + fidx] = kept
           ttl = retention
         end
-        if gidx > 0 then
-          -- one more fraud in the bucket of the report time (see op_buckets for the layout)
+        if counted then
+          -- one more known fraud among the payments of the paid bucket (see op_buckets for the
+          -- layout)
           local v = s[3 + gidx]
-          local x = math.floor(t / g)
           local n, here = #v, nil
-          for j = 1, n, 5 do if v[j] == x then here = j end end
+          for j = 1, n, 5 do if v[j] == paid then here = j end end
           if here then
             v[here + 4] = v[here + 4] + 1
           else
-            v[n + 1], v[n + 2], v[n + 3], v[n + 4], v[n + 5] = x, 0, 0, -1, 1
+            v[n + 1], v[n + 2], v[n + 3], v[n + 4], v[n + 5] = paid, 0, 0, -1, 1
           end
           ttl = math.max(ttl, (keep + 1) * g)
         end

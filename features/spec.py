@@ -101,8 +101,11 @@ class Feedback:
 
 @dataclass(frozen=True)
 class LabelRate:
+    """Known-fraud risk of an entity: its payments in each bucketed window (by payment time) and how
+    many of them were labelled fraud before the scored payment."""
+
     entity: str
-    window: Window
+    windows: tuple[Window, ...]
     prior: float
     strength: float
 
@@ -140,7 +143,9 @@ class FeatureSpec:
         names += [f"{n.entity}_{n.name}" for n in self.novelty]
         for f in self.feedback:
             names += [f"{f.entity}_{f.event}s_{w.label}" for w in f.windows]
-        names += [f"{r.entity}_fraud_rate_{r.window.label}" for r in self.label_rate]
+        for r in self.label_rate:
+            kinds = ("known_frauds", "fraud_rate")
+            names += [f"{r.entity}_{kind}_{w.label}" for w in r.windows for kind in kinds]
         if self.card_behaviour is not None:
             b = self.card_behaviour
             label = b.window.label
@@ -247,7 +252,7 @@ def _build(raw: dict[str, Any]) -> FeatureSpec:
     label_rate = [
         LabelRate(
             _check_entity(entities, r["entity"], "label_rate"),
-            _windows([r["window"]], {r["window"]: r["granularity"]})[0],
+            _windows(r["windows"], dict.fromkeys(r["windows"], r["granularity"])),
             float(r["prior"]),
             float(r["strength"]),
         )

@@ -50,7 +50,10 @@ def test_online_equals_offline_on_20k_payments(history: pd.DataFrame, redis_clie
     counts = [
         i
         for i, n in enumerate(names)
-        if "_count_" in n or "_distinct_" in n or n.endswith(("s_1h", "s_24h", "s_30d"))
+        if "_count_" in n
+        or "_distinct_" in n
+        or "_known_frauds_" in n
+        or n.endswith(("s_1h", "s_24h", "s_30d"))
     ]
     # counts must be equal exactly, everything else to 1e-9 relative
     assert np.array_equal(online[:, counts], offline[:, counts], equal_nan=True)
@@ -62,6 +65,7 @@ def test_online_equals_offline_on_20k_payments(history: pd.DataFrame, redis_clie
         "card_count_24h",
         "card_declines_24h",
         "merchant_fraud_rate_30d",
+        "merchant_known_frauds_7d",
         "device_distinct_cards_7d",
         "card_new_device",
         "card_amount_zscore_30d",
@@ -114,3 +118,25 @@ def test_distinct_key_of_an_entity_without_exact_windows(
     assert {"merchant_distinct_cards_1h", "merchant_distinct_cards_24h", "merchant_new_card"} <= set(names)
     assert np.allclose(online, offline, rtol=1e-9, atol=1e-9, equal_nan=True)
     assert any(k.decode().endswith(":d:card_id") for k in redis_client.scan_iter(match="*:d:*"))
+
+
+def test_known_frauds_of_busy_terminals(history: pd.DataFrame, redis_client: redis.Redis) -> None:
+    """Known-fraud counts and shares per terminal agree online and offline, with labels that arrive
+    the same day, weeks later, after their bucket left every window, and (bad data) before the
+    payment itself; a label counts only for payments after it, in the bucket of the payment it is about."""
+    rng = np.random.default_rng(5)
+    sample = history.iloc[::5].reset_index(drop=True).copy()
+    sample["terminal_id"] = [f"t{code % 6}" for code in pd.factorize(sample["merchant_id"])[0]]
+    fraud = rng.random(len(sample)) < 0.04
+    delay = pd.to_timedelta(rng.uniform(-2, 40 * 24, len(sample)), unit="h")
+    sample["label"] = fraud.astype("int8")
+    sample["label_time"] = (sample["timestamp"] + delay).where(fraud, pd.NaT)
+    names, online = _online(sample, redis_client)
+    offline = OfflineFeatures().transform(sample)[names].to_numpy()
+    for prefix in ("terminal_known_frauds_", "terminal_fraud_rate_", "merchant_known_frauds_"):
+        columns = [i for i, n in enumerate(names) if n.startswith(prefix)]
+        same = np.allclose(online[:, columns], offline[:, columns], rtol=1e-12, atol=0, equal_nan=True)
+        assert same, prefix
+    known = offline[:, names.index("terminal_known_frauds_30d")]
+    assert np.nanmax(known) >= 5
+    assert (offline[:, names.index("terminal_known_frauds_1d")] > 0).any()
