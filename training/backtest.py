@@ -268,7 +268,7 @@ def _context_days(spec: FeatureSpec) -> int:
     windows = [w.ms for v in spec.velocity for w in v.windows]
     windows += [w.ms for d in spec.distinct for w in d.windows]
     windows += [w.ms for f in spec.feedback for w in f.windows]
-    windows += [r.window.ms for r in spec.label_rate]
+    windows += [w.ms for r in spec.label_rate for w in r.windows]
     windows += [n.lookback_ms for n in spec.novelty]
     if spec.card_behaviour is not None:
         windows.append(spec.card_behaviour.window.ms)
