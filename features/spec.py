@@ -18,6 +18,10 @@ from typing import Any, Literal
 
 import yaml
 
+from features.spec_shape import ListOf, MapOf, Record, Scalar, SpecError, check_shape, key_line
+
+__all__ = ["FeatureSpec", "SpecError", "Window", "load_spec", "parse_duration"]
+
 DEFAULT_SPEC_PATH = Path(__file__).with_name("spec.yaml")
 
 Stat = Literal["count", "sum", "mean", "max"]
@@ -41,16 +45,37 @@ _UNITS_MS = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 _DURATION = re.compile(r"^(\d+)(ms|s|m|h|d)$")
 
 
-class SpecError(ValueError):
-    """The feature spec is malformed; the message names the section and entry."""
-
-
 def parse_duration(text: str) -> int:
     """Parse '10m', '24h', '30d' into milliseconds."""
     match = _DURATION.match(str(text).strip())
     if not match or int(match.group(1)) == 0:
         raise SpecError(f"bad duration {text!r}: use a positive number and one of ms, s, m, h, d (e.g. 24h)")
     return int(match.group(1)) * _UNITS_MS[match.group(2)]
+
+
+SPEC_VERSION = 1
+_TEXT, _NUMBER = Scalar("str"), Scalar("number")
+_DURATION_TEXT = Scalar("str", parse_duration)
+_NAMES, _WINDOWS = ListOf(_TEXT), ListOf(_DURATION_TEXT)
+_ENTRY = {"entity": _TEXT}
+_SMOOTHING = {"prior": _NUMBER, "strength": _NUMBER}
+SPEC_SHAPE = Record(
+    required={"version": Scalar("int"), "entities": MapOf(_NAMES)},
+    optional={
+        "dedupe_horizon": _DURATION_TEXT,
+        "velocity": ListOf(
+            Record({**_ENTRY, "windows": _WINDOWS, "stats": _NAMES}, {"granularity": MapOf(_DURATION_TEXT)})
+        ),
+        "distinct": ListOf(Record({**_ENTRY, "field": _TEXT, "name": _TEXT, "windows": _WINDOWS})),
+        "novelty": ListOf(Record({**_ENTRY, "field": _TEXT, "name": _TEXT, "lookback": _DURATION_TEXT})),
+        "feedback": ListOf(Record({**_ENTRY, "event": _TEXT, "windows": _WINDOWS})),
+        "label_rate": ListOf(
+            Record({**_ENTRY, "windows": _WINDOWS, "granularity": _DURATION_TEXT, **_SMOOTHING})
+        ),
+        "card_behaviour": Record({**_ENTRY, "window": _DURATION_TEXT, "profile_ttl": _DURATION_TEXT}),
+        "payment": _NAMES,
+    },
+)
 
 
 @dataclass(frozen=True)
@@ -183,18 +208,31 @@ class FeatureSpec:
 
 
 def load_spec(path: str | Path = DEFAULT_SPEC_PATH) -> FeatureSpec:
-    """Read and validate a feature spec YAML file."""
+    """Read and validate a feature spec YAML file.
+
+    Strict like the rule loader: an unknown key, a missing one, a value of the wrong type or an
+    unsupported `version` is a SpecError naming the file, the line and the key (a misspelt
+    `granularity` must not silently turn a bucketed window into an exact one).
+    """
     text = Path(path).read_text()
     try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise SpecError(f"{path}: not valid YAML: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise SpecError(f"{path}: expected a mapping at the top level")
+    if node is None:
+        raise SpecError(f"{path}: empty feature spec")
+    check_shape(node, SPEC_SHAPE, str(path), "spec")
+    if raw["version"] != SPEC_VERSION:
+        line = key_line(node, "version")
+        raise SpecError(
+            f"{path}:{line}: version {raw['version']!r} is not supported: this engine reads version "
+            f"{SPEC_VERSION}"
+        )
     try:
         spec = _build(raw)
-    except (KeyError, TypeError) as exc:
-        raise SpecError(f"{path}: missing or malformed entry: {exc}") from exc
+    except SpecError as exc:
+        raise SpecError(f"{path}: {exc}") from exc
     digest = hashlib.sha256(text.encode()).hexdigest()[:16]
     return FeatureSpec(**{**spec.__dict__, "digest": digest})
 
@@ -226,6 +264,9 @@ def _build(raw: dict[str, Any]) -> FeatureSpec:
         if bad:
             raise SpecError(f"velocity: unknown stats {bad}; use {list(STATS)}")
         entity = _check_entity(entities, v["entity"], "velocity")
+        stray = sorted(set(v.get("granularity") or {}) - set(v["windows"]))
+        if stray:
+            raise SpecError(f"velocity of {entity}: granularity for {stray}, which are not among its windows")
         velocity.append(Velocity(entity, _windows(v["windows"], v.get("granularity")), stats))
     distinct = [
         Distinct(
