@@ -34,8 +34,8 @@ from training.backtest import (
     replay_period,
     run_backtest,
 )
-from training.evaluate import expected_cost
 from training.history import write_history
+from training.metrics import expected_cost
 from training.model_artifact import ModelArtifact
 from training.simulator import simulate
 

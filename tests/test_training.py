@@ -18,18 +18,12 @@ from rich.console import Console
 from rich.progress import Progress
 
 from features.spec import load_spec
+from training.baselines import BASELINE_RULES, baseline_scores
 from training.config import ConfigError, TrainConfig, TrainingError, load_config
 from training.dataset import build_dataset, compute_features, read_history, utc_midnight
-from training.evaluate import (
-    BASELINE_RULES,
-    baseline_scores,
-    card_precision_at_k,
-    evaluate,
-    expected_cost,
-    recall_at_fpr,
-    threshold_at_fpr,
-)
+from training.evaluate import evaluate
 from training.history import HistoryError, write_history
+from training.metrics import card_precision_at_k, expected_cost, recall_at_fpr, threshold_at_fpr
 from training.model_artifact import ModelArtifact
 from training.scoring import score_history, verdicts
 from training.simulator import simulate

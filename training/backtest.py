@@ -51,7 +51,8 @@ from engine.schema import TRANSACTION_COLUMNS
 from features.spec import FeatureSpec, load_spec
 from training.config import TrainConfig, TrainingError
 from training.dataset import ProgressArg, as_progress, build_dataset, check_period, read_history
-from training.evaluate import config_of, expected_cost, verdict_mix
+from training.evaluate import config_of
+from training.metrics import expected_cost, verdict_mix
 from training.model_artifact import ModelArtifact
 from training.scoring import VERDICTS
 

@@ -1,225 +1,73 @@
 """Honest, time-based evaluation: `antifraud evaluate` on a period after the training period.
 
-Metrics (docs/training.md defines each): ROC AUC, average precision, card precision@k per day,
-recall at 0.1% and 1% false-positive rate, the verdict mix at the model's thresholds and the
-expected cost
+Every evaluation measures three scores on the same payments (`training.metrics` defines the
+metrics): the model, the logistic baseline (`training.baselines.LogisticBaseline`, the usual
+first model in the literature) and a hand-written rules-only score (`baseline_scores`). A model
+that does not beat the logistic baseline is not worth its complexity, and the report says so.
 
-    cost = amount of fraud allowed + review_cost x payments reviewed
-           + block_cost_factor x amount of legitimate payments blocked
-
-(a reviewed fraud is assumed caught, a blocked fraud costs nothing). The same metrics are computed
-for `baseline_scores`, a hand-written rules-only score, as the point of comparison.
+This module is the single-period protocol; `training.prequential` is the rolling-folds one.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import fields
-from datetime import date
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from datetime import date, timedelta
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
+from training.baselines import LOGISTIC_FILE, LogisticBaseline, baseline_scores
 from training.config import TrainConfig, TrainingError, load_config
-from training.dataset import Dataset, ProgressArg, as_progress, build_dataset, check_period, read_history
+from training.dataset import (
+    Dataset,
+    ProgressArg,
+    as_progress,
+    check_period,
+    compute_features,
+    read_history,
+    utc_midnight,
+)
+from training.metrics import Assessment, SideMetrics, Thresholds, compute_metrics, counts, thresholds_at
 from training.model_artifact import ModelArtifact
 from training.report import write_report
-from training.scoring import VERDICTS, verdicts
-
-FPR_TARGETS = (0.001, 0.01)
-
-# The rules-only baseline: (feature, threshold, points). A payment scores the points of every
-# condition `feature >= threshold` it meets; a missing feature meets none. These mirror what a
-# fraud team writes first: velocity, country mismatch, amount far above the card's habit, fresh
-# devices and cards, and cards or merchants already hit by fraud.
-BASELINE_RULES: tuple[tuple[str, float, float], ...] = (
-    ("card_count_10m", 2, 1.0),
-    ("card_count_1h", 3, 2.0),
-    ("card_count_24h", 8, 1.0),
-    ("card_distinct_merchants_1h", 3, 1.0),
-    ("card_distinct_countries_24h", 2, 1.0),
-    ("ip_card_country_mismatch", 1, 2.0),
-    ("card_amount_to_mean_30d", 3, 2.0),
-    ("card_amount_zscore_30d", 3, 1.0),
-    ("card_new_device", 1, 1.0),
-    ("card_new_country", 1, 1.0),
-    ("card_frauds_30d", 1, 3.0),
-    ("card_declines_24h", 2, 1.0),
-    ("ip_distinct_cards_24h", 3, 2.0),
-    ("device_distinct_cards_24h", 3, 2.0),
-    ("merchant_fraud_rate_30d", 0.05, 1.0),
-)
 
 
-def baseline_scores(features: pd.DataFrame) -> np.ndarray:
-    """A rules-only score in [0, 1]: the comparison point for the model ("model vs rules-only").
+@dataclass(frozen=True)
+class SideScores:
+    """The three scores of one set of payments, and the thresholds each is held to."""
 
-    The share of `BASELINE_RULES` points a payment collects, plus a tie-breaker below one point
-    that grows with the amount relative to the card's habit, so that payments with equal points are
-    not ranked at random. Rules whose feature is absent from the spec are skipped.
-    """
-    total = np.zeros(len(features))
-    available = 0.0
-    for name, threshold, points in BASELINE_RULES:
-        if name in features:
-            values = features[name].to_numpy(dtype=float)
-            total += points * np.nan_to_num(values >= threshold, nan=0.0)
-            available += points
-    if "card_amount_to_mean_30d" in features:
-        ratio = np.nan_to_num(features["card_amount_to_mean_30d"].to_numpy(dtype=float), nan=1.0)
-        total += 0.5 * (1 - 1 / (1 + np.clip(ratio, 0, None)))  # in [0, 0.5)
-    return total / max(available + 0.5, 1.0)
+    model: np.ndarray
+    logistic: np.ndarray
+    baseline: np.ndarray
+    model_thresholds: Thresholds
+    logistic_thresholds: Thresholds
+    baseline_thresholds: Thresholds
 
+    def as_mapping(self) -> dict[str, np.ndarray]:
+        """Scores by side name (`model`, `logistic`, `baseline`), for plots."""
+        return {"model": self.model, "logistic": self.logistic, "baseline": self.baseline}
 
-# ----------------------------------------------------------------------------------------- metrics
-
-
-def threshold_at_fpr(scores: np.ndarray, labels: np.ndarray, fpr: float) -> float:
-    """The lowest score at which at most `fpr` of the legitimate payments score at or above it.
-
-    With n legitimate payments, k = floor(fpr x n) of them may be flagged: the threshold is just
-    above the (k+1)-th highest legitimate score. Payments with score >= threshold are flagged.
-    """
-    legit = np.sort(np.asarray(scores, dtype=float)[np.asarray(labels) == 0])[::-1]
-    if len(legit) == 0:
-        raise TrainingError("no legitimate payments to set a threshold on")
-    k = int(np.floor(fpr * len(legit)))
-    if k >= len(legit):
-        return float(legit[-1])
-    return float(np.nextafter(legit[k], np.inf))
-
-
-def recall_at_fpr(labels: np.ndarray, scores: np.ndarray, fpr: float) -> float:
-    """Share of frauds caught at the best threshold whose false-positive rate is at most `fpr`."""
-    f, t, _ = roc_curve(labels, scores)
-    return float(t[f <= fpr].max())
-
-
-def card_precision_at_k(
-    labels: np.ndarray, scores: np.ndarray, cards: np.ndarray, timestamps: pd.Series, k: int = 100
-) -> tuple[float, list[float]]:
-    """Card precision@k averaged over days, and the value of each day.
-
-    Each UTC day, cards are ranked by their highest score that day; of the top k (all cards when a
-    day has fewer), the share that had at least one fraudulent payment that day. This is what a
-    team of investigators checking k cards a day would find.
-    """
-    frame = pd.DataFrame(
-        {
-            "day": pd.to_datetime(timestamps, utc=True).dt.floor("D").to_numpy(),
-            "card": np.asarray(cards),
-            "score": np.asarray(scores, dtype=float),
-            "label": np.asarray(labels, dtype=float),
-        }
-    )
-    per_card = frame.groupby(["day", "card"], sort=False).agg(score=("score", "max"), label=("label", "max"))
-    per_card = per_card.reset_index().sort_values(["day", "score"], ascending=[True, False], kind="stable")
-    top = per_card.groupby("day", sort=True).head(k)
-    daily = top.groupby("day", sort=True)["label"].mean()
-    return float(daily.mean()), [float(v) for v in daily.to_numpy()]
-
-
-def expected_cost(
-    labels: np.ndarray, verdict: np.ndarray, amounts: np.ndarray, review_cost: float, block_cost_factor: float
-) -> dict[str, float]:
-    """The cost formula of the module docstring, with its three parts."""
-    fraud = np.asarray(labels) == 1
-    amounts = np.asarray(amounts, dtype=float)
-    missed = float(amounts[fraud & (verdict == "allow")].sum())
-    reviews = float(review_cost * (verdict == "review").sum())
-    blocked_good = float(block_cost_factor * amounts[~fraud & (verdict == "block")].sum())
-    return {
-        "total": missed + reviews + blocked_good,
-        "fraud_allowed": missed,
-        "reviews": reviews,
-        "legit_blocked": blocked_good,
-        "allow_everything": float(amounts[fraud].sum()),
-    }
-
-
-def cost_curve(
-    labels: np.ndarray, scores: np.ndarray, amounts: np.ndarray, config: TrainConfig, points: int = 200
-) -> tuple[np.ndarray, np.ndarray]:
-    """Cost when every payment scoring >= t is blocked (no review), for a grid of thresholds t."""
-    scores = np.asarray(scores, dtype=float)
-    # scores crowd near 0: a log-spaced grid plus score quantiles resolves both ends
-    grid = np.unique(
-        np.r_[np.geomspace(1e-5, 1.0, points), np.quantile(scores, np.linspace(0.5, 1.0, points))]
-    )
-    fraud = np.asarray(labels) == 1
-    amounts = np.asarray(amounts, dtype=float)
-    order = np.argsort(-scores, kind="stable")
-    s, fr, am = scores[order], fraud[order], amounts[order]
-    # cumulative sums over payments sorted by descending score: blocked set = a prefix
-    good_blocked = np.r_[0.0, np.cumsum(np.where(fr, 0.0, am))]
-    fraud_blocked = np.r_[0.0, np.cumsum(np.where(fr, am, 0.0))]
-    n_blocked = np.searchsorted(-s, -grid, side="right")
-    cost = (fraud_blocked[-1] - fraud_blocked[n_blocked]) + config.block_cost_factor * good_blocked[n_blocked]
-    return grid, cost
-
-
-def verdict_mix(labels: np.ndarray, verdict: np.ndarray, amounts: np.ndarray) -> dict[str, dict[str, float]]:
-    """Per verdict: payments, their share, frauds among them and fraud amount."""
-    fraud = np.asarray(labels) == 1
-    amounts = np.asarray(amounts, dtype=float)
-    mix = {}
-    for v in VERDICTS:
-        sel = verdict == v
-        mix[v] = {
-            "payments": int(sel.sum()),
-            "share": float(sel.mean()) if len(sel) else 0.0,
-            "frauds": int((sel & fraud).sum()),
-            "fraud_amount": float(amounts[sel & fraud].sum()),
-        }
-    return mix
-
-
-def compute_metrics(
-    labels: np.ndarray,
-    scores: np.ndarray,
-    rows: pd.DataFrame,
-    thresholds: dict[str, float],
-    config: TrainConfig,
-) -> dict[str, Any]:
-    """Every metric of the module docstring for one score vector over the payments in `rows`."""
-    labels = np.asarray(labels)
-    if len(np.unique(labels)) < 2:
-        raise TrainingError(
-            "the period has payments of only one class (no fraud, or only fraud): "
-            "ROC AUC and average precision need both; choose a longer or later period"
+    def metrics(self, data: Dataset, config: TrainConfig) -> tuple[SideMetrics, SideMetrics, SideMetrics]:
+        """compute_metrics of the model, the logistic baseline and rules-only on `data`."""
+        y, rows = data.y, data.rows
+        return (
+            compute_metrics(y, self.model, rows, self.model_thresholds, config),
+            compute_metrics(y, self.logistic, rows, self.logistic_thresholds, config),
+            compute_metrics(y, self.baseline, rows, self.baseline_thresholds, config),
         )
-    amounts = rows["amount"].to_numpy(dtype=float)
-    verdict = verdicts(scores, thresholds)
-    cp, _ = card_precision_at_k(
-        labels, scores, rows["card_id"].to_numpy(), rows["timestamp"], config.precision_k
-    )
-    grid, cost = cost_curve(labels, scores, amounts, config)
-    best = int(np.argmin(cost))
-    return {
-        "roc_auc": float(roc_auc_score(labels, scores)),
-        "average_precision": float(average_precision_score(labels, scores)),
-        f"card_precision_at_{config.precision_k}": cp,
-        **{f"recall_at_fpr_{fpr:g}": recall_at_fpr(labels, scores, fpr) for fpr in FPR_TARGETS},
-        "thresholds": dict(thresholds),
-        "verdicts": verdict_mix(labels, verdict, amounts),
-        "cost": expected_cost(labels, verdict, amounts, config.review_cost, config.block_cost_factor),
-        "cost_optimal_block_threshold": {"threshold": float(grid[best]), "cost": float(cost[best])},
-    }
 
 
-def counts(rows: pd.DataFrame) -> dict[str, Any]:
-    """Rows, frauds, fraud rate and fraud amount of a period."""
-    fraud = rows["label"].to_numpy() == 1
-    return {
-        "payments": len(rows),
-        "frauds": int(fraud.sum()),
-        "fraud_rate": float(fraud.mean()) if len(rows) else 0.0,
-        "fraud_amount": float(rows["amount"].to_numpy(dtype=float)[fraud].sum()),
-        "cards": int(rows["card_id"].nunique()),
-    }
+def as_thresholds(recorded: Mapping[str, object]) -> Thresholds:
+    """Review and block thresholds from a recorded mapping (metadata.json), other keys ignored."""
+    try:
+        return {"review": float(recorded["review"]), "block": float(recorded["block"])}  # type: ignore[arg-type]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise TrainingError(
+            f"recorded thresholds {dict(recorded)!r} lack a numeric review and block"
+        ) from exc
 
 
 def importances(artifact: ModelArtifact) -> list[tuple[str, float]]:
@@ -236,43 +84,92 @@ def assess(
     scores: np.ndarray,
     artifact: ModelArtifact,
     config: TrainConfig,
-    baseline_thresholds: dict[str, float] | None,
+    baseline_thresholds: Mapping[str, object] | None,
     out_dir: Path | None,
     title: str,
     warnings: list[str] | None = None,
-) -> dict[str, Any]:
-    """Metrics of the model and of the rules-only baseline on one dataset; writes the report if asked.
+    *,
+    logistic: LogisticBaseline | None = None,
+    logistic_thresholds: Mapping[str, object] | None = None,
+) -> Assessment:
+    """Metrics of the model, the logistic baseline and rules-only on one dataset; the report if asked.
 
-    `baseline_thresholds` None: the baseline's thresholds are set on this very data (optimistic
-    for the baseline, and said so in the warnings).
+    `baseline_thresholds` / `logistic_thresholds` None: that baseline's thresholds are set on this
+    very data, and `logistic` None: the logistic baseline is fitted on this very data (both
+    optimistic for the baseline, and said so in the warnings).
     """
+    metrics, sides = measure(
+        data,
+        scores,
+        artifact,
+        config,
+        baseline_thresholds,
+        title,
+        warnings,
+        logistic=logistic,
+        logistic_thresholds=logistic_thresholds,
+    )
+    if out_dir is not None:
+        write_outputs(out_dir, metrics, data, sides, artifact, config)
+    return metrics
+
+
+def measure(
+    data: Dataset,
+    scores: np.ndarray,
+    artifact: ModelArtifact,
+    config: TrainConfig,
+    baseline_thresholds: Mapping[str, object] | None,
+    title: str,
+    warnings: list[str] | None = None,
+    *,
+    logistic: LogisticBaseline | None = None,
+    logistic_thresholds: Mapping[str, object] | None = None,
+) -> tuple[Assessment, SideScores]:
+    """`assess` without writing anything: the metrics, and the three scores they were computed on."""
     warnings = list(warnings or [])
-    y = data.y
     if data.frauds in (0, len(data)):
         raise TrainingError(
             f"[{_when(data.start)}, {_when(data.end)}) has {len(data):,} payments and {data.frauds:,} "
             "frauds: the metrics need both frauds and legitimate payments; choose a longer period"
         )
-    base = baseline_scores(data.features)
+    y = data.y
+    if logistic is None:
+        logistic = LogisticBaseline.fit(data.features, y)
+        warnings.append("the logistic baseline was fitted on this period itself (optimistic for it)")
+    if missing := logistic.missing(data.features):
+        warnings.append(
+            f"the logistic baseline was fitted with features this file lacks ({', '.join(missing)}): "
+            "they count as missing on every payment"
+        )
+    base, logit = baseline_scores(data.features), logistic.predict(data.features)
     if baseline_thresholds is None:
-        baseline_thresholds = {
-            "review": threshold_at_fpr(base, y, config.review_fpr),
-            "block": threshold_at_fpr(base, y, config.block_fpr),
-        }
-        warnings.append("the baseline's thresholds were set on this period itself (optimistic for it)")
-    metrics: dict[str, Any] = {
+        base_t = thresholds_at(base, y, config)
+        warnings.append("the rules-only thresholds were set on this period itself (optimistic for it)")
+    else:
+        base_t = as_thresholds(baseline_thresholds)
+    if logistic_thresholds is None:
+        logit_t = thresholds_at(logit, y, config)
+        warnings.append(
+            "the logistic baseline's thresholds were set on this period itself (optimistic for it)"
+        )
+    else:
+        logit_t = as_thresholds(logistic_thresholds)
+    sides = SideScores(scores, logit, base, as_thresholds(artifact.thresholds), logit_t, base_t)
+    model_m, logistic_m, baseline_m = sides.metrics(data, config)
+    metrics: Assessment = {
         "title": title,
         "period": {"start": _when(data.start), "end": _when(data.end)},
         "model_version": artifact.version,
         "counts": counts(data.rows),
-        "model": compute_metrics(y, scores, data.rows, artifact.thresholds, config),
-        "baseline": compute_metrics(y, base, data.rows, baseline_thresholds, config),
+        "aimed_fpr": {"review": config.review_fpr, "block": config.block_fpr},
+        "model": model_m,
+        "logistic": logistic_m,
+        "baseline": baseline_m,
         "cost_parameters": {"review_cost": config.review_cost, "block_cost_factor": config.block_cost_factor},
         "warnings": warnings,
     }
-    if out_dir is not None:
-        write_outputs(out_dir, metrics, data, scores, artifact, config)
-    return metrics
+    return metrics, sides
 
 
 def _when(t: pd.Timestamp) -> str:
@@ -282,9 +179,9 @@ def _when(t: pd.Timestamp) -> str:
 
 def write_outputs(
     out_dir: Path,
-    metrics: dict[str, Any],
+    metrics: Assessment,
     data: Dataset,
-    scores: np.ndarray,
+    sides: SideScores,
     artifact: ModelArtifact,
     config: TrainConfig,
 ) -> None:
@@ -295,8 +192,7 @@ def write_outputs(
         out_dir,
         metrics,
         data.y,
-        scores,
-        baseline_scores(data.features),
+        sides.as_mapping(),
         data.rows["amount"].to_numpy(dtype=float),
         importances(artifact)[: config.top_features],
         config,
@@ -315,6 +211,91 @@ def config_of(artifact: ModelArtifact, config: Path | None) -> TrainConfig:
         return TrainConfig()
 
 
+def recorded_inputs(
+    artifact: ModelArtifact, columns: Path | None, label_delay: timedelta | None
+) -> tuple[Path | None, timedelta | None, list[str]]:
+    """The column map and label delay to read the history with, and what was reused.
+
+    What the user passes wins; otherwise the model's recorded column map and label delay are
+    reused (a history must be read the same way it was read for training), and each reuse is
+    described in a sentence.
+    """
+    data = artifact.metadata.get("data") or {}
+    notes: list[str] = []
+    if columns is None and data.get("columns"):
+        recorded = Path(str(data["columns"]))
+        if not recorded.is_file():
+            raise TrainingError(
+                f"the model was trained with the column map {recorded}, which no longer exists; "
+                "pass --columns"
+            )
+        columns = recorded
+        notes.append(f"read the history with the model's recorded column map {recorded}")
+    if label_delay is None and data.get("label_delay_seconds") is not None:
+        label_delay = timedelta(seconds=float(data["label_delay_seconds"]))
+        notes.append(f"used the model's recorded label delay of {_duration(label_delay)}")
+    return columns, label_delay, notes
+
+
+def _duration(delay: timedelta) -> str:
+    seconds = delay.total_seconds()
+    if seconds % 86400 == 0:
+        return f"{seconds / 86400:g} days"
+    return f"{seconds / 3600:g} hours"
+
+
+def period_data(rows: pd.DataFrame, features: pd.DataFrame, start: date, end: date, source: str) -> Dataset:
+    """The payments of [start, end) among rows whose features are computed; TrainingError if none."""
+    t0, t1 = utc_midnight(start), utc_midnight(end)
+    keep = ((rows["timestamp"] >= t0) & (rows["timestamp"] < t1)).to_numpy()
+    if not keep.any():
+        span = (
+            f"{rows['timestamp'].min():%Y-%m-%d} to {rows['timestamp'].max():%Y-%m-%d}"
+            if len(rows)
+            else "nothing"
+        )
+        raise TrainingError(f"{source}: no payments in [{start}, {end}); the file covers {span}")
+    return Dataset(rows[keep], features[keep], t0, t1)
+
+
+def _training_period(artifact: ModelArtifact) -> tuple[date, date] | None:
+    data = artifact.metadata.get("data") or {}
+    try:
+        return date.fromisoformat(str(data["train_start"])), date.fromisoformat(str(data["train_end"]))
+    except (KeyError, ValueError):
+        return None
+
+
+def logistic_of(
+    artifact: ModelArtifact, trained: Dataset | None, config: TrainConfig, warnings: list[str]
+) -> tuple[LogisticBaseline | None, Thresholds | None]:
+    """The model directory's logistic baseline and its thresholds, as far as they can be had.
+
+    The baseline comes from `baseline_logistic.json`; an older model directory has none, and it is
+    then fitted on the model's training period (`trained`), with a warning. Its thresholds are set
+    on the training period at the configured false-positive rates (a model of about a dozen
+    coefficients scores its own training payments much as it scores new ones). None for what
+    cannot be had (no file and no training period): `assess` then uses the evaluated period itself
+    and says so.
+    """
+    path = artifact.path / LOGISTIC_FILE if artifact.path is not None else None
+    usable = trained if trained is not None and 0 < trained.frauds < len(trained) else None
+    if path is not None and path.is_file():
+        logistic = LogisticBaseline.load(path)
+    elif usable is not None:
+        logistic = LogisticBaseline.fit(usable.features, usable.y)
+        warnings.append(
+            f"the model directory has no {LOGISTIC_FILE} (trained before the logistic baseline existed): "
+            f"the logistic baseline was fitted here on the model's training period "
+            f"[{_when(usable.start)}, {_when(usable.end)})"
+        )
+    else:
+        return None, None
+    if usable is None:
+        return logistic, None
+    return logistic, thresholds_at(logistic.predict(usable.features), usable.y, config)
+
+
 def evaluate(
     history: Path,
     model_dir: Path,
@@ -324,35 +305,61 @@ def evaluate(
     columns: Path | None = None,
     config: Path | None = None,
     progress: ProgressArg = None,
-) -> dict[str, Any]:
-    """Metrics of a trained model on the payments in [start, end) of a labelled history.
+    label_delay: timedelta | None = None,
+) -> Assessment:
+    """Metrics of a trained model, the logistic baseline and rules-only on [start, end) of a history.
 
     Writes metrics.json, the plots and report.md/report.html to `out_dir` when given. The
     rules-only baseline is held to the model's rule: its thresholds were set at train time on the
-    same validation slice at the same false-positive rates (metadata `baseline_thresholds`).
-    A period overlapping the training period is evaluated, with a warning in `warnings`.
+    same validation slice at the same false-positive rates (metadata `baseline_thresholds`). The
+    column map and label delay recorded with the model are reused unless given (`notes` in the
+    result's warnings say so). A period overlapping the training period is evaluated, with a warning.
     """
     s, e = check_period(start, end)
     step = as_progress(progress)
     artifact = ModelArtifact.load(model_dir)
     cfg = config_of(artifact, config)
+    columns, label_delay, notes = recorded_inputs(artifact, columns, label_delay)
+    for note in notes:
+        step(note)
     step(f"reading {history}")
-    rows = read_history(history, columns, require_label=True)
-    data = build_dataset(rows, s, e, progress=step, source=str(history))
+    rows = read_history(history, columns, require_label=True, label_delay=label_delay)
+    trained_period = _training_period(artifact)
+    feature_end = max(e, trained_period[1]) if trained_period else e
+    before, features = compute_features(rows, utc_midnight(feature_end), progress=step)
+    data = period_data(before, features, s, e, str(history))
     warnings: list[str] = []
     if overlap := artifact.training_overlap(s, e):
         warnings.append(
             f"the period overlaps the training period [{overlap[0]}, {overlap[1]}): these metrics are "
             "optimistic; evaluate on dates from the training end on"
         )
+    trained: Dataset | None = None
+    if trained_period is not None:
+        try:
+            trained = period_data(before, features, *trained_period, str(history))
+        except TrainingError:
+            warnings.append(
+                f"the model's training period [{trained_period[0]}, {trained_period[1]}) is not in {history}"
+            )
+    logistic, logistic_t = logistic_of(artifact, trained, cfg, warnings)
     step(f"scoring {len(data):,} payments with {artifact.version}")
     scores = artifact.predict(data.features[artifact.features].to_numpy(dtype=float))
     title = f"Evaluation of {artifact.version} on [{s}, {e})"
-    metrics = assess(
-        data, scores, artifact, cfg, artifact.metadata.get("baseline_thresholds"), None, title, warnings
+    metrics, sides = measure(
+        data,
+        scores,
+        artifact,
+        cfg,
+        artifact.metadata.get("baseline_thresholds"),
+        title,
+        warnings,
+        logistic=logistic,
+        logistic_thresholds=logistic_t,
     )
     metrics["history"] = str(history)
+    metrics["notes"] = notes
     if out_dir is not None:
-        write_outputs(out_dir, metrics, data, scores, artifact, cfg)
+        write_outputs(out_dir, metrics, data, sides, artifact, cfg)
         step(f"wrote {out_dir / 'report.md'}")
     return metrics

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from features.spec import FeatureSpec, load_spec
+from training.baselines import baseline_scores
 from training.config import TrainConfig, TrainingError, load_config
 from training.dataset import (
     Dataset,
@@ -38,7 +39,8 @@ from training.dataset import (
     no_progress,
     read_history,
 )
-from training.evaluate import assess, baseline_scores, threshold_at_fpr
+from training.evaluate import assess
+from training.metrics import threshold_at_fpr
 from training.model_artifact import ModelArtifact
 
 MIN_FRAUDS = 5  # below this in either slice, early stopping and thresholds are noise
@@ -209,8 +211,11 @@ def train(
     metadata["validation_metrics"] = {
         k: v for k, v in metrics["model"].items() if k not in ("verdicts", "thresholds")
     }
+    base_metrics = metrics["baseline"]
     metadata["validation_metrics"]["baseline"] = {
-        k: metrics["baseline"][k] for k in ("roc_auc", "average_precision", "recall_at_fpr_0.01")
+        "roc_auc": base_metrics["roc_auc"],
+        "average_precision": base_metrics["average_precision"],
+        "recall_at_fpr_0.01": base_metrics["recall_at_fpr_0.01"],
     }
     metadata["training_seconds"] = round(time.perf_counter() - started, 2)
     artifact.save(out)
