@@ -356,6 +356,7 @@ class FoldRecord(TypedDict):
     counts: Counts  # test payments kept (after removing known-compromised cards)
     removed: Removed
     num_trees: int
+    late_labels: int  # training frauds whose label_time is at or after the test start
     model: SideMetrics
     logistic: SideMetrics
     baseline: SideMetrics

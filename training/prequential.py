@@ -1,0 +1,387 @@
+"""Prequential evaluation: rolling folds of train, gap, test over a history (`--protocol prequential`).
+
+The card-fraud literature's standard protocol. Fold k trains on N days, skips a gap of G days,
+then tests on the next M days:
+
+    fold k:   train [s_k, s_k + N)   gap [s_k + N, s_k + N + G)   test [s_k + N + G, s_k + N + G + M)
+
+Folds step by M days, so their test periods tile the end of the history; the last test period ends
+at the history's last full day (or at `end`). The gap is the label delay: a model put in service on
+the test's first day could not have known the labels of the gap's payments, nor of those made just
+before it.
+
+Each fold trains exactly as `antifraud train` does (`training.train.fit_model`) and is measured on
+its test days for the model, the logistic baseline (fitted on the same training payments) and the
+rules-only score. On each test day, cards whose fraud was already known (`label_time`) before that
+day are left out: they would already be blocked, and counting them would flatter every score.
+Features are computed once, point-in-time, over the history up to the last test day: a payment's
+features do not depend on the fold.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import date, timedelta
+from pathlib import Path
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+
+from features.spec import FeatureSpec, load_spec
+from training.baselines import LogisticBaseline, baseline_scores
+from training.checks import data_warnings
+from training.config import TrainConfig, TrainingError
+from training.dataset import (
+    Dataset,
+    Progress,
+    ProgressArg,
+    as_progress,
+    compute_features,
+    no_progress,
+    utc_midnight,
+)
+from training.evaluate import SideScores
+from training.history import DEFAULT_LABEL_DELAY
+from training.metrics import (
+    FoldRecord,
+    PrequentialMetrics,
+    Removed,
+    SideSummary,
+    Thresholds,
+    counts,
+    summarise,
+    threshold_at_fpr,
+    thresholds_at,
+)
+from training.report import write_prequential_report
+from training.train import MIN_FRAUDS, fit, split_by_time
+
+DAY = timedelta(days=1)
+
+
+@dataclass(frozen=True)
+class Fold:
+    """One fold's periods, as [start, end) UTC calendar dates."""
+
+    index: int  # 0 for the earliest fold
+    train_start: date
+    train_end: date
+    test_start: date
+    test_end: date
+
+    @property
+    def gap_days(self) -> int:
+        """Days between the training end and the test start (labels not yet known at training)."""
+        return (self.test_start - self.train_end).days
+
+    def describe(self) -> str:
+        """`fold 2: train [..), test [..)` for messages."""
+        return (
+            f"fold {self.index + 1}: train [{self.train_start}, {self.train_end}), "
+            f"test [{self.test_start}, {self.test_end})"
+        )
+
+
+def make_folds(
+    first_day: date, end: date, *, train_days: int, gap_days: int, test_days: int, folds: int
+) -> list[Fold]:
+    """The folds of a history whose first day is `first_day`, the last test ending at `end` (exclusive).
+
+    Fold k (0 = earliest) tests on [end - (folds - k) x test_days, + test_days), trains on the
+    `train_days` ending `gap_days` before its test start. Raises TrainingError when a setting is out
+    of range or the history is too short for the folds, saying how many days they need.
+    """
+    for name, value, least in (
+        ("train days", train_days, 1),
+        ("test days", test_days, 1),
+        ("folds", folds, 1),
+    ):
+        if value < least:
+            raise TrainingError(f"prequential: {name} must be at least {least}, got {value}")
+    if gap_days < 0:
+        raise TrainingError(f"prequential: gap days must be 0 or more, got {gap_days}")
+    out = []
+    for k in range(folds):
+        test_end = end - (folds - 1 - k) * test_days * DAY
+        test_start = test_end - test_days * DAY
+        train_end = test_start - gap_days * DAY
+        out.append(Fold(k, train_end - train_days * DAY, train_end, test_start, test_end))
+    if out[0].train_start < first_day:
+        needed = train_days + gap_days + folds * test_days
+        have = (end - first_day).days
+        raise TrainingError(
+            f"prequential: {folds} fold(s) of {train_days} training days, a {gap_days}-day gap and "
+            f"{test_days} test days, stepping by {test_days} days, need {needed} days of history "
+            f"({train_days} + {gap_days} + {folds} x {test_days}) ending on {end - DAY}; the history has "
+            f"{have} full day(s) from {first_day} to {end - DAY}. Use fewer --folds, shorter "
+            "--train-days/--test-days, or a longer history"
+        )
+    return out
+
+
+def history_days(history: pd.DataFrame) -> tuple[date, date]:
+    """(first day, end) of a time-sorted history: `end` is the day after its last full day.
+
+    The last calendar day counts as full when the history has payments in its last hour (an export
+    made during a day leaves that day partial, and a partial test day would skew its metrics).
+    """
+    if len(history) == 0:
+        raise TrainingError("prequential: the history has no payments")
+    first, last = history["timestamp"].min(), history["timestamp"].max()
+    last_day = last.floor("D")
+    end = last_day + pd.Timedelta(days=1) if last >= last_day + pd.Timedelta(hours=23) else last_day
+    return first.floor("D").date(), end.date()
+
+
+@dataclass(frozen=True)
+class FittedFold:
+    """What a fold's training produced: the model, its thresholds and the slice that set them."""
+
+    booster: lgb.Booster
+    thresholds: Thresholds
+    validation: Dataset
+    logistic: LogisticBaseline
+    num_trees: int
+
+
+def fit_fold(
+    train: Dataset,
+    config: TrainConfig,
+    feature_names: list[str],
+    label_delay: pd.Timedelta,
+    progress: Progress,
+) -> FittedFold:
+    """Train one fold exactly as `antifraud train` trains a model (time split, early stopping,
+    thresholds on the validation slice), plus the logistic baseline on the same training payments."""
+    fit_part, valid = split_by_time(train, config.validation_fraction)
+    for name, part in (("training", fit_part), ("validation", valid)):
+        if part.frauds < MIN_FRAUDS or len(part) - part.frauds < 100:
+            raise TrainingError(
+                f"the {name} slice [{part.start:%Y-%m-%d %H:%M}, {part.end:%Y-%m-%d %H:%M}) has "
+                f"{len(part):,} payments of which {part.frauds} frauds; at least {MIN_FRAUDS} frauds and "
+                "100 legitimate payments are needed: use more --train-days"
+            )
+    booster, _ = fit(fit_part, valid, config, feature_names, progress)
+    scores = np.asarray(booster.predict(valid.X, num_threads=config.num_threads), dtype=float)
+    thresholds: Thresholds = {
+        "review": threshold_at_fpr(scores, valid.y, config.review_fpr),
+        "block": threshold_at_fpr(scores, valid.y, config.block_fpr),
+    }
+    logistic = LogisticBaseline.fit(train.features, train.y)
+    return FittedFold(booster, thresholds, valid, logistic, booster.num_trees())
+
+
+def known_compromised(history: pd.DataFrame) -> pd.Series:
+    """Per card, the earliest time one of its frauds became known (`label_time`); cards with no
+    known fraud are absent."""
+    if "label_time" not in history:
+        return pd.Series(dtype="datetime64[ns, UTC]")
+    frauds = history[(history["label"].to_numpy() == 1) & history["label_time"].notna().to_numpy()]
+    return frauds.groupby("card_id", sort=False)["label_time"].min()
+
+
+def drop_known_cards(test: Dataset, known: pd.Series) -> tuple[Dataset, Removed]:
+    """`test` without the payments of cards whose fraud was known before the payment's UTC day
+    began (they would already be blocked), and what was left out."""
+    day = test.rows["timestamp"].dt.floor("D")
+    first_known = test.rows["card_id"].map(known)
+    drop = (first_known < day).fillna(False).to_numpy(dtype=bool)
+    removed: Removed = {
+        "payments": int(drop.sum()),
+        "frauds": int((test.y[drop] == 1).sum()),
+        "cards": int(test.rows["card_id"][drop].nunique()),
+    }
+    keep = ~drop
+    return Dataset(test.rows[keep], test.features[keep], test.start, test.end), removed
+
+
+@dataclass(frozen=True)
+class PrequentialResult:
+    """Per-fold metrics and their summary (mean and std over folds) for the three scores."""
+
+    folds: tuple[Fold, ...]
+    metrics: PrequentialMetrics  # exactly what metrics.json holds
+
+    @property
+    def fold_metrics(self) -> list[FoldRecord]:
+        """One record per fold, earliest first."""
+        return self.metrics["folds"]
+
+    @property
+    def summary(self) -> dict[str, SideSummary]:
+        """Mean and std over folds, by score: `model`, `logistic`, `baseline` (rules-only)."""
+        m = self.metrics
+        return {"model": m["model"], "logistic": m["logistic"], "baseline": m["baseline"]}
+
+    @property
+    def warnings(self) -> list[str]:
+        """Plain sentences about the data or the folds that make the figures less trustworthy."""
+        return self.metrics["warnings"]
+
+    def write(self, out_dir: Path) -> Path:
+        """metrics.json, report.md / report.html and the per-fold plot in `out_dir`; returns report.md."""
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "metrics.json").write_text(json.dumps(self.metrics, indent=2) + "\n")
+        return write_prequential_report(out_dir, self.metrics)
+
+
+def prequential(
+    history: pd.DataFrame,
+    *,
+    train_days: int,
+    gap_days: int | None,
+    test_days: int,
+    folds: int,
+    end: date | None = None,
+    config: TrainConfig | None = None,
+    spec: FeatureSpec | None = None,
+    progress: ProgressArg = None,
+    title: str | None = None,
+) -> PrequentialResult:
+    """Prequential evaluation of a labelled, canonical history (`training.dataset.read_history`).
+
+    `gap_days` None: the label delay the history was read with (`history.attrs["label_delay"]`,
+    else the default), rounded up to whole days. `end`: the exclusive end of the last test period
+    (default: the day after the history's last full day). Raises TrainingError when the history
+    is too short for the folds, or a fold lacks frauds to train or test on.
+    """
+    if "label" not in history:
+        raise TrainingError("prequential: the history has no 'label' column (1 fraud, 0 legitimate)")
+    step = as_progress(progress)
+    cfg = config or TrainConfig()
+    spec = spec or load_spec()
+    label_delay = pd.Timedelta(history.attrs.get("label_delay", DEFAULT_LABEL_DELAY))
+    if gap_days is None:
+        gap_days = math.ceil(label_delay / pd.Timedelta(days=1))
+    first_day, last_end = history_days(history)
+    if end is not None and end > last_end:
+        raise TrainingError(
+            f"prequential: --end {end} is after the history's last full day {last_end - DAY}; "
+            f"use --end {last_end} or earlier"
+        )
+    end = end or last_end
+    layout = make_folds(
+        first_day, end, train_days=train_days, gap_days=gap_days, test_days=test_days, folds=folds
+    )
+    step(f"features of every payment before {end} (once, for all {folds} folds)")
+    rows, features = compute_features(history, utc_midnight(end), spec, step)
+    rows.attrs = dict(history.attrs)
+    known = known_compromised(history)
+    warnings: dict[str, list[int]] = {}
+    records: list[FoldRecord] = []
+    for fold in layout:
+        records.append(_run_fold(fold, rows, features, known, cfg, spec, label_delay, warnings, step))
+    metrics: PrequentialMetrics = {
+        "title": title or f"Prequential evaluation, {folds} folds ending {end - DAY}",
+        "protocol": "prequential",
+        "settings": {
+            "train_days": train_days,
+            "gap_days": gap_days,
+            "test_days": test_days,
+            "folds": folds,
+            "end": end.isoformat(),
+            "label_delay_days": label_delay / pd.Timedelta(days=1),
+        },
+        "aimed_fpr": {"review": cfg.review_fpr, "block": cfg.block_fpr},
+        "folds": records,
+        "model": summarise([r["model"] for r in records]),
+        "logistic": summarise([r["logistic"] for r in records]),
+        "baseline": summarise([r["baseline"] for r in records]),
+        "cost_parameters": {"review_cost": cfg.review_cost, "block_cost_factor": cfg.block_cost_factor},
+        "warnings": [_which_folds(text, ks, folds) for text, ks in warnings.items()] + _late(records),
+    }
+    return PrequentialResult(tuple(layout), metrics)
+
+
+def _late(records: list[FoldRecord]) -> list[str]:
+    """One sentence when training frauds were labelled only after their fold's test start."""
+    late = [
+        (r["late_labels"], r["train_counts"]["frauds"], r["gap_days"]) for r in records if r["late_labels"]
+    ]
+    if not late:
+        return []
+    share = [n / max(total, 1) for n, total, _ in late]
+    fewest, most = min(n for n, _, _ in late), max(n for n, _, _ in late)
+    return [
+        f"in {len(late)} of {len(records)} folds, {fewest:,} to {most:,} "
+        f"training frauds ({min(share):.0%} to {max(share):.0%}) were labelled only after their fold's test "
+        "start: a model trained on the test's first day would have seen them as legitimate, so these figures "
+        "are somewhat optimistic. The label delays in this file exceed the gap "
+        f"({late[0][2]} days); a longer --gap-days is more honest, at the cost of older training data"
+    ]
+
+
+def _which_folds(text: str, folds: list[int], total: int) -> str:
+    if len(folds) == total:
+        return text
+    return f"fold{'s' if len(folds) > 1 else ''} {', '.join(str(k + 1) for k in folds)}: {text}"
+
+
+def _slice(rows: pd.DataFrame, features: pd.DataFrame, start: date, end: date) -> Dataset:
+    t0, t1 = utc_midnight(start), utc_midnight(end)
+    keep = ((rows["timestamp"] >= t0) & (rows["timestamp"] < t1)).to_numpy()
+    return Dataset(rows[keep], features[keep], t0, t1)
+
+
+def _run_fold(
+    fold: Fold,
+    rows: pd.DataFrame,
+    features: pd.DataFrame,
+    known: pd.Series,
+    config: TrainConfig,
+    spec: FeatureSpec,
+    label_delay: pd.Timedelta,
+    warnings: dict[str, list[int]],
+    step: Callable[[str], None] = no_progress,
+) -> FoldRecord:
+    """Train, score and measure one fold; its warnings are added to `warnings` (text -> folds)."""
+    train = _slice(rows, features, fold.train_start, fold.train_end)
+    test = _slice(rows, features, fold.test_start, fold.test_end)
+    found = data_warnings(rows, train.features, label_delay, train.start, train.end)
+    late = int(((train.y == 1) & (train.rows["label_time"] >= test.start).to_numpy()).sum())
+    for text in found:
+        warnings.setdefault(text, []).append(fold.index)
+    step(f"{fold.describe()}: training on {len(train):,} payments ({train.frauds:,} frauds)")
+    try:
+        fitted = fit_fold(train, config, spec.feature_names, label_delay, step)
+        kept, removed = drop_known_cards(test, known)
+        if kept.frauds in (0, len(kept)):
+            raise TrainingError(
+                f"the test period has {len(kept):,} payments and {kept.frauds:,} frauds once the cards "
+                f"already known compromised are left out ({removed['payments']:,} payments); the metrics "
+                "need both frauds and legitimate payments: use more --test-days"
+            )
+        step(f"{fold.describe()}: scoring {len(kept):,} test payments")
+        valid_rules = baseline_scores(fitted.validation.features)
+        sides = SideScores(
+            model=np.asarray(fitted.booster.predict(kept.X, num_threads=config.num_threads), dtype=float),
+            logistic=fitted.logistic.predict(kept.features),
+            baseline=baseline_scores(kept.features),
+            model_thresholds=fitted.thresholds,
+            # the logistic baseline's thresholds on its own training payments: with a dozen
+            # coefficients it scores them much as it scores new ones
+            logistic_thresholds=thresholds_at(fitted.logistic.predict(train.features), train.y, config),
+            # rules-only: set where the model's are, on the validation slice, at the same rates
+            baseline_thresholds=thresholds_at(valid_rules, fitted.validation.y, config),
+        )
+        model_m, logistic_m, baseline_m = sides.metrics(kept, config)
+    except TrainingError as exc:
+        raise TrainingError(f"prequential {fold.describe()}: {exc}") from exc
+    return {
+        "index": fold.index,
+        "train": {"start": fold.train_start.isoformat(), "end": fold.train_end.isoformat()},
+        "test": {"start": fold.test_start.isoformat(), "end": fold.test_end.isoformat()},
+        "gap_days": fold.gap_days,
+        "train_counts": counts(train.rows),
+        "counts": counts(kept.rows),
+        "removed": removed,
+        "num_trees": fitted.num_trees,
+        "late_labels": late,
+        "model": model_m,
+        "logistic": logistic_m,
+        "baseline": baseline_m,
+    }
