@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, TypeVar
 
@@ -126,31 +127,121 @@ def train(
     console.print(f"model written to {out}")
 
 
+class EvalProtocol(StrEnum):
+    """How `evaluate` measures: one period with a trained model, or rolling folds trained here."""
+
+    single = "single"
+    prequential = "prequential"
+
+
+def _delay(text: str | None) -> timedelta | None:
+    """A --label-delay such as 7d or 36h; None when not given."""
+    if text is None:
+        return None
+    from features.spec import parse_duration
+
+    try:
+        return timedelta(milliseconds=parse_duration(text))
+    except ValueError as exc:
+        raise _fail(f"--label-delay: {exc}") from exc
+
+
 @app.command()
 def evaluate(
     history: HistoryOpt,
-    model: Annotated[Path, typer.Option(help="Model directory")],
-    start: Annotated[datetime, typer.Option(formats=["%Y-%m-%d"])],
-    end: Annotated[datetime, typer.Option(formats=["%Y-%m-%d"], help="exclusive")],
-    out: Annotated[Path | None, typer.Option(help="Report directory (default: MODEL/eval-START-END)")] = None,
+    model: Annotated[
+        Path | None, typer.Option(help="Model directory (single protocol; prequential trains its own)")
+    ] = None,
+    start: Annotated[datetime | None, typer.Option(formats=["%Y-%m-%d"], help="single: first day")] = None,
+    end: Annotated[
+        datetime | None,
+        typer.Option(
+            formats=["%Y-%m-%d"],
+            help="exclusive; prequential: end of the last test period (default: after the last full day)",
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Report directory (default: MODEL/eval-START-END, or prequential-HISTORY-END)"),
+    ] = None,
     columns: ColumnsOpt = None,
     config: Annotated[Path | None, typer.Option(help="TRAIN.yaml: cost settings (review cost, ...)")] = None,
+    protocol: Annotated[
+        EvalProtocol, typer.Option(help="single: [start, end) with --model; prequential: rolling folds")
+    ] = EvalProtocol.single,
+    train_days: Annotated[
+        int, typer.Option("--train-days", help="prequential: days each fold trains on")
+    ] = 7,
+    gap_days: Annotated[
+        int | None,
+        typer.Option("--gap-days", help="prequential: days between training and test (default: label delay)"),
+    ] = None,
+    test_days: Annotated[
+        int, typer.Option("--test-days", help="prequential: test days per fold (and step)")
+    ] = 7,
+    folds: Annotated[int, typer.Option(help="prequential: number of folds")] = 4,
+    label_delay: Annotated[
+        str | None,
+        typer.Option(
+            "--label-delay", help="Time for a fraud label to be known where label_time is missing (7d, 36h)"
+        ),
+    ] = None,
 ) -> None:
-    """Evaluate a model on a later period: AUC, AP, precision@100, recall at low FPR, cost; plots."""
-    from training.evaluate import evaluate as run
+    """Evaluate against the logistic and rules-only baselines: AUC, AP, card precision@100, recall at low
+    FPR, the FPR reached, cost. `--protocol single` measures a trained model on a later period;
+    `--protocol prequential` trains and tests rolling folds (train, gap, test) over the history."""
+    from training.headline import print_headline
 
-    out = out or model / f"eval-{_date(start)}-{_date(end)}"
-    _run(
-        run,
-        history,
-        model,
-        _date(start),
-        _date(end),
-        out_dir=out,
-        columns=columns,
-        config=config,
-    )
-    console.print(f"report written to {out}")
+    delay = _delay(label_delay)
+    if protocol is EvalProtocol.prequential:
+        from training.config import load_config
+        from training.dataset import read_history
+        from training.prequential import prequential
+
+        def run(progress: Progress) -> tuple[dict[str, object], Path]:
+            rows = read_history(history, columns, require_label=True, label_delay=delay)
+            result = prequential(
+                rows,
+                train_days=train_days,
+                gap_days=gap_days,
+                test_days=test_days,
+                folds=folds,
+                end=_date(end) if end else None,
+                config=load_config(config),
+                progress=progress,
+            )
+            target = out or Path(
+                f"prequential-{history.stem.split('.')[0]}-{result.metrics['settings']['end']}"
+            )
+            result.write(target)
+            return dict(result.metrics), target
+
+        metrics, target = _run(run)
+    else:
+        from training.evaluate import evaluate as run_single
+
+        if model is None or start is None or end is None:
+            raise _fail("--protocol single needs --model, --start and --end (or use --protocol prequential)")
+        target = out or model / f"eval-{_date(start)}-{_date(end)}"
+        metrics = dict(
+            _run(
+                run_single,
+                history,
+                model,
+                _date(start),
+                _date(end),
+                out_dir=target,
+                columns=columns,
+                config=config,
+                label_delay=delay,
+            )
+        )
+    for kind, style in (("notes", "note:"), ("warnings", "[yellow]warning:[/yellow]")):
+        lines = metrics.get(kind)
+        for line in lines if isinstance(lines, list) else []:
+            console.print(f"{style} {escape(str(line))}")
+    print_headline(console, metrics)
+    console.print(f"report written to {target}")
 
 
 @app.command("score-history")

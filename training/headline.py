@@ -55,9 +55,9 @@ def headline_table(metrics: Mapping[str, object]) -> Table:
         table.add_row(label, *(_value(_get(side, key), percent=False) for side in sides))
     for name in ("review", "block"):
         aimed = _get(metrics, "aimed_fpr", name)
-        suffix = f" (aimed {aimed:.2%})" if isinstance(aimed, int | float) else ""
+        suffix = f" (aim {aimed:.2%})" if isinstance(aimed, int | float) else ""
         table.add_row(
-            f"FPR reached at {name}{suffix}",
+            f"FPR at {name}{suffix}",
             *(_value(_get(side, "realised_fpr", name), percent=True) for side in sides),
         )
     return table

@@ -370,7 +370,8 @@ class PrequentialSettings(TypedDict):
     test_days: int
     folds: int
     end: str
-    label_delay_days: float
+    # the delay that filled missing label times or was given; None when every fraud had its own
+    label_delay_days: float | None
 
 
 class PrequentialMetrics(TypedDict):
@@ -386,6 +387,7 @@ class PrequentialMetrics(TypedDict):
     baseline: SideSummary
     cost_parameters: CostParameters
     warnings: list[str]
+    notes: list[str]  # choices made for the user (the default gap)
     history: NotRequired[str]
 
 

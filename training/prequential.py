@@ -117,8 +117,8 @@ def make_folds(
             f"prequential: {folds} fold(s) of {train_days} training days, a {gap_days}-day gap and "
             f"{test_days} test days, stepping by {test_days} days, need {needed} days of history "
             f"({train_days} + {gap_days} + {folds} x {test_days}) ending on {end - DAY}; the history has "
-            f"{have} full day(s) from {first_day} to {end - DAY}. Use fewer --folds, shorter "
-            "--train-days/--test-days, or a longer history"
+            f"{have} full day(s) from {first_day} to {end - DAY}. Use fewer --folds, a shorter --gap-days, "
+            "--train-days or --test-days, or a longer history"
         )
     return out
 
@@ -135,6 +135,33 @@ def history_days(history: pd.DataFrame) -> tuple[date, date]:
     last_day = last.floor("D")
     end = last_day + pd.Timedelta(days=1) if last >= last_day + pd.Timedelta(hours=23) else last_day
     return first.floor("D").date(), end.date()
+
+
+def default_gap(history: pd.DataFrame) -> tuple[int, str]:
+    """The gap when none is given, in whole days, and a sentence saying where it comes from.
+
+    The label delay the history was read with when it was given (`--label-delay`) or when it filled
+    missing label times; otherwise (every fraud has its own `label_time`) the median delay from a
+    fraud to its label in the file: half the frauds of the last training day are known by the test.
+    """
+    delay = pd.Timedelta(history.attrs.get("label_delay", DEFAULT_LABEL_DELAY))
+    given, defaulted = (
+        history.attrs.get("label_delay_given", False),
+        history.attrs.get("label_time_defaulted", 0),
+    )
+    if not given and not defaulted and "label_time" in history:
+        frauds = history[(history["label"].to_numpy() == 1) & history["label_time"].notna().to_numpy()]
+        if len(frauds):
+            median = (frauds["label_time"] - frauds["timestamp"]).median()
+            days = max(1, math.ceil(median / pd.Timedelta(days=1)))
+            median_days = median / pd.Timedelta(days=1)
+            return days, (
+                f"the median time from a fraud to its label in this file ({median_days:.1f} days); "
+                "pass --gap-days or --label-delay to choose"
+            )
+    days = max(0, math.ceil(delay / pd.Timedelta(days=1)))
+    source = "given" if given else "assumed by default; pass --label-delay or --gap-days"
+    return days, f"the label delay ({delay / pd.Timedelta(days=1):g} days, {source})"
 
 
 @dataclass(frozen=True)
@@ -244,10 +271,10 @@ def prequential(
 ) -> PrequentialResult:
     """Prequential evaluation of a labelled, canonical history (`training.dataset.read_history`).
 
-    `gap_days` None: the label delay the history was read with (`history.attrs["label_delay"]`,
-    else the default), rounded up to whole days. `end`: the exclusive end of the last test period
-    (default: the day after the history's last full day). Raises TrainingError when the history
-    is too short for the folds, or a fold lacks frauds to train or test on.
+    `gap_days` None: the label delay, rounded up to whole days (`default_gap`). `end`: the
+    exclusive end of the last test period (default: the day after the history's last full day).
+    Raises TrainingError when the history is too short for the folds, or a fold lacks frauds to
+    train or test on.
     """
     if "label" not in history:
         raise TrainingError("prequential: the history has no 'label' column (1 fraud, 0 legitimate)")
@@ -255,8 +282,10 @@ def prequential(
     cfg = config or TrainConfig()
     spec = spec or load_spec()
     label_delay = pd.Timedelta(history.attrs.get("label_delay", DEFAULT_LABEL_DELAY))
+    notes: list[str] = []
     if gap_days is None:
-        gap_days = math.ceil(label_delay / pd.Timedelta(days=1))
+        gap_days, why = default_gap(history)
+        notes.append(f"gap of {gap_days} days: {why}")
     first_day, last_end = history_days(history)
     if end is not None and end > last_end:
         raise TrainingError(
@@ -284,7 +313,11 @@ def prequential(
             "test_days": test_days,
             "folds": folds,
             "end": end.isoformat(),
-            "label_delay_days": label_delay / pd.Timedelta(days=1),
+            "label_delay_days": (
+                label_delay / pd.Timedelta(days=1)
+                if history.attrs.get("label_delay_given") or history.attrs.get("label_time_defaulted")
+                else None
+            ),
         },
         "aimed_fpr": {"review": cfg.review_fpr, "block": cfg.block_fpr},
         "folds": records,
@@ -293,6 +326,7 @@ def prequential(
         "baseline": summarise([r["baseline"] for r in records]),
         "cost_parameters": {"review_cost": cfg.review_cost, "block_cost_factor": cfg.block_cost_factor},
         "warnings": [_which_folds(text, ks, folds) for text, ks in warnings.items()] + _late(records),
+        "notes": notes,
     }
     return PrequentialResult(tuple(layout), metrics)
 

@@ -266,18 +266,20 @@ def _spread(value: Spread, percent: bool = False) -> str:
 
 def _prequential_blocks(metrics: PrequentialMetrics) -> list[Block]:
     st = metrics["settings"]
+    delay = f"; label delay {st['label_delay_days']:g} days" if st["label_delay_days"] is not None else ""
     summaries = [metrics["model"], metrics["logistic"], metrics["baseline"]]
     blocks: list[Block] = [
         Text("h1", metrics["title"]),
         Text(
             "p",
             f"Prequential protocol: {st['folds']} folds, each trained on {st['train_days']} days, then a gap "
-            f"of {st['gap_days']} days (labels not yet known when the model would have been trained; label "
-            f"delay {st['label_delay_days']:g} days), then tested on {st['test_days']} days; folds step by "
+            f"of {st['gap_days']} days (labels not yet known when the model would have been trained{delay}), "
+            f"then tested on {st['test_days']} days; folds step by "
             f"{st['test_days']} days and the last test ends on {st['end']} (exclusive). Each test day leaves "
             "out the cards whose fraud was already known before that day (they would already be blocked).",
         ),
     ]
+    blocks += [Text("p", f"Note: {n}") for n in metrics["notes"]]
     blocks += [Text("p", f"**Warning:** {w}") for w in metrics["warnings"]]
     blocks += _verdict_sentence(metrics)
     rows: list[tuple[str, ...]] = [
