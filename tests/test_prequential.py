@@ -23,6 +23,7 @@ from training.prequential import (
     history_days,
     known_compromised,
     make_folds,
+    merge_warnings,
     prequential,
 )
 from training.simulator import simulate
@@ -228,3 +229,18 @@ def test_prequential_python_api_refuses_a_short_history(history: pd.DataFrame) -
 def test_the_single_protocol_still_needs_a_model(history_file: Path) -> None:
     result = CliRunner().invoke(cli.app, ["evaluate", "--history", str(history_file)])
     assert result.exit_code == 1 and "needs --model, --start and --end" in result.output
+
+
+def test_fold_warnings_are_listed_once_with_their_folds() -> None:
+    by_fold = {
+        0: ["starts 6 days in", "no label_time"],
+        1: ["starts 13 days in", "no label_time"],
+        2: ["odd"],
+    }
+    assert merge_warnings(by_fold, 3) == [
+        "folds 1, 2 (figures of fold 1): starts 6 days in",
+        "folds 1, 2: no label_time",
+        "fold 3: odd",
+    ]
+    assert merge_warnings({0: ["x"], 1: ["x"]}, 2) == ["all folds: x"]
+    assert merge_warnings({0: ["x"]}, 1) == ["x"]

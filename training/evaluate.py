@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from training.baselines import LOGISTIC_FILE, LogisticBaseline, baseline_scores
+from training.checks import MANY_MISSING
 from training.config import TrainConfig, TrainingError, load_config
 from training.dataset import (
     Dataset,
@@ -296,6 +297,27 @@ def logistic_of(
     return logistic, thresholds_at(logistic.predict(usable.features), usable.y, config)
 
 
+def file_warnings(rows: pd.DataFrame, data: Dataset, model_features: list[str]) -> list[str]:
+    """What about the evaluated file makes the figures less trustworthy, as plain sentences:
+    label times filled by an assumed delay, and features missing on every evaluated payment."""
+    out: list[str] = []
+    defaulted = int(rows.attrs.get("label_time_defaulted", 0))
+    if defaulted and not rows.attrs.get("label_delay_given", False):
+        delay = pd.Timedelta(rows.attrs.get("label_delay", pd.Timedelta(0)))
+        out.append(
+            f"{defaulted:,} frauds have no label_time: each is taken as known {_duration(delay)} after its "
+            "payment, the default; label-based features depend on it: pass --label-delay or add label_time"
+        )
+    missing = [n for n in model_features if n in data.features and data.features[n].isna().all()]
+    if len(missing) >= MANY_MISSING:
+        out.append(
+            f"{len(missing)} of the model's {len(model_features)} features are missing on every evaluated "
+            f"payment (the file lacks the columns they read), so the model scores without them: "
+            f"{', '.join(missing)}"
+        )
+    return out
+
+
 def evaluate(
     history: Path,
     model_dir: Path,
@@ -334,6 +356,7 @@ def evaluate(
             f"the period overlaps the training period [{overlap[0]}, {overlap[1]}): these metrics are "
             "optimistic; evaluate on dates from the training end on"
         )
+    warnings += file_warnings(rows, data, artifact.features)
     trained: Dataset | None = None
     if trained_period is not None:
         try:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -300,7 +301,7 @@ def prequential(
     rows, features = compute_features(history, utc_midnight(end), spec, step)
     rows.attrs = dict(history.attrs)
     known = known_compromised(history)
-    warnings: dict[str, list[int]] = {}
+    warnings: dict[int, list[str]] = {}
     records: list[FoldRecord] = []
     for fold in layout:
         records.append(_run_fold(fold, rows, features, known, cfg, spec, label_delay, warnings, step))
@@ -325,7 +326,7 @@ def prequential(
         "logistic": summarise([r["logistic"] for r in records]),
         "baseline": summarise([r["baseline"] for r in records]),
         "cost_parameters": {"review_cost": cfg.review_cost, "block_cost_factor": cfg.block_cost_factor},
-        "warnings": [_which_folds(text, ks, folds) for text, ks in warnings.items()] + _late(records),
+        "warnings": merge_warnings(warnings, folds) + _late(records),
         "notes": notes,
     }
     return PrequentialResult(tuple(layout), metrics)
@@ -349,10 +350,27 @@ def _late(records: list[FoldRecord]) -> list[str]:
     ]
 
 
-def _which_folds(text: str, folds: list[int], total: int) -> str:
-    if len(folds) == total:
-        return text
-    return f"fold{'s' if len(folds) > 1 else ''} {', '.join(str(k + 1) for k in folds)}: {text}"
+def merge_warnings(by_fold: dict[int, list[str]], total: int) -> list[str]:
+    """Each fold's warnings, listed once: a warning that only differs between folds in its figures
+    and dates is given once with the folds it concerns (in the words of the first of them)."""
+    merged: dict[str, tuple[str, list[int]]] = {}
+    for fold in sorted(by_fold):
+        for text in by_fold[fold]:
+            kind = re.sub(r"\d[\d,.:%-]*", "#", text)  # the same sentence with other figures
+            merged.setdefault(kind, (text, []))[1].append(fold)
+    out = []
+    for text, folds in merged.values():
+        if total == 1:
+            out.append(text)
+            continue
+        if len(folds) == total:
+            which = "all folds"
+        else:
+            which = ("folds " if len(folds) > 1 else "fold ") + ", ".join(str(k + 1) for k in folds)
+        if not all(text in by_fold[k] for k in folds):
+            which += f" (figures of fold {folds[0] + 1})"
+        out.append(f"{which}: {text}")
+    return out
 
 
 def _slice(rows: pd.DataFrame, features: pd.DataFrame, start: date, end: date) -> Dataset:
@@ -369,16 +387,15 @@ def _run_fold(
     config: TrainConfig,
     spec: FeatureSpec,
     label_delay: pd.Timedelta,
-    warnings: dict[str, list[int]],
+    warnings: dict[int, list[str]],
     step: Callable[[str], None] = no_progress,
 ) -> FoldRecord:
-    """Train, score and measure one fold; its warnings are added to `warnings` (text -> folds)."""
+    """Train, score and measure one fold; its warnings go to `warnings[fold.index]`."""
     train = _slice(rows, features, fold.train_start, fold.train_end)
     test = _slice(rows, features, fold.test_start, fold.test_end)
     found = data_warnings(rows, train.features, label_delay, train.start, train.end)
     late = int(((train.y == 1) & (train.rows["label_time"] >= test.start).to_numpy()).sum())
-    for text in found:
-        warnings.setdefault(text, []).append(fold.index)
+    warnings[fold.index] = found
     step(f"{fold.describe()}: training on {len(train):,} payments ({train.frauds:,} frauds)")
     try:
         fitted = fit_fold(train, config, spec.feature_names, label_delay, step)
