@@ -23,21 +23,11 @@ from engine.decisions import DecisionStore
 from engine.metrics import Metrics
 from engine.model import ModelError, ModelRuntime
 from engine.pipeline import Loaded, Scorer
-from engine.rules import RuleSetError, load_ruleset
-from engine.rules.expression import FieldType
-from engine.rules.ruleset import transaction_field_types
+from engine.rules import RuleSetError, load_ruleset, rule_names
 from engine.settings import Settings
 from features.online import OnlineFeatures
 
 log = logging.getLogger("antifraud.loader")
-
-
-def rule_names(feature_names: list[str]) -> dict[str, FieldType]:
-    """What a rule may read, with its type: every request field, then every feature."""
-    names = transaction_field_types()
-    for feature in feature_names:
-        names.setdefault(feature, "number")
-    return names
 
 
 def _fingerprint(path: Path) -> tuple[tuple[str, int, int], ...]:

@@ -12,14 +12,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.rules.expression import (
-    FUNCTIONS,
-    MAX_DEPTH,
-    ExpressionError,
-    FieldType,
-    compile_expression,
-    round_number,
-)
+from engine.rules.errors import ExpressionError
+from engine.rules.expression import compile_expression
+from engine.rules.functions import FUNCTIONS
+from engine.rules.nodes import FieldType
+from engine.rules.parser import MAX_DEPTH
+from engine.rules.scalar import round_number
 from engine.rules.vectorized import evaluate_frame, evaluate_values
 
 NAMES: dict[str, FieldType] = {

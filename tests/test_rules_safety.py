@@ -18,7 +18,10 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from engine.rules.expression import MAX_DEPTH, Expression, ExpressionError, FieldType, compile_expression
+from engine.rules.errors import ExpressionError
+from engine.rules.expression import Expression, compile_expression
+from engine.rules.nodes import FieldType
+from engine.rules.parser import MAX_DEPTH
 from engine.rules.vectorized import evaluate_frame, evaluate_values
 
 NAMES: dict[str, FieldType] = {

@@ -1,37 +1,44 @@
 """The rule engine: YAML rules written by risk staff, which override the model score.
 
-- :mod:`engine.rules.expression`: the condition language (parser, type checker, scalar evaluator)
+The condition language, one job per module:
+
+- :mod:`engine.rules.expression`: :class:`Expression` and :func:`compile_expression` (parse, check, compile)
+- :mod:`engine.rules.parser`: expression text -> Python syntax tree, with size limits
+- :mod:`engine.rules.checker`: the type checker, Python syntax tree -> typed tree, every problem found
+- :mod:`engine.rules.nodes`: the language's types and the typed tree
+- :mod:`engine.rules.functions`: the functions rules may call (signatures, arities, result types)
+- :mod:`engine.rules.scalar`: the typed tree -> closures over one payment (the service's hot path)
 - :mod:`engine.rules.vectorized`: the same language over columns, for backtests
-- :mod:`engine.rules.ruleset`: loading a directory of rules, versioning, deciding a verdict
+- :mod:`engine.rules.errors`: problems located in an expression or in a rule set
+
+Rule sets:
+
+- :mod:`engine.rules.ruleset`: the rule-set types and the decision of a verdict (RuleSet.decide)
+- :mod:`engine.rules.yaml_loader`: loading a directory of YAML rules and list files, checked as a whole
+- :mod:`engine.rules.names`: what a rule may read (payment fields and features), with types
 - :mod:`engine.rules.check`: the `antifraud rules check` command
 
+The verdict vocabulary itself (Verdict, VERDICTS, band) lives in :mod:`engine.verdicts`.
 docs/rules.md is the reference for rule authors.
 """
 
 from engine.rules.check import check_rules, print_report, run_check
-from engine.rules.expression import (
-    FUNCTIONS,
-    Expression,
-    ExpressionError,
-    FieldType,
-    Problem,
-    compile_expression,
-)
+from engine.rules.errors import ExpressionError, Problem, RuleError, RuleSetError
+from engine.rules.expression import Expression, compile_expression
+from engine.rules.functions import FUNCTIONS
+from engine.rules.names import rule_names, transaction_field_types
+from engine.rules.nodes import FieldType
 from engine.rules.ruleset import (
     Action,
     FiredRule,
     Rule,
-    RuleError,
     RuleOutcome,
     RuleSet,
-    RuleSetError,
     ScoreBands,
     Verdict,
-    load_ruleset,
-    ruleset_from_texts,
-    transaction_field_types,
 )
 from engine.rules.vectorized import evaluate_frame, evaluate_values, prepare_columns
+from engine.rules.yaml_loader import load_ruleset, ruleset_from_texts
 
 __all__ = [
     "FUNCTIONS",
@@ -55,6 +62,7 @@ __all__ = [
     "load_ruleset",
     "prepare_columns",
     "print_report",
+    "rule_names",
     "ruleset_from_texts",
     "run_check",
     "transaction_field_types",

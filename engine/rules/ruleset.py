@@ -1,78 +1,37 @@
-"""Rule sets: a directory of YAML files, loaded and checked as a whole, that decides a verdict.
+"""Rule sets: the loaded rules, and the verdict they decide for a payment or a whole backtest.
 
-docs/rules.md describes the file format and, in one place, the verdict precedence implemented by
+engine/rules/yaml_loader.py builds a :class:`RuleSet` from a directory of YAML files. docs/rules.md
+describes the file format and, in one place, the verdict precedence implemented by
 :meth:`RuleSet.decide` (one payment) and :meth:`RuleSet.decide_frame` (a backtest over columns).
 """
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
-import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Annotated, Any, Final, Literal, NamedTuple, TypeAlias, get_args, get_origin
+from typing import Any, Final, Literal, NamedTuple, TypeAlias, get_args
 
 import numpy as np
 import pandas as pd
-import yaml
 
-from engine.rules.expression import (
-    NUMBER,
-    Expression,
-    ExpressionError,
-    FieldType,
-    compile_expression,
-    find_missing,
-)
+from engine.rules.expression import Expression
+from engine.rules.nodes import NUMBER, FieldType
+from engine.rules.scalar import find_missing
 from engine.rules.vectorized import Column, evaluate_prepared, prepare_columns
+from engine.verdicts import SEVERITY, VERDICTS, Verdict, band
 
-Action: TypeAlias = Literal["allow", "review", "block"]
-Verdict: TypeAlias = Action
+Action: TypeAlias = Verdict  # a rule's action is the verdict it asks for
 Mode: TypeAlias = Literal["live", "shadow"]
 ACTIONS: Final[tuple[Action, ...]] = get_args(Action)
 MODES: Final[tuple[Mode, ...]] = get_args(Mode)
-SEVERITY: Final[Mapping[Verdict, int]] = {"allow": 0, "review": 1, "block": 2}
 
-_TOP_KEYS: Final = ("score_bands", "lists", "rules")
-_BAND_KEYS: Final = ("review", "block", "merchants")
-_RULE_KEYS: Final = ("id", "description", "when", "action", "reason", "mode", "merchants")
-_RULE_ID: Final = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,99}$")
-_LIST_NAME: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,99}$")
-_YAML_TAGS: Final = frozenset(
-    "tag:yaml.org,2002:" + t for t in ("str", "int", "float", "bool", "null", "timestamp", "seq", "map")
-)
-_NULL_TAG: Final = "tag:yaml.org,2002:null"
 _VERSION_LENGTH: Final = 12
 
 
 # --------------------------------------------------------------------------------------------
 # Public types
-
-
-@dataclass(frozen=True)
-class RuleError:
-    """One problem in a rule set; ``line`` is 1-based, ``rule_id`` None outside a rule."""
-
-    file: str
-    line: int | None
-    rule_id: str | None
-    message: str
-
-    def __str__(self) -> str:
-        where = f"{self.file}:{self.line}" if self.line is not None else self.file
-        rule = f" [{self.rule_id}]" if self.rule_id else ""
-        return f"{where}:{rule} {self.message}"
-
-
-class RuleSetError(ValueError):
-    """A rule set that cannot load; ``errors`` lists every problem found across all files."""
-
-    def __init__(self, errors: Sequence[RuleError]) -> None:
-        self.errors = list(errors)
-        super().__init__(f"{len(self.errors)} error(s) in rule set:\n" + "\n".join(map(str, self.errors)))
 
 
 @dataclass(frozen=True)
@@ -83,7 +42,10 @@ class ScoreBands:
     block: float
 
     def verdict(self, score: float | None) -> Verdict | None:
-        """The band a score falls in; None when the score is missing (None or NaN)."""
+        """The band a score falls in; None when the score is missing (None or NaN).
+
+        engine.verdicts.band is the same rule over arrays; this one is on the service's hot path.
+        """
         if score is None or score != score:
             return None
         if score >= self.block:
@@ -138,7 +100,7 @@ class _Entry(NamedTuple):
 
 
 _KIND: Final[Mapping[str, int]] = {"block": 0, "allow": 1, "review": 2}
-_VERDICT_BY_CODE: Final = np.array(["allow", "review", "block", None], dtype=object)  # code -1: None
+_VERDICT_BY_CODE: Final = np.array([*VERDICTS, None], dtype=object)  # code -1: None
 
 
 class RuleSet:
@@ -311,7 +273,7 @@ class RuleSet:
             )
             review_t = np.where(np.isnan(review_t), self.bands.review, review_t)
             block_t = np.where(np.isnan(block_t), self.bands.block, block_t)
-        code = np.where(score >= block_t, 2, np.where(score >= review_t, 1, 0))
+        code = band(score, review_t, block_t)
         no_score = np.isnan(score)
         code[no_score] = -1 if no_score_verdict is None else SEVERITY[no_score_verdict]
         code = np.where(any_fired(2), np.maximum(code, 1), code)
@@ -321,475 +283,3 @@ class RuleSet:
 
     def __repr__(self) -> str:
         return f"RuleSet(version={self.version!r}, rules={len(self.rules)}, lists={len(self.lists)})"
-
-
-# --------------------------------------------------------------------------------------------
-# Loading
-
-
-def load_ruleset(directory: str | Path, names: Mapping[str, FieldType]) -> RuleSet:
-    """Load every ``*.yaml`` file of a directory as one rule set, checking it as a whole.
-
-    ``names`` maps the names rules may read (payment fields, features) to their types.
-    Raises :class:`RuleSetError` listing every problem, each with its file, line and rule id.
-    """
-    root = Path(directory)
-    if not root.is_dir():
-        raise RuleSetError([RuleError(str(directory), None, None, "not a directory")])
-    files = sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith("."))
-    sources: dict[str, str] = {}
-    errors: list[RuleError] = []
-    for path in files:
-        if path.suffix == ".yml":
-            errors.append(
-                RuleError(path.name, None, None, f"only *.yaml files are read: rename to {path.stem}.yaml")
-            )
-        elif path.suffix == ".yaml":
-            try:
-                sources[path.name] = path.read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError) as e:
-                errors.append(RuleError(path.name, None, None, f"cannot read: {e}"))
-
-    resolved_root = root.resolve()
-
-    def read_list(relative: str) -> str:
-        path = (root / relative).resolve()
-        if not path.is_relative_to(resolved_root):
-            raise ValueError("list files must be inside the rules directory")
-        return path.read_text(encoding="utf-8")
-
-    return _Loader(str(directory), names, read_list, errors).load(sources)
-
-
-def ruleset_from_texts(
-    files: Mapping[str, str],
-    names: Mapping[str, FieldType],
-    list_files: Mapping[str, str] | None = None,
-) -> RuleSet:
-    """Like :func:`load_ruleset` from in-memory texts: {file name: YAML}, {list path: content}."""
-    contents = dict(list_files or {})
-
-    def read_list(relative: str) -> str:
-        if relative not in contents:
-            raise FileNotFoundError(relative)
-        return contents[relative]
-
-    return _Loader("<texts>", names, read_list, []).load(dict(files))
-
-
-def parse_list_file(text: str) -> frozenset[str]:
-    """Entries of a list file: one per line, surrounding blanks stripped; '#' starts a comment
-    (a whole line, or after a blank); blank lines are ignored."""
-    values = set()
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        line = re.split(r"\s#", line, maxsplit=1)[0].strip()
-        if line:
-            values.add(line)
-    return frozenset(values)
-
-
-@dataclass
-class _RawRule:
-    file: str
-    line: int
-    id: str
-    when: yaml.ScalarNode | None = None
-    action: Action | None = None
-    mode: Mode = "live"
-    reason: str | None = None
-    description: str | None = None
-    merchants: frozenset[str] | None = None
-    valid: bool = True  # False: reported (bad or duplicate id); still compiled, to report its `when`
-
-
-class _Loader:
-    """Reads the files one by one, then compiles the rules against every list of every file."""
-
-    def __init__(
-        self,
-        origin: str,
-        names: Mapping[str, FieldType],
-        read_list: Callable[[str], str],
-        errors: list[RuleError],
-    ) -> None:
-        self.origin = origin
-        self.names = names
-        self.read_list = read_list
-        self.errors = errors
-        self.bands: ScoreBands | None = None
-        self.bands_at: tuple[str, int] | None = None
-        self.merchant_bands: dict[str, tuple[float | None, float | None, str, int]] = {}
-        self.lists: dict[str, frozenset[str]] = {}
-        self.list_at: dict[str, tuple[str, int]] = {}
-        self.rules: list[_RawRule] = []
-        self.rule_at: dict[str, tuple[str, int]] = {}
-        self.unreadable = False  # a file failed to parse: what it defines is unknown
-
-    def error(self, file: str, node: yaml.Node | None, message: str, rule_id: str | None = None) -> None:
-        line = node.start_mark.line + 1 if node is not None else None
-        self.errors.append(RuleError(file, line, rule_id, message))
-
-    def load(self, sources: Mapping[str, str]) -> RuleSet:
-        if not sources and not self.errors:
-            self.errors.append(RuleError(self.origin, None, None, "no *.yaml files"))
-        for file in sorted(sources):
-            self.add_file(file, sources[file])
-        compiled = self.compile_rules()
-        if self.bands_at is None and sources and not self.unreadable:
-            self.errors.append(
-                RuleError(
-                    self.origin, None, None, "score_bands is not defined: one file must give review and block"
-                )
-            )
-        merchant_bands = self.check_merchant_bands()
-        if self.errors or self.bands is None:
-            raise RuleSetError(sorted(self.errors, key=lambda e: (e.file, e.line or 0)))
-        return RuleSet(compiled, self.lists, self.bands, merchant_bands)
-
-    # -- YAML helpers
-
-    def add_file(self, file: str, text: str) -> None:
-        try:
-            root = yaml.compose(text, Loader=yaml.SafeLoader)
-        except yaml.MarkedYAMLError as e:
-            mark = e.problem_mark or e.context_mark
-            line = mark.line + 1 if mark is not None else None
-            self.errors.append(RuleError(file, line, None, f"YAML syntax error: {e.problem or e}"))
-            self.unreadable = True
-            return
-        except yaml.YAMLError as e:
-            self.errors.append(RuleError(file, None, None, f"YAML error: {e}"))
-            self.unreadable = True
-            return
-        if root is None:
-            return  # an empty file adds nothing
-        if not self.check_tags(file, root):
-            return
-        if not isinstance(root, yaml.MappingNode):
-            self.error(file, root, "a rules file is a mapping with score_bands, lists and/or rules")
-            return
-        for key, key_node, value in self.items(file, root, _TOP_KEYS):
-            if key in ("lists", "rules") and _is_null(value):
-                continue  # a section left empty, e.g. every entry commented out
-            if key == "score_bands":
-                self.add_bands(file, key_node, value)
-            elif key == "lists":
-                self.add_lists(file, value)
-            else:
-                self.add_rules(file, value)
-
-    def check_tags(self, file: str, root: yaml.Node) -> bool:
-        # Only plain YAML data: a tag such as !!python/object must not reach any constructor.
-        seen: set[int] = set()
-        stack = [root]
-        ok = True
-        while stack:
-            node = stack.pop()
-            if id(node) in seen:
-                continue
-            seen.add(id(node))
-            if node.tag not in _YAML_TAGS:
-                self.error(file, node, f"unsupported YAML tag {node.tag}")
-                ok = False
-            if isinstance(node, yaml.SequenceNode):
-                stack.extend(node.value)
-            elif isinstance(node, yaml.MappingNode):
-                stack.extend(n for pair in node.value for n in pair)
-        return ok
-
-    def items(
-        self, file: str, node: yaml.MappingNode, known: Sequence[str] | None, rule_id: str | None = None
-    ) -> Iterator[tuple[str, yaml.ScalarNode, yaml.Node]]:
-        """(key, key node, value node) of a mapping; reports bad, duplicate and unknown keys."""
-        seen: set[str] = set()
-        for key_node, value in node.value:
-            if not isinstance(key_node, yaml.ScalarNode):
-                self.error(file, key_node, "keys must be plain text", rule_id)
-                continue
-            key = key_node.value
-            if key in seen:
-                self.error(file, key_node, f"duplicate key '{key}'", rule_id)
-                continue
-            seen.add(key)
-            if known is not None and key not in known:
-                close = difflib.get_close_matches(key, known, n=1)
-                hint = (
-                    f" (did you mean '{close[0]}'?)" if close else f" (expected one of: {', '.join(known)})"
-                )
-                self.error(file, key_node, f"unknown key '{key}'{hint}", rule_id)
-                continue
-            yield key, key_node, value
-
-    def text(self, file: str, node: yaml.Node, what: str, rule_id: str | None = None) -> str | None:
-        """The text of a scalar, exactly as written (so 0412 stays '0412'); None after an error."""
-        if not isinstance(node, yaml.ScalarNode) or node.tag == _NULL_TAG:
-            self.error(file, node, f"{what} must be a single value", rule_id)
-            return None
-        return str(node.value)
-
-    def threshold(self, file: str, node: yaml.Node, what: str) -> float | None:
-        text = self.text(file, node, what)
-        if text is None:
-            return None
-        try:
-            value = float(text) if node.tag != "tag:yaml.org,2002:bool" else None
-        except ValueError:
-            value = None
-        if value is None or not 0.0 <= value <= 1.0:
-            self.error(file, node, f"{what} must be a number between 0 and 1, not {text!r}")
-            return None
-        return value
-
-    # -- sections
-
-    def add_bands(self, file: str, key_node: yaml.Node, node: yaml.Node) -> None:
-        if self.bands_at is not None:
-            first = f"{self.bands_at[0]}:{self.bands_at[1]}"
-            self.error(file, key_node, f"score_bands is already defined at {first}: define it in one file")
-            return
-        self.bands_at = (file, key_node.start_mark.line + 1)
-        if not isinstance(node, yaml.MappingNode):
-            self.error(file, node, "score_bands is a mapping with review, block and optional merchants")
-            return
-        values: dict[str, float | None] = {"review": None, "block": None}
-        given: set[str] = set()
-        for key, _, value in self.items(file, node, _BAND_KEYS):
-            if key == "merchants":
-                self.add_merchant_bands(file, value)
-            else:
-                given.add(key)
-                values[key] = self.threshold(file, value, f"score_bands.{key}")
-        for key in ("review", "block"):
-            if key not in given:
-                self.error(file, node, f"score_bands.{key} is required")
-        review, block = values["review"], values["block"]
-        if review is not None and block is not None:
-            if review > block:
-                self.error(file, node, f"score_bands: review ({review}) must not be above block ({block})")
-            else:
-                self.bands = ScoreBands(review, block)
-
-    def add_merchant_bands(self, file: str, node: yaml.Node) -> None:
-        if not isinstance(node, yaml.MappingNode):
-            self.error(file, node, "score_bands.merchants maps merchant ids to {review, block}")
-            return
-        for merchant, key_node, value in self.items(file, node, None):
-            if not isinstance(value, yaml.MappingNode):
-                self.error(file, value, f"merchant {merchant}: give {{review: .., block: ..}}")
-                continue
-            found: dict[str, float | None] = {}
-            for key, _, threshold in self.items(file, value, ("review", "block")):
-                found[key] = self.threshold(file, threshold, f"merchant {merchant} {key}")
-            if not found:
-                self.error(file, value, f"merchant {merchant}: give review and/or block")
-            self.merchant_bands[merchant] = (
-                found.get("review"),
-                found.get("block"),
-                file,
-                key_node.start_mark.line + 1,
-            )
-
-    def check_merchant_bands(self) -> dict[str, ScoreBands]:
-        out: dict[str, ScoreBands] = {}
-        if self.bands is None:
-            return out
-        for merchant, (review, block, file, line) in self.merchant_bands.items():
-            bands = ScoreBands(
-                self.bands.review if review is None else review, self.bands.block if block is None else block
-            )
-            if bands.review > bands.block:
-                self.errors.append(
-                    RuleError(
-                        file,
-                        line,
-                        None,
-                        f"merchant {merchant}: review ({bands.review}) must not be above "
-                        f"block ({bands.block})",
-                    )
-                )
-            out[merchant] = bands
-        return out
-
-    def add_lists(self, file: str, node: yaml.Node) -> None:
-        if not isinstance(node, yaml.MappingNode):
-            self.error(file, node, "lists maps list names to [values] or {file: path}")
-            return
-        for name, key_node, value in self.items(file, node, None):
-            if not _LIST_NAME.match(name) or "__" in name:
-                self.error(file, key_node, f"bad list name '{name}': use letters, digits and _")
-                continue
-            if name in self.list_at:
-                first = "{}:{}".format(*self.list_at[name])
-                self.error(file, key_node, f"list '{name}' is already defined at {first}")
-                continue
-            self.list_at[name] = (file, key_node.start_mark.line + 1)
-            # Registered even when broken, so rules using it are not also reported as unknown.
-            self.lists[name] = self.list_values(file, name, value)
-
-    def list_values(self, file: str, name: str, node: yaml.Node) -> frozenset[str]:
-        if isinstance(node, yaml.SequenceNode):
-            values = set()
-            for item in node.value:
-                text = self.text(file, item, f"an entry of list '{name}'")
-                if text is not None:
-                    values.add(text)
-            return frozenset(values)
-        if isinstance(node, yaml.MappingNode):
-            path: str | None = None
-            for _, _, value in self.items(file, node, ("file",)):
-                path = self.text(file, value, f"list '{name}' file")
-            if path is None:
-                self.error(file, node, f"list '{name}': give {{file: path}}")
-                return frozenset()
-            try:
-                return parse_list_file(self.read_list(path))
-            except FileNotFoundError:
-                self.error(file, node, f"list '{name}': file not found: {path}")
-            except UnicodeDecodeError:
-                self.error(file, node, f"list '{name}': {path} is not UTF-8 text")
-            except (OSError, ValueError) as e:
-                self.error(file, node, f"list '{name}': cannot read {path}: {e}")
-            return frozenset()
-        self.error(file, node, f"list '{name}' must be [values] or {{file: path}} ([] when empty)")
-        return frozenset()
-
-    def add_rules(self, file: str, node: yaml.Node) -> None:
-        if not isinstance(node, yaml.SequenceNode):
-            self.error(file, node, "rules is a list of rules (each item starts with '- id: ...')")
-            return
-        for item in node.value:
-            if not isinstance(item, yaml.MappingNode):
-                self.error(file, item, "a rule is a mapping with id, when and action")
-                continue
-            self.add_rule(file, item)
-
-    def add_rule(self, file: str, node: yaml.MappingNode) -> None:
-        id_node = next((v for k, v in node.value if isinstance(k, yaml.ScalarNode) and k.value == "id"), None)
-        rule_id = self.text(file, id_node, "id") if id_node is not None else None
-        valid = rule_id is not None
-        if id_node is None:
-            self.error(file, node, "rule without an id")
-        elif rule_id is not None and not _RULE_ID.match(rule_id):
-            self.error(file, id_node, f"bad rule id {rule_id!r}: use letters, digits, _ . : -", rule_id)
-            valid = False
-        elif rule_id is not None and rule_id in self.rule_at:
-            first = "{}:{}".format(*self.rule_at[rule_id])
-            self.error(file, id_node, f"duplicate rule id '{rule_id}' (first defined at {first})", rule_id)
-            valid = False
-        raw = _RawRule(file, node.start_mark.line + 1, rule_id or "", valid=valid)
-        for key, _, value in self.items(file, node, _RULE_KEYS, rule_id):
-            if key == "when":
-                if self.text(file, value, "when", rule_id) is not None:
-                    raw.when = value  # type: ignore[assignment]
-            elif key == "action":
-                raw.action = self.choice(file, value, "action", ACTIONS, rule_id)  # type: ignore[assignment]
-            elif key == "mode":
-                raw.mode = self.choice(file, value, "mode", MODES, rule_id) or "live"  # type: ignore[assignment]
-            elif key in ("reason", "description"):
-                setattr(raw, key, self.text(file, value, key, rule_id))
-            elif key == "merchants":
-                raw.merchants = self.merchant_scope(file, value, rule_id)
-        for key in ("when", "action"):
-            if key not in {k.value for k, _ in node.value if isinstance(k, yaml.ScalarNode)}:
-                self.error(file, node, f"rule without '{key}'", rule_id)
-        if valid and rule_id is not None:
-            self.rule_at[rule_id] = (file, raw.line)
-        self.rules.append(raw)
-
-    def choice(
-        self, file: str, node: yaml.Node, key: str, allowed: Sequence[str], rule_id: str | None
-    ) -> str | None:
-        text = self.text(file, node, key, rule_id)
-        if text is not None and text not in allowed:
-            self.error(file, node, f"bad {key} '{text}': use {' | '.join(allowed)}", rule_id)
-            return None
-        return text
-
-    def merchant_scope(self, file: str, node: yaml.Node, rule_id: str | None) -> frozenset[str] | None:
-        if not isinstance(node, yaml.SequenceNode) or not node.value:
-            self.error(file, node, "merchants must be a non-empty list of merchant ids", rule_id)
-            return None
-        ids = [self.text(file, item, "a merchant id", rule_id) for item in node.value]
-        return frozenset(i for i in ids if i is not None)
-
-    def compile_rules(self) -> list[Rule]:
-        rules: list[Rule] = []
-        for raw in self.rules:
-            if raw.when is None:
-                continue  # already reported
-            rule_id = raw.id or None
-            try:
-                expr = compile_expression(str(raw.when.value), self.names, self.lists, expected="bool")
-            except ExpressionError as e:
-                for problem in e.problems:
-                    line, message = _expression_location(raw.when, e.text, problem.line, problem.column)
-                    self.errors.append(
-                        RuleError(raw.file, line, rule_id, f"when: {problem.message}{message}")
-                    )
-                continue
-            if not raw.valid or raw.action is None:
-                continue  # already reported
-            rules.append(
-                Rule(
-                    raw.id,
-                    expr,
-                    raw.action,
-                    raw.mode,
-                    raw.reason,
-                    raw.description,
-                    raw.merchants,
-                    raw.file,
-                    raw.line,
-                )
-            )
-        return rules
-
-
-def _is_null(node: yaml.Node) -> bool:
-    return isinstance(node, yaml.ScalarNode) and node.tag == _NULL_TAG
-
-
-def _expression_location(node: yaml.ScalarNode, text: str, line: int, column: int) -> tuple[int, str]:
-    """The file line of a problem in a `when` expression, and a caret excerpt of the expression."""
-    start = node.start_mark.line + 1
-    if node.style in ("|", ">"):
-        start += 1  # a block scalar's text begins on the line after the indicator
-    if node.style == "|":
-        start += line - 1  # literal blocks keep their lines; other styles fold them
-    lines = text.splitlines() or [""]
-    source = lines[line - 1] if line <= len(lines) else ""
-    return start, f" (column {column})\n  {source}\n  {' ' * (column - 1)}^"
-
-
-def transaction_field_types() -> dict[str, FieldType]:
-    """Types of the canonical transaction's fields as rules see them (engine/schema.py).
-
-    The timestamp is left out (rules read derived features such as hour_of_day instead).
-    """
-    from engine.schema import TRANSACTION_COLUMNS, Transaction
-
-    def base_types(annotation: Any) -> set[Any]:
-        args = get_args(annotation)
-        if not args:
-            return {annotation}
-        if get_origin(annotation) is Annotated:
-            return base_types(args[0])
-        if get_origin(annotation) is Literal:
-            return {type(a) for a in args}
-        return set().union(*(base_types(a) for a in args))
-
-    types: dict[str, FieldType] = {}
-    for name in TRANSACTION_COLUMNS:
-        if name == "timestamp":
-            continue
-        kinds = base_types(Transaction.model_fields[name].annotation) - {type(None)}
-        if kinds == {bool}:
-            types[name] = "bool"
-        elif kinds <= {int, float}:
-            types[name] = "number"
-        else:
-            types[name] = "string"
-    return types

@@ -19,7 +19,8 @@ from typing import Any, TypeAlias
 import numpy as np
 import pandas as pd
 
-from engine.rules.expression import (
+from engine.rules.expression import Expression
+from engine.rules.nodes import (
     BOOL,
     LIST_NUMBER,
     NUMBER,
@@ -28,7 +29,6 @@ from engine.rules.expression import (
     Call,
     Compare,
     Const,
-    Expression,
     FieldType,
     Logic,
     Member,
