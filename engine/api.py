@@ -24,6 +24,7 @@ from engine.loader import Reloader
 from engine.metrics import Metrics
 from engine.schema import Transaction
 from engine.settings import Settings
+from engine.verdicts import Verdict
 
 log = logging.getLogger("antifraud")
 
@@ -53,7 +54,7 @@ class ScoreResponse(BaseModel):
     """The answer to POST /v1/score."""
 
     transaction_id: str
-    verdict: Literal["allow", "review", "block"]
+    verdict: Verdict
     score: float | None = Field(description="probability of fraud, 0-1; null when the model was unavailable")
     risk_score: int | None = Field(description="score x 100, rounded")
     reasons: dict[str, Any]

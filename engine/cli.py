@@ -273,8 +273,7 @@ def score_history(
 @rules_app.command("check")
 def rules_check(directory: Annotated[Path, typer.Argument(help="Rule set directory")]) -> None:
     """Validate a rule set and list every error (exit 1 when there is one)."""
-    from engine.loader import rule_names
-    from engine.rules.check import run_check
+    from engine.rules import rule_names, run_check
     from features.spec import load_spec
 
     raise typer.Exit(run_check(directory, rule_names(load_spec().feature_names), Console()))

@@ -31,6 +31,7 @@ from rich.table import Table
 from engine.auth import new_key
 from engine.redis_server import EmbeddedRedis
 from engine.settings import ROOT
+from engine.verdicts import VERDICTS
 from features.online import OnlineFeatures
 from features.stream import FEEDBACK_COLUMNS, payment_record, stream
 
@@ -207,7 +208,7 @@ def _summary(
     table.add_column("measure")
     table.add_column("value", justify="right")
     table.add_row("payments scored", f"{len(scored):,}")
-    for verdict in ("allow", "review", "block"):
+    for verdict in VERDICTS:
         table.add_row(verdict, f"{int((scored == verdict).sum()):,}")
     table.add_row("frauds in the day", f"{int(fraud.sum()):,}")
     table.add_row("frauds blocked", f"{int((fraud & (scored == 'block')).sum()):,}")

@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
-FailPolicy = Literal["allow", "review", "block"]
+from engine.verdicts import VERDICTS, Verdict
+
+FailPolicy = Verdict  # what stands in for the score bands when a signal is missing (engine/pipeline.py)
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -37,7 +38,7 @@ class Settings:
     namespace: str = field(default_factory=lambda: _env("NAMESPACE", "af"))
 
     def __post_init__(self) -> None:
-        if self.fail_policy not in ("allow", "review", "block"):
+        if self.fail_policy not in VERDICTS:
             raise ValueError(f"fail policy must be allow, review or block, not {self.fail_policy!r}")
         if not 0 < self.budget_ms <= 10_000:
             raise ValueError(f"budget_ms must be in (0, 10000], got {self.budget_ms}")

@@ -44,17 +44,15 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from engine.loader import rule_names
-from engine.rules import RuleSet, RuleSetError, Verdict, load_ruleset
-from engine.rules.expression import FieldType
+from engine.rules import FieldType, RuleSet, RuleSetError, load_ruleset, rule_names
 from engine.schema import TRANSACTION_COLUMNS
+from engine.verdicts import VERDICTS, Verdict
 from features.spec import FeatureSpec, load_spec
 from training.config import TrainConfig, TrainingError
 from training.dataset import ProgressArg, as_progress, build_dataset, check_period, read_history
 from training.evaluate import config_of
 from training.metrics import expected_cost, verdict_mix
 from training.model_artifact import ModelArtifact
-from training.scoring import VERDICTS
 
 #: the verdict of a payment no rule decides when there is no model (no score, so no band)
 NO_MODEL_VERDICT: Final[Verdict] = "allow"

@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from engine.verdicts import VERDICTS, band
 from training.config import TrainingError
 from training.dataset import ProgressArg, as_progress, build_dataset, check_period, read_history
 from training.model_artifact import ModelArtifact
 
-VERDICTS = ("allow", "review", "block")
 # (scores, features of the period, history rows of the period) -> one verdict per payment
 Decide = Callable[[np.ndarray, pd.DataFrame, pd.DataFrame], Sequence[str] | np.ndarray]
 OUTPUT_FORMATS = (".csv", ".csv.gz", ".parquet")
@@ -27,11 +27,8 @@ OUTPUT_FORMATS = (".csv", ".csv.gz", ".parquet")
 
 def verdicts(scores: np.ndarray, thresholds: dict[str, float]) -> np.ndarray:
     """`block` at score >= thresholds['block'], else `review` at >= thresholds['review'], else `allow`."""
-    scores = np.asarray(scores, dtype=float)
-    out = np.full(len(scores), "allow", dtype=object)
-    out[scores >= thresholds["review"]] = "review"
-    out[scores >= thresholds["block"]] = "block"
-    return out
+    codes = band(np.asarray(scores, dtype=float), thresholds["review"], thresholds["block"])
+    return np.asarray(VERDICTS, dtype=object)[codes]
 
 
 def risk_scores(scores: np.ndarray) -> np.ndarray:
@@ -50,8 +47,7 @@ def rules_decider(rules_dir: Path, feature_names: Sequence[str]) -> Decide:
     if importlib.util.find_spec("engine.rules") is None:
         raise TrainingError(f"--rules {rules_dir}: the rule engine (engine/rules) is not available")
     # the names and types the serving engine gives rules, so a rule set loads here iff it loads there
-    from engine.loader import rule_names
-    from engine.rules import load_ruleset
+    from engine.rules import load_ruleset, rule_names
     from engine.schema import TRANSACTION_COLUMNS
 
     if not Path(rules_dir).is_dir():

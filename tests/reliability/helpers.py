@@ -282,8 +282,7 @@ def model_version(directory: Path, name: str) -> str:
 
 def rules_version(directory: Path) -> str:
     """The version the service reports for a rule set directory."""
-    from engine.loader import rule_names
-    from engine.rules import load_ruleset
+    from engine.rules import load_ruleset, rule_names
     from features.spec import load_spec
 
     return load_ruleset(directory, rule_names(load_spec().feature_names)).version

@@ -27,9 +27,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from engine.loader import rule_names
-from engine.rules import RuleSetError, load_ruleset
-from engine.rules.expression import ExpressionError, compile_expression
+from engine.rules import ExpressionError, RuleSetError, compile_expression, load_ruleset, rule_names
 from engine.schema import PAN_SECRET_ENV
 from features.spec import load_spec
 
