@@ -14,7 +14,7 @@ set to it exactly as the scoring service does:
 
 What it measures is in :class:`BacktestResult` and docs/backtest.md: per rule (shadow rules
 included) hits, precision, fraud amount caught, good payments hit and skips; the verdict mix and
-the expected cost of `training.evaluate.expected_cost`; and, against a baseline rule set, which
+the expected cost of `training.metrics.expected_cost`; and, against a baseline rule set, which
 payments change verdict and what that costs.
 
 Two steps, so that a notebook tuning thresholds computes features once::
@@ -146,7 +146,7 @@ class BacktestResult:
     cost_parameters: dict[str, float]
     rules: list[RuleStats]
     verdicts: dict[str, dict[str, Any]]  # verdict -> payments, share, frauds, fraud_amount
-    cost: dict[str, float] | None  # training.evaluate.expected_cost; None without labels
+    cost: dict[str, float] | None  # training.metrics.expected_cost; None without labels
     comparison: Comparison | None = None
     warnings: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)  # seconds per step
