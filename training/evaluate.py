@@ -95,9 +95,11 @@ def assess(
 ) -> Assessment:
     """Metrics of the model, the logistic baseline and rules-only on one dataset; the report if asked.
 
-    `baseline_thresholds` / `logistic_thresholds` None: that baseline's thresholds are set on this
-    very data, and `logistic` None: the logistic baseline is fitted on this very data (both
-    optimistic for the baseline, and said so in the warnings).
+    `baseline_thresholds` None: the rules-only thresholds are set on this very data (optimistic,
+    said in the warnings). `logistic` None: the logistic baseline is fitted on this very data
+    (optimistic, said in the warnings). `logistic_thresholds` None: set on this data at the
+    configured rates, as `train` sets the model's on its validation slice (pass them when the
+    model's were set elsewhere, as `evaluate` does).
     """
     metrics, sides = measure(
         data,
@@ -137,7 +139,10 @@ def measure(
     y = data.y
     if logistic is None:
         logistic = LogisticBaseline.fit(data.features, y)
-        warnings.append("the logistic baseline was fitted on this period itself (optimistic for it)")
+        warnings.append(
+            "the logistic baseline was fitted, and its thresholds set, on this period itself "
+            "(optimistic for it)"
+        )
     if missing := logistic.missing(data.features):
         warnings.append(
             f"the logistic baseline was fitted with features this file lacks ({', '.join(missing)}): "
@@ -150,10 +155,8 @@ def measure(
     else:
         base_t = as_thresholds(baseline_thresholds)
     if logistic_thresholds is None:
+        # where train's validation report sets the model's: on this data, at the same rates
         logit_t = thresholds_at(logit, y, config)
-        warnings.append(
-            "the logistic baseline's thresholds were set on this period itself (optimistic for it)"
-        )
     else:
         logit_t = as_thresholds(logistic_thresholds)
     sides = SideScores(scores, logit, base, as_thresholds(artifact.thresholds), logit_t, base_t)
