@@ -276,11 +276,12 @@ def logistic_of(
     """The model directory's logistic baseline and its thresholds, as far as they can be had.
 
     The baseline comes from `baseline_logistic.json`; an older model directory has none, and it is
-    then fitted on the model's training period (`trained`), with a warning. Its thresholds are set
-    on the training period at the configured false-positive rates (a model of about a dozen
-    coefficients scores its own training payments much as it scores new ones). None for what
-    cannot be had (no file and no training period): `assess` then uses the evaluated period itself
-    and says so.
+    then fitted on the model's training period (`trained`), with a warning. Its thresholds are
+    those `train` recorded (metadata `logistic_thresholds`: set out of sample on the validation
+    slice, as the model's), else they are set on the training period at the configured
+    false-positive rates (a model of about a dozen coefficients scores its own training payments
+    much as it scores new ones). None for what cannot be had (no file and no training period):
+    `assess` then uses the evaluated period itself and says so.
     """
     path = artifact.path / LOGISTIC_FILE if artifact.path is not None else None
     usable = trained if trained is not None and 0 < trained.frauds < len(trained) else None
@@ -295,6 +296,9 @@ def logistic_of(
         )
     else:
         return None, None
+    recorded = artifact.metadata.get("logistic_thresholds")
+    if isinstance(recorded, Mapping) and path is not None and path.is_file():
+        return logistic, as_thresholds(recorded)
     if usable is None:
         return logistic, None
     return logistic, thresholds_at(logistic.predict(usable.features), usable.y, config)
