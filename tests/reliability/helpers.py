@@ -1,28 +1,25 @@
 """What the reliability tests share: the service as real processes, payments, the load replayer, figures.
 
-- `Service`: a real redis-server (`engine.redis_server.EmbeddedRedis`, TCP or unix socket, AOF on or
-  off) and `antifraud serve --workers N` as a subprocess with its own API keys, model directory and
-  rules directory (copies, so a test may swap and edit them), its output captured in a log file.
+- `Service`: `engine.stack.ServiceStack` (a real redis-server, TCP or unix socket, AOF on or off, and
+  `antifraud serve --workers N` as a subprocess) with its own API keys, model directory and rules
+  directory (copies, so a test may swap and edit them), its output captured in a log file.
 - `Payments`: realistic payment bodies (entities, amounts, countries of the committed sample) with
   fresh transaction ids and timestamps chosen by the test, so that every window is predictable.
-- `replay()`: the open-loop fixed-rate replayer of `benchmarks/load_http.py` (imported, not copied):
-  request i is due at t0 + i/rate whatever happened before; latency counts from the due time.
+- `replay()`: the open-loop fixed-rate replayer of the load benchmark (`engine.loadgen`, shared with
+  benchmarks/load_http.py): request i is due at t0 + i/rate whatever happened before; latency counts
+  from the due time.
 - `FIGURES`: every figure a test measures, printed at once (`-s`) and summarised at the end.
 """
 
 from __future__ import annotations
 
-import contextlib
-import importlib
 import importlib.util
 import json
 import os
 import random
 import shutil
 import signal
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -35,12 +32,13 @@ import httpx
 import numpy as np
 import redis
 
-from engine.auth import new_key
-from engine.redis_server import EmbeddedRedis
+from engine.loadgen.client import run_async, run_cell
+from engine.loadgen.cpu import cpu_seconds, machine_busy_seconds, wait_quiet
+from engine.loadgen.replay import load_replay
+from engine.stack import ServiceStack
 
 ROOT = Path(__file__).resolve().parents[2]
 BUDGET_MS = 50.0  # ANTIFRAUD_BUDGET_MS given to every service started here (the default)
-SAMPLE = ROOT / "data" / "sample" / "history.parquet"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -85,21 +83,7 @@ FIGURES = Figures()
 
 
 # --------------------------------------------------------------------------------------------------
-# The load replayer of benchmarks/load_http.py
-
-
-def load_http() -> ModuleType:
-    """benchmarks/load_http.py as a module (the open-loop replayer and its helpers)."""
-    path = ROOT / "benchmarks"
-    if str(path) not in sys.path:
-        sys.path.insert(0, str(path))
-    module = importlib.import_module("load_http")
-    needed = ("run_cell", "run_async", "free_port", "load_replay", "descendants", "cmdline")
-    needed += ("cpu_seconds", "machine_busy_seconds", "wait_quiet")
-    missing = [name for name in needed if not hasattr(module, name)]
-    if missing:
-        raise RuntimeError(f"benchmarks/load_http.py no longer has {missing}: update tests/reliability")
-    return module
+# The load replayer (engine.loadgen, shared with benchmarks/load_http.py)
 
 
 def normal_suite(name: str) -> ModuleType:
@@ -114,10 +98,6 @@ def normal_suite(name: str) -> ModuleType:
     sys.modules[module_name] = module
     spec.loader.exec_module(module)
     return module
-
-
-def free_port() -> int:
-    return int(load_http().free_port())
 
 
 @dataclass
@@ -145,8 +125,7 @@ def replay(
     port: int, requests: list[bytes], rate: float, connections: int = 64, drain_s: float = 30.0
 ) -> Run:
     """Send raw HTTP requests at a fixed rate (open loop) on keep-alive connections; wait for answers."""
-    lh = load_http()
-    cell, _, _ = lh.run_async(lh.run_cell(port, requests, rate, 0, connections, drain_s, {}))
+    cell, _, _ = run_async(run_cell(port, requests, rate, 0, connections, drain_s, {}))
     return Run(cell.sched.copy(), cell.done.copy(), cell.status.copy(), list(cell.bodies))
 
 
@@ -164,27 +143,20 @@ class MachineLoad:
     """How busy the 2 cores were over a scenario, ours and everybody else's (a shared machine)."""
 
     def __init__(self, service: Service) -> None:
-        lh = load_http()
         self.service = service
         # wait (at most 20 s) until other people's jobs leave the cores mostly free
-        self.others_before = float(lh.wait_quiet(self._ours(), 0.5, 20.0))
+        self.others_before = wait_quiet(self._ours(), 0.5, 20.0)
         self.wall = time.perf_counter()
-        self.busy = float(lh.machine_busy_seconds())
-        self.mine = float(lh.cpu_seconds(self._ours()))
+        self.busy = machine_busy_seconds()
+        self.mine = cpu_seconds(self._ours())
 
     def _ours(self) -> list[int]:
-        pids = [os.getpid()]
-        if self.service.server is not None:
-            pids += [self.service.server.pid, *load_http().descendants(self.service.server.pid)]
-        if self.service.redis.process is not None:
-            pids.append(self.service.redis.process.pid)
-        return pids
+        return [os.getpid(), *self.service.pids()]
 
     def summary(self) -> str:
-        lh = load_http()
         wall = time.perf_counter() - self.wall
-        busy = (float(lh.machine_busy_seconds()) - self.busy) / wall
-        mine = (float(lh.cpu_seconds(self._ours())) - self.mine) / wall
+        busy = (machine_busy_seconds() - self.busy) / wall
+        mine = (cpu_seconds(self._ours()) - self.mine) / wall
         return (
             f"other jobs before: {self.others_before:.2f} cores; during: all {busy:.2f} of "
             f"{os.cpu_count()} cores, not ours ~{max(0.0, busy - mine):.2f}"
@@ -208,7 +180,7 @@ class Payments:
     @classmethod
     def sample_bodies(cls) -> list[dict[str, Any]]:
         if cls._bodies is None:
-            _, window = load_http().load_replay(7)
+            _, window = load_replay(7)
             cls._bodies = [{k: v for k, v in b.items() if k != "transaction_id"} for b in window.bodies]
         return cls._bodies
 
@@ -292,8 +264,14 @@ def rules_version(directory: Path) -> str:
 # The service as processes
 
 
-class Service:
-    """redis-server + `antifraud serve` subprocess, each with its own files under a temporary directory."""
+class Service(ServiceStack):
+    """redis-server + `antifraud serve` subprocess, each with its own files under a temporary directory.
+
+    On top of `engine.stack.ServiceStack`: a scorer key ("checkout") and an admin key ("ops"), copies
+    of models/default and rules/ (a test may swap and edit them), the time budget and fail policy
+    tests rely on, a fresh PAN secret (`pan_secret=None`: none at all), Redis recording its own
+    stalls, and everything the server prints in `server.log`.
+    """
 
     def __init__(
         self,
@@ -306,143 +284,71 @@ class Service:
         env: dict[str, str] | None = None,
         pan_secret: str | None = "",
     ) -> None:
-        self.tmp = tempfile.TemporaryDirectory(prefix=f"antifraud-rel-{name}-")
-        self.dir = Path(self.tmp.name)
-        self.workers = workers
-        self.fsync_always = fsync_always
-        self.redis = EmbeddedRedis(self.dir / "redis", appendonly=appendonly, port=free_port() if tcp else 0)
-        self.tcp = tcp
-        self.port = free_port()
-        self.keys_file = self.dir / "keys.yaml"
-        self.scorer_key = new_key(self.keys_file, "checkout", "scorer")
-        self.admin_key = new_key(self.keys_file, "ops", "admin")
+        # a fresh random secret per run: never a literal, and the PAN scan can look for it too
+        self.pan_secret = os.urandom(24).hex() if pan_secret == "" else pan_secret
+        # Redis records its own stalls of 10 ms or more (forks for AOF rewrites, slow writes...)
+        redis_config: dict[str, str | int] = {"latency-monitor-threshold": 10}
+        if fsync_always:
+            redis_config["appendfsync"] = "always"
+        server_env: dict[str, str | None] = {
+            "ANTIFRAUD_BUDGET_MS": str(BUDGET_MS),
+            "ANTIFRAUD_FAIL_POLICY": "review",
+            **(env or {}),
+            "ANTIFRAUD_PAN_SECRET": self.pan_secret,  # None: removed from the server's environment
+        }
+        super().__init__(
+            workers=workers,
+            tcp_redis=tcp,
+            appendonly=appendonly,
+            redis_config=redis_config,
+            keys={"checkout": "scorer", "ops": "admin"},
+            env=server_env,
+            shared_metrics=True,  # /metrics in multi-process mode even with one worker
+            output="log",
+            ready_timeout=90.0,
+            prefix=f"antifraud-rel-{name}-",
+        )
         self.model_dir = self.dir / "models" / "live"
         shutil.copytree(ROOT / "models" / "default", self.model_dir, ignore=shutil.ignore_patterns("report"))
         self.rules_dir = self.dir / "rules"
         shutil.copytree(ROOT / "rules", self.rules_dir)
-        self.log = self.dir / "server.log"
-        # a fresh random secret per run: never a literal, and the PAN scan can look for it too
-        self.pan_secret = os.urandom(24).hex() if pan_secret == "" else pan_secret
-        self.extra_env = env or {}
-        self.server: subprocess.Popen[bytes] | None = None
         self.latency_offset = 0.0
 
     @property
-    def redis_url(self) -> str:
-        return f"redis://127.0.0.1:{self.redis.port}" if self.tcp else self.redis.url
+    def scorer_key(self) -> str:
+        return self.keys["checkout"]
+
+    @property
+    def admin_key(self) -> str:
+        return self.keys["ops"]
 
     def client(self, **kwargs: Any) -> redis.Redis:
-        return redis.Redis.from_url(self.redis_url, **kwargs)
-
-    def start(self) -> Service:
-        self.start_redis()
-        env = {
-            **os.environ,
-            "ANTIFRAUD_BUDGET_MS": str(BUDGET_MS),
-            "ANTIFRAUD_FAIL_POLICY": "review",
-            "PROMETHEUS_MULTIPROC_DIR": str(self.dir / "metrics"),
-            **self.extra_env,
-        }
-        env.pop("ANTIFRAUD_PAN_SECRET", None)
-        if self.pan_secret is not None:
-            env["ANTIFRAUD_PAN_SECRET"] = self.pan_secret
-        (self.dir / "metrics").mkdir(exist_ok=True)
-        command = [sys.executable, "-m", "engine.cli", "serve", "--host", "127.0.0.1"]
-        command += ["--port", str(self.port), "--redis", self.redis_url, "--workers", str(self.workers)]
-        command += ["--model", str(self.model_dir), "--rules", str(self.rules_dir)]
-        command += ["--api-keys", str(self.keys_file)]
-        with open(self.log, "ab") as log:
-            self.server = subprocess.Popen(
-                command, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-            )
-        try:
-            self._wait_ready()
-        except BaseException:
-            self.stop()
-            raise
-        return self
+        return self.redis_client(**kwargs)
 
     def start_redis(self) -> None:
-        self.redis.start()
-        with contextlib.closing(self.client()) as c:
-            # Redis records its own stalls of 10 ms or more (forks for AOF rewrites, slow writes...)
-            c.config_set("latency-monitor-threshold", 10)
-            if self.fsync_always:
-                c.config_set("appendfsync", "always")
-            self.latency_offset = time.time() - time.perf_counter()
-
-    def stop_redis(self) -> None:
-        """Stop redis-server cleanly (SIGTERM; it flushes its AOF) and wait for it to exit."""
-        self.redis.stop()
+        super().start_redis()
+        # Redis stamps its latency events with time.time(): this maps them onto time.perf_counter()
+        self.latency_offset = time.time() - time.perf_counter()
 
     def kill_redis(self) -> None:
         """kill -9 redis-server: no chance to flush anything."""
+        assert self.redis is not None and self.redis.process is not None
         process = self.redis.process
-        assert process is not None
         os.kill(process.pid, signal.SIGKILL)
         process.wait(timeout=10)
         self.redis.process = None
 
     def signal_redis(self, sig: int) -> None:
-        assert self.redis.process is not None
+        assert self.redis is not None and self.redis.process is not None
         os.kill(self.redis.process.pid, sig)
-
-    def worker_pids(self) -> list[int]:
-        assert self.server is not None
-        lh = load_http()
-        if self.workers == 1:
-            return [self.server.pid]
-        return [p for p in lh.descendants(self.server.pid) if b"resource_tracker" not in lh.cmdline(p)]
-
-    def _wait_ready(self, timeout: float = 90.0) -> None:
-        deadline = time.monotonic() + timeout
-        assert self.server is not None
-        while time.monotonic() < deadline:
-            if self.server.poll() is not None:
-                raise RuntimeError(f"the service exited at start:\n{self.log_text()[-3000:]}")
-            with contextlib.suppress(httpx.HTTPError):
-                status = httpx.get(f"http://127.0.0.1:{self.port}/ready", timeout=2).status_code
-                if status == 200 and len(self.worker_pids()) >= self.workers:
-                    time.sleep(0.5)
-                    return
-            time.sleep(0.2)
-        raise RuntimeError(
-            f"the service did not become ready within {timeout:.0f} s:\n{self.log_text()[-3000:]}"
-        )
 
     def http(self, key: str | None = None, timeout: float = 10.0) -> httpx.Client:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         return httpx.Client(base_url=f"http://127.0.0.1:{self.port}", headers=headers, timeout=timeout)
 
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
-
-    def stop_server(self) -> None:
-        if self.server is not None and self.server.poll() is None:
-            self.server.send_signal(signal.SIGINT)
-            try:
-                self.server.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.server.kill()
-                self.server.wait(timeout=10)
-        self.server = None
-
-    def stop(self) -> None:
-        self.stop_server()
-        if self.redis.process is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.redis.process.pid, signal.SIGCONT)  # in case a test left it paused
-        self.redis.stop()
-
-    def cleanup(self) -> None:
-        self.stop()
-        self.tmp.cleanup()
-
     def __enter__(self) -> Service:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.cleanup()
+        super().__enter__()
+        return self
 
 
 # --------------------------------------------------------------------------------------------------
