@@ -10,15 +10,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
-import socket
-import subprocess
-import sys
-import tempfile
 import time
 from datetime import timedelta
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -28,9 +24,8 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from engine.auth import new_key
-from engine.redis_server import EmbeddedRedis
 from engine.settings import ROOT
+from engine.stack import ServiceStack
 from engine.verdicts import VERDICTS
 from features.online import OnlineFeatures
 from features.stream import FEEDBACK_COLUMNS, payment_record, stream
@@ -39,12 +34,6 @@ SAMPLE = ROOT / "data" / "sample" / "history.parquet"
 MODEL = ROOT / "models" / "default"
 SAMPLE_ARGS = {"days": 60, "cards": 3000, "merchants": 300, "seed": 7}
 TRAIN_DAYS = 42  # the model is trained on the first six weeks; later days are unseen
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def ensure_sample(console: Console) -> pd.DataFrame:
@@ -79,11 +68,18 @@ def run_demo(day: str | None = None, limit: int | None = None, console: Console 
     replay_day = pd.Timestamp(day, tz="UTC") if day else last - pd.Timedelta(days=1)
     start_ms = int(replay_day.timestamp() * 1000)
     end_ms = start_ms + 86_400_000
-    with (
-        tempfile.TemporaryDirectory(prefix="antifraud-demo-") as tmp,
-        EmbeddedRedis(Path(tmp) / "redis") as rds,
-    ):
-        client = redis.Redis.from_url(rds.url)
+    stack = ServiceStack(
+        keys={"demo": "scorer"},
+        env={
+            # a fresh secret per demo unless one is given: no key ever lives in the code
+            "ANTIFRAUD_PAN_SECRET": os.environ.get("ANTIFRAUD_PAN_SECRET") or secrets.token_hex(16),
+        },
+        output="inherit",  # the service's own messages on the console
+        prefix="antifraud-demo-",
+    )
+    with contextlib.closing(stack):
+        stack.start_redis()
+        client = redis.Redis.from_url(stack.redis_url)
         with Progress(console=console) as progress:
             before = int((history["timestamp"] < replay_day).sum())
             task = progress.add_task(
@@ -93,35 +89,13 @@ def run_demo(day: str | None = None, limit: int | None = None, console: Console 
                 history, until_ms=start_ms, progress=lambda n: progress.update(task, completed=n)
             )
             progress.update(task, total=1, completed=1)
-        keys = Path(tmp) / "keys.yaml"
-        key = new_key(keys, "demo", "scorer")
-        port = _free_port()
-        env = {
-            **os.environ,
-            # a fresh secret per demo unless one is given: no key ever lives in the code
-            "ANTIFRAUD_PAN_SECRET": os.environ.get("ANTIFRAUD_PAN_SECRET") or secrets.token_hex(16),
-        }
-        server = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "engine.cli",
-                "serve",
-                "--port",
-                str(port),
-                "--redis",
-                rds.url,
-                "--api-keys",
-                str(keys),
-            ],
-            env=env,
-            cwd=ROOT,
-        )
+        client.close()
         try:
-            return _replay(history, start_ms, end_ms, port, key, limit, console)
-        finally:
-            server.terminate()
-            server.wait(timeout=10)
+            stack.start_server()
+        except RuntimeError as exc:
+            console.print(f"[red]{exc}[/red]")
+            return 1
+        return _replay(history, start_ms, end_ms, stack.port, stack.keys["demo"], limit, console)
 
 
 def _replay(
@@ -136,17 +110,6 @@ def _replay(
     base = f"http://127.0.0.1:{port}"
     headers = {"Authorization": f"Bearer {key}"}
     with httpx.Client(base_url=base, headers=headers, timeout=5.0) as http:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if http.get("/ready").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                console.print("[red]the service did not become ready within 60 s[/red]")
-                return 1
-            time.sleep(0.2)
         events = [(e, r, t) for e, r, t in stream(history) if start_ms <= t < end_ms]
         payments = sum(1 for e, _, _ in events if e == "payment")
         if limit is not None:
