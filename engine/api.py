@@ -190,7 +190,12 @@ def create_app(settings: Settings | None = None, client: redis.Redis | None = No
             matched = decision is not None
             if matched and event.feature_event is not None:
                 assert decision is not None
-                payment = {**decision["payment"], "transaction_id": event.transaction_id}
+                # the payment's own time: a fraud label counts among the payments of its time
+                payment = {
+                    **decision["payment"],
+                    "transaction_id": event.transaction_id,
+                    "timestamp": datetime.fromisoformat(decision["timestamp"]),
+                }
                 reloader.scorer.features.feedback(
                     event.feature_event, event.transaction_id, event.reported_at, payment
                 )
