@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from typer.testing import CliRunner
 
+from engine import cli
 from engine.schema import HISTORY_COLUMNS, TRANSACTION_COLUMNS, Transaction
 from training.history import load_history, write_history
-from training.simulator import FRAUD_PATTERNS, simulate
+from training.simulator import FRAUD_PATTERNS, PRESET_NAMES, simulate
+from training.simulator_presets import LARGE_AMOUNT, MINIMAL_COLUMNS, PRESETS
 
 SAMPLE = Path(__file__).resolve().parent.parent / "data" / "sample" / "history.parquet"
 
@@ -221,3 +225,194 @@ def load_history_like(frame: pd.DataFrame) -> pd.DataFrame:
     legit = out["label_time"].isna()
     out.loc[legit, "label_time"] = out.loc[legit, "timestamp"] + pd.Timedelta(days=30)
     return out
+
+
+# -------------------------------------------------------------------------------------- presets
+
+PRESET_WORLDS = [name for name in PRESET_NAMES if name != "default"]
+FULL_COLUMNS = [*TRANSACTION_COLUMNS, *HISTORY_COLUMNS, "fraud_pattern"]
+
+
+@functools.cache
+def world(name: str) -> pd.DataFrame:
+    """Five weeks of a preset, simulated once per test session (tests must not modify it)."""
+    return simulate(days=35, cards=800, merchants=80, seed=5, preset=name)
+
+
+@pytest.fixture(params=PRESET_WORLDS)
+def preset(request: pytest.FixtureRequest) -> tuple[str, pd.DataFrame]:
+    return request.param, world(request.param)
+
+
+def delays(frame: pd.DataFrame) -> pd.Series:
+    fraud = frame[frame["label"] == 1]
+    return (fraud["label_time"] - fraud["timestamp"]).dt.total_seconds() / 86_400
+
+
+def test_default_preset_is_the_simulator_and_unknown_presets_are_refused() -> None:
+    pd.testing.assert_frame_equal(
+        simulate(days=10, cards=120, merchants=30, seed=11, preset="default"),
+        simulate(days=10, cards=120, merchants=30, seed=11),
+    )
+    with pytest.raises(ValueError, match=r"unknown simulator preset 'nope'.*minimal"):
+        simulate(days=10, cards=120, merchants=30, seed=11, preset="nope")
+    assert set(PRESET_NAMES) == {"default", *PRESETS}
+
+
+@pytest.mark.parametrize("name", PRESET_WORLDS)
+def test_preset_is_deterministic(name: str) -> None:
+    first = simulate(days=14, cards=300, merchants=40, seed=2, preset=name)
+    pd.testing.assert_frame_equal(first, simulate(days=14, cards=300, merchants=40, seed=2, preset=name))
+    other = simulate(days=14, cards=300, merchants=40, seed=3, preset=name)
+    assert not first["card_id"].isin(other["card_id"]).any()
+
+
+def test_preset_columns(preset: tuple[str, pd.DataFrame]) -> None:
+    name, frame = preset
+    if name == "minimal":
+        assert list(frame.columns) == [*MINIMAL_COLUMNS, "fraud_pattern"]
+        # A handbook world: every payment at a terminal, by a known customer, in one currency.
+        assert frame["terminal_id"].notna().all() and frame["customer_id"].notna().all()
+        assert set(frame["currency"]) == {"EUR"}
+        assert frame.groupby("card_id")["customer_id"].nunique().max() == 1
+    else:
+        assert list(frame.columns) == FULL_COLUMNS
+    assert frame["timestamp"].is_monotonic_increasing and frame["transaction_id"].is_unique
+    assert (frame["amount"] > 0).all()
+
+
+def test_preset_fraud_share_and_patterns(preset: tuple[str, pd.DataFrame]) -> None:
+    name, frame = preset
+    assert 0.005 <= frame["label"].mean() <= 0.015
+    assert ((frame["fraud_pattern"] != "") == (frame["label"] == 1)).all()
+    expected = {pattern for pattern, _ in PRESETS[name].patterns} | (
+        {"large_amount"} if name == "minimal" else set()
+    )
+    assert set(frame["fraud_pattern"]) - {""} == expected
+    # No single pattern is the whole story.
+    assert frame.loc[frame["label"] == 1, "fraud_pattern"].value_counts(normalize=True).max() < 0.85
+
+
+def test_preset_label_times(preset: tuple[str, pd.DataFrame]) -> None:
+    name, frame = preset
+    delay = delays(frame)
+    assert (delay > 0).all()
+    assert frame.loc[frame["label"] == 0, "label_time"].isna().all()
+    if name == "minimal":
+        assert (delay == 7).all()  # a fixed delay, to the millisecond
+    elif name == "slow-labels":
+        assert delay.between(2, 45).all() and 10 < delay.median() < 20 and delay.max() > 30
+    elif name == "small-merchants":
+        assert delay.between(2, 30).all()
+    else:
+        assert delay.between(3, 60).all()
+
+
+def test_preset_round_trips_through_history_files(preset: tuple[str, pd.DataFrame], tmp_path: Path) -> None:
+    name, frame = preset
+    for file in ("h.parquet", "h.csv"):
+        write_history(frame, tmp_path / file)
+        loaded = load_history(tmp_path / file)
+        assert list(loaded.columns) == FULL_COLUMNS
+        pd.testing.assert_frame_equal(loaded[list(frame.columns)], load_history_like(frame))
+        if name == "minimal":  # the other canonical columns are there, and empty
+            absent = [c for c in FULL_COLUMNS if c not in frame.columns]
+            assert loaded[absent].isna().all().all()
+
+
+def test_minimal_fraud_carriers() -> None:
+    frame = world("minimal")
+    legit = frame[frame["label"] == 0]
+    # Every payment above the threshold is fraud; those of the rule are nothing else.
+    assert (frame.loc[frame["amount"] > LARGE_AMOUNT, "label"] == 1).all()
+    assert (frame.loc[frame["fraud_pattern"] == "large_amount", "amount"] > LARGE_AMOUNT).all()
+    # Compromised cards: five times their usual amount, at merchants they use.
+    cards = frame[frame["fraud_pattern"] == "compromised_card"]
+    usual = legit.groupby("card_id")["amount"].median()
+    assert (cards["amount"] / cards["card_id"].map(usual)).median() > 3
+    visited = set(zip(legit["card_id"], legit["merchant_id"], strict=True))
+    assert (
+        np.mean([pair in visited for pair in zip(cards["card_id"], cards["merchant_id"], strict=True)]) > 0.7
+    )
+    # Compromised terminals: most of their payments during the incident are fraud.
+    terminal = frame[frame["fraud_pattern"] == "terminal_fraud"]
+    for till, rows in terminal.groupby("terminal_id"):
+        during = frame[
+            (frame["terminal_id"] == till)
+            & frame["timestamp"].between(rows["timestamp"].min(), rows["timestamp"].max())
+        ]
+        assert (during["fraud_pattern"] == "terminal_fraud").mean() > 0.3
+
+
+def test_small_merchant_fraud_hides_at_quiet_tills() -> None:
+    frame = world("small-merchants")
+    rows = frame[frame["fraud_pattern"] == "small_terminal"]
+    legit = frame[frame["label"] == 0]
+    per_day = legit["terminal_id"].value_counts() / 35
+    assert per_day.reindex(rows["terminal_id"].unique()).max() <= 7  # a few payments a day
+    # Ordinary amounts and cards that paid at the till before: only the till's labels tell.
+    for till, fraud in rows.groupby("terminal_id"):
+        usual = legit.loc[legit["terminal_id"] == till, "amount"]
+        assert 0.4 < fraud["amount"].median() / usual.median() < 2.5
+    earlier = legit.groupby("card_id")["terminal_id"].agg(set)
+    known = [
+        till in earlier.get(card, set())
+        for card, till in zip(rows["card_id"], rows["terminal_id"], strict=True)
+    ]
+    assert np.mean(known) > 0.5
+    assert (rows["channel"] == "pos").all() and rows["ip"].isna().all()
+
+
+def test_in_range_fraud_stays_in_the_cards_habits() -> None:
+    frame = world("in-range")
+    rows = frame[frame["label"] == 1]
+    legit = frame[frame["label"] == 0]
+    high = legit.groupby("card_id")["amount"].quantile(0.95)
+    assert (rows["amount"] <= 2 * rows["card_id"].map(high)).mean() > 0.8  # no big-amount tell
+    online = rows[rows["ip_country"].notna()]
+    assert (online["ip_country"] == online["card_country"]).all()
+    assert (
+        rows["shipping_country"].dropna() == rows.loc[rows["shipping_country"].notna(), "card_country"]
+    ).mean() > 0.7
+    spree = rows[rows["fraud_pattern"] == "in_range_spree"]
+    span = spree.groupby("card_id")["timestamp"].agg(lambda t: t.max() - t.min())
+    assert (span <= pd.Timedelta(days=1)).all()
+
+
+def test_presets_are_fast() -> None:
+    for name in PRESET_WORLDS:
+        started = time.perf_counter()
+        simulate(days=60, cards=5000, merchants=500, seed=7, preset=name)
+        assert time.perf_counter() - started < 20, name
+
+
+@pytest.mark.parametrize("name", PRESET_WORLDS)
+def test_cli_simulate_preset(name: str, tmp_path: Path) -> None:
+    out = tmp_path / "history.csv"
+    args = [
+        "simulate",
+        "--preset",
+        name,
+        "--days",
+        "10",
+        "--cards",
+        "150",
+        "--merchants",
+        "30",
+        "--seed",
+        "4",
+    ]
+    result = CliRunner().invoke(cli.app, [*args, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    loaded = load_history(out)
+    assert loaded["label"].sum() > 0
+    expected = simulate(days=10, cards=150, merchants=30, seed=4, preset=name)
+    assert loaded["transaction_id"].tolist() == expected["transaction_id"].tolist()
+    assert set(pd.read_csv(out, nrows=1).columns) == set(expected.columns)
+
+
+def test_cli_refuses_an_unknown_preset(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli.app, ["simulate", "--preset", "hard", "--out", str(tmp_path / "h.csv")])
+    assert result.exit_code == 1
+    assert "unknown --preset 'hard'" in result.output and "in-range" in result.output
+    assert not (tmp_path / "h.csv").exists()

@@ -24,6 +24,9 @@ Fraudulent rows have ``label`` 1 and a ``label_time`` when the chargeback arrive
 later, lognormal, one dispute per card incident); legitimate rows have ``label`` 0 and no
 ``label_time``. The frame has the dtypes ``training.history.load_history`` returns. All draws
 come from one seeded ``numpy.random.Generator``: the same arguments give the same frame.
+
+This is the ``default`` preset. ``simulate(..., preset=NAME)`` gives harder worlds built on the same
+customers and merchants, where other signals carry the fraud: see ``training.simulator_presets``.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ import pandas as pd
 
 from engine.schema import TRANSACTION_COLUMNS
 
-__all__ = ["FRAUD_PATTERNS", "simulate", "simulate_to_file"]
+__all__ = ["FRAUD_PATTERNS", "PRESET_NAMES", "simulate", "simulate_to_file"]
 
 Progress = Callable[[int, int], None]
 Batch = dict[str, np.ndarray]  # one array per internal column, all of the same length
@@ -57,6 +60,9 @@ FRAUD_PATTERNS = (
     "compromised_terminal",
     "collusive_merchant",
 )
+# Named worlds (training.simulator_presets): named here so that the simulator's callers can list
+# them without importing the presets' code.
+PRESET_NAMES = ("default", "minimal", "small-merchants", "in-range", "slow-labels")
 FRAUD_RATE = 0.01  # share of payments that are fraudulent
 # Share of the fraudulent rows for each pattern (card testing and bust-outs are row-heavy).
 PATTERN_SHARES = {
@@ -215,6 +221,7 @@ def simulate(
     seed: int,
     start: date = date(2026, 1, 1),
     progress: Progress | None = None,
+    preset: str = "default",
 ) -> pd.DataFrame:
     """Simulate ``days`` of card payments of ``cards`` cards at ``merchants`` merchants.
 
@@ -223,9 +230,16 @@ def simulate(
     (``""`` for legitimate rows), sorted by timestamp then transaction_id. About 1 % of the rows
     are fraud, from every pattern of ``FRAUD_PATTERNS``. The same arguments give the same frame.
     ``progress(done, total)`` is called after each simulated day and once at the end.
+    ``preset`` names another world (one of ``PRESET_NAMES``, see ``training.simulator_presets``).
     """
+    if preset not in PRESET_NAMES:
+        raise ValueError(f"unknown simulator preset {preset!r}: choose one of {', '.join(PRESET_NAMES)}")
     if days < 7 or cards < 20 or merchants < 20:
         raise ValueError("simulate needs at least 7 days, 20 cards and 20 merchants")
+    if preset != "default":
+        from training.simulator_presets import simulate_preset  # late: the presets build on this module
+
+        return simulate_preset(preset, days, cards, merchants, seed, start, progress)
     rng = np.random.default_rng(seed)
     world = _build_world(rng, days, cards, merchants, start)
     total = days + 1
@@ -249,11 +263,12 @@ def simulate_to_file(
     merchants: int,
     seed: int,
     progress: Progress | None = None,
+    preset: str = "default",
 ) -> pd.DataFrame:
     """Simulate (see ``simulate``) and write the history to ``path`` (.csv, .csv.gz or .parquet)."""
     from training.history import write_history  # late: keeps the simulator importable alone
 
-    frame = simulate(days, cards, merchants, seed, progress=progress)
+    frame = simulate(days, cards, merchants, seed, progress=progress, preset=preset)
     write_history(frame, path)
     return frame
 
