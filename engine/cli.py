@@ -59,13 +59,23 @@ def simulate(
     out: Annotated[Path, typer.Option(help="Output file (.parquet, .csv or .csv.gz)")] = Path(
         "history.parquet"
     ),
+    preset: Annotated[
+        str,
+        typer.Option(
+            help="World: default, minimal, small-merchants, in-range or slow-labels "
+            "(see 'Simulator presets' in docs/training.md)"
+        ),
+    ] = "default",
 ) -> None:
     """Write a realistic simulated payment history with labelled fraud patterns."""
     from rich.progress import Progress
 
     from training.history import write_history
+    from training.simulator import PRESET_NAMES
     from training.simulator import simulate as run
 
+    if preset not in PRESET_NAMES:
+        raise _fail(f"unknown --preset {preset!r}: choose one of {', '.join(PRESET_NAMES)}")
     with Progress(console=console) as progress:
         task = progress.add_task(f"simulating {days} days", total=days)
         frame = run(
@@ -74,6 +84,7 @@ def simulate(
             merchants=merchants,
             seed=seed,
             progress=lambda done, total: progress.update(task, completed=done, total=total),
+            preset=preset,
         )
     write_history(frame, out)
     frauds = int(frame["label"].sum())
