@@ -216,7 +216,9 @@ class OfflineFeatures:
                 yield from window(w.label, _bucket_lower(w, s.ts))
             for w in group.fraud_windows:
                 lower = _bucket_lower(w, s.ts)
-                yield f"{e}:rate_count:{w.label}", (s.rank - s.start(lower)).astype(float)
+                # a lagged window ends lag before the current bucket: its payments are all earlier
+                upper = s.start(_bucket_lower(w, s.ts) + w.ms) if w.lag_ms else s.rank
+                yield f"{e}:rate_count:{w.label}", (upper - s.start(lower)).astype(float)
                 yield f"{e}:rate_frauds:{w.label}", _known_frauds(s, codes, events.get("fraud"), t_all, w)
         for d in p.distinct.values():
             values = _key_codes(history.iloc[s.rows], (d.field,))
@@ -255,9 +257,10 @@ class OfflineFeatures:
 
 
 def _bucket_lower(w: Window, ts: np.ndarray) -> np.ndarray:
+    """Start of the oldest bucket of a bucketed (possibly lagged) window, for payments at `ts`."""
     g = w.granularity_ms
     assert g is not None
-    return (ts // g - w.ms // g + 1) * g
+    return (ts // g - (w.ms + w.lag_ms) // g + 1) * g
 
 
 def _neighbours(s: _Sorted, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -314,8 +317,9 @@ def _known_frauds(
 
     Online, a fraud label adds one to the bucket of the *payment's* time (while that bucket is still
     kept), and a later payment counts the buckets of its window. So fraud f counts for the entity's
-    payments at times t with t > label_time and bucket(paid) <= bucket(t) < bucket(paid) + w/g: an
-    interval [start_f, end_f) of payment time, which turns the count into two sorted look-ups.
+    payments at times t with t > label_time and bucket(paid) + lag <= bucket(t) < bucket(paid) + lag +
+    w/g (lag in buckets, 0 for a window that ends now): an interval [start_f, end_f) of payment time,
+    which turns the count into two sorted look-ups.
     """
     if found is None or len(found[0]) == 0:
         return np.zeros(len(s.rows))
@@ -324,8 +328,9 @@ def _known_frauds(
     rows, label_ms = found
     code = codes[rows]
     bucket = paid[rows] // g
-    start = np.maximum(label_ms + 1, bucket * g)  # a label counts for payments strictly after it
-    end = (bucket + w.ms // g) * g
+    lag = w.lag_ms // g
+    start = np.maximum(label_ms + 1, (bucket + lag) * g)  # a label counts for payments strictly after it
+    end = (bucket + lag + w.ms // g) * g
     keep = (code >= 0) & (start < end)
     # past the entity's last payment: a key no payment of this entity (or the next) can reach
     limit = s.origin + s.span

@@ -76,7 +76,9 @@ class _Block:
         for g, group in p.buckets.items():
             tokens += ["B", str(g), str(group.max_buckets), str(len(group.windows))]
             tokens += [str(w.ms // g) for w in group.windows]
-            tokens += [str(len(group.fraud_windows))] + [str(w.ms // g) for w in group.fraud_windows]
+            tokens.append(str(len(group.fraud_windows)))
+            for w in group.fraud_windows:
+                tokens += [str(w.lag_ms // g), str(w.ms // g)]
         for j, d in enumerate(p.distinct.values()):
             if folded:
                 tokens += ["Q", str(j + 1)]

@@ -25,7 +25,7 @@ class BucketGroup:
 
     @property
     def max_buckets(self) -> int:
-        return max(w.ms // self.granularity_ms for w in (*self.windows, *self.fraud_windows))
+        return max((w.ms + w.lag_ms) // self.granularity_ms for w in (*self.windows, *self.fraud_windows))
 
 
 @dataclass
@@ -136,5 +136,5 @@ def feedback_retention_ms(plan: EntityPlan, event: str) -> int:
     windows = plan.feedback.get(event, [])
     longest = max([w.ms for w in windows], default=0)
     if event == "fraud" and plan.fraud_bucket_ms is not None:
-        longest = max([longest, *(w.ms for g in plan.buckets.values() for w in g.fraud_windows)])
+        longest = max([longest, *(w.ms + w.lag_ms for g in plan.buckets.values() for w in g.fraud_windows)])
     return max(longest, 1)

@@ -170,13 +170,17 @@ end
 -- frauds known among the bucket's payments (added by feedback as labels arrive). A window of nb buckets is the current bucket b and the nb - 1 before it; buckets after
 -- b (written out of time order) are not in it. Recording drops buckets that fell out of every
 -- window (<= b - keep).
--- tokens: g, keep, nw, nb1..nbn, nf, fb1..fbn
+-- A known-fraud window may be lagged: lag buckets before b, it covers buckets b - lag - nb + 1 to
+-- b - lag (labels arrive late: the payments of a week ago are the ones whose labels are known).
+-- tokens: g, keep, nw, nb1..nbn, nf, then per known-fraud window: lag, nb
 local function op_buckets(st, a, i, dup, amount)
   local g, keep, nw = tonumber(a[i]), tonumber(a[i + 1]), tonumber(a[i + 2])
   local nf = tonumber(a[i + 3 + nw])
-  local sizes = {}
-  for k = 1, nw do sizes[k] = tonumber(a[i + 2 + k]) end
-  for k = 1, nf do sizes[nw + k] = tonumber(a[i + 3 + nw + k]) end
+  local sizes, lags = {}, {}
+  for k = 1, nw do sizes[k], lags[k] = tonumber(a[i + 2 + k]), 0 end
+  for k = 1, nf do
+    lags[nw + k], sizes[nw + k] = tonumber(a[i + 2 + nw + 2 * k]), tonumber(a[i + 3 + nw + 2 * k])
+  end
   local nk = nw + nf
   st.group = st.group + 1
   local slot = 3 + st.group
@@ -191,7 +195,7 @@ local function op_buckets(st, a, i, dup, amount)
     if age == 0 then here = j end
     if age >= 0 then
       for k = 1, nk do
-        if age < sizes[k] then
+        if age >= lags[k] and age < lags[k] + sizes[k] then
           c[k] = c[k] + v[j + 1]
           s[k] = s[k] + v[j + 2]
           if v[j + 3] > m[k] then m[k] = v[j + 3] end
@@ -226,7 +230,7 @@ local function op_buckets(st, a, i, dup, amount)
     local ttl = (keep + 1) * g
     if ttl > st.ttl then st.ttl = ttl end
   end
-  return i + 4 + nw + nf
+  return i + 4 + nw + 2 * nf
 end
 
 -- D: distinct values of a field (member = value, score = last time seen) and novelty, in a key of

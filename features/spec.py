@@ -70,7 +70,10 @@ SPEC_SHAPE = Record(
         "novelty": ListOf(Record({**_ENTRY, "field": _TEXT, "name": _TEXT, "lookback": _DURATION_TEXT})),
         "feedback": ListOf(Record({**_ENTRY, "event": _TEXT, "windows": _WINDOWS})),
         "label_rate": ListOf(
-            Record({**_ENTRY, "windows": _WINDOWS, "granularity": _DURATION_TEXT, **_SMOOTHING})
+            Record(
+                {**_ENTRY, "windows": _WINDOWS, "granularity": _DURATION_TEXT, **_SMOOTHING},
+                {"lagged": MapOf(_WINDOWS)},
+            )
         ),
         "card_behaviour": Record({**_ENTRY, "window": _DURATION_TEXT, "profile_ttl": _DURATION_TEXT}),
         "payment": _NAMES,
@@ -80,18 +83,13 @@ SPEC_SHAPE = Record(
 
 @dataclass(frozen=True)
 class Window:
-    """A look-back window; bucketed when `granularity_ms` is set."""
+    """A look-back window; bucketed when `granularity_ms` is set, and then possibly lagged: a window
+    with `lag_ms` ends that long before the current bucket (known-fraud windows only)."""
 
     label: str
     ms: int
     granularity_ms: int | None = None
-
-    def lower_bound(self, t_ms: int) -> int:
-        """Smallest event time inside the window of a payment at `t_ms`."""
-        if self.granularity_ms is None:
-            return t_ms - self.ms
-        buckets = self.ms // self.granularity_ms
-        return (t_ms // self.granularity_ms - buckets + 1) * self.granularity_ms
+    lag_ms: int = 0
 
 
 @dataclass(frozen=True)
@@ -249,6 +247,20 @@ def _windows(labels: list[str], granularity: dict[str, str] | None = None) -> tu
     return tuple(windows)
 
 
+def _lagged(lagged: dict[str, list[str]], granularity: str) -> tuple[Window, ...]:
+    """Windows of `length` ending `lag` before the current bucket: `{7d: [7d, 14d]}` gives the
+    windows labelled 7d_lag7d and 7d_lag14d."""
+    windows = []
+    for length, lags in lagged.items():
+        (base,) = _windows([length], {length: granularity})
+        for lag in lags:
+            lag_ms = parse_duration(lag)
+            if lag_ms % (base.granularity_ms or 1):
+                raise SpecError(f"lag {lag} is not a whole number of {granularity} buckets")
+            windows.append(dataclasses.replace(base, label=f"{length}_lag{lag}", lag_ms=lag_ms))
+    return tuple(windows)
+
+
 def _check_entity(entities: dict[str, tuple[str, ...]], name: str, section: str) -> str:
     if name not in entities:
         raise SpecError(f"{section}: unknown entity {name!r}; declared: {', '.join(entities)}")
@@ -293,7 +305,8 @@ def _build(raw: dict[str, Any]) -> FeatureSpec:
     label_rate = [
         LabelRate(
             _check_entity(entities, r["entity"], "label_rate"),
-            _windows(r["windows"], dict.fromkeys(r["windows"], r["granularity"])),
+            _windows(r["windows"], dict.fromkeys(r["windows"], r["granularity"]))
+            + _lagged(r.get("lagged") or {}, r["granularity"]),
             float(r["prior"]),
             float(r["strength"]),
         )

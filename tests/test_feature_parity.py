@@ -140,3 +140,6 @@ def test_known_frauds_of_busy_terminals(history: pd.DataFrame, redis_client: red
     known = offline[:, names.index("terminal_known_frauds_30d")]
     assert np.nanmax(known) >= 5
     assert (offline[:, names.index("terminal_known_frauds_1d")] > 0).any()
+    lagged = offline[:, names.index("terminal_known_frauds_7d_lag14d")]
+    recent = offline[:, names.index("terminal_known_frauds_7d")]
+    assert (lagged > 0).any() and not np.array_equal(lagged, recent)

@@ -29,8 +29,8 @@ def _load(tmp_path: Path, text: str) -> None:
         ),
         ("version: 1", "version: 2", r":10: version 2 is not supported"),
         (
-            "prior: 0.01, strength: 2}",
-            "prior: high, strength: 2}",
+            "granularity: 1d, prior: 0.01,",
+            "granularity: 1d, prior: high,",
             r"label_rate\[0\].prior: expected a number",
         ),
         ("dedupe_horizon: 2d", "dedupe_horizon: 2days", r":\d+: spec.dedupe_horizon: bad duration '2days'"),

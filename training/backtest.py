@@ -32,7 +32,7 @@ import math
 import time
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any, Final
 
@@ -267,7 +267,7 @@ def _context_days(spec: FeatureSpec) -> int:
     windows = [w.ms for v in spec.velocity for w in v.windows]
     windows += [w.ms for d in spec.distinct for w in d.windows]
     windows += [w.ms for f in spec.feedback for w in f.windows]
-    windows += [w.ms for r in spec.label_rate for w in r.windows]
+    windows += [w.ms + w.lag_ms for r in spec.label_rate for w in r.windows]
     windows += [n.lookback_ms for n in spec.novelty]
     if spec.card_behaviour is not None:
         windows.append(spec.card_behaviour.window.ms)
@@ -296,6 +296,7 @@ def replay_period(
     columns: Path | None = None,
     progress: ProgressArg = None,
     spec: FeatureSpec | None = None,
+    label_delay: timedelta | None = None,
 ) -> Replay:
     """Rows, point-in-time features and model scores of the payments in [start, end) of a history.
 
@@ -312,7 +313,7 @@ def replay_period(
     t0 = time.perf_counter()
     step(f"reading {history}")
     try:
-        rows = read_history(Path(history), columns)
+        rows = read_history(Path(history), columns, label_delay=label_delay)
     except (TrainingError, ValueError) as exc:  # HistoryError, a bad column map
         raise BacktestError(str(exc)) from exc
     t1 = time.perf_counter()
@@ -593,6 +594,7 @@ def run_backtest(
     baseline_rules_dir: Path | None = None,
     columns: Path | None = None,
     progress: ProgressArg = None,
+    label_delay: timedelta | None = None,
 ) -> BacktestResult:
     """Backtest the rule set in `rules_dir` on the payments in [start, end) of `history`.
 
@@ -609,7 +611,7 @@ def run_backtest(
         else None
     )
     artifact = _load_model(model_dir, spec) if model_dir is not None else None
-    replay = replay_period(history, start, end, artifact, columns, progress, spec)
+    replay = replay_period(history, start, end, artifact, columns, progress, spec, label_delay)
     return backtest_rules(
         replay,
         ruleset,
