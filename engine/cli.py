@@ -31,6 +31,28 @@ HistoryOpt = Annotated[Path, typer.Option("--history", help="History file: .csv,
 ColumnsOpt = Annotated[Path | None, typer.Option("--columns", help="YAML map: canonical name -> your column")]
 
 
+def _label_delay(text: str) -> timedelta:
+    """A --label-delay such as 7d or 36h (features.spec durations: ms, s, m, h, d)."""
+    from features.spec import parse_duration
+
+    try:
+        return timedelta(milliseconds=parse_duration(text))
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+
+
+LabelDelayOpt = Annotated[
+    timedelta | None,
+    typer.Option(
+        "--label-delay",
+        parser=_label_delay,
+        metavar="DURATION",
+        help="When a fraud label becomes known after its payment, for rows without label_time "
+        "(e.g. 7d, 36h; default 30d, or the model's recorded delay)",
+    ),
+]
+
+
 def _fail(message: str) -> typer.Exit:
     console.print(f"[red]error:[/red] {escape(message)}")
     return typer.Exit(1)
@@ -96,15 +118,21 @@ def features(
     history: HistoryOpt,
     out: Annotated[Path, typer.Option(help="Output file (.parquet or .csv)")],
     columns: ColumnsOpt = None,
+    label_delay: LabelDelayOpt = None,
 ) -> None:
     """Compute every feature of the spec, point-in-time, for each payment of a history."""
     from features.offline import OfflineFeatures
     from training.history import HistoryError, load_column_map, load_history
 
     try:
-        frame = load_history(history, load_column_map(columns) if columns else None)
+        frame = load_history(history, load_column_map(columns) if columns else None, label_delay)
     except HistoryError as exc:
         raise _fail(str(exc)) from exc
+    if frame.attrs.get("label_time_defaulted") and label_delay is None:
+        console.print(
+            f"[yellow]warning:[/yellow] {frame.attrs['label_time_defaulted']:,} frauds have no label_time: "
+            "each is taken as known 30 days after its payment; pass --label-delay with your chargeback delay"
+        )
     with console.status("computing features") as status:
         result = OfflineFeatures().transform(frame, progress=lambda e: status.update(f"features: {e}"))
     if out.suffix == ".parquet":
@@ -119,23 +147,38 @@ def train(
     history: HistoryOpt,
     train_start: Annotated[datetime, typer.Option("--train-start", formats=["%Y-%m-%d"])],
     train_end: Annotated[datetime, typer.Option("--train-end", formats=["%Y-%m-%d"], help="exclusive")],
-    out: Annotated[Path, typer.Option(help="Model directory to write")],
+    out: Annotated[Path, typer.Option(help="Model directory to write (refused if not empty, see --force)")],
     columns: ColumnsOpt = None,
     config: Annotated[Path | None, typer.Option(help="TRAIN.yaml with LightGBM settings")] = None,
+    label_delay: LabelDelayOpt = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace --out if it holds a model (a running service reloads it)")
+    ] = False,
 ) -> None:
-    """Train a LightGBM model on [train-start, train-end) with time-based validation."""
-    from training.train import train as run
+    """Train a LightGBM model on [train-start, train-end): trees chosen out of time, refitted on the
+    whole period; prints the validation figures next to the logistic and rules-only baselines."""
+    from training.headline import print_headline
+    from training.train import run_training
 
-    _run(
-        run,
+    result = _run(
+        run_training,
         history,
         _date(train_start),
         _date(train_end),
         out,
         columns=columns,
         config=config,
+        label_delay=label_delay,
+        force=force,
     )
-    console.print(f"model written to {out}")
+    for warning in result.warnings:
+        console.print(f"[yellow]warning:[/yellow] {escape(warning)}")
+    print_headline(console, result.validation)
+    meta = result.artifact.metadata
+    console.print(
+        f"model written to {out} ({result.artifact.version}, {meta['num_trees']} trees); thresholds "
+        f"review {meta['thresholds']['review']:.4f}, block {meta['thresholds']['block']:.4f}"
+    )
 
 
 class EvalProtocol(StrEnum):
@@ -264,11 +307,13 @@ def score_history(
     out: Annotated[Path, typer.Option(help="Output file (.csv or .parquet)")],
     rules: Annotated[Path | None, typer.Option(help="Apply this rule set as in production")] = None,
     columns: ColumnsOpt = None,
+    label_delay: LabelDelayOpt = None,
 ) -> None:
-    """Score every payment of a period with point-in-time features."""
+    """Score every payment of a period with point-in-time features (the history is read as the
+    model's was: its recorded --columns and --label-delay unless given)."""
     from training.scoring import score_history as run
 
-    _run(
+    frame = _run(
         run,
         history,
         model,
@@ -277,7 +322,10 @@ def score_history(
         out,
         rules_dir=rules,
         columns=columns,
+        label_delay=label_delay,
     )
+    for note in frame.attrs.get("notes", []):
+        console.print(f"note: {escape(note)}")
     console.print(f"wrote {out}")
 
 
@@ -302,6 +350,7 @@ def backtest(
     model: Annotated[Path | None, typer.Option(help="Model directory (scores for the score bands)")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the result as JSON")] = None,
     columns: ColumnsOpt = None,
+    label_delay: LabelDelayOpt = None,
 ) -> None:
     """Replay a period with point-in-time features: what a rule set would have done, per rule."""
     import json
@@ -317,6 +366,7 @@ def backtest(
         model_dir=model,
         baseline_rules_dir=baseline_rules,
         columns=columns,
+        label_delay=label_delay,
     )
     print_report(result, Console())
     if json_out is not None:

@@ -5,13 +5,16 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from datetime import timedelta
 from pathlib import Path
 
 import lightgbm as lgb
 import numpy as np
+import pandas as pd
 import pytest
 
 from features.spec import DEFAULT_SPEC_PATH, load_spec
+from training.baselines import LogisticBaseline
 from training.model_artifact import ArtifactError, ModelArtifact, feature_mismatch
 
 
@@ -132,3 +135,53 @@ def test_feature_mismatch_wording() -> None:
     assert "the spec has 1 feature(s) the model was not trained on: ['c']" in str(
         feature_mismatch(["a", "b"], ["a", "b", "c"])
     )
+
+
+def _logistic() -> LogisticBaseline:
+    rng = np.random.default_rng(4)
+    features = pd.DataFrame({"amount": rng.gamma(2.0, 30.0, 300), "card_count_24h": rng.poisson(2, 300)})
+    y = (features["amount"] > 90).to_numpy(dtype=int)
+    return LogisticBaseline.fit(features, y)
+
+
+def test_the_logistic_baseline_travels_with_the_model(artifact: ModelArtifact, tmp_path: Path) -> None:
+    logistic = _logistic()
+    out = ModelArtifact(artifact.booster, dict(artifact.metadata), logistic=logistic).save(tmp_path / "m")
+    assert json.loads((out / "baseline_logistic.json").read_text())["features"] == [
+        "amount",
+        "card_count_24h",
+    ]
+    assert ModelArtifact.load(out).logistic == logistic
+    # saved again without one (an older model's way), the stale file goes: it would describe another model
+    ModelArtifact(artifact.booster, dict(artifact.metadata)).save(out)
+    assert not (out / "baseline_logistic.json").exists() and ModelArtifact.load(out).logistic is None
+    (out / "baseline_logistic.json").write_text("{broken")
+    with pytest.raises(ArtifactError, match=r"baseline_logistic\.json"):
+        ModelArtifact.load(out)
+
+
+def test_saved_under_another_name(artifact: ModelArtifact, tmp_path: Path) -> None:
+    """A model written aside (then moved into place) carries its final directory's name."""
+    artifact.save(tmp_path / ".default.partial-1234", name="default")
+    meta = json.loads((tmp_path / ".default.partial-1234" / "metadata.json").read_text())
+    assert meta["name"] == "default" and meta["version"].startswith("default-")
+
+
+def test_reading_reuses_what_the_model_recorded(artifact: ModelArtifact, tmp_path: Path) -> None:
+    columns = tmp_path / "columns.yaml"
+    columns.write_text("label: IS_FRAUD\n")
+    meta = {
+        **artifact.metadata,
+        "data": {"columns": str(columns), "label_delay_seconds": 7 * 86400.0, "label_delay_given": True},
+    }
+    model = ModelArtifact(artifact.booster, meta)
+    used, delay, notes = model.reading(None, None)
+    assert (used, delay) == (columns, timedelta(days=7)) and len(notes) == 2 and "7 days" in notes[1]
+    other = tmp_path / "other.yaml"
+    assert model.reading(other, timedelta(hours=36)) == (other, timedelta(hours=36), [])
+    # the default delay, with every label_time in the file: nothing worth saying about the delay
+    quiet = ModelArtifact(artifact.booster, {**meta, "data": {"label_delay_seconds": 30 * 86400.0}})
+    assert quiet.reading(None, None) == (None, timedelta(days=30), [])
+    columns.unlink()
+    with pytest.raises(ArtifactError, match="no longer exists: pass --columns"):
+        model.reading(None, None)

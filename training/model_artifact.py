@@ -1,4 +1,6 @@
-"""A trained model as a directory: `model.txt` (LightGBM text format) + `metadata.json`.
+"""A trained model as a directory: `model.txt` (LightGBM text format) + `metadata.json`, and the
+logistic baseline fitted on the same data (`baseline_logistic.json`, plain JSON; older model
+directories have none).
 
 Only LightGBM's text format is read: a model directory may come from anywhere, and unlike a
 pickle the text format cannot run code when loaded. `engine/model.py` loads the same directory
@@ -12,7 +14,7 @@ import json
 import os
 import warnings
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ import lightgbm as lgb
 import numpy as np
 
 from features.spec import FeatureSpec, load_spec
+from training.baselines import LOGISTIC_FILE, LogisticBaseline
 from training.config import TrainingError
 
 MODEL_FILE = "model.txt"
@@ -61,6 +64,7 @@ class ModelArtifact:
     booster: lgb.Booster
     metadata: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
+    logistic: LogisticBaseline | None = None  # the comparison point, fitted on the same payments
 
     @property
     def features(self) -> list[str]:
@@ -100,23 +104,60 @@ class ModelArtifact:
         ts, te = date.fromisoformat(trained["train_start"]), date.fromisoformat(trained["train_end"])
         return (ts, te) if start < te and ts < end else None
 
-    def save(self, directory: str | Path) -> Path:
-        """Write model.txt and metadata.json into `directory` (created if needed); returns it.
+    def reading(
+        self, columns: Path | None, label_delay: timedelta | None
+    ) -> tuple[Path | None, timedelta | None, list[str]]:
+        """The column map and label delay to read a history with for this model, and what was reused.
+
+        What is given wins; otherwise the model's recorded column map and label delay are used (a
+        history must be read as it was read for training: another delay changes the label-based
+        features), and each reuse is said in a sentence. Raises ArtifactError when the recorded
+        column map no longer exists.
+        """
+        data = self.metadata.get("data") or {}
+        notes: list[str] = []
+        if columns is None and data.get("columns"):
+            columns = Path(str(data["columns"]))
+            if not columns.is_file():
+                raise ArtifactError(
+                    f"{self.name} was trained with the column map {columns}, which no longer exists: "
+                    "pass --columns"
+                )
+            notes.append(f"read the history with the model's column map {columns}")
+        if label_delay is None and data.get("label_delay_seconds") is not None:
+            label_delay = timedelta(seconds=float(data["label_delay_seconds"]))
+            if data.get("label_delay_given") or data.get("label_time_defaulted"):
+                hours = label_delay.total_seconds() / 3600
+                said = f"{hours / 24:g} days" if hours % 24 == 0 else f"{hours:g} hours"
+                notes.append(f"used the model's label delay of {said} for rows without label_time")
+        return columns, label_delay, notes
+
+    def save(self, directory: str | Path, name: str | None = None) -> Path:
+        """Write model.txt, metadata.json and (when there is one) baseline_logistic.json into
+        `directory` (created if needed); returns it. `name` (default: the directory's name) names
+        the model and its version: a model written aside and then moved into place gives its
+        final directory's name.
 
         Each file is written aside and renamed into place: the serving engine polls model
         directories and must never read a half-written model.
         """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
+        name = name or directory.name
         text = self.model_text()
         meta = {
             **self.metadata,
-            "name": directory.name,
-            "version": f"{directory.name}-{_sha12(text)}",
+            "name": name,
+            "version": f"{name}-{_sha12(text)}",
             "model_sha256": hashlib.sha256(text.encode()).hexdigest(),
         }
         _write_atomic(directory / MODEL_FILE, text)
         _write_atomic(directory / METADATA_FILE, json.dumps(meta, indent=2, default=_json_default) + "\n")
+        if self.logistic is not None:
+            _write_atomic(directory / LOGISTIC_FILE, json.dumps(self.logistic.to_dict(), indent=2) + "\n")
+        else:
+            # a baseline left by an earlier model would be read as this model's
+            (directory / LOGISTIC_FILE).unlink(missing_ok=True)
         self.path, self.metadata = directory, meta
         return directory
 
@@ -164,7 +205,13 @@ class ModelArtifact:
                     f"{spec.digest}; the feature names match, but check what changed in features/spec.yaml",
                     stacklevel=2,
                 )
-        return cls(booster=booster, metadata=metadata, path=directory)
+        logistic = None
+        if (directory / LOGISTIC_FILE).is_file():  # absent from model directories older than it
+            try:
+                logistic = LogisticBaseline.load(directory / LOGISTIC_FILE)
+            except TrainingError as exc:
+                raise ArtifactError(str(exc)) from exc
+        return cls(booster=booster, metadata=metadata, path=directory, logistic=logistic)
 
 
 def _write_atomic(path: Path, text: str) -> None:

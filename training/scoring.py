@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Callable, Sequence
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -87,21 +87,27 @@ def score_history(
     columns: Path | None = None,
     progress: ProgressArg = None,
     decide: Decide | None = None,
+    label_delay: timedelta | None = None,
 ) -> pd.DataFrame:
     """Score the payments in [start, end) of a history and write them to `out` (CSV or Parquet).
 
     The verdict is `decide(scores, features, rows)` when given, else the rule set in `rules_dir`
-    when given, else the model's thresholds. Labels are not needed. Returns the written frame.
+    when given, else the model's thresholds. Labels are not needed. The history is read with the
+    model's recorded column map and label delay unless `columns` / `label_delay` are given; the
+    returned frame's `attrs["notes"]` says what was reused. Returns the written frame.
     """
     s, e = check_period(start, end)
     if out is not None and not out.name.lower().endswith(OUTPUT_FORMATS):
         raise TrainingError(f"{out}: unknown output format; use one of {', '.join(OUTPUT_FORMATS)}")
     step = as_progress(progress)
     artifact = ModelArtifact.load(model_dir)
+    columns, label_delay, notes = artifact.reading(columns, label_delay)
+    for note in notes:
+        step(note)
     if decide is None and rules_dir is not None:
         decide = rules_decider(rules_dir, artifact.features)
     step(f"reading {history}")
-    rows = read_history(history, columns)
+    rows = read_history(history, columns, label_delay=label_delay)
     data = build_dataset(rows, s, e, progress=step, source=str(history), require_label=False)
     step(f"scoring {len(data):,} payments with {artifact.version}")
     scores = artifact.predict(data.features[artifact.features].to_numpy(dtype=float))
@@ -125,4 +131,5 @@ def score_history(
     if out is not None:
         write_table(frame, out)
         step(f"wrote {out}")
+    frame.attrs["notes"] = notes
     return frame
