@@ -188,18 +188,6 @@ class EvalProtocol(StrEnum):
     prequential = "prequential"
 
 
-def _delay(text: str | None) -> timedelta | None:
-    """A --label-delay such as 7d or 36h; None when not given."""
-    if text is None:
-        return None
-    from features.spec import parse_duration
-
-    try:
-        return timedelta(milliseconds=parse_duration(text))
-    except ValueError as exc:
-        raise _fail(f"--label-delay: {exc}") from exc
-
-
 @app.command()
 def evaluate(
     history: HistoryOpt,
@@ -234,26 +222,20 @@ def evaluate(
         int, typer.Option("--test-days", help="prequential: test days per fold (and step)")
     ] = 7,
     folds: Annotated[int, typer.Option(help="prequential: number of folds")] = 4,
-    label_delay: Annotated[
-        str | None,
-        typer.Option(
-            "--label-delay", help="Time for a fraud label to be known where label_time is missing (7d, 36h)"
-        ),
-    ] = None,
+    label_delay: LabelDelayOpt = None,
 ) -> None:
     """Evaluate against the logistic and rules-only baselines: AUC, AP, card precision@100, recall at low
     FPR, the FPR reached, cost. `--protocol single` measures a trained model on a later period;
     `--protocol prequential` trains and tests rolling folds (train, gap, test) over the history."""
     from training.headline import print_headline
 
-    delay = _delay(label_delay)
     if protocol is EvalProtocol.prequential:
         from training.config import load_config
         from training.dataset import read_history
         from training.prequential import prequential
 
         def run(progress: Progress) -> tuple[dict[str, object], Path]:
-            rows = read_history(history, columns, require_label=True, label_delay=delay)
+            rows = read_history(history, columns, require_label=True, label_delay=label_delay)
             result = prequential(
                 rows,
                 train_days=train_days,
@@ -287,7 +269,7 @@ def evaluate(
                 out_dir=target,
                 columns=columns,
                 config=config,
-                label_delay=delay,
+                label_delay=label_delay,
             )
         )
     for kind, style in (("notes", "note:"), ("warnings", "[yellow]warning:[/yellow]")):

@@ -28,38 +28,33 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
 
-import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
 from features.spec import FeatureSpec, load_spec
-from training.baselines import LogisticBaseline, baseline_scores
+from training.baselines import baseline_scores
 from training.checks import data_warnings
 from training.config import TrainConfig, TrainingError
 from training.dataset import (
     Dataset,
-    Progress,
     ProgressArg,
     as_progress,
     compute_features,
     no_progress,
     utc_midnight,
 )
-from training.evaluate import SideScores
+from training.evaluate import SideScores, as_thresholds
 from training.history import DEFAULT_LABEL_DELAY
 from training.metrics import (
     FoldRecord,
     PrequentialMetrics,
     Removed,
     SideSummary,
-    Thresholds,
     counts,
     summarise,
-    threshold_at_fpr,
-    thresholds_at,
 )
 from training.report import write_prequential_report
-from training.train import MIN_FRAUDS, fit, split_by_time
+from training.train import fit_model
 
 DAY = timedelta(days=1)
 
@@ -163,44 +158,6 @@ def default_gap(history: pd.DataFrame) -> tuple[int, str]:
     days = max(0, math.ceil(delay / pd.Timedelta(days=1)))
     source = "given" if given else "assumed by default; pass --label-delay or --gap-days"
     return days, f"the label delay ({delay / pd.Timedelta(days=1):g} days, {source})"
-
-
-@dataclass(frozen=True)
-class FittedFold:
-    """What a fold's training produced: the model, its thresholds and the slice that set them."""
-
-    booster: lgb.Booster
-    thresholds: Thresholds
-    validation: Dataset
-    logistic: LogisticBaseline
-    num_trees: int
-
-
-def fit_fold(
-    train: Dataset,
-    config: TrainConfig,
-    feature_names: list[str],
-    label_delay: pd.Timedelta,
-    progress: Progress,
-) -> FittedFold:
-    """Train one fold exactly as `antifraud train` trains a model (time split, early stopping,
-    thresholds on the validation slice), plus the logistic baseline on the same training payments."""
-    fit_part, valid = split_by_time(train, config.validation_fraction)
-    for name, part in (("training", fit_part), ("validation", valid)):
-        if part.frauds < MIN_FRAUDS or len(part) - part.frauds < 100:
-            raise TrainingError(
-                f"the {name} slice [{part.start:%Y-%m-%d %H:%M}, {part.end:%Y-%m-%d %H:%M}) has "
-                f"{len(part):,} payments of which {part.frauds} frauds; at least {MIN_FRAUDS} frauds and "
-                "100 legitimate payments are needed: use more --train-days"
-            )
-    booster, _ = fit(fit_part, valid, config, feature_names, progress)
-    scores = np.asarray(booster.predict(valid.X, num_threads=config.num_threads), dtype=float)
-    thresholds: Thresholds = {
-        "review": threshold_at_fpr(scores, valid.y, config.review_fpr),
-        "block": threshold_at_fpr(scores, valid.y, config.block_fpr),
-    }
-    logistic = LogisticBaseline.fit(train.features, train.y)
-    return FittedFold(booster, thresholds, valid, logistic, booster.num_trees())
 
 
 def known_compromised(history: pd.DataFrame) -> pd.Series:
@@ -398,7 +355,7 @@ def _run_fold(
     warnings[fold.index] = found
     step(f"{fold.describe()}: training on {len(train):,} payments ({train.frauds:,} frauds)")
     try:
-        fitted = fit_fold(train, config, spec.feature_names, label_delay, step)
+        fitted = fit_model(train, config, spec.feature_names, label_delay, step)
         kept, removed = drop_known_cards(test, known)
         if kept.frauds in (0, len(kept)):
             raise TrainingError(
@@ -407,17 +364,15 @@ def _run_fold(
                 "need both frauds and legitimate payments: use more --test-days"
             )
         step(f"{fold.describe()}: scoring {len(kept):,} test payments")
-        valid_rules = baseline_scores(fitted.validation.features)
+        # every score is held to thresholds set as `antifraud train` sets them: out of sample, on
+        # the fold's validation slice, at the same false-positive rates
         sides = SideScores(
             model=np.asarray(fitted.booster.predict(kept.X, num_threads=config.num_threads), dtype=float),
             logistic=fitted.logistic.predict(kept.features),
             baseline=baseline_scores(kept.features),
-            model_thresholds=fitted.thresholds,
-            # the logistic baseline's thresholds on its own training payments: with a dozen
-            # coefficients it scores them much as it scores new ones
-            logistic_thresholds=thresholds_at(fitted.logistic.predict(train.features), train.y, config),
-            # rules-only: set where the model's are, on the validation slice, at the same rates
-            baseline_thresholds=thresholds_at(valid_rules, fitted.validation.y, config),
+            model_thresholds=as_thresholds(fitted.thresholds),
+            logistic_thresholds=as_thresholds(fitted.logistic_thresholds),
+            baseline_thresholds=as_thresholds(fitted.baseline_thresholds),
         )
         model_m, logistic_m, baseline_m = sides.metrics(kept, config)
     except TrainingError as exc:
