@@ -83,6 +83,12 @@ def _rate_one(r: list[float], x: list[float], rows: list[_Row]) -> None:
             x[o] = _ieee_div(r[a] + prior * strength, r[b] + strength)
 
 
+def _ratio_one(r: list[float], x: list[float], rows: list[_Row]) -> None:
+    for o, p, a, b, scale, _p1 in rows:
+        if r[p] == 1.0 and r[b] > 0:
+            x[o] = r[a] * scale / r[b]
+
+
 class _Formula(NamedTuple):
     vector: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
     scalar: Callable[[list[float], list[float], list[_Row]], None]
@@ -96,6 +102,8 @@ _KINDS: dict[str, _Formula] = {
     "max": _Formula(lambda a, b, params: np.where(b > 0, a / 1000.0, NAN), _max_one),
     # (frauds + prior * strength) / (payments + strength)
     "rate": _Formula(lambda a, b, params: (a + params[:, 0] * params[:, 1]) / (b + params[:, 1]), _rate_one),
+    # a x scale / b: a count's rate against a longer window's (scale = long / short window)
+    "ratio": _Formula(lambda a, b, params: np.where(b > 0, a * params[:, 0] / b, NAN), _ratio_one),
 }
 
 
@@ -188,6 +196,17 @@ class Deriver:
                 frauds, payments = f"{e}:rate_frauds:{w.label}", f"{e}:rate_count:{w.label}"
                 add("count", f"{e}_known_frauds_{w.label}", e, frauds)
                 add("rate", f"{e}_fraud_rate_{w.label}", e, frauds, payments, (r.prior, r.strength))
+        if spec.card_behaviour is not None:
+            b = spec.card_behaviour
+            for w in b.frequency:
+                add(
+                    "ratio",
+                    f"{b.entity}_frequency_{w.label}_to_{b.window.label}",
+                    b.entity,
+                    f"{b.entity}:count:{w.label}",
+                    f"{b.entity}:count:{b.window.label}",
+                    (b.window.ms / w.ms, 0.0),
+                )
         # One gather for all stateful features, then a slice per kind: a few numpy calls per row.
         arrays = [k.arrays() for k in kinds.values()]
         self._out, self._present, self._a, self._b = (

@@ -75,7 +75,9 @@ SPEC_SHAPE = Record(
                 {"lagged": MapOf(_WINDOWS)},
             )
         ),
-        "card_behaviour": Record({**_ENTRY, "window": _DURATION_TEXT, "profile_ttl": _DURATION_TEXT}),
+        "card_behaviour": Record(
+            {**_ENTRY, "window": _DURATION_TEXT, "profile_ttl": _DURATION_TEXT}, {"frequency": _WINDOWS}
+        ),
         "payment": _NAMES,
     },
 )
@@ -135,9 +137,13 @@ class LabelRate:
 
 @dataclass(frozen=True)
 class CardBehaviour:
+    """The card's habit: this amount against its `window`, its profile, and how fast it pays now
+    (each `frequency` window's payment rate against the rate over `window`)."""
+
     entity: str
     window: Window
     profile_ttl_ms: int
+    frequency: tuple[Window, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -178,6 +184,7 @@ class FeatureSpec:
                 f"{b.entity}_seconds_since_prev",
                 f"{b.entity}_age_days",
             ]
+            names += [f"{b.entity}_frequency_{w.label}_to_{label}" for w in b.frequency]
         return names
 
     def entity_key(self, entity: str, payment: dict[str, Any]) -> str | None:
@@ -319,7 +326,13 @@ def _build(raw: dict[str, Any]) -> FeatureSpec:
             _check_entity(entities, b["entity"], "card_behaviour"),
             _windows([b["window"]])[0],
             parse_duration(b["profile_ttl"]),
+            _windows(b.get("frequency") or []),
         )
+        exact = {w.label for v in velocity if v.entity == behaviour.entity for w in v.windows}
+        if behaviour.frequency and not {w.label for w in behaviour.frequency} <= exact:
+            raise SpecError(
+                f"card_behaviour.frequency: each window must be a velocity window of {behaviour.entity}"
+            )
     payment = tuple(raw.get("payment", []))
     unknown = [p for p in payment if p not in PAYMENT_FEATURES]
     if unknown:
