@@ -96,7 +96,9 @@ def test_a_spec_with_other_features_is_refused(artifact: ModelArtifact, tmp_path
     out = artifact.save(tmp_path / "m")
     edited = tmp_path / "spec.yaml"
     edited.write_text(
-        DEFAULT_SPEC_PATH.read_text().replace("windows: [10m, 1h, 24h, 7d, 30d]", "windows: [1h]")
+        DEFAULT_SPEC_PATH.read_text().replace(
+            "windows: [10m, 1h, 24h, 7d, 30d]", "windows: [1h, 24h, 7d, 30d]"
+        )
     )
     with pytest.raises(ArtifactError, match=r"model needs .* the spec no longer has: \['card_count_10m'"):
         ModelArtifact.load(out, spec=load_spec(edited))

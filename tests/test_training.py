@@ -28,7 +28,15 @@ from training.metrics import card_precision_at_k, expected_cost, recall_at_fpr, 
 from training.model_artifact import ModelArtifact
 from training.scoring import score_history, verdicts
 from training.simulator import simulate
-from training.train import FittedModel, fit_model, gap_length, split_by_time, train, validation_length
+from training.train import (
+    FittedModel,
+    check_out_dir,
+    fit_model,
+    gap_length,
+    split_by_time,
+    train,
+    validation_length,
+)
 
 TRAIN_START, TRAIN_END = date(2026, 1, 1), date(2026, 1, 23)
 EVAL_START, EVAL_END = date(2026, 1, 23), date(2026, 1, 31)
@@ -118,6 +126,8 @@ def test_metadata_records_how_the_model_was_made(
     assert data["columns"] is None and data["gap_seconds"] == 5 * 86400  # 30 days, capped at 25% of 22
     assert data["trees_chosen_on"] == ["2026-01-01T00:00:00Z", "2026-01-14T00:00:00Z"]
     assert any("still filling" in w for w in meta["warnings"])  # the file starts on the first day
+    report = json.loads((artifact.path / "report" / "metrics.json").read_text())
+    assert set(meta["warnings"]) <= set(report["warnings"])
     assert (artifact.path / "baseline_logistic.json").is_file() and artifact.logistic is not None
     t = meta["thresholds"]
     assert 0 < t["review"] <= t["block"] <= 1 and (t["review_fpr"], t["block_fpr"]) == (0.01, 0.001)
@@ -633,3 +643,20 @@ def test_expected_cost() -> None:
         "legit_blocked": 20.0,
         "allow_everything": 170.0,
     }
+
+
+def test_force_replaces_only_a_model_directory(tmp_path: Path) -> None:
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "todo.txt").write_text("not a model\n")
+    with pytest.raises(TrainingError, match=r"already holds todo\.txt: .*--force"):
+        check_out_dir(notes, force=False)
+    with pytest.raises(TrainingError, match="--force only replaces a model directory"):
+        check_out_dir(notes, force=True)
+    (notes / "metadata.json").write_text("{}")
+    check_out_dir(notes, force=True)  # a model directory: replaced
+    check_out_dir(tmp_path / "new", force=False)  # absent, or empty: written
+    (tmp_path / "empty").mkdir()
+    check_out_dir(tmp_path / "empty", force=False)
+    with pytest.raises(TrainingError, match="is a file"):
+        check_out_dir(notes / "todo.txt", force=True)

@@ -57,7 +57,7 @@ from training.dataset import (
 )
 from training.evaluate import assess
 from training.metrics import Assessment, threshold_at_fpr
-from training.model_artifact import ModelArtifact
+from training.model_artifact import METADATA_FILE, MODEL_FILE, ModelArtifact
 
 MIN_FRAUDS = 5  # below this in either slice, early stopping and thresholds are noise
 THRESHOLD_RULE = (
@@ -282,14 +282,23 @@ def _iso(value: pd.Timestamp) -> str:
 
 def check_out_dir(out: Path, force: bool) -> None:
     """Refuse to write over a non-empty directory (a model the service may be serving) unless
-    `force`; refuse a path that is a file."""
+    `force`, and even then unless it holds a model: `--force` replaces a model directory, never a
+    folder of other files. Refuse a path that is a file."""
     if out.exists() and not out.is_dir():
         raise TrainingError(f"--out {out} is a file, not a model directory; choose another --out")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        held = sorted(p.name for p in out.iterdir())
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    held = sorted(p.name for p in out.iterdir())
+    listed = ", ".join(held[:5]) + (", ..." if len(held) > 5 else "")
+    if not force:
         raise TrainingError(
-            f"--out {out} already holds {', '.join(held[:5])}{', ...' if len(held) > 5 else ''}: choose "
-            "another directory, or pass --force to replace it (a running service reloads it)"
+            f"--out {out} already holds {listed}: choose another directory, or pass --force to replace "
+            "it (a running service reloads it)"
+        )
+    if not any((out / name).is_file() for name in (MODEL_FILE, METADATA_FILE)) or not out.resolve().name:
+        raise TrainingError(
+            f"--out {out} holds {listed} but no model ({MODEL_FILE}, {METADATA_FILE}): --force only "
+            "replaces a model directory; choose another --out"
         )
 
 
@@ -367,8 +376,8 @@ def run_training(
     started = time.perf_counter()
     s, e = check_period(train_start, train_end, "training period")
     cfg = load_config(config)
-    out = Path(out)
-    check_out_dir(out, force)
+    check_out_dir(Path(out), force)
+    out = Path(out).resolve()  # `--out .` has no name to put the staging directory next to
     step = as_progress(progress)
     spec = spec or load_spec()
     history = Path(history)
