@@ -197,16 +197,12 @@ class Deriver:
                 add("count", f"{e}_known_frauds_{w.label}", e, frauds)
                 add("rate", f"{e}_fraud_rate_{w.label}", e, frauds, payments, (r.prior, r.strength))
         if spec.card_behaviour is not None:
-            b = spec.card_behaviour
-            for w in b.frequency:
-                add(
-                    "ratio",
-                    f"{b.entity}_frequency_{w.label}_to_{b.window.label}",
-                    b.entity,
-                    f"{b.entity}:count:{w.label}",
-                    f"{b.entity}:count:{b.window.label}",
-                    (b.window.ms / w.ms, 0.0),
-                )
+            habit = spec.card_behaviour
+            e, label = habit.entity, habit.window.label
+            for w in habit.frequency:
+                count, longer = f"{e}:count:{w.label}", f"{e}:count:{label}"
+                scale = (habit.window.ms / w.ms, 0.0)
+                add("ratio", f"{e}_frequency_{w.label}_to_{label}", e, count, longer, scale)
         # One gather for all stateful features, then a slice per kind: a few numpy calls per row.
         arrays = [k.arrays() for k in kinds.values()]
         self._out, self._present, self._a, self._b = (

@@ -349,7 +349,7 @@ def as_known_at(train: Dataset, when: pd.Timestamp) -> tuple[Dataset, int]:
     if not late.any():
         return train, 0
     rows = train.rows.copy()
-    rows["label"] = np.where(late, 0, rows["label"].to_numpy()).astype(rows["label"].dtype)
+    rows["label"] = rows["label"].where(~late, 0)
     return replace(train, rows=rows), int(late.sum())
 
 
