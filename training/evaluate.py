@@ -215,32 +215,6 @@ def config_of(artifact: ModelArtifact, config: Path | None) -> TrainConfig:
         return TrainConfig()
 
 
-def recorded_inputs(
-    artifact: ModelArtifact, columns: Path | None, label_delay: timedelta | None
-) -> tuple[Path | None, timedelta | None, list[str]]:
-    """The column map and label delay to read the history with, and what was reused.
-
-    What the user passes wins; otherwise the model's recorded column map and label delay are
-    reused (a history must be read the same way it was read for training), and each reuse is
-    described in a sentence.
-    """
-    data = artifact.metadata.get("data") or {}
-    notes: list[str] = []
-    if columns is None and data.get("columns"):
-        recorded = Path(str(data["columns"]))
-        if not recorded.is_file():
-            raise TrainingError(
-                f"the model was trained with the column map {recorded}, which no longer exists; "
-                "pass --columns"
-            )
-        columns = recorded
-        notes.append(f"read the history with the model's recorded column map {recorded}")
-    if label_delay is None and data.get("label_delay_seconds") is not None:
-        label_delay = timedelta(seconds=float(data["label_delay_seconds"]))
-        notes.append(f"used the model's recorded label delay of {_duration(label_delay)}")
-    return columns, label_delay, notes
-
-
 def _duration(delay: timedelta) -> str:
     seconds = delay.total_seconds()
     if seconds % 86400 == 0:
@@ -348,7 +322,7 @@ def evaluate(
     step = as_progress(progress)
     artifact = ModelArtifact.load(model_dir)
     cfg = config_of(artifact, config)
-    columns, label_delay, notes = recorded_inputs(artifact, columns, label_delay)
+    columns, label_delay, notes = artifact.reading(columns, label_delay)
     for note in notes:
         step(note)
     step(f"reading {history}")
