@@ -93,7 +93,7 @@ def test_rows_parse_as_transactions(history: pd.DataFrame) -> None:
 
 
 def test_no_card_numbers_anywhere(history: pd.DataFrame) -> None:
-    assert history["card_id"].str.fullmatch(r"card_[0-9a-f]{16}").all()
+    assert history["card_id"].str.fullmatch(r"card_[0-9a-f]{16}r?").all()  # r: a replacement card
     text = history.astype(str).to_numpy().ravel()
     assert not pd.Series(text).str.contains(r"\d{12}").any()  # nothing a PAN scanner would flag
 
@@ -416,3 +416,17 @@ def test_cli_refuses_an_unknown_preset(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert "unknown --preset 'hard'" in result.output and "in-range" in result.output
     assert not (tmp_path / "h.csv").exists()
+
+
+def test_a_card_with_reported_fraud_is_replaced_for_its_holder(history: pd.DataFrame) -> None:
+    """After a card's first fraud is reported its holder pays with a new card; only fraud may follow
+    on the old one."""
+    fraud = history[history["label"] == 1]
+    reported = fraud.groupby("card_id")["label_time"].min()
+    closed_at = history["card_id"].map(reported)
+    after = history[history["timestamp"] > closed_at]
+    assert len(after) and (after["label"] == 1).all()
+    replaced = history[history["card_id"].str.endswith("r")]
+    assert len(replaced) and (replaced["label"] == 0).all()
+    old = replaced["card_id"].str[:-1]
+    assert (replaced["timestamp"].to_numpy() > old.map(reported).to_numpy()).all()

@@ -22,8 +22,12 @@ Fraud is then injected as incidents of five patterns, each row marked in ``fraud
 
 Fraudulent rows have ``label`` 1 and a ``label_time`` when the chargeback arrived (3 to 60 days
 later, lognormal, one dispute per card incident); legitimate rows have ``label`` 0 and no
-``label_time``. The frame has the dtypes ``training.history.load_history`` returns. All draws
-come from one seeded ``numpy.random.Generator``: the same arguments give the same frame.
+``label_time``. Once a card's first fraud is reported (its earliest ``label_time``), the issuer
+closes it and sends the holder a new card: the holder's later payments carry the replacement's
+``card_id`` (the old one with ``r`` appended), while fraud on the old card may go on (and a
+provider that blocks cards with reported fraud stops it). The frame has the dtypes
+``training.history.load_history`` returns. All draws come from one seeded
+``numpy.random.Generator``: the same arguments give the same frame.
 
 This is the ``default`` preset. ``simulate(..., preset=NAME)`` gives harder worlds built on the same
 customers and merchants, where other signals carry the fraud: see ``training.simulator_presets``.
@@ -988,7 +992,7 @@ def _assemble(rng: np.random.Generator, w: _World, b: Batch) -> pd.DataFrame:
     columns: dict[str, Any] = {
         "transaction_id": np.array([f"tx_{i:09d}" for i in range(n)], dtype=object),
         "timestamp": _utc(b["ts"]),
-        "card_id": w.k_id[card],
+        "card_id": _reissued(w.k_id[card], b["ts"], b["label_time"], fraud),
         "merchant_id": w.m_id[merchant],
         "amount": np.round(b["amount"], 2),
         "currency": CURRENCIES[w.m_country[merchant]],
@@ -1018,6 +1022,17 @@ def _assemble(rng: np.random.Generator, w: _World, b: Batch) -> pd.DataFrame:
     }
     assert tuple(columns)[: len(TRANSACTION_COLUMNS)] == TRANSACTION_COLUMNS
     return pd.DataFrame(columns)
+
+
+def _reissued(card_id: np.ndarray, ts: np.ndarray, label_ms: np.ndarray, fraud: np.ndarray) -> np.ndarray:
+    """Card ids with each holder's legitimate payments after the card's first reported fraud moved to
+    the replacement card (the id with ``r`` appended): an issuer closes a card with confirmed fraud."""
+    reported = pd.Series(label_ms[fraud]).groupby(card_id[fraud]).min()
+    closed_at = pd.Series(card_id).map(reported).to_numpy(dtype=float, na_value=np.inf)
+    moved = ~fraud & (ts > closed_at)
+    out = card_id.copy()
+    out[moved] = np.char.add(card_id[moved].astype(str), "r").astype(object)
+    return out
 
 
 def _utc(ms: np.ndarray) -> pd.DatetimeIndex:
