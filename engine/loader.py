@@ -1,10 +1,11 @@
-"""Loading and live reloading of what the scorer serves: model, shadow model, rule set.
+"""Live reloading of what the scorer serves: model, shadow model, rule set.
 
-A reload builds the new object completely before swapping one reference, so a request in flight
-keeps the snapshot it started with and no request ever sees half a reload. Anything that fails to
-load is refused with its errors and the previous version keeps serving. Every worker polls the
-files once a second and reloads what changed and then held still, so an edit (or an admin reload,
-which also reloads at once in its worker) reaches all workers without a deploy.
+The first load is `engine.services.build_services`; this module only swaps. A reload builds the new
+object completely before swapping one reference, so a request in flight keeps the snapshot it
+started with and no request ever sees half a reload. Anything that fails to load is refused with
+its errors and the previous version keeps serving. Every worker polls the files once a second and
+reloads what changed and then held still, so an edit (or an admin reload, which also reloads at once
+in its worker) reaches all workers without a deploy.
 """
 
 from __future__ import annotations
@@ -16,16 +17,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import redis
-from fastapi import HTTPException
-
-from engine.decisions import DecisionStore
-from engine.metrics import Metrics
 from engine.model import ModelError, ModelRuntime
-from engine.pipeline import Loaded, Scorer
+from engine.pipeline import Scorer
 from engine.rules import RuleSetError, load_ruleset, rule_names
 from engine.settings import Settings
-from features.online import OnlineFeatures
 
 log = logging.getLogger("antifraud.loader")
 
@@ -36,52 +31,25 @@ def _fingerprint(path: Path) -> tuple[tuple[str, int, int], ...]:
 
 
 class Reloader:
-    """Owns the worker's Scorer and swaps its model and rules when asked or when files change."""
+    """Swaps a worker's model and rules when asked or when their files change.
 
-    def __init__(self, settings: Settings, client: redis.Redis, metrics: Metrics) -> None:
+    Built right after the first load: the files' state it notes then is what counts as unchanged.
+    The result of a reload is `{"reloaded": True, "<rules|model>_version": ...}` or
+    `{"reloaded": False, "errors": [...]}`; it never raises for a bad file.
+    """
+
+    def __init__(self, settings: Settings, scorer: Scorer) -> None:
         self.settings = settings
-        self.client = client
-        self.features = OnlineFeatures(client, namespace=settings.namespace)
-        self.names = rule_names(self.features.feature_names)
-        self.metrics = metrics
-        self.scorer: Scorer = None  # type: ignore[assignment]  # set by load_all, before serving
-        self._seen: dict[str, Any] = {}
-
-    def load_all(self) -> None:
-        """First load at start-up: a missing model is served as degraded, bad rules stop the start."""
-        rules = load_ruleset(self.settings.rules_dir, self.names)
-        model = self._model(self.settings.model_dir)
-        shadow = self._model(self.settings.shadow_model_dir) if self.settings.shadow_model_dir else None
-        store = DecisionStore(
-            self.client,
-            self.settings.namespace,
-            self.settings.decision_ttl_days,
-            self.settings.decision_log_maxlen,
-        )
-        self.scorer = Scorer(
-            self.features,
-            store,
-            Loaded(model, rules, shadow),
-            self.settings.fail_policy,
-            self.settings.shadow_share,
-            self.settings.budget_ms,
-            metrics=self.metrics,
-        )
-        if self.settings.shadow_model_dir is not None:
-            self._seen["shadow"] = _fingerprint(self.settings.shadow_model_dir)
-        self._seen |= {
-            "rules": _fingerprint(self.settings.rules_dir),
-            "model": _fingerprint(self.settings.model_dir),
+        self.scorer = scorer
+        self.names = rule_names(scorer.features.feature_names)
+        self._seen: dict[str, Any] = {
+            "rules": _fingerprint(settings.rules_dir),
+            "model": _fingerprint(settings.model_dir),
         }
+        if settings.shadow_model_dir is not None:
+            self._seen["shadow"] = _fingerprint(settings.shadow_model_dir)
 
-    def _model(self, directory: Path) -> ModelRuntime | None:
-        try:
-            return ModelRuntime(directory, self.features.feature_names)
-        except (ModelError, OSError) as exc:
-            log.error("model not loaded: %s", exc)
-            return None
-
-    def reload_rules(self, raise_http: bool = False) -> dict[str, Any]:
+    def reload_rules(self) -> dict[str, Any]:
         """Load the rule set; on errors keep the current one and report them."""
         self._seen["rules"] = _fingerprint(self.settings.rules_dir)
         try:
@@ -89,28 +57,21 @@ class Reloader:
         except RuleSetError as exc:
             errors = [str(e) for e in exc.errors]
             log.error("rule set refused, previous one keeps serving: %s", errors)
-            if raise_http:
-                raise HTTPException(
-                    422, {"message": "rule set refused; the previous one keeps serving", "errors": errors}
-                ) from exc
             return {"reloaded": False, "errors": errors}
         self.scorer.loaded = replace(self.scorer.loaded, rules=rules)
         log.info("rules %s loaded", rules.version)
         return {"reloaded": True, "rules_version": rules.version}
 
-    def reload_model(self, raise_http: bool = False, shadow: bool = False) -> dict[str, Any]:
+    def reload_model(self, shadow: bool = False) -> dict[str, Any]:
         """Load the model (or the shadow model); on failure keep the current one and report why."""
         directory = self.settings.shadow_model_dir if shadow else self.settings.model_dir
-        assert directory is not None
+        if directory is None:
+            return {"reloaded": False, "errors": ["no shadow model directory is configured"]}
         self._seen["shadow" if shadow else "model"] = _fingerprint(directory)
         try:
-            model = ModelRuntime(directory, self.features.feature_names)
+            model = ModelRuntime(directory, self.scorer.features.feature_names)
         except (ModelError, OSError) as exc:
             log.error("model refused, previous one keeps serving: %s", exc)
-            if raise_http:
-                raise HTTPException(
-                    422, {"message": "model refused; the previous one keeps serving", "errors": [str(exc)]}
-                ) from exc
             return {"reloaded": False, "errors": [str(exc)]}
         if shadow:
             self.scorer.loaded = replace(self.scorer.loaded, shadow=model)
@@ -142,16 +103,3 @@ class Reloader:
                     reloads[name]()
                 else:
                     changing[name] = now
-
-    def readiness(self) -> dict[str, Any]:
-        """Each readiness check: True, or why not."""
-        try:
-            redis_ok: Any = bool(self.client.ping())
-        except (redis.RedisError, OSError) as exc:
-            redis_ok = f"unreachable: {type(exc).__name__}"
-        loaded = self.scorer.loaded
-        return {
-            "redis": redis_ok,
-            "model": loaded.model is not None or "not loaded",
-            "rules": loaded.rules is not None or "not loaded",
-        }

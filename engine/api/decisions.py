@@ -1,0 +1,37 @@
+"""GET /v1/decisions/{transaction_id}: a stored decision, explained."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+from fastapi import APIRouter, HTTPException
+
+from engine.api.deps import ScorerDep, StoreDep
+from engine.api.models import ERRORS, Problem
+
+router = APIRouter()
+
+
+@router.get(
+    "/v1/decisions/{transaction_id}",
+    responses={
+        **ERRORS,
+        404: {"model": Problem, "description": "No decision stored for this transaction"},
+        503: {"model": Problem, "description": "Redis unavailable: retry later"},
+    },
+)
+async def decision(transaction_id: str, store: StoreDep, scorer: ScorerDep) -> dict[str, Any]:
+    """A stored decision with its features, reasons and any feedback."""
+    try:
+        found = store.get(transaction_id)
+        if found is None:
+            raise HTTPException(404, f"no decision stored for transaction {transaction_id!r}")
+        found["feedback"] = store.feedback_for(transaction_id)
+        try:
+            found["reasons"]["model"] = scorer.explain(found)
+        except LookupError as exc:
+            found["reasons"]["model_note"] = f"contributions unavailable: {exc}"
+    except (redis.RedisError, OSError) as exc:
+        raise HTTPException(503, "decision store unavailable: retry later") from exc
+    return found

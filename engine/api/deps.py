@@ -1,0 +1,70 @@
+"""What the routes depend on, as FastAPI dependencies reading the worker's `Services`.
+
+`create_app` builds the services in the app's lifespan and keeps them on `app.state.services`;
+a route names what it needs (`store: StoreDep`) instead of capturing it from `create_app`. The
+providers are `async def` on purpose: FastAPI runs a plain `def` dependency in its thread pool,
+a hop that would cost more than the lookup itself.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from engine.decisions import DecisionStore
+from engine.loader import Reloader
+from engine.metrics import Metrics
+from engine.pipeline import Scorer
+from engine.services import Services
+from features.online import OnlineFeatures
+
+
+def services_of(request: Request) -> Services:
+    """The worker's services; they exist once the app's lifespan has started."""
+    services: Services | None = getattr(request.app.state, "services", None)
+    if services is None:
+        raise RuntimeError(
+            "the app's services are not built: serve it with its lifespan (uvicorn, TestClient) "
+            "or call engine.api.start_services(app) first"
+        )
+    return services
+
+
+async def get_services(request: Request) -> Services:
+    """Dependency: the worker's services."""
+    return services_of(request)
+
+
+async def get_scorer(services: Annotated[Services, Depends(get_services)]) -> Scorer:
+    """Dependency: the scorer (its model and rules are swapped in place by reloads)."""
+    return services.scorer
+
+
+async def get_store(services: Annotated[Services, Depends(get_services)]) -> DecisionStore:
+    """Dependency: the decision log."""
+    return services.store
+
+
+async def get_features(services: Annotated[Services, Depends(get_services)]) -> OnlineFeatures:
+    """Dependency: the online feature state in Redis."""
+    return services.features
+
+
+async def get_reloader(services: Annotated[Services, Depends(get_services)]) -> Reloader:
+    """Dependency: the reloader of model and rules."""
+    return services.reloader
+
+
+async def get_metrics(request: Request) -> Metrics:
+    """Dependency: the worker's metrics (built with the app, so they render before the lifespan)."""
+    metrics: Metrics = request.app.state.metrics
+    return metrics
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+ScorerDep = Annotated[Scorer, Depends(get_scorer)]
+StoreDep = Annotated[DecisionStore, Depends(get_store)]
+FeaturesDep = Annotated[OnlineFeatures, Depends(get_features)]
+ReloaderDep = Annotated[Reloader, Depends(get_reloader)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]

@@ -1,0 +1,53 @@
+"""POST /v1/score: the payment's hot path.
+
+Unlike the other routes it is registered on the app's own router (`add_to(app.router)`), and it
+reads the scorer from `app.state` rather than through a `Depends`. Both were measured (FastAPI
+0.165, in-process ASGI calls of a minimal route, medians of 5 x 20,000): an `include_router` hop
+costs about 7 us per request (the included router matches the path a second time) and one async
+dependency about 10 us more: together half again the 34 us a minimal route costs, and about 3 % of
+this route's CPU per payment. Every payment would pay that; the other routes can afford clarity.
+"""
+
+from __future__ import annotations
+
+import orjson
+from fastapi import APIRouter, Request, Response
+from pydantic import ValidationError
+
+from engine.api.errors import invalid
+from engine.api.models import ANSWER_FIELDS, ERRORS, ScoreResponse
+from engine.pipeline import Scorer
+from engine.schema import Transaction
+
+
+async def score(request: Request) -> Response:
+    """Score a payment before it is sent to the bank: allow, review or block."""
+    # The payment's hot path reads the body itself: one validating parse of the raw bytes and
+    # one dumps of the answer cost a fraction of FastAPI's generic body and response handling.
+    try:
+        txn = Transaction.model_validate_json(await request.body())
+    except ValidationError as exc:
+        return invalid(exc.errors(), prefix=("body",))
+    # Built once by start_services and never replaced (reloads swap its model and rules inside
+    # it), so reading it here is as safe as a dependency, and cheaper (see the module docstring).
+    scorer: Scorer = request.app.state.scorer
+    decision = scorer.score(txn)
+    answer = {name: decision[name] for name in ANSWER_FIELDS}
+    return Response(orjson.dumps(answer), media_type="application/json")
+
+
+def add_to(router: APIRouter) -> None:
+    """Register the route on `router`: the app's own (`app.router`), to skip an included router's hop."""
+    router.add_api_route(
+        "/v1/score",
+        score,
+        methods=["POST"],
+        response_model=None,
+        responses={200: {"model": ScoreResponse, "description": "The decision"}, **ERRORS},
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": Transaction.model_json_schema()}},
+            }
+        },
+    )

@@ -1,0 +1,98 @@
+"""Building the scoring service, once per worker at start-up: Redis client, online features, model,
+rules, decision store, scorer, and the Reloader that keeps model and rules live afterwards.
+
+One function builds everything (`build_services`), so what a worker serves with is written in one
+place and the API's routes receive finished objects instead of reaching into a loader.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis
+
+from engine.decisions import DecisionStore
+from engine.loader import Reloader
+from engine.metrics import Metrics
+from engine.model import ModelError, ModelRuntime
+from engine.pipeline import Loaded, Scorer
+from engine.rules import load_ruleset, rule_names
+from engine.settings import Settings
+from features.online import OnlineFeatures
+
+# the logger start-up model errors were always reported under, which log filters may name
+log = logging.getLogger("antifraud.loader")
+
+
+@dataclass(frozen=True)
+class Services:
+    """What one worker serves with. Built once; reloads swap the scorer's model and rules in place."""
+
+    settings: Settings
+    client: redis.Redis
+    metrics: Metrics
+    features: OnlineFeatures
+    store: DecisionStore
+    scorer: Scorer
+    reloader: Reloader
+
+
+def connect_redis(settings: Settings) -> redis.Redis:
+    """A Redis client for `settings.redis_url` (connects lazily, on its first call)."""
+    if not settings.redis_url:
+        raise ValueError("no Redis URL: pass --redis or set ANTIFRAUD_REDIS_URL")
+    # Each call may block this worker for at most a share of the request's budget.
+    timeout = settings.budget_ms * 0.6 / 1000
+    return redis.Redis.from_url(
+        settings.redis_url,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        health_check_interval=0,
+    )
+
+
+def build_services(
+    settings: Settings, client: redis.Redis | None = None, metrics: Metrics | None = None
+) -> Services:
+    """Load rules and models and build the scorer around them.
+
+    A missing or broken model is served as degraded (the fail policy answers), so the service can
+    start and be fixed by a reload; a rule set with errors raises `RuleSetError` and stops the start,
+    since serving without rules would let every payment through unchecked.
+    """
+    client = client if client is not None else connect_redis(settings)
+    metrics = metrics if metrics is not None else Metrics()
+    features = OnlineFeatures(client, namespace=settings.namespace)
+    rules = load_ruleset(settings.rules_dir, rule_names(features.feature_names))
+    model = load_model_or_none(settings.model_dir, features.feature_names)
+    shadow = (
+        load_model_or_none(settings.shadow_model_dir, features.feature_names)
+        if settings.shadow_model_dir
+        else None
+    )
+    store = DecisionStore(
+        client, settings.namespace, settings.decision_ttl_days, settings.decision_log_maxlen
+    )
+    scorer = Scorer(
+        features,
+        store,
+        Loaded(model, rules, shadow),
+        settings.fail_policy,
+        settings.shadow_share,
+        settings.budget_ms,
+        metrics=metrics,
+    )
+    # The Reloader notes the files' state now, after loading them: only a later change reloads.
+    reloader = Reloader(settings, scorer)
+    return Services(settings, client, metrics, features, store, scorer, reloader)
+
+
+def load_model_or_none(directory: Path, feature_names: list[str]) -> ModelRuntime | None:
+    """The model in `directory`, or None (logged) when it cannot be loaded."""
+    try:
+        return ModelRuntime(directory, feature_names)
+    except (ModelError, OSError) as exc:
+        log.error("model not loaded: %s", exc)
+        return None
