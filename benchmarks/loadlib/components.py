@@ -37,7 +37,7 @@ def components(args: argparse.Namespace, replay: Replay, rdb: Path) -> None:
 
     import orjson
 
-    from engine.api import ANSWER_FIELDS, create_app
+    from engine.api import ANSWER_FIELDS, create_app, start_services
     from engine.pipeline import _rule_env
     from engine.schema import Transaction
     from engine.settings import Settings
@@ -51,11 +51,9 @@ def components(args: argparse.Namespace, replay: Replay, rdb: Path) -> None:
             keys = Path(tmp) / "keys.yaml"
             key = new_key(keys, "components", "scorer")
             app = create_app(Settings(redis_url=rds.url, api_keys_file=keys))
-            reloader = app.state.reloader
-            reloader.load_all()
+            scorer = start_services(app).scorer  # what the app's lifespan does, without its watcher
             gc.collect()
             gc.freeze()
-            scorer = reloader.scorer
             source = RequestSource(replay, "127.0.0.1", 80, key, "components")
             rows: dict[str, list[tuple[float, float]]] = collections.defaultdict(list)
 
