@@ -9,23 +9,19 @@ Per-feature contributions (TreeSHAP) cost more than a prediction and are compute
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import lightgbm as lgb
 import numpy as np
 from lightgbm.basic import _LIB, _safe_call
 
+from engine.model_dir import MODEL_FILE, ModelError, feature_mismatch, read_model_dir
+
+__all__ = ["Contribution", "ModelError", "ModelRuntime"]
+
 _PREDICT_NORMAL = 0
 _DTYPE_FLOAT64 = 1
-
-
-class ModelError(ValueError):
-    """A model directory is missing, unreadable or does not match the feature spec."""
 
 
 @dataclass(frozen=True)
@@ -37,51 +33,21 @@ class Contribution:
     contribution: float
 
 
-def _check_complete(text: str, path: Path) -> None:
-    """Refuse a model file that is not whole: LightGBM aborts the process on a truncated one
-    instead of raising, so a model caught half-copied would take the worker down."""
-    sizes = re.search(r"^tree_sizes=([0-9 ]+)$", text, re.MULTILINE)
-    start, end = text.find("Tree=0"), text.find("end of trees")
-    whole = (
-        sizes is not None
-        and start >= 0
-        and end > start
-        and sum(map(int, sizes.group(1).split())) == end - start
-        and "end of parameters" in text[end:]
-    )
-    if not whole:
-        raise ModelError(
-            f"{path} is incomplete or not a LightGBM text model (was it still being copied?): "
-            "write the new model beside it and rename it into place"
-        )
-
-
 class ModelRuntime:
     """A loaded model directory (model.txt + metadata.json) ready to score single payments."""
 
     def __init__(self, directory: str | Path, feature_names: list[str] | None = None) -> None:
         self.directory = Path(directory)
-        model_file = self.directory / "model.txt"
-        if not model_file.is_file():
-            raise ModelError(
-                f"{model_file} not found: train a model first (antifraud train ... --out {directory})"
-            )
-        text = model_file.read_text()
-        self.version = f"{self.directory.name}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
-        meta_file = self.directory / "metadata.json"
-        self.metadata: dict[str, Any] = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
-        _check_complete(text, model_file)
-        try:
-            self.booster = lgb.Booster(model_str=text)
-        except lgb.basic.LightGBMError as exc:
-            raise ModelError(f"{model_file}: not a LightGBM model: {exc}") from exc
+        # the shared reader: it refuses a missing, corrupt or truncated model.txt with a ModelError
+        read = read_model_dir(self.directory, require_metadata=False)
+        model_file = self.directory / MODEL_FILE
+        self.version = read.version
+        self.metadata: dict[str, Any] = read.metadata
+        self.booster = read.booster
         self.feature_names: list[str] = self.booster.feature_name()
-        if feature_names is not None and feature_names != self.feature_names:
-            missing = sorted(set(self.feature_names) - set(feature_names))
-            extra = sorted(set(feature_names) - set(self.feature_names))
+        if feature_names is not None and (diff := feature_mismatch(self.feature_names, feature_names)):
             raise ModelError(
-                f"{model_file} was trained on other features than the current spec "
-                f"(model needs {missing or 'the same names in another order'}; spec adds {extra}): retrain it"
+                f"{model_file} was trained on other features than the current spec ({diff}): retrain it"
             )
         self._n = len(self.feature_names)
         self._row = np.zeros(self._n, dtype=np.float64)

@@ -2,13 +2,14 @@
 logistic baseline fitted on the same data (`baseline_logistic.json`, plain JSON; older model
 directories have none).
 
-Only LightGBM's text format is read: a model directory may come from anywhere, and unlike a
-pickle the text format cannot run code when loaded. `engine/model.py` loads the same directory
-for serving and names it with the same `version`.
+The directory is read by `engine.model_dir.read_model_dir`, the reader the serving runtime
+(`engine/model.py`) uses too: both refuse the same broken or truncated files and name the model
+with the same `version`. Only LightGBM's text format is read (it cannot run code when loaded).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -21,40 +22,23 @@ from typing import Any
 import lightgbm as lgb
 import numpy as np
 
+from engine.model_dir import (
+    METADATA_FILE,
+    MODEL_FILE,
+    ModelError,
+    feature_mismatch,
+    model_version,
+    read_model_dir,
+)
 from features.spec import FeatureSpec, load_spec
 from training.baselines import LOGISTIC_FILE, LogisticBaseline
-from training.config import TrainingError
+from training.config import TrainConfig, TrainingError
 
-MODEL_FILE = "model.txt"
-METADATA_FILE = "metadata.json"
+__all__ = ["METADATA_FILE", "MODEL_FILE", "ArtifactError", "ModelArtifact", "feature_mismatch"]
 
 
 class ArtifactError(TrainingError):
     """A model directory is missing, unreadable, inconsistent or built for another feature spec."""
-
-
-def _sha12(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
-
-
-def feature_mismatch(model_features: list[str], spec_features: list[str]) -> str | None:
-    """Describe how two feature lists differ, or None when they are identical (order included)."""
-    if model_features == spec_features:
-        return None
-    missing = [f for f in model_features if f not in spec_features]
-    extra = [f for f in spec_features if f not in model_features]
-    parts = []
-    if missing:
-        parts.append(f"the model needs {len(missing)} feature(s) the spec no longer has: {missing[:10]}")
-    if extra:
-        parts.append(f"the spec has {len(extra)} feature(s) the model was not trained on: {extra[:10]}")
-    if not parts:
-        first = next(i for i, (a, b) in enumerate(zip(model_features, spec_features, strict=True)) if a != b)
-        parts.append(
-            f"same features in another order (first difference at position {first}: "
-            f"model {model_features[first]!r}, spec {spec_features[first]!r})"
-        )
-    return "; ".join(parts)
 
 
 @dataclass
@@ -85,11 +69,20 @@ class ModelArtifact:
     @property
     def version(self) -> str:
         """`<name>-<first 12 hex of sha256(model.txt)>`, as the serving engine reports it."""
-        return f"{self.name}-{_sha12(self.model_text())}"
+        return model_version(self.name, self.model_text())
 
     def model_text(self) -> str:
         """The booster in LightGBM's text format (all trees it holds)."""
         return str(self.booster.model_to_string())
+
+    def train_config(self) -> TrainConfig:
+        """The settings the model was trained with (metadata `config`); the defaults where unknown."""
+        recorded = self.metadata.get("config") or {}
+        known = {f.name for f in dataclasses.fields(TrainConfig)}
+        try:
+            return TrainConfig(**{k: v for k, v in recorded.items() if k in known})
+        except (TypeError, ValueError):
+            return TrainConfig()
 
     def predict(self, features: np.ndarray, num_threads: int = 1) -> np.ndarray:
         """Fraud scores in [0, 1] for a feature matrix in `features` order."""
@@ -148,7 +141,7 @@ class ModelArtifact:
         meta = {
             **self.metadata,
             "name": name,
-            "version": f"{name}-{_sha12(text)}",
+            "version": model_version(name, text),
             "model_sha256": hashlib.sha256(text.encode()).hexdigest(),
         }
         _write_atomic(directory / MODEL_FILE, text)
@@ -171,26 +164,16 @@ class ModelArtifact:
         with the same names only warns: the spec file changed (maybe a comment, maybe a prior).
         """
         directory = Path(directory)
-        model_file, meta_file = directory / MODEL_FILE, directory / METADATA_FILE
-        if not directory.is_dir():
-            raise ArtifactError(f"{directory}: model directory not found (train one with `antifraud train`)")
-        for f in (model_file, meta_file):
-            if not f.is_file():
-                raise ArtifactError(f"{f} not found: {directory} is not a complete model directory")
         try:
-            metadata = json.loads(meta_file.read_text())
-        except json.JSONDecodeError as exc:
-            raise ArtifactError(f"{meta_file}: not valid JSON: {exc}") from exc
-        if not isinstance(metadata, dict) or not isinstance(metadata.get("features"), list):
-            raise ArtifactError(f"{meta_file}: no `features` list; was it written by antifraud train?")
-        try:
-            booster = lgb.Booster(model_str=model_file.read_text())
-        except lgb.basic.LightGBMError as exc:
-            raise ArtifactError(f"{model_file}: not a LightGBM text model: {exc}") from exc
+            read = read_model_dir(directory)
+        except ModelError as exc:
+            raise ArtifactError(str(exc)) from exc
+        metadata, booster = read.metadata, read.booster
+        if not isinstance(metadata.get("features"), list):
+            raise ArtifactError(
+                f"{directory / METADATA_FILE}: no `features` list; was it written by antifraud train?"
+            )
         recorded = [str(f) for f in metadata["features"]]
-        inside = booster.feature_name()
-        if (diff := feature_mismatch(recorded, inside)) is not None:
-            raise ArtifactError(f"{directory}: model.txt and metadata.json disagree on the features: {diff}")
         if check_spec:
             spec = spec or load_spec()
             if (diff := feature_mismatch(recorded, spec.feature_names)) is not None:
