@@ -16,6 +16,8 @@ Rule sets:
 - :mod:`engine.rules.ruleset`: the rule-set types and the decision of a verdict (RuleSet.decide)
 - :mod:`engine.rules.yaml_loader`: loading a directory of YAML rules and list files, checked as a whole
 - :mod:`engine.rules.names`: what a rule may read (payment fields and features), with types
+- :mod:`engine.rules.environment`: a rule set loaded with the service's names, and the columns it
+  reads for many payments (backtests, score-history)
 - :mod:`engine.rules.check`: the `antifraud rules check` command
 
 The verdict vocabulary itself (Verdict, VERDICTS, band) lives in :mod:`engine.verdicts`.
@@ -23,6 +25,7 @@ docs/rules.md is the reference for rule authors.
 """
 
 from engine.rules.check import check_rules, print_report, run_check
+from engine.rules.environment import load_rules, payment_fields, rule_environment
 from engine.rules.errors import ExpressionError, Problem, RuleError, RuleSetError
 from engine.rules.expression import Expression, compile_expression
 from engine.rules.functions import FUNCTIONS
@@ -59,9 +62,12 @@ __all__ = [
     "compile_expression",
     "evaluate_frame",
     "evaluate_values",
+    "load_rules",
     "load_ruleset",
+    "payment_fields",
     "prepare_columns",
     "print_report",
+    "rule_environment",
     "rule_names",
     "ruleset_from_texts",
     "run_check",

@@ -1,0 +1,52 @@
+"""What a rule set reads over many payments at once, and a rule set loaded as the service loads it.
+
+The offline tools (backtest, score-history) decide many payments with `RuleSet.decide_frame`;
+they must give rules the names, types and values the service gives them one payment at a time
+(engine/pipeline.py), or a rule would decide differently offline than online. One home for both:
+
+- :func:`rule_environment`: the columns for a set of payments: the payment's own fields, then
+  every feature not named like one (`mcc` and `channel` are the request's strings, not codes);
+- :func:`load_rules`: a rule-set directory loaded with the service's names and types
+  (:func:`engine.rules.names.rule_names`), so a rule set loads offline iff it loads in service.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from engine.rules.names import rule_names
+from engine.rules.ruleset import RuleSet
+from engine.rules.yaml_loader import load_ruleset
+
+
+def payment_fields() -> tuple[str, ...]:
+    """What rules read from the payment itself: every canonical field but the timestamp (rules
+    read derived features such as hour_of_day instead)."""
+    # imported here, as in engine.rules.names: the schema pulls in pydantic, which rules need not
+    from engine.schema import TRANSACTION_COLUMNS
+
+    return tuple(c for c in TRANSACTION_COLUMNS if c != "timestamp")
+
+
+def rule_environment(rows: pd.DataFrame, features: pd.DataFrame) -> dict[str, pd.Series[Any]]:
+    """The columns rules read for these payments, by name: payment fields first, then features.
+
+    `rows` are canonical history rows and `features` their features, row for row. A feature named
+    like a payment field (channel, mcc, amount...) is shadowed by it, as online.
+    """
+    columns: dict[str, pd.Series[Any]] = {n: rows[n] for n in payment_fields() if n in rows}
+    for name in features.columns:
+        columns.setdefault(str(name), features[name])
+    return columns
+
+
+def load_rules(directory: str | Path, feature_names: Sequence[str]) -> RuleSet:
+    """Load the rule set in `directory` with the names and types the service gives rules.
+
+    Raises engine.rules.RuleSetError (a ValueError listing each problem) for a bad rule set.
+    """
+    return load_ruleset(directory, rule_names(list(feature_names)))
