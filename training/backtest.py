@@ -3,14 +3,15 @@
 A backtest replays a period of a history file as production would have seen it, and applies a rule
 set to it exactly as the scoring service does:
 
-1. every payment of the period gets its point-in-time features (`training.dataset.build_dataset`,
-   the same offline executor as training: a payment sees only what came before it);
-2. the model scores them (`ModelArtifact.predict`, the booster the service loads). Without a model
-   the score is missing: the score bands give no verdict, rules still apply, and a payment that no
-   rule decides counts as *allow* (``no_score_verdict="allow"``; the report says so);
-3. the rule set decides with `RuleSet.decide_frame`, the vectorized twin of the `RuleSet.decide`
-   the service calls, loaded with the service's names and types (`engine.loader.rule_names`) and
-   fed the same values: the payment's own fields, then every feature not named like one.
+1. every payment of the period gets its point-in-time features and the model's score
+   (`training.replay.replay`, as evaluate and score-history get them: a payment sees only what
+   came before it, and the booster is the one the service loads). Without a model the score is
+   missing: the score bands give no verdict, rules still apply, and a payment that no rule decides
+   counts as *allow* (``no_score_verdict="allow"``; the report says so);
+2. the rule set decides with `RuleSet.decide_frame`, the vectorized twin of the `RuleSet.decide`
+   the service calls, loaded with the service's names and types (`engine.rules.load_rules`) and
+   fed the same values (`engine.rules.rule_environment`): the payment's own fields, then every
+   feature not named like one.
 
 What it measures is in :class:`BacktestResult` and docs/backtest.md: per rule (shadow rules
 included) hits, precision, fraud amount caught, good payments hit and skips; the verdict mix and
@@ -44,23 +45,36 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from engine.rules import FieldType, RuleSet, RuleSetError, load_ruleset, rule_names
-from engine.schema import TRANSACTION_COLUMNS
+from engine.rules import RuleSet, RuleSetError
+from engine.rules import load_rules as load_service_rules
 from engine.verdicts import VERDICTS, Verdict
 from features.spec import FeatureSpec, load_spec
-from training.config import TrainConfig, TrainingError
-from training.dataset import ProgressArg, as_progress, build_dataset, check_period, read_history
-from training.evaluate import config_of
+from training.config import TrainingError
+from training.dataset import ProgressArg, as_progress, check_period, utc_midnight
 from training.metrics import expected_cost, verdict_mix
 from training.model_artifact import ModelArtifact
+from training.replay import Replay, replay
+
+__all__ = [
+    "EXAMPLES",
+    "NO_MODEL_VERDICT",
+    "BacktestError",
+    "BacktestResult",
+    "Comparison",
+    "Replay",
+    "RuleStats",
+    "VerdictChange",
+    "backtest_rules",
+    "load_rules",
+    "print_report",
+    "replay_period",
+    "run_backtest",
+]
 
 #: the verdict of a payment no rule decides when there is no model (no score, so no band)
 NO_MODEL_VERDICT: Final[Verdict] = "allow"
 #: example transaction ids kept per verdict change direction
 EXAMPLES: Final = 10
-#: what rules read from the payment itself; a feature of the same name (channel, mcc, amount...)
-#: is shadowed by it, as in engine/pipeline.py's rule environment
-PAYMENT_FIELDS: Final = tuple(c for c in TRANSACTION_COLUMNS if c != "timestamp")
 
 
 class BacktestError(ValueError):
@@ -222,46 +236,6 @@ def _plain(value: Any) -> Any:
 # ------------------------------------------------------------------------------------ the replay
 
 
-@dataclass
-class Replay:
-    """A period of history as production saw it: rows, point-in-time features and model scores.
-
-    Independent of any rule set: build it once with :func:`replay_period`, then backtest as many
-    rule sets on it as needed with :func:`backtest_rules`.
-    """
-
-    history: str
-    start: date
-    end: date  # exclusive
-    rows: pd.DataFrame  # the period's canonical history rows, time-sorted
-    features: pd.DataFrame  # the spec's features, same order as rows
-    scores: np.ndarray  # model scores in [0, 1]; NaN everywhere without a model
-    model_version: str | None
-    cost_parameters: dict[str, float]
-    warnings: list[str] = field(default_factory=list)
-    timings: dict[str, float] = field(default_factory=dict)
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    @property
-    def labelled(self) -> bool:
-        """Whether the history says which payments were fraud."""
-        return "label" in self.rows
-
-    @property
-    def feature_names(self) -> list[str]:
-        """The features rules may read, in spec order."""
-        return [str(c) for c in self.features.columns]
-
-    def columns(self) -> dict[str, pd.Series]:
-        """What each rule name reads, as the service's rule environment: payment fields first."""
-        columns: dict[str, pd.Series] = {n: self.rows[n] for n in PAYMENT_FIELDS if n in self.rows}
-        for name in self.feature_names:
-            columns.setdefault(name, self.features[name])
-        return columns
-
-
 def _context_days(spec: FeatureSpec) -> int:
     """The longest look-back of any feature, in whole days (rounded up)."""
     windows = [w.ms for v in spec.velocity for w in v.windows]
@@ -306,69 +280,45 @@ def replay_period(
     file, column map or model, or an empty period.
     """
     s, e = _period(start, end)
-    step = as_progress(progress)
     spec = spec or load_spec()
     artifact = _load_model(model, spec) if isinstance(model, str | Path) else model
-    timings: dict[str, float] = {}
-    t0 = time.perf_counter()
-    step(f"reading {history}")
     try:
-        rows = read_history(Path(history), columns, label_delay=label_delay)
-    except (TrainingError, ValueError) as exc:  # HistoryError, a bad column map
+        replayed = replay(
+            history, s, e, artifact, spec, columns=columns, label_delay=label_delay, progress=progress
+        )
+    except (TrainingError, ValueError) as exc:  # HistoryError, a bad column map, an empty period
         raise BacktestError(str(exc)) from exc
-    t1 = time.perf_counter()
-    timings["read_s"] = t1 - t0
-    try:
-        data = build_dataset(rows, s, e, spec, step, source=str(history), require_label=False)
-    except TrainingError as exc:  # the period holds no payment
-        raise BacktestError(str(exc)) from exc
-    t2 = time.perf_counter()
-    timings["features_s"] = t2 - t1
+    replayed.warnings += _warnings(replayed, spec, artifact)
+    return replayed
 
+
+def _warnings(replayed: Replay, spec: FeatureSpec, artifact: ModelArtifact | None) -> list[str]:
+    """What makes this replay differ from what production saw, as plain sentences."""
+    s, e = replayed.start, replayed.end
     warnings: list[str] = []
-    first, last = rows["timestamp"].iloc[0], rows["timestamp"].iloc[-1]
     context = _context_days(spec)
-    if first > data.start - pd.Timedelta(days=context):
+    if replayed.first > utc_midnight(s) - pd.Timedelta(days=context):
         warnings.append(
-            f"the history starts on {first:%Y-%m-%d}, less than {context} days (the longest feature "
-            f"window) before {s}: early payments of the period lack part of their history, so "
+            f"the history starts on {replayed.first:%Y-%m-%d}, less than {context} days (the longest "
+            f"feature window) before {s}: early payments of the period lack part of their history, so "
             "velocity and novelty rules behave differently on them than in production"
         )
-    if last < data.end - pd.Timedelta(days=1):
-        warnings.append(f"the history ends on {last:%Y-%m-%d}, before the period's last day")
-    if "label" not in data.rows:
+    if replayed.last < utc_midnight(e) - pd.Timedelta(days=1):
+        warnings.append(f"the history ends on {replayed.last:%Y-%m-%d}, before the period's last day")
+    if not replayed.labelled:
         warnings.append("the history has no 'label' column: precision, fraud amounts and cost are not known")
-
     if artifact is None:
-        scores = np.full(len(data), np.nan)
-        config = TrainConfig()
         warnings.append(
             "no model (--model): every score is missing, so the score bands give no verdict; a payment "
             f"that no rule decides counts as {NO_MODEL_VERDICT} (no_score_verdict={NO_MODEL_VERDICT!r})"
         )
-    else:
-        step(f"scoring {len(data):,} payments with {artifact.version}")
-        scores = artifact.predict(data.features[artifact.features].to_numpy(dtype=float))
-        config = config_of(artifact, None)
-        if overlap := artifact.training_overlap(s, e):
-            ts, te = overlap
-            warnings.append(
-                f"the period overlaps the model's training period [{ts}, {te}): its scores are "
-                f"optimistic there; backtest from {te} on"
-            )
-    timings["model_s"] = time.perf_counter() - t2
-    return Replay(
-        history=str(history),
-        start=s,
-        end=e,
-        rows=data.rows,
-        features=data.features,
-        scores=scores,
-        model_version=artifact.version if artifact is not None else None,
-        cost_parameters={"review_cost": config.review_cost, "block_cost_factor": config.block_cost_factor},
-        warnings=warnings,
-        timings=timings,
-    )
+    elif overlap := artifact.training_overlap(s, e):
+        ts, te = overlap
+        warnings.append(
+            f"the period overlaps the model's training period [{ts}, {te}): its scores are "
+            f"optimistic there; backtest from {te} on"
+        )
+    return warnings
 
 
 # ----------------------------------------------------------------------------------------- rules
@@ -376,9 +326,8 @@ def replay_period(
 
 def load_rules(directory: Path | str, feature_names: Sequence[str], what: str = "--rules") -> RuleSet:
     """Load a rule set with the names and types the service gives rules; BacktestError lists errors."""
-    names: dict[str, FieldType] = rule_names(list(feature_names))
     try:
-        return load_ruleset(directory, names)
+        return load_service_rules(directory, feature_names)
     except RuleSetError as exc:
         errors = [str(e) for e in exc.errors]
         # one error per line; an error's caret excerpt stays under it, indented

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -22,18 +22,25 @@ import pandas as pd
 from training.baselines import LOGISTIC_FILE, LogisticBaseline, baseline_scores
 from training.checks import MANY_MISSING
 from training.config import TrainConfig, TrainingError, load_config
-from training.dataset import (
-    Dataset,
-    ProgressArg,
-    as_progress,
-    check_period,
-    compute_features,
-    read_history,
-    utc_midnight,
-)
+from training.dataset import Dataset, ProgressArg, as_progress, check_period
 from training.metrics import Assessment, SideMetrics, Thresholds, compute_metrics, counts, thresholds_at
 from training.model_artifact import ModelArtifact
+from training.replay import period_data, replay
 from training.report import write_report
+
+__all__ = [
+    "SideScores",
+    "as_thresholds",
+    "assess",
+    "config_of",
+    "evaluate",
+    "file_warnings",
+    "importances",
+    "logistic_of",
+    "measure",
+    "period_data",
+    "write_outputs",
+]
 
 
 @dataclass(frozen=True)
@@ -205,14 +212,7 @@ def write_outputs(
 
 def config_of(artifact: ModelArtifact, config: Path | None) -> TrainConfig:
     """The evaluation settings: a given TRAIN.yaml, else those the model was trained with."""
-    if config is not None:
-        return load_config(config)
-    recorded = artifact.metadata.get("config") or {}
-    known = {f.name for f in fields(TrainConfig)}
-    try:
-        return TrainConfig(**{k: v for k, v in recorded.items() if k in known})
-    except (TypeError, ValueError):
-        return TrainConfig()
+    return load_config(config) if config is not None else artifact.train_config()
 
 
 def _duration(delay: timedelta) -> str:
@@ -220,20 +220,6 @@ def _duration(delay: timedelta) -> str:
     if seconds % 86400 == 0:
         return f"{seconds / 86400:g} days"
     return f"{seconds / 3600:g} hours"
-
-
-def period_data(rows: pd.DataFrame, features: pd.DataFrame, start: date, end: date, source: str) -> Dataset:
-    """The payments of [start, end) among rows whose features are computed; TrainingError if none."""
-    t0, t1 = utc_midnight(start), utc_midnight(end)
-    keep = ((rows["timestamp"] >= t0) & (rows["timestamp"] < t1)).to_numpy()
-    if not keep.any():
-        span = (
-            f"{rows['timestamp'].min():%Y-%m-%d} to {rows['timestamp'].max():%Y-%m-%d}"
-            if len(rows)
-            else "nothing"
-        )
-        raise TrainingError(f"{source}: no payments in [{start}, {end}); the file covers {span}")
-    return Dataset(rows[keep], features[keep], t0, t1)
 
 
 def _training_period(artifact: ModelArtifact) -> tuple[date, date] | None:
@@ -325,30 +311,37 @@ def evaluate(
     columns, label_delay, notes = artifact.reading(columns, label_delay)
     for note in notes:
         step(note)
-    step(f"reading {history}")
-    rows = read_history(history, columns, require_label=True, label_delay=label_delay)
     trained_period = _training_period(artifact)
-    feature_end = max(e, trained_period[1]) if trained_period else e
-    before, features = compute_features(rows, utc_midnight(feature_end), progress=step)
-    data = period_data(before, features, s, e, str(history))
+    # features up to the training end too, so the training period (for the logistic baseline of an
+    # older model directory) is cut from the same computation
+    replayed = replay(
+        history,
+        s,
+        e,
+        artifact,
+        columns=columns,
+        label_delay=label_delay,
+        require_label=True,
+        context_end=trained_period[1] if trained_period else None,
+        progress=step,
+    )
+    data, scores = replayed.dataset, replayed.scores
     warnings: list[str] = []
     if overlap := artifact.training_overlap(s, e):
         warnings.append(
             f"the period overlaps the training period [{overlap[0]}, {overlap[1]}): these metrics are "
             "optimistic; evaluate on dates from the training end on"
         )
-    warnings += file_warnings(rows, data, artifact.features)
+    warnings += file_warnings(data.rows, data, artifact.features)
     trained: Dataset | None = None
     if trained_period is not None:
         try:
-            trained = period_data(before, features, *trained_period, str(history))
+            trained = replayed.period(*trained_period)
         except TrainingError:
             warnings.append(
                 f"the model's training period [{trained_period[0]}, {trained_period[1]}) is not in {history}"
             )
     logistic, logistic_t = logistic_of(artifact, trained, cfg, warnings)
-    step(f"scoring {len(data):,} payments with {artifact.version}")
-    scores = artifact.predict(data.features[artifact.features].to_numpy(dtype=float))
     title = f"Evaluation of {artifact.version} on [{s}, {e})"
     metrics, sides = measure(
         data,

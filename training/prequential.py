@@ -53,6 +53,7 @@ from training.metrics import (
     counts,
     summarise,
 )
+from training.replay import slice_period
 from training.report import write_prequential_report
 from training.train import fit_model
 
@@ -332,12 +333,6 @@ def merge_warnings(by_fold: dict[int, list[str]], total: int) -> list[str]:
     return out
 
 
-def _slice(rows: pd.DataFrame, features: pd.DataFrame, start: date, end: date) -> Dataset:
-    t0, t1 = utc_midnight(start), utc_midnight(end)
-    keep = ((rows["timestamp"] >= t0) & (rows["timestamp"] < t1)).to_numpy()
-    return Dataset(rows[keep], features[keep], t0, t1)
-
-
 def as_known_at(train: Dataset, when: pd.Timestamp) -> tuple[Dataset, int]:
     """The training payments labelled as they were known at `when`, and how many frauds were not yet.
 
@@ -365,8 +360,8 @@ def _run_fold(
     step: Callable[[str], None] = no_progress,
 ) -> FoldRecord:
     """Train, score and measure one fold; its warnings go to `warnings[fold.index]`."""
-    test = _slice(rows, features, fold.test_start, fold.test_end)
-    train, late = as_known_at(_slice(rows, features, fold.train_start, fold.train_end), test.start)
+    test = slice_period(rows, features, fold.test_start, fold.test_end)
+    train, late = as_known_at(slice_period(rows, features, fold.train_start, fold.train_end), test.start)
     found = data_warnings(rows, train.features, label_delay, train.start, train.end)
     warnings[fold.index] = found
     step(f"{fold.describe()}: training on {len(train):,} payments ({train.frauds:,} frauds)")

@@ -7,7 +7,6 @@ the rule engine then sees the same scores and features it would see online.
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Callable, Sequence
 from datetime import date, timedelta
 from pathlib import Path
@@ -15,10 +14,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from engine.rules import load_rules, rule_environment
 from engine.verdicts import VERDICTS, band
 from training.config import TrainingError
-from training.dataset import ProgressArg, as_progress, build_dataset, check_period, read_history
+from training.dataset import ProgressArg, as_progress, check_period
 from training.model_artifact import ModelArtifact
+from training.replay import replay
 
 # (scores, features of the period, history rows of the period) -> one verdict per payment
 Decide = Callable[[np.ndarray, pd.DataFrame, pd.DataFrame], Sequence[str] | np.ndarray]
@@ -44,20 +45,13 @@ def rules_decider(rules_dir: Path, feature_names: Sequence[str]) -> Decide:
     score bands, not the model's proposed thresholds, turn the score into a verdict.
     Raises engine.rules.RuleSetError (a ValueError listing each problem) for a bad rule set.
     """
-    if importlib.util.find_spec("engine.rules") is None:
-        raise TrainingError(f"--rules {rules_dir}: the rule engine (engine/rules) is not available")
-    # the names and types the serving engine gives rules, so a rule set loads here iff it loads there
-    from engine.rules import load_ruleset, rule_names
-    from engine.schema import TRANSACTION_COLUMNS
-
     if not Path(rules_dir).is_dir():
         raise TrainingError(f"--rules {rules_dir}: not a directory of rule files")
-    rules = load_ruleset(rules_dir, rule_names(list(feature_names)))
-    payment_fields = [c for c in TRANSACTION_COLUMNS if c != "timestamp"]
+    # the names and types the serving engine gives rules, so a rule set loads here iff it loads there
+    rules = load_rules(rules_dir, feature_names)
 
     def decide(scores: np.ndarray, features: pd.DataFrame, rows: pd.DataFrame) -> np.ndarray:
-        columns = {name: rows[name].to_numpy() for name in payment_fields if name in rows}
-        columns.update({str(n): features[n].to_numpy() for n in features.columns if n not in columns})
+        columns = rule_environment(rows, features)
         verdict, _, _ = rules.decide_frame(scores, columns, rows["merchant_id"].to_numpy())
         return np.asarray(verdict, dtype=object)
 
@@ -106,15 +100,12 @@ def score_history(
         step(note)
     if decide is None and rules_dir is not None:
         decide = rules_decider(rules_dir, artifact.features)
-    step(f"reading {history}")
-    rows = read_history(history, columns, label_delay=label_delay)
-    data = build_dataset(rows, s, e, progress=step, source=str(history), require_label=False)
-    step(f"scoring {len(data):,} payments with {artifact.version}")
-    scores = artifact.predict(data.features[artifact.features].to_numpy(dtype=float))
+    replayed = replay(history, s, e, artifact, columns=columns, label_delay=label_delay, progress=step)
+    scores = replayed.scores
     verdict = (
         verdicts(scores, artifact.thresholds)
         if decide is None
-        else np.asarray(decide(scores, data.features, data.rows), dtype=object)
+        else np.asarray(decide(scores, replayed.features, replayed.rows), dtype=object)
     )
     if len(verdict) != len(scores) or not np.isin(verdict, VERDICTS).all():
         raise TrainingError(
@@ -122,7 +113,7 @@ def score_history(
         )
     frame = pd.DataFrame(
         {
-            "transaction_id": data.rows["transaction_id"].to_numpy(),
+            "transaction_id": replayed.rows["transaction_id"].to_numpy(),
             "score": scores,
             "risk_score": risk_scores(scores),
             "verdict": verdict.astype(str),
