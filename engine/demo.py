@@ -15,6 +15,7 @@ import os
 import secrets
 import time
 from datetime import timedelta
+from typing import cast
 
 import httpx
 import numpy as np
@@ -27,8 +28,9 @@ from rich.table import Table
 from engine.settings import ROOT
 from engine.stack import ServiceStack
 from engine.verdicts import VERDICTS
+from engine.vocabulary import FEEDBACK_OF_HISTORY_EVENT, HistoryEvent
 from features.online import OnlineFeatures
-from features.stream import FEEDBACK_COLUMNS, payment_record, stream
+from features.stream import payment_record, stream
 
 SAMPLE = ROOT / "data" / "sample" / "history.parquet"
 MODEL = ROOT / "models" / "default"
@@ -151,13 +153,12 @@ def _transaction_body(record: dict[str, object]) -> dict[str, object]:
 def _feedback_body(event: str, record: dict[str, object], t_ms: int) -> dict[str, object]:
     reported = pd.Timestamp(t_ms, unit="ms", tz="UTC").isoformat()
     body: dict[str, object] = {"transaction_id": record["transaction_id"], "reported_at": reported}
-    if event == "decline":
-        body.update(kind="outcome", outcome="declined", decline_code=record.get("decline_code") or None)
-    elif event == "fraud":
-        body.update(kind="label", label="fraud")
-    else:
-        body.update(kind=event)
-    assert event in FEEDBACK_COLUMNS
+    kind, value = FEEDBACK_OF_HISTORY_EVENT[cast(HistoryEvent, event)]
+    body["kind"] = kind
+    if value is not None:
+        body[kind] = value  # a label's or an outcome's field is named after its kind
+    if kind == "outcome":
+        body["decline_code"] = record.get("decline_code") or None
     return body
 
 

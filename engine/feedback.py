@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -27,18 +27,15 @@ from pydantic import (
 from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError
 
 from engine.schema import Identifier, _utc
-
-Label = Literal["fraud", "chargeback", "legitimate"]
-Outcome = Literal["approved", "declined"]
-
-# feedback (kind, value) -> the feature-state event it feeds, if any
-FEATURE_EVENTS = {
-    ("label", "fraud"): "fraud",
-    ("label", "chargeback"): "fraud",
-    ("outcome", "declined"): "decline",
-    ("refund", None): "refund",
-    ("cancel", None): "cancel",
-}
+from engine.vocabulary import (
+    HISTORY_EVENT_OF_FEEDBACK,
+    LABELS,
+    OUTCOMES,
+    FeedbackKind,
+    HistoryEvent,
+    Label,
+    Outcome,
+)
 
 # RFC 3339 `date-time`, what the OpenAPI's `format: date-time` means (and what fuzzers check): pydantic
 # alone would also take a number or a digit string as Unix time, a blank for the `T`, no seconds.
@@ -64,18 +61,18 @@ class FeedbackEvent(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     transaction_id: Identifier
-    kind: str  # each kind's model narrows it to its one value: the union's tag
+    kind: FeedbackKind  # each kind's model narrows it to its one value: the union's tag
     reported_at: ReportedAt
 
     @property
-    def value(self) -> str | None:
+    def value(self) -> Label | Outcome | None:
         """What the kind says (the label or the bank's outcome); None for a refund or a cancellation."""
         return None
 
     @property
-    def feature_event(self) -> str | None:
-        """The feature-state event this feedback feeds (`FEATURE_EVENTS`), if any."""
-        return FEATURE_EVENTS.get((self.kind, self.value))
+    def feature_event(self) -> HistoryEvent | None:
+        """The feature-state event this feedback feeds (`HISTORY_EVENT_OF_FEEDBACK`), if any."""
+        return HISTORY_EVENT_OF_FEEDBACK.get((self.kind, self.value))
 
     @model_serializer(mode="wrap")
     def _record(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
@@ -90,7 +87,7 @@ class LabelFeedback(FeedbackEvent):
     label: Label
 
     @property
-    def value(self) -> str | None:
+    def value(self) -> Label | Outcome | None:
         return self.label
 
 
@@ -102,7 +99,7 @@ class OutcomeFeedback(FeedbackEvent):
     decline_code: Annotated[str, Field(max_length=8)] | None = None
 
     @property
-    def value(self) -> str | None:
+    def value(self) -> Label | Outcome | None:
         return self.outcome
 
 
@@ -118,7 +115,7 @@ class CancelFeedback(FeedbackEvent):
     kind: Literal["cancel"]
 
 
-KINDS: dict[str, type[FeedbackEvent]] = {
+KINDS: dict[FeedbackKind, type[FeedbackEvent]] = {
     "label": LabelFeedback,
     "outcome": OutcomeFeedback,
     "refund": RefundFeedback,
@@ -126,8 +123,8 @@ KINDS: dict[str, type[FeedbackEvent]] = {
 }
 # the fields only some kinds take: field -> (its kind, its values)
 _OWN_FIELDS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "label": ("label", get_args(Label)),
-    "outcome": ("outcome", get_args(Outcome)),
+    "label": ("label", LABELS),
+    "outcome": ("outcome", OUTCOMES),
     "decline_code": ("outcome", ()),
 }
 

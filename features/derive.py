@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from features.payment import amount_one, payment_feature_one, payment_matrix
-from features.plan import Plan
+from features.plan import Plan, raw_name, velocity_names
 
 NAN = float("nan")
 INF = float("inf")
@@ -155,7 +155,7 @@ class Deriver:
             assert kind in _KINDS, kind
             k = kinds.setdefault(kind, _Kind())
             k.out.append(out[feature])
-            k.present.append(idx[f"{entity}:present"])
+            k.present.append(idx[raw_name(entity, "present")])
             k.a.append(idx[a])
             k.b.append(idx[b] if b is not None else idx[a])
             k.params.append(params)
@@ -163,7 +163,7 @@ class Deriver:
         for v in spec.velocity:
             e = v.entity
             for w in v.windows:
-                c, s, m = f"{e}:count:{w.label}", f"{e}:sum:{w.label}", f"{e}:max:{w.label}"
+                c, s, m = velocity_names(e, w.label)
                 for stat in v.stats:
                     kind, a, b = {
                         "count": ("count", c, None),
@@ -178,29 +178,29 @@ class Deriver:
                     "count",
                     f"{d.entity}_distinct_{d.name}_{w.label}",
                     d.entity,
-                    f"{d.entity}:distinct:{d.field}:{w.label}",
+                    raw_name(d.entity, "distinct", d.field, w.label),
                 )
         for n in spec.novelty:
-            add("flag", f"{n.entity}_{n.name}", n.entity, f"{n.entity}:novel:{n.field}")
+            add("flag", f"{n.entity}_{n.name}", n.entity, raw_name(n.entity, "novel", n.field))
         for f in spec.feedback:
             for w in f.windows:
                 add(
                     "count",
                     f"{f.entity}_{f.event}s_{w.label}",
                     f.entity,
-                    f"{f.entity}:feedback:{f.event}:{w.label}",
+                    raw_name(f.entity, "feedback", f.event, w.label),
                 )
         for r in spec.label_rate:
             e = r.entity
             for w in r.windows:
-                frauds, payments = f"{e}:rate_frauds:{w.label}", f"{e}:rate_count:{w.label}"
+                frauds, payments = raw_name(e, "rate_frauds", w.label), raw_name(e, "rate_count", w.label)
                 add("count", f"{e}_known_frauds_{w.label}", e, frauds)
                 add("rate", f"{e}_fraud_rate_{w.label}", e, frauds, payments, (r.prior, r.strength))
         if spec.card_behaviour is not None:
             habit = spec.card_behaviour
             e, label = habit.entity, habit.window.label
             for w in habit.frequency:
-                count, longer = f"{e}:count:{w.label}", f"{e}:count:{label}"
+                count, longer = raw_name(e, "count", w.label), raw_name(e, "count", label)
                 scale = (habit.window.ms / w.ms, 0.0)
                 add("ratio", f"{e}_frequency_{w.label}_to_{label}", e, count, longer, scale)
         # One gather for all stateful features, then a slice per kind: a few numpy calls per row.
@@ -231,12 +231,12 @@ class Deriver:
                     out[f"{e}_age_days"],
                 ],
                 [
-                    idx[f"{e}:present"],
-                    idx[f"{e}:count:{label}"],
-                    idx[f"{e}:sum:{label}"],
-                    idx[f"{e}:m2:{label}"],
-                    idx[f"{e}:first_ts"],
-                    idx[f"{e}:last_ts"],
+                    idx[raw_name(e, "present")],
+                    idx[raw_name(e, "count", label)],
+                    idx[raw_name(e, "sum", label)],
+                    idx[raw_name(e, "m2", label)],
+                    idx[raw_name(e, "first_ts")],
+                    idx[raw_name(e, "last_ts")],
                 ],
             )
         self._payment_out = np.array([out[p] for p in spec.payment], dtype=np.intp)

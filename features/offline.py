@@ -15,9 +15,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from engine.vocabulary import EVENT_TIME_COLUMNS, FEATURE_EVENT, FeatureEvent, HistoryEvent
 from features.derive import Deriver
 from features.payment import PAYMENT_FIELDS
-from features.plan import EntityPlan, Plan, compile_plan
+from features.plan import EntityPlan, Plan, compile_plan, raw_name
 from features.spec import FeatureSpec, Window, load_spec
 
 Progress = Callable[[str], None]
@@ -96,31 +97,44 @@ class _RangeMax:
         return out
 
 
-def _feedback_events(history: pd.DataFrame) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Row index and time (ms) of each feedback event kind found in the history."""
-    n = len(history)
-    events: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    if "bank_outcome" in history:
-        declined = (history["bank_outcome"].astype("string") == "declined").fillna(False).to_numpy(dtype=bool)
-        when = history["outcome_time"] if "outcome_time" in history else history["timestamp"]
-        when = when.where(when.notna(), history["timestamp"])
-        rows = np.nonzero(declined)[0]
-        events["decline"] = (rows, timestamps_ms(when.iloc[rows]))
-    reversal = np.full(n, np.iinfo(np.int64).max)
-    for column in ("refund_time", "cancel_time"):
-        if column in history:
-            present = history[column].notna().to_numpy()
-            if present.any():
-                times = timestamps_ms(history[column][present])
-                reversal[present] = np.minimum(reversal[present], times)
-    rows = np.nonzero(reversal != np.iinfo(np.int64).max)[0]
-    events["reversal"] = (rows, reversal[rows])
-    if "label" in history:
-        fraud = (pd.to_numeric(history["label"], errors="coerce") == 1).to_numpy()
-        when = history["label_time"] if "label_time" in history else history["timestamp"]
-        rows = np.nonzero(fraud & when.notna().to_numpy())[0]
-        events["fraud"] = (rows, timestamps_ms(when.iloc[rows]))
+def feedback_events(history: pd.DataFrame) -> dict[HistoryEvent, tuple[np.ndarray, np.ndarray]]:
+    """Row index (ascending) and time (ms) of each feedback event found in the history.
+
+    The one rule both executors read (the event stream, features/stream.py, is built from it): a row
+    has an event when it says so (a declined bank outcome, a fraud label, or just a time for a refund
+    or a cancellation) and its time column (`EVENT_TIME_COLUMNS`) holds the time. Without that time
+    there is no event: defaults are the loader's to fill (training.history), never guessed here.
+    """
+    events: dict[HistoryEvent, tuple[np.ndarray, np.ndarray]] = {}
+    for event, column in EVENT_TIME_COLUMNS.items():
+        if column not in history:
+            continue
+        selected = history[column].notna().to_numpy()
+        if event == "decline":
+            outcome = history.get("bank_outcome", pd.Series(pd.NA, index=history.index))
+            selected &= (outcome.astype("string") == "declined").fillna(False).to_numpy(dtype=bool)
+        elif event == "fraud":
+            selected &= (pd.to_numeric(history["label"], errors="coerce") == 1).to_numpy()
+        rows = np.nonzero(selected)[0]
+        events[event] = (rows, timestamps_ms(history[column].iloc[rows]))
     return events
+
+
+def _feature_events(history: pd.DataFrame) -> dict[FeatureEvent, tuple[np.ndarray, np.ndarray]]:
+    """`feedback_events` as the feature state counts them (`FEATURE_EVENT`): once per payment, at the
+    first time reported (a refunded and cancelled payment is one reversal, as online)."""
+    parts: dict[FeatureEvent, list[tuple[np.ndarray, np.ndarray]]] = {}
+    for event, found in feedback_events(history).items():
+        parts.setdefault(FEATURE_EVENT[event], []).append(found)
+    out: dict[FeatureEvent, tuple[np.ndarray, np.ndarray]] = {}
+    for kind, pieces in parts.items():
+        rows = np.concatenate([r for r, _ in pieces])
+        times = np.concatenate([t for _, t in pieces])
+        order = np.lexsort((times, rows))
+        rows, times = rows[order], times[order]
+        first = np.r_[True, rows[1:] != rows[:-1]] if len(rows) else np.zeros(0, dtype=bool)
+        out[kind] = (rows[first], times[first])
+    return out
 
 
 class OfflineFeatures:
@@ -143,13 +157,13 @@ class OfflineFeatures:
                 "history must be sorted by timestamp (load it with training.history.load_history)"
             )
         amount = amounts_milli(history["amount"])
-        events = _feedback_events(history)
+        events = _feature_events(history)
         raw = np.full((len(history), len(self.plan.raw_names)), np.nan)
         for p in self.plan.entities:
             if progress:
                 progress(p.entity)
             codes = _key_codes(history, self.spec.entities[p.entity])
-            raw[:, self.plan.raw_index[f"{p.entity}:present"]] = (codes >= 0).astype(float)
+            raw[:, self.plan.raw_index[raw_name(p.entity, "present")]] = (codes >= 0).astype(float)
             if not (codes >= 0).any():
                 continue
             s = self._sort(codes, t, amount)
@@ -192,7 +206,7 @@ class OfflineFeatures:
         s: _Sorted,
         history: pd.DataFrame,
         codes: np.ndarray,
-        events: dict[str, tuple[np.ndarray, np.ndarray]],
+        events: dict[FeatureEvent, tuple[np.ndarray, np.ndarray]],
         t_all: np.ndarray,
     ) -> Iterator[tuple[str, np.ndarray]]:
         e = p.entity
@@ -202,15 +216,15 @@ class OfflineFeatures:
 
         def window(label: str, lower: np.ndarray) -> Iterator[tuple[str, np.ndarray]]:
             lo = s.start(lower)
-            yield f"{e}:count:{label}", (s.rank - lo).astype(float)
-            yield f"{e}:sum:{label}", (cumsum[s.rank] - cumsum[lo]).astype(float)
+            yield raw_name(e, "count", label), (s.rank - lo).astype(float)
+            yield raw_name(e, "sum", label), (cumsum[s.rank] - cumsum[lo]).astype(float)
             assert range_max is not None
-            yield f"{e}:max:{label}", range_max.query(lo, s.rank).astype(float)
+            yield raw_name(e, "max", label), range_max.query(lo, s.rank).astype(float)
 
         for w in p.exact:
             yield from window(w.label, s.ts - w.ms)
         if p.spread_window is not None:
-            yield f"{e}:m2:{p.spread_window.label}", self._spread(s, p.spread_window)
+            yield raw_name(e, "m2", p.spread_window.label), self._spread(s, p.spread_window)
         for group in p.buckets.values():
             for w in group.windows:
                 yield from window(w.label, _bucket_lower(w, s.ts))
@@ -218,25 +232,27 @@ class OfflineFeatures:
                 lower = _bucket_lower(w, s.ts)
                 # a lagged window ends lag before the current bucket: its payments are all earlier
                 upper = s.start(_bucket_lower(w, s.ts) + w.ms) if w.lag_ms else s.rank
-                yield f"{e}:rate_count:{w.label}", (upper - s.start(lower)).astype(float)
-                yield f"{e}:rate_frauds:{w.label}", _known_frauds(s, codes, events.get("fraud"), t_all, w)
+                yield raw_name(e, "rate_count", w.label), (upper - s.start(lower)).astype(float)
+                frauds = _known_frauds(s, codes, events.get("fraud"), t_all, w)
+                yield raw_name(e, "rate_frauds", w.label), frauds
         for d in p.distinct.values():
             values = _key_codes(history.iloc[s.rows], (d.field,))
             prev, nxt = _neighbours(s, values)
             novel = np.where(prev >= 0, (s.ts[np.maximum(prev, 0)] < s.ts - d.lookback_ms).astype(float), 1.0)
-            yield f"{e}:novel:{d.field}", np.where((values < 0) | (d.lookback_ms == 0), -1.0, novel)
+            yield raw_name(e, "novel", d.field), np.where((values < 0) | (d.lookback_ms == 0), -1.0, novel)
             for w in d.windows:
-                yield f"{e}:distinct:{d.field}:{w.label}", _distinct(s, values, nxt, s.start(s.ts - w.ms))
+                distinct = _distinct(s, values, nxt, s.start(s.ts - w.ms))
+                yield raw_name(e, "distinct", d.field, w.label), distinct
         for event, windows in p.feedback.items():
             for w in windows:
                 yield (
-                    f"{e}:feedback:{event}:{w.label}",
+                    raw_name(e, "feedback", event, w.label),
                     _count_events(s, codes, events.get(event), s.ts - w.ms),
                 )
         if p.profile_ttl_ms is not None:
             seen = s.rank > s.group_start
-            yield f"{e}:first_ts", np.where(seen, s.ts[s.group_start], -1).astype(float)
-            yield f"{e}:last_ts", np.where(seen, s.ts[np.maximum(s.rank - 1, 0)], -1).astype(float)
+            yield raw_name(e, "first_ts"), np.where(seen, s.ts[s.group_start], -1).astype(float)
+            yield raw_name(e, "last_ts"), np.where(seen, s.ts[np.maximum(s.rank - 1, 0)], -1).astype(float)
 
     @staticmethod
     def _spread(s: _Sorted, w: Window) -> np.ndarray:

@@ -19,12 +19,14 @@ import redis
 from redis.cluster import RedisCluster
 from redis.crc import key_slot
 
+from engine.vocabulary import FEATURE_EVENT, FeatureEvent
 from features.derive import Deriver
-from features.plan import EntityPlan, Plan, compile_plan, feedback_retention_ms
+from features.plan import EntityPlan, Plan, compile_plan, feedback_retention_ms, raw_name
 from features.spec import FeatureSpec, load_spec
 
 LUA = Path(__file__).with_name("score.lua").read_text()
-FEEDBACK_EVENTS = {"decline": "decline", "refund": "reversal", "cancel": "reversal", "fraud": "fraud"}
+# by any name: OnlineFeatures.feedback takes the event as text (from the API or a history's stream)
+_FEATURE_EVENT: dict[str, FeatureEvent] = {event: kind for event, kind in FEATURE_EVENT.items()}
 
 
 def to_ms(timestamp: datetime | int) -> int:
@@ -115,7 +117,7 @@ class OnlineFeatures:
         self.namespace = namespace
         self._script = client.register_script(LUA)  # type: ignore[misc]
         self._blocks = [_Block(p) for p in self.plan.entities]
-        self._starts = [self.plan.raw_index[f"{p.entity}:present"] for p in self.plan.entities]
+        self._starts = [self.plan.raw_index[raw_name(p.entity, "present")] for p in self.plan.entities]
         self._cluster = isinstance(client, RedisCluster)
 
     @property
@@ -153,9 +155,9 @@ class OnlineFeatures:
     def _feedback_blocks(
         self, event: str, txid: str, t_ms: int, payment: Mapping[str, Any]
     ) -> tuple[list[str], list[str], list[list[str]]]:
-        kind = FEEDBACK_EVENTS.get(event)
+        kind = _FEATURE_EVENT.get(event)
         if kind is None:
-            raise ValueError(f"unknown feedback event {event!r}; use one of {sorted(FEEDBACK_EVENTS)}")
+            raise ValueError(f"unknown feedback event {event!r}; use one of {sorted(_FEATURE_EVENT)}")
         keys, args = [], []
         paid_ms = to_ms(payment["timestamp"]) if kind == "fraud" else 0
         for p in self.plan.entities:

@@ -10,8 +10,39 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Literal
 
+from engine.vocabulary import FeatureEvent
 from features.spec import FeatureSpec, Window
+
+# The grammar of raw aggregate names, said once: `<entity>:<kind>[:<part>...]`, e.g. `card:count:1h`,
+# `card:distinct:device_id:24h`, `card:feedback:fraud:30d`. Both executors and the deriver name
+# columns through these functions, so a name the plan lays out is the name they read and write.
+RawKind = Literal[
+    "present",
+    "count",
+    "sum",
+    "max",
+    "m2",
+    "rate_count",
+    "rate_frauds",
+    "novel",
+    "distinct",
+    "feedback",
+    "first_ts",
+    "last_ts",
+]
+
+
+def raw_name(entity: str, kind: RawKind, *parts: str) -> str:
+    """The name of one raw aggregate of an entity: its kind, then what it is about (field, event,
+    window label), e.g. ``raw_name("card", "distinct", "device_id", "24h")``."""
+    return ":".join((entity, kind, *parts))
+
+
+def velocity_names(entity: str, label: str) -> list[str]:
+    """The count, sum and max of a velocity window, in the order the executors yield them."""
+    return [raw_name(entity, "count", label), raw_name(entity, "sum", label), raw_name(entity, "max", label)]
 
 
 @dataclass
@@ -51,30 +82,30 @@ class EntityPlan:
     event_retention_ms: int = 0
     buckets: dict[int, BucketGroup] = dataclasses.field(default_factory=dict)
     distinct: dict[str, DistinctField] = dataclasses.field(default_factory=dict)
-    feedback: dict[str, list[Window]] = dataclasses.field(default_factory=dict)
+    feedback: dict[FeatureEvent, list[Window]] = dataclasses.field(default_factory=dict)
     fraud_bucket_ms: int | None = None  # granularity whose buckets count known frauds, if any
     profile_ttl_ms: int | None = None
 
     def raw_names(self) -> list[str]:
         """Names of the raw aggregates this entity yields, in output order."""
         e = self.entity
-        names = [f"{e}:present"]
+        names = [raw_name(e, "present")]
         for w in self.exact:
-            names += [f"{e}:count:{w.label}", f"{e}:sum:{w.label}", f"{e}:max:{w.label}"]
+            names += velocity_names(e, w.label)
         if self.spread_window is not None:
-            names.append(f"{e}:m2:{self.spread_window.label}")
+            names.append(raw_name(e, "m2", self.spread_window.label))
         for group in self.buckets.values():
             for w in group.windows:
-                names += [f"{e}:count:{w.label}", f"{e}:sum:{w.label}", f"{e}:max:{w.label}"]
+                names += velocity_names(e, w.label)
             for w in group.fraud_windows:
-                names += [f"{e}:rate_count:{w.label}", f"{e}:rate_frauds:{w.label}"]
+                names += [raw_name(e, "rate_count", w.label), raw_name(e, "rate_frauds", w.label)]
         for d in self.distinct.values():
-            names.append(f"{e}:novel:{d.field}")
-            names += [f"{e}:distinct:{d.field}:{w.label}" for w in d.windows]
+            names.append(raw_name(e, "novel", d.field))
+            names += [raw_name(e, "distinct", d.field, w.label) for w in d.windows]
         for event, windows in self.feedback.items():
-            names += [f"{e}:feedback:{event}:{w.label}" for w in windows]
+            names += [raw_name(e, "feedback", event, w.label) for w in windows]
         if self.profile_ttl_ms is not None:
-            names += [f"{e}:first_ts", f"{e}:last_ts"]
+            names += [raw_name(e, "first_ts"), raw_name(e, "last_ts")]
         return names
 
 
@@ -131,7 +162,7 @@ def compile_plan(spec: FeatureSpec) -> Plan:
     return Plan(spec, ordered, raw_names, {n: i for i, n in enumerate(raw_names)})
 
 
-def feedback_retention_ms(plan: EntityPlan, event: str) -> int:
+def feedback_retention_ms(plan: EntityPlan, event: FeatureEvent) -> int:
     """How long an entity keeps feedback events of one kind."""
     windows = plan.feedback.get(event, [])
     longest = max([w.ms for w in windows], default=0)

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 import yaml
 
+from engine.vocabulary import FEATURE_EVENTS, FeatureEvent
 from features.spec_shape import ListOf, MapOf, Record, Scalar, SpecError, check_shape, key_line
 
 __all__ = ["FeatureSpec", "SpecError", "Window", "load_spec", "parse_duration"]
@@ -25,9 +26,7 @@ __all__ = ["FeatureSpec", "SpecError", "Window", "load_spec", "parse_duration"]
 DEFAULT_SPEC_PATH = Path(__file__).with_name("spec.yaml")
 
 Stat = Literal["count", "sum", "mean", "max"]
-FeedbackEvent = Literal["decline", "reversal", "fraud"]
 STATS: tuple[Stat, ...] = ("count", "sum", "mean", "max")
-FEEDBACK_EVENTS: tuple[FeedbackEvent, ...] = ("decline", "reversal", "fraud")
 PAYMENT_FEATURES: tuple[str, ...] = (
     "amount",
     "hour_of_day",
@@ -120,7 +119,7 @@ class Novelty:
 @dataclass(frozen=True)
 class Feedback:
     entity: str
-    event: FeedbackEvent
+    event: FeatureEvent
     windows: tuple[Window, ...]
 
 
@@ -304,8 +303,8 @@ def _build(raw: dict[str, Any]) -> FeatureSpec:
     ]
     feedback = []
     for f in raw.get("feedback", []):
-        if f["event"] not in FEEDBACK_EVENTS:
-            raise SpecError(f"feedback: unknown event {f['event']!r}; use {list(FEEDBACK_EVENTS)}")
+        if f["event"] not in FEATURE_EVENTS:
+            raise SpecError(f"feedback: unknown event {f['event']!r}; use {list(FEATURE_EVENTS)}")
         feedback.append(
             Feedback(_check_entity(entities, f["entity"], "feedback"), f["event"], _windows(f["windows"]))
         )
