@@ -15,11 +15,11 @@ directory:
   refunds and cancellations; a payment without feedback has nulls, `refunded`/`cancelled` false.
 
 Memory stays bounded whatever the size of the log: decisions and events are converted and written a
-batch at a time, and the join is a partitioned hash join on disk: the transaction ids of decisions
-and the feedback events go to hash partitions in a temporary directory, each partition is joined on
-its own, and the joined summaries are merged back in log order beside `decisions.parquet`, read a
-batch at a time. Files are written under temporary names and renamed at the end, so a failed export
-leaves no half-written file.
+batch at a time, and the join is a partitioned hash join on disk (engine/joins.py): the transaction
+ids of decisions and the feedback events go to hash partitions in a temporary directory, each
+partition is joined on its own, and the joined summaries are merged back in log order beside
+`decisions.parquet`, read a batch at a time. Files are written under temporary names and renamed
+at the end, so a failed export leaves no half-written file.
 
 The log holds no raw card number by design (a `pan` is tokenized before anything is recorded) and the
 export writes only what the log holds.
@@ -32,23 +32,23 @@ import json
 import math
 import os
 import tempfile
-import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Literal, TypeAlias, TypeVar, cast
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 import redis
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from engine.decision_record import Decision, FeedbackRecord
 from engine.decisions import DecisionStore
-from engine.pipeline import ENTITY_FIELDS
+from engine.joins import SEQ, InOrder, Partitions, join_partitions
+from engine.vocabulary import ENTITY_FIELDS, FRAUD_LABELS
 
 DECISIONS_FILE = "decisions.parquet"
 FEEDBACK_FILE = "feedback.parquet"
@@ -56,11 +56,9 @@ JOINED_FILE = "decisions_with_feedback.parquet"
 
 TIME = pa.timestamp("us", tz="UTC")
 TEXTS = pa.list_(pa.string())
-FRAUD_LABELS = frozenset({"fraud", "chargeback"})
-_SEQ = "_seq"  # position in the decision stream, to restore log order after the join
 
 T = TypeVar("T")
-Decision = dict[str, Any]
+R = TypeVar("R", bound=Mapping[str, object])
 
 
 class ExportError(RuntimeError):
@@ -78,8 +76,11 @@ class ExportResult:
     files: dict[str, Path]
 
 
-def _fired(decision: Decision, kind: str, key: str) -> list[Any]:
-    return [f.get(key) for f in (decision.get("reasons") or {}).get(kind) or []]
+def _fired(
+    decision: Decision, kind: Literal["rules", "shadow_rules"], key: Literal["rule", "reason"]
+) -> list[str | None]:
+    reasons = decision.get("reasons")
+    return [f.get(key) for f in (reasons.get(kind) if reasons else None) or []]
 
 
 def _degraded(decision: Decision) -> str | None:
@@ -89,12 +90,12 @@ def _degraded(decision: Decision) -> str | None:
     return "; ".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
-# Where a column is in a logged decision: a path of keys (read in bulk by Arrow, which is what keeps a
-# million decisions fast) or a function of the decision (read row by row, for the few that need it).
-Source = tuple[str, ...] | Callable[[Decision], Any]
+# Where a column is in a logged record: a path of keys (read in bulk by Arrow, which is what keeps a
+# million decisions fast) or a function of the record (read row by row, for the few that need it).
+Source: TypeAlias = tuple[str, ...] | Callable[[R], object]
 
 # The columns of a decision before its features.
-DECISION_COLUMNS: tuple[tuple[pa.Field, Source], ...] = (
+DECISION_COLUMNS: tuple[tuple[pa.Field, Source[Decision]], ...] = (
     (pa.field("transaction_id", pa.string()), ("transaction_id",)),
     (pa.field("timestamp", TIME), ("timestamp",)),
     (pa.field("decided_at", TIME), ("decided_at",)),
@@ -118,16 +119,20 @@ DECISION_COLUMNS: tuple[tuple[pa.Field, Source], ...] = (
 )
 
 
+# nested JSON objects down to the Arrow type of each leaf
+_Tree: TypeAlias = dict[str, "_Tree | pa.DataType"]
+
+
 def _struct_type(leaves: Iterable[tuple[tuple[str, ...], pa.DataType]]) -> pa.StructType:
     """The Arrow type of nested JSON objects holding these leaves (timestamps are read as text)."""
-    tree: dict[str, Any] = {}
+    tree: _Tree = {}
     for path, kind in leaves:
         node = tree
         for key in path[:-1]:
             node = node.setdefault(key, {})
         node[path[-1]] = pa.string() if kind == TIME else kind
 
-    def build(node: dict[str, Any]) -> pa.StructType:
+    def build(node: _Tree) -> pa.StructType:
         return pa.struct([(k, build(v) if isinstance(v, dict) else v) for k, v in node.items()])
 
     return build(tree)
@@ -142,7 +147,7 @@ def _leaves(array: pa.StructArray, prefix: tuple[str, ...] = ()) -> dict[tuple[s
     return out
 
 
-def _read(records: list[dict[str, Any]], fields: list[tuple[pa.Field, Source]]) -> list[pa.Array]:
+def _read(records: Sequence[R], fields: Sequence[tuple[pa.Field, Source[R]]]) -> list[pa.Array]:
     """The columns of these records, each in its field's type."""
     paths = [(source, f.type) for f, source in fields if isinstance(source, tuple)]
     leaves = _leaves(pa.array(records, type=_struct_type(paths)))
@@ -183,9 +188,9 @@ SUMMARY_FIELDS: tuple[pa.Field, ...] = (
     pa.field("feedback_events", pa.int32()),
 )
 _SUMMARY_SCHEMA = pa.schema([pa.field("transaction_id", pa.string()), *SUMMARY_FIELDS])
-_DECISION_KEYS = pa.schema([(_SEQ, pa.int64()), ("transaction_id", pa.string())])
-_FEEDBACK_KEYS = pa.schema([(_SEQ, pa.int64()), *FEEDBACK_SCHEMA])
-_JOINED_KEYS = pa.schema([(_SEQ, pa.int64()), *SUMMARY_FIELDS])
+_DECISION_KEYS = pa.schema([(SEQ, pa.int64()), ("transaction_id", pa.string())])
+_FEEDBACK_KEYS = pa.schema([(SEQ, pa.int64()), *FEEDBACK_SCHEMA])
+_JOINED_KEYS = pa.schema([(SEQ, pa.int64()), *SUMMARY_FIELDS])
 
 
 class DecisionColumns:
@@ -196,7 +201,7 @@ class DecisionColumns:
         for decision in first:
             names.update(dict.fromkeys(decision.get("features") or {}))
         taken = {f.name for f, _ in DECISION_COLUMNS} | {"other_features"}
-        self._fields: list[tuple[pa.Field, Source]] = [
+        self._fields: list[tuple[pa.Field, Source[Decision]]] = [
             *DECISION_COLUMNS,
             *((pa.field(f"feature_{n}" if n in taken else n, pa.float64()), ("features", n)) for n in names),
             (pa.field("other_features", pa.string()), self._other),
@@ -215,9 +220,9 @@ class DecisionColumns:
         return json.dumps({k: v for k, v in features.items() if k not in self._known}, sort_keys=True)
 
 
-def feedback_batch(events: list[dict[str, Any]]) -> pa.RecordBatch:
+def feedback_batch(events: Sequence[FeedbackRecord]) -> pa.RecordBatch:
     """One record batch of feedback events (`FEEDBACK_SCHEMA`)."""
-    fields: list[tuple[pa.Field, Source]] = [(f, (f.name,)) for f in FEEDBACK_SCHEMA]
+    fields: list[tuple[pa.Field, Source[FeedbackRecord]]] = [(f, (f.name,)) for f in FEEDBACK_SCHEMA]
     return pa.RecordBatch.from_arrays(_read(events, fields), schema=FEEDBACK_SCHEMA)
 
 
@@ -231,10 +236,10 @@ def summarize_feedback(events: pa.Table) -> pa.Table:
     time they were reported. Vectorized (Arrow group-by), so a partition's events never become
     Python objects.
     """
-    if _SEQ not in events.column_names:
-        events = events.append_column(_SEQ, pa.array(range(events.num_rows), type=pa.int64()))
+    if SEQ not in events.column_names:
+        events = events.append_column(SEQ, pa.array(range(events.num_rows), type=pa.int64()))
     order = pc.sort_indices(
-        events, sort_keys=[("reported_at", "ascending"), (_SEQ, "ascending")], null_placement="at_start"
+        events, sort_keys=[("reported_at", "ascending"), (SEQ, "ascending")], null_placement="at_start"
     )
     events = events.take(order)
     kind = events["kind"]
@@ -251,7 +256,7 @@ def summarize_feedback(events: pa.Table) -> pa.Table:
             names=["transaction_id", *columns],
         )
 
-    summary = events.group_by("transaction_id").aggregate([(_SEQ, "count")])
+    summary = events.group_by("transaction_id").aggregate([(SEQ, "count")])
     summary = summary.rename_columns(["transaction_id", "feedback_events"])
     for part in (
         per_transaction(
@@ -319,94 +324,31 @@ class _ParquetOut:
         self.writer.close()
 
 
-class _Partitions:
-    """Rows spread over `n` Arrow IPC files on disk by a hash of their transaction id."""
+@dataclass
+class _JoinCounts:
+    """What the join found, partition by partition."""
 
-    def __init__(self, directory: Path, name: str, schema: pa.Schema, n: int, chunk_rows: int) -> None:
-        self.paths = [directory / f"{name}-{i}.arrow" for i in range(n)]
-        self.schema = schema
-        self.chunk_rows = chunk_rows  # rows per batch on disk: what a reader holds at once
-        self._writers: dict[int, Any] = {}
-        self._sinks: dict[int, Any] = {}
+    with_feedback: int = 0  # decisions with at least one feedback event
+    unmatched: int = 0  # events about no exported decision
 
-    def write(self, batch: pa.RecordBatch) -> None:
-        """Spread rows over the partitions by transaction id."""
-        n = len(self.paths)
-        if n == 1:
-            self._writer(0).write_batch(batch)
-            return
-        groups: dict[int, list[int]] = {}
-        for row, txid in enumerate(batch.column("transaction_id").to_pylist()):
-            groups.setdefault(zlib.crc32(txid.encode()) % n, []).append(row)
-        for part, rows in groups.items():
-            self._writer(part).write_batch(batch.take(pa.array(rows, type=pa.int64())))
-
-    def write_to(self, part: int, table: pa.Table) -> None:
-        """Write rows into one given partition."""
-        self._writer(part).write_table(table, max_chunksize=self.chunk_rows)
-
-    def _writer(self, part: int) -> Any:
-        if part not in self._writers:
-            self._sinks[part] = pa.OSFile(str(self.paths[part]), "wb")
-            self._writers[part] = ipc.new_stream(self._sinks[part], self.schema)
-        return self._writers[part]
-
-    def close(self) -> None:
-        for part, writer in self._writers.items():
-            writer.close()
-            self._sinks[part].close()
-        self._writers.clear()
-
-    def read(self, part: int) -> pa.Table:
-        path = self.paths[part]
-        if not path.exists():
-            return self.schema.empty_table()
-        with pa.OSFile(str(path), "rb") as source:
-            return ipc.open_stream(source).read_all()
-
-    def reader(self, part: int) -> Iterator[pa.RecordBatch]:
-        path = self.paths[part]
-        if not path.exists():
-            return
-        with pa.OSFile(str(path), "rb") as source:
-            yield from ipc.open_stream(source)
+    def add(self, keys: pa.Table, events: pa.Table, joined: pa.Table) -> None:
+        self.with_feedback += pc.sum(pc.greater(joined["feedback_events"], 0)).as_py() or 0
+        known = pc.is_in(events["transaction_id"], value_set=keys["transaction_id"])
+        self.unmatched += events.num_rows - (pc.sum(known).as_py() or 0)
 
 
 def _join_partition(keys: pa.Table, events: pa.Table) -> pa.Table:
     """Each decision of one partition with its feedback summary, in log order (`_JOINED_KEYS`)."""
     joined = keys.join(summarize_feedback(events), keys="transaction_id", join_type="left outer")
-    joined = joined.sort_by(_SEQ)
+    joined = joined.sort_by(SEQ)
     filled = {
         "refunded": pc.fill_null(joined["refunded"], False),
         "cancelled": pc.fill_null(joined["cancelled"], False),
         "feedback_events": pc.fill_null(joined["feedback_events"], 0),
     }
     return pa.table(
-        [joined[_SEQ]] + [filled.get(f.name, joined[f.name]) for f in SUMMARY_FIELDS], schema=_JOINED_KEYS
+        [joined[SEQ]] + [filled.get(f.name, joined[f.name]) for f in SUMMARY_FIELDS], schema=_JOINED_KEYS
     )
-
-
-class _LogOrderMerge:
-    """Merges the joined partitions, each sorted by `_seq`, back into log order, a range at a time."""
-
-    def __init__(self, partitions: _Partitions) -> None:
-        self._readers = [partitions.reader(i) for i in range(len(partitions.paths))]
-        self._buffers = [_JOINED_KEYS.empty_table() for _ in self._readers]
-
-    def take(self, upto: int) -> pa.Table:
-        """Every row with `_seq` below `upto` not taken yet, sorted by `_seq`."""
-        parts = []
-        for i, reader in enumerate(self._readers):
-            buffer = self._buffers[i]
-            while buffer.num_rows == 0 or buffer[_SEQ][-1].as_py() < upto:
-                batch = next(reader, None)
-                if batch is None:
-                    break
-                buffer = pa.concat_tables([buffer, pa.Table.from_batches([batch], _JOINED_KEYS)])
-            below = pc.sum(pc.less(buffer[_SEQ], upto)).as_py() or 0
-            parts.append(buffer.slice(0, below))
-            self._buffers[i] = buffer.slice(below)
-        return pa.concat_tables(parts).sort_by(_SEQ)
 
 
 def export(
@@ -461,42 +403,34 @@ def _export(
     try:
         with tempfile.TemporaryDirectory(prefix=".export-", dir=out) as tmp, progress:
             work = Path(tmp)
-            decision_keys = _Partitions(work, "decisions", _DECISION_KEYS, n_parts, batch)
-            events = _Partitions(work, "feedback", _FEEDBACK_KEYS, n_parts, batch)
-            joined = _Partitions(work, "joined", _JOINED_KEYS, n_parts, batch)
+            decision_keys = Partitions(work, "decisions", _DECISION_KEYS, n_parts, batch)
+            events = Partitions(work, "feedback", _FEEDBACK_KEYS, n_parts, batch)
+            joined = Partitions(work, "joined", _JOINED_KEYS, n_parts, batch)
 
-            task = progress.add_task("decisions", total=n_decisions)
-            decided = _write_decisions(
-                store,
-                partial[DECISIONS_FILE],
-                decision_keys,
-                metadata,
-                batch,
-                row_group_rows,
-                lambda n: progress.update(task, completed=n, total=max(n_decisions, n)),
-            )
-            task = progress.add_task("feedback", total=n_feedback)
-            received = _write_feedback(
-                store,
-                partial[FEEDBACK_FILE],
-                events,
-                metadata,
-                batch,
-                row_group_rows,
-                lambda n: progress.update(task, completed=n, total=max(n_feedback, n)),
-            )
+            def write_log(
+                name: str, records: Iterator[pa.RecordBatch], schema: pa.Schema, keys: Partitions, total: int
+            ) -> int:
+                task = progress.add_task(name.removesuffix(".parquet"), total=total)
+                return _write_log(
+                    records,
+                    schema.with_metadata(metadata),
+                    partial[name],
+                    keys,
+                    row_group_rows,
+                    lambda n: progress.update(task, completed=n, total=max(total, n)),
+                )
+
+            decided = write_log(DECISIONS_FILE, *_decision_batches(store, batch), decision_keys, n_decisions)
+            received = write_log(FEEDBACK_FILE, *_feedback_batches(store, batch), events, n_feedback)
             task = progress.add_task("joining feedback", total=n_parts)
-            with_feedback = unmatched = 0
-            for part in range(n_parts):
-                keys, part_events = decision_keys.read(part), events.read(part)
-                result = _join_partition(keys, part_events)
-                with_feedback += pc.sum(pc.greater(result["feedback_events"], 0)).as_py() or 0
-                known = pc.is_in(part_events["transaction_id"], value_set=keys["transaction_id"])
-                unmatched += part_events.num_rows - (pc.sum(known).as_py() or 0)
-                joined.write_to(part, result)
+            counts = _JoinCounts()
+
+            def joined_part(keys: pa.Table, part_events: pa.Table, result: pa.Table) -> None:
+                counts.add(keys, part_events, result)
                 progress.advance(task)
-                del keys, part_events, result  # one partition in memory at a time
-            joined.close()
+
+            join_partitions(decision_keys, events, joined, _join_partition, joined_part)
+            with_feedback, unmatched = counts.with_feedback, counts.unmatched
 
             task = progress.add_task("decisions with feedback", total=decided)
             _write_joined(
@@ -521,28 +455,36 @@ def _export(
     return ExportResult(decided, received, with_feedback, unmatched, final)
 
 
-def _write_decisions(
-    store: DecisionStore,
+def _decision_batches(store: DecisionStore, batch: int) -> tuple[Iterator[pa.RecordBatch], pa.Schema]:
+    """The decision log as record batches, and their schema (fixed by the first batch's features)."""
+    chunks = _chunks(store.decisions(batch), batch)
+    first = next(chunks, [])
+    columns = DecisionColumns(first)
+    chunks = itertools.chain([first], chunks) if first else chunks
+    del first  # each chunk is freed once converted: a chunk of decisions weighs ~13 kB each in Python
+    return (columns.batch(chunk) for chunk in chunks), columns.schema
+
+
+def _feedback_batches(store: DecisionStore, batch: int) -> tuple[Iterator[pa.RecordBatch], pa.Schema]:
+    """The feedback events as record batches, and their schema (`FEEDBACK_SCHEMA`)."""
+    return (feedback_batch(chunk) for chunk in _chunks(store.feedback(batch), batch)), FEEDBACK_SCHEMA
+
+
+def _write_log(
+    records: Iterable[pa.RecordBatch],
+    schema: pa.Schema,
     path: Path,
-    keys: _Partitions,
-    metadata: dict[str, str],
-    batch: int,
+    keys: Partitions,
     row_group_rows: int,
     done: Callable[[int], None],
 ) -> int:
-    """decisions.parquet, and each decision's (position, transaction id) into the key partitions."""
-    chunks = _chunks(store.iter_stream(store.decisions_stream, "d", batch), batch)
-    first = next(chunks, [])
-    columns = DecisionColumns(first)
-    out = _ParquetOut(path, columns.schema.with_metadata(metadata), row_group_rows)
+    """Record batches of a stream into a Parquet file, and each row with its position in the stream
+    (the columns the partitions keep) into the partitions; returns the number of rows."""
+    out = _ParquetOut(path, schema, row_group_rows)
     seq = 0
-    chunks = itertools.chain([first], chunks) if first else chunks
-    del first  # each chunk is freed once converted: a chunk of decisions weighs ~13 kB each in Python
-    for chunk in chunks:
-        record = columns.batch(chunk)
+    for record in records:
         out.write(record)
-        positions = pa.array(range(seq, seq + record.num_rows), type=pa.int64())
-        keys.write(pa.RecordBatch.from_arrays([positions, record["transaction_id"]], schema=_DECISION_KEYS))
+        keys.write_numbered(record, seq)
         seq += record.num_rows
         done(seq)
     out.close()
@@ -550,34 +492,10 @@ def _write_decisions(
     return seq
 
 
-def _write_feedback(
-    store: DecisionStore,
-    path: Path,
-    events: _Partitions,
-    metadata: dict[str, str],
-    batch: int,
-    row_group_rows: int,
-    done: Callable[[int], None],
-) -> int:
-    """feedback.parquet, and every event with its position into the event partitions."""
-    out = _ParquetOut(path, FEEDBACK_SCHEMA.with_metadata(metadata), row_group_rows)
-    seq = 0
-    for chunk in _chunks(store.iter_stream(store.feedback_stream, "e", batch), batch):
-        record = feedback_batch(chunk)
-        out.write(record)
-        positions = pa.array(range(seq, seq + record.num_rows), type=pa.int64())
-        events.write(pa.RecordBatch.from_arrays([positions, *record.columns], schema=_FEEDBACK_KEYS))
-        seq += record.num_rows
-        done(seq)
-    out.close()
-    events.close()
-    return seq
-
-
 def _write_joined(
     decisions_path: Path,
     path: Path,
-    joined: _Partitions,
+    joined: Partitions,
     metadata: dict[str, str],
     batch: int,
     row_group_rows: int,
@@ -587,12 +505,12 @@ def _write_joined(
     source = pq.ParquetFile(decisions_path)
     schema = pa.schema(list(source.schema_arrow) + list(SUMMARY_FIELDS), metadata=metadata)
     out = _ParquetOut(path, schema, row_group_rows)
-    merge = _LogOrderMerge(joined)
+    merge = InOrder(joined)
     seq = 0
     for record in source.iter_batches(batch_size=batch):
         summary = merge.take(seq + record.num_rows)
         in_step = summary.num_rows == record.num_rows and (
-            record.num_rows == 0 or summary[_SEQ][0].as_py() == seq
+            record.num_rows == 0 or summary[SEQ][0].as_py() == seq
         )
         if not in_step:  # every decision was partitioned once: anything else is a bug here
             raise ExportError(f"internal error: feedback summaries out of step at decision {seq}")

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
+
+from engine.decision_record import Decision, Timings
 
 STAGE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
@@ -30,7 +31,7 @@ class Metrics:
         self.redis_errors = Counter("antifraud_redis_errors_total", "Failed Redis calls", registry=r)
         self.feedback = Counter("antifraud_feedback_total", "Feedback events accepted", ["kind"], registry=r)
 
-    def observe(self, decision: dict[str, Any], timings: dict[str, float]) -> None:
+    def observe(self, decision: Decision, timings: Timings) -> None:
         """Record one decision."""
         for stage, ms in timings.items():
             self.stage.labels(stage.removesuffix("_ms")).observe(ms / 1000)

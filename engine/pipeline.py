@@ -11,21 +11,25 @@ from __future__ import annotations
 
 import time
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import redis
 
+from engine.decision_record import ContributionRecord, Decision, FiredRuleRecord, JSONObject, Reasons, Timings
 from engine.decisions import DecisionStore
 from engine.model import ModelRuntime
-from engine.rules import RuleSet
+from engine.rules import FiredRule, RuleSet
 from engine.schema import Transaction
 from engine.settings import FailPolicy
+from engine.vocabulary import ENTITY_FIELDS
 from features.online import OnlineFeatures
 
-ENTITY_FIELDS = ("card_id", "customer_id", "device_id", "ip", "email", "merchant_id", "terminal_id")
+if TYPE_CHECKING:  # prometheus_client is the service's, not a batch user's, to import
+    from engine.metrics import Metrics
 
 
 class RedisBreaker:
@@ -75,12 +79,28 @@ class Scorer:
     shadow_share: float = 0.0
     budget_ms: float = 50.0
     breaker: RedisBreaker = field(default_factory=RedisBreaker)
-    metrics: Any = None  # engine.metrics.Metrics, or None in batch use
+    metrics: Metrics | None = None  # None in batch use
 
-    def score(self, txn: Transaction) -> dict[str, Any]:
+    def __post_init__(self) -> None:
+        # A decision keeps the payment's ENTITY_FIELDS so that feedback about it reaches the same
+        # entities later: an entity keyed on any other field would silently never get feedback.
+        spec = self.features.spec
+        unkept = sorted({f for fields in spec.entities.values() for f in fields} - set(ENTITY_FIELDS))
+        if unkept:
+            raise ValueError(
+                f"the feature spec keys entities on {unkept}, which a decision does not keep: key "
+                f"entities only on {list(ENTITY_FIELDS)}, or add the field to engine.vocabulary.ENTITY_FIELDS"
+            )
+
+    def score(self, txn: Transaction) -> Mapping[str, object]:
+        """The decision for a payment (a `Decision`): verdict, score, reasons, versions, degradation
+        and timings. Typed as a mapping for the API, which picks its answer's fields by name."""
+        return self.decide(txn)
+
+    def decide(self, txn: Transaction) -> Decision:
         """The decision for a payment: verdict, score, reasons, versions, degradation and timings."""
         started = time.perf_counter()
-        timings: dict[str, float] = {}
+        timings: Timings = {}
         payment = txn.model_dump()
         loaded = self.loaded  # one consistent snapshot even if a reload swaps it mid-request
 
@@ -119,7 +139,7 @@ class Scorer:
         verdict = outcome.verdict or self.fail_policy
         timings["rules_ms"] = _ms(t)
 
-        reasons: dict[str, Any] = {
+        reasons: Reasons = {
             "rules": [_fired(f) for f in outcome.fired],
             "shadow_rules": [_fired(f) for f in outcome.shadow_fired],
             "skipped_rules": list(outcome.skipped),
@@ -130,7 +150,7 @@ class Scorer:
         if degraded:
             reasons["fail_policy"] = self.fail_policy
 
-        decision: dict[str, Any] = {
+        decision: Decision = {
             "transaction_id": txn.transaction_id,
             "verdict": verdict,
             "score": score,
@@ -148,6 +168,7 @@ class Scorer:
                 n: (None if v != v else v)  # NaN (missing) is stored as null
                 for n, v in zip(self.features.feature_names, values.tolist(), strict=True)
             },
+            "timings": timings,  # total_ms is added below, log_ms once the decision is logged
         }
         if loaded.shadow is not None and _in_share(txn.transaction_id, self.shadow_share):
             decision["shadow"] = {
@@ -155,7 +176,6 @@ class Scorer:
                 "score": loaded.shadow.predict_one(values),
             }
         timings["total_ms"] = _ms(started)
-        decision["timings"] = timings
 
         t = time.perf_counter()
         earlier, logged = self._store(decision) if store else (None, True)
@@ -169,7 +189,7 @@ class Scorer:
             self.metrics.observe(decision, timings)
         return decision
 
-    def explain(self, decision: dict[str, Any]) -> list[dict[str, Any]]:
+    def explain(self, decision: Decision | JSONObject) -> list[ContributionRecord]:
         """The features that pushed a stored decision's score most, by the model that decided it.
 
         Empty when the decision had no score or was degraded; raises LookupError when the model
@@ -184,7 +204,10 @@ class Scorer:
         row = np.array(
             [np.nan if stored.get(n) is None else stored[n] for n in model.feature_names], dtype=float
         )
-        return [c.__dict__ for c in model.contributions(row)]
+        return [
+            {"feature": c.feature, "value": c.value, "contribution": c.contribution}
+            for c in model.contributions(row)
+        ]
 
     def _features(self, payment: dict[str, Any]) -> tuple[np.ndarray, bool, str | None]:
         if not self.breaker.open:
@@ -201,19 +224,19 @@ class Scorer:
             reason = "features: redis unavailable (circuit open)"
         return self.features.without_state(payment), False, reason
 
-    def _wait_for_stored(self, txid: str, started: float) -> dict[str, Any] | None:
+    def _wait_for_stored(self, txid: str, started: float) -> Decision | None:
         """The stored decision, polled for up to half the budget while the first request finishes."""
         deadline = started + self.budget_ms / 2000
         while True:
             try:
-                found = self.store.get(txid)
+                found = self.store.decision(txid)
             except (redis.RedisError, OSError):
                 return None
             if found is not None or time.perf_counter() >= deadline:
                 return found
             time.sleep(0.002)
 
-    def _store(self, decision: dict[str, Any]) -> tuple[dict[str, Any] | None, bool]:
+    def _store(self, decision: Decision) -> tuple[Decision | None, bool]:
         """(an earlier stored decision or None, whether the decision log holds this payment)."""
         if self.breaker.open:
             return None, False
@@ -230,8 +253,8 @@ def _ms(since: float) -> float:
     return round((time.perf_counter() - since) * 1000, 3)
 
 
-def _fired(f: Any) -> dict[str, Any]:
-    rule_id, action, reason = (f.rule_id, f.action, f.reason) if hasattr(f, "rule_id") else f
+def _fired(f: FiredRule) -> FiredRuleRecord:
+    rule_id, action, reason = f
     return {"rule": rule_id, "action": action, "reason": reason}
 
 

@@ -29,9 +29,9 @@ from engine.export import (
     ExportError,
     export,
 )
-from engine.pipeline import ENTITY_FIELDS
 from engine.redis_server import EmbeddedRedis
 from engine.settings import ROOT, Settings
+from engine.vocabulary import ENTITY_FIELDS
 from features.spec import load_spec
 
 PAN = "4111111111111111"
