@@ -1,5 +1,9 @@
 """History files: read and write payment histories in the canonical schema.
 
+Why one module of about 700 lines: every column's cleaning rule, its check and its error message
+(naming file, column, row and value) belong together, and the writer must round-trip exactly what
+the reader accepts; split by column kind, the parts would import each other.
+
 A history file is CSV (``.csv``), gzipped CSV (``.csv.gz``) or Parquet (``.parquet``) with one
 payment per row: the transaction columns of ``engine.schema`` plus, optionally, the history
 columns (label, bank outcome, refund, cancellation, each with the time it became known).

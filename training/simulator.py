@@ -1,5 +1,10 @@
 """Payment simulator: a realistic card-payment history with ground-truth fraud.
 
+Why one module of about 1,000 lines: the world (merchants, customers, cards, habits), the legitimate
+days and the five fraud patterns all read and extend one private world state, and each pattern is a
+short function next to the others it must not collide with; the presets live apart
+(``training.simulator_presets``).
+
 The simulated world has merchants (category with a real MCC, country and currency, a mix of
 channels, POS terminals) and customers with habits: an amount level and spread, a daily and a
 weekly rhythm, a home country, one to three usual devices and IP addresses, a few favourite
