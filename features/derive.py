@@ -172,24 +172,24 @@ class Deriver:
                         "max": ("max", m, c),
                     }[stat]
                     add(kind, f"{e}_{stat}_{w.label}", e, a, b)
-        for d in spec.distinct:
-            for w in d.windows:
-                add(
-                    "count",
-                    f"{d.entity}_distinct_{d.name}_{w.label}",
-                    d.entity,
-                    raw_name(d.entity, "distinct", d.field, w.label),
-                )
+        # features that are a raw count as it is: (feature, entity, raw aggregate)
+        counts = [
+            (
+                f"{d.entity}_distinct_{d.name}_{w.label}",
+                d.entity,
+                raw_name(d.entity, "distinct", d.field, w.label),
+            )
+            for d in spec.distinct
+            for w in d.windows
+        ] + [
+            (f"{f.entity}_{f.event}s_{w.label}", f.entity, raw_name(f.entity, "feedback", f.event, w.label))
+            for f in spec.feedback
+            for w in f.windows
+        ]
+        for feature, entity, raw in counts:
+            add("count", feature, entity, raw)
         for n in spec.novelty:
             add("flag", f"{n.entity}_{n.name}", n.entity, raw_name(n.entity, "novel", n.field))
-        for f in spec.feedback:
-            for w in f.windows:
-                add(
-                    "count",
-                    f"{f.entity}_{f.event}s_{w.label}",
-                    f.entity,
-                    raw_name(f.entity, "feedback", f.event, w.label),
-                )
         for r in spec.label_rate:
             e = r.entity
             for w in r.windows:
