@@ -114,6 +114,8 @@ def feedback_events(history: pd.DataFrame) -> dict[HistoryEvent, tuple[np.ndarra
             outcome = history.get("bank_outcome", pd.Series(pd.NA, index=history.index))
             selected &= (outcome.astype("string") == "declined").fillna(False).to_numpy(dtype=bool)
         elif event == "fraud":
+            if "label" not in history:
+                continue  # a label time without labels (an unlabelled history) is no fraud event
             selected &= (pd.to_numeric(history["label"], errors="coerce") == 1).to_numpy()
         rows = np.nonzero(selected)[0]
         events[event] = (rows, timestamps_ms(history[column].iloc[rows]))
