@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo serve test check lint typecheck bench reliability clean
+.PHONY: venv demo serve test check lint typecheck imports bench reliability clean
 
 $(STAMP): pyproject.toml
 	@echo "==> creating $(VENV) and installing antifraud with its test tools"
@@ -33,9 +33,14 @@ typecheck: venv
 	@echo "==> mypy"
 	$(BIN)/mypy
 
-check: lint typecheck
+# The layers of docs/architecture.md, as import-linter contracts (pyproject.toml).
+imports: venv
+	@echo "==> import-linter"
+	$(BIN)/lint-imports
 
-test: venv lint typecheck
+check: lint typecheck imports
+
+test: venv lint typecheck imports
 	@echo "==> pytest (real redis-server, real LightGBM)"
 	$(BIN)/pytest -q --ignore=tests/reliability
 
