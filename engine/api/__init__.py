@@ -37,9 +37,6 @@ __all__ = [
     "start_services",
 ]
 
-log = logging.getLogger("antifraud")
-
-
 def create_app(settings: Settings | None = None, client: redis.Redis | None = None) -> FastAPI:
     """The service: loads model and rules, connects to Redis (`settings.redis_url`)."""
     settings = settings or Settings()
