@@ -1,6 +1,6 @@
 """The verdict vocabulary: what the engine answers for a payment, and how a score falls into a band.
 
-One home for it, imported by the service (engine/api.py, engine/settings.py), the rule engine
+One home for it, imported by the service (engine/api/, engine/settings.py), the rule engine
 (engine/rules) and the training tools (training/scoring.py, training/backtest.py). It sits at the
 bottom of the import graph and imports nothing heavy at load time (engine.settings and the CLI
 import it), so numpy is only imported when :func:`band` runs.
