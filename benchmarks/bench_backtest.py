@@ -26,9 +26,9 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from training.backtest import backtest_rules, load_rules, replay_period
-from training.history import write_history
-from training.simulator import simulate
+from antifraud.training.backtest import backtest_rules, load_rules, replay_period
+from antifraud.training.history import write_history
+from antifraud.training.simulator import simulate
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -12,10 +12,10 @@ import timeit
 
 import numpy as np
 
-from features.derive import Deriver
-from features.payment import PAYMENT_FIELDS
-from features.plan import compile_plan
-from features.spec import load_spec
+from antifraud.features.derive import Deriver
+from antifraud.features.payment import PAYMENT_FIELDS
+from antifraud.features.plan import compile_plan
+from antifraud.features.spec import load_spec
 
 PAYMENT = {
     "amount": 12.5,

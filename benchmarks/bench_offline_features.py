@@ -9,8 +9,8 @@ import resource
 import sys
 import time
 
-from features.offline import OfflineFeatures
-from training.simulator import simulate
+from antifraud.features.offline import OfflineFeatures
+from antifraud.training.simulator import simulate
 
 
 def main() -> None:

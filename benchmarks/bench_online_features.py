@@ -19,10 +19,10 @@ from collections import defaultdict
 import numpy as np
 import redis
 
-from engine.redis_server import EmbeddedRedis
-from features.online import OnlineFeatures, to_ms
-from features.stream import payment_record
-from training.simulator import simulate
+from antifraud.engine.redis_server import EmbeddedRedis
+from antifraud.features.online import OnlineFeatures, to_ms
+from antifraud.features.stream import payment_record
+from antifraud.training.simulator import simulate
 
 MEASURED = 3000  # payments timed with one EVALSHA each
 BY_BLOCK = 1500  # later payments sent one EVALSHA per entity block

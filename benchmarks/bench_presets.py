@@ -21,10 +21,10 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from training.dataset import read_history
-from training.history import write_history
-from training.prequential import prequential
-from training.simulator import PRESET_NAMES, simulate
+from antifraud.training.dataset import read_history
+from antifraud.training.history import write_history
+from antifraud.training.prequential import prequential
+from antifraud.training.simulator import PRESET_NAMES, simulate
 
 AP, CP = "average_precision", "card_precision_at_100"
 

@@ -21,7 +21,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.rules import FieldType, ruleset_from_texts, transaction_field_types
+from antifraud.engine.rules import FieldType, ruleset_from_texts, transaction_field_types
 
 FEATURES = (
     "card_count_10m",

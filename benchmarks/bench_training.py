@@ -13,9 +13,9 @@ import time
 from datetime import date
 from pathlib import Path
 
-from training.history import write_history
-from training.simulator import simulate
-from training.train import train
+from antifraud.training.history import write_history
+from antifraud.training.simulator import simulate
+from antifraud.training.train import train
 
 
 def main() -> None:

@@ -46,8 +46,8 @@ A figure, not a test. Results are also written as JSON to reports/ (`--out` to c
 """
 
 # This file is the command line. The load generator, its CPU accounting and the figures of a cell
-# are in `engine.loadgen` (the reliability tests use them too), the service is started by
-# `engine.stack.ServiceStack`, and this benchmark's own steps are in `benchmarks/loadlib/` (found as
+# are in `antifraud.engine.loadgen` (the reliability tests use them too), the service is started by
+# `antifraud.engine.stack.ServiceStack`, and this benchmark's own steps are in `benchmarks/loadlib/` (found as
 # `loadlib` because Python puts this script's directory first on sys.path).
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ from loadlib.report import machine, report, write_results
 from loadlib.runs import matrix, self_test
 from loadlib.snapshot import snapshot
 
-from engine.loadgen.replay import load_replay
+from antifraud.engine.loadgen.replay import load_replay
 
 DEFAULT_RATES = (250, 500, 1000, 1500, 2000, 2500, 3000)
 

@@ -33,7 +33,7 @@ ColumnsOpt = Annotated[Path | None, typer.Option("--columns", help="YAML map: ca
 
 def _label_delay(text: str) -> timedelta:
     """A --label-delay such as 7d or 36h (features.spec durations: ms, s, m, h, d)."""
-    from features.spec import parse_duration
+    from antifraud.features.spec import parse_duration
 
     try:
         return timedelta(milliseconds=parse_duration(text))
@@ -92,9 +92,9 @@ def simulate(
     """Write a realistic simulated payment history with labelled fraud patterns."""
     from rich.progress import Progress
 
-    from training.history import write_history
-    from training.simulator import PRESET_NAMES
-    from training.simulator import simulate as run
+    from antifraud.training.history import write_history
+    from antifraud.training.simulator import PRESET_NAMES
+    from antifraud.training.simulator import simulate as run
 
     if preset not in PRESET_NAMES:
         raise _fail(f"unknown --preset {preset!r}: choose one of {', '.join(PRESET_NAMES)}")
@@ -121,8 +121,8 @@ def features(
     label_delay: LabelDelayOpt = None,
 ) -> None:
     """Compute every feature of the spec, point-in-time, for each payment of a history."""
-    from features.offline import OfflineFeatures
-    from training.history import HistoryError, load_column_map, load_history
+    from antifraud.features.offline import OfflineFeatures
+    from antifraud.training.history import HistoryError, load_column_map, load_history
 
     try:
         frame = load_history(history, load_column_map(columns) if columns else None, label_delay)
@@ -157,8 +157,8 @@ def train(
 ) -> None:
     """Train a LightGBM model on [train-start, train-end): trees chosen out of time, refitted on the
     whole period; prints the validation figures next to the logistic and rules-only baselines."""
-    from training.headline import print_headline
-    from training.train import run_training
+    from antifraud.training.headline import print_headline
+    from antifraud.training.train import run_training
 
     result = _run(
         run_training,
@@ -227,12 +227,12 @@ def evaluate(
     """Evaluate against the logistic and rules-only baselines: AUC, AP, card precision@100, recall at low
     FPR, the FPR reached, cost. `--protocol single` measures a trained model on a later period;
     `--protocol prequential` trains and tests rolling folds (train, gap, test) over the history."""
-    from training.headline import print_headline
+    from antifraud.training.headline import print_headline
 
     if protocol is EvalProtocol.prequential:
-        from training.config import load_config
-        from training.dataset import read_history
-        from training.prequential import prequential
+        from antifraud.training.config import load_config
+        from antifraud.training.dataset import read_history
+        from antifraud.training.prequential import prequential
 
         def run(progress: Progress) -> tuple[dict[str, object], Path]:
             rows = read_history(history, columns, require_label=True, label_delay=label_delay)
@@ -254,7 +254,7 @@ def evaluate(
 
         metrics, target = _run(run)
     else:
-        from training.evaluate import evaluate as run_single
+        from antifraud.training.evaluate import evaluate as run_single
 
         if model is None or start is None or end is None:
             raise _fail("--protocol single needs --model, --start and --end (or use --protocol prequential)")
@@ -293,7 +293,7 @@ def score_history(
 ) -> None:
     """Score every payment of a period with point-in-time features (the history is read as the
     model's was: its recorded --columns and --label-delay unless given)."""
-    from training.scoring import score_history as run
+    from antifraud.training.scoring import score_history as run
 
     frame = _run(
         run,
@@ -314,8 +314,8 @@ def score_history(
 @rules_app.command("check")
 def rules_check(directory: Annotated[Path, typer.Argument(help="Rule set directory")]) -> None:
     """Validate a rule set and list every error (exit 1 when there is one)."""
-    from engine.rules import rule_names, run_check
-    from features.spec import load_spec
+    from antifraud.engine.rules import rule_names, run_check
+    from antifraud.features.spec import load_spec
 
     raise typer.Exit(run_check(directory, rule_names(load_spec().feature_names), Console()))
 
@@ -337,7 +337,8 @@ def backtest(
     """Replay a period with point-in-time features: what a rule set would have done, per rule."""
     import json
 
-    from training.backtest import print_report, run_backtest
+    from antifraud.training.backtest import run_backtest
+    from antifraud.training.backtest_report import print_report
 
     result = _run(
         run_backtest,
@@ -363,7 +364,7 @@ def keys_new(
     file: Annotated[Path, typer.Option(help="Keys file (YAML of name, sha256, role)")],
 ) -> None:
     """Create an API key: prints it once and stores only its SHA-256."""
-    from engine.auth import KeyFileError, new_key
+    from antifraud.engine.auth import KeyFileError, new_key
 
     try:
         key = new_key(file, name, role)  # type: ignore[arg-type]
@@ -389,7 +390,7 @@ def serve(
     api_keys: Annotated[Path | None, typer.Option("--api-keys", envvar="ANTIFRAUD_API_KEYS")] = None,
 ) -> None:
     """Run the scoring service (FastAPI on uvicorn) until stopped."""
-    from engine.service import run_service
+    from antifraud.engine.service import run_service
 
     run_service(
         host=host,
@@ -411,7 +412,7 @@ def demo(
     limit: Annotated[int | None, typer.Option(help="Replay at most this many payments")] = None,
 ) -> None:
     """Start the service on an embedded Redis, replay one sample day over HTTP, print a summary."""
-    from engine.demo import run_demo
+    from antifraud.engine.demo import run_demo
 
     sys.exit(run_demo(day=day, limit=limit, console=console))
 
@@ -422,7 +423,7 @@ def export_decisions(
     redis_url: Annotated[str, typer.Option("--redis", envvar="ANTIFRAUD_REDIS_URL")] = "",
 ) -> None:
     """Write the decision log joined with its feedback as Parquet, for notebooks."""
-    from engine.export import ExportError, export
+    from antifraud.engine.export import ExportError, export
 
     if not redis_url:
         raise _fail("pass --redis URL (or ANTIFRAUD_REDIS_URL)")

@@ -1,7 +1,8 @@
 """The decision record: what the engine decided about a payment, as it is logged and answered.
 
-`engine.pipeline.Scorer` builds it, `engine.decisions.DecisionStore` logs it (JSON), `engine.metrics`
-counts it and `engine.export` writes it to Parquet: each reads the keys declared here. The JSON
+`antifraud.engine.pipeline.Scorer` builds it, `antifraud.engine.decisions.DecisionStore` logs it (JSON),
+`antifraud.engine.metrics`
+counts it and `antifraud.engine.export` writes it to Parquet: each reads the keys declared here. The JSON
 shape is the TypedDicts' own (key for key); NaN features are stored as null.
 
 Low in the import graph: it imports only the vocabularies (engine.verdicts, engine.vocabulary), so
@@ -12,8 +13,8 @@ from __future__ import annotations
 
 from typing import Any, Literal, NotRequired, TypeAlias, TypedDict
 
-from engine.verdicts import Verdict
-from engine.vocabulary import FeedbackKind, Label, Outcome
+from antifraud.engine.verdicts import Verdict
+from antifraud.engine.vocabulary import FeedbackKind, Label, Outcome
 
 
 class FiredRuleRecord(TypedDict):

@@ -16,7 +16,7 @@ from typing import cast
 import orjson
 import redis
 
-from engine.decision_record import Decision, FeedbackRecord, JSONObject
+from antifraud.engine.decision_record import Decision, FeedbackRecord, JSONObject
 
 # Store a decision unless one exists for the transaction (a concurrent retry won the race);
 # only the stored decision enters the stream, so the log has each payment once.

@@ -25,12 +25,12 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from engine.settings import ROOT
-from engine.stack import ServiceStack
-from engine.verdicts import VERDICTS
-from engine.vocabulary import FEEDBACK_OF_HISTORY_EVENT, HistoryEvent
-from features.online import OnlineFeatures
-from features.stream import payment_record, stream
+from antifraud.engine.settings import ROOT
+from antifraud.engine.stack import ServiceStack
+from antifraud.engine.verdicts import VERDICTS
+from antifraud.engine.vocabulary import FEEDBACK_OF_HISTORY_EVENT, HistoryEvent
+from antifraud.features.online import OnlineFeatures
+from antifraud.features.stream import payment_record, stream
 
 SAMPLE = ROOT / "data" / "sample" / "history.parquet"
 MODEL = ROOT / "models" / "default"
@@ -40,8 +40,8 @@ TRAIN_DAYS = 42  # the model is trained on the first six weeks; later days are u
 
 def ensure_sample(console: Console) -> pd.DataFrame:
     """The committed sample, re-simulated with its fixed seed if it is missing."""
-    from training.history import load_history, write_history
-    from training.simulator import simulate
+    from antifraud.training.history import load_history, write_history
+    from antifraud.training.simulator import simulate
 
     if not SAMPLE.exists():
         console.print(f"no sample at {SAMPLE}: simulating it ({SAMPLE_ARGS})")
@@ -52,7 +52,7 @@ def ensure_sample(console: Console) -> pd.DataFrame:
 
 def ensure_model(history: pd.DataFrame, console: Console) -> None:
     """The default model, trained on the sample's first weeks if it is missing."""
-    from training.train import train
+    from antifraud.training.train import train
 
     if (MODEL / "model.txt").exists():
         return
@@ -143,7 +143,7 @@ def _replay(
 
 
 def _transaction_body(record: dict[str, object]) -> dict[str, object]:
-    from engine.schema import TRANSACTION_COLUMNS
+    from antifraud.engine.schema import TRANSACTION_COLUMNS
 
     body = {k: record.get(k) for k in TRANSACTION_COLUMNS if record.get(k) is not None}
     body["timestamp"] = pd.Timestamp(record["timestamp"]).isoformat()  # type: ignore[arg-type]

@@ -45,10 +45,10 @@ import redis
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from engine.decision_record import Decision, FeedbackRecord
-from engine.decisions import DecisionStore
-from engine.joins import SEQ, InOrder, Partitions, join_partitions
-from engine.vocabulary import ENTITY_FIELDS, FRAUD_LABELS
+from antifraud.engine.decision_record import Decision, FeedbackRecord
+from antifraud.engine.decisions import DecisionStore
+from antifraud.engine.joins import SEQ, InOrder, Partitions, join_partitions
+from antifraud.engine.vocabulary import ENTITY_FIELDS, FRAUD_LABELS
 
 DECISIONS_FILE = "decisions.parquet"
 FEEDBACK_FILE = "feedback.parquet"

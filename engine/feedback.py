@@ -26,8 +26,8 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError
 
-from engine.schema import Identifier, _utc
-from engine.vocabulary import (
+from antifraud.engine.schema import Identifier, _utc
+from antifraud.engine.vocabulary import (
     HISTORY_EVENT_OF_FEEDBACK,
     LABELS,
     OUTCOMES,

@@ -1,6 +1,6 @@
 """Live reloading of what the scorer serves: model, shadow model, rule set.
 
-The first load is `engine.services.build_services`; this module only swaps. A reload builds the new
+The first load is `antifraud.engine.services.build_services`; this module only swaps. A reload builds the new
 object completely before swapping one reference, so a request in flight keeps the snapshot it
 started with and no request ever sees half a reload. Anything that fails to load is refused with
 its errors and the previous version keeps serving. Every worker polls the files once a second and
@@ -17,10 +17,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from engine.model import ModelError, ModelRuntime
-from engine.pipeline import Scorer
-from engine.rules import RuleSetError, load_ruleset, rule_names
-from engine.settings import Settings
+from antifraud.engine.model import ModelError, ModelRuntime
+from antifraud.engine.pipeline import Scorer
+from antifraud.engine.rules import RuleSetError, load_ruleset, rule_names
+from antifraud.engine.settings import Settings
 
 log = logging.getLogger("antifraud.loader")
 

@@ -6,7 +6,7 @@ import os
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
 
-from engine.decision_record import Decision, Timings
+from antifraud.engine.decision_record import Decision, Timings
 
 STAGE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from lightgbm.basic import _LIB, _safe_call
 
-from engine.model_dir import MODEL_FILE, ModelError, feature_mismatch, read_model_dir
+from antifraud.engine.model_dir import MODEL_FILE, ModelError, feature_mismatch, read_model_dir
 
 __all__ = ["Contribution", "ModelError", "ModelRuntime"]
 

@@ -19,17 +19,24 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import redis
 
-from engine.decision_record import ContributionRecord, Decision, FiredRuleRecord, JSONObject, Reasons, Timings
-from engine.decisions import DecisionStore
-from engine.model import ModelRuntime
-from engine.rules import FiredRule, RuleSet
-from engine.schema import Transaction
-from engine.settings import FailPolicy
-from engine.vocabulary import ENTITY_FIELDS
-from features.online import OnlineFeatures
+from antifraud.engine.decision_record import (
+    ContributionRecord,
+    Decision,
+    FiredRuleRecord,
+    JSONObject,
+    Reasons,
+    Timings,
+)
+from antifraud.engine.decisions import DecisionStore
+from antifraud.engine.model import ModelRuntime
+from antifraud.engine.rules import FiredRule, RuleSet
+from antifraud.engine.schema import Transaction
+from antifraud.engine.settings import FailPolicy
+from antifraud.engine.vocabulary import ENTITY_FIELDS
+from antifraud.features.online import OnlineFeatures
 
 if TYPE_CHECKING:  # prometheus_client is the service's, not a batch user's, to import
-    from engine.metrics import Metrics
+    from antifraud.engine.metrics import Metrics
 
 
 class RedisBreaker:

@@ -10,9 +10,9 @@ from pathlib import Path
 import uvicorn
 from rich.console import Console
 
-from engine.redis_server import EmbeddedRedis
-from engine.settings import ROOT
-from engine.workers import APP, serve_workers
+from antifraud.engine.redis_server import EmbeddedRedis
+from antifraud.engine.settings import ROOT
+from antifraud.engine.workers import APP, serve_workers
 
 
 def run_service(

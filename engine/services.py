@@ -13,14 +13,14 @@ from pathlib import Path
 
 import redis
 
-from engine.decisions import DecisionStore
-from engine.loader import Reloader
-from engine.metrics import Metrics
-from engine.model import ModelError, ModelRuntime
-from engine.pipeline import Loaded, Scorer
-from engine.rules import load_ruleset, rule_names
-from engine.settings import Settings
-from features.online import OnlineFeatures
+from antifraud.engine.decisions import DecisionStore
+from antifraud.engine.loader import Reloader
+from antifraud.engine.metrics import Metrics
+from antifraud.engine.model import ModelError, ModelRuntime
+from antifraud.engine.pipeline import Loaded, Scorer
+from antifraud.engine.rules import load_rules
+from antifraud.engine.settings import Settings
+from antifraud.features.online import OnlineFeatures
 
 # the logger start-up model errors were always reported under, which log filters may name
 log = logging.getLogger("antifraud.loader")
@@ -65,7 +65,7 @@ def build_services(
     client = client if client is not None else connect_redis(settings)
     metrics = metrics if metrics is not None else Metrics()
     features = OnlineFeatures(client, namespace=settings.namespace)
-    rules = load_ruleset(settings.rules_dir, rule_names(features.feature_names))
+    rules = load_rules(settings.rules_dir, features.feature_names)
     model = load_model_or_none(settings.model_dir, features.feature_names)
     shadow = (
         load_model_or_none(settings.shadow_model_dir, features.feature_names)

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.verdicts import VERDICTS, Verdict
+from antifraud.engine.verdicts import VERDICTS, Verdict
 
 FailPolicy = Verdict  # what stands in for the score bands when a signal is missing (engine/pipeline.py)
 ROOT = Path(__file__).resolve().parent.parent

@@ -37,9 +37,9 @@ from typing import Literal
 
 import redis
 
-from engine.auth import Role, new_key
-from engine.redis_server import EmbeddedRedis
-from engine.settings import ROOT
+from antifraud.engine.auth import Role, new_key
+from antifraud.engine.redis_server import EmbeddedRedis
+from antifraud.engine.settings import ROOT
 
 # Where the server's stdout and stderr go:
 #   "inherit": this process's own (the demo prints them on the console);
@@ -181,7 +181,7 @@ class ServiceStack:
 
     def command(self) -> list[str]:
         """The `antifraud serve` command line."""
-        command = [sys.executable, "-m", "engine.cli", "serve", "--host", "127.0.0.1"]
+        command = [sys.executable, "-m", "antifraud.engine.cli", "serve", "--host", "127.0.0.1"]
         command += ["--port", str(self.port), "--redis", self.redis_url, "--workers", str(self.workers)]
         if self.model_dir is not None:
             command += ["--model", str(self.model_dir)]

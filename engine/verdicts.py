@@ -31,7 +31,7 @@ def band(
     2 (block) at score >= block, else 1 (review) at score >= review, else 0 (allow). The
     thresholds are one number each or one per score (per-merchant bands). A NaN score is in no
     band and gets 0: callers that treat a missing score otherwise overwrite those rows.
-    ``engine.rules.ScoreBands.verdict`` is the same rule for one payment, on the service's hot path.
+    ``antifraud.engine.rules.ScoreBands.verdict`` is the same rule for one payment, on the service's hot path.
     """
     import numpy as np  # on use: see the module docstring
 

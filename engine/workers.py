@@ -24,7 +24,7 @@ import uvicorn
 
 log = logging.getLogger("antifraud.workers")
 
-APP = "engine.api:app_from_env"
+APP = "antifraud.engine.api:app_from_env"
 STARTUP_FAILURE = 3  # the exit code of a worker whose app did not start
 
 

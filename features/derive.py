@@ -1,7 +1,7 @@
 """Turn raw aggregates into features: the one piece of arithmetic both executors share.
 
 `Deriver.transform` takes a matrix of raw aggregates (one row per payment, columns laid out by
-`features.plan`) and the payment columns, and returns the feature matrix in `spec.feature_names`
+`antifraud.features.plan`) and the payment columns, and returns the feature matrix in `spec.feature_names`
 order. The offline executor calls it with millions of rows: features are computed a kind at a time
 (all counts, all means, ...) so that the cost is a few numpy calls per kind. `Deriver.transform_one`
 computes the same values for one payment in plain Python (numpy's per-call overhead would dominate
@@ -19,8 +19,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from features.payment import amount_one, payment_feature_one, payment_matrix
-from features.plan import Plan, raw_name, velocity_names
+from antifraud.features.payment import amount_one, payment_feature_one, payment_matrix
+from antifraud.features.plan import Plan, raw_name, velocity_names
 
 NAN = float("nan")
 INF = float("inf")

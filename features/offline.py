@@ -15,11 +15,11 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from engine.vocabulary import EVENT_TIME_COLUMNS, FEATURE_EVENT, FeatureEvent, HistoryEvent
-from features.derive import Deriver
-from features.payment import PAYMENT_FIELDS
-from features.plan import EntityPlan, Plan, compile_plan, raw_name
-from features.spec import FeatureSpec, Window, load_spec
+from antifraud.engine.vocabulary import EVENT_TIME_COLUMNS, FEATURE_EVENT, FeatureEvent, HistoryEvent
+from antifraud.features.derive import Deriver
+from antifraud.features.payment import PAYMENT_FIELDS
+from antifraud.features.plan import EntityPlan, Plan, compile_plan, raw_name
+from antifraud.features.spec import FeatureSpec, Window, load_spec
 
 Progress = Callable[[str], None]
 

@@ -19,10 +19,10 @@ import redis
 from redis.cluster import RedisCluster
 from redis.crc import key_slot
 
-from engine.vocabulary import FEATURE_EVENT, FeatureEvent
-from features.derive import Deriver
-from features.plan import EntityPlan, Plan, compile_plan, feedback_retention_ms, raw_name
-from features.spec import FeatureSpec, load_spec
+from antifraud.engine.vocabulary import FEATURE_EVENT, FeatureEvent
+from antifraud.features.derive import Deriver
+from antifraud.features.plan import EntityPlan, Plan, compile_plan, feedback_retention_ms, raw_name
+from antifraud.features.spec import FeatureSpec, load_spec
 
 LUA = Path(__file__).with_name("score.lua").read_text()
 # by any name: OnlineFeatures.feedback takes the event as text (from the API or a history's stream)
@@ -215,7 +215,7 @@ class OnlineFeatures:
         script as for a live payment, in order, but nothing waits for each answer. Returns the
         number of events recorded.
         """
-        from features.stream import payment_record, stream
+        from antifraud.features.stream import payment_record, stream
 
         pipe = self.client.pipeline(transaction=False)
         count = 0

@@ -1,7 +1,7 @@
 """Compile the feature spec into per-entity plans and the layout of raw aggregates.
 
 Both executors produce the same *raw aggregates* (counts, sums in milli-units, maxima, distinct
-counts, first/last times) in the column order fixed here; `features.derive` then turns them into
+counts, first/last times) in the column order fixed here; `antifraud.features.derive` then turns them into
 features with one shared piece of code. Parity therefore only has to hold on the aggregates, and
 they are integers wherever possible so that it holds exactly.
 """
@@ -12,8 +12,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
-from engine.vocabulary import FeatureEvent
-from features.spec import FeatureSpec, Window
+from antifraud.engine.vocabulary import FeatureEvent
+from antifraud.features.spec import FeatureSpec, Window
 
 # The grammar of raw aggregate names, said once: `<entity>:<kind>[:<part>...]`, e.g. `card:count:1h`,
 # `card:distinct:device_id:24h`, `card:feedback:fraud:30d`. Both executors and the deriver name

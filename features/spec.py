@@ -1,6 +1,7 @@
 """Load the declarative feature spec (features/spec.yaml) into typed definitions.
 
-The spec says *what* each feature means; `features.online` and `features.offline` decide *how*
+The spec says *what* each feature means; `antifraud.features.online` and `antifraud.features.offline`
+decide *how*
 to compute it from Redis or from a history file. Both read the `FeatureSpec` built here, so a
 feature exists in training exactly when it exists in serving.
 """
@@ -18,8 +19,8 @@ from typing import Any, Literal
 
 import yaml
 
-from engine.vocabulary import FEATURE_EVENTS, FeatureEvent
-from features.spec_shape import ListOf, MapOf, Record, Scalar, SpecError, check_shape, key_line
+from antifraud.engine.vocabulary import FEATURE_EVENTS, FeatureEvent
+from antifraud.features.spec_shape import ListOf, MapOf, Record, Scalar, SpecError, check_shape, key_line
 
 __all__ = ["FeatureSpec", "SpecError", "Window", "load_spec", "parse_duration"]
 

@@ -1,6 +1,6 @@
 """The shape of a YAML document, checked node by node so that every error names its line.
 
-`features.spec` declares the feature spec's shape with these few types and calls `check_shape`
+`antifraud.features.spec` declares the feature spec's shape with these few types and calls `check_shape`
 before building anything: unknown keys, missing keys and values of the wrong type are refused with
 the file, the line, the key and, for a misspelling, the key that was probably meant.
 """

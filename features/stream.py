@@ -13,14 +13,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from engine.vocabulary import HISTORY_EVENTS
-from features.offline import feedback_events, timestamps_ms
+from antifraud.engine.vocabulary import HISTORY_EVENTS
+from antifraud.features.offline import feedback_events, timestamps_ms
 
 
 def stream(history: pd.DataFrame) -> Iterator[tuple[str, int, int]]:
     """Yield (event, row, time_ms): event is 'payment' or a feedback event (`HistoryEvent`).
 
-    The feedback events are `features.offline.feedback_events`: the offline executor reads the same.
+    The feedback events are `antifraud.features.offline.feedback_events`: the offline executor reads the same.
     """
     found = feedback_events(history)
     kinds, rows, times = (

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 import redis
 
-from engine.redis_server import EmbeddedRedis
-from training.history import write_history
+from antifraud.engine.redis_server import EmbeddedRedis
+from antifraud.training.history import write_history
 
 
 @pytest.fixture(scope="session")

@@ -13,12 +13,12 @@ import redis
 from fastapi.testclient import TestClient
 from payloads import score_request
 
-from engine.api import create_app
-from engine.auth import new_key
-from engine.redis_server import EmbeddedRedis
-from engine.settings import ROOT, Settings
-from features.offline import OfflineFeatures
-from training.simulator import simulate
+from antifraud.engine.api import create_app
+from antifraud.engine.auth import new_key
+from antifraud.engine.redis_server import EmbeddedRedis
+from antifraud.engine.settings import ROOT, Settings
+from antifraud.features.offline import OfflineFeatures
+from antifraud.training.simulator import simulate
 
 
 @pytest.fixture(scope="module")

@@ -19,25 +19,25 @@ import pandas as pd
 import pytest
 from rich.console import Console
 
-from engine.pipeline import _rule_env
-from engine.schema import TRANSACTION_COLUMNS, Transaction
-from features.offline import OfflineFeatures
-from features.spec import load_spec
-from training.backtest import (
+from antifraud.engine.pipeline import _rule_env
+from antifraud.engine.schema import TRANSACTION_COLUMNS, Transaction
+from antifraud.features.offline import OfflineFeatures
+from antifraud.features.spec import load_spec
+from antifraud.training.backtest import (
     EXAMPLES,
     BacktestError,
     BacktestResult,
     Replay,
     backtest_rules,
     load_rules,
-    print_report,
     replay_period,
     run_backtest,
 )
-from training.history import write_history
-from training.metrics import expected_cost
-from training.model_artifact import ModelArtifact
-from training.simulator import simulate
+from antifraud.training.backtest_report import print_report
+from antifraud.training.history import write_history
+from antifraud.training.metrics import expected_cost
+from antifraud.training.model_artifact import ModelArtifact
+from antifraud.training.simulator import simulate
 
 START, END = date(2026, 1, 13), date(2026, 1, 21)  # the simulated history covers 2026-01-01..20
 VERDICTS = ("allow", "review", "block")

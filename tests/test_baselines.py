@@ -12,10 +12,10 @@ import pytest
 from rich.console import Console
 from sklearn.metrics import roc_auc_score
 
-from training.baselines import LOG1P_FEATURES, LOGISTIC_FEATURES, LogisticBaseline
-from training.config import TrainingError
-from training.headline import headline_table, print_headline
-from training.metrics import model_vs_logistic, realised_fpr, threshold_at_fpr
+from antifraud.training.baselines import LOG1P_FEATURES, LOGISTIC_FEATURES, LogisticBaseline
+from antifraud.training.config import TrainingError
+from antifraud.training.headline import headline_table, print_headline
+from antifraud.training.metrics import model_vs_logistic, realised_fpr, threshold_at_fpr
 
 
 def frame(n: int = 3000, seed: int = 3) -> tuple[pd.DataFrame, np.ndarray]:

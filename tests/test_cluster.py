@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 from redis.cluster import ClusterNode, RedisCluster
 
-from engine.redis_server import LocalCluster
-from features.offline import OfflineFeatures
-from features.online import OnlineFeatures
-from features.stream import payment_record, stream
-from training.simulator import simulate
+from antifraud.engine.redis_server import LocalCluster
+from antifraud.features.offline import OfflineFeatures
+from antifraud.features.online import OnlineFeatures
+from antifraud.features.stream import payment_record, stream
+from antifraud.training.simulator import simulate
 
 
 def test_online_features_on_redis_cluster_equal_offline() -> None:

@@ -19,13 +19,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from features.derive import Deriver
-from features.offline import OfflineFeatures, timestamps_ms
-from features.payment import PAYMENT_FIELDS
-from features.plan import compile_plan
-from features.spec import load_spec
-from features.stream import payment_record
-from training.history import load_history
+from antifraud.features.derive import Deriver
+from antifraud.features.offline import OfflineFeatures, timestamps_ms
+from antifraud.features.payment import PAYMENT_FIELDS
+from antifraud.features.plan import compile_plan
+from antifraud.features.spec import load_spec
+from antifraud.features.stream import payment_record
+from antifraud.training.history import load_history
 
 NAN = float("nan")
 INF = float("inf")

@@ -18,10 +18,10 @@ from fastapi.testclient import TestClient
 from payloads import T0, score_request
 from typer.testing import CliRunner
 
-from engine import cli
-from engine.api import create_app
-from engine.decisions import DecisionStore
-from engine.export import (
+from antifraud.engine import cli
+from antifraud.engine.api import create_app
+from antifraud.engine.decisions import DecisionStore
+from antifraud.engine.export import (
     DECISIONS_FILE,
     FEEDBACK_FILE,
     JOINED_FILE,
@@ -29,10 +29,10 @@ from engine.export import (
     ExportError,
     export,
 )
-from engine.redis_server import EmbeddedRedis
-from engine.settings import ROOT, Settings
-from engine.vocabulary import ENTITY_FIELDS
-from features.spec import load_spec
+from antifraud.engine.redis_server import EmbeddedRedis
+from antifraud.engine.settings import ROOT, Settings
+from antifraud.engine.vocabulary import ENTITY_FIELDS
+from antifraud.features.spec import load_spec
 
 PAN = "4111111111111111"
 

@@ -13,11 +13,11 @@ import pandas as pd
 import pytest
 import redis
 
-from features.offline import OfflineFeatures
-from features.online import OnlineFeatures
-from features.spec import Distinct, FeatureSpec, Novelty, _windows, load_spec
-from features.stream import payment_record, stream
-from training.simulator import simulate
+from antifraud.features.offline import OfflineFeatures
+from antifraud.features.online import OnlineFeatures
+from antifraud.features.spec import Distinct, FeatureSpec, Novelty, _windows, load_spec
+from antifraud.features.stream import payment_record, stream
+from antifraud.training.simulator import simulate
 
 
 @pytest.fixture(scope="module")

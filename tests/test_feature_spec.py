@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from features.spec import DEFAULT_SPEC_PATH, SpecError, load_spec
+from antifraud.features.spec import DEFAULT_SPEC_PATH, SpecError, load_spec
 
 BASE = DEFAULT_SPEC_PATH.read_text()
 

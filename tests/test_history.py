@@ -13,15 +13,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.schema import HISTORY_COLUMNS, PAN_SECRET_ENV, TRANSACTION_COLUMNS
-from training.history import (
+from antifraud.engine.schema import HISTORY_COLUMNS, PAN_SECRET_ENV, TRANSACTION_COLUMNS
+from antifraud.training.history import (
     DEFAULT_LABEL_DELAY,
     HistoryError,
     load_column_map,
     load_history,
     write_history,
 )
-from training.simulator import simulate
+from antifraud.training.simulator import simulate
 
 MINIMAL_HEADER = "transaction_id,timestamp,card_id,merchant_id,amount"
 

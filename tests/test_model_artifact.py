@@ -13,9 +13,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.spec import DEFAULT_SPEC_PATH, load_spec
-from training.baselines import LogisticBaseline
-from training.model_artifact import ArtifactError, ModelArtifact, feature_mismatch
+from antifraud.features.spec import DEFAULT_SPEC_PATH, load_spec
+from antifraud.training.baselines import LogisticBaseline
+from antifraud.training.model_artifact import ArtifactError, ModelArtifact, feature_mismatch
 
 
 def _booster(names: list[str], seed: int = 0) -> lgb.Booster:

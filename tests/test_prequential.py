@@ -13,10 +13,10 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from engine import cli
-from training.config import TrainConfig, TrainingError
-from training.dataset import Dataset, read_history
-from training.prequential import (
+from antifraud.engine import cli
+from antifraud.training.config import TrainConfig, TrainingError
+from antifraud.training.dataset import Dataset, read_history
+from antifraud.training.prequential import (
     Fold,
     as_known_at,
     default_gap,
@@ -27,7 +27,7 @@ from training.prequential import (
     merge_warnings,
     prequential,
 )
-from training.simulator import simulate
+from antifraud.training.simulator import simulate
 
 FIRST, END = date(2026, 1, 1), date(2026, 3, 2)
 

@@ -12,13 +12,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.rules.errors import ExpressionError
-from engine.rules.expression import compile_expression
-from engine.rules.functions import FUNCTIONS
-from engine.rules.nodes import FieldType
-from engine.rules.parser import MAX_DEPTH
-from engine.rules.scalar import round_number
-from engine.rules.vectorized import evaluate_frame, evaluate_values
+from antifraud.engine.rules.errors import ExpressionError
+from antifraud.engine.rules.expression import compile_expression
+from antifraud.engine.rules.functions import FUNCTIONS
+from antifraud.engine.rules.nodes import FieldType
+from antifraud.engine.rules.parser import MAX_DEPTH
+from antifraud.engine.rules.scalar import round_number
+from antifraud.engine.rules.vectorized import evaluate_frame, evaluate_values
 
 NAMES: dict[str, FieldType] = {
     "amount": "number",

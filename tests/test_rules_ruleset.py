@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from rich.console import Console
 
-from engine.rules import (
+from antifraud.engine.rules import (
     FieldType,
     FiredRule,
     RuleError,

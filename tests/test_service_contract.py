@@ -36,15 +36,15 @@ from payloads import T0
 from payloads import score_request as payment
 from prometheus_client.parser import text_string_to_metric_families
 
-from engine.api import ScoreResponse, create_app
-from engine.auth import new_key
-from engine.decisions import DecisionStore
-from engine.export import DECISIONS_FILE, FEEDBACK_FILE, JOINED_FILE, export
-from engine.redis_server import EmbeddedRedis
-from engine.schema import Transaction
-from engine.settings import ROOT, Settings
-from engine.workers import check_port_free, serve_workers
-from features.spec import load_spec
+from antifraud.engine.api import ScoreResponse, create_app
+from antifraud.engine.auth import new_key
+from antifraud.engine.decisions import DecisionStore
+from antifraud.engine.export import DECISIONS_FILE, FEEDBACK_FILE, JOINED_FILE, export
+from antifraud.engine.redis_server import EmbeddedRedis
+from antifraud.engine.schema import Transaction
+from antifraud.engine.settings import ROOT, Settings
+from antifraud.engine.workers import check_port_free, serve_workers
+from antifraud.features.spec import load_spec
 
 PAN = "4539148803436467"  # a Luhn-valid test card number, digits varied enough not to occur by chance
 PAN_SECRET = "test-secret-0123456789"
@@ -241,7 +241,7 @@ def start_service(directory: Path, redis_url: str, model: Path, workers: int) ->
         "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
     }
     log = directory / "service.log"
-    args = [sys.executable, "-m", "engine.cli", "serve", "--port", str(port), "--redis", redis_url]
+    args = [sys.executable, "-m", "antifraud.engine.cli", "serve", "--port", str(port), "--redis", redis_url]
     args += ["--workers", str(workers), "--model", str(model_dir), "--rules", str(rules_dir)]
     args += ["--api-keys", str(keys_file)]
     with log.open("wb") as sink:

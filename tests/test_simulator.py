@@ -11,11 +11,11 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from engine import cli
-from engine.schema import HISTORY_COLUMNS, TRANSACTION_COLUMNS, Transaction
-from training.history import load_history, write_history
-from training.simulator import FRAUD_PATTERNS, PRESET_NAMES, simulate
-from training.simulator_presets import LARGE_AMOUNT, MINIMAL_COLUMNS, PRESETS
+from antifraud.engine import cli
+from antifraud.engine.schema import HISTORY_COLUMNS, TRANSACTION_COLUMNS, Transaction
+from antifraud.training.history import load_history, write_history
+from antifraud.training.simulator import FRAUD_PATTERNS, PRESET_NAMES, simulate
+from antifraud.training.simulator_presets import LARGE_AMOUNT, MINIMAL_COLUMNS, PRESETS
 
 SAMPLE = Path(__file__).resolve().parent.parent / "data" / "sample" / "history.parquet"
 

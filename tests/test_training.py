@@ -17,18 +17,18 @@ from hypothesis import strategies as st
 from rich.console import Console
 from rich.progress import Progress
 
-from features.spec import load_spec
-from training.baselines import BASELINE_RULES, baseline_scores
-from training.checks import data_warnings
-from training.config import ConfigError, TrainConfig, TrainingError, load_config
-from training.dataset import build_dataset, compute_features, read_history, utc_midnight
-from training.evaluate import evaluate
-from training.history import HistoryError, write_history
-from training.metrics import card_precision_at_k, expected_cost, recall_at_fpr, threshold_at_fpr
-from training.model_artifact import ModelArtifact
-from training.scoring import score_history, verdicts
-from training.simulator import simulate
-from training.train import (
+from antifraud.features.spec import load_spec
+from antifraud.training.baselines import BASELINE_RULES, baseline_scores
+from antifraud.training.checks import data_warnings
+from antifraud.training.config import ConfigError, TrainConfig, TrainingError, load_config
+from antifraud.training.dataset import build_dataset, compute_features, read_history, utc_midnight
+from antifraud.training.evaluate import evaluate
+from antifraud.training.history import HistoryError, write_history
+from antifraud.training.metrics import card_precision_at_k, expected_cost, recall_at_fpr, threshold_at_fpr
+from antifraud.training.model_artifact import ModelArtifact
+from antifraud.training.scoring import score_history, verdicts
+from antifraud.training.simulator import simulate
+from antifraud.training.train import (
     FittedModel,
     check_out_dir,
     fit_model,
@@ -465,7 +465,7 @@ def test_cli_train_refuses_a_model_directory_unless_forced(
 ) -> None:
     from typer.testing import CliRunner
 
-    from engine import cli
+    from antifraud.engine import cli
 
     out = tmp_path / "default"
     out.mkdir()

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from training.config import TrainingError
+from antifraud.training.config import TrainingError
 
 # ------------------------------------------------------------------------------------ rules-only
 

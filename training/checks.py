@@ -50,7 +50,7 @@ def data_warnings(
     """Warnings about training on [train_start, train_end) of a history, as plain sentences.
 
     `rows` is the history as read (at least every payment before `train_end`; its `attrs` say
-    whether `label_time` was defaulted, see `training.dataset.read_history`), `features` the
+    whether `label_time` was defaulted, see `antifraud.training.dataset.read_history`), `features` the
     features of the training payments. An empty list means nothing looks wrong.
     """
     label_delay = pd.Timedelta(label_delay)

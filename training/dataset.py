@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING, TypeAlias
 import numpy as np
 import pandas as pd
 
-from features.offline import OfflineFeatures
-from features.spec import FeatureSpec, load_spec
-from training.config import TrainingError
-from training.history import load_column_map, load_history
+from antifraud.features.offline import OfflineFeatures
+from antifraud.features.spec import FeatureSpec, load_spec
+from antifraud.training.config import TrainingError
+from antifraud.training.history import load_column_map, load_history
 
 if TYPE_CHECKING:
     from rich.progress import Progress as RichProgress
@@ -95,9 +95,9 @@ def read_history(
     """Load a history file (optionally through a column-map YAML) in the canonical schema.
 
     `label_delay` is when a label becomes known after its payment, for rows without a
-    `label_time` (None: not given, `training.history.DEFAULT_LABEL_DELAY`). The frame's `attrs`
+    `label_time` (None: not given, `antifraud.training.history.DEFAULT_LABEL_DELAY`). The frame's `attrs`
     record `label_delay` (a pandas Timedelta), `label_delay_given` and `label_time_defaulted` (how
-    many frauds had no label_time). Raises `training.history.HistoryError` (a ValueError) for
+    many frauds had no label_time). Raises `antifraud.training.history.HistoryError` (a ValueError) for
     unusable files, and `TrainingError` when labels are required but the file has no `label` column.
     """
     mapping = load_column_map(columns) if columns is not None else None

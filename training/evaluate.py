@@ -1,11 +1,11 @@
 """Honest, time-based evaluation: `antifraud evaluate` on a period after the training period.
 
-Every evaluation measures three scores on the same payments (`training.metrics` defines the
-metrics): the model, the logistic baseline (`training.baselines.LogisticBaseline`, the usual
+Every evaluation measures three scores on the same payments (`antifraud.training.metrics` defines the
+metrics): the model, the logistic baseline (`antifraud.training.baselines.LogisticBaseline`, the usual
 first model in the literature) and a hand-written rules-only score (`baseline_scores`). A model
 that does not beat the logistic baseline is not worth its complexity, and the report says so.
 
-This module is the single-period protocol; `training.prequential` is the rolling-folds one.
+This module is the single-period protocol; `antifraud.training.prequential` is the rolling-folds one.
 """
 
 from __future__ import annotations
@@ -19,14 +19,21 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from training.baselines import LOGISTIC_FILE, LogisticBaseline, baseline_scores
-from training.checks import MANY_MISSING
-from training.config import TrainConfig, TrainingError, load_config
-from training.dataset import Dataset, ProgressArg, as_progress, check_period
-from training.metrics import Assessment, SideMetrics, Thresholds, compute_metrics, counts, thresholds_at
-from training.model_artifact import ModelArtifact
-from training.replay import period_data, replay
-from training.report import write_report
+from antifraud.training.baselines import LOGISTIC_FILE, LogisticBaseline, baseline_scores
+from antifraud.training.checks import MANY_MISSING
+from antifraud.training.config import TrainConfig, TrainingError, load_config
+from antifraud.training.dataset import Dataset, ProgressArg, as_progress, check_period
+from antifraud.training.metrics import (
+    Assessment,
+    SideMetrics,
+    Thresholds,
+    compute_metrics,
+    counts,
+    thresholds_at,
+)
+from antifraud.training.model_artifact import ModelArtifact
+from antifraud.training.replay import period_data, replay
+from antifraud.training.report import write_report
 
 __all__ = [
     "SideScores",

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from training.metrics import HEADLINE_METRICS, SIDES, model_vs_logistic
+from antifraud.training.metrics import HEADLINE_METRICS, SIDES, model_vs_logistic
 
 
 def _value(value: object, percent: bool) -> str:
@@ -37,7 +37,7 @@ def _get(side: object, *keys: str) -> object:
 
 
 def headline_table(metrics: Mapping[str, object]) -> Table:
-    """The headline table of an assessment (`training.evaluate.assess`) or a prequential result.
+    """The headline table of an assessment (`antifraud.training.evaluate.assess`) or a prequential result.
 
     `metrics` has `model`, `logistic` and `baseline` entries (a missing one shows as dashes), each
     with the `HEADLINE_METRICS` and `realised_fpr` {review, block}; `aimed_fpr` (when present)

@@ -5,7 +5,7 @@ Why one module of about 700 lines: every column's cleaning rule, its check and i
 the reader accepts; split by column kind, the parts would import each other.
 
 A history file is CSV (``.csv``), gzipped CSV (``.csv.gz``) or Parquet (``.parquet``) with one
-payment per row: the transaction columns of ``engine.schema`` plus, optionally, the history
+payment per row: the transaction columns of ``antifraud.engine.schema`` plus, optionally, the history
 columns (label, bank outcome, refund, cancellation, each with the time it became known).
 
 ``load_history`` returns a frame with these conventions, whatever the file's format:
@@ -29,7 +29,7 @@ columns (label, bank outcome, refund, cancellation, each with the time it became
   fraud rows had no ``label_time`` and got the delay: a wrong delay skews every label-based feature);
   ``outcome_time`` defaults to ``timestamp`` where ``bank_outcome`` is known;
 * a ``pan`` column (raw card numbers) is tokenized into ``card_id`` with the keyed hash of
-  ``engine.schema.tokenize_pan`` (``card_bin`` keeps the first six digits) and dropped at once;
+  ``antifraud.engine.schema.tokenize_pan`` (``card_bin`` keeps the first six digits) and dropped at once;
 * rows are stably sorted by ``timestamp`` (file order breaks ties), with a fresh ``RangeIndex``.
 
 A file that cannot be used raises ``HistoryError`` naming the file, the column and, for a bad
@@ -59,7 +59,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from engine.schema import HISTORY_COLUMNS, REQUIRED_COLUMNS, TRANSACTION_COLUMNS, tokenize_pan
+from antifraud.engine.schema import HISTORY_COLUMNS, REQUIRED_COLUMNS, TRANSACTION_COLUMNS, tokenize_pan
 
 __all__ = ["DEFAULT_LABEL_DELAY", "HistoryError", "load_column_map", "load_history", "write_history"]
 

@@ -22,8 +22,8 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
-from training.config import TrainConfig, TrainingError
-from training.scoring import VERDICTS, verdicts
+from antifraud.training.config import TrainConfig, TrainingError
+from antifraud.training.scoring import VERDICTS, verdicts
 
 FPR_TARGETS = (0.001, 0.01)
 # Card precision@100 is the literature's standard (what ~100 investigations a day find); it is
@@ -111,7 +111,8 @@ class CostParameters(TypedDict):
 
 
 class Assessment(TypedDict):
-    """What `training.evaluate.assess` returns and metrics.json holds: three scores on one period."""
+    """What `antifraud.training.evaluate.assess` returns and metrics.json holds: three scores on one
+    period."""
 
     title: str
     period: Period

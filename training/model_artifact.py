@@ -2,7 +2,7 @@
 logistic baseline fitted on the same data (`baseline_logistic.json`, plain JSON; older model
 directories have none).
 
-The directory is read by `engine.model_dir.read_model_dir`, the reader the serving runtime
+The directory is read by `antifraud.engine.model_dir.read_model_dir`, the reader the serving runtime
 (`engine/model.py`) uses too: both refuse the same broken or truncated files and name the model
 with the same `version`. Only LightGBM's text format is read (it cannot run code when loaded).
 """
@@ -22,7 +22,7 @@ from typing import Any
 import lightgbm as lgb
 import numpy as np
 
-from engine.model_dir import (
+from antifraud.engine.model_dir import (
     METADATA_FILE,
     MODEL_FILE,
     ModelError,
@@ -30,9 +30,9 @@ from engine.model_dir import (
     model_version,
     read_model_dir,
 )
-from features.spec import FeatureSpec, load_spec
-from training.baselines import LOGISTIC_FILE, LogisticBaseline
-from training.config import TrainConfig, TrainingError
+from antifraud.features.spec import FeatureSpec, load_spec
+from antifraud.training.baselines import LOGISTIC_FILE, LogisticBaseline
+from antifraud.training.config import TrainConfig, TrainingError
 
 __all__ = ["METADATA_FILE", "MODEL_FILE", "ArtifactError", "ModelArtifact", "feature_mismatch"]
 

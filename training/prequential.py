@@ -10,7 +10,7 @@ at the history's last full day (or at `end`). The gap is the label delay: a mode
 the test's first day could not have known the labels of the gap's payments, nor of those made just
 before it.
 
-Each fold trains exactly as `antifraud train` does (`training.train.fit_model`) and is measured on
+Each fold trains exactly as `antifraud train` does (`antifraud.training.train.fit_model`) and is measured on
 its test days for the model, the logistic baseline (fitted on the same training payments) and the
 rules-only score. On each test day, cards whose fraud was already known (`label_time`) before that
 day are left out: they would already be blocked, and counting them would flatter every score.
@@ -31,11 +31,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from features.spec import FeatureSpec, load_spec
-from training.baselines import baseline_scores
-from training.checks import data_warnings
-from training.config import TrainConfig, TrainingError
-from training.dataset import (
+from antifraud.features.spec import FeatureSpec, load_spec
+from antifraud.training.baselines import baseline_scores
+from antifraud.training.checks import data_warnings
+from antifraud.training.config import TrainConfig, TrainingError
+from antifraud.training.dataset import (
     Dataset,
     ProgressArg,
     as_progress,
@@ -43,9 +43,9 @@ from training.dataset import (
     no_progress,
     utc_midnight,
 )
-from training.evaluate import SideScores, as_thresholds
-from training.history import DEFAULT_LABEL_DELAY
-from training.metrics import (
+from antifraud.training.evaluate import SideScores, as_thresholds
+from antifraud.training.history import DEFAULT_LABEL_DELAY
+from antifraud.training.metrics import (
     FoldRecord,
     PrequentialMetrics,
     Removed,
@@ -53,9 +53,9 @@ from training.metrics import (
     counts,
     summarise,
 )
-from training.replay import slice_period
-from training.report import write_prequential_report
-from training.train import fit_model
+from antifraud.training.replay import slice_period
+from antifraud.training.report import write_prequential_report
+from antifraud.training.train import fit_model
 
 DAY = timedelta(days=1)
 
@@ -228,7 +228,7 @@ def prequential(
     progress: ProgressArg = None,
     title: str | None = None,
 ) -> PrequentialResult:
-    """Prequential evaluation of a labelled, canonical history (`training.dataset.read_history`).
+    """Prequential evaluation of a labelled, canonical history (`antifraud.training.dataset.read_history`).
 
     `gap_days` None: the label delay, rounded up to whole days (`default_gap`). `end`: the
     exclusive end of the last test period (default: the day after the history's last full day).

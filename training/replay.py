@@ -4,7 +4,7 @@ The one way the offline tools score a period: `antifraud evaluate` (training.eva
 `antifraud score-history` (training.scoring) and `antifraud backtest` (training.backtest) all
 call :func:`replay`, which
 
-1. reads the history (`training.dataset.read_history`: column map, label delay);
+1. reads the history (`antifraud.training.dataset.read_history`: column map, label delay);
 2. computes every payment's point-in-time features over the history before the period's end (a
    payment on the first day sees its card's previous 30 days; nothing after it);
 3. keeps the payments of [start, end) and scores them with the model, when there is one.
@@ -23,10 +23,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from engine.rules import rule_environment
-from features.spec import FeatureSpec, load_spec
-from training.config import TrainConfig, TrainingError
-from training.dataset import (
+from antifraud.engine.rules import rule_environment
+from antifraud.features.spec import FeatureSpec, load_spec
+from antifraud.training.config import TrainConfig, TrainingError
+from antifraud.training.dataset import (
     Dataset,
     ProgressArg,
     as_progress,
@@ -35,7 +35,7 @@ from training.dataset import (
     read_history,
     utc_midnight,
 )
-from training.model_artifact import ModelArtifact
+from antifraud.training.model_artifact import ModelArtifact
 
 
 @dataclass
@@ -43,7 +43,7 @@ class Replay:
     """A period of history as production saw it: rows, point-in-time features and model scores.
 
     Independent of any rule set: a backtest builds it once, then tries as many rule sets on it as
-    needed (`training.backtest.backtest_rules`).
+    needed (`antifraud.training.backtest.backtest_rules`).
     """
 
     history: str
@@ -141,7 +141,7 @@ def replay(
     later: the period's features are the same (a feature never reads the future), and the
     replay keeps every payment before it (`Replay.context`), so that another period such as the
     model's training period is cut from one computation (`Replay.period`). Without a model the
-    scores are NaN. `columns` and `label_delay` read the history as `training.dataset.read_history`
+    scores are NaN. `columns` and `label_delay` read the history as `antifraud.training.dataset.read_history`
     does; `require_label` refuses a history without labels.
 
     Raises TrainingError for a bad date, an unusable file (HistoryError, a ValueError) or a

@@ -17,8 +17,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from sklearn.metrics import precision_recall_curve, roc_curve
 
-from training.config import TrainConfig
-from training.metrics import (
+from antifraud.training.config import TrainConfig
+from antifraud.training.metrics import (
     HEADLINE_METRICS,
     SIDES,
     Assessment,

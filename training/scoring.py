@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from engine.rules import load_rules, rule_environment
-from engine.verdicts import VERDICTS, band
-from training.config import TrainingError
-from training.dataset import ProgressArg, as_progress, check_period
-from training.model_artifact import ModelArtifact
-from training.replay import replay
+from antifraud.engine.rules import load_rules, rule_environment
+from antifraud.engine.verdicts import VERDICTS, band
+from antifraud.training.config import TrainingError
+from antifraud.training.dataset import ProgressArg, as_progress, check_period
+from antifraud.training.model_artifact import ModelArtifact
+from antifraud.training.replay import replay
 
 # (scores, features of the period, history rows of the period) -> one verdict per payment
 Decide = Callable[[np.ndarray, pd.DataFrame, pd.DataFrame], Sequence[str] | np.ndarray]

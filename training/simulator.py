@@ -3,7 +3,7 @@
 Why one module of about 1,000 lines: the world (merchants, customers, cards, habits), the legitimate
 days and the five fraud patterns all read and extend one private world state, and each pattern is a
 short function next to the others it must not collide with; the presets live apart
-(``training.simulator_presets``).
+(``antifraud.training.simulator_presets``).
 
 The simulated world has merchants (category with a real MCC, country and currency, a mix of
 channels, POS terminals) and customers with habits: an amount level and spread, a daily and a
@@ -31,11 +31,11 @@ later, lognormal, one dispute per card incident); legitimate rows have ``label``
 closes it and sends the holder a new card: the holder's later payments carry the replacement's
 ``card_id`` (the old one with ``r`` appended), while fraud on the old card may go on (and a
 provider that blocks cards with reported fraud stops it). The frame has the dtypes
-``training.history.load_history`` returns. All draws come from one seeded
+``antifraud.training.history.load_history`` returns. All draws come from one seeded
 ``numpy.random.Generator``: the same arguments give the same frame.
 
 This is the ``default`` preset. ``simulate(..., preset=NAME)`` gives harder worlds built on the same
-customers and merchants, where other signals carry the fraud: see ``training.simulator_presets``.
+customers and merchants, where other signals carry the fraud: see ``antifraud.training.simulator_presets``.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from engine.schema import TRANSACTION_COLUMNS
+from antifraud.engine.schema import TRANSACTION_COLUMNS
 
 __all__ = ["FRAUD_PATTERNS", "PRESET_NAMES", "simulate", "simulate_to_file"]
 
@@ -239,30 +239,36 @@ def simulate(
     (``""`` for legitimate rows), sorted by timestamp then transaction_id. About 1 % of the rows
     are fraud, from every pattern of ``FRAUD_PATTERNS``. The same arguments give the same frame.
     ``progress(done, total)`` is called after each simulated day and once at the end.
-    ``preset`` names another world (one of ``PRESET_NAMES``, see ``training.simulator_presets``).
+    ``preset`` names another world (one of ``PRESET_NAMES``, see ``antifraud.training.simulator_presets``).
     """
     if preset not in PRESET_NAMES:
         raise ValueError(f"unknown simulator preset {preset!r}: choose one of {', '.join(PRESET_NAMES)}")
     if days < 7 or cards < 20 or merchants < 20:
         raise ValueError("simulate needs at least 7 days, 20 cards and 20 merchants")
     if preset != "default":
-        from training.simulator_presets import simulate_preset  # late: the presets build on this module
+        from antifraud.training.simulator_presets import (
+            simulate_preset,  # late: the presets build on this module
+        )
 
         return simulate_preset(preset, days, cards, merchants, seed, start, progress)
     rng = np.random.default_rng(seed)
     world = _build_world(rng, days, cards, merchants, start)
-    total = days + 1
+    payments = legit_payments(rng, world, days, progress)
+    fraud = _inject_fraud(_FraudContext(rng, world, payments), len(payments["ts"]))
+    frame = _assemble(rng, world, _concat([payments, *fraud]))
+    if progress is not None:
+        progress(days + 1, days + 1)
+    return frame
+
+
+def legit_payments(rng: np.random.Generator, world: _World, days: int, progress: Progress | None) -> Batch:
+    """The world's legitimate payments, day by day (`progress(day, days + 1)` after each)."""
     legit: list[Batch] = []
     for day in range(days):
         legit.append(_legit_day(rng, world, day))
         if progress is not None:
-            progress(day + 1, total)
-    payments = _concat(legit)
-    fraud = _inject_fraud(_FraudContext(rng, world, payments), len(payments["ts"]))
-    frame = _assemble(rng, world, _concat([payments, *fraud]))
-    if progress is not None:
-        progress(total, total)
-    return frame
+            progress(day + 1, days + 1)
+    return _concat(legit)
 
 
 def simulate_to_file(
@@ -275,7 +281,7 @@ def simulate_to_file(
     preset: str = "default",
 ) -> pd.DataFrame:
     """Simulate (see ``simulate``) and write the history to ``path`` (.csv, .csv.gz or .parquet)."""
-    from training.history import write_history  # late: keeps the simulator importable alone
+    from antifraud.training.history import write_history  # late: keeps the simulator importable alone
 
     frame = simulate(days, cards, merchants, seed, progress=progress, preset=preset)
     write_history(frame, path)

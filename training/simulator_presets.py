@@ -8,7 +8,7 @@ after its payment, legitimate rows have none (``load_history`` fills in its defa
 arguments give the same frame. Select one with ``simulate(..., preset=NAME)`` or
 ``antifraud simulate --preset NAME``:
 
-* ``default``: ``training.simulator`` as it is (five patterns with strong tells; labels 3-60 days).
+* ``default``: ``antifraud.training.simulator`` as it is (five patterns with strong tells; labels 3-60 days).
 * ``minimal``, a handbook-like world: only the minimal columns, ``MINIMAL_COLUMNS`` =
   ``transaction_id, timestamp, card_id, merchant_id, amount, currency, customer_id, terminal_id,
   label, label_time`` (plus ``fraud_pattern``). Every payment goes through a terminal, in euros,
@@ -50,9 +50,9 @@ from datetime import date
 import numpy as np
 import pandas as pd
 
-from engine.schema import HISTORY_COLUMNS, TRANSACTION_COLUMNS
-from training.simulator import _GENERATORS as DEFAULT_GENERATORS
-from training.simulator import (
+from antifraud.engine.schema import HISTORY_COLUMNS, TRANSACTION_COLUMNS
+from antifraud.training.simulator import _GENERATORS as DEFAULT_GENERATORS
+from antifraud.training.simulator import (
     COUNTRY_CODES,
     DAY_MS,
     ECOM,
@@ -76,7 +76,6 @@ from training.simulator import (
     _choose,
     _concat,
     _FraudContext,
-    _legit_day,
     _masked,
     _pick_channels,
     _random_ips,
@@ -84,6 +83,7 @@ from training.simulator import (
     _time_of_day_ms,
     _tokens,
     _World,
+    legit_payments,
 )
 
 __all__ = ["MINIMAL_COLUMNS", "PRESETS", "Preset", "simulate_preset"]
@@ -189,9 +189,9 @@ def simulate_preset(
     start: date = date(2026, 1, 1),
     progress: Progress | None = None,
 ) -> pd.DataFrame:
-    """``training.simulator.simulate`` for the preset ``name`` (see the module docstring)."""
+    """``antifraud.training.simulator.simulate`` for the preset ``name`` (see the module docstring)."""
     if name == "default":
-        from training.simulator import simulate
+        from antifraud.training.simulator import simulate
 
         return simulate(days, cards, merchants, seed, start, progress)
     if name not in PRESETS:
@@ -199,13 +199,7 @@ def simulate_preset(
     preset = PRESETS[name]
     rng = np.random.default_rng(seed)
     world = _build_world(rng, days, cards, merchants, start)
-    total = days + 1
-    legit: list[Batch] = []
-    for day in range(days):
-        legit.append(_legit_day(rng, world, day))
-        if progress is not None:
-            progress(day + 1, total)
-    payments = _concat(legit)
+    payments = legit_payments(rng, world, days, progress)
     if preset.minimal:
         _minimal_payments(rng, world, payments)
     cx = _Context(rng, world, payments, delay=preset.delay)
@@ -220,7 +214,7 @@ def simulate_preset(
         frame["currency"] = "EUR"
         frame = frame[[*MINIMAL_COLUMNS, "fraud_pattern"]]
     if progress is not None:
-        progress(total, total)
+        progress(days + 1, days + 1)
     return frame
 
 

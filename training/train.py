@@ -20,7 +20,7 @@
    simulated histories, and why other ways of carrying thresholds over to a refitted model miss.
 
 `fit_model` does steps 2-4 on a `Dataset`; `train` reads the history, checks it
-(`training.checks`), calls `fit_model`, writes the model directory and its validation report.
+(`antifraud.training.checks`), calls `fit_model`, writes the model directory and its validation report.
 """
 
 from __future__ import annotations
@@ -40,11 +40,11 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
-from features.spec import FeatureSpec, load_spec
-from training.baselines import LogisticBaseline, baseline_scores
-from training.checks import data_warnings
-from training.config import TrainConfig, TrainingError, load_config
-from training.dataset import (
+from antifraud.features.spec import FeatureSpec, load_spec
+from antifraud.training.baselines import LogisticBaseline, baseline_scores
+from antifraud.training.checks import data_warnings
+from antifraud.training.config import TrainConfig, TrainingError, load_config
+from antifraud.training.dataset import (
     Dataset,
     Progress,
     ProgressArg,
@@ -55,9 +55,9 @@ from training.dataset import (
     no_progress,
     read_history,
 )
-from training.evaluate import assess
-from training.metrics import Assessment, threshold_at_fpr
-from training.model_artifact import METADATA_FILE, MODEL_FILE, ModelArtifact
+from antifraud.training.evaluate import assess
+from antifraud.training.metrics import Assessment, threshold_at_fpr
+from antifraud.training.model_artifact import METADATA_FILE, MODEL_FILE, ModelArtifact
 
 MIN_FRAUDS = 5  # below this in either slice, early stopping and thresholds are noise
 THRESHOLD_RULE = (

@@ -2,8 +2,8 @@
 
 Imported by that script as `loadlib` (its directory is the first entry of sys.path when it runs).
 What the reliability tests share with the benchmark - the load generator, the CPU accounting, the
-figures of a cell, the service launcher - is in the installed package: `engine.loadgen` and
-`engine.stack`.
+figures of a cell, the service launcher - is in the installed package: `antifraud.engine.loadgen` and
+`antifraud.engine.stack`.
 
 - `snapshot`: Redis loaded with the sample before the replay window, cached as an RDB file;
 - `runs`: the matrix of cells (worker counts x rates x repeats) and the generator's self-test;

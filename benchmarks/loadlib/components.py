@@ -15,11 +15,11 @@ from typing import Any
 
 import numpy as np
 
-from engine.auth import new_key
-from engine.loadgen.client import run_async
-from engine.loadgen.replay import Replay, RequestSource
-from engine.redis_server import EmbeddedRedis
-from engine.settings import ROOT
+from antifraud.engine.auth import new_key
+from antifraud.engine.loadgen.client import run_async
+from antifraud.engine.loadgen.replay import Replay, RequestSource
+from antifraud.engine.redis_server import EmbeddedRedis
+from antifraud.engine.settings import ROOT
 
 
 def components(args: argparse.Namespace, replay: Replay, rdb: Path) -> None:
@@ -37,11 +37,11 @@ def components(args: argparse.Namespace, replay: Replay, rdb: Path) -> None:
 
     import orjson
 
-    from engine.api import ANSWER_FIELDS, create_app, start_services
-    from engine.pipeline import _rule_env
-    from engine.schema import Transaction
-    from engine.settings import Settings
-    from features.online import to_ms
+    from antifraud.engine.api import ANSWER_FIELDS, create_app, start_services
+    from antifraud.engine.pipeline import _rule_env
+    from antifraud.engine.schema import Transaction
+    from antifraud.engine.settings import Settings
+    from antifraud.features.online import to_ms
 
     n = args.components
     with tempfile.TemporaryDirectory(prefix="antifraud-load-") as tmp:

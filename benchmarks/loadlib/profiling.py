@@ -12,11 +12,11 @@ import sys
 import time
 from pathlib import Path
 
-from engine.loadgen.client import run_async, run_cell
-from engine.loadgen.cpu import wait_quiet
-from engine.loadgen.replay import Replay, RequestSource
-from engine.loadgen.stats import fmt, summarize
-from engine.settings import ROOT
+from antifraud.engine.loadgen.client import run_async, run_cell
+from antifraud.engine.loadgen.cpu import wait_quiet
+from antifraud.engine.loadgen.replay import Replay, RequestSource
+from antifraud.engine.loadgen.stats import fmt, summarize
+from antifraud.engine.settings import ROOT
 
 from .runs import KEY_NAME, load_stack
 

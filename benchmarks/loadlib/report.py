@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from engine.loadgen.stats import STAGES, CellResult, fmt, median_of, passes
-from engine.settings import ROOT
+from antifraud.engine.loadgen.stats import STAGES, CellResult, fmt, median_of, passes
+from antifraud.engine.settings import ROOT
 
 REPORTS = ROOT / "reports"
 

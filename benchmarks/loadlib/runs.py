@@ -12,12 +12,12 @@ from pathlib import Path
 
 import redis
 
-from engine.loadgen.client import run_async, run_cell
-from engine.loadgen.cpu import cpu_seconds, wait_quiet
-from engine.loadgen.replay import Replay, RequestSource
-from engine.loadgen.stats import CellResult, fmt, summarize
-from engine.settings import ROOT
-from engine.stack import ServiceStack, free_port
+from antifraud.engine.loadgen.client import run_async, run_cell
+from antifraud.engine.loadgen.cpu import cpu_seconds, wait_quiet
+from antifraud.engine.loadgen.replay import Replay, RequestSource
+from antifraud.engine.loadgen.stats import CellResult, fmt, summarize
+from antifraud.engine.settings import ROOT
+from antifraud.engine.stack import ServiceStack, free_port
 
 KEY_NAME = "loadtest"
 
@@ -103,7 +103,8 @@ def matrix(args: argparse.Namespace, replay: Replay, rdb: Path) -> list[CellResu
 def self_test(args: argparse.Namespace, replay: Replay) -> list[CellResult]:
     """The generator against a null server (another process, same cores): what it can send."""
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "engine.loadgen.nullserver", str(port)], cwd=ROOT)
+    command = [sys.executable, "-m", "antifraud.engine.loadgen.nullserver", str(port)]
+    server = subprocess.Popen(command, cwd=ROOT)
     try:
         deadline = time.monotonic() + 10
         while True:

@@ -12,9 +12,9 @@ from pathlib import Path
 import pandas as pd
 import redis
 
-from engine.loadgen.replay import SAMPLE, Replay
-from engine.redis_server import EmbeddedRedis
-from engine.settings import ROOT
+from antifraud.engine.loadgen.replay import SAMPLE, Replay
+from antifraud.engine.redis_server import EmbeddedRedis
+from antifraud.engine.settings import ROOT
 
 CACHE = ROOT / "var" / "loadtest"
 
@@ -25,7 +25,7 @@ def snapshot(history: pd.DataFrame, replay: Replay, use_cache: bool) -> Path:
     The cache key is the sample, the feature spec and score.lua, so a change to any of them makes
     a new snapshot; the backfill takes 80-110 s. Sets `replay.backfilled`.
     """
-    from features.online import OnlineFeatures
+    from antifraud.features.online import OnlineFeatures
 
     digest = hashlib.sha256()
     for path in (SAMPLE, ROOT / "features" / "spec.yaml", ROOT / "features" / "score.lua"):

@@ -1,7 +1,7 @@
 """HTTP API of the scoring service (FastAPI). `create_app(settings)` builds it; see docs/api.md.
 
 One module per concern (score, feedback, decisions, health, admin), each an `APIRouter` but for the
-scoring route (see engine/api/score.py); what a route needs comes from `engine.api.deps`, which
+scoring route (see engine/api/score.py); what a route needs comes from `antifraud.engine.api.deps`, which
 reads the `Services` that `start_services` builds in the app's lifespan.
 """
 
@@ -17,14 +17,14 @@ import redis
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 
-from engine.api import admin, decisions, feedback, health, score
-from engine.api.errors import invalid_request
-from engine.api.middleware import BodyLimit
-from engine.api.models import ANSWER_FIELDS, ERRORS, FeedbackAccepted, Problem, ScoreResponse
-from engine.auth import ApiKeyAuth, load_keys
-from engine.metrics import Metrics
-from engine.services import Services, build_services, connect_redis
-from engine.settings import Settings
+from antifraud.engine.api import admin, decisions, feedback, health, score
+from antifraud.engine.api.errors import invalid_request
+from antifraud.engine.api.middleware import BodyLimit
+from antifraud.engine.api.models import ANSWER_FIELDS, ERRORS, FeedbackAccepted, Problem, ScoreResponse
+from antifraud.engine.auth import ApiKeyAuth, load_keys
+from antifraud.engine.metrics import Metrics
+from antifraud.engine.services import Services, build_services, connect_redis
+from antifraud.engine.settings import Settings
 
 __all__ = [
     "ANSWER_FIELDS",

@@ -6,8 +6,8 @@ from typing import Any
 
 from fastapi import APIRouter, HTTPException
 
-from engine.api.deps import ReloaderDep
-from engine.api.models import ERRORS
+from antifraud.engine.api.deps import ReloaderDep
+from antifraud.engine.api.models import ERRORS
 
 router = APIRouter()
 

@@ -7,8 +7,8 @@ from typing import Any
 import redis
 from fastapi import APIRouter, HTTPException
 
-from engine.api.deps import ScorerDep, StoreDep
-from engine.api.models import ERRORS, Problem
+from antifraud.engine.api.deps import ScorerDep, StoreDep
+from antifraud.engine.api.models import ERRORS, Problem
 
 router = APIRouter()
 

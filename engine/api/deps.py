@@ -12,12 +12,12 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from engine.decisions import DecisionStore
-from engine.loader import Reloader
-from engine.metrics import Metrics
-from engine.pipeline import Scorer
-from engine.services import Services
-from features.online import OnlineFeatures
+from antifraud.engine.decisions import DecisionStore
+from antifraud.engine.loader import Reloader
+from antifraud.engine.metrics import Metrics
+from antifraud.engine.pipeline import Scorer
+from antifraud.engine.services import Services
+from antifraud.features.online import OnlineFeatures
 
 
 def services_of(request: Request) -> Services:

@@ -8,9 +8,9 @@ from typing import Any
 import redis
 from fastapi import APIRouter, HTTPException
 
-from engine.api.deps import FeaturesDep, MetricsDep, StoreDep
-from engine.api.models import ERRORS, FeedbackAccepted, Problem
-from engine.feedback import Feedback
+from antifraud.engine.api.deps import FeaturesDep, MetricsDep, StoreDep
+from antifraud.engine.api.models import ERRORS, FeedbackAccepted, Problem
+from antifraud.engine.feedback import Feedback
 
 router = APIRouter()
 

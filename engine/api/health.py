@@ -8,8 +8,8 @@ import redis
 from fastapi import APIRouter, Response
 from fastapi.responses import PlainTextResponse
 
-from engine.api.deps import MetricsDep, ServicesDep
-from engine.services import Services
+from antifraud.engine.api.deps import MetricsDep, ServicesDep
+from antifraud.engine.services import Services
 
 router = APIRouter()
 

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from engine.verdicts import Verdict
+from antifraud.engine.verdicts import Verdict
 
 
 class Problem(BaseModel):

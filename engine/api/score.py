@@ -14,10 +14,10 @@ import orjson
 from fastapi import APIRouter, Request, Response
 from pydantic import ValidationError
 
-from engine.api.errors import invalid
-from engine.api.models import ANSWER_FIELDS, ERRORS, ScoreResponse
-from engine.pipeline import Scorer
-from engine.schema import Transaction
+from antifraud.engine.api.errors import invalid
+from antifraud.engine.api.models import ANSWER_FIELDS, ERRORS, ScoreResponse
+from antifraud.engine.pipeline import Scorer
+from antifraud.engine.schema import Transaction
 
 
 async def score(request: Request) -> Response:

@@ -10,5 +10,5 @@ Shared by the load benchmark (benchmarks/load_http.py) and the reliability tests
 - `stats`: a cell's figures (`summarize` -> `CellResult`) and the saturation criterion;
 - `nullserver`: a server answering at once, to measure the generator alone.
 
-The service itself is started by `engine.stack.ServiceStack`.
+The service itself is started by `antifraud.engine.stack.ServiceStack`.
 """

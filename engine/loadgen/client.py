@@ -19,7 +19,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from engine.loadgen.cpu import CpuMark, cpu_mark
+from antifraud.engine.loadgen.cpu import CpuMark, cpu_mark
 
 T = TypeVar("T")
 Pids = Mapping[str, Sequence[int]]  # processes whose CPU a cell accounts, by role

@@ -3,7 +3,7 @@
 It measures the load generator alone (`benchmarks/load_http.py --self-test`), in a process of its
 own so that it shares the cores as the real service would:
 
-    python -m engine.loadgen.nullserver PORT
+    python -m antifraud.engine.loadgen.nullserver PORT
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import asyncio
 import re
 import sys
 
-from engine.loadgen.client import run_async
+from antifraud.engine.loadgen.client import run_async
 
 CANNED = (
     b'{"transaction_id":"x","verdict":"allow","score":1.6e-6,"risk_score":0,"reasons":{"rules":[],'
@@ -58,5 +58,5 @@ def null_server(port: int) -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) != 2 or not sys.argv[1].isdigit():
-        raise SystemExit("usage: python -m engine.loadgen.nullserver PORT")
+        raise SystemExit("usage: python -m antifraud.engine.loadgen.nullserver PORT")
     null_server(int(sys.argv[1]))

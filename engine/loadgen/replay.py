@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from engine.schema import TRANSACTION_COLUMNS
-from engine.settings import ROOT
+from antifraud.engine.schema import TRANSACTION_COLUMNS
+from antifraud.engine.settings import ROOT
 
 SAMPLE = ROOT / "data" / "sample" / "history.parquet"
 
@@ -32,7 +32,7 @@ class Replay:
 
 def load_replay(replay_days: int, sample: Path = SAMPLE) -> tuple[pd.DataFrame, Replay]:
     """The sample history and the payments of its last `replay_days` days, ready to send."""
-    from training.history import load_history
+    from antifraud.training.history import load_history
 
     history = load_history(sample)
     last = history["timestamp"].max().normalize() + pd.Timedelta(days=1)

@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from engine.loadgen.client import Cell
-from engine.loadgen.cpu import CpuMark
+from antifraud.engine.loadgen.client import Cell
+from antifraud.engine.loadgen.cpu import CpuMark
 
 # Where a request's time goes, from each answer's `timings`: the scorer's stages, the decision log,
 # and "outside" = the client-observed service time minus those (HTTP, validation, auth, metrics...).

@@ -2,36 +2,39 @@
 
 The condition language, one job per module:
 
-- :mod:`engine.rules.expression`: :class:`Expression` and :func:`compile_expression` (parse, check, compile)
-- :mod:`engine.rules.parser`: expression text -> Python syntax tree, with size limits
-- :mod:`engine.rules.checker`: the type checker, Python syntax tree -> typed tree, every problem found
-- :mod:`engine.rules.nodes`: the language's types and the typed tree
-- :mod:`engine.rules.functions`: the functions rules may call (signatures, arities, result types)
-- :mod:`engine.rules.scalar`: the typed tree -> closures over one payment (the service's hot path)
-- :mod:`engine.rules.vectorized`: the same language over columns, for backtests
-- :mod:`engine.rules.errors`: problems located in an expression or in a rule set
+- :mod:`antifraud.engine.rules.expression`: :class:`Expression` and :func:`compile_expression` (parse,
+  check, compile)
+- :mod:`antifraud.engine.rules.parser`: expression text -> Python syntax tree, with size limits
+- :mod:`antifraud.engine.rules.checker`: the type checker, Python syntax tree -> typed tree, every problem
+  found
+- :mod:`antifraud.engine.rules.nodes`: the language's types and the typed tree
+- :mod:`antifraud.engine.rules.functions`: the functions rules may call (signatures, arities, result types)
+- :mod:`antifraud.engine.rules.scalar`: the typed tree -> closures over one payment (the service's hot path)
+- :mod:`antifraud.engine.rules.vectorized`: the same language over columns, for backtests
+- :mod:`antifraud.engine.rules.errors`: problems located in an expression or in a rule set
 
 Rule sets:
 
-- :mod:`engine.rules.ruleset`: the rule-set types and the decision of a verdict (RuleSet.decide)
-- :mod:`engine.rules.yaml_loader`: loading a directory of YAML rules and list files, checked as a whole
-- :mod:`engine.rules.names`: what a rule may read (payment fields and features), with types
-- :mod:`engine.rules.environment`: a rule set loaded with the service's names, and the columns it
+- :mod:`antifraud.engine.rules.ruleset`: the rule-set types and the decision of a verdict (RuleSet.decide)
+- :mod:`antifraud.engine.rules.yaml_loader`: loading a directory of YAML rules and list files, checked as a
+  whole
+- :mod:`antifraud.engine.rules.names`: what a rule may read (payment fields and features), with types
+- :mod:`antifraud.engine.rules.environment`: a rule set loaded with the service's names, and the columns it
   reads for many payments (backtests, score-history)
-- :mod:`engine.rules.check`: the `antifraud rules check` command
+- :mod:`antifraud.engine.rules.check`: the `antifraud rules check` command
 
-The verdict vocabulary itself (Verdict, VERDICTS, band) lives in :mod:`engine.verdicts`.
+The verdict vocabulary itself (Verdict, VERDICTS, band) lives in :mod:`antifraud.engine.verdicts`.
 docs/rules.md is the reference for rule authors.
 """
 
-from engine.rules.check import check_rules, print_report, run_check
-from engine.rules.environment import load_rules, payment_fields, rule_environment
-from engine.rules.errors import ExpressionError, Problem, RuleError, RuleSetError
-from engine.rules.expression import Expression, compile_expression
-from engine.rules.functions import FUNCTIONS
-from engine.rules.names import rule_names, transaction_field_types
-from engine.rules.nodes import FieldType
-from engine.rules.ruleset import (
+from antifraud.engine.rules.check import check_rules, print_report, run_check
+from antifraud.engine.rules.environment import load_rules, payment_fields, rule_environment
+from antifraud.engine.rules.errors import ExpressionError, Problem, RuleError, RuleSetError
+from antifraud.engine.rules.expression import Expression, compile_expression
+from antifraud.engine.rules.functions import FUNCTIONS
+from antifraud.engine.rules.names import rule_names, transaction_field_types
+from antifraud.engine.rules.nodes import FieldType
+from antifraud.engine.rules.ruleset import (
     Action,
     FiredRule,
     Rule,
@@ -40,8 +43,8 @@ from engine.rules.ruleset import (
     ScoreBands,
     Verdict,
 )
-from engine.rules.vectorized import evaluate_frame, evaluate_values, prepare_columns
-from engine.rules.yaml_loader import load_ruleset, ruleset_from_texts
+from antifraud.engine.rules.vectorized import evaluate_frame, evaluate_values, prepare_columns
+from antifraud.engine.rules.yaml_loader import load_ruleset, ruleset_from_texts
 
 __all__ = [
     "FUNCTIONS",

@@ -13,10 +13,10 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from engine.rules.errors import RuleError, RuleSetError
-from engine.rules.nodes import FieldType
-from engine.rules.ruleset import RuleSet
-from engine.rules.yaml_loader import load_ruleset
+from antifraud.engine.rules.errors import RuleError, RuleSetError
+from antifraud.engine.rules.nodes import FieldType
+from antifraud.engine.rules.ruleset import RuleSet
+from antifraud.engine.rules.yaml_loader import load_ruleset
 
 
 def load_checked(

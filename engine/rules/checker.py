@@ -12,9 +12,15 @@ import difflib
 from collections.abc import Iterable, Mapping
 from typing import Any, Final, Literal
 
-from engine.rules.errors import Problem, position
-from engine.rules.functions import FUNCTIONS, MAX_ROUND_DIGITS, TOLERANT_FUNCTIONS, FunctionSpec, result_type
-from engine.rules.nodes import (
+from antifraud.engine.rules.errors import Problem, position
+from antifraud.engine.rules.functions import (
+    FUNCTIONS,
+    MAX_ROUND_DIGITS,
+    TOLERANT_FUNCTIONS,
+    FunctionSpec,
+    result_type,
+)
+from antifraud.engine.rules.nodes import (
     BOOL,
     ERROR,
     LIST_ANY,

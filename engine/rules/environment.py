@@ -7,7 +7,7 @@ they must give rules the names, types and values the service gives them one paym
 - :func:`rule_environment`: the columns for a set of payments: the payment's own fields, then
   every feature not named like one (`mcc` and `channel` are the request's strings, not codes);
 - :func:`load_rules`: a rule-set directory loaded with the service's names and types
-  (:func:`engine.rules.names.rule_names`), so a rule set loads offline iff it loads in service.
+  (:func:`antifraud.engine.rules.names.rule_names`), so a rule set loads offline iff it loads in service.
 """
 
 from __future__ import annotations
@@ -18,16 +18,16 @@ from typing import Any
 
 import pandas as pd
 
-from engine.rules.names import rule_names
-from engine.rules.ruleset import RuleSet
-from engine.rules.yaml_loader import load_ruleset
+from antifraud.engine.rules.names import rule_names
+from antifraud.engine.rules.ruleset import RuleSet
+from antifraud.engine.rules.yaml_loader import load_ruleset
 
 
 def payment_fields() -> tuple[str, ...]:
     """What rules read from the payment itself: every canonical field but the timestamp (rules
     read derived features such as hour_of_day instead)."""
     # imported here, as in engine.rules.names: the schema pulls in pydantic, which rules need not
-    from engine.schema import TRANSACTION_COLUMNS
+    from antifraud.engine.schema import TRANSACTION_COLUMNS
 
     return tuple(c for c in TRANSACTION_COLUMNS if c != "timestamp")
 

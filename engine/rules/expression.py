@@ -19,11 +19,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from engine.rules.checker import Checker
-from engine.rules.errors import ExpressionError
-from engine.rules.nodes import FIELD_TYPES, MAXF, NUMBER, FieldType, ListValue, Node, render, walk
-from engine.rules.parser import parse
-from engine.rules.scalar import NA, Env, ScalarCompiler
+from antifraud.engine.rules.checker import Checker
+from antifraud.engine.rules.errors import ExpressionError
+from antifraud.engine.rules.nodes import FIELD_TYPES, MAXF, NUMBER, FieldType, ListValue, Node, render, walk
+from antifraud.engine.rules.parser import parse
+from antifraud.engine.rules.scalar import NA, Env, ScalarCompiler
 
 
 class Expression:

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
-from engine.rules.nodes import BOOL, ERROR, NUMBER, STRING, Node
+from antifraud.engine.rules.nodes import BOOL, ERROR, NUMBER, STRING, Node
 
 
 @dataclass(frozen=True)

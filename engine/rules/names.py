@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, get_args, get_origin
 
-from engine.rules.nodes import FieldType
+from antifraud.engine.rules.nodes import FieldType
 
 
 def transaction_field_types() -> dict[str, FieldType]:
@@ -17,7 +17,7 @@ def transaction_field_types() -> dict[str, FieldType]:
 
     The timestamp is left out (rules read derived features such as hour_of_day instead).
     """
-    from engine.schema import TRANSACTION_COLUMNS, Transaction
+    from antifraud.engine.schema import TRANSACTION_COLUMNS, Transaction
 
     def base_types(annotation: Any) -> set[Any]:
         args = get_args(annotation)

@@ -13,7 +13,7 @@ import re
 import warnings
 from typing import Final, NamedTuple
 
-from engine.rules.errors import ExpressionError, Problem, position
+from antifraud.engine.rules.errors import ExpressionError, Problem, position
 
 # Limits that keep hostile or accidental input from exhausting the parser or the stack.
 MAX_LENGTH: Final = 4000

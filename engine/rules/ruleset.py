@@ -16,11 +16,11 @@ from typing import Any, Final, Literal, NamedTuple, TypeAlias, get_args
 import numpy as np
 import pandas as pd
 
-from engine.rules.expression import Expression
-from engine.rules.nodes import NUMBER, FieldType
-from engine.rules.scalar import find_missing
-from engine.rules.vectorized import Column, evaluate_prepared, prepare_columns
-from engine.verdicts import SEVERITY, VERDICTS, Verdict, band
+from antifraud.engine.rules.expression import Expression
+from antifraud.engine.rules.nodes import NUMBER, FieldType
+from antifraud.engine.rules.scalar import find_missing
+from antifraud.engine.rules.vectorized import Column, evaluate_prepared, prepare_columns
+from antifraud.engine.verdicts import SEVERITY, VERDICTS, Verdict, band
 
 Action: TypeAlias = Verdict  # a rule's action is the verdict it asks for
 Mode: TypeAlias = Literal["live", "shadow"]

@@ -12,7 +12,7 @@ from typing import Any, Final, TypeAlias
 
 import pandas as pd
 
-from engine.rules.nodes import (
+from antifraud.engine.rules.nodes import (
     MAXF,
     NUMBER,
     Arith,

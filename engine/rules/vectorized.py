@@ -19,8 +19,8 @@ from typing import Any, TypeAlias
 import numpy as np
 import pandas as pd
 
-from engine.rules.expression import Expression
-from engine.rules.nodes import (
+from antifraud.engine.rules.expression import Expression
+from antifraud.engine.rules.nodes import (
     BOOL,
     LIST_NUMBER,
     NUMBER,

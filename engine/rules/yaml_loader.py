@@ -17,10 +17,10 @@ from typing import Final
 
 import yaml
 
-from engine.rules.errors import ExpressionError, RuleError, RuleSetError
-from engine.rules.expression import compile_expression
-from engine.rules.nodes import FieldType
-from engine.rules.ruleset import ACTIONS, MODES, Action, Mode, Rule, RuleSet, ScoreBands
+from antifraud.engine.rules.errors import ExpressionError, RuleError, RuleSetError
+from antifraud.engine.rules.expression import compile_expression
+from antifraud.engine.rules.nodes import FieldType
+from antifraud.engine.rules.ruleset import ACTIONS, MODES, Action, Mode, Rule, RuleSet, ScoreBands
 
 _TOP_KEYS: Final = ("score_bands", "lists", "rules")
 _BAND_KEYS: Final = ("review", "block", "merchants")

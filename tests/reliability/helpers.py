@@ -1,11 +1,12 @@
 """What the reliability tests share: the service as real processes, payments, the load replayer, figures.
 
-- `Service`: `engine.stack.ServiceStack` (a real redis-server, TCP or unix socket, AOF on or off, and
+- `Service`: `antifraud.engine.stack.ServiceStack` (a real redis-server, TCP or unix socket, AOF on or off,
+  and
   `antifraud serve --workers N` as a subprocess) with its own API keys, model directory and rules
   directory (copies, so a test may swap and edit them), its output captured in a log file.
 - `Payments`: realistic payment bodies (entities, amounts, countries of the committed sample) with
   fresh transaction ids and timestamps chosen by the test, so that every window is predictable.
-- `replay()`: the open-loop fixed-rate replayer of the load benchmark (`engine.loadgen`, shared with
+- `replay()`: the open-loop fixed-rate replayer of the load benchmark (`antifraud.engine.loadgen`, shared with
   benchmarks/load_http.py): request i is due at t0 + i/rate whatever happened before; latency counts
   from the due time.
 - `FIGURES`: every figure a test measures, printed at once (`-s`) and summarised at the end.
@@ -32,10 +33,10 @@ import httpx
 import numpy as np
 import redis
 
-from engine.loadgen.client import run_async, run_cell
-from engine.loadgen.cpu import cpu_seconds, machine_busy_seconds, wait_quiet
-from engine.loadgen.replay import load_replay
-from engine.stack import ServiceStack
+from antifraud.engine.loadgen.client import run_async, run_cell
+from antifraud.engine.loadgen.cpu import cpu_seconds, machine_busy_seconds, wait_quiet
+from antifraud.engine.loadgen.replay import load_replay
+from antifraud.engine.stack import ServiceStack
 
 ROOT = Path(__file__).resolve().parents[2]
 BUDGET_MS = 50.0  # ANTIFRAUD_BUDGET_MS given to every service started here (the default)
@@ -226,8 +227,8 @@ def train_small_model(directory: Path, seed: int = 3) -> Path:
     """A small real LightGBM model on the spec's features (a different model from models/default)."""
     import lightgbm as lgb
 
-    from features.offline import OfflineFeatures
-    from training.simulator import simulate
+    from antifraud.features.offline import OfflineFeatures
+    from antifraud.training.simulator import simulate
 
     history = simulate(days=10, cards=300, merchants=30, seed=seed)
     history = history.sort_values("timestamp", kind="stable").reset_index(drop=True)
@@ -254,8 +255,8 @@ def model_version(directory: Path, name: str) -> str:
 
 def rules_version(directory: Path) -> str:
     """The version the service reports for a rule set directory."""
-    from engine.rules import load_ruleset, rule_names
-    from features.spec import load_spec
+    from antifraud.engine.rules import load_ruleset, rule_names
+    from antifraud.features.spec import load_spec
 
     return load_ruleset(directory, rule_names(load_spec().feature_names)).version
 
@@ -267,7 +268,8 @@ def rules_version(directory: Path) -> str:
 class Service(ServiceStack):
     """redis-server + `antifraud serve` subprocess, each with its own files under a temporary directory.
 
-    On top of `engine.stack.ServiceStack`: a scorer key ("checkout") and an admin key ("ops"), copies
+    On top of `antifraud.engine.stack.ServiceStack`: a scorer key ("checkout") and an admin key ("ops"),
+    copies
     of models/default and rules/ (a test may swap and edit them), the time budget and fail policy
     tests rely on, a fresh PAN secret (`pan_secret=None`: none at all), Redis recording its own
     stalls, and everything the server prints in `server.log`.
@@ -368,7 +370,7 @@ def stored_decisions(client: redis.Redis, txids: Sequence[str], namespace: str =
 
 
 def stream_entries(client: redis.Redis, stream: str, field: str) -> list[dict[str, Any]]:
-    from engine.decisions import DecisionStore
+    from antifraud.engine.decisions import DecisionStore
 
     store = DecisionStore(client)
     return list(store.iter_stream(stream, field))
@@ -376,7 +378,7 @@ def stream_entries(client: redis.Redis, stream: str, field: str) -> list[dict[st
 
 def entity_members(client: redis.Redis, entity: str, keys: Sequence[str]) -> dict[str, set[str]]:
     """entity key -> the transaction ids its event log holds (the ZSET that also dedupes retries)."""
-    from features.online import entity_prefix
+    from antifraud.features.online import entity_prefix
 
     out: dict[str, set[str]] = {}
     for chunk in _chunks(list(keys), 1000):

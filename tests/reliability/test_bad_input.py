@@ -40,10 +40,10 @@ from schemathesis.checks import (
 from schemathesis.core import NOT_SET
 from schemathesis.core.failures import Failure, FailureGroup
 
-from engine.api import create_app
-from engine.auth import new_key
-from engine.redis_server import EmbeddedRedis
-from engine.settings import ROOT, Settings
+from antifraud.engine.api import create_app
+from antifraud.engine.auth import new_key
+from antifraud.engine.redis_server import EmbeddedRedis
+from antifraud.engine.settings import ROOT, Settings
 
 from .helpers import FIGURES
 

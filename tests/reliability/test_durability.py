@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 import redis
 
-from engine.decisions import DecisionStore
-from engine.redis_server import EmbeddedRedis
-from features.online import entity_prefix
+from antifraud.engine.decisions import DecisionStore
+from antifraud.engine.redis_server import EmbeddedRedis
+from antifraud.features.online import entity_prefix
 
 from .helpers import (
     FIGURES,
@@ -269,8 +269,8 @@ def test_an_answer_whose_decision_was_not_logged_says_so(
     raises ConnectionError once); the fault test sees this window only by chance."""
     from fastapi.testclient import TestClient
 
-    from engine.api import create_app
-    from engine.settings import ROOT, Settings
+    from antifraud.engine.api import create_app
+    from antifraud.engine.settings import ROOT, Settings
 
     with EmbeddedRedis(tmp_path / "redis") as server:
         client = redis.Redis.from_url(server.url)

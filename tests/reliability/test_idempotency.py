@@ -220,7 +220,7 @@ def test_three_concurrent_copies_count_once() -> None:
 
 def _entity_logs(client: Any, payments: list[dict[str, Any]]) -> tuple[int, list[Any]]:
     """Compare every entity's event log (its ZSET of transaction ids) with the payments sent once."""
-    from features.spec import load_spec
+    from antifraud.features.spec import load_spec
 
     spec = load_spec()
     wrong, compared = [], 0

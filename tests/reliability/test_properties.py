@@ -32,8 +32,8 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 
-from engine.schema import PAN_SECRET_ENV, TRANSACTION_COLUMNS
-from training.history import HistoryError, load_history
+from antifraud.engine.schema import PAN_SECRET_ENV, TRANSACTION_COLUMNS
+from antifraud.training.history import HistoryError, load_history
 
 from .helpers import FIGURES, normal_suite
 

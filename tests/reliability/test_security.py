@@ -27,9 +27,9 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from engine.rules import ExpressionError, RuleSetError, compile_expression, load_ruleset, rule_names
-from engine.schema import PAN_SECRET_ENV
-from features.spec import load_spec
+from antifraud.engine.rules import ExpressionError, RuleSetError, compile_expression, load_ruleset, rule_names
+from antifraud.engine.schema import PAN_SECRET_ENV
+from antifraud.features.spec import load_spec
 
 from .helpers import FIGURES, ROOT, Payments, Service, luhn_pan, normal_suite, rules_version
 
@@ -253,7 +253,7 @@ def _export(service: Service) -> dict[str, bytes] | None:
             [
                 sys.executable,
                 "-m",
-                "engine.cli",
+                "antifraud.engine.cli",
                 "export-decisions",
                 "--out",
                 out,
