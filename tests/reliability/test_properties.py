@@ -98,7 +98,7 @@ def _check_message(message: str, path: Path) -> str:
         return "column + row"
     if re.search(r"\brow \d+\b", message):
         return "row"
-    if re.search(r"\bcolumn\b", message):
+    if re.search(r"\bcolumns?\b", message):  # one error names every missing column
         return "column"
     if any(phrase in message for phrase in WHOLE_FILE):
         return "whole file"
