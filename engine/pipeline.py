@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import time
 import zlib
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -99,12 +98,7 @@ class Scorer:
                 f"entities only on {list(ENTITY_FIELDS)}, or add the field to engine.vocabulary.ENTITY_FIELDS"
             )
 
-    def score(self, txn: Transaction) -> Mapping[str, object]:
-        """The decision for a payment (a `Decision`): verdict, score, reasons, versions, degradation
-        and timings. Typed as a mapping for the API, which picks its answer's fields by name."""
-        return self.decide(txn)
-
-    def decide(self, txn: Transaction) -> Decision:
+    def score(self, txn: Transaction) -> Decision:
         """The decision for a payment: verdict, score, reasons, versions, degradation and timings."""
         started = time.perf_counter()
         timings: Timings = {}

@@ -50,7 +50,7 @@ from datetime import date
 import numpy as np
 import pandas as pd
 
-from antifraud.engine.schema import HISTORY_COLUMNS, TRANSACTION_COLUMNS
+from antifraud.engine.schema import HISTORY_COLUMNS, REQUIRED_COLUMNS, TRANSACTION_COLUMNS
 from antifraud.training.simulator import _GENERATORS as DEFAULT_GENERATORS
 from antifraud.training.simulator import (
     COUNTRY_CODES,
@@ -89,18 +89,7 @@ from antifraud.training.simulator import (
 __all__ = ["MINIMAL_COLUMNS", "PRESETS", "Preset", "simulate_preset"]
 
 # The columns of a ``minimal`` file (in the canonical order), besides ``fraud_pattern``.
-MINIMAL_COLUMNS: tuple[str, ...] = (
-    "transaction_id",
-    "timestamp",
-    "card_id",
-    "merchant_id",
-    "amount",
-    "currency",
-    "customer_id",
-    "terminal_id",
-    "label",
-    "label_time",
-)
+MINIMAL_COLUMNS: tuple[str, ...] = (*REQUIRED_COLUMNS, "customer_id", "terminal_id", "label", "label_time")
 MINIMAL_HABIT = 35.0  # minimal: the median amount, in euros, of a customer of average level
 LARGE_AMOUNT = 350.0  # minimal: every payment above this (euros) is fraud, about 0.1 % of payments
 

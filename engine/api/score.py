@@ -10,6 +10,8 @@ this route's CPU per payment. Every payment would pay that; the other routes can
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import orjson
 from fastapi import APIRouter, Request, Response
 from pydantic import ValidationError
@@ -31,7 +33,7 @@ async def score(request: Request) -> Response:
     # Built once by start_services and never replaced (reloads swap its model and rules inside
     # it), so reading it here is as safe as a dependency, and cheaper (see the module docstring).
     scorer: Scorer = request.app.state.scorer
-    decision = scorer.score(txn)
+    decision: Mapping[str, object] = scorer.score(txn)  # the answer picks its fields by name
     answer = {name: decision[name] for name in ANSWER_FIELDS}
     return Response(orjson.dumps(answer), media_type="application/json")
 
