@@ -11,7 +11,7 @@ every reader can import it.
 
 from __future__ import annotations
 
-from typing import Any, Literal, NotRequired, TypeAlias, TypedDict
+from typing import Any, NotRequired, TypeAlias, TypedDict
 
 from antifraud.engine.verdicts import Verdict
 from antifraud.engine.vocabulary import FeedbackKind, Label, Outcome
@@ -52,6 +52,11 @@ class ShadowScore(TypedDict):
     score: float
 
 
+#: the payment as validated, without the decision's top-level keys (transaction_id, timestamp, amount,
+#: currency): its entity fields (engine.vocabulary.ENTITY_FIELDS), the other fields it was sent with, and
+#: its `metadata`; the card as a token, never a raw card number
+PaymentRecord: TypeAlias = dict[str, str | bool | dict[str, str | bool | int | float]]
+
 #: milliseconds per stage: features_ms, model_ms, rules_ms, total_ms, then log_ms
 Timings: TypeAlias = dict[str, float]
 
@@ -66,15 +71,16 @@ class Decision(TypedDict):
     reasons: Reasons
     model_version: str | None
     rules_version: str
-    degraded: list[str] | Literal[False]  # what was missing, or False when every signal was there
+    degraded: list[str]  # what was missing; empty when every signal was there
     timestamp: str  # the payment's time, ISO 8601
     decided_at: str  # ISO 8601, UTC
-    payment: dict[str, str]  # the payment's entity fields (engine.vocabulary.ENTITY_FIELDS) it has
+    payment: PaymentRecord
     amount: float
     currency: str
     features: dict[str, float | None]  # by feature name; null where missing
     shadow: NotRequired[ShadowScore]  # only for the payments in the shadow share
     timings: Timings
+    test: bool  # a test payment: answered, never stored, counted in no live figure
 
 
 class FeedbackRecord(TypedDict):

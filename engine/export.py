@@ -85,9 +85,7 @@ def _fired(
 
 def _degraded(decision: Decision) -> str | None:
     value = decision.get("degraded")
-    if not value:
-        return None
-    return "; ".join(map(str, value)) if isinstance(value, list) else str(value)
+    return "; ".join(map(str, value)) if value else None
 
 
 # Where a column is in a logged record: a path of keys (read in bulk by Arrow, which is what keeps a

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -23,6 +24,7 @@ from antifraud.engine.decision_record import (
     Decision,
     FiredRuleRecord,
     JSONObject,
+    PaymentRecord,
     Reasons,
     Timings,
 )
@@ -106,18 +108,20 @@ class Scorer:
         loaded = self.loaded  # one consistent snapshot even if a reload swaps it mid-request
 
         degraded: list[str] = []
-        values, duplicate, missing_reason = self._features(payment)
+        values, duplicate, missing_reason = self._features(payment, record=not txn.test)
         if missing_reason:
             degraded.append(missing_reason)
         timings["features_ms"] = _ms(started)
 
-        store = True
+        store = not txn.test
         if duplicate:
             # A retry: answer the first request's decision. If that is not stored yet (the first
             # request is still running in another worker), the state already counts this payment,
             # so deciding on it would be wrong: answer degraded, and leave storing to the first.
             stored = self._wait_for_stored(txn.transaction_id, started)
             if stored is not None:
+                if changed := changed_fields(stored, payment):
+                    raise IdempotencyConflict(txn.transaction_id, changed)
                 return stored
             values = self.features.without_state(payment)
             degraded.append("retry: the first request's decision is not stored yet")
@@ -159,10 +163,10 @@ class Scorer:
             "reasons": reasons,
             "model_version": loaded.model.version if loaded.model else None,
             "rules_version": loaded.rules.version,
-            "degraded": degraded or False,
+            "degraded": degraded,
             "timestamp": txn.timestamp.isoformat(),
             "decided_at": datetime.now(UTC).isoformat(),
-            "payment": {k: payment[k] for k in ENTITY_FIELDS if payment.get(k) is not None},
+            "payment": payment_record(payment),
             "amount": txn.amount,
             "currency": txn.currency,
             "features": {
@@ -170,6 +174,7 @@ class Scorer:
                 for n, v in zip(self.features.feature_names, values.tolist(), strict=True)
             },
             "timings": timings,  # total_ms is added below, log_ms once the decision is logged
+            "test": txn.test,
         }
         if loaded.shadow is not None and _in_share(txn.transaction_id, self.shadow_share):
             decision["shadow"] = {
@@ -182,10 +187,15 @@ class Scorer:
         earlier, logged = self._store(decision) if store else (None, True)
         timings["log_ms"] = _ms(t)
         if earlier is not None:
-            return earlier  # a concurrent retry stored its decision first: one answer per payment
+            # a concurrent retry stored its decision first: one answer per payment
+            if changed := changed_fields(earlier, payment):
+                raise IdempotencyConflict(txn.transaction_id, changed)
+            return earlier
         if not logged:
             # no audit record and no idempotency record: the answer must not claim to be complete
-            decision["degraded"] = [*(decision["degraded"] or []), "decision log: not stored"]
+            decision["degraded"].append("decision log: not stored")
+        if txn.test:
+            return decision  # the live figures count live payments only
         if self.metrics is not None:
             self.metrics.observe(decision, timings)
         return decision
@@ -210,10 +220,11 @@ class Scorer:
             for c in model.contributions(row)
         ]
 
-    def _features(self, payment: dict[str, Any]) -> tuple[np.ndarray, bool, str | None]:
+    def _features(self, payment: dict[str, Any], record: bool) -> tuple[np.ndarray, bool, str | None]:
         if not self.breaker.open:
             try:
-                result = self.features.score(payment)
+                # TEMPORARY until features/online.py takes record= (helper H4)
+                result = self.features.score(payment) if record else self.features.score(payment, record=False)  # type: ignore[call-arg]
                 self.breaker.reset()
                 return result.values, result.duplicate, None
             except (redis.RedisError, OSError) as exc:
@@ -248,6 +259,48 @@ class Scorer:
             if self.metrics is not None:
                 self.metrics.redis_errors.inc()
             return None, False
+
+
+class IdempotencyConflict(Exception):
+    """A transaction id already decided, sent again with another body: the API answers 409."""
+
+    def __init__(self, transaction_id: str, fields: list[str]) -> None:
+        super().__init__(
+            f"transaction {transaction_id!r} was already scored with other values of {', '.join(fields)}: "
+            "a retry must resend the same body; a new payment needs a new transaction_id"
+        )
+        self.transaction_id = transaction_id
+        self.fields = fields
+
+
+# Kept at the decision's top level, so not repeated in its `payment`.
+_TOP_LEVEL = frozenset({"transaction_id", "timestamp", "amount", "currency", "test"})
+
+
+def payment_record(payment: Mapping[str, Any]) -> PaymentRecord:
+    """The payment as validated (card tokenized, no raw PAN), without the decision's top-level keys."""
+    return {k: v for k, v in payment.items() if v is not None and k not in _TOP_LEVEL}
+
+
+def changed_fields(stored: Decision, payment: Mapping[str, Any]) -> list[str]:
+    """The fields in which a retried payment differs from the decided one (names only, never values).
+
+    Both sides are validated payments, so formatting that validation normalizes (case of an email,
+    blanks around an id, the offset of a timestamp) is not a change.
+    """
+    decided: dict[str, object] = {
+        **stored["payment"],
+        "amount": stored["amount"],
+        "currency": stored["currency"],
+        "timestamp": stored["timestamp"],
+    }
+    sent: dict[str, object] = {
+        **payment_record(payment),
+        "amount": payment["amount"],
+        "currency": payment["currency"],
+        "timestamp": payment["timestamp"].isoformat(),
+    }
+    return sorted(k for k in sent.keys() | decided.keys() if sent.get(k) != decided.get(k))
 
 
 def _ms(since: float) -> float:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import os
 from datetime import UTC, datetime
 from typing import Annotated, Literal
@@ -18,8 +19,10 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PlainValidator,
     StrictBool,
     StringConstraints,
+    WithJsonSchema,
     model_validator,
 )
 from pydantic_core import PydanticKnownError
@@ -45,6 +48,46 @@ Identifier = Annotated[
     BeforeValidator(_at_most_128),
 ]
 CountryCode = Annotated[str, StringConstraints(pattern=r"^[A-Z]{2}$")]
+
+#: How much a caller may attach to a payment: small and flat, so that it stays cheap to store with every
+#: decision and to read in rules (engine/rules: `metadata.loyalty_tier == "gold"`).
+METADATA_MAX_KEYS = 20
+METADATA_KEY_PATTERN = r"^[a-z][a-z0-9_]{0,39}$"
+METADATA_MAX_STRING = 256
+MetadataKey = Annotated[str, StringConstraints(pattern=METADATA_KEY_PATTERN)]
+
+
+def _metadata_value(value: object) -> str | bool | int | float:
+    # One clear error per bad value (a plain union would report one error per member). Strict:
+    # "3" stays a string and 3 an integer, as the caller sent them; a rule compares like with like.
+    if isinstance(value, bool | int):
+        return value
+    if isinstance(value, float) and math.isfinite(value):
+        return value
+    if isinstance(value, str):
+        if len(value) > METADATA_MAX_STRING:
+            raise PydanticKnownError("string_too_long", {"max_length": METADATA_MAX_STRING})
+        return value
+    raise ValueError(
+        f"a metadata value must be a string (at most {METADATA_MAX_STRING} characters), a finite "
+        "number or a boolean: metadata is flat, with no objects, lists or nulls"
+    )
+
+
+MetadataValue = Annotated[
+    str | bool | int | float,
+    PlainValidator(_metadata_value),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "maxLength": METADATA_MAX_STRING},
+                {"type": "number"},
+                {"type": "boolean"},
+            ]
+        }
+    ),
+]
+
 Channel = Literal["ecom", "pos", "moto"]
 
 
@@ -108,6 +151,24 @@ class Transaction(BaseModel):
     card_on_file: StrictBool | None = None
     authenticated: StrictBool | None = None
     terminal_id: Identifier | None = None
+    metadata: dict[MetadataKey, MetadataValue] | None = Field(
+        default=None,
+        max_length=METADATA_MAX_KEYS,
+        description=(
+            f"Your own flat attributes of the payment (at most {METADATA_MAX_KEYS} keys matching "
+            f"{METADATA_KEY_PATTERN}; values: strings of at most {METADATA_MAX_STRING} characters, "
+            "numbers or booleans). Stored with the decision and readable in rules as metadata.<key>."
+        ),
+        examples=[{"loyalty_tier": "gold", "order_count": 3}],
+        json_schema_extra={"propertyNames": {"pattern": METADATA_KEY_PATTERN}},
+    )
+    test: bool = Field(
+        default=False,
+        description=(
+            "A test payment: scored as a live one would be, but it moves no counter and is not "
+            "stored in the decision log; the answer says test: true."
+        ),
+    )
 
     @model_validator(mode="after")
     def _tokenize_pan(self) -> Transaction:
@@ -143,8 +204,12 @@ def tokenize_pan(pan: str) -> str:
     return "tok_" + digest[:40]
 
 
+#: What a request may carry beyond the payment's own columns: never a history file's column.
+REQUEST_ONLY_FIELDS: tuple[str, ...] = ("pan", "metadata", "test")
 # Columns of a transaction, in order; the API body and history files share them.
-TRANSACTION_COLUMNS: tuple[str, ...] = tuple(n for n in Transaction.model_fields if n != "pan")
+TRANSACTION_COLUMNS: tuple[str, ...] = tuple(
+    n for n in Transaction.model_fields if n not in REQUEST_ONLY_FIELDS
+)
 REQUIRED_COLUMNS: tuple[str, ...] = (
     "transaction_id",
     "timestamp",

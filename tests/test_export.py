@@ -86,7 +86,7 @@ def logged(txid: str, i: int, features: dict[str, Any] | None = None, **override
         "reasons": {"rules": [], "shadow_rules": [], "skipped_rules": [], "model": []},
         "model_version": "m-1",
         "rules_version": "r-1",
-        "degraded": False,
+        "degraded": [],
         "timestamp": (T0 + timedelta(seconds=i)).isoformat(),
         "decided_at": (T0 + timedelta(seconds=i, milliseconds=3)).isoformat(),
         "payment": {"card_id": f"card_{i % 7}", "merchant_id": "m_1"},

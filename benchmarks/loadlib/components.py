@@ -209,9 +209,9 @@ def _multiprocess_observe_us() -> float:
     chosen when prometheus_client is imported)."""
     code = (
         "import time\n"
-        "from engine.metrics import Metrics\n"
+        "from antifraud.engine.metrics import Metrics\n"
         "m = Metrics()\n"
-        "d = {'verdict': 'allow', 'reasons': {'rules': [], 'shadow_rules': []}, 'degraded': False}\n"
+        "d = {'verdict': 'allow', 'reasons': {'rules': [], 'shadow_rules': []}, 'degraded': []}\n"
         "t = {'features_ms': 0.5, 'model_ms': 0.04, 'rules_ms': 0.05, 'total_ms': 0.7, 'log_ms': 0.2}\n"
         "for _ in range(500): m.observe(d, t)\n"
         "w = time.perf_counter()\n"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, Field
 
@@ -40,8 +40,9 @@ class ScoreResponse(BaseModel):
     reasons: dict[str, Any]
     model_version: str | None
     rules_version: str
-    degraded: Literal[False] | list[str] = Field(description="false, or what was missing")
+    degraded: list[str] = Field(description="what was missing; empty when every signal was there")
     timings: dict[str, float]
+    test: bool = Field(description="a test payment: no counter moved, nothing stored")
 
 
 ANSWER_FIELDS = tuple(ScoreResponse.model_fields)

@@ -17,7 +17,7 @@ from antifraud.engine.loadgen.client import run_async
 CANNED = (
     b'{"transaction_id":"x","verdict":"allow","score":1.6e-6,"risk_score":0,"reasons":{"rules":[],'
     b'"shadow_rules":[],"skipped_rules":[],"model":[]},"model_version":"m","rules_version":"r",'
-    b'"degraded":false,"timings":{"features_ms":0,"model_ms":0,"rules_ms":0,"total_ms":0,"log_ms":0}}'
+    b'"degraded":[],"timings":{"features_ms":0,"model_ms":0,"rules_ms":0,"total_ms":0,"log_ms":0}}'
 )
 
 

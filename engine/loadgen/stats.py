@@ -91,7 +91,7 @@ def summarize(
         answer = json.loads(body)
         t = answer["timings"]
         verdicts[answer["verdict"]] += 1
-        degraded += answer["degraded"] is not False
+        degraded += bool(answer["degraded"])
         scorer = t["total_ms"] + t.get("log_ms", 0.0)
         stages["features"].append(t["features_ms"])
         stages["model"].append(t["model_ms"])
