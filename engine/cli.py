@@ -357,21 +357,74 @@ def backtest(
         console.print(f"wrote {json_out}")
 
 
+KeysFileOpt = Annotated[Path, typer.Option("--file", help="Keys file (YAML of name, sha256, role, ...)")]
+
+
 @keys_app.command("new")
 def keys_new(
     name: Annotated[str, typer.Option(help="Who uses the key, e.g. checkout-eu")],
-    role: Annotated[str, typer.Option(help="scorer or admin")],
-    file: Annotated[Path, typer.Option(help="Keys file (YAML of name, sha256, role)")],
+    role: Annotated[str, typer.Option(help="scorer, analyst or admin")],
+    file: KeysFileOpt,
+    merchant: Annotated[
+        list[str] | None,
+        typer.Option(help="Limit the key to this merchant id (repeatable); default: every merchant"),
+    ] = None,
 ) -> None:
     """Create an API key: prints it once and stores only its SHA-256."""
-    from antifraud.engine.auth import KeyFileError, new_key
+    from antifraud.engine.auth import ROLES, KeyFileError, new_key
 
+    chosen = next((r for r in ROLES if r == role), None)
+    if chosen is None:
+        raise _fail(f"--role must be one of {', '.join(ROLES)}, not {role!r}")
     try:
-        key = new_key(file, name, role)  # type: ignore[arg-type]
+        key = new_key(file, name, chosen, merchant or ())
     except KeyFileError as exc:
         raise _fail(str(exc)) from exc
-    console.print(f"key for {name} ({role}) stored in {file}; it is shown once:")
+    scope = f", merchants {', '.join(sorted(set(merchant)))}" if merchant else ""
+    console.print(f"key for {name} ({role}{scope}) stored in {file}; it is shown once:")
     print(key)
+
+
+@keys_app.command("list")
+def keys_list(file: KeysFileOpt) -> None:
+    """List the keys: name, role, merchants, created, and the first characters of the hash."""
+    from antifraud.engine.auth import KeyFileError, load_keys
+
+    if not file.exists():
+        raise _fail(f"{file}: no such keys file")
+    try:
+        keys = load_keys(file)
+    except KeyFileError as exc:
+        raise _fail(str(exc)) from exc
+    rows = [("NAME", "ROLE", "MERCHANTS", "CREATED", "SHA256")]
+    rows += [
+        (
+            k.name,
+            k.role,
+            ",".join(sorted(k.merchants)) if k.merchants is not None else "*",
+            k.created or "-",
+            k.sha256[:8] + "...",  # enough to tell keys apart; never the whole hash
+        )
+        for k in keys
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    console.print(f"{len(keys)} key(s) in {file}")
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    name: Annotated[str, typer.Option(help="The key's name, as `keys list` shows it")], file: KeysFileOpt
+) -> None:
+    """Remove a key from the file: running services refuse it within about a second, no restart."""
+    from antifraud.engine.auth import KeyFileError, revoke_key
+
+    try:
+        revoked = revoke_key(file, name)
+    except KeyFileError as exc:
+        raise _fail(str(exc)) from exc
+    console.print(f"revoked key {revoked.name} ({revoked.role}) in {file}")
 
 
 @app.command()
@@ -388,8 +441,16 @@ def serve(
     model: Annotated[Path | None, typer.Option(envvar="ANTIFRAUD_MODEL_DIR")] = None,
     rules: Annotated[Path | None, typer.Option(envvar="ANTIFRAUD_RULES_DIR")] = None,
     api_keys: Annotated[Path | None, typer.Option("--api-keys", envvar="ANTIFRAUD_API_KEYS")] = None,
+    data_dir: Annotated[
+        Path,
+        typer.Option(
+            "--data-dir",
+            envvar="ANTIFRAUD_DATA_DIR",
+            help="Where the embedded Redis keeps its files (its socket, pid file, log), under redis/",
+        ),
+    ] = Path("var"),
 ) -> None:
-    """Run the scoring service (FastAPI on uvicorn) until stopped."""
+    """Run the scoring service (FastAPI on uvicorn) until SIGTERM or SIGINT (exit status 0)."""
     from antifraud.engine.service import run_service
 
     run_service(
@@ -401,6 +462,7 @@ def serve(
         rules=rules,
         api_keys=api_keys,
         console=console,
+        data_dir=data_dir,
     )
 
 

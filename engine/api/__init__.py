@@ -21,7 +21,7 @@ from antifraud.engine.api import admin, decisions, feedback, health, score
 from antifraud.engine.api.errors import invalid_request
 from antifraud.engine.api.middleware import BodyLimit
 from antifraud.engine.api.models import ANSWER_FIELDS, ERRORS, FeedbackAccepted, Problem, ScoreResponse
-from antifraud.engine.auth import ApiKeyAuth, load_keys
+from antifraud.engine.auth import ROUTE_ROLES, ApiKeyAuth, KeyRing
 from antifraud.engine.metrics import Metrics
 from antifraud.engine.services import Services, build_services, connect_redis
 from antifraud.engine.settings import Settings
@@ -67,8 +67,8 @@ def create_app(settings: Settings | None = None, client: redis.Redis | None = No
     # added last, so it runs first: nothing reads a body before the caller is known
     app.add_middleware(
         ApiKeyAuth,
-        keys=load_keys(settings.api_keys_file) if settings.api_keys_file else None,
-        roles={"/admin/": "admin", "/v1/": "scorer"},
+        keys=KeyRing(settings.api_keys_file) if settings.api_keys_file else None,  # reloaded live
+        roles=ROUTE_ROLES,
     )
     app.add_exception_handler(RequestValidationError, invalid_request)
     # In this order, which is the OpenAPI document's. The scoring route goes on the app's own

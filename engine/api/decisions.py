@@ -1,4 +1,8 @@
-"""GET /v1/decisions/{transaction_id}: a stored decision, explained."""
+"""GET /v1/decisions/{transaction_id}: a stored decision, explained.
+
+A key scoped to merchants reads only its merchants' decisions; another merchant's decision gets the
+same 404 as one never stored, so a scoped key cannot learn that a transaction id exists elsewhere.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ from typing import Any
 import redis
 from fastapi import APIRouter, HTTPException
 
-from antifraud.engine.api.deps import ScorerDep, StoreDep
+from antifraud.engine.api.deps import CallerDep, ScorerDep, StoreDep
 from antifraud.engine.api.models import ERRORS, Problem
 
 router = APIRouter()
@@ -17,15 +21,20 @@ router = APIRouter()
     "/v1/decisions/{transaction_id}",
     responses={
         **ERRORS,
-        404: {"model": Problem, "description": "No decision stored for this transaction"},
+        404: {
+            "model": Problem,
+            "description": "No decision stored for this transaction (or it is another merchant's)",
+        },
         503: {"model": Problem, "description": "Redis unavailable: retry later"},
     },
 )
-async def decision(transaction_id: str, store: StoreDep, scorer: ScorerDep) -> dict[str, Any]:
+async def decision(
+    transaction_id: str, store: StoreDep, scorer: ScorerDep, caller: CallerDep
+) -> dict[str, Any]:
     """A stored decision with its features, reasons and any feedback."""
     try:
         found = store.get(transaction_id)
-        if found is None:
+        if found is None or (caller is not None and not caller.may_act_for(found["payment"]["merchant_id"])):
             raise HTTPException(404, f"no decision stored for transaction {transaction_id!r}")
         found["feedback"] = store.feedback_for(transaction_id)
         try:

@@ -11,7 +11,9 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.responses import JSONResponse
 
+from antifraud.engine.auth import SCOPE_KEY, ApiKey
 from antifraud.engine.decisions import DecisionStore
 from antifraud.engine.loader import Reloader
 from antifraud.engine.metrics import Metrics
@@ -62,9 +64,35 @@ async def get_metrics(request: Request) -> Metrics:
     return metrics
 
 
+def caller_of(request: Request) -> ApiKey | None:
+    """The key the auth middleware matched for this request; None when authentication is off."""
+    key: ApiKey | None = request.scope.get(SCOPE_KEY)
+    return key
+
+
+async def get_caller(request: Request) -> ApiKey | None:
+    """Dependency: the calling key (None when authentication is off)."""
+    return caller_of(request)
+
+
+def merchant_denied(request: Request, merchant_id: str) -> JSONResponse | None:
+    """403 when the calling key is scoped to merchants and `merchant_id` is not one of them, else None.
+
+    Called on the scoring route once the payment is validated and before it is scored (so a refused
+    payment moves no counter): a dict lookup and a set membership, nothing awaited.
+    """
+    key: ApiKey | None = request.scope.get(SCOPE_KEY)
+    if key is None or key.merchants is None or merchant_id in key.merchants:
+        return None
+    return JSONResponse(
+        {"detail": f"key {key.name!r} may not act for merchant {merchant_id!r}"}, status_code=403
+    )
+
+
 ServicesDep = Annotated[Services, Depends(get_services)]
 ScorerDep = Annotated[Scorer, Depends(get_scorer)]
 StoreDep = Annotated[DecisionStore, Depends(get_store)]
 FeaturesDep = Annotated[OnlineFeatures, Depends(get_features)]
 ReloaderDep = Annotated[Reloader, Depends(get_reloader)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+CallerDep = Annotated[ApiKey | None, Depends(get_caller)]

@@ -1,4 +1,13 @@
-"""POST /v1/feedback: what happened to a payment, stored and applied to the feature state."""
+"""POST /v1/feedback: what happened to a payment, stored and applied to the feature state.
+
+A key scoped to merchants sends feedback only about payments it can see: a stored decision of one
+of its merchants. Anything else (another merchant's payment, or a transaction id with no stored
+decision) gets 403 and nothing is stored. The two get the same answer, so a scoped key cannot learn
+that another merchant's transaction id exists; and an unknown id is refused because nothing proves
+it is the key's merchant's: kept unmatched, it would be joined (by transaction id) to whichever
+merchant's payment later carries that id. Unscoped keys keep feedback about unknown ids (`matched`
+false), for chargebacks that arrive after the decision expired.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +17,7 @@ from typing import Any
 import redis
 from fastapi import APIRouter, HTTPException
 
-from antifraud.engine.api.deps import FeaturesDep, MetricsDep, StoreDep
+from antifraud.engine.api.deps import CallerDep, FeaturesDep, MetricsDep, StoreDep
 from antifraud.engine.api.models import ERRORS, FeedbackAccepted, Problem
 from antifraud.engine.feedback import Feedback
 
@@ -19,16 +28,34 @@ router = APIRouter()
     "/v1/feedback",
     response_model=FeedbackAccepted,
     status_code=202,
-    responses={**ERRORS, 503: {"model": Problem, "description": "Redis unavailable: retry later"}},
+    responses={
+        **ERRORS,
+        403: {
+            "model": Problem,
+            "description": "The key's role may not send feedback, or the key is scoped to merchants "
+            "and no decision of theirs is stored for this transaction",
+        },
+        503: {"model": Problem, "description": "Redis unavailable: retry later"},
+    },
 )
 async def feedback(
-    event: Feedback, store: StoreDep, features: FeaturesDep, metrics: MetricsDep
+    event: Feedback, store: StoreDep, features: FeaturesDep, metrics: MetricsDep, caller: CallerDep
 ) -> dict[str, Any]:
     """Tell the engine what happened to a payment (label, bank outcome, refund, cancellation)."""
     record = {**event.model_dump(mode="json"), "received_at": datetime.now(UTC).isoformat()}
     try:
-        store.add_feedback(record)  # stored first: an accepted event is never lost
         decision = store.get(event.transaction_id)
+        if (
+            caller is not None
+            and caller.merchants is not None
+            and (decision is None or not caller.may_act_for(decision["payment"]["merchant_id"]))
+        ):
+            raise HTTPException(
+                403,
+                f"key {caller.name!r} may send feedback only about payments of its merchants; "
+                f"none is stored for transaction {event.transaction_id!r}",
+            )
+        store.add_feedback(record)  # stored before the feature update: an accepted event is never lost
         matched = decision is not None
         if matched and event.feature_event is not None:
             assert decision is not None

@@ -16,6 +16,7 @@ import orjson
 from fastapi import APIRouter, Request, Response
 from pydantic import ValidationError
 
+from antifraud.engine.api.deps import merchant_denied
 from antifraud.engine.api.errors import invalid
 from antifraud.engine.api.models import ANSWER_FIELDS, ERRORS, ScoreResponse
 from antifraud.engine.pipeline import Scorer
@@ -30,6 +31,8 @@ async def score(request: Request) -> Response:
         txn = Transaction.model_validate_json(await request.body())
     except ValidationError as exc:
         return invalid(exc.errors(), prefix=("body",))
+    if (denied := merchant_denied(request, txn.merchant_id)) is not None:
+        return denied  # a key scoped to other merchants: refused before anything is counted
     # Built once by start_services and never replaced (reloads swap its model and rules inside
     # it), so reading it here is as safe as a dependency, and cheaper (see the module docstring).
     scorer: Scorer = request.app.state.scorer
