@@ -59,6 +59,8 @@ class Reloader:
             log.error("rule set refused, previous one keeps serving: %s", errors)
             return {"reloaded": False, "errors": errors}
         self.scorer.loaded = replace(self.scorer.loaded, rules=rules)
+        if self.scorer.metrics is not None:  # the versions /metrics shows as live
+            self.scorer.metrics.note_loaded(self.scorer.loaded)
         log.info("rules %s loaded", rules.version)
         return {"reloaded": True, "rules_version": rules.version}
 
@@ -77,6 +79,8 @@ class Reloader:
             self.scorer.loaded = replace(self.scorer.loaded, shadow=model)
         else:
             self.scorer.loaded = replace(self.scorer.loaded, model=model)
+        if self.scorer.metrics is not None:  # the versions /metrics shows as live
+            self.scorer.metrics.note_loaded(self.scorer.loaded)
         log.info("%s %s loaded", "shadow model" if shadow else "model", model.version)
         return {"reloaded": True, "model_version": model.version}
 

@@ -86,6 +86,7 @@ def build_services(
     )
     # The Reloader notes the files' state now, after loading them: only a later change reloads.
     reloader = Reloader(settings, scorer)
+    metrics.note_loaded(scorer.loaded)  # the versions /metrics shows as live
     return Services(settings, client, metrics, features, store, scorer, reloader)
 
 

@@ -19,6 +19,7 @@ from fastapi.exceptions import RequestValidationError
 
 from antifraud.engine.api import admin, decisions, feedback, health, score
 from antifraud.engine.api.errors import invalid_request
+from antifraud.engine.api.http_metrics import HttpMetrics
 from antifraud.engine.api.middleware import BodyLimit
 from antifraud.engine.api.models import ANSWER_FIELDS, ERRORS, FeedbackAccepted, Problem, ScoreResponse
 from antifraud.engine.auth import ROUTE_ROLES, ApiKeyAuth, KeyRing
@@ -70,6 +71,8 @@ def create_app(settings: Settings | None = None, client: redis.Redis | None = No
         keys=KeyRing(settings.api_keys_file) if settings.api_keys_file else None,  # reloaded live
         roles=ROUTE_ROLES,
     )
+    # added after the auth, so it runs before it and counts its 401 and 403 answers too
+    app.add_middleware(HttpMetrics, metrics=app.state.metrics)
     app.add_exception_handler(RequestValidationError, invalid_request)
     # In this order, which is the OpenAPI document's. The scoring route goes on the app's own
     # router: an included router costs each request a second path match (engine/api/score.py).
