@@ -21,6 +21,7 @@ from rich.console import Console
 
 from antifraud.engine.pipeline import _rule_env
 from antifraud.engine.schema import TRANSACTION_COLUMNS, Transaction
+from antifraud.engine.verdicts import IDENTITY, VERDICTS, RiskScale
 from antifraud.features.offline import OfflineFeatures
 from antifraud.features.spec import load_spec
 from antifraud.training.backtest import (
@@ -40,7 +41,6 @@ from antifraud.training.model_artifact import ModelArtifact
 from antifraud.training.simulator import simulate
 
 START, END = date(2026, 1, 13), date(2026, 1, 21)  # the simulated history covers 2026-01-01..20
-VERDICTS = ("allow", "review", "block")
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +148,29 @@ def rules_dirs(
             root / "live",
             _rules_yaml(top_merchant, trusted_cards, shadows.replace("mode: shadow", "mode: live")),
         ),
+        # bands on the risk-score scale with a challenge band, a challenge rule, a stricter
+        # authenticated fallback and a metadata rule the history has no value for (skipped)
+        "stepup": _write_rules(
+            root / "stepup",
+            _rules_yaml(top_merchant, trusted_cards, STEPUP_RULES)
+            .replace(
+                "  review: 0.3\n  block: 0.8\n",
+                "  scale: risk_score\n  challenge: 10\n  review: 30\n  block: 80\n",
+            )
+            .replace("{block: 0.5}", "{block: 50}")
+            .replace("lists:", "authenticated_fallback: review\nmetadata: {loyalty_tier: string}\nlists:", 1),
+        ),
     }
+
+
+STEPUP_RULES = """
+  - id: mid_amount_challenge
+    when: amount > 80 and amount < 150
+    action: challenge
+  - id: gold_members
+    when: metadata.loyalty_tier == 'gold'
+    action: allow
+"""
 
 
 @pytest.fixture(scope="module")
@@ -216,11 +238,20 @@ def test_rule_figures_match_a_direct_computation(
     assert stats["top_merchant_large"].merchants == [top_merchant]
 
 
-def test_verdicts_are_those_the_service_would_give(replay: Replay, base_result: BacktestResult) -> None:
+@pytest.mark.parametrize("which", ["base", "stepup"])
+def test_verdicts_are_those_the_service_would_give(
+    replay: Replay, rules_dirs: dict[str, Path], which: str
+) -> None:
     """RuleSet.decide on the environment the service builds (engine.pipeline), row by row."""
-    rules = load_rules(base_result.rules_dir, replay.feature_names)
-    decisions = base_result.decisions
+    rules = load_rules(rules_dirs[which], replay.feature_names)
+    result = backtest_rules(replay, rules, risk_scale=IDENTITY)  # the tiny model records no thresholds
+    decisions = result.decisions
     assert decisions is not None
+    if which == "stepup":
+        mix = decisions["verdict"].value_counts()
+        assert mix.get("challenge", 0) > 0 and mix.get("review", 0) > 0, mix  # both are exercised
+        assert result.rules[-1].rule_id == "gold_members" and result.rules[-1].skipped == len(replay)
+        assert (decisions["risk_score"] == IDENTITY.of_array(replay.scores)).all()
     picks = np.random.default_rng(3).choice(len(replay), size=400, replace=False)
     for i in picks:
         row = replay.rows.iloc[i]
@@ -230,9 +261,21 @@ def test_verdicts_are_those_the_service_would_give(replay: Replay, base_result: 
         payment = {k: bool(v) if isinstance(v, np.bool_) else v for k, v in payment.items()}
         txn = Transaction(**payment)
         values = replay.features.iloc[i].to_numpy(dtype=float)
-        env = _rule_env(txn.model_dump(), replay.feature_names, values)
-        outcome = rules.decide(float(replay.scores[i]), env, txn.merchant_id)
+        env = _rule_env(txn.model_dump(), replay.feature_names, values, rules)
+        score = float(replay.scores[i])
+        outcome = rules.decide(score, env, txn.merchant_id, risk_score=IDENTITY.of(score))
         assert outcome.verdict == decisions["verdict"].iloc[i], row["transaction_id"]
+
+
+def test_risk_scale_bands_need_the_models_scale(replay: Replay, rules_dirs: dict[str, Path]) -> None:
+    with pytest.raises(BacktestError, match="risk_score scale"):
+        backtest_rules(replay, rules_dirs["stepup"])
+    # a scale anchored elsewhere moves the bands with it: the same rule set, other verdicts
+    low = backtest_rules(replay, rules_dirs["stepup"], risk_scale=RiskScale(0.01, 0.05))
+    high = backtest_rules(replay, rules_dirs["stepup"], risk_scale=IDENTITY)
+    assert low.decisions is not None and high.decisions is not None
+    assert (low.decisions["risk_score"] >= high.decisions["risk_score"]).all()
+    assert low.verdicts["block"]["payments"] >= high.verdicts["block"]["payments"]
 
 
 def test_verdict_mix_and_cost_reuse_the_evaluation_formula(

@@ -27,6 +27,7 @@ from antifraud.engine.rules import (
     run_check,
     transaction_field_types,
 )
+from antifraud.engine.verdicts import IDENTITY
 
 FIXTURE = Path(__file__).parent / "data" / "rules"
 FEATURES = ("card_count_10m", "card_count_1h", "card_mean_30d", "card_std_30d", "card_new_device")
@@ -270,7 +271,7 @@ def test_errors_carry_file_line_and_rule_id() -> None:
     errors = errors_of(files)
     found = {(e.file, e.line, e.rule_id, e.message.splitlines()[0]) for e in errors}
     assert ("a.yaml", 4, "r1", "when: unknown name 'amout' (did you mean 'amount'?) (column 1)") in found
-    assert ("a.yaml", 8, "r2", "bad action 'deny': use allow | review | block") in found
+    assert ("a.yaml", 8, "r2", "bad action 'deny': use allow | challenge | review | block") in found
     assert ("a.yaml", 9, "r2", "bad mode 'dry': use live | shadow") in found
     assert any(e[:3] == ("a.yaml", 10, "r2") and "unknown key 'colour'" in e[3] for e in found)
     assert ("b.yaml", 2, "r1", "duplicate rule id 'r1' (first defined at a.yaml:3)") in found
@@ -545,20 +546,42 @@ CONDITIONS = [
     "is_missing(w)",
     "s in lists.l",
     "s == 'b' or f2",
+    "not authenticated",
 ]
-RANDOM_NAMES: dict[str, FieldType] = {"f1": "bool", "f2": "bool", "v": "number", "w": "number", "s": "string"}
+RANDOM_NAMES: dict[str, FieldType] = {
+    "f1": "bool",
+    "f2": "bool",
+    "v": "number",
+    "w": "number",
+    "s": "string",
+    "authenticated": "bool",
+}
 
 
 @st.composite
 def random_rulesets(draw: st.DrawFn) -> RuleSet:
+    # the score bands on either scale (risk_score: the same thresholds x 100), with or without a
+    # challenge band (also per merchant), and either authenticated_fallback
+    risk = draw(st.booleans())
+    k = 100 if risk else 1
     review = draw(st.sampled_from([0.0, 0.3, 0.5]))
     block = draw(st.sampled_from([0.5, 0.8, 1.0]))
-    lines = [f"score_bands:\n  review: {review}\n  block: {block}\n  merchants:"]
-    lines += ["    m1: {review: 0.2}", "    m2: {review: 0.6, block: 0.7}"]
+    # challenge <= review, also for m1's and m3's overrides (0.2 and the default review)
+    challenge = draw(st.sampled_from([None, 0.0] if review == 0.0 else [None, 0.0, 0.05, 0.1, 0.2]))
+    lines = [f"score_bands:\n  review: {review * k:g}\n  block: {block * k:g}"]
+    if risk:
+        lines.append("  scale: risk_score")
+    if challenge is not None:
+        lines.append(f"  challenge: {challenge * k:g}")
+    lines.append("  merchants:")
+    lines += [f"    m1: {{review: {0.2 * k:g}}}", f"    m2: {{review: {0.6 * k:g}, block: {0.7 * k:g}}}"]
+    if draw(st.booleans()) and review > 0.0:
+        lines.append(f"    m3: {{challenge: {0.05 * k:g}}}")
+    lines.append(f"authenticated_fallback: {draw(st.sampled_from(['allow', 'review']))}")
     lines += ["lists:\n  l: [a, b]", "rules:"]
     for i in range(draw(st.integers(0, 6))):
         rule = f'  - {{id: r{i}, when: "{draw(st.sampled_from(CONDITIONS))}", '
-        rule += f"action: {draw(st.sampled_from(['allow', 'review', 'block']))}"
+        rule += f"action: {draw(st.sampled_from(['allow', 'challenge', 'review', 'block']))}"
         if draw(st.integers(0, 4)) == 0:
             rule += ", mode: shadow"
         if draw(st.integers(0, 3)) == 0:
@@ -576,6 +599,7 @@ def random_rows(draw: st.DrawFn) -> tuple[list[dict[str, Any]], list[Any], list[
         "v": st.sampled_from([None, np.nan, 0.0, 1.0, 2.0, 5.5]),
         "w": st.sampled_from([None, 0.0, 1.0, 3.0]),
         "s": st.sampled_from([None, "a", "b", "c"]),
+        "authenticated": st.sampled_from([True, False, None]),
     }
     rows = [{k: draw(v) for k, v in values.items() if draw(st.integers(0, 9))} for _ in range(n)]
     scores = [
@@ -587,16 +611,26 @@ def random_rows(draw: st.DrawFn) -> tuple[list[dict[str, Any]], list[Any], list[
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    ruleset=random_rulesets(), data=random_rows(), fail=st.sampled_from([None, "allow", "review", "block"])
+    ruleset=random_rulesets(),
+    data=random_rows(),
+    fail=st.sampled_from([None, "allow", "challenge", "review", "block"]),
 )
 def test_decide_frame_matches_decide(ruleset: RuleSet, data: Any, fail: Any) -> None:
     rows, scores, merchants = data
     columns = {name: np.array([row.get(name) for row in rows], dtype=object) for name in RANDOM_NAMES}
-    verdicts, fired, skipped = ruleset.decide_frame(scores, columns, merchants, no_score_verdict=fail)
+    as_floats = np.array([np.nan if s is None else s for s in scores], dtype=float)
+    risks = IDENTITY.of_array(as_floats) if ruleset.scale == "risk_score" else None
+    verdicts, fired, skipped = ruleset.decide_frame(
+        scores, columns, merchants, no_score_verdict=fail, risk_scores=risks
+    )
     for i, row in enumerate(rows):
         score = scores[i]
         outcome = ruleset.decide(
-            None if score is None else float(score), row, merchants[i], no_score_verdict=fail
+            None if score is None else float(score),
+            row,
+            merchants[i],
+            no_score_verdict=fail,
+            risk_score=IDENTITY.of(None if score is None else float(score)),
         )
         assert verdicts[i] == outcome.verdict, (i, row, score, merchants[i])
         live = {f.rule_id for f in outcome.fired}

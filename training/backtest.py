@@ -42,7 +42,7 @@ import pandas as pd
 
 from antifraud.engine.rules import RuleSet, RuleSetError
 from antifraud.engine.rules import load_rules as load_service_rules
-from antifraud.engine.verdicts import VERDICTS, Verdict
+from antifraud.engine.verdicts import VERDICTS, RiskScale, Verdict
 from antifraud.features.spec import FeatureSpec, load_spec
 from antifraud.training.config import TrainingError
 from antifraud.training.dataset import ProgressArg, as_progress, check_period, utc_midnight
@@ -61,6 +61,7 @@ __all__ = [
     "VerdictChange",
     "backtest_rules",
     "load_rules",
+    "model_risk_scale",
     "replay_period",
     "run_backtest",
 ]
@@ -367,16 +368,32 @@ def _mix(verdicts: np.ndarray, fraud: np.ndarray | None, amounts: np.ndarray) ->
     return {v: {**m, "frauds": None, "fraud_amount": None} for v, m in mix.items()}
 
 
-def _decide(replay: Replay, ruleset: RuleSet) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _decide(
+    replay: Replay, ruleset: RuleSet, risk_scores: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     no_score = NO_MODEL_VERDICT if replay.model_version is None else None
+    if ruleset.scale == "risk_score" and risk_scores is None and replay.model_version is not None:
+        raise BacktestError(
+            f"rule set {ruleset.version}: its score_bands are on the risk_score scale, which is the "
+            "model's own: pass backtest_rules(..., risk_scale=RiskScale.from_thresholds(model thresholds))"
+        )
     verdicts, fired, skipped = ruleset.decide_frame(
-        replay.scores, replay.columns(), replay.rows["merchant_id"], no_score_verdict=no_score
+        replay.scores,
+        replay.columns(),
+        replay.rows["merchant_id"],
+        no_score_verdict=no_score,
+        risk_scores=risk_scores,
     )
     # With a model every score is present, and without one no_score_verdict stands in for the
     # band: every payment has a verdict, so the cost counts each one.
     if not set(pd.unique(verdicts)) <= set(VERDICTS):
         raise RuntimeError("the rule engine left payments without a verdict")
     return verdicts, fired, skipped
+
+
+def _bands_key(ruleset: RuleSet) -> tuple[Any, ...]:
+    # what turns a score into a verdict besides the rules
+    return (ruleset.bands, dict(ruleset.merchant_bands), ruleset.scale, ruleset.authenticated_fallback)
 
 
 def _rule_key(ruleset: RuleSet) -> dict[str, tuple[Any, ...]]:
@@ -450,8 +467,7 @@ def _compare(
             for name in set(ruleset.lists) | set(baseline.lists)
             if ruleset.lists.get(name) != baseline.lists.get(name)
         ),
-        bands_changed=(ruleset.bands, dict(ruleset.merchant_bands))
-        != (baseline.bands, dict(baseline.merchant_bands)),
+        bands_changed=_bands_key(ruleset) != _bands_key(baseline),
     )
 
 
@@ -463,11 +479,15 @@ def backtest_rules(
     *,
     rules_label: str | None = None,
     baseline_label: str | None = None,
+    risk_scale: RiskScale | None = None,
 ) -> BacktestResult:
     """Apply a rule set (a directory or a loaded RuleSet) to a replayed period, as production would.
 
     With `baseline`, also compare: which payments change verdict, in which direction, at what cost.
     `rules_label` and `baseline_label` name loaded rule sets in the report (default: their path).
+    `risk_scale` is the model's score -> risk score map (`RiskScale.from_thresholds` of its
+    metadata.json thresholds, as the service's `ModelRuntime.risk_scale`): required for a rule set
+    whose bands are on the risk_score scale, and it adds a `risk_score` column to the decisions.
     """
     step = as_progress(progress)
     ruleset = rules if isinstance(rules, RuleSet) else load_rules(rules, replay.feature_names)
@@ -478,7 +498,8 @@ def backtest_rules(
     )
     t0 = time.perf_counter()
     step(f"applying {len(ruleset.rules)} rules to {len(replay):,} payments")
-    verdicts, fired, skipped = _decide(replay, ruleset)
+    risk_scores = risk_scale.of_array(replay.scores) if risk_scale is not None else None
+    verdicts, fired, skipped = _decide(replay, ruleset, risk_scores)
     amounts = replay.rows["amount"].to_numpy(dtype=float)
     fraud = replay.rows["label"].to_numpy() == 1 if replay.labelled else None
     cost = (
@@ -496,12 +517,14 @@ def backtest_rules(
             "verdict": verdicts,
         }
     )
+    if risk_scores is not None:
+        decisions.insert(decisions.columns.get_loc("score") + 1, "risk_score", risk_scores)
     if fraud is not None:
         decisions.insert(4, "label", fraud.astype(np.int8))
     comparison = None
     if base is not None:
         step(f"comparing with the baseline rule set {base.version}")
-        before, _, _ = _decide(replay, base)
+        before, _, _ = _decide(replay, base, risk_scores)
         decisions["baseline_verdict"] = before
         where = baseline_label or (str(baseline) if not isinstance(baseline, RuleSet) else "baseline")
         comparison = _compare(replay, ruleset, verdicts, base, before, where, fraud, amounts, cost)
@@ -562,7 +585,13 @@ def run_backtest(
         progress,
         rules_label=str(rules_dir),
         baseline_label=str(baseline_rules_dir) if baseline_rules_dir is not None else None,
+        risk_scale=model_risk_scale(artifact) if artifact is not None else None,
     )
+
+
+def model_risk_scale(artifact: ModelArtifact) -> RiskScale:
+    """The risk scale of a model, as the service builds it (`ModelRuntime.risk_scale`)."""
+    return RiskScale.from_thresholds(artifact.metadata.get("thresholds"))
 
 
 # ---------------------------------------------------------------------------------------- report

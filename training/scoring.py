@@ -2,7 +2,7 @@
 
 The output has one row per payment: `transaction_id, score (0-1), risk_score (0-100), verdict`.
 The verdict comes from the model's thresholds (metadata.json), or from a rule set when one is given:
-the rule engine then sees the same scores and features it would see online.
+the rule engine then sees the same scores, risk scores and features it would see online.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from antifraud.engine.rules import load_rules, rule_environment
-from antifraud.engine.verdicts import VERDICTS, band
+from antifraud.engine.verdicts import VERDICTS, RiskScale, band
 from antifraud.training.config import TrainingError
 from antifraud.training.dataset import ProgressArg, as_progress, check_period
 from antifraud.training.model_artifact import ModelArtifact
@@ -27,17 +27,19 @@ OUTPUT_FORMATS = (".csv", ".csv.gz", ".parquet")
 
 
 def verdicts(scores: np.ndarray, thresholds: dict[str, float]) -> np.ndarray:
-    """`block` at score >= thresholds['block'], else `review` at >= thresholds['review'], else `allow`."""
+    """`block` at score >= thresholds['block'], else `review` at >= thresholds['review'], else `allow`
+    (a model's own thresholds propose no challenge band: that is the rule set's choice)."""
     codes = band(np.asarray(scores, dtype=float), thresholds["review"], thresholds["block"])
     return np.asarray(VERDICTS, dtype=object)[codes]
 
 
-def risk_scores(scores: np.ndarray) -> np.ndarray:
-    """0-100 integers, rounded as the serving engine rounds them (engine/pipeline.py)."""
-    return np.rint(np.asarray(scores, dtype=float) * 100).astype(np.int64)
+def risk_scores(scores: np.ndarray, scale: RiskScale) -> np.ndarray:
+    """0-100 integers, the model's risk scale as the serving engine applies it (ModelRuntime.risk_score);
+    scores are never NaN here (a replay with a model scores every payment)."""
+    return scale.of_array(np.asarray(scores, dtype=float)).astype(np.int64)
 
 
-def rules_decider(rules_dir: Path, feature_names: Sequence[str]) -> Decide:
+def rules_decider(rules_dir: Path, feature_names: Sequence[str], scale: RiskScale | None = None) -> Decide:
     """A `Decide` backed by the rule set in `rules_dir` (engine.rules), for `--rules DIR`.
 
     Rules see what they see online: every payment field, then every feature not named like a
@@ -52,7 +54,8 @@ def rules_decider(rules_dir: Path, feature_names: Sequence[str]) -> Decide:
 
     def decide(scores: np.ndarray, features: pd.DataFrame, rows: pd.DataFrame) -> np.ndarray:
         columns = rule_environment(rows, features)
-        verdict, _, _ = rules.decide_frame(scores, columns, rows["merchant_id"].to_numpy())
+        risks = scale.of_array(np.asarray(scores, dtype=float)) if scale is not None else None
+        verdict, _, _ = rules.decide_frame(scores, columns, rows["merchant_id"].to_numpy(), risk_scores=risks)
         return np.asarray(verdict, dtype=object)
 
     return decide
@@ -98,8 +101,9 @@ def score_history(
     columns, label_delay, notes = artifact.reading(columns, label_delay)
     for note in notes:
         step(note)
+    scale = RiskScale.from_thresholds(artifact.metadata.get("thresholds"))
     if decide is None and rules_dir is not None:
-        decide = rules_decider(rules_dir, artifact.features)
+        decide = rules_decider(rules_dir, artifact.features, scale)
     replayed = replay(history, s, e, artifact, columns=columns, label_delay=label_delay, progress=step)
     scores = replayed.scores
     verdict = (
@@ -109,13 +113,13 @@ def score_history(
     )
     if len(verdict) != len(scores) or not np.isin(verdict, VERDICTS).all():
         raise TrainingError(
-            "the rule engine returned verdicts that are not one of allow/review/block per payment"
+            f"the rule engine returned verdicts that are not one of {'/'.join(VERDICTS)} per payment"
         )
     frame = pd.DataFrame(
         {
             "transaction_id": replayed.rows["transaction_id"].to_numpy(),
             "score": scores,
-            "risk_score": risk_scores(scores),
+            "risk_score": risk_scores(scores, scale),
             "verdict": verdict.astype(str),
         }
     )

@@ -44,6 +44,7 @@ from antifraud.engine.rules.nodes import (
     list_type,
 )
 
+_METADATA_PREFIX: Final = "metadata."  # as engine.rules.ruleset.METADATA_PREFIX (which imports this module)
 _BINOPS: Final[Mapping[type[ast.operator], Literal["+", "-", "*", "/", "%"]]] = {
     ast.Add: "+",
     ast.Sub: "-",
@@ -202,7 +203,7 @@ class Checker:
         if isinstance(node, ast.Constant):
             return self.visit_constant(node)
         if isinstance(node, ast.Attribute):
-            return self.visit_attribute(node)
+            return self.visit_attribute(node, tolerant)
         if isinstance(node, ast.List):
             return self.visit_list(node)
         message = _FORBIDDEN.get(type(node), f"{type(node).__name__} is not allowed in a rule expression")
@@ -238,6 +239,8 @@ class Checker:
             return self.error(node, _NO_NULL)
         if name == "lists":
             return self.error(node, "'lists' must be followed by a list name: lists.NAME")
+        if name == "metadata":
+            return self.error(node, "'metadata' must be followed by a key: metadata.KEY")
         if name in FUNCTIONS:
             return self.error(node, f"{name} is a function: call it as {name}(...)")
         if name not in self.names:
@@ -247,9 +250,11 @@ class Checker:
         self.strict[name] = self.strict.get(name, False) or not tolerant
         return Name(self.names[name], self.at(node), name)
 
-    def visit_attribute(self, node: ast.Attribute) -> Node:
+    def visit_attribute(self, node: ast.Attribute, tolerant: bool) -> Node:
+        if isinstance(node.value, ast.Name) and node.value.id == "metadata":
+            return self.visit_metadata(node, tolerant)
         if not (isinstance(node.value, ast.Name) and node.value.id == "lists"):
-            return self.error(node, "attribute access (a.b) is not allowed; only lists.NAME")
+            return self.error(node, "attribute access (a.b) is not allowed; only lists.NAME and metadata.KEY")
         name = node.attr
         if "__" in name:
             return self.error(node, f"names containing '__' are not allowed: {name}")
@@ -260,6 +265,24 @@ class Checker:
         if kind is None:
             return self.error(node, f"list '{name}' mixes strings and numbers")
         return ListValue(kind, self.at(node), values, name)
+
+    def visit_metadata(self, node: ast.Attribute, tolerant: bool) -> Node:
+        """metadata.KEY: a name like any other ("metadata.KEY"), typed by the rule set's
+        `metadata:` declaration; absent from a payment, it is missing (the rule is skipped)."""
+        key = node.attr
+        if "__" in key:
+            return self.error(node, f"names containing '__' are not allowed: {key}")
+        name = _METADATA_PREFIX + key
+        if name not in self.names:
+            declared = [n[len(_METADATA_PREFIX) :] for n in self.names if n.startswith(_METADATA_PREFIX)]
+            hint = _did_you_mean(key, declared)
+            return self.error(
+                node,
+                f"unknown metadata key '{key}'"
+                + (hint or ": declare it with its type under metadata: in a rules file"),
+            )
+        self.strict[name] = self.strict.get(name, False) or not tolerant
+        return Name(self.names[name], self.at(node), name)
 
     def visit_list(self, node: ast.List) -> Node:
         values: list[Any] = []

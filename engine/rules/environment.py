@@ -19,7 +19,7 @@ from typing import Any
 import pandas as pd
 
 from antifraud.engine.rules.names import rule_names
-from antifraud.engine.rules.ruleset import RuleSet
+from antifraud.engine.rules.ruleset import METADATA_PREFIX, RuleSet
 from antifraud.engine.rules.yaml_loader import load_ruleset
 
 
@@ -33,14 +33,28 @@ def payment_fields() -> tuple[str, ...]:
 
 
 def rule_environment(rows: pd.DataFrame, features: pd.DataFrame) -> dict[str, pd.Series[Any]]:
-    """The columns rules read for these payments, by name: payment fields first, then features.
+    """The columns rules read for these payments, by name: payment fields first, then features,
+    then the payments' metadata.
 
     `rows` are canonical history rows and `features` their features, row for row. A feature named
-    like a payment field (channel, mcc, amount...) is shadowed by it, as online.
+    like a payment field (channel, mcc, amount...) is shadowed by it, as online. Metadata comes
+    from columns named ``metadata.KEY`` in `rows`, or from a ``metadata`` column of dicts (or
+    None), one column per key; a history without them gives every `metadata.KEY` rule a missing
+    value (skipped), and a value of another type than the rule set declares is missing too
+    (`RuleSet.decide_frame`), as online.
     """
     columns: dict[str, pd.Series[Any]] = {n: rows[n] for n in payment_fields() if n in rows}
     for name in features.columns:
         columns.setdefault(str(name), features[name])
+    for name in rows.columns:
+        if str(name).startswith(METADATA_PREFIX):
+            columns[str(name)] = rows[name]
+    if "metadata" in rows:
+        dicts = [m if isinstance(m, dict) else {} for m in rows["metadata"]]
+        for key in sorted({k for m in dicts for k in m}):
+            columns.setdefault(
+                METADATA_PREFIX + key, pd.Series([m.get(key) for m in dicts], index=rows.index, dtype=object)
+            )
     return columns
 
 

@@ -20,10 +20,29 @@ import yaml
 from antifraud.engine.rules.errors import ExpressionError, RuleError, RuleSetError
 from antifraud.engine.rules.expression import compile_expression
 from antifraud.engine.rules.nodes import FieldType
-from antifraud.engine.rules.ruleset import ACTIONS, MODES, Action, Mode, Rule, RuleSet, ScoreBands
+from antifraud.engine.rules.ruleset import (
+    ACTIONS,
+    DEFAULT_FALLBACK,
+    FALLBACKS,
+    METADATA_PREFIX,
+    METADATA_TYPES,
+    MODES,
+    SCALES,
+    Action,
+    Fallback,
+    MetadataType,
+    Mode,
+    Rule,
+    RuleSet,
+    Scale,
+    ScoreBands,
+)
 
-_TOP_KEYS: Final = ("score_bands", "lists", "rules")
-_BAND_KEYS: Final = ("review", "block", "merchants")
+_TOP_KEYS: Final = ("score_bands", "authenticated_fallback", "metadata", "lists", "rules")
+_BAND_KEYS: Final = ("scale", "challenge", "review", "block", "merchants")
+_MERCHANT_BAND_KEYS: Final = ("challenge", "review", "block")
+#: the largest threshold per scale
+_SCALE_TOP: Final[Mapping[str, float]] = {"score": 1.0, "risk_score": 100.0}
 _RULE_KEYS: Final = ("id", "description", "when", "action", "reason", "mode", "merchants")
 _RULE_ID: Final = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,99}$")
 _LIST_NAME: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,99}$")
@@ -127,7 +146,12 @@ class _Loader:
         self.errors = errors
         self.bands: ScoreBands | None = None
         self.bands_at: tuple[str, int] | None = None
-        self.merchant_bands: dict[str, tuple[float | None, float | None, str, int]] = {}
+        self.scale: Scale = "score"
+        self.merchant_bands: dict[str, tuple[dict[str, float | None], str, int]] = {}
+        self.fallback: Fallback = DEFAULT_FALLBACK
+        self.fallback_at: tuple[str, int] | None = None
+        self.metadata: dict[str, MetadataType] = {}
+        self.metadata_at: dict[str, tuple[str, int]] = {}
         self.lists: dict[str, frozenset[str]] = {}
         self.list_at: dict[str, tuple[str, int]] = {}
         self.rules: list[_RawRule] = []
@@ -153,7 +177,15 @@ class _Loader:
         merchant_bands = self.check_merchant_bands()
         if self.errors or self.bands is None:
             raise RuleSetError(sorted(self.errors, key=lambda e: (e.file, e.line or 0)))
-        return RuleSet(compiled, self.lists, self.bands, merchant_bands)
+        return RuleSet(
+            compiled,
+            self.lists,
+            self.bands,
+            merchant_bands,
+            scale=self.scale,
+            authenticated_fallback=self.fallback,
+            metadata=self.metadata,
+        )
 
     # -- YAML helpers
 
@@ -178,10 +210,14 @@ class _Loader:
             self.error(file, root, "a rules file is a mapping with score_bands, lists and/or rules")
             return
         for key, key_node, value in self.items(file, root, _TOP_KEYS):
-            if key in ("lists", "rules") and _is_null(value):
+            if key in ("lists", "rules", "metadata") and _is_null(value):
                 continue  # a section left empty, e.g. every entry commented out
             if key == "score_bands":
                 self.add_bands(file, key_node, value)
+            elif key == "authenticated_fallback":
+                self.add_fallback(file, key_node, value)
+            elif key == "metadata":
+                self.add_metadata(file, value)
             elif key == "lists":
                 self.add_lists(file, value)
             else:
@@ -240,12 +276,14 @@ class _Loader:
         text = self.text(file, node, what)
         if text is None:
             return None
+        top = _SCALE_TOP[self.scale]
         try:
             value = float(text) if node.tag != "tag:yaml.org,2002:bool" else None
         except ValueError:
             value = None
-        if value is None or not 0.0 <= value <= 1.0:
-            self.error(file, node, f"{what} must be a number between 0 and 1, not {text!r}")
+        if value is None or not 0.0 <= value <= top:
+            hint = " (the bands are on the risk_score scale)" if self.scale == "risk_score" else ""
+            self.error(file, node, f"{what} must be a number between 0 and {top:g}{hint}, not {text!r}")
             return None
         return value
 
@@ -260,63 +298,90 @@ class _Loader:
         if not isinstance(node, yaml.MappingNode):
             self.error(file, node, "score_bands is a mapping with review, block and optional merchants")
             return
-        values: dict[str, float | None] = {"review": None, "block": None}
+        # the scale first: every threshold of the mapping (merchants' too) is read on it
+        for key_node, value in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.value == "scale":
+                self.scale = self.choice(file, value, "score_bands.scale", SCALES, None) or "score"  # type: ignore[assignment]
+        values: dict[str, float | None] = {"challenge": None, "review": None, "block": None}
         given: set[str] = set()
         for key, _, value in self.items(file, node, _BAND_KEYS):
             if key == "merchants":
                 self.add_merchant_bands(file, value)
-            else:
+            elif key != "scale":
                 given.add(key)
                 values[key] = self.threshold(file, value, f"score_bands.{key}")
         for key in ("review", "block"):
             if key not in given:
                 self.error(file, node, f"score_bands.{key} is required")
-        review, block = values["review"], values["block"]
-        if review is not None and block is not None:
-            if review > block:
-                self.error(file, node, f"score_bands: review ({review}) must not be above block ({block})")
-            else:
-                self.bands = ScoreBands(review, block)
+        if "challenge" in given and values["challenge"] is None:
+            return  # reported
+        bands = _bands(values["challenge"], values["review"], values["block"])
+        if isinstance(bands, str):
+            self.error(file, node, f"score_bands: {bands}")
+        elif bands is not None:
+            self.bands = bands
+
+    def add_fallback(self, file: str, key_node: yaml.Node, node: yaml.Node) -> None:
+        if self.fallback_at is not None:
+            first = f"{self.fallback_at[0]}:{self.fallback_at[1]}"
+            self.error(file, key_node, f"authenticated_fallback is already defined at {first}")
+            return
+        self.fallback_at = (file, key_node.start_mark.line + 1)
+        chosen = self.choice(file, node, "authenticated_fallback", FALLBACKS, None)
+        if chosen is not None:
+            self.fallback = chosen  # type: ignore[assignment]
+
+    def add_metadata(self, file: str, node: yaml.Node) -> None:
+        from antifraud.engine.schema import METADATA_KEY_PATTERN  # on use: the schema pulls in pydantic
+
+        if not isinstance(node, yaml.MappingNode):
+            self.error(file, node, "metadata maps the keys rules read to a type: string | number | bool")
+            return
+        for key, key_node, value in self.items(file, node, None):
+            if not re.match(METADATA_KEY_PATTERN, key):
+                self.error(file, key_node, f"bad metadata key '{key}': keys match {METADATA_KEY_PATTERN}")
+                continue
+            if key in self.metadata_at:
+                first = "{}:{}".format(*self.metadata_at[key])
+                self.error(file, key_node, f"metadata key '{key}' is already declared at {first}")
+                continue
+            chosen = self.choice(file, value, f"metadata.{key} type", METADATA_TYPES, None)
+            if chosen is not None:
+                self.metadata_at[key] = (file, key_node.start_mark.line + 1)
+                self.metadata[key] = chosen  # type: ignore[assignment]
 
     def add_merchant_bands(self, file: str, node: yaml.Node) -> None:
         if not isinstance(node, yaml.MappingNode):
-            self.error(file, node, "score_bands.merchants maps merchant ids to {review, block}")
+            self.error(file, node, "score_bands.merchants maps merchant ids to {challenge, review, block}")
             return
         for merchant, key_node, value in self.items(file, node, None):
             if not isinstance(value, yaml.MappingNode):
                 self.error(file, value, f"merchant {merchant}: give {{review: .., block: ..}}")
                 continue
             found: dict[str, float | None] = {}
-            for key, _, threshold in self.items(file, value, ("review", "block")):
+            for key, _, threshold in self.items(file, value, _MERCHANT_BAND_KEYS):
                 found[key] = self.threshold(file, threshold, f"merchant {merchant} {key}")
             if not found:
-                self.error(file, value, f"merchant {merchant}: give review and/or block")
-            self.merchant_bands[merchant] = (
-                found.get("review"),
-                found.get("block"),
-                file,
-                key_node.start_mark.line + 1,
-            )
+                self.error(file, value, f"merchant {merchant}: give challenge, review and/or block")
+            self.merchant_bands[merchant] = (found, file, key_node.start_mark.line + 1)
 
     def check_merchant_bands(self) -> dict[str, ScoreBands]:
         out: dict[str, ScoreBands] = {}
         if self.bands is None:
             return out
-        for merchant, (review, block, file, line) in self.merchant_bands.items():
-            bands = ScoreBands(
-                self.bands.review if review is None else review, self.bands.block if block is None else block
+        for merchant, (found, file, line) in self.merchant_bands.items():
+            if any(v is None for v in found.values()):
+                continue  # reported
+            # a threshold left out is inherited from the default bands
+            bands = _bands(
+                found.get("challenge", self.bands.challenge),
+                found.get("review", self.bands.review),
+                found.get("block", self.bands.block),
             )
-            if bands.review > bands.block:
-                self.errors.append(
-                    RuleError(
-                        file,
-                        line,
-                        None,
-                        f"merchant {merchant}: review ({bands.review}) must not be above "
-                        f"block ({bands.block})",
-                    )
-                )
-            out[merchant] = bands
+            if isinstance(bands, str):
+                self.errors.append(RuleError(file, line, None, f"merchant {merchant}: {bands}"))
+            elif bands is not None:
+                out[merchant] = bands
         return out
 
     def add_lists(self, file: str, node: yaml.Node) -> None:
@@ -423,12 +488,14 @@ class _Loader:
 
     def compile_rules(self) -> list[Rule]:
         rules: list[Rule] = []
+        # the declared metadata keys are names too (metadata.KEY), after every file is read
+        names = {**self.names, **{METADATA_PREFIX + k: t for k, t in self.metadata.items()}}
         for raw in self.rules:
             if raw.when is None:
                 continue  # already reported
             rule_id = raw.id or None
             try:
-                expr = compile_expression(str(raw.when.value), self.names, self.lists, expected="bool")
+                expr = compile_expression(str(raw.when.value), names, self.lists, expected="bool")
             except ExpressionError as e:
                 for problem in e.problems:
                     line, message = _expression_location(raw.when, e.text, problem.line, problem.column)
@@ -452,6 +519,17 @@ class _Loader:
                 )
             )
         return rules
+
+
+def _bands(challenge: float | None, review: float | None, block: float | None) -> ScoreBands | str | None:
+    """The bands, a message when they are out of order, None when a threshold is missing (reported)."""
+    if review is None or block is None:
+        return None
+    if review > block:
+        return f"review ({review:g}) must not be above block ({block:g})"
+    if challenge is not None and challenge > review:
+        return f"challenge ({challenge:g}) must not be above review ({review:g})"
+    return ScoreBands(review, block, challenge)
 
 
 def _is_null(node: yaml.Node) -> bool:
