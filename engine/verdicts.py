@@ -90,13 +90,15 @@ class RiskScale:
         if score is None or score != score:
             return None
         r, b = self.review, self.block
+        # each segment is capped below the next anchor: a score one ulp under a threshold must not
+        # round up onto it (risk >= 80 exactly when score >= block)
         if score >= b:
-            value = BLOCK_RISK + (100 - BLOCK_RISK) * (score - b) / (1.0 - b)
-        elif score >= r:
-            value = REVIEW_RISK + (BLOCK_RISK - REVIEW_RISK) * (score - r) / (b - r)
-        else:
-            value = REVIEW_RISK * score / r
-        return min(100, max(0, math.floor(value)))
+            return min(100, math.floor(BLOCK_RISK + (100 - BLOCK_RISK) * (score - b) / (1.0 - b)))
+        if score >= r:
+            return min(
+                BLOCK_RISK - 1, math.floor(REVIEW_RISK + (BLOCK_RISK - REVIEW_RISK) * (score - r) / (b - r))
+            )
+        return min(REVIEW_RISK - 1, max(0, math.floor(REVIEW_RISK * score / r)))
 
     def of_array(self, scores: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
         """:meth:`of` over an array, as float64 (NaN where the score is NaN, else whole numbers)."""
@@ -104,16 +106,14 @@ class RiskScale:
 
         s = np.asarray(scores, dtype=np.float64)
         r, b = self.review, self.block
-        # the same three formulas as :meth:`of`, term for term, so both floor to the same integers
+        # the same three formulas and caps as :meth:`of`, term for term: both give the same integers
         with np.errstate(invalid="ignore"):
-            value = np.where(
-                s >= b,
-                BLOCK_RISK + (100 - BLOCK_RISK) * (s - b) / (1.0 - b),
-                np.where(
-                    s >= r, REVIEW_RISK + (BLOCK_RISK - REVIEW_RISK) * (s - r) / (b - r), REVIEW_RISK * s / r
-                ),
+            top = np.minimum(100, np.floor(BLOCK_RISK + (100 - BLOCK_RISK) * (s - b) / (1.0 - b)))
+            mid = np.minimum(
+                BLOCK_RISK - 1, np.floor(REVIEW_RISK + (BLOCK_RISK - REVIEW_RISK) * (s - r) / (b - r))
             )
-            out = np.clip(np.floor(value), 0, 100)
+            low = np.clip(np.floor(REVIEW_RISK * s / r), 0, REVIEW_RISK - 1)
+            out = np.where(s >= b, top, np.where(s >= r, mid, low)).astype(np.float64)
         out[np.isnan(s)] = np.nan
         return out
 

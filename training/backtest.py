@@ -518,7 +518,7 @@ def backtest_rules(
         }
     )
     if risk_scores is not None:
-        decisions.insert(decisions.columns.get_loc("score") + 1, "risk_score", risk_scores)
+        decisions.insert(list(decisions.columns).index("score") + 1, "risk_score", risk_scores)
     if fraud is not None:
         decisions.insert(4, "label", fraud.astype(np.int8))
     comparison = None

@@ -415,7 +415,7 @@ class RuleSet:
             fixed[name] = np.array([v if v is not None and check(v) else None for v in values], dtype=object)
         if not fixed:
             return columns
-        return {**{str(k): columns[k] for k in columns}, **fixed}
+        return {**{str(k): columns[str(k)] for k in columns}, **fixed}
 
     def __repr__(self) -> str:
         return f"RuleSet(version={self.version!r}, rules={len(self.rules)}, lists={len(self.lists)})"
