@@ -493,7 +493,11 @@ def test_version_changes_with_content(
 def test_check_ok(fixture_rules: RuleSet) -> None:
     out = io.StringIO()
     assert run_check(FIXTURE, NAMES, Console(file=out, width=200)) == 0
-    assert out.getvalue().strip() == f"OK: 8 rules (1 shadow), 3 lists, version {fixture_rules.version}"
+    assert out.getvalue().strip().splitlines() == [
+        f"OK: 8 rules (1 shadow), 3 lists, version {fixture_rules.version}",
+        "score bands on the score scale: review >= 0.35, block >= 0.8 (2 merchant overrides); an "
+        "authenticated payment due a challenge gets allow",
+    ]
 
 
 def test_check_report_lists_every_error(tmp_path: Path) -> None:

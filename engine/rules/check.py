@@ -48,6 +48,7 @@ def print_report(errors: Sequence[RuleError], console: Console, ruleset: RuleSet
                 style="bold green",
             )
         )
+        console.print(Text(describe_bands(ruleset)))
         return
     table = Table(title=f"{len(errors)} error(s) in the rule set", title_justify="left", show_lines=True)
     table.add_column("where", style="cyan", no_wrap=True)
@@ -58,6 +59,21 @@ def print_report(errors: Sequence[RuleError], console: Console, ruleset: RuleSet
         # Text, not markup: messages quote expressions such as ['RU', 'NG'].
         table.add_row(Text(where), Text(error.rule_id or ""), Text(error.message))
     console.print(table)
+
+
+def describe_bands(ruleset: RuleSet) -> str:
+    """One line on what turns a score into a verdict: the bands with their scale, what an
+    authenticated payment gets instead of a challenge, and the metadata keys rules may read."""
+    b = ruleset.bands
+    bands = [f"challenge >= {b.challenge:g}"] if b.challenge is not None else []
+    bands += [f"review >= {b.review:g}", f"block >= {b.block:g}"]
+    line = f"score bands on the {ruleset.scale} scale: {', '.join(bands)}"
+    if ruleset.merchant_bands:
+        line += f" ({len(ruleset.merchant_bands)} merchant overrides)"
+    line += f"; an authenticated payment due a challenge gets {ruleset.authenticated_fallback}"
+    if ruleset.metadata:
+        line += "; metadata: " + ", ".join(f"{k} ({t})" for k, t in sorted(ruleset.metadata.items()))
+    return line
 
 
 def run_check(directory: str | Path, names: Mapping[str, FieldType], console: Console | None = None) -> int:
