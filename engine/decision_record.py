@@ -11,7 +11,11 @@ every reader can import it.
 
 from __future__ import annotations
 
-from typing import Any, NotRequired, TypeAlias, TypedDict
+from typing import Any, Literal, NotRequired, TypeAlias
+
+# typing_extensions' TypedDict: pydantic builds the API's schemas from these (engine/api/models.py)
+# and refuses typing's on Python 3.11
+from typing_extensions import TypedDict
 
 from antifraud.engine.verdicts import Verdict
 from antifraud.engine.vocabulary import FeedbackKind, Label, Outcome
@@ -26,22 +30,43 @@ class FiredRuleRecord(TypedDict):
 
 
 class ContributionRecord(TypedDict):
-    """One feature's share of the score (log-odds), computed when a decision is read (`explain`)."""
+    """One feature's share of the score (TreeSHAP, log-odds): among the top 5 by absolute value."""
 
     feature: str
-    value: float
+    value: float | None  # the feature's value; null where it was missing
     contribution: float
+
+
+#: the stable code of each score band's reason (SCORE_BAND_ + the band's verdict in capitals)
+BandCode: TypeAlias = Literal["SCORE_BAND_CHALLENGE", "SCORE_BAND_REVIEW", "SCORE_BAND_BLOCK"]
+
+
+class BandReason(TypedDict):
+    """The score band as a reason: the payment's score fell in a challenge, review or block band."""
+
+    band: Verdict  # the band's verdict: challenge, review or block (never allow)
+    code: BandCode
+    scale: Literal["score", "risk_score"]  # what the rule set's thresholds are written on
+    threshold: float  # the band's lower bound, on `scale` (the merchant's own when it has one)
+    score: float  # the model's score (0-1)
+    risk_score: int  # the risk score (0-100)
 
 
 class Reasons(TypedDict):
     """Why the verdict: the rules that fired (live and shadow), those skipped for missing inputs,
-    the model's contributions (empty in the log: they are computed on read) and, when a signal
-    was missing, the fail policy that stood in for the score bands."""
+    the model's top contributions (only in challenge, review and block answers scored with every
+    signal; empty otherwise), the score band when it flagged the payment, what replaced a challenge
+    of an already authenticated payment and, when a signal was missing, the fail policy that stood
+    in for the score bands."""
 
     rules: list[FiredRuleRecord]
     shadow_rules: list[FiredRuleRecord]
     skipped_rules: list[str]
     model: list[ContributionRecord]
+    #: present when the verdict is not allow and the score's band is not allow
+    band: NotRequired[BandReason]
+    #: present when a challenge became this verdict because the payment was already authenticated
+    authenticated_fallback: NotRequired[Literal["allow", "review"]]
     fail_policy: NotRequired[Verdict]
 
 
@@ -67,7 +92,7 @@ class Decision(TypedDict):
     transaction_id: str
     verdict: Verdict
     score: float | None  # None: no model loaded
-    risk_score: int | None  # the score x 100, rounded
+    risk_score: int | None  # 0-100: the model's RiskScale of the score (docs/rules.md); null with it
     reasons: Reasons
     model_version: str | None
     rules_version: str

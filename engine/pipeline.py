@@ -14,12 +14,13 @@ import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 import redis
 
 from antifraud.engine.decision_record import (
+    BandCode,
     ContributionRecord,
     Decision,
     FiredRuleRecord,
@@ -33,6 +34,7 @@ from antifraud.engine.model import ModelRuntime
 from antifraud.engine.rules import FiredRule, RuleSet
 from antifraud.engine.schema import Transaction
 from antifraud.engine.settings import FailPolicy
+from antifraud.engine.verdicts import Verdict
 from antifraud.engine.vocabulary import ENTITY_FIELDS
 from antifraud.features.online import OnlineFeatures
 
@@ -136,10 +138,15 @@ class Scorer:
         timings["model_ms"] = _ms(t)
 
         t = time.perf_counter()
-        env = _rule_env(payment, self.features.feature_names, values)
+        risk_score = loaded.model.risk_score(score) if loaded.model is not None else None
+        env = _rule_env(payment, self.features.feature_names, values, loaded.rules)
         # Without every signal the fail policy stands in for the score bands; rules still apply.
         outcome = loaded.rules.decide(
-            None if degraded else score, env, txn.merchant_id, no_score_verdict=self.fail_policy
+            None if degraded else score,
+            env,
+            txn.merchant_id,
+            no_score_verdict=self.fail_policy,
+            risk_score=None if degraded else risk_score,
         )
         verdict = outcome.verdict or self.fail_policy
         timings["rules_ms"] = _ms(t)
@@ -150,16 +157,42 @@ class Scorer:
             "skipped_rules": list(outcome.skipped),
             "model": [],
         }
-        # The model's per-feature contributions (TreeSHAP, ~1.5 ms) are computed when a decision is
-        # read (`explain`), never on the payment's path: they were most of the p99 under load.
+        band, threshold = outcome.band_verdict, outcome.band_threshold
+        # the band as a reason whenever it flagged a payment that is not allowed (docs/api.md)
+        if (
+            verdict != "allow"
+            and band is not None
+            and band != "allow"
+            and threshold is not None
+            and score is not None
+            and risk_score is not None
+        ):
+            reasons["band"] = {
+                "band": band,
+                "code": _BAND_CODES[band],
+                "scale": loaded.rules.scale,
+                "threshold": threshold,
+                "score": score,
+                "risk_score": risk_score,
+            }
+        if outcome.authenticated_fallback is not None:
+            reasons["authenticated_fallback"] = outcome.authenticated_fallback
         if degraded:
             reasons["fail_policy"] = self.fail_policy
+        elif verdict != "allow" and loaded.model is not None:
+            # Only flagged answers pay for the model's top contributions (TreeSHAP through the C API
+            # fast path, ~1.5 ms with models/default: benchmarks/bench_contributions.py); allow
+            # answers, 97-98 % of traffic, stay cheap. A degraded score is not explained: the fail
+            # policy decided, as `explain` says for a stored decision.
+            t = time.perf_counter()
+            reasons["model"] = _contribution_records(loaded.model, values)
+            timings["explain_ms"] = _ms(t)
 
         decision: Decision = {
             "transaction_id": txn.transaction_id,
             "verdict": verdict,
             "score": score,
-            "risk_score": None if score is None else round(score * 100),
+            "risk_score": risk_score,
             "reasons": reasons,
             "model_version": loaded.model.version if loaded.model else None,
             "rules_version": loaded.rules.version,
@@ -215,16 +248,12 @@ class Scorer:
         row = np.array(
             [np.nan if stored.get(n) is None else stored[n] for n in model.feature_names], dtype=float
         )
-        return [
-            {"feature": c.feature, "value": c.value, "contribution": c.contribution}
-            for c in model.contributions(row)
-        ]
+        return _contribution_records(model, row)
 
     def _features(self, payment: dict[str, Any], record: bool) -> tuple[np.ndarray, bool, str | None]:
         if not self.breaker.open:
             try:
-                # TEMPORARY until features/online.py takes record= (helper H4)
-                result = self.features.score(payment) if record else self.features.score(payment, record=False)  # type: ignore[call-arg]
+                result = self.features.score(payment, record=record)
                 self.breaker.reset()
                 return result.values, result.duplicate, None
             except (redis.RedisError, OSError) as exc:
@@ -312,13 +341,38 @@ def _fired(f: FiredRule) -> FiredRuleRecord:
     return {"rule": rule_id, "action": action, "reason": reason}
 
 
-def _rule_env(payment: dict[str, Any], names: list[str], values: np.ndarray) -> dict[str, Any]:
+def _rule_env(
+    payment: dict[str, Any], names: list[str], values: np.ndarray, rules: RuleSet
+) -> dict[str, Any]:
     # request fields win over same-named payment features: rules read channel == 'ecom', not a code
     env = dict(payment)
     for name, value in zip(names, values.tolist(), strict=True):
         if name not in env:
             env[name] = None if value != value else value
+    # the metadata keys the rule set declares, as metadata.KEY (absent or mistyped: missing)
+    if metadata := payment.get("metadata"):
+        env.update(rules.metadata_env(metadata))
     return env
+
+
+#: the code of each score band's reason (engine.decision_record.BandReason)
+_BAND_CODES: Final[Mapping[Verdict, BandCode]] = {
+    "challenge": "SCORE_BAND_CHALLENGE",
+    "review": "SCORE_BAND_REVIEW",
+    "block": "SCORE_BAND_BLOCK",
+}
+
+
+def _contribution_records(model: ModelRuntime, row: np.ndarray) -> list[ContributionRecord]:
+    """The model's top contributions for a row, as the decision carries them (NaN value: null)."""
+    return [
+        {
+            "feature": c.feature,
+            "value": None if c.value != c.value else c.value,
+            "contribution": c.contribution,
+        }
+        for c in model.contributions(row)
+    ]
 
 
 def _in_share(txid: str, share: float) -> bool:

@@ -10,6 +10,9 @@ from antifraud.engine.verdicts import VERDICTS, Verdict
 
 FailPolicy = Verdict  # what stands in for the score bands when a signal is missing (engine/pipeline.py)
 ROOT = Path(__file__).resolve().parent.parent
+# The embedded Redis's files (`serve` without --redis) go under <data dir>/redis; relative to the
+# working directory, never the package folder, so two checkouts or services never share a server.
+DEFAULT_DATA_DIR = "var"
 
 
 def _env(name: str, default: str) -> str:
@@ -36,9 +39,15 @@ class Settings:
     decision_log_maxlen: int = field(default_factory=lambda: int(_env("DECISION_LOG_MAXLEN", "1000000")))
     max_body_bytes: int = field(default_factory=lambda: int(_env("MAX_BODY_BYTES", "16384")))
     namespace: str = field(default_factory=lambda: _env("NAMESPACE", "af"))
+    data_dir: Path = field(default_factory=lambda: Path(_env("DATA_DIR", DEFAULT_DATA_DIR)).absolute())
+    # How far ahead of the service's clock a payment may be stamped (client clocks drift): beyond,
+    # the payment is refused (422), since its time would become its card's and merchant's "now".
+    clock_skew_s: float = field(default_factory=lambda: float(_env("CLOCK_SKEW_S", "300")))
 
     def __post_init__(self) -> None:
         if self.fail_policy not in VERDICTS:
             raise ValueError(f"fail policy must be allow, review or block, not {self.fail_policy!r}")
+        if not self.clock_skew_s >= 0:
+            raise ValueError(f"clock_skew_s must be 0 or more seconds, got {self.clock_skew_s}")
         if not 0 < self.budget_ms <= 10_000:
             raise ValueError(f"budget_ms must be in (0, 10000], got {self.budget_ms}")

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from rich.console import Console
 from rich.progress import Progress
 
+from antifraud.engine.verdicts import RiskScale
 from antifraud.features.spec import load_spec
 from antifraud.training.baselines import BASELINE_RULES, baseline_scores
 from antifraud.training.checks import data_warnings
@@ -309,7 +310,8 @@ def test_score_history_writes_one_row_per_payment(
     in_period = sim[(sim.timestamp >= utc_midnight(EVAL_START)) & (sim.timestamp < utc_midnight(EVAL_END))]
     assert list(written.transaction_id) == list(in_period.transaction_id)
     assert written.score.between(0, 1).all() and written.risk_score.between(0, 100).all()
-    assert (written.risk_score == np.rint(written.score * 100).astype(int)).all()
+    scale = RiskScale.from_thresholds(artifact.metadata["thresholds"])
+    assert (written.risk_score.to_numpy() == scale.of_array(written.score.to_numpy())).all()
     assert (written.verdict.to_numpy() == verdicts(frame.score.to_numpy(), artifact.thresholds)).all()
 
 

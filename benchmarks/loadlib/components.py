@@ -153,7 +153,9 @@ def components(args: argparse.Namespace, replay: Replay, rdb: Path) -> None:
                     to_ms(payment["timestamp"]),
                 )
                 score = timed("model: predict_one", model.predict_one, features.values)
-                env = timed("rules: _rule_env", _rule_env, payment, online.feature_names, features.values)
+                env = timed(
+                    "rules: _rule_env", _rule_env, payment, online.feature_names, features.values, rules
+                )
                 outcome = timed(
                     "rules: decide",
                     rules.decide,
@@ -161,12 +163,13 @@ def components(args: argparse.Namespace, replay: Replay, rdb: Path) -> None:
                     env,
                     txn.merchant_id,
                     no_score_verdict=scorer.fail_policy,
+                    risk_score=model.risk_score(score),
                 )
                 if (outcome.verdict or scorer.fail_policy) != "allow":
                     flagged_rows.append(features.values)
             for values in flagged_rows[: max(50, n // 10)]:
                 timed(
-                    "model: TreeSHAP contributions of a review/block (GET /v1/decisions only)",
+                    "model: TreeSHAP contributions (challenge, review and block answers only)",
                     model.contributions,
                     values,
                 )
@@ -211,7 +214,8 @@ def _multiprocess_observe_us() -> float:
         "import time\n"
         "from antifraud.engine.metrics import Metrics\n"
         "m = Metrics()\n"
-        "d = {'verdict': 'allow', 'reasons': {'rules': [], 'shadow_rules': []}, 'degraded': []}\n"
+        "d = {'verdict': 'allow', 'score': 0.01, 'risk_score': 10,"
+        " 'reasons': {'rules': [], 'shadow_rules': []}, 'degraded': []}\n"
         "t = {'features_ms': 0.5, 'model_ms': 0.04, 'rules_ms': 0.05, 'total_ms': 0.7, 'log_ms': 0.2}\n"
         "for _ in range(500): m.observe(d, t)\n"
         "w = time.perf_counter()\n"

@@ -17,13 +17,14 @@ import redis
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 
-from antifraud.engine.api import admin, decisions, feedback, health, score
+from antifraud.engine.api import admin, decisions, feedback, health, openapi, score
 from antifraud.engine.api.errors import invalid_request
 from antifraud.engine.api.http_metrics import HttpMetrics
 from antifraud.engine.api.middleware import BodyLimit
 from antifraud.engine.api.models import ANSWER_FIELDS, ERRORS, FeedbackAccepted, Problem, ScoreResponse
 from antifraud.engine.auth import ROUTE_ROLES, ApiKeyAuth, KeyRing
 from antifraud.engine.metrics import Metrics
+from antifraud.engine.schema import Transaction
 from antifraud.engine.services import Services, build_services, connect_redis
 from antifraud.engine.settings import Settings
 
@@ -37,6 +38,7 @@ __all__ = [
     "create_app",
     "start_services",
 ]
+
 
 def create_app(settings: Settings | None = None, client: redis.Redis | None = None) -> FastAPI:
     """The service: loads model and rules, connects to Redis (`settings.redis_url`)."""
@@ -59,13 +61,16 @@ def create_app(settings: Settings | None = None, client: redis.Redis | None = No
         title="antifraud",
         version="1",
         lifespan=lifespan,
-        description="Real-time fraud scoring of card payments: allow, review or block.",
+        description="Real-time fraud scoring of card payments: allow, challenge, review or block.",
+        # operation ids are the route functions' names: a generated client's calls read `score`,
+        # `feedback`, `decision`, not `score_v1_score_post`
+        generate_unique_id_function=lambda route: route.name,
     )
     app.state.settings = settings
     app.state.redis = app_client
     app.state.metrics = Metrics()
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
-    # added last, so it runs first: nothing reads a body before the caller is known
+    # added after the body limit, so it runs before it: nothing reads a body before the caller is known
     app.add_middleware(
         ApiKeyAuth,
         keys=KeyRing(settings.api_keys_file) if settings.api_keys_file else None,  # reloaded live
@@ -77,8 +82,14 @@ def create_app(settings: Settings | None = None, client: redis.Redis | None = No
     # In this order, which is the OpenAPI document's. The scoring route goes on the app's own
     # router: an included router costs each request a second path match (engine/api/score.py).
     score.add_to(app.router)
-    for module in (feedback, decisions, health, admin):
-        app.include_router(module.router)
+    for module, tag in (
+        (feedback, "payments"),
+        (decisions, "decisions"),
+        (health, "operations"),
+        (admin, "admin"),
+    ):
+        app.include_router(module.router, tags=[tag])
+    openapi.install(app, ROUTE_ROLES, bodies=[Transaction])
     return app
 
 

@@ -12,7 +12,7 @@ import redis
 from fastapi import APIRouter, HTTPException
 
 from antifraud.engine.api.deps import CallerDep, ScorerDep, StoreDep
-from antifraud.engine.api.models import ERRORS, Problem
+from antifraud.engine.api.models import ERRORS, UNAVAILABLE, Problem, StoredDecision
 
 router = APIRouter()
 
@@ -20,12 +20,13 @@ router = APIRouter()
 @router.get(
     "/v1/decisions/{transaction_id}",
     responses={
+        200: {"model": StoredDecision, "description": "The decision, its features and its feedback"},
         **ERRORS,
         404: {
             "model": Problem,
             "description": "No decision stored for this transaction (or it is another merchant's)",
         },
-        503: {"model": Problem, "description": "Redis unavailable: retry later"},
+        **UNAVAILABLE,
     },
 )
 async def decision(
@@ -37,10 +38,13 @@ async def decision(
         if found is None or (caller is not None and not caller.may_act_for(found["payment"]["merchant_id"])):
             raise HTTPException(404, f"no decision stored for transaction {transaction_id!r}")
         found["feedback"] = store.feedback_for(transaction_id)
-        try:
-            found["reasons"]["model"] = scorer.explain(found)
-        except LookupError as exc:
-            found["reasons"]["model_note"] = f"contributions unavailable: {exc}"
+        # flagged answers carry their contributions already; the others get them on read, from
+        # the model that decided (a note says so when that model is no longer loaded)
+        if not found["reasons"].get("model"):
+            try:
+                found["reasons"]["model"] = scorer.explain(found)
+            except LookupError as exc:
+                found["reasons"]["model_note"] = f"contributions unavailable: {exc}"
     except (redis.RedisError, OSError) as exc:
         raise HTTPException(503, "decision store unavailable: retry later") from exc
     return found

@@ -6,6 +6,7 @@ A body that is not JSON at all is the client's malformed request (400), not a fi
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -47,3 +48,20 @@ async def invalid_request(request: Request, exc: Exception) -> JSONResponse:
 def conflict(message: str, fields: Sequence[str]) -> JSONResponse:
     """409: the transaction id was already used with another body; `fields` names what differs."""
     return JSONResponse({"detail": message, "fields": list(fields)}, status_code=409)
+
+
+def ahead_of_clock(request: Request, field: str, when: datetime) -> JSONResponse | None:
+    """422 when `when` is further ahead of the service's clock than the configured tolerance.
+
+    A time ahead of the clock would become its card's and merchant's "now" in the feature state
+    (an entity's time never runs backwards), so it is refused like any invalid field.
+    """
+    skew_s: float = request.app.state.settings.clock_skew_s
+    ahead_s = (when - datetime.now(UTC)).total_seconds()
+    if ahead_s <= skew_s:
+        return None
+    message = (
+        f"{field} is {ahead_s:,.0f} s ahead of the service's clock (tolerance {skew_s:g} s, "
+        f"ANTIFRAUD_CLOCK_SKEW_S): send the real time in UTC, or fix the client's clock"
+    )
+    return invalid([{"loc": (field,), "msg": message, "type": "datetime_future"}], prefix=("body",))

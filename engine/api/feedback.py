@@ -15,10 +15,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 import redis
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import JSONResponse
 
 from antifraud.engine.api.deps import CallerDep, FeaturesDep, MetricsDep, StoreDep
-from antifraud.engine.api.models import ERRORS, FeedbackAccepted, Problem
+from antifraud.engine.api.errors import ahead_of_clock
+from antifraud.engine.api.models import ERRORS, UNAVAILABLE, FeedbackAccepted, Problem
 from antifraud.engine.feedback import Feedback
 
 router = APIRouter()
@@ -35,13 +37,20 @@ router = APIRouter()
             "description": "The key's role may not send feedback, or the key is scoped to merchants "
             "and no decision of theirs is stored for this transaction",
         },
-        503: {"model": Problem, "description": "Redis unavailable: retry later"},
+        **UNAVAILABLE,
     },
 )
 async def feedback(
-    event: Feedback, store: StoreDep, features: FeaturesDep, metrics: MetricsDep, caller: CallerDep
-) -> dict[str, Any]:
+    request: Request,
+    event: Feedback,
+    store: StoreDep,
+    features: FeaturesDep,
+    metrics: MetricsDep,
+    caller: CallerDep,
+) -> dict[str, Any] | JSONResponse:
     """Tell the engine what happened to a payment (label, bank outcome, refund, cancellation)."""
+    if (refused := ahead_of_clock(request, "reported_at", event.reported_at)) is not None:
+        return refused
     record = {**event.model_dump(mode="json"), "received_at": datetime.now(UTC).isoformat()}
     try:
         decision = store.get(event.transaction_id)

@@ -17,9 +17,9 @@ from fastapi import APIRouter, Request, Response
 from pydantic import ValidationError
 
 from antifraud.engine.api.deps import merchant_denied
-from antifraud.engine.api.errors import invalid
-from antifraud.engine.api.models import ANSWER_FIELDS, ERRORS, ScoreResponse
-from antifraud.engine.pipeline import Scorer
+from antifraud.engine.api.errors import ahead_of_clock, conflict, invalid
+from antifraud.engine.api.models import ANSWER_FIELDS, ERRORS, Conflict, ScoreResponse
+from antifraud.engine.pipeline import IdempotencyConflict, Scorer
 from antifraud.engine.schema import Transaction
 
 
@@ -33,10 +33,17 @@ async def score(request: Request) -> Response:
         return invalid(exc.errors(), prefix=("body",))
     if (denied := merchant_denied(request, txn.merchant_id)) is not None:
         return denied  # a key scoped to other merchants: refused before anything is counted
+    # A payment stamped ahead of the service's clock would carry its entities' state into the
+    # future (features/score.lua never lets an entity's time run backwards): refuse it.
+    if (refused := ahead_of_clock(request, "timestamp", txn.timestamp)) is not None:
+        return refused
     # Built once by start_services and never replaced (reloads swap its model and rules inside
     # it), so reading it here is as safe as a dependency, and cheaper (see the module docstring).
     scorer: Scorer = request.app.state.scorer
-    decision: Mapping[str, object] = scorer.score(txn)  # the answer picks its fields by name
+    try:
+        decision: Mapping[str, object] = scorer.score(txn)  # the answer picks its fields by name
+    except IdempotencyConflict as exc:
+        return conflict(str(exc), exc.fields)
     answer = {name: decision[name] for name in ANSWER_FIELDS}
     return Response(orjson.dumps(answer), media_type="application/json")
 
@@ -48,11 +55,19 @@ def add_to(router: APIRouter) -> None:
         score,
         methods=["POST"],
         response_model=None,
-        responses={200: {"model": ScoreResponse, "description": "The decision"}, **ERRORS},
+        responses={
+            200: {"model": ScoreResponse, "description": "The decision"},
+            **ERRORS,
+            409: {"model": Conflict, "description": "This transaction_id was scored with another body"},
+        },
+        tags=["payments"],
         openapi_extra={
             "requestBody": {
                 "required": True,
-                "content": {"application/json": {"schema": Transaction.model_json_schema()}},
+                # the schema is added to the document's components by engine/api/openapi.py
+                "content": {
+                    "application/json": {"schema": {"$ref": f"#/components/schemas/{Transaction.__name__}"}}
+                },
             }
         },
     )

@@ -120,7 +120,13 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
         mp.setenv("ANTIFRAUD_PAN_SECRET", os.urandom(16).hex())
         client = redis.Redis.from_url(server.url, socket_timeout=1.0)
         settings_ = Settings(
-            redis_url=None, model_dir=ROOT / "models" / "default", rules_dir=rules, api_keys_file=keys
+            redis_url=None,
+            model_dir=ROOT / "models" / "default",
+            rules_dir=rules,
+            api_keys_file=keys,
+            # JSON Schema cannot say "not ahead of the service's clock": with the default tolerance,
+            # generated far-future timestamps are refused (tests/test_service_contract.py tests that)
+            clock_skew_s=1e12,
         )
         app = create_app(settings_, client=client)
         schema = schemathesis.openapi.from_asgi("/openapi.json", app)
