@@ -104,18 +104,41 @@ def _utc(value: datetime) -> datetime:
 class Transaction(BaseModel):
     """A card payment about to be sent to the bank for authorization."""
 
-    # the schema says what `_tokenize_pan` enforces: a card_id or a pan, not both
+    # The schema says what `_tokenize_pan` enforces: a card_id or a pan, not both. Under `allOf`, so
+    # that client generators still see one object with every property (a top-level anyOf made
+    # openapi-python-client generate a union of two one-field classes).
     model_config = ConfigDict(
         extra="forbid",
         frozen=True,
         json_schema_extra={
-            "anyOf": [
-                {"properties": {name: {"type": "string"}}, "required": [name]} for name in ("card_id", "pan")
+            "allOf": [
+                {
+                    "anyOf": [
+                        {"properties": {name: {"type": "string"}}, "required": [name]}
+                        for name in ("card_id", "pan")
+                    ]
+                },
+                {
+                    "not": {
+                        "properties": {"card_id": {"type": "string"}, "pan": {"type": "string"}},
+                        "required": ["card_id", "pan"],
+                    }
+                },
             ],
-            "not": {
-                "properties": {"card_id": {"type": "string"}, "pan": {"type": "string"}},
-                "required": ["card_id", "pan"],
-            },
+            "examples": [
+                {
+                    "transaction_id": "tx-20260301-0001",
+                    "timestamp": "2026-03-01T12:00:00Z",
+                    "card_id": "tok_4f9c2a",
+                    "merchant_id": "m_1042",
+                    "amount": 42.5,
+                    "currency": "EUR",
+                    "channel": "ecom",
+                    "ip": "203.0.113.7",
+                    "device_id": "dev_77",
+                    "metadata": {"loyalty_tier": "gold"},
+                }
+            ],
         },
     )
 
