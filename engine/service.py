@@ -1,18 +1,54 @@
-"""Run the scoring service: uvicorn workers in front of Redis (embedded when no URL is given)."""
+"""Run the scoring service: uvicorn workers in front of Redis (embedded when no URL is given).
+
+Stopping: SIGTERM (systemd, Docker, Kubernetes) and SIGINT (Ctrl+C) both stop the service the same
+way: the workers finish the requests in flight and exit, then the embedded redis-server is stopped,
+then the process exits with status 0. uvicorn catches both signals while it serves and, once it has
+shut down, raises the caught signal again; with SIGTERM's default action that re-raise killed the
+process before any `finally` ran, which left the embedded Redis orphaned. The service therefore owns
+both signals from its first line to its last: a stop before the server is up aborts the start, a
+stop during the clean-up is held until the clean-up is done.
+
+Exit statuses: 0 stopped by SIGTERM or SIGINT; 1 could not start (no key file, port taken, a worker
+whose app failed to start, an embedded Redis that could not start or already runs in the data
+directory).
+"""
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
 import tempfile
 from pathlib import Path
+from types import FrameType
 
 import uvicorn
 from rich.console import Console
+from rich.markup import escape
 
 from antifraud.engine.redis_server import EmbeddedRedis
-from antifraud.engine.settings import ROOT
+from antifraud.engine.settings import DEFAULT_DATA_DIR
 from antifraud.engine.workers import APP, serve_workers
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+EXIT_STOPPED = 0
+EXIT_CANNOT_START = 1
+
+
+class Stopped(Exception):  # not an error: the operator asked the service to stop
+    """SIGTERM or SIGINT arrived."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_stopped(signum: int, frame: FrameType | None) -> None:
+    raise Stopped(signum)
+
+
+def _hold(signum: int, frame: FrameType | None) -> None:
+    """During the clean-up a second Ctrl+C must not cut it short and orphan the embedded Redis."""
 
 
 def run_service(
@@ -24,49 +60,101 @@ def run_service(
     rules: Path | None,
     api_keys: Path | None,
     console: Console,
+    data_dir: Path = Path(DEFAULT_DATA_DIR),
 ) -> None:
-    """Start `workers` uvicorn processes; each builds its app from ANTIFRAUD_* variables."""
-    embedded = None
-    if not redis_url:
-        embedded = EmbeddedRedis(ROOT / "var" / "redis").start()
-        redis_url = embedded.url
-        if workers != 1:
-            console.print("[yellow]embedded Redis: running one worker (pass --redis for more)[/yellow]")
-            workers = 1
-        console.print(f"embedded Redis at {redis_url} (data is not persisted; use --redis in production)")
+    """Serve until SIGTERM or SIGINT, then stop the workers and the embedded Redis and return.
+
+    Each of the `workers` uvicorn processes builds its app from ANTIFRAUD_* variables. Without
+    `redis_url`, a redis-server is started under `data_dir`/redis (resolved against the working
+    directory) and stopped on the way out. Raises SystemExit(1) when the service cannot start."""
     if api_keys is None and os.environ.get("ANTIFRAUD_ALLOW_NO_AUTH") != "1":
         console.print(
             "[red]error:[/red] no --api-keys file. Create one with "
             "`antifraud keys new --name checkout --role scorer --file keys.yaml`, "
             "or set ANTIFRAUD_ALLOW_NO_AUTH=1 for local development only."
         )
-        if embedded:
-            embedded.stop()
-        raise SystemExit(1)
-    os.environ["ANTIFRAUD_REDIS_URL"] = redis_url
-    for name, value in (("MODEL_DIR", model), ("RULES_DIR", rules), ("API_KEYS", api_keys)):
-        if value is not None:
-            os.environ[f"ANTIFRAUD_{name}"] = str(Path(value).resolve())
+        raise SystemExit(EXIT_CANNOT_START)
+    previous = {signum: signal.signal(signum, _raise_stopped) for signum in STOP_SIGNALS}
+    embedded: EmbeddedRedis | None = None
     metrics_dir = None
-    if workers > 1:
-        given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-        if given:
-            # the operator's directory: empty it, or the last run's counts would add to this one's
-            for stale in Path(given).glob("*.db"):
-                stale.unlink()
-        else:
-            metrics_dir = tempfile.mkdtemp(prefix="antifraud-metrics-")
-            os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
-    console.print(f"serving on http://{host}:{port} with {workers} worker(s); OpenAPI at /docs")
+    status = EXIT_STOPPED
     try:
+        if not redis_url:
+            embedded = _embedded(data_dir.absolute(), console)
+            _start(embedded, console)  # inside the try: a stop during the start still stops it
+            redis_url = embedded.url
+        os.environ["ANTIFRAUD_REDIS_URL"] = redis_url
+        for name, value in (("MODEL_DIR", model), ("RULES_DIR", rules), ("API_KEYS", api_keys)):
+            if value is not None:
+                os.environ[f"ANTIFRAUD_{name}"] = str(Path(value).resolve())
+        if workers > 1:
+            given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+            if given:
+                # the operator's directory: empty it, or the last run's counts would add to this one's
+                for stale in Path(given).glob("*.db"):
+                    stale.unlink()
+            else:
+                metrics_dir = tempfile.mkdtemp(prefix="antifraud-metrics-")
+                os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+        console.print(f"serving on http://{host}:{port} with {workers} worker(s); OpenAPI at /docs")
         if workers > 1:
             status = serve_workers(host, port, workers)
-            if status:
-                raise SystemExit(status)
         else:
-            uvicorn.run(APP, factory=True, host=host, port=port, log_level="warning", access_log=False)
+            server = uvicorn.Server(
+                uvicorn.Config(APP, factory=True, host=host, port=port, log_level="warning", access_log=False)
+            )
+            server.run()  # on a signal, raises Stopped once uvicorn has shut down
+            if not server.started:
+                status = EXIT_CANNOT_START
+    except Stopped as stop:
+        console.print(f"{stop.args[0]}: stopping")
+        status = EXIT_STOPPED
+    except SystemExit as exc:  # serve_workers: the port is taken
+        status = exc.code if isinstance(exc.code, int) else EXIT_CANNOT_START
+        if exc.code is not None and not isinstance(exc.code, int):
+            console.print(escape(str(exc.code)))
     finally:
-        if embedded:
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, _hold)
+        if embedded is not None:
             embedded.stop()
         if metrics_dir:
             shutil.rmtree(metrics_dir, ignore_errors=True)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if status:
+        raise SystemExit(status)
+
+
+def _embedded(data_dir: Path, console: Console) -> EmbeddedRedis:
+    """The embedded redis-server of `data_dir` (in its `redis` folder); SystemExit(1) when the
+    folder cannot be made or no socket path fits."""
+    try:
+        embedded = EmbeddedRedis(data_dir / "redis")
+    except (OSError, ValueError) as exc:
+        console.print(f"[red]error:[/red] data directory {escape(str(data_dir))}: {escape(str(exc))}")
+        raise SystemExit(EXIT_CANNOT_START) from None
+    if embedded.socket_is_fallback:
+        console.print(
+            f"[yellow]the data directory's path is too long for a unix socket; the embedded Redis "
+            f"listens on {escape(str(embedded.socket))}[/yellow]"
+        )
+    return embedded
+
+
+def _start(embedded: EmbeddedRedis, console: Console) -> None:
+    """Start the embedded Redis, saying what it replaced; SystemExit(1) when it cannot start."""
+    try:
+        embedded.start()
+    except RuntimeError as exc:  # RedisAlreadyRunning included
+        console.print(f"[red]error:[/red] {escape(str(exc))}")
+        raise SystemExit(EXIT_CANNOT_START) from None
+    if embedded.replaced is not None:
+        console.print(
+            f"[yellow]stopped redis-server pid {embedded.replaced}, left running in "
+            f"{escape(str(embedded.directory))} by an earlier run that did not stop it[/yellow]"
+        )
+    console.print(
+        f"embedded Redis at {embedded.url}, files in {escape(str(embedded.directory))} "
+        "(data is not persisted; use --redis in production)"
+    )

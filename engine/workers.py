@@ -7,6 +7,8 @@ new connections evenly (the busiest of 2 workers took 50-56 % in every measured 
 
 The supervisor restarts a worker that dies, and stops every worker on SIGINT or SIGTERM. A worker
 that cannot start (bad rules, model directory, port) stops the whole service instead of looping.
+Each worker is also told to stop when the supervisor dies (Linux's parent-death signal), so a
+SIGKILLed supervisor does not leave workers holding the port.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from multiprocessing.process import BaseProcess
 from types import FrameType
 
 import uvicorn
+
+from antifraud.engine.redis_server import die_with_parent
 
 log = logging.getLogger("antifraud.workers")
 
@@ -43,8 +47,8 @@ def serve_workers(host: str, port: int, workers: int) -> int:
     def stop(signum: int, frame: FrameType | None) -> None:
         stopping.set()
 
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
+    # the caller's handlers come back on return: the caller stops what it started (the embedded Redis)
+    previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGINT, signal.SIGTERM)}
     for slot in range(workers):
         start(slot)
     status = 0
@@ -65,6 +69,8 @@ def serve_workers(host: str, port: int, workers: int) -> int:
         process.join(timeout=10)
         if process.is_alive():
             process.kill()
+    for signum, handler in previous.items():
+        signal.signal(signum, handler)
     return status
 
 
@@ -86,6 +92,8 @@ def _socket(host: str) -> socket.socket:
 
 
 def _worker(host: str, port: int) -> None:
+    # started by the supervisor's main thread, which lives as long as the supervisor
+    die_with_parent(signal.SIGTERM)
     sock = _socket(host)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     # Only processes of the same user may join the port's group (Linux), so no other account can

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import redis
 from fastapi import APIRouter, Response
 from fastapi.responses import PlainTextResponse
+from pydantic import BaseModel, Field
 
 from antifraud.engine.api.deps import MetricsDep, ServicesDep
 from antifraud.engine.services import Services
@@ -20,13 +19,31 @@ async def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/ready")
-async def ready(response: Response, services: ServicesDep) -> dict[str, Any]:
-    """Redis reachable, model and rules loaded."""
+class Readiness(BaseModel):
+    """The answer to GET /ready, the same shape with 200 and 503."""
+
+    ready: bool = Field(description="every check is true; the HTTP status is 200 exactly when this is")
+    checks: dict[str, bool | str] = Field(
+        description="redis, model, rules: true, or why not",
+        examples=[{"redis": True, "model": True, "rules": True}],
+    )
+
+
+@router.get(
+    "/ready",
+    response_model=Readiness,
+    responses={
+        200: {"description": "Ready: Redis answers, a model and rules are loaded"},
+        503: {"model": Readiness, "description": "Not ready: the failing checks say why"},
+    },
+)
+async def ready(response: Response, services: ServicesDep) -> Readiness:
+    """Redis reachable, model and rules loaded: 200 with every check true, else 503 naming the failures."""
     checks = readiness(services)
-    if not all(v is True for v in checks.values()):
-        response.status_code = 503
-    return {"ready": response.status_code == 200, "checks": checks}
+    ok = all(value is True for value in checks.values())
+    # set both ways: an injected Response's status_code is None until set, not 200
+    response.status_code = 200 if ok else 503
+    return Readiness(ready=ok, checks=checks)
 
 
 @router.get("/metrics", response_class=PlainTextResponse)
@@ -35,10 +52,11 @@ async def prometheus(metrics: MetricsDep) -> Response:
     return Response(metrics.render(), media_type="text/plain; version=0.0.4")
 
 
-def readiness(services: Services) -> dict[str, Any]:
+def readiness(services: Services) -> dict[str, bool | str]:
     """Each readiness check: True, or why not."""
+    redis_ok: bool | str
     try:
-        redis_ok: Any = bool(services.client.ping())
+        redis_ok = bool(services.client.ping())
     except (redis.RedisError, OSError) as exc:
         redis_ok = f"unreachable: {type(exc).__name__}"
     loaded = services.scorer.loaded
