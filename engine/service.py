@@ -109,10 +109,12 @@ def run_service(
     except Stopped as stop:
         console.print(f"{stop.args[0]}: stopping")
         status = EXIT_STOPPED
-    except SystemExit as exc:  # serve_workers: the port is taken
-        status = exc.code if isinstance(exc.code, int) else EXIT_CANNOT_START
-        if exc.code is not None and not isinstance(exc.code, int):
-            console.print(escape(str(exc.code)))
+    except SystemExit as exc:
+        # the start failed: the embedded Redis, the port (serve_workers), or uvicorn's own start
+        # (it exits with 3 when the app's start-up fails): one status for every failed start
+        status = EXIT_CANNOT_START
+        if isinstance(exc.code, str):
+            console.print(escape(exc.code))
     finally:
         for signum in STOP_SIGNALS:
             signal.signal(signum, _hold)

@@ -57,7 +57,9 @@ def alive(pid: int) -> bool:
 class Serve:
     """`antifraud serve` on the embedded Redis, in `cwd`, with no key file (local development)."""
 
-    def __init__(self, cwd: Path, workers: int = 1, data_dir: Path | None = None) -> None:
+    def __init__(
+        self, cwd: Path, workers: int = 1, data_dir: Path | None = None, extra: list[str] | None = None
+    ) -> None:
         self.cwd = cwd
         self.workers = workers
         self.port = free_port()
@@ -67,6 +69,7 @@ class Serve:
         args += ["--workers", str(workers)]
         if data_dir is not None:
             args += ["--data-dir", str(data_dir)]
+        args += extra or []
         env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTIFRAUD_", "PROMETHEUS_"))}
         env["ANTIFRAUD_ALLOW_NO_AUTH"] = "1"
         with self.log.open("wb") as sink:
@@ -148,6 +151,17 @@ def test_a_stop_signal_stops_the_workers_and_the_embedded_redis(
     assert servers_in(tmp_path / "var" / "redis") == []
     assert not (tmp_path / "var" / "redis" / "redis.pid").exists()  # the clean-up ran
     print(f"{signal.Signals(signum).name} with {workers} worker(s): exited 0 in {took:.2f} s")
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_service_that_cannot_start_exits_1_and_stops_its_redis(
+    tmp_path: Path, services: list[Serve], workers: int
+) -> None:
+    service = Serve(tmp_path, workers=workers, extra=["--rules", str(tmp_path / "no-such-rules")])
+    services.append(service)
+    assert service.process.wait(timeout=START_TIMEOUT) == 1, service.output()[-3000:]
+    assert "not a directory" in service.output()
+    assert servers_in(tmp_path / "var" / "redis") == []
 
 
 def test_a_sigkilled_service_leaves_no_redis_and_the_next_start_has_one(
