@@ -204,6 +204,7 @@ def _leave_a_redis_behind(directory: Path) -> int:
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         check=True,
+        timeout=60,
     )
     return int(done.stdout)
 
