@@ -6,6 +6,7 @@ point-in-time features, and its verdicts against RuleSet.decide fed the way the 
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import math
@@ -268,11 +269,13 @@ def test_verdicts_are_those_the_service_would_give(
 
 
 def test_risk_scale_bands_need_the_models_scale(replay: Replay, rules_dirs: dict[str, Path]) -> None:
+    # the replay carries its model's scale (the tiny model records no thresholds: the identity)
+    assert replay.risk_scale == IDENTITY
     with pytest.raises(BacktestError, match="risk_score scale"):
-        backtest_rules(replay, rules_dirs["stepup"])
+        backtest_rules(dataclasses.replace(replay, risk_scale=None), rules_dirs["stepup"])
     # a scale anchored elsewhere moves the bands with it: the same rule set, other verdicts
     low = backtest_rules(replay, rules_dirs["stepup"], risk_scale=RiskScale(0.01, 0.05))
-    high = backtest_rules(replay, rules_dirs["stepup"], risk_scale=IDENTITY)
+    high = backtest_rules(replay, rules_dirs["stepup"])
     assert low.decisions is not None and high.decisions is not None
     assert (low.decisions["risk_score"] >= high.decisions["risk_score"]).all()
     assert low.verdicts["block"]["payments"] >= high.verdicts["block"]["payments"]
@@ -289,8 +292,12 @@ def test_verdict_mix_and_cost_reuse_the_evaluation_formula(
         assert base_result.verdicts[v]["payments"] == (verdicts == v).sum()
     labels = replay.rows["label"].to_numpy()
     amounts = replay.rows["amount"].to_numpy(dtype=float)
-    assert base_result.cost == expected_cost(labels, verdicts, amounts, 2.0, 0.1)
-    assert base_result.cost_parameters == {"review_cost": 2.0, "block_cost_factor": 0.1}
+    assert base_result.cost == expected_cost(labels, verdicts, amounts, 2.0, 0.1, 0.5)
+    assert base_result.cost_parameters == {
+        "review_cost": 2.0,
+        "block_cost_factor": 0.1,
+        "challenge_cost": 0.5,
+    }
     assert base_result.frauds == labels.sum() > 0
     assert base_result.model_version is not None and base_result.no_score_verdict is None
 
@@ -330,7 +337,7 @@ def test_one_more_block_rule_changes_exactly_the_payments_it_hits(
     assert c.baseline_version == base_result.rules_version != result.rules_version
     assert c.baseline_cost == base_result.cost
     assert result.cost is not None and base_result.cost is not None and c.cost_difference is not None
-    for part in ("total", "fraud_allowed", "reviews", "legit_blocked"):
+    for part in ("total", "fraud_allowed", "reviews", "challenges", "legit_blocked"):
         assert c.cost_difference[part] == pytest.approx(result.cost[part] - base_result.cost[part])
 
 
@@ -459,7 +466,14 @@ def test_run_backtest_equals_the_two_steps_and_its_json_is_plain(
     }  # fmt: skip
     assert [r["rule_id"] for r in data["rules"] if r["shadow"]] == ["watch_large"]
     assert set(data["verdicts"]) == set(VERDICTS)
-    assert set(data["cost"]) == {"total", "fraud_allowed", "reviews", "legit_blocked", "allow_everything"}
+    assert set(data["cost"]) == {
+        "total",
+        "fraud_allowed",
+        "reviews",
+        "challenges",
+        "legit_blocked",
+        "allow_everything",
+    }
     c = data["comparison"]
     assert c["baseline_rules_dir"] == str(rules_dirs["base"]) and c["rules_added"] == ["many_merchants"]
     assert {a: set(row) for a, row in c["matrix"].items()} == {a: set(VERDICTS) for a in VERDICTS}

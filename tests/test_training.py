@@ -261,7 +261,8 @@ def test_evaluate_reports_sane_metrics(evaluated: tuple[dict, Path], sim: pd.Dat
         assert sum(v["payments"] for v in mix.values()) == metrics["counts"]["payments"]
         assert sum(v["frauds"] for v in mix.values()) == metrics["counts"]["frauds"]
         cost = m["cost"]
-        assert cost["total"] == pytest.approx(cost["fraud_allowed"] + cost["reviews"] + cost["legit_blocked"])
+        parts = ("fraud_allowed", "reviews", "challenges", "legit_blocked")
+        assert cost["total"] == pytest.approx(sum(cost[part] for part in parts))
         assert cost["reviews"] == pytest.approx(2.0 * mix["review"]["payments"])
     in_period = sim[(sim.timestamp >= utc_midnight(EVAL_START)) & (sim.timestamp < utc_midnight(EVAL_END))]
     assert metrics["counts"]["payments"] == len(in_period)
@@ -636,12 +637,13 @@ def test_card_precision_at_k_per_day() -> None:
 def test_expected_cost() -> None:
     labels = np.array([1, 1, 1, 0, 0, 0])
     amounts = np.array([100.0, 50.0, 20.0, 200.0, 30.0, 10.0])
-    verdict = np.array(["allow", "review", "block", "block", "review", "allow"], dtype=object)
-    cost = expected_cost(labels, verdict, amounts, review_cost=2.0, block_cost_factor=0.1)
+    verdict = np.array(["allow", "review", "block", "block", "review", "challenge"], dtype=object)
+    cost = expected_cost(labels, verdict, amounts, review_cost=2.0, block_cost_factor=0.1, challenge_cost=0.5)
     assert cost == {
-        "total": 100 + 4 + 20,
+        "total": 100 + 4 + 0.5 + 20,
         "fraud_allowed": 100,
         "reviews": 4.0,
+        "challenges": 0.5,
         "legit_blocked": 20.0,
         "allow_everything": 170.0,
     }

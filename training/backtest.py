@@ -48,7 +48,7 @@ from antifraud.training.config import TrainingError
 from antifraud.training.dataset import ProgressArg, as_progress, check_period, utc_midnight
 from antifraud.training.metrics import expected_cost, verdict_mix
 from antifraud.training.model_artifact import ModelArtifact
-from antifraud.training.replay import Replay, replay
+from antifraud.training.replay import Replay, model_risk_scale, replay
 
 __all__ = [
     "EXAMPLES",
@@ -375,7 +375,7 @@ def _decide(
     if ruleset.scale == "risk_score" and risk_scores is None and replay.model_version is not None:
         raise BacktestError(
             f"rule set {ruleset.version}: its score_bands are on the risk_score scale, which is the "
-            "model's own: pass backtest_rules(..., risk_scale=RiskScale.from_thresholds(model thresholds))"
+            "model's own: replay the period with the model, or pass backtest_rules(..., risk_scale=...)"
         )
     verdicts, fired, skipped = ruleset.decide_frame(
         replay.scores,
@@ -485,9 +485,9 @@ def backtest_rules(
 
     With `baseline`, also compare: which payments change verdict, in which direction, at what cost.
     `rules_label` and `baseline_label` name loaded rule sets in the report (default: their path).
-    `risk_scale` is the model's score -> risk score map (`RiskScale.from_thresholds` of its
-    metadata.json thresholds, as the service's `ModelRuntime.risk_scale`): required for a rule set
-    whose bands are on the risk_score scale, and it adds a `risk_score` column to the decisions.
+    `risk_scale` is the model's score -> risk score map; by default the replay's (from the model's
+    metadata.json thresholds, as the service's `ModelRuntime.risk_scale`). It is needed for a rule
+    set whose bands are on the risk_score scale, and adds a `risk_score` column to the decisions.
     """
     step = as_progress(progress)
     ruleset = rules if isinstance(rules, RuleSet) else load_rules(rules, replay.feature_names)
@@ -498,6 +498,7 @@ def backtest_rules(
     )
     t0 = time.perf_counter()
     step(f"applying {len(ruleset.rules)} rules to {len(replay):,} payments")
+    risk_scale = risk_scale if risk_scale is not None else replay.risk_scale
     risk_scores = risk_scale.of_array(replay.scores) if risk_scale is not None else None
     verdicts, fired, skipped = _decide(replay, ruleset, risk_scores)
     amounts = replay.rows["amount"].to_numpy(dtype=float)
@@ -585,13 +586,7 @@ def run_backtest(
         progress,
         rules_label=str(rules_dir),
         baseline_label=str(baseline_rules_dir) if baseline_rules_dir is not None else None,
-        risk_scale=model_risk_scale(artifact) if artifact is not None else None,
     )
-
-
-def model_risk_scale(artifact: ModelArtifact) -> RiskScale:
-    """The risk scale of a model, as the service builds it (`ModelRuntime.risk_scale`)."""
-    return RiskScale.from_thresholds(artifact.metadata.get("thresholds"))
 
 
 # ---------------------------------------------------------------------------------------- report

@@ -146,6 +146,7 @@ def print_report(result: BacktestResult, console: Console) -> None:
         parts = {
             "fraud_allowed": "fraud allowed",
             "reviews": "reviews",
+            "challenges": "challenges",
             "legit_blocked": "legitimate blocked",
             "total": "total",
         }
@@ -154,7 +155,7 @@ def print_report(result: BacktestResult, console: Console) -> None:
             if base_cost is not None and difference is not None:
                 row += [_money(base_cost[part]), _signed(difference[part])]
             rows.append(row)
-        styles = [None, None, None, "bold"]
+        styles = [None] * (len(rows) - 1) + ["bold"]  # the total
         _print(console, _table("Expected cost", columns, rows, styles))
         console.print(f"allowing everything would cost {_money(result.cost['allow_everything'])}")
 

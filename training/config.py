@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import yaml
 
@@ -37,6 +37,14 @@ class ConfigError(TrainingError):
     """A TRAIN.yaml is malformed; the message names the file and the key."""
 
 
+class CostParameters(TypedDict):
+    """The cost settings an expected cost used (`TrainConfig.cost_parameters`)."""
+
+    review_cost: float
+    block_cost_factor: float
+    challenge_cost: float
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Every knob of train/evaluate/score, with its default.
@@ -46,8 +54,8 @@ class TrainConfig:
     of the period); `block` is the lowest score at which at most `block_fpr` of the legitimate
     validation payments would be blocked, `review` the same for `review_fpr`. With `refit` the
     final model is then trained on the whole period with that number of trees.
-    Cost: missed fraud costs its amount, a review costs `review_cost`, a blocked legitimate payment
-    costs `block_cost_factor` x its amount.
+    Cost: missed fraud costs its amount, a review costs `review_cost`, a challenge (a second factor
+    asked of the payer) `challenge_cost`, a blocked legitimate payment `block_cost_factor` x its amount.
     """
 
     validation_fraction: float = 0.2
@@ -61,7 +69,7 @@ class TrainConfig:
     # No reweighting: measured out of time on simulated histories (docs/training.md), weighting
     # frauds by sqrt(legit/fraud) or by the full ratio lost 0.3 to 3 points of average precision on
     # the larger ones (within noise on the smallest), and skews scores away from probabilities
-    # (risk_score = 100 x score).
+    # (the risk score is anchored on the thresholds, engine.verdicts.RiskScale).
     # Imbalance is handled by early stopping on average precision and by thresholds set at a
     # false-positive rate, not at 0.5.
     imbalance: str = "none"
@@ -82,6 +90,8 @@ class TrainConfig:
     block_fpr: float = 0.001
     review_cost: float = 2.0
     block_cost_factor: float = 0.1
+    # the friction of a second factor: a share of good payers asked for one give up the purchase
+    challenge_cost: float = 0.5
     precision_k: int = 100
     top_features: int = 20
     lightgbm: dict[str, Any] = field(default_factory=dict)
@@ -98,12 +108,21 @@ class TrainConfig:
             (1 <= self.num_threads <= MAX_THREADS, f"num_threads must be 1 or {MAX_THREADS}"),
             (0 < self.block_fpr <= self.review_fpr < 1, "need 0 < block_fpr <= review_fpr < 1"),
             (self.review_cost >= 0, "review_cost must be >= 0"),
+            (self.challenge_cost >= 0, "challenge_cost must be >= 0"),
             (self.block_cost_factor >= 0, "block_cost_factor must be >= 0"),
             (self.precision_k >= 1, "precision_k must be >= 1"),
         ]
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+
+    def cost_parameters(self) -> CostParameters:
+        """The cost settings, as `metrics.expected_cost` takes them and reports record them."""
+        return {
+            "review_cost": self.review_cost,
+            "block_cost_factor": self.block_cost_factor,
+            "challenge_cost": self.challenge_cost,
+        }
 
     def lgb_params(self, scale_pos_weight: float | None) -> dict[str, Any]:
         """LightGBM parameters for a binary model; `scale_pos_weight` from the imbalance rule."""

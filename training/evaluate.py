@@ -184,7 +184,7 @@ def measure(
         "model": model_m,
         "logistic": logistic_m,
         "baseline": baseline_m,
-        "cost_parameters": {"review_cost": config.review_cost, "block_cost_factor": config.block_cost_factor},
+        "cost_parameters": config.cost_parameters(),
         "warnings": warnings,
     }
     return metrics, sides

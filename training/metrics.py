@@ -5,9 +5,11 @@ the false-positive rate actually reached at a score's thresholds, the verdict mi
 cost
 
     cost = amount of fraud allowed + review_cost x payments reviewed
+           + challenge_cost x payments challenged
            + block_cost_factor x amount of legitimate payments blocked
 
-(a reviewed fraud is assumed caught, a blocked fraud costs nothing).
+(a reviewed fraud is assumed caught, a challenged fraud stopped by the second factor the fraudster
+lacks, a blocked fraud costs nothing).
 
 The records are TypedDicts rather than dataclasses so that metrics.json is the record itself,
 with no conversion step to keep in sync.
@@ -22,7 +24,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
-from antifraud.training.config import TrainConfig, TrainingError
+from antifraud.training.config import CostParameters, TrainConfig, TrainingError
 from antifraud.training.scoring import VERDICTS, verdicts
 
 FPR_TARGETS = (0.001, 0.01)
@@ -101,13 +103,6 @@ class Counts(TypedDict):
     fraud_rate: float
     fraud_amount: float
     cards: int
-
-
-class CostParameters(TypedDict):
-    """The cost settings the expected cost used."""
-
-    review_cost: float
-    block_cost_factor: float
 
 
 class Assessment(TypedDict):
@@ -200,21 +195,29 @@ def card_precision_at_k(
 
 
 def expected_cost(
-    labels: np.ndarray, verdict: np.ndarray, amounts: np.ndarray, review_cost: float, block_cost_factor: float
+    labels: np.ndarray,
+    verdict: np.ndarray,
+    amounts: np.ndarray,
+    review_cost: float,
+    block_cost_factor: float,
+    challenge_cost: float,
 ) -> dict[str, float]:
-    """The cost formula of the module docstring, with its three parts.
+    """The cost formula of the module docstring, with its four parts.
 
-    Keys: total, fraud_allowed, reviews, legit_blocked, and allow_everything (the cost of no score).
+    Keys: total, fraud_allowed, reviews, challenges, legit_blocked, and allow_everything (the cost
+    of no score).
     """
     fraud = np.asarray(labels) == 1
     amounts = np.asarray(amounts, dtype=float)
     missed = float(amounts[fraud & (verdict == "allow")].sum())
     reviews = float(review_cost * (verdict == "review").sum())
+    challenges = float(challenge_cost * (verdict == "challenge").sum())
     blocked_good = float(block_cost_factor * amounts[~fraud & (verdict == "block")].sum())
     return {
-        "total": missed + reviews + blocked_good,
+        "total": missed + reviews + challenges + blocked_good,
         "fraud_allowed": missed,
         "reviews": reviews,
+        "challenges": challenges,
         "legit_blocked": blocked_good,
         "allow_everything": float(amounts[fraud].sum()),
     }
@@ -291,7 +294,7 @@ def compute_metrics(
         "thresholds": {"review": float(thresholds["review"]), "block": float(thresholds["block"])},
         "realised_fpr": realised_fpr(scores, labels, thresholds),
         "verdicts": verdict_mix(labels, verdict, amounts),
-        "cost": expected_cost(labels, verdict, amounts, config.review_cost, config.block_cost_factor),
+        "cost": expected_cost(labels, verdict, amounts, **config.cost_parameters()),
         "cost_optimal_block_threshold": {"threshold": float(grid[best]), "cost": float(cost[best])},
     }
 

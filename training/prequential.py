@@ -283,7 +283,7 @@ def prequential(
         "model": summarise([r["model"] for r in records]),
         "logistic": summarise([r["logistic"] for r in records]),
         "baseline": summarise([r["baseline"] for r in records]),
-        "cost_parameters": {"review_cost": cfg.review_cost, "block_cost_factor": cfg.block_cost_factor},
+        "cost_parameters": cfg.cost_parameters(),
         "warnings": merge_warnings(warnings, folds) + _late(records),
         "notes": notes,
     }

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from antifraud.engine.rules import rule_environment
+from antifraud.engine.verdicts import RiskScale
 from antifraud.features.spec import FeatureSpec, load_spec
 from antifraud.training.config import TrainConfig, TrainingError
 from antifraud.training.dataset import (
@@ -61,6 +62,8 @@ class Replay:
     #: every payment before the features' end with its features, kept only when replay() was given
     #: a `context_end`: other periods (a model's training period) are cut from it by `period`
     context: Dataset | None = field(default=None, repr=False)
+    #: the model's score -> risk score map, as the service's (None without a model)
+    risk_scale: RiskScale | None = None
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -180,13 +183,19 @@ def replay(
         features=data.features,
         scores=scores,
         model_version=model.version if model is not None else None,
-        cost_parameters={"review_cost": config.review_cost, "block_cost_factor": config.block_cost_factor},
+        cost_parameters=config.cost_parameters(),
         first=stamps.iloc[0],
         last=stamps.iloc[-1],
         timings=timings,
+        risk_scale=model_risk_scale(model) if model is not None else None,
         context=(
             Dataset(before, features, stamps.iloc[0], utc_midnight(feature_end))
             if context_end is not None
             else None
         ),
     )
+
+
+def model_risk_scale(artifact: ModelArtifact) -> RiskScale:
+    """The risk scale of a model, as the service builds it (`ModelRuntime.risk_scale`)."""
+    return RiskScale.from_thresholds(artifact.metadata.get("thresholds"))
