@@ -176,8 +176,10 @@ def _summary(
         table.add_row(verdict, f"{int((scored == verdict).sum()):,}")
     table.add_row("frauds in the day", f"{int(fraud.sum()):,}")
     table.add_row("frauds blocked", f"{int((fraud & (scored == 'block')).sum()):,}")
+    table.add_row("frauds challenged (second factor)", f"{int((fraud & (scored == 'challenge')).sum()):,}")
     table.add_row("frauds sent to review", f"{int((fraud & (scored == 'review')).sum()):,}")
     table.add_row("frauds missed (allowed)", f"{int((fraud & (scored == 'allow')).sum()):,}")
+    table.add_row("good payments challenged", f"{int((~fraud & (scored == 'challenge')).sum()):,}")
     table.add_row("good payments blocked", f"{int((~fraud & (scored == 'block')).sum()):,}")
     if latencies:
         table.add_row("latency p50 (ms, client side)", f"{np.percentile(latencies, 50):.2f}")

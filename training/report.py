@@ -215,6 +215,7 @@ def _blocks(metrics: Assessment, config: TrainConfig) -> list[Block]:
         ("Expected cost", "total"),
         ("fraud allowed", "fraud_allowed"),
         ("reviews", "reviews"),
+        ("challenges", "challenges"),
         ("legitimate blocked", "legit_blocked"),
     ):
         rows.append((label, *(_fmt(m["cost"][key]) for m in sides)))
