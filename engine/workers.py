@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import signal
 import socket
 import sys
@@ -23,6 +24,7 @@ from multiprocessing.process import BaseProcess
 from types import FrameType
 
 import uvicorn
+from prometheus_client import multiprocess
 
 from antifraud.engine.redis_server import die_with_parent
 
@@ -62,6 +64,7 @@ def serve_workers(host: str, port: int, workers: int) -> int:
                 status = 1
                 break
             log.warning("worker %d exited with status %s; starting a new one", slot, process.exitcode)
+            _forget_metrics_of(process.pid)
             start(slot)
     for process in running.values():
         process.terminate()  # SIGTERM: uvicorn finishes the requests in flight, then exits
@@ -72,6 +75,13 @@ def serve_workers(host: str, port: int, workers: int) -> int:
     for signum, handler in previous.items():
         signal.signal(signum, handler)
     return status
+
+
+def _forget_metrics_of(pid: int | None) -> None:
+    # Multi-process metrics: a dead worker's live gauges (the model and rule versions it served)
+    # must not be merged into /metrics any more; its counters stay (they were counted).
+    if pid is not None and os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        multiprocess.mark_process_dead(pid)
 
 
 def check_port_free(host: str, port: int) -> None:
