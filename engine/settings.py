@@ -46,7 +46,7 @@ class Settings:
 
     def __post_init__(self) -> None:
         if self.fail_policy not in VERDICTS:
-            raise ValueError(f"fail policy must be allow, review or block, not {self.fail_policy!r}")
+            raise ValueError(f"fail policy must be one of {', '.join(VERDICTS)}, not {self.fail_policy!r}")
         if not self.clock_skew_s >= 0:
             raise ValueError(f"clock_skew_s must be 0 or more seconds, got {self.clock_skew_s}")
         if not 0 < self.budget_ms <= 10_000:
