@@ -52,13 +52,17 @@ class OnlineResult:
     """Features of one payment as the engine saw it before recording it."""
 
     values: np.ndarray  # in spec.feature_names order, NaN where missing
-    duplicate: bool  # the payment had already been recorded (a retry): nothing was counted again
+    # some entity had already recorded this transaction id (a retry): no entity counted it again
+    # (with record=False: it would have been a duplicate)
+    duplicate: bool
 
 
 class _Block:
     """The static tokens of one entity's block; only distinct-field values vary per payment."""
 
-    def __init__(self, p: EntityPlan) -> None:
+    def __init__(self, p: EntityPlan, late_ms: int) -> None:
+        """`late_ms`: how far before an entity's latest payment a late one may still move its first
+        payment time earlier (the spec's dedupe horizon)."""
         self.plan = p
         self.value_slots: list[tuple[int, str]] = []
         # An entity with exact windows keeps its events' times and amounts in Redis, and with them
@@ -92,7 +96,7 @@ class _Block:
         for event, windows in feedback:
             tokens += ["F", event, str(len(windows))] + [str(w.ms) for w in windows]
         if p.profile_ttl_ms is not None:
-            tokens += ["P", str(p.profile_ttl_ms)]
+            tokens += ["P", str(p.profile_ttl_ms), str(late_ms)]
         self.tokens = tokens
         self.n_values = len(p.raw_names()) - 1  # all but `present`
 
@@ -116,7 +120,7 @@ class OnlineFeatures:
         self.deriver = Deriver(self.plan)
         self.namespace = namespace
         self._script = client.register_script(LUA)  # type: ignore[misc]
-        self._blocks = [_Block(p) for p in self.plan.entities]
+        self._blocks = [_Block(p, self.spec.dedupe_horizon_ms) for p in self.plan.entities]
         self._starts = [self.plan.raw_index[raw_name(p.entity, "present")] for p in self.plan.entities]
         self._cluster = isinstance(client, RedisCluster)
 
@@ -124,10 +128,19 @@ class OnlineFeatures:
     def feature_names(self) -> list[str]:
         return self.spec.feature_names
 
-    def score(self, payment: Mapping[str, Any]) -> OnlineResult:
-        """Features of a payment (a mapping of canonical fields), then record it, atomically per entity."""
+    def score(self, payment: Mapping[str, Any], *, record: bool = True) -> OnlineResult:
+        """Features of a payment (a mapping of canonical fields), then record it, atomically per entity.
+
+        With ``record=False`` (a test payment) the features are read exactly as a recording call
+        would read them, and nothing at all is written to Redis: no state, no idempotency record,
+        no TTL refreshed. A payment whose transaction id some entity has already recorded is a
+        duplicate: it is recorded by none (on a Redis Cluster: by none of the entities of the same
+        slot group; see docs/features.md).
+        """
         t_ms = to_ms(payment["timestamp"])
         header, keys, args, present = self._score_blocks(payment, t_ms)
+        if not record:
+            header[0] = "peek"
         replies = self._call(keys, header, args, [1 + block.n_values for block, _ in present])
         raw = np.full(len(self.plan.raw_names), np.nan)
         raw[self._starts] = 0.0

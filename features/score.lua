@@ -4,10 +4,23 @@
 -- KEYS[i]  the key prefix of entity block i, hash-tagged ("af:{card:..}") so that all the keys a
 --          block derives from it live in one Redis Cluster slot.
 -- ARGV     "score", txid, t_ms, amount_milli, then per block: ntokens, tokens...
+--          "peek" (the same arguments): read exactly as "score" does, write nothing at all
 --          "feedback", txid, event_ms, event, then per block: ntokens, tokens...
 -- Scores are event times in ms; amounts are integers in thousandths of the currency unit, so sums
 -- are exact. Every read happens before the block records anything: the aggregates describe the
--- state before this payment. A transaction id the block has already recorded is not recorded again.
+-- state before this payment. Dedupe is all or nothing within a call: when any block has already
+-- recorded the transaction id, no block records anything and every block answers "duplicate".
+--
+-- Time never runs backwards for an entity. Each block reads at its *effective time*
+-- te = max(t, the latest payment time the block has recorded): a payment older than that (late,
+-- or stamped by a slow clock) sees the entity's windows as they stand now, never a past the state
+-- no longer holds, and nothing of the entity is trimmed relative to a time before its latest.
+-- The payment itself is recorded at its own time t (a late payment counts in the windows its time
+-- falls in, and a fraud label finds it in the bucket of its own time), unless t is older than every
+-- window of the block (then only its transaction id is kept). The card profile returns its first
+-- and last times clamped to t, so that seconds since the previous payment and the age derived from
+-- them are never negative; its first time moves earlier for a late payment only when that payment
+-- is within the dedupe horizon of the card's latest one (no stale stamp can age a card).
 --
 -- Keys of a block (prefix ":" part):
 --   ev   ZSET txid -> time: the idempotency record, kept for the dedupe horizon (see S below).
@@ -17,7 +30,9 @@
 --          [2] the payment time "ev" was last trimmed at,
 --          [3] the events of the exact windows (E), or an empty array,
 --          [3 + k] the buckets of the k-th bucketed granularity (B), in token order,
---          [3 + ngroups + k] the times of the feedback events of the k-th kind with windows (F).
+--          [3 + ngroups + k] the times of the feedback events of the k-th kind with windows (F),
+--          [4 + ngroups + nfeedback] the latest payment time the block recorded (absent in a
+--          state only feedback has written so far, or written by an earlier version of this script).
 --   f:<event>  ZSET txid -> time reported: the feedback events' idempotency record;
 --   p    HASH first/last payment time (it lives longer than the rest: its own key);
 --   d:<field>  ZSET value -> last time seen (only for an entity without exact windows).
@@ -26,6 +41,8 @@
 local mode = ARGV[1]
 local txid = ARGV[2]
 local t = tonumber(ARGV[3])
+-- the effective time of the block being read (see the top of the file); set per block
+local te = t
 local out = {}
 local nout = 0
 
@@ -55,7 +72,7 @@ local function slack_of(ttl) return math.floor(ttl / 10) end
 -- the number of values last seen inside it, and a value is new when not seen within the look-back.
 -- The distinct aggregates are left in `folded[d]` for the Q op to push in their place.
 local folded = {}
-local function op_events(st, a, i, dup, amount)
+local function op_events(st, a, i, rec, amount)
   local nw = tonumber(a[i])
   local spread_k = tonumber(a[i + 1 + nw])
   local retention, nd = tonumber(a[i + 2 + nw]), tonumber(a[i + 3 + nw])
@@ -65,13 +82,13 @@ local function op_events(st, a, i, dup, amount)
   for d = 1, nd do
     local nwd = tonumber(a[nexti + 2])
     local lows = {}
-    for k = 1, nwd do lows[k] = t - tonumber(a[nexti + 2 + k]) end
+    for k = 1, nwd do lows[k] = te - tonumber(a[nexti + 2 + k]) end
     lasts[d] = {}
     fields[d] = { value = a[nexti], lookback = tonumber(a[nexti + 1]), lows = lows, last = lasts[d] }
     nexti = nexti + 3 + nwd
   end
   local lows = {}
-  for k = 1, nw do lows[k] = t - tonumber(a[i + k]) end
+  for k = 1, nw do lows[k] = te - tonumber(a[i + k]) end
   local v = st.s[3]
   if v[1] ~= stride then v = { stride } end  -- none yet, or written for another spec
   local n = #v
@@ -127,7 +144,7 @@ local function op_events(st, a, i, dup, amount)
       r[1] = -1
     else
       local seen = f.last[f.value]
-      r[1] = (seen and seen >= t - f.lookback) and 0 or 1
+      r[1] = (seen and seen >= te - f.lookback) and 0 or 1
     end
     local flows = f.lows
     for k = 1, #flows do r[k + 1] = 0 end
@@ -138,9 +155,11 @@ local function op_events(st, a, i, dup, amount)
     end
     folded[d] = r
   end
-  if not dup then
-    -- keep what is still inside the retention, then this payment
-    local oldest = t - retention
+  if rec then
+    -- keep what is still inside the retention, then this payment (at its own time, unless it is
+    -- already outside every window: a late event is then left out). Events are in arrival order,
+    -- which is time order but for late ones: the trim looks at the first and filters them all.
+    local oldest = te - retention
     if n > 1 and v[2] < oldest then
       local kept = { stride }
       for j = 2, n, stride do
@@ -150,9 +169,11 @@ local function op_events(st, a, i, dup, amount)
       end
       v, n = kept, #kept
     end
-    v[n + 1] = t
-    v[n + 2] = tonumber(amount)
-    for d = 1, nd do v[n + 2 + d] = fields[d].value end
+    if t >= oldest then
+      v[n + 1] = t
+      v[n + 2] = tonumber(amount)
+      for d = 1, nd do v[n + 2 + d] = fields[d].value end
+    end
     st.s[3] = v
     if retention > st.ttl then st.ttl = retention end
   end
@@ -168,12 +189,14 @@ end
 -- B: bucketed windows of one granularity g: state[3 + k] for the k-th B op of the block holds the
 -- buckets that have data, five numbers each: bucket (floor(time / g)), count, sum, max, and the
 -- frauds known among the bucket's payments (added by feedback as labels arrive). A window of nb buckets is the current bucket b and the nb - 1 before it; buckets after
--- b (written out of time order) are not in it. Recording drops buckets that fell out of every
--- window (<= b - keep).
+-- b (written by a fraud label ahead of its payment) are not in it. b is the bucket of the effective
+-- time; the payment is counted in the bucket of its own time (the one a fraud label about it
+-- names), unless that bucket is already out of every window. Recording drops buckets that fell
+-- out of every window (<= b - keep).
 -- A known-fraud window may be lagged: lag buckets before b, it covers buckets b - lag - nb + 1 to
 -- b - lag (labels arrive late: the payments of a week ago are the ones whose labels are known).
 -- tokens: g, keep, nw, nb1..nbn, nf, then per known-fraud window: lag, nb
-local function op_buckets(st, a, i, dup, amount)
+local function op_buckets(st, a, i, rec, amount)
   local g, keep, nw = tonumber(a[i]), tonumber(a[i + 1]), tonumber(a[i + 2])
   local nf = tonumber(a[i + 3 + nw])
   local sizes, lags = {}, {}
@@ -184,15 +207,16 @@ local function op_buckets(st, a, i, dup, amount)
   local nk = nw + nf
   st.group = st.group + 1
   local slot = 3 + st.group
-  local b = math.floor(t / g)
+  local b, own = math.floor(te / g), math.floor(t / g)
   local v = st.s[slot] or {}
   local n = #v
   local c, s, m, f = {}, {}, {}, {}
   for k = 1, nk do c[k], s[k], m[k], f[k] = 0, 0, -1, 0 end
   local here, stale = nil, false
   for j = 1, n, 5 do
-    local age = b - v[j]
-    if age == 0 then here = j end
+    local bj = v[j]
+    local age = b - bj
+    if bj == own then here = j end
     if age >= 0 then
       for k = 1, nk do
         if age >= lags[k] and age < lags[k] + sizes[k] then
@@ -207,7 +231,7 @@ local function op_buckets(st, a, i, dup, amount)
   end
   for k = 1, nw do push(c[k]); push(s[k]); push(m[k]) end
   for k = nw + 1, nk do push(c[k]); push(f[k]) end
-  if not dup then
+  if rec then
     local x = tonumber(amount)
     if stale then
       local kept = {}
@@ -217,14 +241,17 @@ local function op_buckets(st, a, i, dup, amount)
         end
       end
       v, n, here = kept, #kept, nil
-      for j = 1, n, 5 do if v[j] == b then here = j end end
+      for j = 1, n, 5 do if v[j] == own then here = j end end
     end
-    if here then
-      v[here + 1] = v[here + 1] + 1
-      v[here + 2] = v[here + 2] + x
-      if x > v[here + 3] then v[here + 3] = x end
-    else
-      v[n + 1], v[n + 2], v[n + 3], v[n + 4], v[n + 5] = b, 1, x, math.max(x, -1), 0
+    -- (a late payment whose bucket is already out of every window is not counted anywhere)
+    if b - own < keep then
+      if here then
+        v[here + 1] = v[here + 1] + 1
+        v[here + 2] = v[here + 2] + x
+        if x > v[here + 3] then v[here + 3] = x end
+      else
+        v[n + 1], v[n + 2], v[n + 3], v[n + 4], v[n + 5] = own, 1, x, math.max(x, -1), 0
+      end
     end
     st.s[slot] = v
     local ttl = (keep + 1) * g
@@ -236,41 +263,46 @@ end
 -- D: distinct values of a field (member = value, score = last time seen) and novelty, in a key of
 -- their own (an entity with exact windows folds them into its events instead: see E and Q).
 -- tokens: field, value ('' when missing), retention, lookback, nw, w1..wn
-local function op_distinct(st, a, i, dup)
+local function op_distinct(st, a, i, rec)
   local value, retention, lookback, nw = a[i + 1], tonumber(a[i + 2]), tonumber(a[i + 3]), tonumber(a[i + 4])
   local key = st.prefix .. ':d:' .. a[i]
   if value == '' or lookback == 0 then
     push(-1)
   else
     local seen = redis.call('ZSCORE', key, value)
-    if seen and tonumber(seen) >= t - lookback then push(0) else push(1) end
+    if seen and tonumber(seen) >= te - lookback then push(0) else push(1) end
   end
-  for k = 1, nw do push(redis.call('ZCOUNT', key, int(t - tonumber(a[i + 4 + k])), '+inf')) end
-  if not dup and value ~= '' then
+  for k = 1, nw do push(redis.call('ZCOUNT', key, int(te - tonumber(a[i + 4 + k])), '+inf')) end
+  if rec and value ~= '' then
+    -- GT: a late payment never moves a value's last time seen backwards
     redis.call('ZADD', key, 'GT', int(t), value)
-    redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. int(t - retention))
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. int(te - retention))
     redis.call('PEXPIRE', key, int(retention))
   end
   return i + 5 + nw
 end
 
 -- F: feedback events of one kind reported in each window, from the k-th feedback list of the
--- state (times, written by the feedback mode). tokens: event, nw, w1..wn
-local function op_feedback(st, a, i, dup)
+-- state (times, written by the feedback mode). Only events reported before the effective time
+-- count: one stamped later (a bad clock) waits for its time. tokens: event, nw, w1..wn
+local function op_feedback(st, a, i, rec)
   local nw = tonumber(a[i + 1])
   st.feed = st.feed + 1
   local slot = 3 + st.ngroups + st.feed
   local v = st.s[slot]
   local n = #v
   for k = 1, nw do
-    local low, c = t - tonumber(a[i + 1 + k]), 0
-    for j = 1, n do if v[j] >= low then c = c + 1 end end
+    local low, c = te - tonumber(a[i + 1 + k]), 0
+    for j = 1, n do
+      local x = v[j]
+      if x >= low and x < te then c = c + 1 end
+    end
     push(c)
   end
-  if not dup and n > 0 then
+  if rec and n > 0 then
     local retention = 0
     for k = 1, nw do retention = math.max(retention, tonumber(a[i + 1 + k])) end
-    local oldest = t - retention
+    local oldest = te - retention
     local kept = {}
     for j = 1, n do if v[j] >= oldest then kept[#kept + 1] = v[j] end end
     st.s[slot] = kept
@@ -279,14 +311,19 @@ local function op_feedback(st, a, i, dup)
   return i + 2 + nw
 end
 
--- P: the entity's first and last payment times, and when its TTL was last set. tokens: ttl
-local function op_profile(st, a, i, dup)
+-- P: the entity's first and last payment times, and when its TTL was last set.
+-- tokens: ttl, late (the spec's dedupe horizon)
+-- Both are returned clamped to t: a late payment is 0 s after the previous one, and as old as the
+-- entity was at its own time (0 before its first payment). The first time moves earlier only for
+-- a payment at most `late` before the latest one, so it never goes more than `late` before the
+-- entity's first payment in arrival order: no stale stamp can age an entity.
+local function op_profile(st, a, i, rec)
   local key = st.prefix .. ':p'
   local v = redis.call('HMGET', key, 'first', 'last', 'r')
   local first, last = tonumber(v[1]), tonumber(v[2])
-  push(first or -1); push(last or -1)
-  if not dup then
-    if not first or t < first then first = t end
+  push(first and math.min(first, t) or -1); push(last and math.min(last, t) or -1)
+  if rec then
+    if not first or (t < first and t >= last - tonumber(a[i + 1])) then first = t end
     if not last or t > last then last = t end
     local ttl = tonumber(a[i])
     local slack = slack_of(ttl)
@@ -297,58 +334,88 @@ local function op_profile(st, a, i, dup)
       redis.call('HSET', key, 'first', int(first), 'last', int(last))
     end
   end
-  return i + 1
+  return i + 2
 end
 
 local ops = { E = op_events, B = op_buckets, D = op_distinct, Q = op_folded, F = op_feedback, P = op_profile }
 
--- The block's state string, or a new one with `nslots` bucket and feedback lists.
+-- The block's state string, or a new one with `nslots` bucket and feedback lists; and the latest
+-- payment time it recorded (nil: none yet).
 local function load_state(key, nslots)
   local blob = redis.call('GET', key)
   local s = blob and cmsgpack.unpack(blob)
-  if type(s) ~= 'table' or #s ~= 3 + nslots then
+  -- written for this spec: nslots lists after the events, then the latest time (or not yet)
+  local n = type(s) == 'table' and #s or 0
+  if not ((n == 3 + nslots and type(s[n]) == 'table') or (n == 4 + nslots and type(s[n]) == 'number')) then
     s = { 0, 0, {} }
     for k = 1, nslots do s[3 + k] = {} end
   end
-  return s, blob ~= false
+  return s, s[4 + nslots]
 end
 
-if mode == 'score' then
+if mode == 'score' or mode == 'peek' then
+  local record = mode == 'score'
   local amount = ARGV[4]
+  -- First every block's state and idempotency record, then the reads and writes: whether the
+  -- payment is a duplicate is known for all blocks before any of them records anything.
+  -- S tokens: dedupe_retention, ngroups, nfeedback. The record holds the ids of the last
+  -- dedupe_retention (+ slack) of effective time.
+  -- per block (plain arrays: no table per block): ARGV position, state, effective time, whether
+  -- this call added the id, number of lists in the state
+  local bpos, bstate, bte, badded, bslots = {}, {}, {}, {}, {}
+  local dup = false
   local pos = 5
   for b = 1, #KEYS do
     local prefix = KEYS[b]
-    local stop = pos + tonumber(ARGV[pos])
-    -- S: tokens dedupe_retention, ngroups, nfeedback. The idempotency record first: whether this
-    -- block has already recorded the payment. It holds the ids of the last dedupe_retention (+ slack).
-    local dedupe, ngroups, nfeed = tonumber(ARGV[pos + 2]), tonumber(ARGV[pos + 3]), tonumber(ARGV[pos + 4])
-    local ev = prefix .. ':ev'
-    local dup = redis.call('ZADD', ev, 'NX', int(t), txid) == 0
-    push(dup and 1 or 0)
-    local skey = prefix .. ':s'
-    local st = { prefix = prefix, ttl = 0, group = 0, feed = 0, ngroups = ngroups }
-    st.s = load_state(skey, ngroups + nfeed)
-    local i = pos + 5
-    while i <= stop do
-      i = ops[ARGV[i]](st, ARGV, i + 1, dup, amount)
+    local nslots = tonumber(ARGV[pos + 3]) + tonumber(ARGV[pos + 4])
+    local s, latest = load_state(prefix .. ':s', nslots)
+    local e = (latest and latest > t) and latest or t
+    local added
+    if record then
+      added = redis.call('ZADD', prefix .. ':ev', 'NX', int(e), txid) == 1
+    else
+      added = not redis.call('ZSCORE', prefix .. ':ev', txid)
     end
-    if not dup then
-      -- trimmed every slack of payment time, its TTL set again every slack of server time: it
+    if not added then dup = true end
+    bpos[b], bstate[b], bte[b], badded[b], bslots[b] = pos, s, e, added, nslots
+    pos = pos + 1 + tonumber(ARGV[pos])
+  end
+  if dup and record then
+    -- all or nothing: take back the ids this call added (a key they created goes with them)
+    for b = 1, #KEYS do
+      if badded[b] then redis.call('ZREM', KEYS[b] .. ':ev', txid) end
+    end
+  end
+  local rec = record and not dup
+  for b = 1, #KEYS do
+    local prefix, p = KEYS[b], bpos[b]
+    local stop = p + tonumber(ARGV[p])
+    local dedupe, ngroups = tonumber(ARGV[p + 2]), tonumber(ARGV[p + 3])
+    te = bte[b]
+    push(dup and 1 or 0)
+    local st = { prefix = prefix, ttl = 0, group = 0, feed = 0, ngroups = ngroups, s = bstate[b] }
+    local i = p + 5
+    while i <= stop do
+      i = ops[ARGV[i]](st, ARGV, i + 1, rec, amount)
+    end
+    if rec then
+      local ev = prefix .. ':ev'
+      -- trimmed every slack of effective time, its TTL set again every slack of server time: it
       -- holds at most dedupe + slack of ids, and lives at least dedupe after its last write
       local slack = slack_of(dedupe)
-      if t - st.s[2] >= slack or t < st.s[2] then
-        redis.call('ZREMRANGEBYSCORE', ev, '-inf', '(' .. int(t - dedupe))
-        st.s[2] = t
+      if te - st.s[2] >= slack or te < st.s[2] then
+        redis.call('ZREMRANGEBYSCORE', ev, '-inf', '(' .. int(te - dedupe))
+        st.s[2] = te
       end
       if now() - st.s[1] >= slack then
         redis.call('PEXPIRE', ev, int(dedupe + slack))
         st.s[1] = now()
       end
+      st.s[4 + bslots[b]] = te
       -- the state outlives the record's TTL, so that a lapsed record is always given one again
       local ttl = math.max(st.ttl, dedupe + slack)
-      redis.call('SET', skey, cmsgpack.pack(st.s), 'PX', int(ttl))
+      redis.call('SET', prefix .. ':s', cmsgpack.pack(st.s), 'PX', int(ttl))
     end
-    pos = stop + 1
   end
   return out
 end
@@ -367,21 +434,27 @@ if mode == 'feedback' then
     local ngroups, nfeed = tonumber(ARGV[pos + 6]), tonumber(ARGV[pos + 7])
     local paid = tonumber(ARGV[pos + 8])
     local key = prefix .. ':f:' .. event
-    local added = redis.call('ZADD', key, 'NX', int(t), txid)
+    local skey = prefix .. ':s'
+    local s, latest = load_state(skey, ngroups + nfeed)
+    -- The event's effective time is never before the entity's latest payment (a late report, or
+    -- one stamped by a bad clock, is kept in the idempotency record as long as a timely one), and
+    -- nothing is trimmed relative to a time after that latest payment: an event stamped in the
+    -- future drops no other. Without a payment recorded yet, nothing is trimmed (TTLs bound it).
+    local fte = (latest and latest > t) and latest or t
+    local oldest = latest and latest - retention
+    local added = redis.call('ZADD', key, 'NX', int(fte), txid)
     if added == 1 then
-      redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. int(t - retention))
+      if oldest then redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. int(oldest)) end
       redis.call('PEXPIRE', key, int(retention))
       -- a known fraud counts only while its payment's bucket is still in some window
-      local counted = gidx > 0 and math.floor(t / g) - paid < keep
+      local counted = gidx > 0 and math.floor(fte / g) - paid < keep
       if counted or fidx > 0 then
-        local skey = prefix .. ':s'
-        local s = load_state(skey, ngroups + nfeed)
         local ttl = 0
         if fidx > 0 then
           -- this event's time, in the list the F op counts (old ones dropped)
           local v, kept = s[3 + ngroups + fidx], {}
-          for j = 1, #v do if v[j] >= t - retention then kept[#kept + 1] = v[j] end end
-          kept[#kept + 1] = t
+          for j = 1, #v do if not oldest or v[j] >= oldest then kept[#kept + 1] = v[j] end end
+          if not oldest or t >= oldest then kept[#kept + 1] = t end
           s[3 + ngroups + fidx] = kept
           ttl = retention
         end

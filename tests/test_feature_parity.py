@@ -75,6 +75,30 @@ def test_online_equals_offline_on_20k_payments(history: pd.DataFrame, redis_clie
         assert np.nanstd(column) > 0, name
 
 
+def test_test_payments_change_nothing(history: pd.DataFrame, redis_client: redis.Redis) -> None:
+    """Test payments (`record=False`) sent between the replayed ones, on the same cards and
+    merchants, at odd times: every replayed payment still sees exactly the offline features."""
+    sample = history.iloc[:3000].reset_index(drop=True)
+    online = OnlineFeatures(redis_client)
+    values = np.full((len(sample), len(online.feature_names)), np.nan)
+    for event, row, t_ms in stream(sample):
+        record = payment_record(sample, row)
+        if event != "payment":
+            online.feedback(event, record["transaction_id"], t_ms, record)
+            continue
+        if row % 3 == 0:
+            shift = [0, -86_400_000, -40 * 86_400_000, 240_000][row % 4]
+            probe = {**record, "transaction_id": f"probe{row}", "timestamp": t_ms + shift}
+            online.score(probe, record=False)
+            online.score(record, record=False)
+        values[row] = online.score(record).values
+    offline = OfflineFeatures().transform(sample)[online.feature_names].to_numpy()
+    assert np.allclose(values, offline, rtol=1e-9, atol=1e-9, equal_nan=True)
+    # and no idempotency record holds a test payment's id
+    records = [redis_client.zrange(key, 0, -1) for key in redis_client.scan_iter(match="*:ev", count=5000)]
+    assert records and not any(member.startswith(b"probe") for ids in records for member in ids)
+
+
 def test_retry_is_not_counted_twice(history: pd.DataFrame, redis_client: redis.Redis) -> None:
     online = OnlineFeatures(redis_client)
     first = payment_record(history, 0)
