@@ -26,7 +26,7 @@ import pandas as pd
 from antifraud.engine.rules import rule_environment
 from antifraud.engine.verdicts import RiskScale
 from antifraud.features.spec import FeatureSpec, load_spec
-from antifraud.training.config import TrainConfig, TrainingError
+from antifraud.training.config import CostParameters, TrainConfig, TrainingError
 from antifraud.training.dataset import (
     Dataset,
     ProgressArg,
@@ -54,7 +54,7 @@ class Replay:
     features: pd.DataFrame  # the spec's features, same order as rows
     scores: np.ndarray  # model scores in [0, 1]; NaN everywhere without a model
     model_version: str | None
-    cost_parameters: dict[str, float]  # the model's (or the default) review and block costs
+    cost_parameters: CostParameters  # the model's (or the default) review, challenge and block costs
     first: pd.Timestamp  # the first and last payment of the whole history file
     last: pd.Timestamp
     warnings: list[str] = field(default_factory=list)
