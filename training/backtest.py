@@ -44,7 +44,7 @@ from antifraud.engine.rules import RuleSet, RuleSetError
 from antifraud.engine.rules import load_rules as load_service_rules
 from antifraud.engine.verdicts import VERDICTS, RiskScale, Verdict
 from antifraud.features.spec import FeatureSpec, load_spec
-from antifraud.training.config import TrainingError
+from antifraud.training.config import CostParameters, TrainingError
 from antifraud.training.dataset import ProgressArg, as_progress, check_period, utc_midnight
 from antifraud.training.metrics import expected_cost, verdict_mix
 from antifraud.training.model_artifact import ModelArtifact
@@ -152,7 +152,7 @@ class BacktestResult:
     no_score_verdict: str | None  # "allow" when there is no model, else None
     rules_dir: str
     rules_version: str
-    cost_parameters: dict[str, float]
+    cost_parameters: CostParameters
     rules: list[RuleStats]
     verdicts: dict[str, dict[str, Any]]  # verdict -> payments, share, frauds, fraud_amount
     cost: dict[str, float] | None  # training.metrics.expected_cost; None without labels
@@ -541,7 +541,7 @@ def backtest_rules(
         no_score_verdict=NO_MODEL_VERDICT if replay.model_version is None else None,
         rules_dir=rules_label or (str(rules) if not isinstance(rules, RuleSet) else "rules"),
         rules_version=ruleset.version,
-        cost_parameters=dict(replay.cost_parameters),
+        cost_parameters=CostParameters(**replay.cost_parameters),
         rules=_rule_stats(ruleset, fired, skipped, fraud, amounts),
         verdicts=_mix(verdicts, fraud, amounts),
         cost=cost,
