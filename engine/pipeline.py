@@ -116,7 +116,7 @@ class Scorer:
         timings["features_ms"] = _ms(started)
 
         store = not txn.test
-        if duplicate:
+        if duplicate and not txn.test:  # a test is scored afresh: it never answers a stored decision
             # A retry: answer the first request's decision. If that is not stored yet (the first
             # request is still running in another worker), the state already counts this payment,
             # so deciding on it would be wrong: answer degraded, and leave storing to the first.

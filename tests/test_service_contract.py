@@ -849,6 +849,9 @@ def test_a_test_payment_is_scored_but_moves_and_stores_nothing(
     live = client.post("/v1/score", json=payment("tx-2", minute=2)).json()
     assert live["test"] is False
     assert _features(client, "tx-2")["card_count_1h"] == 1
+    # a test reusing a live payment's id is scored afresh: never that payment's stored answer, nor a 409
+    reused = client.post("/v1/score", json=payment("tx-2", minute=2, amount=1.0, test=True))
+    assert reused.status_code == 200 and reused.json()["test"] is True
 
 
 def test_a_payment_stamped_ahead_of_the_service_clock_is_refused(
