@@ -1,17 +1,20 @@
 """Shared fixtures: a real redis-server per test session, flushed between tests; a module's simulated
-history (its own `sim` fixture) written as a Parquet history file."""
+history (its own `sim` fixture) written as a Parquet history file; a small real model to serve."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
 
+import lightgbm as lgb
 import pandas as pd
 import pytest
 import redis
 
 from antifraud.engine.redis_server import EmbeddedRedis
+from antifraud.features.offline import OfflineFeatures
 from antifraud.training.history import write_history
+from antifraud.training.simulator import simulate
 
 
 @pytest.fixture(scope="session")
@@ -36,3 +39,22 @@ def history_file(sim: pd.DataFrame, tmp_path_factory: pytest.TempPathFactory) ->
     path = tmp_path_factory.mktemp("history") / "history.parquet"
     write_history(sim, path)
     return path
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small real LightGBM model on the spec's features, for the service's tests (a module may define
+    its own `model_dir`); training itself is tested elsewhere."""
+    history = simulate(days=10, cards=300, merchants=30, seed=2)
+    history = history.sort_values("timestamp", kind="stable").reset_index(drop=True)
+    features = OfflineFeatures()
+    x = features.transform(history)[features.feature_names]
+    booster = lgb.train(
+        {"objective": "binary", "verbose": -1, "num_leaves": 7, "num_threads": 1},
+        lgb.Dataset(x, history["label"].to_numpy()),
+        num_boost_round=20,
+    )
+    directory = tmp_path_factory.mktemp("model") / "test-model"
+    directory.mkdir()
+    booster.save_model(str(directory / "model.txt"))
+    return directory

@@ -6,7 +6,6 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-import lightgbm as lgb
 import numpy as np
 import pytest
 import redis
@@ -18,26 +17,6 @@ from antifraud.engine.auth import new_key
 from antifraud.engine.redis_server import EmbeddedRedis
 from antifraud.engine.settings import ROOT, Settings
 from antifraud.engine.verdicts import IDENTITY
-from antifraud.features.offline import OfflineFeatures
-from antifraud.training.simulator import simulate
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small real LightGBM model on the spec's features (training itself is tested elsewhere)."""
-    history = simulate(days=10, cards=300, merchants=30, seed=2)
-    history = history.sort_values("timestamp", kind="stable").reset_index(drop=True)
-    features = OfflineFeatures()
-    x = features.transform(history)[features.feature_names]
-    booster = lgb.train(
-        {"objective": "binary", "verbose": -1, "num_leaves": 7, "num_threads": 1},
-        lgb.Dataset(x, history["label"].to_numpy()),
-        num_boost_round=20,
-    )
-    directory = tmp_path_factory.mktemp("model") / "test-model"
-    directory.mkdir()
-    booster.save_model(str(directory / "model.txt"))
-    return directory
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
-import lightgbm as lgb
 import pytest
 import redis
 from fastapi.testclient import TestClient
@@ -25,31 +24,11 @@ from antifraud.engine.auth import new_key
 from antifraud.engine.metrics import Metrics
 from antifraud.engine.redis_server import EmbeddedRedis
 from antifraud.engine.settings import ROOT, Settings
-from antifraud.features.offline import OfflineFeatures
-from antifraud.training.simulator import simulate
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 Service = tuple[TestClient, dict[str, str]]
 
 SECRET = "test-secret-0123456789"
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small real LightGBM model on the spec's features."""
-    history = simulate(days=10, cards=300, merchants=30, seed=3)
-    history = history.sort_values("timestamp", kind="stable").reset_index(drop=True)
-    features = OfflineFeatures()
-    x = features.transform(history)[features.feature_names]
-    booster = lgb.train(
-        {"objective": "binary", "verbose": -1, "num_leaves": 7, "num_threads": 1},
-        lgb.Dataset(x, history["label"].to_numpy()),
-        num_boost_round=10,
-    )
-    directory = tmp_path_factory.mktemp("model") / "metrics-model"
-    directory.mkdir()
-    booster.save_model(str(directory / "model.txt"))
-    return directory
 
 
 @pytest.fixture
@@ -203,7 +182,7 @@ def test_live_versions_are_published_and_follow_a_rules_reload(service: Service,
     assert len(models) == 1  # no shadow model configured: the live one only
     (labels, value), *_ = models.items()
     assert (
-        dict(labels)["role"] == "live" and dict(labels)["version"].startswith("metrics-model") and value == 1
+        dict(labels)["role"] == "live" and dict(labels)["version"].startswith("test-model") and value == 1
     )
     rules = _versions(samples, "antifraud_rules_info")
     (old,) = [dict(labels)["version"] for labels in rules]

@@ -145,11 +145,11 @@ class _Loader:
         self.read_list = read_list
         self.errors = errors
         self.bands: ScoreBands | None = None
-        self.bands_at: tuple[str, int] | None = None
+        #: where each one-per-rule-set section (score_bands, authenticated_fallback) was defined
+        self.sections_at: dict[str, tuple[str, int]] = {}
         self.scale: Scale = "score"
         self.merchant_bands: dict[str, tuple[dict[str, float | None], str, int]] = {}
         self.fallback: Fallback = DEFAULT_FALLBACK
-        self.fallback_at: tuple[str, int] | None = None
         self.metadata: dict[str, MetadataType] = {}
         self.metadata_at: dict[str, tuple[str, int]] = {}
         self.lists: dict[str, frozenset[str]] = {}
@@ -168,7 +168,7 @@ class _Loader:
         for file in sorted(sources):
             self.add_file(file, sources[file])
         compiled = self.compile_rules()
-        if self.bands_at is None and sources and not self.unreadable:
+        if "score_bands" not in self.sections_at and sources and not self.unreadable:
             self.errors.append(
                 RuleError(
                     self.origin, None, None, "score_bands is not defined: one file must give review and block"
@@ -289,12 +289,18 @@ class _Loader:
 
     # -- sections
 
+    def first_definition(self, file: str, key_node: yaml.Node, section: str) -> bool:
+        """Whether this is the first definition of a section a rule set has once (else an error)."""
+        if (at := self.sections_at.get(section)) is not None:
+            where = f"{at[0]}:{at[1]}"
+            self.error(file, key_node, f"{section} is already defined at {where}: define it in one file")
+            return False
+        self.sections_at[section] = (file, key_node.start_mark.line + 1)
+        return True
+
     def add_bands(self, file: str, key_node: yaml.Node, node: yaml.Node) -> None:
-        if self.bands_at is not None:
-            first = f"{self.bands_at[0]}:{self.bands_at[1]}"
-            self.error(file, key_node, f"score_bands is already defined at {first}: define it in one file")
+        if not self.first_definition(file, key_node, "score_bands"):
             return
-        self.bands_at = (file, key_node.start_mark.line + 1)
         if not isinstance(node, yaml.MappingNode):
             self.error(file, node, "score_bands is a mapping with review, block and optional merchants")
             return
@@ -322,11 +328,8 @@ class _Loader:
             self.bands = bands
 
     def add_fallback(self, file: str, key_node: yaml.Node, node: yaml.Node) -> None:
-        if self.fallback_at is not None:
-            first = f"{self.fallback_at[0]}:{self.fallback_at[1]}"
-            self.error(file, key_node, f"authenticated_fallback is already defined at {first}")
+        if not self.first_definition(file, key_node, "authenticated_fallback"):
             return
-        self.fallback_at = (file, key_node.start_mark.line + 1)
         chosen = self.choice(file, node, "authenticated_fallback", FALLBACKS, None)
         if chosen is not None:
             self.fallback = chosen  # type: ignore[assignment]
