@@ -934,3 +934,35 @@ def test_a_client_generated_from_the_openapi_scores_reads_and_sends_feedback(
 
     anonymous = client_module.Client(base_url=served.url)
     assert score.sync_detailed(client=anonymous, body=body).status_code == 401
+
+
+def test_the_openapi_declares_bearer_auth_typed_answers_and_every_status(
+    make_app: Callable[..., TestClient],
+) -> None:
+    document = make_app().get("/openapi.json").json()
+    assert document["components"]["securitySchemes"]["bearer"] == {
+        "type": "http",
+        "scheme": "bearer",
+        "description": document["components"]["securitySchemes"]["bearer"]["description"],
+    }
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            guarded = path.startswith(("/v1/", "/admin/"))
+            assert ("security" in operation) == guarded, (method, path)
+            if guarded:
+                assert {"401", "403", "422"} <= set(operation["responses"]), (method, path)
+    score = document["paths"]["/v1/score"]["post"]
+    assert score["operationId"] == "score"
+    assert {"200", "400", "409", "413"} <= set(score["responses"])
+    assert score["requestBody"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/Transaction"
+    }
+    schemas = document["components"]["schemas"]
+    assert schemas["ScoreResponse"]["properties"]["reasons"] == {"$ref": "#/components/schemas/Reasons"}
+    assert schemas["ScoreResponse"]["properties"]["degraded"]["type"] == "array"
+    assert "examples" in schemas["ScoreResponse"] and "examples" in schemas["Transaction"]
+    decision = document["paths"]["/v1/decisions/{transaction_id}"]["get"]["responses"]
+    assert decision["200"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/StoredDecision"
+    }
+    assert "503" in decision and "503" in document["paths"]["/ready"]["get"]["responses"]

@@ -19,6 +19,7 @@ router = APIRouter()
 
 @router.get(
     "/v1/decisions/{transaction_id}",
+    response_model=None,  # documented by `responses` (StoredDecision); answered as stored, unvalidated
     responses={
         200: {"model": StoredDecision, "description": "The decision, its features and its feedback"},
         **ERRORS,
