@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import gc
 import os
+import secrets
 import statistics
 import tempfile
 import time
@@ -91,7 +92,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=15, help="runs per app and request (interleaved)")
     parser.add_argument("--calls", type=int, default=400, help="calls per run")
     args = parser.parse_args()
-    os.environ.setdefault("ANTIFRAUD_PAN_SECRET", "bench-secret-0123456789")
+    os.environ.setdefault("ANTIFRAUD_PAN_SECRET", secrets.token_hex(16))  # a run's own: no PAN is sent
     os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)  # one process: in-memory values
 
     with (

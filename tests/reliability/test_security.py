@@ -184,7 +184,8 @@ def test_every_endpoint_refuses_missing_unknown_and_underprivileged_keys(
 def test_the_keys_file_holds_no_key(service: Service) -> None:
     text = service.keys_file.read_text()
     assert service.scorer_key not in text and service.admin_key not in text
-    assert all(set(e) == {"name", "sha256", "role"} for e in yaml.safe_load(text))
+    # each entry: who, the key's SHA-256, its role, when it was made (and, if scoped, its merchants)
+    assert all(set(e) <= {"name", "sha256", "role", "created", "merchants"} for e in yaml.safe_load(text))
     assert service.keys_file.stat().st_mode & 0o077 == 0, "the keys file is readable by others"
 
 
