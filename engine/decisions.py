@@ -1,7 +1,8 @@
 """The decision log: every decision in Redis, by transaction id and in a bounded stream.
 
 - `{ns}:{tx:<id>}:d`   the decision (JSON), kept `decision_ttl_days`; it is also the idempotency record:
-                        a retried payment gets this stored answer back.
+                        a retried payment gets this stored answer back. A flagged decision gets its
+                        model contributions written into it right after the answer.
 - `{ns}:{tx:<id>}:fb`  feedback events about that payment (JSON list), kept as long.
 - `{ns}:decisions`     a Stream of every decision, trimmed to about `maxlen` entries (XADD MAXLEN ~).
 - `{ns}:feedback`      a Stream of every accepted feedback event, for training.
@@ -16,7 +17,7 @@ from typing import cast
 import orjson
 import redis
 
-from antifraud.engine.decision_record import Decision, FeedbackRecord, JSONObject
+from antifraud.engine.decision_record import ContributionRecord, Decision, FeedbackRecord, JSONObject
 
 # Store a decision unless one exists for the transaction (a concurrent retry won the race);
 # only the stored decision enters the stream, so the log has each payment once.
@@ -64,6 +65,21 @@ class DecisionStore:
         )
         return cast(Decision, orjson.loads(earlier)) if earlier else None
 
+    def set_contributions(self, txid: str, contributions: list[ContributionRecord]) -> bool:
+        """Store the model's top contributions in a stored decision (`reasons.model`), keeping its
+        expiry; False when no decision is stored for the transaction.
+
+        Only the pipeline's background step writes a stored decision after `put` (which never
+        overwrites one), so reading, changing and writing it back races with nothing.
+        """
+        key = self._key(txid, "d")
+        raw = cast(bytes | None, self.client.get(key))
+        if raw is None:
+            return False
+        decision = orjson.loads(raw)
+        decision["reasons"]["model"] = contributions
+        return bool(self.client.set(key, _dumps(decision), xx=True, keepttl=True))
+
     def add_feedback(self, event: FeedbackRecord | Mapping[str, str | None]) -> None:
         """Keep a feedback event: in the feedback stream and beside its decision."""
         payload = _dumps(event)
@@ -102,6 +118,6 @@ class DecisionStore:
             start = "(" + entries[-1][0].decode()
 
 
-def _dumps(record: Decision | FeedbackRecord | Mapping[str, str | None]) -> bytes:
+def _dumps(record: Decision | FeedbackRecord | JSONObject | Mapping[str, str | None]) -> bytes:
     # orjson: ~30x faster than json.dumps on a decision's 87 floats (3 us against 90 us)
     return orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY)

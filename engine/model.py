@@ -3,9 +3,10 @@
 A payment is scored through LightGBM's own C API single-row fast path
 (`LGBM_BoosterPredictForMatSingleRowFast`): the same trees and the same arithmetic as
 `Booster.predict`, without its per-call setup, so the scores are LightGBM's to the last bit.
-Per-feature contributions (TreeSHAP) cost more than a prediction: they go through a second fast
-configuration of the same C API (predict type "contrib", the numbers of
-`Booster.predict(pred_contrib=True)`), and the service asks for them only for flagged payments.
+Per-feature contributions (TreeSHAP) cost more than a prediction (~1.5 ms with models/default):
+they go through a second fast configuration of the same C API (predict type "contrib", the numbers
+of `Booster.predict(pred_contrib=True)`), with buffers of their own and a lock, because the service
+computes them in a thread, after answering a flagged payment, while the worker scores the next ones.
 The risk score (0-100) of a score is the model's own :class:`RiskScale`, anchored on the thresholds
 recorded in its metadata.json.
 """
@@ -13,6 +14,7 @@ recorded in its metadata.json.
 from __future__ import annotations
 
 import ctypes
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,7 +68,11 @@ class ModelRuntime:
         self._fast = self._fast_config(_PREDICT_NORMAL)
         self._row_ptr = self._row.ctypes.data_as(ctypes.c_void_p)
         self._out_ptr = self._out.ctypes.data_as(ctypes.POINTER(ctypes.c_double))
-        # contributions: one value per feature, then the expected value (binary objective)
+        # contributions: one value per feature, then the expected value (binary objective); their
+        # own row buffer, so that a contribution in a thread never overwrites a prediction's row
+        self._contrib_lock = threading.Lock()
+        self._contrib_row = np.zeros(self._n, dtype=np.float64)
+        self._contrib_row_ptr = self._contrib_row.ctypes.data_as(ctypes.c_void_p)
         self._contrib = np.zeros(self._n + 1, dtype=np.float64)
         self._contrib_ptr = self._contrib.ctypes.data_as(ctypes.POINTER(ctypes.c_double))
         self._fast_contrib = self._fast_config(_PREDICT_CONTRIB)
@@ -110,16 +116,18 @@ class ModelRuntime:
         """TreeSHAP contributions of one row (log-odds): one per feature, then the expected value.
 
         LightGBM's single-row fast path with the contrib predict type: the numbers of
-        ``Booster.predict(row, pred_contrib=True)``. Returns a view of a buffer reused by the next
-        call: copy it to keep it. Not thread-safe: one runtime per worker.
+        ``Booster.predict(row, pred_contrib=True)``. Safe to call from another thread than the one
+        scoring (its own buffers, one call at a time); returns a copy.
         """
-        self._row[:] = row
-        _safe_call(
-            _LIB.LGBM_BoosterPredictForMatSingleRowFast(
-                self._fast_contrib, self._row_ptr, ctypes.byref(self._out_len), self._contrib_ptr
+        with self._contrib_lock:
+            self._contrib_row[:] = row
+            out_len = ctypes.c_int64(0)
+            _safe_call(
+                _LIB.LGBM_BoosterPredictForMatSingleRowFast(
+                    self._fast_contrib, self._contrib_row_ptr, ctypes.byref(out_len), self._contrib_ptr
+                )
             )
-        )
-        return self._contrib
+            return self._contrib.copy()
 
     def contributions(self, row: np.ndarray, top: int = TOP_CONTRIBUTIONS) -> list[Contribution]:
         """The features that pushed this payment's score most (largest absolute TreeSHAP values),

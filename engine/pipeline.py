@@ -179,14 +179,9 @@ class Scorer:
             reasons["authenticated_fallback"] = outcome.authenticated_fallback
         if degraded:
             reasons["fail_policy"] = self.fail_policy
-        elif verdict != "allow" and loaded.model is not None:
-            # Only flagged answers pay for the model's top contributions (TreeSHAP through the C API
-            # fast path, ~1.5 ms with models/default: benchmarks/bench_contributions.py); allow
-            # answers, 97-98 % of traffic, stay cheap. A degraded score is not explained: the fail
-            # policy decided, as `explain` says for a stored decision.
-            t = time.perf_counter()
-            reasons["model"] = _contribution_records(loaded.model, values)
-            timings["explain_ms"] = _ms(t)
+        # The model's top contributions of a flagged payment are not computed here but right after
+        # the answer (`explain_stored`): TreeSHAP costs ~1.5 ms, and on the path it raised the p99
+        # at 500 payments/s from 2.7-2.8 to 3.7 ms and tipped 1,000/s into queueing (docs/api.md).
 
         decision: Decision = {
             "transaction_id": txn.transaction_id,
@@ -232,6 +227,39 @@ class Scorer:
         if self.metrics is not None:
             self.metrics.observe(decision, timings)
         return decision
+
+    def needs_explaining(self, decision: Decision) -> bool:
+        """Whether `explain_stored` should run for a decision just answered: a stored (not test)
+        challenge, review or block scored with every signal, whose contributions are not stored yet."""
+        return (
+            decision["verdict"] != "allow"
+            and not decision["degraded"]
+            and not decision["test"]
+            and not decision["reasons"]["model"]
+            and decision["score"] is not None
+        )
+
+    def explain_stored(self, decision: Decision) -> None:
+        """Compute a flagged decision's top contributions and store them with it.
+
+        Runs after the answer, in a thread (the API's background task): the model releases the GIL
+        and has buffers of its own for this, so the worker goes on scoring meanwhile. A model
+        swapped in the meantime, or a Redis that cannot store, leaves the decision without them
+        (`GET /v1/decisions/{id}` then computes them on read when it can).
+        """
+        started = time.perf_counter()
+        try:
+            records = self.explain(decision)
+            if records:
+                self.store.set_contributions(decision["transaction_id"], records)
+        except LookupError:
+            return
+        except (redis.RedisError, OSError):
+            if self.metrics is not None:
+                self.metrics.redis_errors.inc()
+            return
+        if self.metrics is not None:
+            self.metrics.stage.labels("explain").observe(time.perf_counter() - started)
 
     def explain(self, decision: Decision | JSONObject) -> list[ContributionRecord]:
         """The features that pushed a stored decision's score most, by the model that decided it.

@@ -360,7 +360,8 @@ def test_a_retry_whose_original_never_stores_is_degraded_and_not_stored(
 def test_every_decision_lands_once_in_the_decision_stream(
     make_app: Callable[..., TestClient], redis_client: redis.Redis
 ) -> None:
-    """Retries add nothing; each stream entry is the stored decision, in decision order."""
+    """Retries add nothing; each stream entry is the stored decision as answered, in decision order
+    (a flagged one's stored copy also gets the model's contributions, right after the answer)."""
     http = make_app()
     ids = [f"log-{i:02d}" for i in range(25)]
     for i, txid in enumerate(ids):
@@ -372,7 +373,12 @@ def test_every_decision_lands_once_in_the_decision_stream(
     entries = logged_decisions(redis_client)
     assert [e["transaction_id"] for e in entries] == ids
     store = DecisionStore(redis_client)
-    assert all(e == store.get(e["transaction_id"]) for e in entries)
+
+    def as_answered(decision: dict[str, Any] | None) -> dict[str, Any]:
+        assert decision is not None
+        return {**decision, "reasons": {**decision["reasons"], "model": []}}
+
+    assert all(e == as_answered(store.get(e["transaction_id"])) for e in entries)
 
 
 def test_the_decision_stream_is_bounded(
@@ -966,3 +972,25 @@ def test_the_openapi_declares_bearer_auth_typed_answers_and_every_status(
         "$ref": "#/components/schemas/StoredDecision"
     }
     assert "503" in decision and "503" in document["paths"]["/ready"]["get"]["responses"]
+
+
+def test_a_flagged_answer_is_quick_and_its_stored_decision_gets_the_contributions(
+    make_app: Callable[..., TestClient], redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "bands.yaml").write_text("score_bands: {scale: risk_score, review: 0, block: 0}\n")
+    client = make_app(rules_dir=rules)
+    answered = client.post("/v1/score", json=payment("tx-1")).json()
+    assert answered["verdict"] == "block" and answered["reasons"]["model"] == []
+    # the test client returns once the answer's background step (after the body was sent) is done
+    stored = DecisionStore(redis_client).get("tx-1")
+    assert stored is not None and 0 < len(stored["reasons"]["model"]) <= 5
+    read = client.get("/v1/decisions/tx-1").json()
+    assert read["reasons"]["model"] == stored["reasons"]["model"]
+    explained = [
+        s
+        for (name, labels), s in metric_samples(client.get("/metrics").text).items()
+        if name == "antifraud_stage_seconds_count" and dict(labels)["stage"] == "explain"
+    ]
+    assert explained == [1.0]

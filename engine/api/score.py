@@ -15,6 +15,7 @@ from collections.abc import Mapping
 import orjson
 from fastapi import APIRouter, Request, Response
 from pydantic import ValidationError
+from starlette.background import BackgroundTask
 
 from antifraud.engine.api.deps import merchant_denied
 from antifraud.engine.api.errors import ahead_of_clock, conflict, invalid
@@ -41,11 +42,16 @@ async def score(request: Request) -> Response:
     # it), so reading it here is as safe as a dependency, and cheaper (see the module docstring).
     scorer: Scorer = request.app.state.scorer
     try:
-        decision: Mapping[str, object] = scorer.score(txn)  # the answer picks its fields by name
+        decision = scorer.score(txn)
     except IdempotencyConflict as exc:
         return conflict(str(exc), exc.fields)
-    answer = {name: decision[name] for name in ANSWER_FIELDS}
-    return Response(orjson.dumps(answer), media_type="application/json")
+    fields: Mapping[str, object] = decision  # the answer picks its fields by name
+    answer = {name: fields[name] for name in ANSWER_FIELDS}
+    # A flagged payment's model contributions are computed once the answer is sent (Starlette runs
+    # a plain function's background task in a thread) and stored with its decision.
+    explain = scorer.needs_explaining(decision)
+    background = BackgroundTask(scorer.explain_stored, decision) if explain else None
+    return Response(orjson.dumps(answer), media_type="application/json", background=background)
 
 
 def add_to(router: APIRouter) -> None:
