@@ -988,6 +988,11 @@ def test_a_flagged_answer_is_quick_and_its_stored_decision_gets_the_contribution
     assert stored is not None and 0 < len(stored["reasons"]["model"]) <= 5
     read = client.get("/v1/decisions/tx-1").json()
     assert read["reasons"]["model"] == stored["reasons"]["model"]
+    # a retry is answered as the first was: the stored contributions are not part of the answer
+    again = client.post("/v1/score", json=payment("tx-1")).json()
+    assert {k: v for k, v in again.items() if k != "timings"} == {
+        k: v for k, v in answered.items() if k != "timings"
+    }
     explained = [
         s
         for (name, labels), s in metric_samples(client.get("/metrics").text).items()

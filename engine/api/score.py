@@ -47,6 +47,10 @@ async def score(request: Request) -> Response:
         return conflict(str(exc), exc.fields)
     fields: Mapping[str, object] = decision  # the answer picks its fields by name
     answer = {name: fields[name] for name in ANSWER_FIELDS}
+    if decision["reasons"]["model"]:
+        # a retry answered from a stored decision that has since got its contributions: a retry's
+        # answer is the first answer, which never carries them
+        answer["reasons"] = {**decision["reasons"], "model": []}
     # A flagged payment's model contributions are computed once the answer is sent (Starlette runs
     # a plain function's background task in a thread) and stored with its decision.
     explain = scorer.needs_explaining(decision)
