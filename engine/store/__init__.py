@@ -1,0 +1,84 @@
+"""The durable decision store: every decision and feedback event, kept for as long as the provider
+sets, outside Redis (which holds only the hot state and a short buffer; docs/decisions.md).
+
+Two backends behind one small interface, as Feast keeps its online store apart from its feature
+definitions: Parquet files partitioned by day, queried with DuckDB (the embedded default, one host),
+and PostgreSQL (several service hosts sharing one store). `open_store(url)` picks one by its URL.
+The decision sink (`antifraud.engine.sink`) is the only writer; the API's reads, the console,
+monitoring and `export-decisions` read through `Store`'s query methods.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from antifraud.engine.decision_record import Decision, FeedbackRecord
+from antifraud.engine.verdicts import Verdict
+
+
+@dataclass(frozen=True)
+class Logged:
+    """A record as the sink read it from its Redis stream: the stream entry id makes every write
+    idempotent (a batch written again after a crash adds nothing)."""
+
+    stream_id: str  # e.g. "1764950000000-0"
+    record: Decision | FeedbackRecord
+
+
+@dataclass(frozen=True)
+class DecisionQuery:
+    """What `Store.search` looks for; every given field must match. Newest payments first."""
+
+    card_id: str | None = None
+    customer_id: str | None = None
+    merchant_id: str | None = None
+    verdict: Verdict | None = None
+    start: datetime | None = None  # payment time, inclusive
+    end: datetime | None = None  # payment time, exclusive
+    limit: int = 100
+
+
+@dataclass(frozen=True)
+class Written:
+    """What one `Store.write` added: records new to the store (the rest were there already)."""
+
+    decisions: int
+    feedback: int
+
+
+class Store(Protocol):
+    """A durable store of decisions and feedback events. Writes are idempotent and durable on return."""
+
+    url: str
+
+    def write(self, decisions: Sequence[Logged], feedback: Sequence[Logged]) -> Written:
+        """Add a batch; idempotent by transaction id (decisions) and by stream id (feedback).
+
+        Returns only once the batch is durable (fsynced files, a committed transaction): the sink
+        acknowledges the stream entries after this returns, never before.
+        """
+        ...
+
+    def decision(self, transaction_id: str) -> Decision | None:
+        """The stored decision of a transaction, or None."""
+        ...
+
+    def feedback_for(self, transaction_id: str) -> list[FeedbackRecord]:
+        """The feedback events about a transaction, in the order they were received."""
+        ...
+
+    def search(self, query: DecisionQuery) -> list[Decision]:
+        """Decisions matching `query`, newest payment first, at most `query.limit`."""
+        ...
+
+    def apply_retention(self, before: datetime) -> int:
+        """Delete the decisions of payments before `before` and the feedback received before it;
+        returns how many records were deleted."""
+        ...
+
+    def close(self) -> None:
+        """Release connections and files."""
+        ...
