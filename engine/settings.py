@@ -43,10 +43,20 @@ class Settings:
     # How far ahead of the service's clock a payment may be stamped (client clocks drift): beyond,
     # the payment is refused (422), since its time would become its card's and merchant's "now".
     clock_skew_s: float = field(default_factory=lambda: float(_env("CLOCK_SKEW_S", "300")))
+    # The durable decision store (docs/decisions.md): a postgresql:// URL when several hosts share it,
+    # else Parquet files under a folder (default: <data dir>/decisions).
+    store_url: str = field(default_factory=lambda: _env("STORE", ""))
+    # How long the store keeps decisions and feedback: disputes and chargebacks come back for up to
+    # 540 days after a payment (the longest card-scheme limits), so two years by default.
+    retention_days: int = field(default_factory=lambda: int(_env("RETENTION_DAYS", "730")))
 
     def __post_init__(self) -> None:
         if self.fail_policy not in VERDICTS:
             raise ValueError(f"fail policy must be one of {', '.join(VERDICTS)}, not {self.fail_policy!r}")
+        if not self.store_url:
+            self.store_url = str(self.data_dir / "decisions")
+        if self.retention_days < 1:
+            raise ValueError(f"retention_days must be at least 1, got {self.retention_days}")
         if not self.clock_skew_s >= 0:
             raise ValueError(f"clock_skew_s must be 0 or more seconds, got {self.clock_skew_s}")
         if not 0 < self.budget_ms <= 10_000:
