@@ -82,3 +82,15 @@ class Store(Protocol):
     def close(self) -> None:
         """Release connections and files."""
         ...
+
+
+def open_store(url: str) -> Store:
+    """The store a URL names: `postgresql://...` or `postgres://...` is a `PostgresStore`;
+    `parquet:///abs/dir` or a plain path is a `ParquetStore` on that directory."""
+    if url.startswith(("postgresql://", "postgres://")):
+        from antifraud.engine.store.postgres import PostgresStore
+
+        return PostgresStore(url)
+    from antifraud.engine.store.parquet import ParquetStore
+
+    return ParquetStore(url.removeprefix("parquet://"))

@@ -1,0 +1,352 @@
+"""The embedded decision store: Parquet files partitioned by day under one directory, read with DuckDB.
+
+Layout (Hive partitions, so DuckDB, pandas, Spark and Polars all read it as it is):
+
+    <root>/decisions/day=YYYY-MM-DD/part-<time>-<id>.parquet   the payment's UTC day
+    <root>/feedback/day=YYYY-MM-DD/part-<time>-<id>.parquet    the day the event was received (UTC)
+    <root>/store.lock                                           the writers' lock
+
+Each `write` adds at most one file per day and kind. A file is written under a hidden temporary name
+in its day's directory (`.part-....tmp`, which the `*.parquet` globs never match), fsynced, renamed
+into place and its directory fsynced: a crash leaves either the whole file or no visible file.
+
+The columns are flat for analysts (`DECISION_EXTRA` and engine/store/arrow.py's `DECISION_COLUMNS`,
+then one float column per feature), and each row also keeps the record as it was logged, as JSON
+text, in `record`: the store reads decisions back from it, so a decision comes back key for key as it
+was logged (a feature that was NaN comes back as null, as in the JSON log).
+
+One host: writers take an exclusive `flock` on `store.lock` for each write and retention, which
+serializes the writers of one machine; a shared network file system is not supported (use
+PostgreSQL when several hosts share one store). Readers take no lock.
+
+In a notebook:
+
+    import duckdb
+    duckdb.sql("select * from read_parquet('var/store/decisions/*/*.parquet', hive_partitioning=true, "
+               "union_by_name=true)")
+
+or `ParquetStore(path).connect()`, a DuckDB connection with `decisions` and `feedback` views.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Literal, TypeAlias, cast
+
+import duckdb
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from antifraud.engine.decision_record import Decision, FeedbackRecord
+from antifraud.engine.store import DecisionQuery, Logged, Written
+from antifraud.engine.store.arrow import DecisionColumns, Source, feedback_batch
+from antifraud.engine.vocabulary import ENTITY_FIELDS
+
+Kind: TypeAlias = Literal["decisions", "feedback"]
+
+#: the columns every decision row has beside `DECISION_COLUMNS` and its features
+DECISION_EXTRA: tuple[tuple[pa.Field, Source[Decision]], ...] = (
+    (pa.field("test", pa.bool_()), ("test",)),
+    # the rest of the payment (its fields other than the entities and `metadata`), as JSON text
+    (
+        pa.field("payment_other", pa.string()),
+        lambda d: _json_or_none(
+            {k: v for k, v in (d.get("payment") or {}).items() if k not in ENTITY_FIELDS and k != "metadata"}
+        ),
+    ),
+    (pa.field("metadata", pa.string()), lambda d: _json_or_none((d.get("payment") or {}).get("metadata"))),
+    (pa.field("reasons", pa.string()), lambda d: _json_or_none(d.get("reasons"))),
+)
+#: the columns the store adds last to every row: the stream entry it came from and the logged JSON
+STREAM_ID = pa.field("stream_id", pa.string())
+RECORD = pa.field("record", pa.string())
+
+_ZSTD = "zstd"
+
+
+def _json_or_none(value: object) -> str | None:
+    return orjson.dumps(value).decode() if value else None
+
+
+def _dumps(record: Decision | FeedbackRecord) -> bytes:
+    # as engine/decisions.py logs it: NaN becomes null, numpy values are written as numbers
+    return orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def _utc_day(iso: str) -> date:
+    """The UTC day of an ISO 8601 time (a time without offset is taken as UTC)."""
+    moment = datetime.fromisoformat(iso)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).date()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class ParquetStore:
+    """Decisions and feedback as day-partitioned Parquet files under `root` (see the module's doc)."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root).expanduser().absolute()
+        self.url = f"parquet://{self.root}"
+        self._db = duckdb.connect(":memory:")
+        self._thread_lock = threading.Lock()
+        self._lock_file: int | None = None
+        self._swept = False
+
+    # --- paths -------------------------------------------------------------------------------------
+
+    def _dir(self, kind: Kind, day: date | None = None) -> Path:
+        base = self.root / kind
+        return base if day is None else base / f"day={day.isoformat()}"
+
+    def _glob(self, kind: Kind) -> str:
+        return str(self._dir(kind) / "day=*" / "*.parquet")
+
+    def _has_files(self, kind: Kind) -> bool:
+        return next(self._dir(kind).glob("day=*/*.parquet"), None) is not None
+
+    # --- writing -----------------------------------------------------------------------------------
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        """The one-writer-per-host lock: a thread lock (flock is per open file, not per thread) and
+        an exclusive flock on `store.lock` (other processes)."""
+        with self._thread_lock:
+            if self._lock_file is None:
+                self.root.mkdir(parents=True, exist_ok=True)
+                self._lock_file = os.open(self.root / "store.lock", os.O_RDWR | os.O_CREAT, 0o644)
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX)
+            try:
+                if not self._swept:
+                    self._sweep()
+                    self._swept = True
+                yield
+            finally:
+                fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+
+    def _sweep(self) -> None:
+        """Remove the temporary files a crashed writer left (we hold the lock: no writer is active)."""
+        for kind in ("decisions", "feedback"):
+            for tmp in self._dir(kind).glob("day=*/.part-*.tmp"):
+                tmp.unlink(missing_ok=True)
+
+    def write(self, decisions: Sequence[Logged], feedback: Sequence[Logged]) -> Written:
+        """Add a batch; records already stored or repeated in the batch are skipped. Durable on return
+        (fsynced files and directories)."""
+        with self._locked():
+            new_decisions = self._write_kind("decisions", decisions)
+            new_feedback = self._write_kind("feedback", feedback)
+        return Written(new_decisions, new_feedback)
+
+    def _write_kind(self, kind: Kind, logged: Sequence[Logged]) -> int:
+        key = "transaction_id" if kind == "decisions" else "stream_id"
+        by_day: dict[date, dict[str, tuple[str, bytes]]] = {}
+        for item in logged:
+            record = item.record
+            blob = _dumps(record)
+            if kind == "decisions":
+                ident, day = record["transaction_id"], _utc_day(cast(Decision, record)["timestamp"])
+            else:
+                ident, day = item.stream_id, _utc_day(cast(FeedbackRecord, record)["received_at"])
+            # the first of a batch's duplicates wins; a record's day never changes (its payment time
+            # or its received time), so an earlier copy is always in the same day's partition
+            by_day.setdefault(day, {}).setdefault(ident, (item.stream_id, blob))
+        added = 0
+        for day, rows in sorted(by_day.items()):
+            for ident in self._existing(kind, day, key, list(rows)):
+                del rows[ident]
+            if rows:
+                self._write_file(kind, day, list(rows.values()))
+                added += len(rows)
+        return added
+
+    def _existing(self, kind: Kind, day: date, key: str, idents: list[str]) -> list[str]:
+        """Which of `idents` the day's files already hold."""
+        directory = self._dir(kind, day)
+        if not next(directory.glob("*.parquet"), None):
+            return []
+        rows = (
+            self._db.cursor()
+            .execute(
+                f"select distinct {key} from read_parquet(?, union_by_name=true) "  # key: a fixed name
+                f"where {key} in (select unnest(?::varchar[]))",
+                [str(directory / "*.parquet"), idents],
+            )
+            .fetchall()
+        )
+        return [row[0] for row in rows]
+
+    def _table(self, kind: Kind, rows: list[tuple[str, bytes]]) -> pa.Table:
+        """The rows as an Arrow table: the flat columns, then `stream_id` and `record`."""
+        records = [orjson.loads(blob) for _, blob in rows]  # as logged: NaN already null
+        if kind == "decisions":
+            columns = DecisionColumns(records, DECISION_EXTRA, reserved=(STREAM_ID.name, RECORD.name))
+            batch = columns.batch(records)
+        else:
+            batch = feedback_batch(records)
+        stream_ids = pa.array([stream_id for stream_id, _ in rows], pa.string())
+        logged = pa.array([blob.decode() for _, blob in rows], pa.string())
+        table = pa.Table.from_batches([batch])
+        return table.append_column(STREAM_ID, stream_ids).append_column(RECORD, logged)
+
+    def _write_file(self, kind: Kind, day: date, rows: list[tuple[str, bytes]]) -> Path:
+        directory = self._dir(kind, day)
+        tmp = self._write_temp(directory, self._table(kind, rows))
+        return self._publish(tmp)
+
+    def _write_temp(self, directory: Path, table: pa.Table) -> Path:
+        """The table in a hidden, fsynced temporary file of `directory`, which no read sees."""
+        if not directory.is_dir():
+            directory.mkdir(parents=True, exist_ok=True)
+            _fsync_dir(directory.parent)  # the new day's directory entry survives a crash
+            _fsync_dir(directory.parent.parent)
+        name = f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:12]}.parquet"
+        tmp = directory / f".{name}.tmp"
+        with open(tmp, "wb") as out:
+            pq.write_table(table, out, compression=_ZSTD)
+            out.flush()
+            os.fsync(out.fileno())
+        return tmp
+
+    @staticmethod
+    def _publish(tmp: Path) -> Path:
+        """Rename a temporary file into place and make the rename durable."""
+        final = tmp.with_name(tmp.name.removeprefix(".").removesuffix(".tmp"))
+        os.rename(tmp, final)
+        _fsync_dir(final.parent)
+        return final
+
+    # --- reading -----------------------------------------------------------------------------------
+
+    def _query(self, kind: Kind, where: str, params: list[object], tail: str = "") -> list[str]:
+        """The `record` column of the rows of `kind` matching `where`."""
+        if not self._has_files(kind):
+            return []
+        sql = (
+            "select record from read_parquet(?, hive_partitioning=true, union_by_name=true) "
+            f"where {where} {tail}"
+        )
+        return self._retry(
+            lambda: [row[0] for row in self._db.cursor().execute(sql, [self._glob(kind), *params]).fetchall()]
+        )
+
+    def _retry(self, read: Callable[[], list[str]]) -> list[str]:
+        # retention may delete a day's files between DuckDB's listing and its reading: read again
+        try:
+            return read()
+        except duckdb.IOException:
+            return read()
+
+    def decision(self, transaction_id: str) -> Decision | None:
+        """The stored decision, exactly as it was logged, or None."""
+        rows = self._query("decisions", "transaction_id = ?", [transaction_id], "limit 1")
+        return cast(Decision, orjson.loads(rows[0])) if rows else None
+
+    def feedback_for(self, transaction_id: str) -> list[FeedbackRecord]:
+        """The feedback events about a transaction, in the order they were received (by received time,
+        then by stream entry)."""
+        rows = self._query(
+            "feedback",
+            "transaction_id = ?",
+            [transaction_id],
+            "order by received_at, try_cast(split_part(stream_id, '-', 1) as ubigint), "
+            "try_cast(split_part(stream_id, '-', 2) as ubigint), stream_id",
+        )
+        return [cast(FeedbackRecord, orjson.loads(row)) for row in rows]
+
+    def search(self, query: DecisionQuery) -> list[Decision]:
+        """Decisions matching `query`, newest payment first, at most `query.limit`."""
+        where, params = _conditions(query)
+        rows = self._query("decisions", where, params, "order by timestamp desc, transaction_id desc limit ?")
+        return [cast(Decision, orjson.loads(row)) for row in rows]
+
+    def connect(self) -> duckdb.DuckDBPyConnection:
+        """A new DuckDB connection with the views `decisions` and `feedback` over the store's files
+        (a kind with no file yet has no view), for notebooks and ad hoc queries."""
+        db = duckdb.connect(":memory:")
+        for kind in ("decisions", "feedback"):
+            if self._has_files(kind):
+                glob = self._glob(kind).replace("'", "''")
+                db.execute(
+                    f"create view {kind} as select * from read_parquet('{glob}', "
+                    "hive_partitioning=true, union_by_name=true)"
+                )
+        return db
+
+    # --- retention ---------------------------------------------------------------------------------
+
+    def apply_retention(self, before: datetime) -> int:
+        """Delete whole day partitions older than the UTC day of `before`: decisions by payment day,
+        feedback by received day. Day granularity: records of `before`'s own day are kept, even those
+        before `before`. Returns how many records were deleted."""
+        cutoff = (before if before.tzinfo else before.replace(tzinfo=UTC)).astimezone(UTC).date()
+        deleted = 0
+        with self._locked():
+            for kind in ("decisions", "feedback"):
+                base = self._dir(kind)
+                for directory in sorted(base.glob("day=*")):
+                    try:
+                        day = date.fromisoformat(directory.name.removeprefix("day="))
+                    except ValueError:
+                        continue  # not one of ours
+                    if day >= cutoff:
+                        continue
+                    for path in directory.glob("*.parquet"):
+                        deleted += pq.read_metadata(path).num_rows
+                        path.unlink()
+                    for leftover in directory.iterdir():  # temporary files of a crashed writer
+                        leftover.unlink()
+                    directory.rmdir()
+                if base.is_dir():
+                    _fsync_dir(base)
+        return deleted
+
+    def close(self) -> None:
+        """Close DuckDB and the lock file."""
+        self._db.close()
+        if self._lock_file is not None:
+            os.close(self._lock_file)
+            self._lock_file = None
+
+
+def _conditions(query: DecisionQuery) -> tuple[str, list[object]]:
+    """The SQL condition of a search and its parameters (the limit last)."""
+    clauses: list[str] = ["true"]
+    params: list[object] = []
+    for column in ("card_id", "customer_id", "merchant_id", "verdict"):
+        value = getattr(query, column)
+        if value is not None:
+            clauses.append(f"{column} = ?")
+            params.append(str(value))
+    if query.start is not None:
+        start = _aware(query.start)
+        # the day partition first: DuckDB skips the files of earlier days without opening them
+        clauses.append("day >= ?::date and timestamp >= ?")
+        params += [start.date(), start]
+    if query.end is not None:
+        end = _aware(query.end)
+        clauses.append("day <= ?::date and timestamp < ?")
+        params += [end.date(), end]
+    params.append(query.limit)
+    return " and ".join(clauses), params
+
+
+def _aware(moment: datetime) -> datetime:
+    """A time in UTC (a naive time is taken as UTC)."""
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).astimezone(UTC)

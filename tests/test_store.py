@@ -1,0 +1,302 @@
+"""The durable decision store (engine/store/): Parquet + DuckDB, and PostgreSQL, on real decisions.
+
+The decisions are the pipeline's own: payments scored through the app on a real redis-server, read
+back from its decision and feedback streams with their entry ids, as the sink will read them. Every
+test runs on both backends; PostgreSQL's are skipped, saying why, when 127.0.0.1:5432 is unreachable.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import uuid
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, cast
+
+import duckdb
+import orjson
+import pyarrow.parquet as pq
+import pytest
+import redis
+from fastapi.testclient import TestClient
+from payloads import T0, score_request
+from test_export import tiny_model
+
+from antifraud.engine.api import create_app
+from antifraud.engine.decision_record import Decision, FeedbackRecord
+from antifraud.engine.settings import ROOT, Settings
+from antifraud.engine.store import DecisionQuery, Logged, Store, Written, open_store
+from antifraud.engine.store.parquet import ParquetStore
+
+PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
+DAY = 1440  # minutes
+
+
+def postgres_reachable() -> bool:
+    """Whether a PostgreSQL server listens on 127.0.0.1:5432."""
+    try:
+        with socket.create_connection(("127.0.0.1", 5432), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The model the app serves."""
+    return tiny_model(tmp_path_factory.mktemp("store") / "tiny-model")
+
+
+@pytest.fixture(scope="module")
+def logged(model_dir: Path, redis_server: Any) -> tuple[list[Logged], list[Logged]]:
+    """Real decisions and feedback events with their stream ids: 30 payments over three days (cards,
+    customers and merchants varied, some without a customer), and feedback about a few of them."""
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushall()
+    os.environ.setdefault("ANTIFRAUD_PAN_SECRET", "test-secret-0123456789")
+    settings = Settings(redis_url=None, model_dir=model_dir, rules_dir=ROOT / "rules", api_keys_file=None)
+    with TestClient(create_app(settings, client=client)) as http:
+        for i in range(30):
+            body = score_request(
+                f"tx-{i:02d}",
+                (i // 10) * DAY + i,  # days 0, 1, 2 after T0
+                card_id=f"card_{i % 4}",
+                merchant_id=f"m_{i % 3}",
+                customer_id=None if i % 5 == 0 else f"cust_{i % 6}",
+                amount=10.0 + i,
+                metadata={"order": f"o-{i}", "basket": i % 7},
+            )
+            assert http.post("/v1/score", json=body).status_code == 200, body
+        for txid, kind, minute, extra in (
+            ("tx-03", "outcome", 5, {"outcome": "declined", "decline_code": "05"}),
+            ("tx-03", "label", 60, {"label": "legitimate"}),
+            ("tx-03", "label", 50, {"label": "chargeback"}),
+            ("tx-12", "refund", 70, {}),
+        ):
+            reported = (T0 + timedelta(minutes=minute)).isoformat()
+            answer = http.post(
+                "/v1/feedback", json={"transaction_id": txid, "kind": kind, "reported_at": reported, **extra}
+            )
+            assert answer.status_code == 202, answer.text
+
+    def entries(stream: str, field: bytes) -> list[Logged]:
+        rows = cast(list[tuple[bytes, dict[bytes, bytes]]], client.xrange(stream))
+        return [Logged(entry.decode(), orjson.loads(fields[field])) for entry, fields in rows]
+
+    decisions, feedback = entries("af:decisions", b"d"), entries("af:feedback", b"e")
+    client.close()
+    assert len(decisions) == 30 and len(feedback) == 4
+    return decisions, feedback
+
+
+@pytest.fixture(params=["parquet", "postgres"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    """An empty store of each backend (PostgreSQL: a schema of its own, dropped after the test)."""
+    if request.param == "parquet":
+        opened = open_store(str(tmp_path / "store"))
+        yield opened
+        opened.close()
+        return
+    if not postgres_reachable():
+        pytest.skip("no PostgreSQL server on 127.0.0.1:5432 (CI runs one; the Parquet backend is tested)")
+    import psycopg
+
+    schema = f"store_test_{uuid.uuid4().hex[:10]}"
+    opened = open_store(f"{PG_URL}?schema={schema}")
+    try:
+        yield opened
+    finally:
+        opened.close()
+        with psycopg.connect(PG_URL, autocommit=True) as conn:
+            conn.execute(f"drop schema if exists {schema} cascade")
+
+
+def as_logged(record: Decision | FeedbackRecord) -> Any:
+    """A record as the JSON log holds it (NaN features are null)."""
+    return orjson.loads(orjson.dumps(record))
+
+
+def test_open_store_picks_the_backend_by_url(tmp_path: Path) -> None:
+    """A plain path and parquet:// open the Parquet store on that directory."""
+    for url in (str(tmp_path / "a"), f"parquet://{tmp_path / 'b'}"):
+        opened = open_store(url)
+        assert isinstance(opened, ParquetStore) and opened.root.name in ("a", "b")
+        opened.close()
+
+
+def test_round_trip_is_exact(store: Store, logged: tuple[list[Logged], list[Logged]]) -> None:
+    """Every decision reads back key for key as it was logged, NaN features as null; feedback too."""
+    decisions, feedback = logged
+    first = cast(Decision, orjson.loads(orjson.dumps(decisions[0].record)))
+    names = list(first["features"])[:3]
+    for name in names:
+        first["features"][name] = math.nan  # as the pipeline holds a missing feature in memory
+    decisions = [Logged(decisions[0].stream_id, first), *decisions[1:]]
+
+    assert store.write(decisions, feedback) == Written(30, 4)
+    for item in decisions:
+        read = store.decision(item.record["transaction_id"])
+        assert read == as_logged(item.record)
+        assert orjson.dumps(read) == orjson.dumps(item.record)  # the same keys in the same order
+    assert all(store.decision("tx-00")["features"][n] is None for n in names)  # type: ignore[index]
+    assert store.decision("tx-unknown") is None
+    assert store.feedback_for("tx-03") == [as_logged(f.record) for f in feedback[:3]]
+    assert store.feedback_for("tx-12") == [as_logged(feedback[3].record)]
+    assert store.feedback_for("tx-00") == []
+
+
+def test_writes_are_idempotent(store: Store, logged: tuple[list[Logged], list[Logged]]) -> None:
+    """The same batch twice, overlapping batches and duplicates within a batch add each record once."""
+    decisions, feedback = logged
+    assert store.write(decisions[:12], feedback[:2]) == Written(12, 2)
+    assert store.write(decisions[:12], feedback[:2]) == Written(0, 0)
+    # overlapping, with duplicates inside the batch (a redelivered entry read twice)
+    batch = decisions[8:20] + decisions[15:18] + decisions[8:9]
+    assert store.write(batch, feedback[1:] + feedback[3:]) == Written(8, 2)
+    assert store.write(decisions, feedback) == Written(10, 0)
+    assert store.write(decisions, feedback) == Written(0, 0)
+    found = store.search(DecisionQuery(limit=1000))
+    assert sorted(d["transaction_id"] for d in found) == sorted(d.record["transaction_id"] for d in decisions)
+    assert len(store.feedback_for("tx-03")) == 3
+
+
+def test_search(store: Store, logged: tuple[list[Logged], list[Logged]]) -> None:
+    """By card, customer, merchant, verdict and time range; newest payment first; at most `limit`."""
+    decisions, feedback = logged
+    store.write(decisions, feedback)
+    records = [cast(Decision, as_logged(d.record)) for d in decisions]
+
+    def expected(keep: Any, limit: int = 100) -> list[str]:
+        chosen = [d for d in records if keep(d)]
+        chosen.sort(key=lambda d: (datetime.fromisoformat(d["timestamp"]), d["transaction_id"]), reverse=True)
+        return [d["transaction_id"] for d in chosen][:limit]
+
+    def ids(query: DecisionQuery) -> list[str]:
+        return [d["transaction_id"] for d in store.search(query)]
+
+    assert ids(DecisionQuery()) == expected(lambda d: True)
+    assert ids(DecisionQuery(limit=7)) == expected(lambda d: True, 7)
+    assert ids(DecisionQuery(card_id="card_1")) == expected(lambda d: d["payment"].get("card_id") == "card_1")
+    assert ids(DecisionQuery(customer_id="cust_2")) == expected(
+        lambda d: d["payment"].get("customer_id") == "cust_2"
+    )
+    assert ids(DecisionQuery(merchant_id="m_2", card_id="card_2")) == expected(
+        lambda d: d["payment"].get("merchant_id") == "m_2" and d["payment"].get("card_id") == "card_2"
+    )
+    verdicts = {d["verdict"] for d in records}
+    for verdict in verdicts:
+        assert ids(DecisionQuery(verdict=verdict)) == expected(lambda d, v=verdict: d["verdict"] == v)
+    start, end = T0 + timedelta(minutes=DAY + 3), T0 + timedelta(minutes=2 * DAY + 5)
+
+    def within(d: Decision) -> bool:
+        return start <= datetime.fromisoformat(d["timestamp"]) < end
+
+    assert ids(DecisionQuery(start=start, end=end)) == expected(within)
+    assert ids(DecisionQuery(start=start, end=end, merchant_id="m_0", limit=2)) == expected(
+        lambda d: within(d) and d["payment"].get("merchant_id") == "m_0", 2
+    )
+    assert ids(DecisionQuery(card_id="card_none")) == []
+
+
+def test_retention_deletes_whole_days(store: Store, logged: tuple[list[Logged], list[Logged]]) -> None:
+    """Decisions of the days before `before`'s day go (by payment day), feedback by received day."""
+    decisions, feedback = logged
+    store.write(decisions, feedback)
+
+    def received_before(moment: datetime) -> int:
+        day = moment.date()
+        return sum(datetime.fromisoformat(f.record["received_at"]).date() < day for f in feedback)
+
+    # the middle of day 1: day 0's ten decisions go, day 1's stay whole (day granularity)
+    cutoff = T0 + timedelta(minutes=DAY + 120)
+    assert store.apply_retention(cutoff) == 10 + received_before(cutoff)
+    kept = store.search(DecisionQuery(limit=1000))
+    assert sorted(d["transaction_id"] for d in kept) == [f"tx-{i:02d}" for i in range(10, 30)]
+    assert store.decision("tx-03") is None and store.decision("tx-10") is not None
+    assert store.apply_retention(cutoff) == 0
+    later = datetime.now(T0.tzinfo) + timedelta(days=2)
+    assert store.apply_retention(later) == 20 + len(feedback) - received_before(cutoff)
+    assert store.search(DecisionQuery()) == [] and store.feedback_for("tx-03") == []
+    assert store.write(decisions[:3], []) == Written(3, 0)  # a store emptied by retention takes writes
+
+
+def test_a_crashed_write_leaves_no_visible_file(
+    tmp_path: Path, logged: tuple[list[Logged], list[Logged]]
+) -> None:
+    """A writer killed (SIGKILL) after writing its temporary file and before renaming it: readers never
+    see the file, and the next write removes it and stores the batch."""
+    decisions, _ = logged
+    root = tmp_path / "store"
+    batch = tmp_path / "batch.json"
+    batch.write_bytes(orjson.dumps([[d.stream_id, d.record] for d in decisions]))
+    script = textwrap.dedent(
+        f"""
+        import sys, time, orjson
+        from antifraud.engine.store import Logged
+        from antifraud.engine.store.parquet import ParquetStore
+        store = ParquetStore({str(root)!r})
+        items = [Logged(s, r) for s, r in orjson.loads(open({str(batch)!r}, "rb").read())]
+        with store._locked():
+            day = store._dir("decisions").joinpath("day=2026-03-01")
+            rows = [(i.stream_id, orjson.dumps(i.record)) for i in items]
+            tmp = store._write_temp(day, store._table("decisions", rows))
+            print(tmp, flush=True)
+            time.sleep(600)  # killed here, before the rename
+        """
+    )
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None
+        tmp = Path(child.stdout.readline().strip())
+        assert tmp.is_file() and pq.read_metadata(tmp).num_rows == 30  # a whole file, not yet visible
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    store = ParquetStore(root)
+    try:
+        assert store.decision("tx-00") is None and store.search(DecisionQuery()) == []
+        with store.connect() as db:  # nothing for a notebook either: no view, no file
+            assert db.execute("select count(*) from duckdb_views() where not internal").fetchone() == (0,)
+        assert store.write(decisions, []) == Written(30, 0)  # the lock was released by the kill
+        assert not tmp.exists()
+        assert store.decision("tx-00") == as_logged(decisions[0].record)
+    finally:
+        store.close()
+
+
+def test_parquet_files_are_flat_for_analysts(
+    tmp_path: Path, logged: tuple[list[Logged], list[Logged]]
+) -> None:
+    """One file per day written; flat columns (one per feature); the notebook one-liner reads them."""
+    decisions, feedback = logged
+    store = ParquetStore(tmp_path / "store")
+    try:
+        store.write(decisions, feedback)
+        days = sorted(p.name for p in (tmp_path / "store" / "decisions").iterdir())
+        assert days == ["day=2026-03-01", "day=2026-03-02", "day=2026-03-03"]
+        glob = str(tmp_path / "store" / "decisions" / "*" / "*.parquet")
+        frame = duckdb.sql(
+            f"select * from read_parquet('{glob}', hive_partitioning=true, union_by_name=true)"
+        ).fetchdf()
+        first = cast(Decision, decisions[0].record)
+        row = frame.set_index("transaction_id").loc["tx-00"]
+        assert row["verdict"] == first["verdict"] and row["card_id"] == "card_0"
+        assert row["stream_id"] == decisions[0].stream_id and str(row["day"]).startswith("2026-03-01")
+        assert orjson.loads(row["metadata"]) == {"order": "o-0", "basket": 0}
+        assert orjson.loads(row["payment_other"])["channel"] == "ecom"
+        assert orjson.loads(row["reasons"]) == first["reasons"]
+        for name, value in first["features"].items():
+            column = f"feature_{name}" if name == "amount" else name
+            assert (value is None and math.isnan(row[column])) or row[column] == value
+        with store.connect() as db:
+            assert db.execute("select count(*) from decisions").fetchone() == (30,)
+            assert db.execute("select count(*) from feedback").fetchone() == (4,)
+    finally:
+        store.close()
