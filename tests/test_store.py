@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta
@@ -300,3 +301,56 @@ def test_parquet_files_are_flat_for_analysts(
             assert db.execute("select count(*) from feedback").fetchone() == (4,)
     finally:
         store.close()
+
+
+def test_two_writers_at_once_store_each_record_once(
+    store: Store, logged: tuple[list[Logged], list[Logged]]
+) -> None:
+    """Two stores on the same URL (two sinks, or two hosts on PostgreSQL) writing overlapping batches at
+    the same time: every record stored once, and the two counts add up to the records."""
+    decisions, feedback = logged
+    other = open_store(store.url)
+    results: list[Written] = []
+    try:
+        writers = [
+            threading.Thread(target=lambda s=s, part=part: results.append(s.write(decisions[part], feedback)))
+            for s, part in ((store, slice(0, 20)), (other, slice(10, 30)))
+        ]
+        for writer in writers:
+            writer.start()
+        for writer in writers:
+            writer.join()
+    finally:
+        other.close()
+    assert len(results) == 2
+    assert sum(r.decisions for r in results) == 30 and sum(r.feedback for r in results) == 4
+    assert len(store.search(DecisionQuery(limit=1000))) == 30
+    assert len(store.feedback_for("tx-03")) == 3
+
+
+def test_postgres_reconnects_after_the_server_drops_the_connection(
+    logged: tuple[list[Logged], list[Logged]],
+) -> None:
+    """The server ends the store's connection (as a restart would): the next read and write work."""
+    if not postgres_reachable():
+        pytest.skip("no PostgreSQL server on 127.0.0.1:5432 (CI runs one; the Parquet backend is tested)")
+    import psycopg
+
+    decisions, _ = logged
+    schema = f"store_test_{uuid.uuid4().hex[:10]}"
+    # application_name is libpq's own parameter: the store passes it on, and it finds the connection
+    store = open_store(f"{PG_URL}?schema={schema}&application_name={schema}")
+    try:
+        assert store.write(decisions[:5], []) == Written(5, 0)
+        with psycopg.connect(PG_URL, autocommit=True) as admin:
+            killed = admin.execute(
+                "select pg_terminate_backend(pid) from pg_stat_activity where application_name = %s",
+                [schema],
+            ).fetchall()
+            assert killed and all(row[0] for row in killed)
+        assert store.decision("tx-00") == as_logged(decisions[0].record)
+        assert store.write(decisions[:10], []) == Written(5, 0)
+    finally:
+        store.close()
+        with psycopg.connect(PG_URL, autocommit=True) as admin:
+            admin.execute(f"drop schema if exists {schema} cascade")

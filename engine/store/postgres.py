@@ -1,0 +1,350 @@
+"""The shared decision store: PostgreSQL, for several service hosts writing and reading one store.
+
+`PostgresStore("postgresql://user@host:5432/db?schema=antifraud")` keeps two tables in the schema the
+URL names (`schema`, a parameter of this store that is removed before connecting; `antifraud` when
+absent), created when missing:
+
+- `decisions`: one row per transaction (`transaction_id` primary key), the columns analysts and the
+  searches filter on (times, verdict, scores, versions, amount, currency, the entity fields) and the
+  decision as it was logged in `record` (type `json`, which keeps the logged text verbatim: the same
+  keys in the same order and every double's digits, where `jsonb` would reorder keys);
+- `feedback`: one row per feedback event, keyed by the transaction and the stream entry it came from
+  (`(transaction_id, stream_id)`: stream entry ids are per Redis, so two hosts' streams can hold the
+  same id), with its fields and `record`.
+
+Writes are one transaction of `INSERT ... ON CONFLICT DO NOTHING` (idempotent; durable once
+committed). Reads use indexes: `(card_id, timestamp)`, `(customer_id, timestamp)`,
+`(merchant_id, timestamp)`, `(verdict, timestamp)`, `(timestamp)`, and feedback by transaction.
+One connection per store, used by one thread at a time, reopened after the server went away.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, time
+from typing import TypeVar, cast
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import orjson
+import psycopg
+from psycopg import sql
+
+from antifraud.engine.decision_record import Decision, FeedbackRecord
+from antifraud.engine.store import DecisionQuery, Logged, Written
+from antifraud.engine.vocabulary import ENTITY_FIELDS
+
+T = TypeVar("T")
+
+DEFAULT_SCHEMA = "antifraud"
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+
+# the decision columns beside `record`: (name, SQL type, the Postgres array type its batch is sent as)
+_DECISION_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("transaction_id", "text"),
+    ("stream_id", "text"),
+    ("timestamp", "timestamptz"),
+    ("decided_at", "timestamptz"),
+    ("verdict", "text"),
+    ("score", "double precision"),
+    ("risk_score", "integer"),
+    ("model_version", "text"),
+    ("rules_version", "text"),
+    ("degraded", "text"),  # null, or what was missing, joined by "; " (as in the Parquet files)
+    ("test", "boolean"),
+    ("amount", "double precision"),
+    ("currency", "text"),
+    *((name, "text") for name in ENTITY_FIELDS),
+)
+_FEEDBACK_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("transaction_id", "text"),
+    ("stream_id", "text"),
+    ("kind", "text"),
+    ("label", "text"),
+    ("outcome", "text"),
+    ("decline_code", "text"),
+    ("reported_at", "timestamptz"),
+    ("received_at", "timestamptz"),
+)
+_NOT_NULL = {"transaction_id", "stream_id", "timestamp", "decided_at", "verdict", "kind", "received_at"}
+# the order of a transaction's feedback: received time, then the stream entry ("<ms>-<seq>") as numbers
+_STREAM_ORDER = (
+    "received_at, "
+    "case when stream_id ~ '^[0-9]+-[0-9]+$' then split_part(stream_id, '-', 1)::numeric end, "
+    "case when stream_id ~ '^[0-9]+-[0-9]+$' then split_part(stream_id, '-', 2)::numeric end, "
+    "stream_id"
+)
+
+
+def _dumps(record: Decision | FeedbackRecord) -> str:
+    # as engine/decisions.py logs it: NaN becomes null, numpy values are written as numbers
+    return orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY).decode()
+
+
+def split_url(url: str) -> tuple[str, str]:
+    """The connection URL without the store's `schema` parameter, and the schema it names."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    schemas = [value for key, value in query if key == "schema"]
+    schema = schemas[-1] if schemas else DEFAULT_SCHEMA
+    if not _IDENTIFIER.match(schema):
+        raise ValueError(f"schema {schema!r}: letters, digits and _ only, not starting with a digit")
+    rest = urlencode([(key, value) for key, value in query if key != "schema"])
+    return urlunsplit(parts._replace(query=rest)), schema
+
+
+def _degraded(decision: Decision) -> str | None:
+    value = decision.get("degraded")
+    return "; ".join(map(str, value)) if value else None
+
+
+def _aware(moment: datetime) -> datetime:
+    """A time in UTC (a naive time is taken as UTC)."""
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).astimezone(UTC)
+
+
+class PostgresStore:
+    """Decisions and feedback in two PostgreSQL tables (see the module's doc)."""
+
+    def __init__(self, url: str, connect_timeout: float = 5.0) -> None:
+        self.url = url
+        self._conninfo, self.schema = split_url(url)
+        self._connect_timeout = connect_timeout
+        self._conn: psycopg.Connection[tuple[object, ...]] | None = None
+        self._lock = threading.Lock()
+
+    # --- the connection ----------------------------------------------------------------------------
+
+    def _table(self, name: str) -> sql.Composed:
+        return sql.SQL("{}.{}").format(sql.Identifier(self.schema), sql.Identifier(name))
+
+    def _connection(self) -> psycopg.Connection[tuple[object, ...]]:
+        """The open connection; a new one (and the tables, if missing) after none or a broken one."""
+        if self._conn is not None and not self._conn.closed and not self._conn.broken:
+            return self._conn
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        # autocommit: each piece of work is one explicit transaction (`_run`), never an implicit one left open
+        conn = psycopg.connect(
+            self._conninfo, autocommit=True, connect_timeout=max(1, round(self._connect_timeout))
+        )
+        try:
+            self._create(conn)
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+        return conn
+
+    def _run(self, work: Callable[[psycopg.Connection[tuple[object, ...]]], T]) -> T:
+        """`work` in one transaction on the store's connection, one thread at a time.
+
+        A connection the server dropped (a restart, a failover, an idle timeout) is found broken
+        only when used: the work is then run once more on a new connection. Safe for every piece of
+        work here: reads, and writes that are idempotent (a batch committed just before the drop adds
+        nothing the second time)."""
+        with self._lock:
+            for attempt in (1, 2):
+                conn = self._connection()
+                try:
+                    with conn.transaction():
+                        return work(conn)
+                except psycopg.OperationalError:
+                    if attempt == 2 or not conn.broken:
+                        raise
+            raise AssertionError("unreachable")
+
+    def _create(self, conn: psycopg.Connection[tuple[object, ...]]) -> None:
+        """The schema, tables and indexes, when missing. Under an advisory lock: concurrent `CREATE ...
+        IF NOT EXISTS` of the same table by two hosts can fail on the catalog's unique index."""
+
+        def columns(spec: tuple[tuple[str, str], ...]) -> sql.Composed:
+            return sql.SQL(", ").join(
+                sql.SQL("{} {}{}").format(
+                    sql.Identifier(name), sql.SQL(kind), sql.SQL(" not null" if name in _NOT_NULL else "")
+                )
+                for name, kind in spec
+            )
+
+        decisions, feedback = self._table("decisions"), self._table("feedback")
+        with conn.transaction():
+            conn.execute("select pg_advisory_xact_lock(hashtext(%s))", [f"antifraud.store.{self.schema}"])
+            conn.execute(sql.SQL("create schema if not exists {}").format(sql.Identifier(self.schema)))
+            conn.execute(
+                sql.SQL(
+                    "create table if not exists {} ({}, record json not null, primary key (transaction_id))"
+                ).format(decisions, columns(_DECISION_COLUMNS))
+            )
+            conn.execute(
+                sql.SQL(
+                    "create table if not exists {} "
+                    "({}, record json not null, primary key (transaction_id, stream_id))"
+                ).format(feedback, columns(_FEEDBACK_COLUMNS))
+            )
+            for table, name, keys in (
+                (decisions, "decisions_card", ("card_id", "timestamp")),
+                (decisions, "decisions_customer", ("customer_id", "timestamp")),
+                (decisions, "decisions_merchant", ("merchant_id", "timestamp")),
+                (decisions, "decisions_verdict", ("verdict", "timestamp")),
+                (decisions, "decisions_timestamp", ("timestamp",)),
+                (feedback, "feedback_received", ("received_at",)),
+            ):
+                conn.execute(
+                    sql.SQL("create index if not exists {} on {} ({})").format(
+                        sql.Identifier(name), table, sql.SQL(", ").join(map(sql.Identifier, keys))
+                    )
+                )
+
+    # --- writing -----------------------------------------------------------------------------------
+
+    def write(self, decisions: Sequence[Logged], feedback: Sequence[Logged]) -> Written:
+        """Add a batch in one transaction; records already stored or repeated in the batch are skipped.
+        Durable on return (committed)."""
+        decision_rows: dict[str, list[object]] = {}
+        for item in decisions:
+            d = cast(Decision, item.record)
+            payment = d.get("payment") or {}
+            decision_rows.setdefault(
+                d["transaction_id"],
+                [
+                    d["transaction_id"],
+                    item.stream_id,
+                    d["timestamp"],
+                    d["decided_at"],
+                    d["verdict"],
+                    d.get("score"),
+                    d.get("risk_score"),
+                    d.get("model_version"),
+                    d.get("rules_version"),
+                    _degraded(d),
+                    bool(d.get("test", False)),
+                    d.get("amount"),
+                    d.get("currency"),
+                    *(payment.get(name) for name in ENTITY_FIELDS),
+                    _dumps(d),
+                ],
+            )
+        feedback_rows: dict[tuple[str, str], list[object]] = {}
+        for item in feedback:
+            f = cast(FeedbackRecord, item.record)
+            feedback_rows.setdefault(
+                (f["transaction_id"], item.stream_id),
+                [
+                    f["transaction_id"],
+                    item.stream_id,
+                    f["kind"],
+                    f.get("label"),
+                    f.get("outcome"),
+                    f.get("decline_code"),
+                    f.get("reported_at"),
+                    f["received_at"],
+                    _dumps(f),
+                ],
+            )
+
+        def insert(conn: psycopg.Connection[tuple[object, ...]]) -> Written:
+            return Written(
+                self._insert(conn, "decisions", _DECISION_COLUMNS, list(decision_rows.values())),
+                self._insert(conn, "feedback", _FEEDBACK_COLUMNS, list(feedback_rows.values())),
+            )
+
+        return self._run(insert)
+
+    def _insert(
+        self,
+        conn: psycopg.Connection[tuple[object, ...]],
+        name: str,
+        spec: tuple[tuple[str, str], ...],
+        rows: list[list[object]],
+    ) -> int:
+        """Rows inserted in one statement (one array per column, unnested); returns how many were new."""
+        if not rows:
+            return 0
+        names = [column for column, _ in spec] + ["record"]
+        kinds = [kind for _, kind in spec] + ["json"]
+        statement = sql.SQL("insert into {} ({}) select * from unnest({}) on conflict do nothing").format(
+            self._table(name),
+            sql.SQL(", ").join(map(sql.Identifier, names)),
+            # json arrays are sent as text: the logged text is kept verbatim
+            sql.SQL(", ").join(sql.SQL("%s::{}[]").format(sql.SQL(kind)) for kind in kinds),
+        )
+        arrays = [list(column) for column in zip(*rows, strict=True)]
+        cursor = conn.execute(statement, arrays)
+        return max(cursor.rowcount, 0)
+
+    # --- reading -----------------------------------------------------------------------------------
+
+    def _records(self, query: sql.Composed, params: Sequence[object]) -> list[str]:
+        def fetch(conn: psycopg.Connection[tuple[object, ...]]) -> list[str]:
+            return [cast(str, row[0]) for row in conn.execute(query, params).fetchall()]
+
+        return self._run(fetch)
+
+    def decision(self, transaction_id: str) -> Decision | None:
+        """The stored decision, exactly as it was logged, or None."""
+        rows = self._records(
+            sql.SQL("select record::text from {} where transaction_id = %s").format(self._table("decisions")),
+            [transaction_id],
+        )
+        return cast(Decision, orjson.loads(rows[0])) if rows else None
+
+    def feedback_for(self, transaction_id: str) -> list[FeedbackRecord]:
+        """The feedback events about a transaction, in the order they were received (by received time,
+        then by stream entry)."""
+        rows = self._records(
+            sql.SQL("select record::text from {} where transaction_id = %s order by " + _STREAM_ORDER).format(
+                self._table("feedback")
+            ),
+            [transaction_id],
+        )
+        return [cast(FeedbackRecord, orjson.loads(row)) for row in rows]
+
+    def search(self, query: DecisionQuery) -> list[Decision]:
+        """Decisions matching `query`, newest payment first, at most `query.limit`."""
+        clauses: list[sql.Composable] = [sql.SQL("true")]
+        params: list[object] = []
+        for column in ("card_id", "customer_id", "merchant_id", "verdict"):
+            value = getattr(query, column)
+            if value is not None:
+                clauses.append(sql.SQL("{} = %s").format(sql.Identifier(column)))
+                params.append(str(value))
+        if query.start is not None:
+            clauses.append(sql.SQL('"timestamp" >= %s'))
+            params.append(_aware(query.start))
+        if query.end is not None:
+            clauses.append(sql.SQL('"timestamp" < %s'))
+            params.append(_aware(query.end))
+        params.append(query.limit)
+        statement = sql.SQL(
+            'select record::text from {} where {} order by "timestamp" desc, transaction_id desc limit %s'
+        ).format(self._table("decisions"), sql.SQL(" and ").join(clauses))
+        return [cast(Decision, orjson.loads(row)) for row in self._records(statement, params)]
+
+    # --- retention ---------------------------------------------------------------------------------
+
+    def apply_retention(self, before: datetime) -> int:
+        """Delete the decisions of payments and the feedback received before the UTC day of `before`
+        (day granularity, as the Parquet store: records of `before`'s own day are kept). Returns how
+        many records were deleted."""
+        cutoff = datetime.combine(_aware(before).date(), time(0), tzinfo=UTC)
+
+        def delete(conn: psycopg.Connection[tuple[object, ...]]) -> int:
+            deleted = 0
+            for name, column in (("decisions", "timestamp"), ("feedback", "received_at")):
+                cursor = conn.execute(
+                    sql.SQL("delete from {} where {} < %s").format(self._table(name), sql.Identifier(column)),
+                    [cutoff],
+                )
+                deleted += max(cursor.rowcount, 0)
+            return deleted
+
+        return self._run(delete)
+
+    def close(self) -> None:
+        """Close the connection."""
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
