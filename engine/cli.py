@@ -1,4 +1,4 @@
-"""The `antifraud` command line: simulate, features, train, evaluate, rules, backtest, serve, demo."""
+"""The `antifraud` command line: simulate, features, train, evaluate, rules, backtest, serve, demo, sink."""
 
 from __future__ import annotations
 
@@ -493,6 +493,68 @@ def export_decisions(
         export(redis_url, out, namespace=os.environ.get("ANTIFRAUD_NAMESPACE", "af"), console=console)
     except ExportError as exc:
         raise _fail(str(exc)) from exc
+
+
+@app.command()
+def sink(
+    redis_url: Annotated[
+        str,
+        typer.Option("--redis", envvar="ANTIFRAUD_REDIS_URL", help="Default: the embedded one of --data-dir"),
+    ] = "",
+    store: Annotated[
+        str,
+        typer.Option(
+            "--store",
+            envvar="ANTIFRAUD_STORE",
+            help="A directory or postgresql:// URL; default: DATA_DIR/decisions",
+        ),
+    ] = "",
+    data_dir: Annotated[Path, typer.Option("--data-dir", envvar="ANTIFRAUD_DATA_DIR")] = Path("var"),
+    batch: Annotated[int, typer.Option(envvar="ANTIFRAUD_SINK_BATCH", help="Entries per write")] = 1000,
+    block_ms: Annotated[
+        int, typer.Option("--block-ms", envvar="ANTIFRAUD_SINK_BLOCK_MS", help="Wait for new entries (ms)")
+    ] = 1000,
+    namespace: Annotated[str, typer.Option(envvar="ANTIFRAUD_NAMESPACE")] = "af",
+    consumer: Annotated[
+        str | None,
+        typer.Option(envvar="ANTIFRAUD_SINK_CONSUMER", help="Name in the consumer group (default: host-pid)"),
+    ] = None,
+    claim_idle_ms: Annotated[
+        int,
+        typer.Option(
+            "--claim-idle-ms",
+            envvar="ANTIFRAUD_SINK_CLAIM_IDLE_MS",
+            help="Take over entries another sink left unacknowledged this long (ms)",
+        ),
+    ] = 60_000,
+    metrics_port: Annotated[
+        int, typer.Option("--metrics-port", envvar="ANTIFRAUD_SINK_METRICS_PORT", help="Metrics port, 0: off")
+    ] = 0,
+) -> None:
+    """Write the decision and feedback streams to the decision store until SIGTERM or SIGINT (which
+    finish the batch in hand; exit status 0). Several sinks may run: they share the work."""
+    import redis
+
+    from antifraud.engine.redis_server import socket_path
+    from antifraud.engine.sink import run_sink
+
+    if not redis_url:  # the redis-server `serve` runs under the same data directory
+        redis_url = f"unix://{socket_path((data_dir / 'redis').resolve())[0]}"
+    if batch < 1:
+        raise _fail(f"--batch must be at least 1, not {batch}")
+    try:
+        run_sink(
+            redis_url,
+            store or str(data_dir.absolute() / "decisions"),
+            namespace=namespace,
+            batch=batch,
+            block_ms=block_ms,
+            consumer=consumer,
+            claim_idle_ms=claim_idle_ms,
+            metrics_port=metrics_port,
+        )
+    except redis.ConnectionError as exc:  # at start; later failures are retried by the sink
+        raise _fail(f"cannot reach Redis at {redis_url}: {exc}") from exc
 
 
 if __name__ == "__main__":

@@ -1,0 +1,447 @@
+"""The decision sink: moves decisions and feedback from their Redis streams into the durable store.
+
+The scoring path appends every decision to `{ns}:decisions` (field "d") and every feedback event to
+`{ns}:feedback` (field "e"); the streams are a short buffer. The sink reads both with a consumer group
+(`sink` by default, created at the start of each stream so nothing logged before the first run is
+skipped), writes a batch to the store (`antifraud.engine.store.Store.write`, durable on return) and
+only then acknowledges it (XACK) and trims the stream below the oldest entry still unacknowledged.
+
+What that guarantees (docs/decisions.md):
+- nothing is lost: an entry leaves the stream only after its batch was written and acknowledged;
+  a sink killed mid-batch leaves its entries pending, and they are written again by the next run
+  (its own, or another consumer's after `claim_idle_ms`, XAUTOCLAIM);
+- nothing is written twice: the store's writes are idempotent (by transaction id for decisions, by
+  stream id for feedback), so a batch written again after a crash adds nothing;
+- a store that fails leaves the batch pending; it is retried with a growing pause, never acknowledged.
+Several sinks (consumers of one group) split the entries between them.
+
+Every command names one stream, so the sink runs unchanged on a Redis Cluster (the two streams live
+in different slots).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import cast
+
+import orjson
+import redis
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from redis.typing import EncodableT, FieldT
+
+from antifraud.engine.decision_record import Decision, FeedbackRecord
+from antifraud.engine.store import Logged, Store
+
+log = logging.getLogger("antifraud.sink")
+
+#: the longest pause between two attempts while the store or Redis fails
+MAX_BACKOFF_S = 30.0
+#: entries undecodable as JSON are set aside here (and acknowledged) rather than retried forever
+REJECTED_MAXLEN = 100_000
+
+# one stream entry as redis-py returns it: id and fields ({} when the entry was deleted meanwhile)
+_Entry = tuple[bytes, dict[bytes, bytes]]
+
+
+def default_consumer() -> str:
+    """This process's consumer name in the group: host and pid, unique among live sinks."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def _id_key(stream_id: str) -> tuple[int, int]:
+    milliseconds, _, sequence = stream_id.partition("-")
+    return int(milliseconds), int(sequence or 0)
+
+
+def _next_id(stream_id: str) -> str:
+    """The smallest stream id after `stream_id` (XTRIM MINID keeps entries at or above its id)."""
+    milliseconds, sequence = _id_key(stream_id)
+    return f"{milliseconds}-{sequence + 1}"
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class SinkMetrics:
+    """Prometheus metrics of a sink, in their own registry (a standalone sink serves them itself)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.written = Counter(
+            "antifraud_sink_written_total", "Records new to the store, by kind", ["kind"], registry=r
+        )
+        self.repeated = Counter(
+            "antifraud_sink_repeated_total",
+            "Records written again that the store already held (a batch retried after a crash)",
+            ["kind"],
+            registry=r,
+        )
+        self.lost = Counter(
+            "antifraud_sink_lost_total",
+            "Entries deleted from a stream (its MAXLEN bound) before the sink wrote them",
+            ["stream"],
+            registry=r,
+        )
+        self.rejected = Counter(
+            "antifraud_sink_rejected_total",
+            "Entries that were not valid JSON, set aside",
+            ["stream"],
+            registry=r,
+        )
+        self.failures = Counter(
+            "antifraud_sink_failures_total", "Batches that failed (store or Redis), retried", registry=r
+        )
+        self.lag = Gauge(
+            "antifraud_sink_lag",
+            "Entries of a stream not yet written: never delivered to the group, or pending",
+            ["stream"],
+            registry=r,
+        )
+        self.batch_seconds = Histogram(
+            "antifraud_sink_batch_seconds",
+            "Time to write and acknowledge one batch",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+            registry=r,
+        )
+
+
+@dataclass
+class _Stream:
+    """One stream the sink reads, and its place in the XAUTOCLAIM scan of the group's pending list."""
+
+    key: str
+    payload: bytes  # the field holding the record's JSON
+    kind: str  # "decisions" or "feedback"
+    claim_cursor: str = "0-0"
+    entries: dict[str, dict[bytes, bytes]] = field(default_factory=dict)  # the batch in hand, by id
+
+
+class Sink:
+    """Reads the decision and feedback streams with a consumer group and writes them to a store."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        store: Store,
+        namespace: str = "af",
+        group: str = "sink",
+        consumer: str | None = None,
+        batch: int = 1000,
+        block_ms: int = 1000,
+        claim_idle_ms: int = 60_000,
+        forget_idle_ms: int = 3_600_000,
+        metrics: SinkMetrics | None = None,
+    ) -> None:
+        """`claim_idle_ms`: how long an entry delivered to another consumer stays unacknowledged
+        before this one takes it over (that consumer is taken for dead; longer than a batch's write).
+        `forget_idle_ms`: consumers idle that long with nothing pending are removed from the group."""
+        if batch < 1:
+            raise ValueError(f"batch must be at least 1, not {batch}")
+        self.client = client
+        self.store = store
+        self.group = group
+        self.consumer = consumer or default_consumer()
+        self.batch = batch
+        self.block_ms = block_ms
+        self.claim_idle_ms = claim_idle_ms
+        self.forget_idle_ms = forget_idle_ms
+        self.metrics = metrics or SinkMetrics()
+        self.rejected_stream = f"{namespace}:sink:rejected"
+        self.streams = (
+            _Stream(f"{namespace}:decisions", b"d", "decisions"),
+            _Stream(f"{namespace}:feedback", b"e", "feedback"),
+        )
+        self._last_forget = 0.0
+        self.acknowledged = 0  # stream entries acknowledged since this sink started
+        self.ensure_groups()
+
+    def ensure_groups(self) -> None:
+        """Create the consumer group on each stream (and the stream) unless it exists. It starts at the
+        stream's first entry: decisions logged before the sink's first run are written too."""
+        for stream in self.streams:
+            try:
+                self.client.xgroup_create(stream.key, self.group, id="0", mkstream=True)
+            except redis.ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+
+    # -- one batch ----------------------------------------------------------------------------------
+
+    def run_once(self) -> int:
+        """Read, write and acknowledge one batch; returns how many stream entries it acknowledged.
+
+        In order: this consumer's own pending entries (a batch whose write failed), entries other
+        consumers left unacknowledged for `claim_idle_ms` (a sink that died), then new entries
+        (waiting up to `block_ms` for one when there is nothing else to do). An exception (the store
+        or Redis failing) leaves every entry of the batch pending for the next attempt.
+        """
+        for stream in self.streams:
+            stream.entries = {}
+        self._read_own_pending()
+        self._claim_abandoned()
+        self._read_new()
+        handled = sum(len(s.entries) for s in self.streams)
+        if handled:
+            started = time.perf_counter()
+            self._write_and_ack()
+            self.metrics.batch_seconds.observe(time.perf_counter() - started)
+            self.acknowledged += handled
+        self.trim()
+        self._forget_dead_consumers()
+        return handled
+
+    def _room(self) -> int:
+        return self.batch - sum(len(s.entries) for s in self.streams)
+
+    def _take(self, stream: _Stream, entries: Sequence[_Entry]) -> None:
+        for entry_id, fields in entries:
+            stream.entries.setdefault(_text(entry_id), fields)
+
+    def _read_own_pending(self) -> None:
+        for stream in self.streams:
+            room = self._room()
+            if room <= 0:
+                return
+            reply = self.client.xreadgroup(self.group, self.consumer, {stream.key: "0"}, count=room)
+            self._take(stream, _entries(reply))
+
+    def _claim_abandoned(self) -> None:
+        for stream in self.streams:
+            room = self._room()
+            if room <= 0:
+                return
+            reply = cast(
+                list[object],
+                self.client.xautoclaim(
+                    stream.key,
+                    self.group,
+                    self.consumer,
+                    self.claim_idle_ms,
+                    start_id=stream.claim_cursor,
+                    count=room,
+                ),
+            )
+            # the scan goes on where it stopped on the next batch, from the start again once done
+            stream.claim_cursor = _text(cast(bytes, reply[0]))
+            self._take(stream, cast(list[_Entry], reply[1]))
+            # entries deleted from the stream while pending: XAUTOCLAIM drops them from the pending list
+            # whatever their idle time (this consumer's own included, already in hand and counted later)
+            deleted = cast(list[bytes], reply[2]) if len(reply) > 2 else []
+            gone = [i for i in map(_text, deleted) if i not in stream.entries]
+            if gone:
+                self._note_lost(stream, len(gone))
+
+    def _read_new(self) -> None:
+        # feedback first without waiting, then decisions, waiting only when the batch is still empty
+        for stream in reversed(self.streams):
+            room = self._room()
+            if room <= 0:
+                return
+            empty = room == self.batch
+            block = self.block_ms if empty and stream is self.streams[0] and self.block_ms > 0 else None
+            reply = self.client.xreadgroup(
+                self.group, self.consumer, {stream.key: ">"}, count=room, block=block
+            )
+            self._take(stream, _entries(reply))
+
+    def _write_and_ack(self) -> None:
+        decoded: dict[str, list[Logged]] = {}
+        for stream in self.streams:
+            records: list[Logged] = []
+            lost = 0
+            for entry_id, fields in stream.entries.items():
+                raw = fields.get(stream.payload)
+                if raw is None:
+                    lost += 1  # delivered, then deleted from the stream before it was written
+                    continue
+                try:
+                    record = cast(Decision | FeedbackRecord, orjson.loads(raw))
+                except orjson.JSONDecodeError:
+                    self._reject(stream, entry_id, fields)
+                    continue
+                records.append(Logged(entry_id, record))
+            if lost:
+                self._note_lost(stream, lost)
+            decoded[stream.kind] = records
+        decisions, feedback = decoded["decisions"], decoded["feedback"]
+        if decisions or feedback:
+            written = self.store.write(decisions, feedback)  # durable on return: only then acknowledge
+            self.metrics.written.labels("decisions").inc(written.decisions)
+            self.metrics.written.labels("feedback").inc(written.feedback)
+            self.metrics.repeated.labels("decisions").inc(len(decisions) - written.decisions)
+            self.metrics.repeated.labels("feedback").inc(len(feedback) - written.feedback)
+        for stream in self.streams:
+            if stream.entries:
+                self.client.xack(stream.key, self.group, *stream.entries)
+
+    def _note_lost(self, stream: _Stream, count: int) -> None:
+        log.error(
+            "%d entries of %s were deleted before the sink wrote them (the stream's MAXLEN bound was "
+            "reached: the sink fell that far behind)",
+            count,
+            stream.key,
+        )
+        self.metrics.lost.labels(stream.key).inc(count)
+
+    def _reject(self, stream: _Stream, entry_id: str, fields: dict[bytes, bytes]) -> None:
+        log.error(
+            "entry %s of %s is not valid JSON: set aside in %s", entry_id, stream.key, self.rejected_stream
+        )
+        kept: dict[FieldT, EncodableT] = {"stream": stream.key, "id": entry_id}
+        kept.update({k: v for k, v in fields.items()})
+        self.client.xadd(self.rejected_stream, kept, maxlen=REJECTED_MAXLEN, approximate=True)
+        self.metrics.rejected.labels(stream.key).inc()
+
+    # -- trimming and lag ---------------------------------------------------------------------------
+
+    def trim(self) -> dict[str, int]:
+        """Trim each stream below its oldest entry not yet written; returns the entries removed.
+
+        The bound is the group's oldest pending entry, or the entry after its last-delivered id when
+        nothing is pending. The last-delivered id is read before the pending list: an entry delivered
+        (to any consumer) between the two reads is above the first, so it is never trimmed.
+        Also sets the lag gauge of each stream.
+        """
+        removed: dict[str, int] = {}
+        for stream in self.streams:
+            group = self._group_info(stream)
+            if group is None:
+                continue
+            last_delivered = _text(cast(bytes, group["last-delivered-id"]))
+            pending = cast(dict[str, object], self.client.xpending(stream.key, self.group))
+            bound = _next_id(last_delivered)
+            if pending["pending"] and pending["min"] is not None:
+                oldest = _text(cast(bytes, pending["min"]))
+                bound = min(bound, oldest, key=_id_key)
+            removed[stream.key] = (
+                int(cast(int, self.client.xtrim(stream.key, minid=bound, approximate=False)))
+                if last_delivered != "0-0"
+                else 0
+            )
+            self.metrics.lag.labels(stream.key).set(self._lag(stream, group))
+        return removed
+
+    def lag(self) -> dict[str, int]:
+        """Entries of each stream not yet written: never delivered to the group, or pending."""
+        return {s.key: self._lag(s, self._group_info(s)) for s in self.streams}
+
+    def _group_info(self, stream: _Stream) -> dict[str, object] | None:
+        groups = cast(list[dict[str, object]], self.client.xinfo_groups(stream.key))
+        return next((g for g in groups if _text(cast(bytes, g["name"])) == self.group), None)
+
+    def _lag(self, stream: _Stream, group: dict[str, object] | None) -> int:
+        if group is None:
+            return int(cast(int, self.client.xlen(stream.key)))
+        undelivered = group.get("lag")
+        if undelivered is None:
+            # Redis cannot tell (entries deleted in the middle of the stream): count them
+            start = "(" + _text(cast(bytes, group["last-delivered-id"]))
+            undelivered = len(cast(list[_Entry], self.client.xrange(stream.key, min=start)))
+        return int(cast(int, undelivered)) + int(cast(int, group["pending"]))
+
+    def _forget_dead_consumers(self) -> None:
+        """Remove consumers idle for `forget_idle_ms` with nothing pending (each run of a sink has its
+        own name, so a restarted sink leaves its old one behind); at most once a minute."""
+        now = time.monotonic()
+        if now - self._last_forget < 60:
+            return
+        self._last_forget = now
+        for stream in self.streams:
+            consumers = cast(list[dict[str, object]], self.client.xinfo_consumers(stream.key, self.group))
+            for consumer in consumers:
+                name = _text(cast(bytes, consumer["name"]))
+                idle = int(cast(int, consumer["idle"]))
+                if name != self.consumer and not consumer["pending"] and idle > self.forget_idle_ms:
+                    self.client.xgroup_delconsumer(stream.key, self.group, name)
+
+    # -- running ------------------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        """Write batches until `stop` is set; the batch in hand is finished first. A failing store or
+        Redis is retried with a pause that doubles up to MAX_BACKOFF_S (the batch stays pending)."""
+        pause = 0.0
+        while not stop.is_set():
+            try:
+                self.run_once()
+            except Exception:  # any failure of the store or of Redis: retry, never acknowledge
+                self.metrics.failures.inc()
+                pause = min(max(pause * 2, 0.25), MAX_BACKOFF_S)
+                log.exception("the sink's batch failed; retrying in %.2f s (its entries stay pending)", pause)
+                stop.wait(pause)
+            else:
+                pause = 0.0
+
+
+def _entries(reply: object) -> list[_Entry]:
+    """The entries of a one-stream XREADGROUP reply (RESP2: [[stream, entries]]; None on timeout)."""
+    if not reply:
+        return []
+    streams = cast(list[tuple[bytes, list[_Entry]]], reply)
+    return list(streams[0][1])
+
+
+def run_sink(
+    redis_url: str,
+    store_url: str,
+    namespace: str = "af",
+    batch: int = 1000,
+    block_ms: int = 1000,
+    consumer: str | None = None,
+    claim_idle_ms: int = 60_000,
+    metrics_port: int = 0,
+) -> int:
+    """`antifraud sink`: run a sink until SIGTERM or SIGINT, which finish the batch in hand; returns
+    how many stream entries it acknowledged. `metrics_port` > 0 serves its Prometheus metrics."""
+    import signal
+
+    from prometheus_client import start_http_server
+
+    from antifraud.engine.store import open_store
+
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    stop = threading.Event()
+
+    def request_stop(signum: int, _frame: object) -> None:
+        log.info("signal %d: finishing the batch in hand, then stopping", signum)
+        stop.set()
+
+    previous = {s: signal.signal(s, request_stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    client = redis.Redis.from_url(redis_url)
+    store = open_store(store_url)
+    try:
+        sink = Sink(
+            client,
+            store,
+            namespace=namespace,
+            batch=batch,
+            block_ms=block_ms,
+            consumer=consumer,
+            claim_idle_ms=claim_idle_ms,
+        )
+        if metrics_port:
+            start_http_server(metrics_port, registry=sink.metrics.registry)
+        log.info(
+            "sink %s of group %s: %s and %s -> %s",
+            sink.consumer,
+            sink.group,
+            sink.streams[0].key,
+            sink.streams[1].key,
+            store.url,
+        )
+        sink.run(stop)
+    finally:
+        store.close()
+        client.close()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    log.info("sink %s stopped after %d entries", sink.consumer, sink.acknowledged)
+    return sink.acknowledged
