@@ -75,8 +75,9 @@ class Store(Protocol):
         ...
 
     def apply_retention(self, before: datetime) -> int:
-        """Delete the decisions of payments before `before` and the feedback received before it;
-        returns how many records were deleted."""
+        """Delete the decisions of payments and the feedback received before the UTC day of `before`
+        (whole days, on both backends: the Parquet store deletes day partitions); returns how many
+        records were deleted."""
         ...
 
     def close(self) -> None:
@@ -87,6 +88,7 @@ class Store(Protocol):
 def open_store(url: str) -> Store:
     """The store a URL names: `postgresql://...` or `postgres://...` is a `PostgresStore`;
     `parquet:///abs/dir` or a plain path is a `ParquetStore` on that directory."""
+    # each backend is imported only when used: psycopg and DuckDB are not loaded by a host using the other
     if url.startswith(("postgresql://", "postgres://")):
         from antifraud.engine.store.postgres import PostgresStore
 

@@ -181,16 +181,17 @@ class ParquetStore:
         directory = self._dir(kind, day)
         if not next(directory.glob("*.parquet"), None):
             return []
-        rows = (
-            self._db.cursor()
-            .execute(
-                f"select distinct {key} from read_parquet(?, union_by_name=true) "  # key: a fixed name
-                f"where {key} in (select unnest(?::varchar[]))",
-                [str(directory / "*.parquet"), idents],
-            )
-            .fetchall()
+        sql = (
+            f"select distinct {key} from read_parquet(?, union_by_name=true) "  # key: a fixed name
+            f"where {key} in (select unnest(?::varchar[]))"
         )
-        return [row[0] for row in rows]
+        return [row[0] for row in self._fetch(sql, [str(directory / "*.parquet"), idents])]
+
+    def _fetch(self, sql: str, params: list[object]) -> list[tuple[str, ...]]:
+        """The rows of a query, on a cursor of its own: a DuckDB connection is shared by threads only
+        through one cursor each."""
+        with self._db.cursor() as cursor:
+            return cast(list[tuple[str, ...]], cursor.execute(sql, params).fetchall())
 
     def _table(self, kind: Kind, rows: list[tuple[str, bytes]]) -> pa.Table:
         """The rows as an Arrow table: the flat columns, then `stream_id` and `record`."""
@@ -242,9 +243,7 @@ class ParquetStore:
             "select record from read_parquet(?, hive_partitioning=true, union_by_name=true) "
             f"where {where} {tail}"
         )
-        return self._retry(
-            lambda: [row[0] for row in self._db.cursor().execute(sql, [self._glob(kind), *params]).fetchall()]
-        )
+        return self._retry(lambda: [row[0] for row in self._fetch(sql, [self._glob(kind), *params])])
 
     def _retry(self, read: Callable[[], list[str]]) -> list[str]:
         # retention may delete a day's files between DuckDB's listing and its reading: read again
