@@ -527,6 +527,14 @@ def sink(
             help="Take over entries another sink left unacknowledged this long (ms)",
         ),
     ] = 60_000,
+    linger_ms: Annotated[
+        int,
+        typer.Option(
+            "--linger-ms",
+            envvar="ANTIFRAUD_SINK_LINGER_MS",
+            help="Wait this long to fill a started batch (ms)",
+        ),
+    ] = 1000,
     metrics_port: Annotated[
         int, typer.Option("--metrics-port", envvar="ANTIFRAUD_SINK_METRICS_PORT", help="Metrics port, 0: off")
     ] = 0,
@@ -552,6 +560,7 @@ def sink(
             consumer=consumer,
             claim_idle_ms=claim_idle_ms,
             metrics_port=metrics_port,
+            linger_ms=linger_ms,
         )
     except redis.ConnectionError as exc:  # at start; later failures are retried by the sink
         raise _fail(f"cannot reach Redis at {redis_url}: {exc}") from exc

@@ -139,10 +139,14 @@ class Sink:
         claim_idle_ms: int = 60_000,
         forget_idle_ms: int = 3_600_000,
         metrics: SinkMetrics | None = None,
+        linger_ms: int = 1000,
     ) -> None:
         """`claim_idle_ms`: how long an entry delivered to another consumer stays unacknowledged
         before this one takes it over (that consumer is taken for dead; longer than a batch's write).
-        `forget_idle_ms`: consumers idle that long with nothing pending are removed from the group."""
+        `forget_idle_ms`: consumers idle that long with nothing pending are removed from the group.
+        `linger_ms`: once a batch has its first new entry, how long to wait for more before writing
+        it (a full batch is written at once): each write adds files or a transaction to the store, so
+        a trickle of payments is written in a few larger batches rather than many tiny ones."""
         if batch < 1:
             raise ValueError(f"batch must be at least 1, not {batch}")
         self.client = client
@@ -152,6 +156,7 @@ class Sink:
         self.batch = batch
         self.block_ms = block_ms
         self.claim_idle_ms = claim_idle_ms
+        self.linger_ms = linger_ms
         self.forget_idle_ms = forget_idle_ms
         self.metrics = metrics or SinkMetrics()
         self.rejected_stream = f"{namespace}:sink:rejected"
@@ -188,6 +193,7 @@ class Sink:
         self._read_own_pending()
         self._claim_abandoned()
         self._read_new()
+        self._linger()
         handled = sum(len(s.entries) for s in self.streams)
         if handled:
             started = time.perf_counter()
@@ -251,6 +257,22 @@ class Sink:
                 self.group, self.consumer, {stream.key: ">"}, count=room, block=block
             )
             self._take(stream, _entries(reply))
+
+    def _linger(self) -> None:
+        """Fill a started batch with new entries until it is full or `linger_ms` has passed."""
+        if self.linger_ms <= 0 or self._room() in (0, self.batch):
+            return
+        deadline = time.monotonic() + self.linger_ms / 1000
+        while (room := self._room()) > 0 and (left_ms := int((deadline - time.monotonic()) * 1000)) > 0:
+            for stream in reversed(self.streams):  # feedback without waiting, then decisions
+                block = max(1, left_ms) if stream is self.streams[0] else None
+                reply = self.client.xreadgroup(
+                    self.group, self.consumer, {stream.key: ">"}, count=room, block=block
+                )
+                self._take(stream, _entries(reply))
+                room = self._room()
+                if room <= 0:
+                    return
 
     def _write_and_ack(self) -> None:
         decoded: dict[str, list[Logged]] = {}
@@ -397,6 +419,7 @@ def run_sink(
     consumer: str | None = None,
     claim_idle_ms: int = 60_000,
     metrics_port: int = 0,
+    linger_ms: int = 1000,
 ) -> int:
     """`antifraud sink`: run a sink until SIGTERM or SIGINT, which finish the batch in hand; returns
     how many stream entries it acknowledged. `metrics_port` > 0 serves its Prometheus metrics."""
@@ -426,6 +449,7 @@ def run_sink(
             block_ms=block_ms,
             consumer=consumer,
             claim_idle_ms=claim_idle_ms,
+            linger_ms=linger_ms,
         )
         if metrics_port:
             start_http_server(metrics_port, registry=sink.metrics.registry)

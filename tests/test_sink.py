@@ -190,7 +190,7 @@ def test_logged_decisions_and_feedback_reach_the_store_once(
     log.add_feedback(feedback(0))  # a second event about one payment is a second event
     store = open_store(store_url)
     try:
-        sink = Sink(redis_client, store, batch=128, block_ms=10)
+        sink = Sink(redis_client, store, batch=128, block_ms=10, linger_ms=0)
         assert drain(sink) == 300 + 101
         assert stored_counts(store_url) == (300, 300, 101, 101)
         assert store.decision("tx-42") == decision(42)
@@ -222,7 +222,9 @@ def test_entries_left_pending_are_written_by_the_next_run(redis_client: redis.Re
     redis_client.xreadgroup("sink", "host-1", {"af:decisions": ">"}, count=40)
     assert pending(redis_client) == 40
 
-    other = Sink(redis_client, store, consumer="host-2", batch=1000, block_ms=10, claim_idle_ms=400)
+    other = Sink(
+        redis_client, store, consumer="host-2", batch=1000, block_ms=10, claim_idle_ms=400, linger_ms=0
+    )
     assert drain(other) == 60  # the new entries; host-1's are not idle long enough to be taken
     assert pending(redis_client) == 40
     assert redis_client.xlen("af:decisions") == 100  # nothing trimmed below host-1's unwritten entries
@@ -233,7 +235,7 @@ def test_entries_left_pending_are_written_by_the_next_run(redis_client: redis.Re
 
     redis_client.xreadgroup("sink", "host-3", {"af:decisions": ">"}, count=10)
     log_decisions(log, range(100, 110))
-    same = Sink(redis_client, store, consumer="host-3", batch=1000, block_ms=10)
+    same = Sink(redis_client, store, consumer="host-3", batch=1000, block_ms=10, linger_ms=0)
     assert drain(same) == 10  # host-3's own pending entries, at once
     assert stored_counts(str(store.root)) == (110, 110, 0, 0)
     store.close()
@@ -247,8 +249,8 @@ def test_the_stream_is_trimmed_after_writes_never_below_an_unwritten_entry(
     log = DecisionStore(redis_client)
     log_decisions(log, range(50))
     store = ParquetStore(tmp_path / "store")
-    slow = Sink(redis_client, store, consumer="slow", batch=10, block_ms=10)
-    fast = Sink(redis_client, store, consumer="fast", batch=10, block_ms=10)
+    slow = Sink(redis_client, store, consumer="slow", batch=10, block_ms=10, linger_ms=0)
+    fast = Sink(redis_client, store, consumer="fast", batch=10, block_ms=10, linger_ms=0)
     redis_client.xreadgroup("sink", "slow", {"af:decisions": ">"}, count=10)  # slow holds tx-0..9
     assert fast.run_once() == 10  # tx-10..19, written
     assert fast.trim() == {"af:decisions": 0, "af:feedback": 0}  # tx-0 is still unwritten
@@ -299,7 +301,7 @@ def test_a_failing_store_leaves_the_batch_pending_until_it_is_writable(
     log = DecisionStore(redis_client)
     log_decisions(log, range(20))
     store = ParquetStore(root)
-    sink = Sink(redis_client, store, batch=50, block_ms=20)
+    sink = Sink(redis_client, store, batch=50, block_ms=20, linger_ms=0)
     assert drain(sink) == 20  # the store works: its directories exist before they are locked
     stop = threading.Event()
     worker = threading.Thread(target=sink.run, args=(stop,))
@@ -383,7 +385,10 @@ def test_two_sinks_split_the_work_without_duplicates(redis_client: redis.Redis, 
     log = DecisionStore(redis_client)
     log_decisions(log, range(1000))
     stores = [ParquetStore(root), ParquetStore(root)]  # two writers of one directory (its lock)
-    sinks = [Sink(redis_client, s, consumer=f"sink-{n}", batch=50, block_ms=20) for n, s in enumerate(stores)]
+    sinks = [
+        Sink(redis_client, s, consumer=f"sink-{n}", batch=50, block_ms=20, linger_ms=0)
+        for n, s in enumerate(stores)
+    ]
     stop = threading.Event()
     workers = [threading.Thread(target=s.run, args=(stop,)) for s in sinks]
     for worker in workers:
@@ -411,7 +416,7 @@ def test_entries_deleted_before_they_were_written_are_counted_and_do_not_block(
     log = DecisionStore(redis_client)
     log_decisions(log, range(10))
     store = ParquetStore(tmp_path / "store")
-    sink = Sink(redis_client, store, consumer="a", batch=1000, block_ms=10)
+    sink = Sink(redis_client, store, consumer="a", batch=1000, block_ms=10, linger_ms=0)
     redis_client.xreadgroup("sink", "a", {"af:decisions": ">"}, count=4)
     first_six = [e[0] for e in redis_client.xrange("af:decisions", count=6)]
     redis_client.xtrim("af:decisions", minid=first_six[-1], approximate=False)  # tx-0..4 deleted
@@ -437,7 +442,7 @@ def test_sink_throughput(redis_client: redis.Redis, store_url: str) -> None:
             log.put(decision(i, day=i % 4))
     store = open_store(store_url)
     try:
-        sink = Sink(redis_client, store, batch=1000, block_ms=10)
+        sink = Sink(redis_client, store, batch=1000, block_ms=10, linger_ms=0)
         started = time.perf_counter()
         assert drain(sink) == total
         elapsed = time.perf_counter() - started
@@ -446,3 +451,68 @@ def test_sink_throughput(redis_client: redis.Redis, store_url: str) -> None:
     backend = "postgres" if store_url.startswith("postgresql://") else "parquet"
     print(f"\nsink throughput ({backend}): {total:,} decisions in {elapsed:.2f} s = {total / elapsed:,.0f}/s")
     assert stored_counts(store_url)[:2] == (total, total)
+
+
+def test_postgres_refusing_connections_leaves_the_batch_pending_until_it_returns(
+    redis_client: redis.Redis,
+) -> None:
+    """The store's database closed to connections and its sessions terminated (what the sink sees of a
+    stopped server): every write fails, nothing is acknowledged or trimmed; reopened, the backlog lands
+    once. A database of its own, so no other test's sessions are touched."""
+    psycopg = pytest.importorskip("psycopg", reason="psycopg is not installed")
+    _postgres_url()  # skips when no server is reachable
+    name = f"sink_{uuid.uuid4().hex[:12]}"
+    url = PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+        admin.execute(f"create database {name}")  # a name made above: no quoting needed
+    log = DecisionStore(redis_client)
+    store = open_store(url)
+    sink = Sink(redis_client, store, batch=100, block_ms=20, linger_ms=0)
+    stop = threading.Event()
+    worker = threading.Thread(target=sink.run, args=(stop,))
+    try:
+        log_decisions(log, range(50))
+        assert drain(sink) == 50
+        with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+            admin.execute(f"alter database {name} allow_connections false")
+            admin.execute("select pg_terminate_backend(pid) from pg_stat_activity where datname = %s", [name])
+            worker.start()
+            log_decisions(log, range(50, 550))
+            wait_until(lambda: sink.metrics.failures._value.get() >= 3, what="three failed writes")
+            assert redis_client.xlen("af:decisions") == 500  # nothing written, nothing trimmed
+            assert sink.lag()["af:decisions"] == 500
+            admin.execute(f"alter database {name} allow_connections true")
+        wait_until(lambda: sum(sink.lag().values()) == 0, timeout=120, what="the backlog to drain")
+        assert stored_counts(url)[:2] == (550, 550)
+        assert redis_client.xlen("af:decisions") == 0
+    finally:
+        stop.set()
+        if worker.is_alive():
+            worker.join(timeout=60)
+        store.close()
+        with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+            admin.execute(f"alter database {name} allow_connections true")
+            admin.execute(f"drop database if exists {name} with (force)")
+
+
+def test_a_trickle_of_payments_is_written_in_one_batch(redis_client: redis.Redis, tmp_path: Path) -> None:
+    """Decisions arriving one by one within `linger_ms` of the first make one write (one file), not
+    one each."""
+    log = DecisionStore(redis_client)
+    store = ParquetStore(tmp_path / "store")
+    sink = Sink(redis_client, store, batch=100, block_ms=1000, linger_ms=1500)
+
+    def trickle() -> None:
+        for i in range(10):
+            log_decisions(log, range(i, i + 1))
+            time.sleep(0.03)
+
+    feeder = threading.Thread(target=trickle)
+    feeder.start()
+    assert sink.run_once() == 10
+    feeder.join()
+    assert len(list(store.root.glob("decisions/day=*/*.parquet"))) == 1
+
+    log_decisions(log, range(10, 110))
+    assert sink.run_once() == 100
+    store.close()
