@@ -21,6 +21,7 @@ in different slots).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -393,7 +394,14 @@ class Sink:
         while not stop.is_set():
             try:
                 self.run_once()
-            except Exception:  # any failure of the store or of Redis: retry, never acknowledge
+            except Exception as exc:  # any failure of the store or of Redis: retry, never acknowledge
+                if isinstance(exc, redis.ResponseError) and "NOGROUP" in str(exc):
+                    # the stream or its group is gone (a Redis restarted without persistence, a stream
+                    # deleted): create it again, and the new stream is written from its start
+                    log.warning("the sink's consumer group is gone (%s): creating it again", exc)
+                    with contextlib.suppress(redis.RedisError):
+                        self.ensure_groups()
+                        continue
                 self.metrics.failures.inc()
                 pause = min(max(pause * 2, 0.25), MAX_BACKOFF_S)
                 log.exception("the sink's batch failed; retrying in %.2f s (its entries stay pending)", pause)

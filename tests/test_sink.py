@@ -516,3 +516,28 @@ def test_a_trickle_of_payments_is_written_in_one_batch(redis_client: redis.Redis
     log_decisions(log, range(10, 110))
     assert sink.run_once() == 100
     store.close()
+
+
+def test_a_stream_deleted_under_the_sink_gets_its_group_again(
+    redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    """The streams gone (a Redis restarted without persistence): the sink creates its groups again and
+    writes what is logged next."""
+    log = DecisionStore(redis_client)
+    store = ParquetStore(tmp_path / "store")
+    sink = Sink(redis_client, store, batch=100, block_ms=20, linger_ms=0)
+    stop = threading.Event()
+    worker = threading.Thread(target=sink.run, args=(stop,))
+    worker.start()
+    try:
+        log_decisions(log, range(10))
+        wait_until(lambda: sink.acknowledged == 10, what="the first decisions")
+        redis_client.delete("af:decisions", "af:feedback")
+        time.sleep(0.1)  # the sink reads the missing group at least once
+        log_decisions(log, range(10, 20))
+        wait_until(lambda: sink.acknowledged == 20, what="the decisions logged after")
+    finally:
+        stop.set()
+        worker.join(timeout=30)
+    assert stored_counts(str(store.root)) == (20, 20, 0, 0)
+    store.close()
