@@ -186,7 +186,8 @@ class Sink:
 
         In order: this consumer's own pending entries (a batch whose write failed), entries other
         consumers left unacknowledged for `claim_idle_ms` (a sink that died), then new entries
-        (waiting up to `block_ms` for one when there is nothing else to do). An exception (the store
+        (waiting up to `block_ms` for one when there is nothing else to do, then up to `linger_ms`
+        to fill the batch). Then the write, the acknowledgement and the trim. An exception (the store
         or Redis failing) leaves every entry of the batch pending for the next attempt.
         """
         for stream in self.streams:

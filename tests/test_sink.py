@@ -541,3 +541,23 @@ def test_a_stream_deleted_under_the_sink_gets_its_group_again(
         worker.join(timeout=30)
     assert stored_counts(str(store.root)) == (20, 20, 0, 0)
     store.close()
+
+
+def test_consumers_long_idle_with_nothing_pending_are_forgotten(
+    redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    """Each run of a sink has its own name: the names of runs long gone leave the group, those still
+    holding entries stay."""
+    log = DecisionStore(redis_client)
+    log_decisions(log, range(5))
+    redis_client.xgroup_create("af:decisions", "sink", id="0", mkstream=True)
+    redis_client.xreadgroup("sink", "gone-empty", {"af:decisions": ">"}, count=1)
+    redis_client.xack("af:decisions", "sink", redis_client.xrange("af:decisions", count=1)[0][0])
+    redis_client.xreadgroup("sink", "gone-holding", {"af:decisions": ">"}, count=1)
+    time.sleep(0.2)
+    store = ParquetStore(tmp_path / "store")
+    sink = Sink(redis_client, store, consumer="live", block_ms=10, linger_ms=0, forget_idle_ms=100)
+    assert sink.run_once() == 3
+    names = {c["name"] for c in redis_client.xinfo_consumers("af:decisions", "sink")}
+    assert names == {b"gone-holding", b"live"}
+    store.close()
