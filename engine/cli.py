@@ -482,15 +482,28 @@ def demo(
 @app.command("export-decisions")
 def export_decisions(
     out: Annotated[Path, typer.Option(help="Output directory for Parquet files")],
-    redis_url: Annotated[str, typer.Option("--redis", envvar="ANTIFRAUD_REDIS_URL")] = "",
+    store: Annotated[
+        str,
+        typer.Option(
+            "--store",
+            envvar="ANTIFRAUD_STORE",
+            help="The decision store: a directory or postgresql:// URL; default: DATA_DIR/decisions",
+        ),
+    ] = "",
+    data_dir: Annotated[Path, typer.Option("--data-dir", envvar="ANTIFRAUD_DATA_DIR")] = Path("var"),
+    start: Annotated[
+        datetime | None, typer.Option(formats=["%Y-%m-%d"], help="First payment day (UTC)")
+    ] = None,
+    end: Annotated[
+        datetime | None, typer.Option(formats=["%Y-%m-%d"], help="Payments before this day (UTC; exclusive)")
+    ] = None,
 ) -> None:
-    """Write the decision log joined with its feedback as Parquet, for notebooks."""
+    """Write the decisions in the store (of payments in [--start, --end), or all) with their feedback
+    as Parquet, for notebooks. The store is what `antifraud sink` writes: run it first."""
     from antifraud.engine.export import ExportError, export
 
-    if not redis_url:
-        raise _fail("pass --redis URL (or ANTIFRAUD_REDIS_URL)")
     try:
-        export(redis_url, out, namespace=os.environ.get("ANTIFRAUD_NAMESPACE", "af"), console=console)
+        export(store or str(data_dir.absolute() / "decisions"), out, start, end, console=console)
     except ExportError as exc:
         raise _fail(str(exc)) from exc
 

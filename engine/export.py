@@ -1,28 +1,33 @@
-"""The decision log and its feedback as Parquet, for notebooks: `antifraud export-decisions`.
+"""The decision store and its feedback as Parquet, for notebooks: `antifraud export-decisions`.
 
-Reads the two streams of the decision log (engine/decisions.py) in batches and writes, in one
-directory:
+A query over the durable decision store (engine/store/, docs/decisions.md): the Redis streams are
+only a buffer the sink drains. Writes, in one directory:
 
-- `decisions.parquet`: one row per decision, in log order: ids, times, verdict, score, versions,
+- `decisions.parquet`: one row per decision of a payment time in [start, end) (everything by
+  default), in payment time order then transaction id: ids, times, verdict, score, versions,
   degradation, the rules that fired, amount, currency and the payment's entities, then one column per
   feature, named as in the feature spec so that `frame[booster.feature_name()]` is the model's input.
   A feature named like a decision column (`amount`) is written as `feature_<name>`; the decision's
   column holds the payment's value. Features that appear only after the first batch (the spec changed
-  while the log was written) are kept as JSON in `other_features`.
-- `feedback.parquet`: every feedback event, in the order it was received.
+  while the store was written) are kept as JSON in `other_features`.
+- `feedback.parquet`: the feedback events in the order they were received: all of them, or with a
+  start, those received from one day before it on (feedback follows its payment, by up to the 540
+  days of a dispute; the day covers clocks that disagree). The end does not bound it: a chargeback
+  about a payment of the period may come long after the period.
 - `decisions_with_feedback.parquet`: `decisions.parquet`, in the same order, plus the feedback about
   each payment summarized (`SUMMARY_FIELDS`): the latest label and bank outcome by `reported_at`,
   refunds and cancellations; a payment without feedback has nulls, `refunded`/`cancelled` false.
 
-Memory stays bounded whatever the size of the log: decisions and events are converted and written a
-batch at a time, and the join is a partitioned hash join on disk (engine/joins.py): the transaction
-ids of decisions and the feedback events go to hash partitions in a temporary directory, each
-partition is joined on its own, and the joined summaries are merged back in log order beside
-`decisions.parquet`, read a batch at a time. Files are written under temporary names and renamed
-at the end, so a failed export leaves no half-written file.
+Memory stays bounded whatever the size of the store: the store gives decisions and events a batch at
+a time (`Store.iter_decisions`, `Store.iter_feedback`), each batch is converted and written at once,
+and the join is a partitioned hash join on disk (engine/joins.py): the transaction ids of
+`decisions.parquet` and the events of `feedback.parquet`, read back a batch at a time, go to hash
+partitions in a temporary directory, each partition is joined on its own, and the joined summaries
+are merged back in order beside `decisions.parquet`, read a batch at a time. Files are written under
+temporary names and renamed at the end, so a failed export leaves no half-written file.
 
-The log holds no raw card number by design (a `pan` is tokenized before anything is recorded) and the
-export writes only what the log holds.
+The store holds no raw card number by design (a `pan` is tokenized before anything is recorded) and
+the export writes only what the store holds.
 """
 
 from __future__ import annotations
@@ -33,19 +38,20 @@ import os
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TypeVar, cast
+from typing import TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-import redis
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from antifraud.engine.decisions import DecisionStore
+from antifraud.engine.decision_record import Decision
 from antifraud.engine.joins import SEQ, InOrder, Partitions, join_partitions
+from antifraud.engine.store import Store, open_store
 from antifraud.engine.store.arrow import FEEDBACK_SCHEMA, TIME, DecisionColumns, feedback_batch
 from antifraud.engine.vocabulary import FRAUD_LABELS
 
@@ -55,9 +61,13 @@ JOINED_FILE = "decisions_with_feedback.parquet"
 
 T = TypeVar("T")
 
+#: feedback is read from this long before the period's start: a payment's timestamp is its sender's
+#: clock, an event's received time the service's
+FEEDBACK_MARGIN = timedelta(days=1)
+
 
 class ExportError(RuntimeError):
-    """The decision log could not be exported (Redis unreachable, output not writable)."""
+    """The store could not be exported (unreachable, unreadable, or the output not writable)."""
 
 
 @dataclass(frozen=True)
@@ -67,7 +77,7 @@ class ExportResult:
     decisions: int
     feedback: int
     decisions_with_feedback: int  # decisions with at least one feedback event
-    unmatched_feedback: int  # events about payments that have no decision in the exported log
+    unmatched_feedback: int  # events about payments that have no decision in the export
     files: dict[str, Path]
 
 
@@ -153,17 +163,6 @@ def summarize_feedback(events: pa.Table) -> pa.Table:
     )
 
 
-def _chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
-    chunk: list[T] = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) >= size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
 class _ParquetOut:
     """A Parquet file written batch by batch, in row groups of about `row_group_rows`."""
 
@@ -217,47 +216,84 @@ def _join_partition(keys: pa.Table, events: pa.Table) -> pa.Table:
 
 
 def export(
-    redis_url: str,
-    out_dir: str | Path,
-    namespace: str = "af",
+    store_url: str,
+    out: str | Path,
+    start: datetime | None = None,
+    end: datetime | None = None,
     console: Console | None = None,
     *,
     batch: int = 2000,
     partition_rows: int = 1_000_000,
     row_group_rows: int = 50_000,
 ) -> ExportResult:
-    """Write the decision log and its feedback under `out_dir` as three Parquet files.
+    """Write the decisions of payments in [start, end) (None: unbounded; a naive time is UTC) and
+    their feedback from the store at `store_url` (`open_store`) under `out`, as three Parquet files.
 
-    `batch` entries are read from Redis and converted at a time; the join uses one partition per
+    `batch` records are read from the store and converted at a time; the join uses one partition per
     `partition_rows` decisions and events (a partition is what the join holds in memory at once).
     """
     console = console or Console(stderr=True)
-    out = Path(out_dir)
+    start, end = (None if t is None else _utc(t) for t in (start, end))
+    if start is not None and end is not None and start >= end:
+        raise ExportError(f"the start {start.isoformat()} is not before the end {end.isoformat()}")
+    directory = Path(out)
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise ExportError(f"cannot create {out}: {exc}") from exc
-    client = redis.Redis.from_url(redis_url, socket_timeout=60, socket_connect_timeout=10)
-    store = DecisionStore(client, namespace)
+        raise ExportError(f"cannot create {directory}: {exc}") from exc
     try:
-        return _export(store, out, console, batch, partition_rows, row_group_rows)
-    except redis.RedisError as exc:
-        raise ExportError(f"cannot read the decision log {namespace!r} from Redis: {exc}") from exc
+        store = open_store(store_url)
+    except Exception as exc:  # each backend fails its own way (a bad URL, DuckDB, psycopg)
+        raise ExportError(f"cannot open the store {redact(store_url)}: {exc}") from exc
+    try:
+        return _export(store, directory, start, end, console, batch, partition_rows, row_group_rows)
     except OSError as exc:
-        raise ExportError(f"cannot write the export to {out}: {exc}") from exc
+        raise ExportError(f"cannot write the export to {directory}: {exc}") from exc
     finally:
-        client.close()
+        store.close()
+
+
+def redact(url: str) -> str:
+    """A store URL without its password, to be printed or written into the files."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}@{host}"))
+
+
+def _utc(moment: datetime) -> datetime:
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).astimezone(UTC)
+
+
+def _read(records: Iterator[T], store: Store, what: str) -> Iterator[T]:
+    """The store's batches, its failures (whatever the backend raises) as an `ExportError`."""
+    while True:
+        try:
+            item = next(records)
+        except StopIteration:
+            return
+        except Exception as exc:
+            raise ExportError(f"cannot read the {what} from the store {redact(store.url)}: {exc}") from exc
+        yield item
 
 
 def _export(
-    store: DecisionStore, out: Path, console: Console, batch: int, partition_rows: int, row_group_rows: int
+    store: Store,
+    out: Path,
+    start: datetime | None,
+    end: datetime | None,
+    console: Console,
+    batch: int,
+    partition_rows: int,
+    row_group_rows: int,
 ) -> ExportResult:
-    n_decisions = cast(int, store.client.xlen(store.decisions_stream))
-    n_feedback = cast(int, store.client.xlen(store.feedback_stream))
-    n_parts = max(1, math.ceil((n_decisions + n_feedback) / max(1, partition_rows)))
     final = {name: out / name for name in (DECISIONS_FILE, FEEDBACK_FILE, JOINED_FILE)}
     partial = {name: path.with_name(path.name + ".partial") for name, path in final.items()}
-    metadata = {"antifraud.namespace": store.ns, "antifraud.exported_at": datetime.now(UTC).isoformat()}
+    metadata = {"antifraud.store": redact(store.url), "antifraud.exported_at": datetime.now(UTC).isoformat()}
+    metadata |= {
+        f"antifraud.{k}": t.isoformat() for k, t in (("start", start), ("end", end)) if t is not None
+    }
     progress = Progress(
         TextColumn("{task.description:<32}"),
         BarColumn(),
@@ -267,26 +303,37 @@ def _export(
     )
     try:
         with tempfile.TemporaryDirectory(prefix=".export-", dir=out) as tmp, progress:
+            # the store cannot count cheaply: the sizes are known once the first two files are written
+            decisions_task = progress.add_task("decisions", total=None)
+            records, schema = _decision_batches(
+                _read(store.iter_decisions(start, end, batch), store, "decisions")
+            )
+            decided = _write_file(
+                records,
+                schema.with_metadata(metadata),
+                partial[DECISIONS_FILE],
+                row_group_rows,
+                lambda n: progress.update(decisions_task, completed=n),
+            )
+            feedback_task = progress.add_task("feedback", total=None)
+            since = None if start is None else start - FEEDBACK_MARGIN
+            events_read = _read(store.iter_feedback(since, None, batch), store, "feedback")
+            received = _write_file(
+                (feedback_batch(chunk) for chunk in events_read),
+                FEEDBACK_SCHEMA.with_metadata(metadata),
+                partial[FEEDBACK_FILE],
+                row_group_rows,
+                lambda n: progress.update(feedback_task, completed=n),
+            )
+
             work = Path(tmp)
+            n_parts = max(1, math.ceil((decided + received) / max(1, partition_rows)))
             decision_keys = Partitions(work, "decisions", _DECISION_KEYS, n_parts, batch)
             events = Partitions(work, "feedback", _FEEDBACK_KEYS, n_parts, batch)
             joined = Partitions(work, "joined", _JOINED_KEYS, n_parts, batch)
+            _partition(partial[DECISIONS_FILE], ["transaction_id"], decision_keys, batch)
+            _partition(partial[FEEDBACK_FILE], FEEDBACK_SCHEMA.names, events, batch)
 
-            def write_log(
-                name: str, records: Iterator[pa.RecordBatch], schema: pa.Schema, keys: Partitions, total: int
-            ) -> int:
-                task = progress.add_task(name.removesuffix(".parquet"), total=total)
-                return _write_log(
-                    records,
-                    schema.with_metadata(metadata),
-                    partial[name],
-                    keys,
-                    row_group_rows,
-                    lambda n: progress.update(task, completed=n, total=max(total, n)),
-                )
-
-            decided = write_log(DECISIONS_FILE, *_decision_batches(store, batch), decision_keys, n_decisions)
-            received = write_log(FEEDBACK_FILE, *_feedback_batches(store, batch), events, n_feedback)
             task = progress.add_task("joining feedback", total=n_parts)
             counts = _JoinCounts()
 
@@ -313,16 +360,22 @@ def _export(
         for path in partial.values():
             path.unlink(missing_ok=True)
         raise
+    period = "" if start is None and end is None else f" (payments {_period(start, end)})"
     console.print(
-        f"wrote {out}: {decided:,} decisions, {received:,} feedback events; "
+        f"wrote {out}: {decided:,} decisions{period}, {received:,} feedback events; "
         f"{with_feedback:,} decisions have feedback, {unmatched:,} events match no exported decision"
     )
     return ExportResult(decided, received, with_feedback, unmatched, final)
 
 
-def _decision_batches(store: DecisionStore, batch: int) -> tuple[Iterator[pa.RecordBatch], pa.Schema]:
-    """The decision log as record batches, and their schema (fixed by the first batch's features)."""
-    chunks = _chunks(store.decisions(batch), batch)
+def _period(start: datetime | None, end: datetime | None) -> str:
+    since = "" if start is None else f"from {start.isoformat()}"
+    until = "" if end is None else f"before {end.isoformat()}"
+    return " ".join(part for part in (since, until) if part)
+
+
+def _decision_batches(chunks: Iterator[list[Decision]]) -> tuple[Iterator[pa.RecordBatch], pa.Schema]:
+    """The decisions as record batches, and their schema (fixed by the first batch's features)."""
     first = next(chunks, [])
     columns = DecisionColumns(first)
     chunks = itertools.chain([first], chunks) if first else chunks
@@ -330,31 +383,32 @@ def _decision_batches(store: DecisionStore, batch: int) -> tuple[Iterator[pa.Rec
     return (columns.batch(chunk) for chunk in chunks), columns.schema
 
 
-def _feedback_batches(store: DecisionStore, batch: int) -> tuple[Iterator[pa.RecordBatch], pa.Schema]:
-    """The feedback events as record batches, and their schema (`FEEDBACK_SCHEMA`)."""
-    return (feedback_batch(chunk) for chunk in _chunks(store.feedback(batch), batch)), FEEDBACK_SCHEMA
-
-
-def _write_log(
+def _write_file(
     records: Iterable[pa.RecordBatch],
     schema: pa.Schema,
     path: Path,
-    keys: Partitions,
     row_group_rows: int,
     done: Callable[[int], None],
 ) -> int:
-    """Record batches of a stream into a Parquet file, and each row with its position in the stream
-    (the columns the partitions keep) into the partitions; returns the number of rows."""
+    """Record batches into a Parquet file; returns the number of rows."""
     out = _ParquetOut(path, schema, row_group_rows)
-    seq = 0
+    rows = 0
     for record in records:
         out.write(record)
+        rows += record.num_rows
+        done(rows)
+    out.close()
+    return rows
+
+
+def _partition(path: Path, columns: list[str], keys: Partitions, batch: int) -> None:
+    """Columns of a written file, read back a batch at a time, into the join's partitions, each row
+    numbered by its position in the file."""
+    seq = 0
+    for record in pq.ParquetFile(path).iter_batches(batch_size=batch, columns=columns):
         keys.write_numbered(record, seq)
         seq += record.num_rows
-        done(seq)
-    out.close()
     keys.close()
-    return seq
 
 
 def _write_joined(

@@ -1,10 +1,18 @@
-"""`antifraud export-decisions` (engine/export.py): the decision log and its feedback as Parquet."""
+"""`antifraud export-decisions` (engine/export.py): the decision store and its feedback as Parquet.
+
+Decisions reach the store the way they do in production: scored through the app (or logged with
+`DecisionStore`), then moved by the real sink (`Sink.run_once` until its lag is 0). Each test runs on
+the Parquet store and on PostgreSQL where a server is reachable on 127.0.0.1:5432 (otherwise those
+cases skip and say why).
+"""
 
 from __future__ import annotations
 
 import json
+import tracemalloc
+import uuid
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +37,47 @@ from antifraud.engine.export import (
     ExportError,
     export,
 )
-from antifraud.engine.redis_server import EmbeddedRedis
 from antifraud.engine.settings import ROOT, Settings
+from antifraud.engine.sink import Sink
+from antifraud.engine.store import open_store
 from antifraud.engine.vocabulary import ENTITY_FIELDS
 from antifraud.features.spec import load_spec
 
 PAN = "4111111111111111"
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+@pytest.fixture(params=["parquet", "postgres"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty store: a Parquet directory, or a schema of its own on PostgreSQL (dropped after)."""
+    if request.param == "parquet":
+        yield str(tmp_path / "store")
+        return
+    psycopg = pytest.importorskip("psycopg", reason="psycopg is not installed")
+    try:
+        with psycopg.connect(PG_ADMIN, connect_timeout=2):
+            pass
+    except psycopg.OperationalError as exc:
+        pytest.skip(f"no PostgreSQL server reachable at {PG_ADMIN}: {exc}")
+    schema = f"export_{uuid.uuid4().hex[:12]}"
+    try:
+        yield f"{PG_ADMIN}?schema={schema}"
+    finally:
+        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+            conn.execute(f"drop schema if exists {schema} cascade")  # a name made above: no quoting needed
+
+
+def drain(client: redis.Redis, store_url: str) -> None:
+    """Run the real sink until both streams are written to the store (lag 0)."""
+    store = open_store(store_url)
+    try:
+        sink = Sink(client, store, block_ms=10, linger_ms=0)
+        for _ in range(1000):
+            if not sink.run_once() and not any(sink.lag().values()):
+                return
+        raise AssertionError(f"the sink did not drain the streams: {sink.lag()}")
+    finally:
+        store.close()
 
 
 def tiny_model(directory: Path, seed: int = 0) -> Path:
@@ -124,7 +167,7 @@ def strings(table: pa.Table) -> Iterator[str]:
 
 
 def test_export_writes_decisions_feedback_and_their_join(
-    http: TestClient, redis_server: EmbeddedRedis, tmp_path: Path
+    http: TestClient, redis_client: redis.Redis, store_url: str, tmp_path: Path
 ) -> None:
     """Through the CLI: one row per decision with its features, every event, and the summary join."""
     for body in (
@@ -145,8 +188,9 @@ def test_export_writes_decisions_feedback_and_their_join(
     ):
         assert http.post("/v1/feedback", json=body).status_code == 202
 
+    drain(redis_client, store_url)
     out = tmp_path / "export"
-    result = CliRunner().invoke(cli.app, ["export-decisions", "--out", str(out), "--redis", redis_server.url])
+    result = CliRunner().invoke(cli.app, ["export-decisions", "--out", str(out), "--store", store_url])
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in out.iterdir()) == sorted([DECISIONS_FILE, FEEDBACK_FILE, JOINED_FILE])
 
@@ -217,7 +261,7 @@ def test_export_writes_decisions_feedback_and_their_join(
 
 
 def test_a_raw_pan_is_in_no_exported_file(
-    http: TestClient, redis_server: EmbeddedRedis, tmp_path: Path
+    http: TestClient, redis_client: redis.Redis, store_url: str, tmp_path: Path
 ) -> None:
     """A payment sent with a raw `pan`: the export holds its token, never the number or its prefix."""
     body = payment("tx-pan", pan=PAN, card_id=None)
@@ -225,7 +269,8 @@ def test_a_raw_pan_is_in_no_exported_file(
     label = feedback("tx-pan", "label", 5, label="fraud")
     assert http.post("/v1/feedback", json=label).status_code == 202
 
-    result = export(redis_server.url, tmp_path)
+    drain(redis_client, store_url)
+    result = export(store_url, tmp_path)
     assert result.decisions == 1 and result.feedback == 1 and result.decisions_with_feedback == 1
     card = read(tmp_path, DECISIONS_FILE)[0]["card_id"]
     assert card.startswith("tok_")
@@ -238,7 +283,7 @@ def test_a_raw_pan_is_in_no_exported_file(
 
 
 def test_the_latest_label_and_outcome_win_by_reported_at(
-    redis_client: redis.Redis, redis_server: EmbeddedRedis, tmp_path: Path
+    redis_client: redis.Redis, store_url: str, tmp_path: Path
 ) -> None:
     """Events arriving out of order are summarized by when they were reported, refunds by the first."""
     store = DecisionStore(redis_client)
@@ -256,7 +301,8 @@ def test_the_latest_label_and_outcome_win_by_reported_at(
     ):
         store.add_feedback(e)
 
-    result = export(redis_server.url, tmp_path)
+    drain(redis_client, store_url)
+    result = export(store_url, tmp_path)
     assert (result.decisions, result.feedback, result.decisions_with_feedback, result.unmatched_feedback) == (
         2,
         8,
@@ -276,7 +322,7 @@ def test_the_latest_label_and_outcome_win_by_reported_at(
 
 
 def test_partitions_and_batches_do_not_change_the_output(
-    redis_client: redis.Redis, redis_server: EmbeddedRedis, tmp_path: Path
+    redis_client: redis.Redis, store_url: str, tmp_path: Path
 ) -> None:
     """A spilled, many-partition join in tiny batches writes the same rows, in log order."""
     store = DecisionStore(redis_client)
@@ -289,8 +335,9 @@ def test_partitions_and_batches_do_not_change_the_output(
             store.add_feedback(event(txid, "refund", i + 1))
     store.add_feedback(event("unknown", "cancel", 1))
 
-    whole = export(redis_server.url, tmp_path / "whole")
-    spilled = export(redis_server.url, tmp_path / "spilled", batch=7, partition_rows=40, row_group_rows=25)
+    drain(redis_client, store_url)
+    whole = export(store_url, tmp_path / "whole")
+    spilled = export(store_url, tmp_path / "spilled", batch=7, partition_rows=40, row_group_rows=25)
     assert whole.decisions == spilled.decisions == 300 and whole.unmatched_feedback == 1
     assert (whole.feedback, whole.decisions_with_feedback) == (
         spilled.feedback,
@@ -308,43 +355,147 @@ def test_partitions_and_batches_do_not_change_the_output(
 
 
 def test_features_that_appear_later_go_to_other_features(
-    redis_client: redis.Redis, redis_server: EmbeddedRedis, tmp_path: Path
+    redis_client: redis.Redis, store_url: str, tmp_path: Path
 ) -> None:
     """The feature columns come from the first batch; later new features are kept as JSON."""
     store = DecisionStore(redis_client)
     store.put(logged("a", 1, {"f1": 1.0, "f2": None}))
     store.put(logged("b", 2, {"f1": 2.0, "f2": 3.0}))
     store.put(logged("c", 3, {"f1": 4.0, "f3": 5.0}))  # the spec changed
-    export(redis_server.url, tmp_path, batch=2)
+    drain(redis_client, store_url)
+    export(store_url, tmp_path, batch=2)
     rows = read(tmp_path, DECISIONS_FILE)
     assert [(r["f1"], r["f2"]) for r in rows] == [(1.0, None), (2.0, 3.0), (4.0, None)]
     assert [r["other_features"] for r in rows] == [None, None, json.dumps({"f3": 5.0})]
 
 
 def test_an_empty_log_gives_empty_files_with_their_columns(
-    redis_client: redis.Redis, redis_server: EmbeddedRedis, tmp_path: Path
+    redis_client: redis.Redis, store_url: str, tmp_path: Path
 ) -> None:
-    """Nothing logged yet: three readable files with no rows."""
-    result = export(redis_server.url, tmp_path)
+    """Nothing stored yet (the store not even created): three readable files with no rows."""
+    result = export(store_url, tmp_path / "out")
     assert (result.decisions, result.feedback) == (0, 0)
     for name in (DECISIONS_FILE, FEEDBACK_FILE, JOINED_FILE):
-        assert pq.read_table(tmp_path / name).num_rows == 0
-    assert "label" in pq.read_schema(tmp_path / JOINED_FILE).names
+        assert pq.read_table(tmp_path / "out" / name).num_rows == 0
+    assert "label" in pq.read_schema(tmp_path / "out" / JOINED_FILE).names
 
 
-def test_export_reads_only_its_namespace(
-    redis_client: redis.Redis, redis_server: EmbeddedRedis, tmp_path: Path
+def test_decisions_come_in_payment_time_order_then_transaction_id(
+    redis_client: redis.Redis, store_url: str, tmp_path: Path
 ) -> None:
-    """Two services sharing a Redis under two namespaces export separately."""
-    DecisionStore(redis_client, "af").put(logged("ours", 1))
-    DecisionStore(redis_client, "other").put(logged("theirs", 2))
-    export(redis_server.url, tmp_path, namespace="other")
-    assert [r["transaction_id"] for r in read(tmp_path, DECISIONS_FILE)] == ["theirs"]
-    assert pq.read_schema(tmp_path / DECISIONS_FILE).metadata[b"antifraud.namespace"] == b"other"
+    """Logged out of order, over several days: exported by payment time, ties by transaction id;
+    feedback in the order it was received."""
+    store = DecisionStore(redis_client)
+    seconds = [3 * 86_400 + 5, 5, 86_400, 5, 2 * 86_400 - 1, 0]  # three UTC days, a tie at 5 s
+    ids = ["z", "b", "y", "a", "x", "c"]
+    for i, (txid, second) in enumerate(zip(ids, seconds, strict=True)):
+        store.put(logged(txid, i, timestamp=(T0 + timedelta(seconds=second)).isoformat()))
+    for txid in ("y", "a", "z"):
+        store.add_feedback(event(txid, "label", 1, label="fraud"))
+    drain(redis_client, store_url)
+
+    result = export(store_url, tmp_path, batch=2)
+    assert (result.decisions, result.feedback) == (6, 3)
+    assert [r["transaction_id"] for r in read(tmp_path, DECISIONS_FILE)] == ["c", "a", "b", "y", "x", "z"]
+    assert [r["transaction_id"] for r in read(tmp_path, FEEDBACK_FILE)] == ["y", "a", "z"]
+    assert [r["transaction_id"] for r in read(tmp_path, JOINED_FILE)] == ["c", "a", "b", "y", "x", "z"]
 
 
-def test_an_unreachable_redis_is_an_export_error_and_leaves_no_file(tmp_path: Path) -> None:
-    """No Redis: a clear error and an output directory without half-written files."""
-    with pytest.raises(ExportError, match="cannot read the decision log"):
-        export(f"unix://{tmp_path}/nothing.sock", tmp_path / "out")
+def test_start_and_end_select_payments_by_time(
+    redis_client: redis.Redis, store_url: str, tmp_path: Path
+) -> None:
+    """[start, end) by payment time, through the CLI's dates (UTC days, the end excluded) and the
+    function's times; feedback from a day before the start on, with no end."""
+    store = DecisionStore(redis_client)
+    day0 = datetime(2026, 3, 1, tzinfo=UTC)
+    for d in range(4):  # 2026-03-01 .. 03-04, two payments a day
+        for h in (0, 23):
+            txid = f"d{d}h{h}"
+            store.put(logged(txid, d * 2 + h, timestamp=(day0 + timedelta(days=d, hours=h)).isoformat()))
+            received = (day0 + timedelta(days=d + 1, hours=1)).isoformat()
+            store.add_feedback({**event(txid, "label", 0, label="fraud"), "received_at": received})
+    drain(redis_client, store_url)
+
+    out = tmp_path / "cli"
+    result = CliRunner().invoke(
+        cli.app,
+        [
+            "export-decisions",
+            "--out",
+            str(out),
+            "--store",
+            store_url,
+            "--start",
+            "2026-03-02",
+            "--end",
+            "2026-03-04",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert [r["transaction_id"] for r in read(out, DECISIONS_FILE)] == ["d1h0", "d1h23", "d2h0", "d2h23"]
+    # received from 03-01 on (a day before the start): all of them, the later ones included
+    assert len(read(out, FEEDBACK_FILE)) == 8
+    joined = read(out, JOINED_FILE)
+    assert [r["label"] for r in joined] == ["fraud"] * 4
+    metadata = pq.read_schema(out / DECISIONS_FILE).metadata
+    assert metadata[b"antifraud.start"] == b"2026-03-02T00:00:00+00:00"
+    assert metadata[b"antifraud.end"] == b"2026-03-04T00:00:00+00:00"
+
+    within = export(
+        store_url, tmp_path / "hours", day0 + timedelta(hours=23), day0 + timedelta(days=2, hours=1)
+    )
+    assert [r["transaction_id"] for r in read(tmp_path / "hours", DECISIONS_FILE)] == [
+        "d0h23",
+        "d1h0",
+        "d1h23",
+        "d2h0",
+    ]
+    assert (within.decisions_with_feedback, within.unmatched_feedback) == (4, 4)  # d3's, and d0h0's
+    later = export(store_url, tmp_path / "later", start=day0 + timedelta(days=3))
+    assert [r["transaction_id"] for r in read(tmp_path / "later", DECISIONS_FILE)] == ["d3h0", "d3h23"]
+    assert later.feedback == 6  # received from 03-03 00:00 on: about d1, d2 and d3
+    with pytest.raises(ExportError, match="not before the end"):
+        export(store_url, tmp_path / "empty", day0, day0)
+
+
+def test_the_store_gives_bounded_batches_in_order(redis_client: redis.Redis, store_url: str) -> None:
+    """`iter_decisions` and `iter_feedback`: lists of at most `batch`, in order, each record once, and
+    the Python memory of the iteration is the batch's, not the store's."""
+    store = DecisionStore(redis_client)
+    n = 1500
+    for i in range(n):  # newest first, over two days
+        store.put(logged(f"tx-{i:05d}", i, timestamp=(T0 + timedelta(minutes=2 * (n - i))).isoformat()))
+        if i % 2 == 0:
+            store.add_feedback(event(f"tx-{i:05d}", "refund", i))
+    drain(redis_client, store_url)
+
+    opened = open_store(store_url)
+    try:
+        batches = list(opened.iter_decisions(batch=64))
+        assert max(map(len, batches)) == 64 and sum(map(len, batches)) == n
+        times = [(d["timestamp"], d["transaction_id"]) for b in batches for d in b]
+        assert times == sorted(times) and len(set(times)) == n
+        events = [e for b in opened.iter_feedback(batch=100) for e in b]
+        assert [e["transaction_id"] for e in events] == [f"tx-{i:05d}" for i in range(0, n, 2)]
+
+        def peak(batch: int) -> int:
+            tracemalloc.start()
+            try:
+                for chunk in opened.iter_decisions(batch=batch):
+                    del chunk
+                return tracemalloc.get_traced_memory()[1]
+            finally:
+                tracemalloc.stop()
+
+        small, whole = peak(50), peak(n)
+        assert small * 5 < whole, (small, whole)
+    finally:
+        opened.close()
+
+
+def test_an_unreachable_store_is_an_export_error_and_leaves_no_file(tmp_path: Path) -> None:
+    """No PostgreSQL behind the URL: a clear error, the password kept out of it, and no file."""
+    with pytest.raises(ExportError, match="cannot read the decisions") as caught:
+        export("postgresql://user:hunter2@127.0.0.1:1/none", tmp_path / "out")
+    assert "hunter2" not in str(caught.value)
     assert list((tmp_path / "out").iterdir()) == []

@@ -10,7 +10,7 @@ monitoring and `export-decisions` read through `Store`'s query methods.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -78,6 +78,21 @@ class Store(Protocol):
         """Delete the decisions of payments and the feedback received before the UTC day of `before`
         (whole days, on both backends: the Parquet store deletes day partitions); returns how many
         records were deleted."""
+        ...
+
+    def iter_decisions(
+        self, start: datetime | None = None, end: datetime | None = None, batch: int = 5000
+    ) -> Iterator[list[Decision]]:
+        """Every decision of a payment time in [start, end) (None: unbounded), as logged, in batches of
+        at most `batch`, in payment time order, then transaction id. Memory is bounded by the batch
+        (and the database's own sort, which spills to disk), whatever the size of the store."""
+        ...
+
+    def iter_feedback(
+        self, start: datetime | None = None, end: datetime | None = None, batch: int = 5000
+    ) -> Iterator[list[FeedbackRecord]]:
+        """Every feedback event received in [start, end) (None: unbounded), as logged, in batches of at
+        most `batch`, in the order received (received time, then stream entry)."""
         ...
 
     def close(self) -> None:

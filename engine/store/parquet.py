@@ -323,6 +323,119 @@ class ParquetStore:
             os.close(self._lock_file)
             self._lock_file = None
 
+    # --- reading everything in order (export-decisions) ------------------------------------------------
+
+    #: how much memory DuckDB may use to sort one day of an iteration before it spills to disk
+    iter_memory_limit = "512MB"
+
+    def iter_decisions(
+        self, start: datetime | None = None, end: datetime | None = None, batch: int = 5000
+    ) -> Iterator[list[Decision]]:
+        """Every decision of a payment time in [start, end), as logged, `batch` at a time, in payment
+        time order then transaction id. Day by day (the partitions are the payment's UTC day): one
+        ordered DuckDB query per day, fetched `batch` rows at a time; a copy of a record seen twice
+        (files being compacted) is skipped, as copies sort next to each other."""
+        for rows in self._iter_days("decisions", "timestamp", "timestamp, transaction_id", start, end, batch):
+            yield [cast(Decision, orjson.loads(record)) for record in rows]
+
+    def iter_feedback(
+        self, start: datetime | None = None, end: datetime | None = None, batch: int = 5000
+    ) -> Iterator[list[FeedbackRecord]]:
+        """Every feedback event received in [start, end), as logged, `batch` at a time, in the order
+        received (received time, then stream entry), day by day as `iter_decisions`."""
+        order = (
+            "received_at, try_cast(split_part(stream_id, '-', 1) as ubigint), "
+            "try_cast(split_part(stream_id, '-', 2) as ubigint), stream_id, transaction_id"
+        )
+        for rows in self._iter_days("feedback", "received_at", order, start, end, batch):
+            yield [cast(FeedbackRecord, orjson.loads(record)) for record in rows]
+
+    def _iter_days(
+        self,
+        kind: Kind,
+        column: str,
+        order: str,
+        start: datetime | None,
+        end: datetime | None,
+        batch: int,
+    ) -> Iterator[list[str]]:
+        """The `record` of the rows of `kind` with `column` in [start, end), in `order`, in lists of at
+        most `batch`: the day partitions in order, each one ordered query."""
+        import tempfile  # only here: the rest of the store never sorts more than a search's limit
+
+        if batch < 1:
+            raise ValueError(f"batch must be at least 1, not {batch}")
+        low = _aware(start) if start is not None else None
+        high = _aware(end) if end is not None else None
+        days: list[Path] = []
+        for directory in sorted(self._dir(kind).glob("day=*")):
+            try:
+                day = date.fromisoformat(directory.name.removeprefix("day="))
+            except ValueError:
+                continue  # not one of ours
+            if (low is None or day >= low.date()) and (high is None or day <= high.date()):
+                days.append(directory)
+        if not days:
+            return
+        where, params = ["true"], []
+        if low is not None:
+            where.append(f"{column} >= ?")  # column: a fixed name
+            params.append(low)
+        if high is not None:
+            where.append(f"{column} < ?")
+            params.append(high)
+        key = "transaction_id" if kind == "decisions" else "transaction_id, stream_id"
+        sql = (
+            f"select {key}, record from read_parquet(?, union_by_name=true) "
+            f"where {' and '.join(where)} order by {order}"
+        )
+        # a connection of its own: a memory limit for the sort, and its spill files in a directory
+        # removed with the iteration (an in-memory database would spill to ./.tmp)
+        with tempfile.TemporaryDirectory(prefix="antifraud-store-sort-") as spill:
+            db = duckdb.connect(
+                ":memory:", config={"memory_limit": self.iter_memory_limit, "temp_directory": spill}
+            )
+            try:
+                for directory in days:
+                    yield from self._iter_day(db, sql, directory, params, batch, key.count(",") + 1)
+            finally:
+                db.close()
+
+    @staticmethod
+    def _iter_day(
+        db: duckdb.DuckDBPyConnection,
+        sql: str,
+        directory: Path,
+        params: list[object],
+        batch: int,
+        width: int,
+    ) -> Iterator[list[str]]:
+        """One day's rows (see `_iter_days`): the first `width` columns are the record's identity."""
+        for attempt in (1, 2):
+            files = sorted(str(path) for path in directory.glob("*.parquet"))
+            if not files:
+                return  # removed by retention meanwhile, or never written
+            previous: tuple[str, ...] | None = None
+            sent = 0
+            try:
+                cursor = db.execute(sql, [files, *params])
+                while rows := cursor.fetchmany(batch):
+                    records: list[str] = []
+                    for row in rows:
+                        ident = tuple(row[:width])
+                        if ident != previous:  # a copy of the previous row (compaction) is skipped
+                            records.append(row[width])
+                            previous = ident
+                    if records:
+                        sent += len(records)
+                        yield records
+                return
+            except duckdb.IOException:
+                # a file listed above was deleted before DuckDB opened it (compaction, retention): list
+                # the day again, unless rows of it were already given (they would be given twice)
+                if attempt == 2 or sent:
+                    raise
+
 
 def _conditions(query: DecisionQuery) -> tuple[str, list[object]]:
     """The SQL condition of a search and its parameters (the limit last)."""
