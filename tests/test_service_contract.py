@@ -45,6 +45,8 @@ from antifraud.engine.export import DECISIONS_FILE, FEEDBACK_FILE, JOINED_FILE, 
 from antifraud.engine.redis_server import EmbeddedRedis
 from antifraud.engine.schema import Transaction
 from antifraud.engine.settings import ROOT, Settings
+from antifraud.engine.sink import Sink
+from antifraud.engine.store import open_store
 from antifraud.engine.workers import check_port_free, serve_workers
 from antifraud.features.spec import load_spec
 
@@ -671,7 +673,16 @@ def test_a_raw_pan_is_nowhere_in_redis_the_logs_or_the_export(
     out, err = capsys.readouterr()
     assert_no_pan(caplog.text + out + err, "the app's log output")
 
-    result = export(redis_server.url, tmp_path / "export")
+    store = open_store(str(tmp_path / "store"))  # the durable store, filled by the real sink
+    try:
+        sink = Sink(redis_client, store, block_ms=10, linger_ms=0)
+        while sink.run_once() or any(sink.lag().values()):
+            pass
+    finally:
+        store.close()
+    for path in (tmp_path / "store").rglob("*.parquet"):
+        assert_no_pan(path.read_bytes(), f"the store's file {path.name}")
+    result = export(str(tmp_path / "store"), tmp_path / "export")
     assert result.decisions == 2 and result.feedback == 1
     for name in (DECISIONS_FILE, FEEDBACK_FILE, JOINED_FILE):
         table = pq.read_table(tmp_path / "export" / name)

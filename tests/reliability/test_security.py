@@ -7,7 +7,7 @@ requests that carry a PAN but are refused (pan and card_id together, a malformed
 body). Then every place a card number could end up is searched for each PAN (in full and every 12
 digits of it) and for the PAN secret: the Redis RDB file (written uncompressed) and AOF, a DUMP of
 every key, the service's log, the decision and feedback streams, the answers, and the output of
-`antifraud export-decisions`.
+`antifraud export-decisions` over the durable store the real sink filled from the streams.
 """
 
 from __future__ import annotations
@@ -249,7 +249,22 @@ def _export(service: Service) -> dict[str, bytes] | None:
         print("[reliability] engine/export.py does not exist yet: export-decisions not checked")
         FIGURES.add(SECTION, "export-decisions", "SKIPPED: engine/export.py does not exist", COMMAND)
         return None
-    with tempfile.TemporaryDirectory(prefix="antifraud-rel-export-") as out:
+    from antifraud.engine.sink import Sink
+    from antifraud.engine.store import open_store
+
+    with (
+        tempfile.TemporaryDirectory(prefix="antifraud-rel-store-") as store_dir,
+        tempfile.TemporaryDirectory(prefix="antifraud-rel-export-") as out,
+    ):
+        # the export reads the durable store: the real sink moves the streams into it first
+        client, store = service.client(), open_store(store_dir)
+        try:
+            sink = Sink(client, store, block_ms=10, linger_ms=0)
+            while sink.run_once() or any(sink.lag().values()):
+                pass
+        finally:
+            store.close()
+            client.close()
         result = subprocess.run(
             [
                 sys.executable,
@@ -258,8 +273,8 @@ def _export(service: Service) -> dict[str, bytes] | None:
                 "export-decisions",
                 "--out",
                 out,
-                "--redis",
-                service.redis_url,
+                "--store",
+                store_dir,
             ],
             cwd=ROOT,
             capture_output=True,
