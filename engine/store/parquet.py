@@ -377,7 +377,8 @@ class ParquetStore:
                 days.append(directory)
         if not days:
             return
-        where, params = ["true"], []
+        where: list[str] = ["true"]
+        params: list[object] = []
         if low is not None:
             where.append(f"{column} >= ?")  # column: a fixed name
             params.append(low)
