@@ -449,10 +449,20 @@ def serve(
             help="Where the embedded Redis keeps its files (its socket, pid file, log), under redis/",
         ),
     ] = Path("var"),
+    sink: Annotated[
+        bool,
+        typer.Option(
+            "--sink/--no-sink",
+            envvar="ANTIFRAUD_SINK",
+            help="Also run the decision sink: the decision and feedback streams -> the store "
+            "(ANTIFRAUD_STORE, default DATA_DIR/decisions; docs/decisions.md)",
+        ),
+    ] = False,
 ) -> None:
     """Run the scoring service (FastAPI on uvicorn) until SIGTERM or SIGINT (exit status 0)."""
     from antifraud.engine.service import run_service
 
+    store = os.environ.get("ANTIFRAUD_STORE") or str((data_dir / "decisions").absolute())
     run_service(
         host=host,
         port=port,
@@ -463,6 +473,7 @@ def serve(
         api_keys=api_keys,
         console=console,
         data_dir=data_dir,
+        sink_store=store if sink else None,
     )
 
 

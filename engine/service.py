@@ -15,10 +15,12 @@ directory).
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import shutil
 import signal
 import tempfile
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from types import FrameType
 
@@ -26,7 +28,7 @@ import uvicorn
 from rich.console import Console
 from rich.markup import escape
 
-from antifraud.engine.redis_server import EmbeddedRedis
+from antifraud.engine.redis_server import EmbeddedRedis, die_with_parent
 from antifraud.engine.settings import DEFAULT_DATA_DIR
 from antifraud.engine.workers import APP, serve_workers
 
@@ -61,12 +63,16 @@ def run_service(
     api_keys: Path | None,
     console: Console,
     data_dir: Path = Path(DEFAULT_DATA_DIR),
+    sink_store: str | None = None,
 ) -> None:
     """Serve until SIGTERM or SIGINT, then stop the workers and the embedded Redis and return.
 
     Each of the `workers` uvicorn processes builds its app from ANTIFRAUD_* variables. Without
     `redis_url`, a redis-server is started under `data_dir`/redis (resolved against the working
-    directory) and stopped on the way out. Raises SystemExit(1) when the service cannot start."""
+    directory) and stopped on the way out. With `sink_store`, a decision sink (engine/sink.py)
+    runs beside the workers in its own process, draining the decision and feedback streams into
+    that store; it is stopped after the workers (finishing its batch) and before the Redis.
+    Raises SystemExit(1) when the service cannot start."""
     if api_keys is None and os.environ.get("ANTIFRAUD_ALLOW_NO_AUTH") != "1":
         console.print(
             "[red]error:[/red] no --api-keys file. Create one with "
@@ -76,6 +82,7 @@ def run_service(
         raise SystemExit(EXIT_CANNOT_START)
     previous = {signum: signal.signal(signum, _raise_stopped) for signum in STOP_SIGNALS}
     embedded: EmbeddedRedis | None = None
+    sink: BaseProcess | None = None
     metrics_dir = None
     status = EXIT_STOPPED
     try:
@@ -96,6 +103,8 @@ def run_service(
             else:
                 metrics_dir = tempfile.mkdtemp(prefix="antifraud-metrics-")
                 os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+        if sink_store is not None:
+            sink = _start_sink(redis_url, sink_store, console)
         console.print(f"serving on http://{host}:{port} with {workers} worker(s); OpenAPI at /docs")
         if workers > 1:
             status = serve_workers(host, port, workers)
@@ -118,6 +127,8 @@ def run_service(
     finally:
         for signum in STOP_SIGNALS:
             signal.signal(signum, _hold)
+        if sink is not None:
+            _stop_sink(sink)
         if embedded is not None:
             embedded.stop()
         if metrics_dir:
@@ -126,6 +137,35 @@ def run_service(
             signal.signal(signum, handler)
     if status:
         raise SystemExit(status)
+
+
+def _start_sink(redis_url: str, store_url: str, console: Console) -> BaseProcess:
+    """The decision sink in a process of its own (it writes files or talks to PostgreSQL: kept off
+    the workers' CPU time and event loops), dying with this one if this one is killed."""
+    process = multiprocessing.get_context("spawn").Process(
+        target=_sink_main, args=(redis_url, store_url, os.environ.get("ANTIFRAUD_NAMESPACE", "af")),
+        name="antifraud-sink",
+    )
+    process.start()
+    console.print(f"decision sink: streams -> {escape(store_url)} (pid {process.pid})")
+    return process
+
+
+def _sink_main(redis_url: str, store_url: str, namespace: str) -> None:
+    from antifraud.engine.sink import run_sink
+
+    die_with_parent(signal.SIGTERM)
+    run_sink(redis_url, store_url, namespace=namespace)
+
+
+def _stop_sink(process: BaseProcess) -> None:
+    """SIGTERM: the sink finishes the batch in hand (while Redis is still up), then exits."""
+    if process.is_alive():
+        process.terminate()
+    process.join(timeout=30)
+    if process.is_alive():
+        process.kill()
+        process.join()
 
 
 def _embedded(data_dir: Path, console: Console) -> EmbeddedRedis:

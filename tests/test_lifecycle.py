@@ -336,3 +336,36 @@ def test_embedded_redis_started_from_a_thread_outlives_the_thread(tmp_path: Path
             assert client.ping()
     finally:
         server.stop()
+
+
+def test_serve_with_the_sink_drains_decisions_into_the_store_and_stops_it(
+    tmp_path: Path, services: list[Serve]
+) -> None:
+    from antifraud.engine.store import open_store
+
+    service = Serve(tmp_path, extra=["--sink"])
+    services.append(service)
+    service.wait_ready()
+    body = {
+        "transaction_id": "sunk-1",
+        "timestamp": "2026-03-01T12:00:00Z",
+        "card_id": "card_a",
+        "merchant_id": "m_1",
+        "amount": 12.5,
+        "currency": "EUR",
+    }
+    answered = httpx.post(f"http://127.0.0.1:{service.port}/v1/score", json=body, timeout=10)
+    assert answered.status_code == 200, answered.text
+    store = open_store(str(tmp_path / "var" / "decisions"))  # the default: DATA_DIR/decisions
+    try:
+        wait_until(lambda: store.decision("sunk-1") is not None, 30, "the sink to write the decision")
+        stored = store.decision("sunk-1")
+        assert stored is not None and stored["verdict"] == answered.json()["verdict"]
+    finally:
+        store.close()
+    tree = descendants(service.process.pid)  # the redis-server and the sink
+    assert len(tree) >= 2
+    service.process.send_signal(signal.SIGTERM)
+    assert service.process.wait(timeout=STOP_TIMEOUT) == 0, service.output()[-3000:]
+    wait_until(lambda: not any(alive(pid) for pid in tree), 10, f"{tree} to exit")
+    assert "decision sink" in service.output()
