@@ -303,6 +303,149 @@ def test_parquet_files_are_flat_for_analysts(
         store.close()
 
 
+def parquet_names(root: Path, kind: str = "decisions") -> dict[str, list[str]]:
+    """The data file names of each day directory of a Parquet store."""
+    return {
+        day.name: sorted(p.name for p in day.glob("*.parquet")) for day in sorted((root / kind).glob("day=*"))
+    }
+
+
+def everything(store: Store, logged: tuple[list[Logged], list[Logged]]) -> tuple[object, ...]:
+    """What the reads answer about every logged record."""
+    decisions, feedback = logged
+    ids = sorted({cast(Decision, d.record)["transaction_id"] for d in decisions})
+    return (
+        store.search(DecisionQuery(limit=1000)),
+        [store.decision(txid) for txid in ids],
+        [store.feedback_for(txid) for txid in ("tx-03", "tx-12")],
+        len(feedback),
+    )
+
+
+def test_the_idempotency_check_reads_only_files_written_since_the_entries(
+    tmp_path: Path, logged: tuple[list[Logged], list[Logged]]
+) -> None:
+    """A redelivered batch is skipped (its entries are older than every file that holds them); an
+    entry whose id time is after every file of its day, by more than the clock margin, is not checked
+    against them (the narrowed scope), and compaction keeps the first logged copy."""
+    decisions, feedback = logged
+    store = ParquetStore(tmp_path / "store", clock_margin_ms=1_000)
+    try:
+        for i in range(0, 30, 3):  # ten files over three days
+            assert store.write(decisions[i : i + 3], feedback[i : i + 3]) == Written(
+                3, len(feedback[i : i + 3])
+            )
+        assert store.write(decisions, feedback) == Written(0, 0)  # redelivered: every copy seen
+        later = f"{int(datetime.now().timestamp() * 1000) + 3_600_000}-0"  # an hour after every file
+        again = Logged(later, decisions[0].record)
+        assert store.write([again], []) == Written(1, 0)  # files older than the margin were not read
+        db = store.connect()
+        assert db.execute("select count(*) from decisions where transaction_id = 'tx-00'").fetchone() == (2,)
+        db.close()
+        assert store.compact() == 12 + 1  # the decisions' files (two batches span two days), the copy
+        assert store.decision("tx-00") == as_logged(decisions[0].record)
+        db = store.connect()
+        assert db.execute("select stream_id from decisions where transaction_id = 'tx-00'").fetchall() == [
+            (decisions[0].stream_id,)
+        ]
+        db.close()
+    finally:
+        store.close()
+
+
+def test_compaction_merges_each_day_into_one_sorted_file(
+    tmp_path: Path, logged: tuple[list[Logged], list[Logged]]
+) -> None:
+    """Many small files per day become one per day, sorted by payment time; every read answers the
+    same before and after; writes after it stay idempotent and visible, and the next compaction
+    merges the compacted file with them."""
+    decisions, feedback = logged
+    root = tmp_path / "store"
+    store = ParquetStore(root)
+    try:
+        for i in range(30):
+            store.write([decisions[i]], [f for f in feedback if f.record["transaction_id"] == f"tx-{i:02d}"])
+        before = everything(store, logged)
+        assert [len(names) for names in parquet_names(root).values()] == [10, 10, 10]
+        assert store.compact(datetime(2026, 3, 2).date()) == 10  # one day, decisions (no feedback that day)
+        assert [len(names) for names in parquet_names(root).values()] == [10, 1, 10]
+        assert store.compact() == 20  # every day before today: the other two days
+        received = datetime.fromisoformat(cast(FeedbackRecord, feedback[0].record)["received_at"]).date()
+        assert store.compact(received) == 2  # feedback, received today: only when asked by day
+        assert store.compact() == 0  # nothing left to merge
+        names = parquet_names(root)
+        assert all(len(files) == 1 and files[0].startswith("compact-") for files in names.values())
+        assert [len(files) for files in parquet_names(root, "feedback").values()] == [1]
+        assert everything(store, logged) == before
+        day = root / "decisions" / "day=2026-03-01" / names["day=2026-03-01"][0]
+        stamps = pq.read_table(day, columns=["timestamp"]).column("timestamp").to_pylist()
+        assert stamps == sorted(stamps) and len(stamps) == 10
+        assert store.write(decisions, feedback) == Written(0, 0)  # the compacted files are checked
+        late = cast(Decision, {**cast(Decision, decisions[1].record), "transaction_id": "tx-late"})
+        assert store.write([Logged(decisions[-1].stream_id + "1", late)], []) == Written(1, 0)
+        assert store.decision("tx-late") == as_logged(late)
+        assert store.compact() == 2  # the compacted file and the late one
+        assert [len(files) for files in parquet_names(root).values()] == [1, 1, 1]
+        assert store.decision("tx-late") == as_logged(late)
+        found = store.search(DecisionQuery(limit=1000))
+        assert [d for d in found if d["transaction_id"] != "tx-late"] == before[0] and len(found) == 31
+    finally:
+        store.close()
+
+
+def test_a_compaction_killed_between_its_two_steps_shows_no_record_twice(
+    tmp_path: Path, logged: tuple[list[Logged], list[Logged]]
+) -> None:
+    """A compaction killed (SIGKILL) after publishing the merged file and before deleting its inputs:
+    reads and the notebook view see each record once; the next write removes the inputs."""
+    decisions, feedback = logged
+    root = tmp_path / "store"
+    store = ParquetStore(root)
+    for i in range(0, 30, 2):
+        store.write(decisions[i : i + 2], [])
+    store.write([], feedback)
+    before = everything(store, logged)
+    store.close()
+    script = textwrap.dedent(
+        f"""
+        import time
+        from antifraud.engine.store.parquet import ParquetStore
+        publish = ParquetStore._publish
+
+        def stop_after_publishing(tmp):
+            final = publish(tmp)
+            print(final, flush=True)
+            time.sleep(600)  # killed here, before the inputs are deleted
+            return final
+
+        ParquetStore._publish = staticmethod(stop_after_publishing)
+        ParquetStore({str(root)!r}).compact()
+        """
+    )
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None
+        merged = Path(child.stdout.readline().strip())
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    assert merged.name.startswith("compact-") and merged.parent.name == "day=2026-03-01"
+    assert len(parquet_names(root)["day=2026-03-01"]) == 1 + 5  # the merged file and its inputs
+    store = ParquetStore(root)
+    try:
+        assert everything(store, logged) == before
+        with store.connect() as db:
+            assert db.execute(
+                "select count(*), count(distinct transaction_id) from decisions"
+            ).fetchone() == (30, 30)
+        assert store.write([], []) == Written(0, 0)  # a writer's first lock deletes the replaced inputs
+        assert parquet_names(root)["day=2026-03-01"] == [merged.name]
+        assert store.compact() == 10  # the two other days (feedback, received today, is one file)
+        assert everything(store, logged) == before
+    finally:
+        store.close()
+
+
 def test_two_writers_at_once_store_each_record_once(
     store: Store, logged: tuple[list[Logged], list[Logged]]
 ) -> None:

@@ -6,7 +6,12 @@ Layout (Hive partitions, so DuckDB, pandas, Spark and Polars all read it as it i
     <root>/feedback/day=YYYY-MM-DD/part-<time>-<id>.parquet    the day the event was received (UTC)
     <root>/store.lock                                           the writers' lock
 
-Each `write` adds at most one file per day and kind. A file is written under a hidden temporary name
+Each `write` adds at most one file per day and kind, named by its write time (ns); its idempotency
+check reads only the day's files written since its oldest stream entry, less a clock margin, so its
+cost does not grow with the day. `compact()` merges a day's files into
+`compact-<first>-<last>-<made>.parquet`, which replaces the files written from `first` to `last`:
+reads skip those from the moment it exists, so they never see a record twice (docs/decisions.md).
+A file is written under a hidden temporary name
 in its day's directory (`.part-....tmp`, which the `*.parquet` globs never match), fsynced, renamed
 into place and its directory fsynced: a crash leaves either the whole file or no visible file.
 
@@ -35,11 +40,11 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Literal, TypeAlias, cast
+from typing import Literal, NamedTuple, TypeAlias, cast
 
 import duckdb
 import orjson
@@ -72,6 +77,11 @@ RECORD = pa.field("record", pa.string())
 
 _ZSTD = "zstd"
 
+#: how far this host's clock may be behind Redis's (or Redis's entry ids ahead of its clock) without
+#: a redelivered record being stored twice: the idempotency check reads the files of the day written
+#: since the batch's oldest entry time minus this (docs/decisions.md, "Constant write cost")
+CLOCK_MARGIN_MS = 60_000
+
 
 def _json_or_none(value: object) -> str | None:
     return orjson.dumps(value).decode() if value else None
@@ -98,11 +108,65 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+class Span(NamedTuple):
+    """The write times (ns, this host's clock) a data file's name carries: a written file's `first`,
+    `last` and `made` are its write time; a compacted file's `first`..`last` are those of the files it
+    replaced and `made` when it was made."""
+
+    first: int
+    last: int
+    made: int
+
+
+def _span(name: str) -> Span | None:
+    """The span of `part-<ns>-<id>.parquet` or `compact-<first>-<last>-<made>.parquet`; None for
+    any other name (temporary files, files not ours)."""
+    fields = name.removesuffix(".parquet").split("-")
+    if not name.endswith(".parquet") or not all(f.isdigit() for f in fields[1 : len(fields) - 1]):
+        return None
+    if fields[0] == "part" and len(fields) == 3:
+        return Span(int(fields[1]), int(fields[1]), int(fields[1]))
+    if fields[0] == "compact" and len(fields) == 4 and fields[3].isdigit():
+        return Span(int(fields[1]), int(fields[2]), int(fields[3]))
+    return None
+
+
+def _replaced(name: str, span: Span, compacts: Sequence[tuple[str, Span]]) -> bool:
+    """Whether a compacted file replaces this one: one made later whose span holds its span. Until a
+    compaction has deleted its inputs (or after a crash between its two steps) they are still on
+    disk; every read skips them, so no record is read twice."""
+    return any(
+        other != name and c.first <= span.first and span.last <= c.last and c.made > span.made
+        for other, c in compacts
+    )
+
+
+def _day_files(directory: Path) -> tuple[list[tuple[Path, Span]], list[tuple[Path, Span]]]:
+    """A day directory's data files, as (live, replaced): the live ones are what reads see."""
+    try:
+        names = [(entry.name, span) for entry in os.scandir(directory) if (span := _span(entry.name))]
+    except FileNotFoundError:
+        return [], []  # no file yet, or removed by retention
+    compacts = [(name, span) for name, span in names if name.startswith("compact-")]
+    live: list[tuple[Path, Span]] = []
+    replaced: list[tuple[Path, Span]] = []
+    for name, span in names:
+        (replaced if compacts and _replaced(name, span, compacts) else live).append((directory / name, span))
+    return live, replaced
+
+
+def _stream_ms(stream_id: str) -> int | None:
+    """The time (ms, Redis's clock) a stream entry id starts with; None if it is not an entry id."""
+    head = stream_id.partition("-")[0]
+    return int(head) if head.isdigit() else None
+
+
 class ParquetStore:
     """Decisions and feedback as day-partitioned Parquet files under `root` (see the module's doc)."""
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, clock_margin_ms: int = CLOCK_MARGIN_MS) -> None:
         self.root = Path(root).expanduser().absolute()
+        self.clock_margin_ms = clock_margin_ms
         self.url = f"parquet://{self.root}"
         self._db = duckdb.connect(":memory:")
         self._thread_lock = threading.Lock()
@@ -115,11 +179,15 @@ class ParquetStore:
         base = self.root / kind
         return base if day is None else base / f"day={day.isoformat()}"
 
-    def _glob(self, kind: Kind) -> str:
-        return str(self._dir(kind) / "day=*" / "*.parquet")
-
-    def _has_files(self, kind: Kind) -> bool:
-        return next(self._dir(kind).glob("day=*/*.parquet"), None) is not None
+    def _files(self, kind: Kind) -> list[str]:
+        """The data files reads see: every day's files but those a compacted file replaces."""
+        base = self._dir(kind)
+        days = (
+            sorted(entry.path for entry in os.scandir(base) if entry.name.startswith("day="))
+            if base.is_dir()
+            else []
+        )
+        return [str(path) for day in days for path, _ in _day_files(Path(day))[0]]
 
     # --- writing -----------------------------------------------------------------------------------
 
@@ -141,10 +209,23 @@ class ParquetStore:
                 fcntl.flock(self._lock_file, fcntl.LOCK_UN)
 
     def _sweep(self) -> None:
-        """Remove the temporary files a crashed writer left (we hold the lock: no writer is active)."""
+        """Remove the temporary files a crashed writer left (we hold the lock: no writer is active),
+        and the inputs a compaction interrupted between its two steps left (reads already skip them)."""
         for kind in ("decisions", "feedback"):
             for tmp in self._dir(kind).glob("day=*/.part-*.tmp"):
                 tmp.unlink(missing_ok=True)
+            for directory in self._dir(kind).glob("day=*"):
+                self._finish_compaction(directory)
+
+    @staticmethod
+    def _finish_compaction(directory: Path) -> int:
+        """Delete the files of a day a compacted file replaces; the store lock is held."""
+        _, replaced = _day_files(directory)
+        for path, _ in replaced:
+            path.unlink(missing_ok=True)
+        if replaced:
+            _fsync_dir(directory)
+        return len(replaced)
 
     def write(self, decisions: Sequence[Logged], feedback: Sequence[Logged]) -> Written:
         """Add a batch; records already stored or repeated in the batch are skipped. Durable on return
@@ -169,23 +250,43 @@ class ParquetStore:
             by_day.setdefault(day, {}).setdefault(ident, (item.stream_id, blob))
         added = 0
         for day, rows in sorted(by_day.items()):
-            for ident in self._existing(kind, day, key, list(rows)):
+            live, _ = _day_files(self._dir(kind, day))
+            for ident in self._existing(live, key, list(rows), self._since_ns(rows.values())):
                 del rows[ident]
             if rows:
-                self._write_file(kind, day, list(rows.values()))
+                # after every compacted file's span, even if this host's clock went back: a compacted
+                # file must never be taken to replace a file written after it
+                floor = max(
+                    (span.last + 1 for path, span in live if path.name.startswith("compact-")), default=0
+                )
+                self._write_file(kind, day, list(rows.values()), floor)
                 added += len(rows)
         return added
 
-    def _existing(self, kind: Kind, day: date, key: str, idents: list[str]) -> list[str]:
-        """Which of `idents` the day's files already hold."""
-        directory = self._dir(kind, day)
-        if not next(directory.glob("*.parquet"), None):
+    def _since_ns(self, rows: Iterable[tuple[str, bytes]]) -> int:
+        """The write time (ns) before which no file of the day can hold a copy of these rows: a copy
+        is only ever a redelivery of the same stream entry (Redis logs a transaction once, SET NX,
+        and a feedback event's key is its entry), and any write of an entry happened after Redis
+        added it, at the time its id starts with; less the clock margin. 0 (every file) when an id
+        is not a stream entry id."""
+        times = [_stream_ms(stream_id) for stream_id, _ in rows]
+        if not times or None in times:
+            return 0
+        return max(0, (min(cast(list[int], times)) - self.clock_margin_ms) * 1_000_000)
+
+    def _existing(
+        self, live: list[tuple[Path, Span]], key: str, idents: list[str], since_ns: int
+    ) -> list[str]:
+        """Which of `idents` the day's files written at or after `since_ns` already hold: the cost of a
+        write does not grow with the files of its day, only with those of the last clock margin."""
+        files = [str(path) for path, span in live if span.last >= since_ns]
+        if not files:
             return []
         sql = (
             f"select distinct {key} from read_parquet(?, union_by_name=true) "  # key: a fixed name
             f"where {key} in (select unnest(?::varchar[]))"
         )
-        return [row[0] for row in self._fetch(sql, [str(directory / "*.parquet"), idents])]
+        return [row[0] for row in self._fetch(sql, [files, idents])]
 
     def _fetch(self, sql: str, params: list[object]) -> list[tuple[str, ...]]:
         """The rows of a query, on a cursor of its own: a DuckDB connection is shared by threads only
@@ -206,18 +307,19 @@ class ParquetStore:
         table = pa.Table.from_batches([batch])
         return table.append_column(STREAM_ID, stream_ids).append_column(RECORD, logged)
 
-    def _write_file(self, kind: Kind, day: date, rows: list[tuple[str, bytes]]) -> Path:
+    def _write_file(self, kind: Kind, day: date, rows: list[tuple[str, bytes]], floor_ns: int = 0) -> Path:
         directory = self._dir(kind, day)
-        tmp = self._write_temp(directory, self._table(kind, rows))
+        tmp = self._write_temp(directory, self._table(kind, rows), floor_ns)
         return self._publish(tmp)
 
-    def _write_temp(self, directory: Path, table: pa.Table) -> Path:
-        """The table in a hidden, fsynced temporary file of `directory`, which no read sees."""
+    def _write_temp(self, directory: Path, table: pa.Table, floor_ns: int = 0) -> Path:
+        """The table in a hidden, fsynced temporary file of `directory`, which no read sees; named
+        `part-<write time, ns, at least floor_ns>-<id>.parquet` once published."""
         if not directory.is_dir():
             directory.mkdir(parents=True, exist_ok=True)
             _fsync_dir(directory.parent)  # the new day's directory entry survives a crash
             _fsync_dir(directory.parent.parent)
-        name = f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:12]}.parquet"
+        name = f"part-{max(time.time_ns(), floor_ns):020d}-{uuid.uuid4().hex[:12]}.parquet"
         tmp = directory / f".{name}.tmp"
         with open(tmp, "wb") as out:
             pq.write_table(table, out, compression=_ZSTD)
@@ -237,16 +339,20 @@ class ParquetStore:
 
     def _query(self, kind: Kind, where: str, params: list[object], tail: str = "") -> list[str]:
         """The `record` column of the rows of `kind` matching `where`."""
-        if not self._has_files(kind):
-            return []
         sql = (
             "select record from read_parquet(?, hive_partitioning=true, union_by_name=true) "
             f"where {where} {tail}"
         )
-        return self._retry(lambda: [row[0] for row in self._fetch(sql, [self._glob(kind), *params])])
+
+        def read() -> list[str]:
+            files = self._files(kind)  # listed again on a retry
+            return [row[0] for row in self._fetch(sql, [files, *params])] if files else []
+
+        return self._retry(read)
 
     def _retry(self, read: Callable[[], list[str]]) -> list[str]:
-        # retention may delete a day's files between DuckDB's listing and its reading: read again
+        # retention or a compaction may delete files between their listing and DuckDB's reading them:
+        # list and read again
         try:
             return read()
         except duckdb.IOException:
@@ -277,13 +383,16 @@ class ParquetStore:
 
     def connect(self) -> duckdb.DuckDBPyConnection:
         """A new DuckDB connection with the views `decisions` and `feedback` over the store's files
-        (a kind with no file yet has no view), for notebooks and ad hoc queries."""
+        (a kind with no file yet has no view), for notebooks and ad hoc queries. The views are over
+        the files of the moment of the call, without the inputs of a compaction (which a plain glob
+        would see twice for an instant, or until the next compaction after a crash): connect again
+        to see later writes, and after a compaction."""
         db = duckdb.connect(":memory:")
         for kind in ("decisions", "feedback"):
-            if self._has_files(kind):
-                glob = self._glob(kind).replace("'", "''")
+            if files := self._files(kind):
+                listed = ", ".join("'" + name.replace("'", "''") + "'" for name in files)
                 db.execute(
-                    f"create view {kind} as select * from read_parquet('{glob}', "
+                    f"create view {kind} as select * from read_parquet([{listed}], "
                     "hive_partitioning=true, union_by_name=true)"
                 )
         return db
@@ -315,6 +424,106 @@ class ParquetStore:
                 if base.is_dir():
                     _fsync_dir(base)
         return deleted
+
+    # --- compaction --------------------------------------------------------------------------------
+
+    #: how much memory DuckDB may use to sort a day being compacted before it spills to disk
+    compact_memory_limit = "512MB"
+
+    def compact(self, day: date | None = None) -> int:
+        """Merge the files of `day`, or of every day before today (UTC), into one file per day and
+        kind: decisions sorted by payment time then transaction id, one per transaction id; feedback
+        by received time then stream entry, one per entry. Returns how many files were merged away.
+
+        Crash-safe in two steps: the merged file, `compact-<first>-<last>-<made>.parquet`, is written
+        and published atomically (fsynced) first, then its inputs are deleted. Its name says which
+        files it replaces (those of its day written from `first` to `last`), so reads skip them from
+        the moment it is published and no record is read twice, even after a crash between the steps
+        (the next compaction, or a writer's first write, deletes them). The merge runs without the
+        store lock, so the sink keeps writing (its new files are not inputs); the lock is taken to
+        publish and delete. Compactions of one store take turns on `compact.lock`.
+        """
+        import tempfile  # only here and in iterations: the rest of the store never sorts much
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        lock = os.open(self.root / "compact.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            merged = 0
+            with tempfile.TemporaryDirectory(prefix="antifraud-store-compact-") as spill:
+                db = duckdb.connect(
+                    ":memory:", config={"memory_limit": self.compact_memory_limit, "temp_directory": spill}
+                )
+                try:
+                    for kind in ("decisions", "feedback"):
+                        for directory in self._compactable(kind, day):
+                            for tmp in directory.glob(".compact-*.tmp"):  # a crashed compaction's
+                                tmp.unlink(missing_ok=True)
+                            merged += self._compact_day(db, kind, directory)
+                finally:
+                    db.close()
+            return merged
+        finally:
+            os.close(lock)  # releases the flock
+
+    def _compactable(self, kind: Kind, day: date | None) -> list[Path]:
+        """The day directories `compact(day)` merges: that day's, or those of the days before today."""
+        if day is not None:
+            return [self._dir(kind, day)]
+        today = datetime.now(UTC).date()
+        days: list[Path] = []
+        for directory in sorted(self._dir(kind).glob("day=*")):
+            try:
+                if date.fromisoformat(directory.name.removeprefix("day=")) < today:
+                    days.append(directory)
+            except ValueError:
+                continue  # not one of ours
+        return days
+
+    def _compact_day(self, db: duckdb.DuckDBPyConnection, kind: Kind, directory: Path) -> int:
+        """Merge one day directory's files (see `compact`); how many files were merged away."""
+        with self._locked():
+            self._finish_compaction(directory)
+            inputs, _ = _day_files(directory)
+        if len(inputs) < 2:
+            return 0
+        first, last = min(span.first for _, span in inputs), max(span.last for _, span in inputs)
+        # `made` after every input: it replaces them, and a compaction of it later replaces it
+        made = max(time.time_ns(), last + 1)
+        tmp = directory / f".compact-{first:020d}-{last:020d}-{made:020d}.parquet.tmp"
+        entry = (
+            "try_cast(split_part(stream_id, '-', 1) as ubigint), "
+            "try_cast(split_part(stream_id, '-', 2) as ubigint), stream_id"
+        )
+        # the first logged copy of a record wins, as in `write`: a copy is only there if clocks
+        # differed by more than the margin, or an id was logged again once Redis forgot it
+        key, order = (
+            ("transaction_id", "timestamp, transaction_id")
+            if kind == "decisions"
+            else ("stream_id", f"received_at, {entry}")
+        )
+        listed = ", ".join(_quote(str(path)) for path, _ in inputs)
+        db.execute(
+            f"copy (select * from read_parquet([{listed}], union_by_name=true, hive_partitioning=false) "
+            f"qualify row_number() over (partition by {key} order by {entry}) = 1 order by {order}) "
+            f"to {_quote(str(tmp))} (format parquet, compression {_ZSTD})"
+        )
+        with open(tmp, "rb") as merged:
+            os.fsync(merged.fileno())
+        with self._locked():
+            now = {path.name for path, _ in _day_files(directory)[0]}
+            names = {path.name for path, _ in inputs}
+            # an input gone (retention), or a file written meanwhile inside the span (this host's
+            # clock went back): the merged file would hide or repeat records; leave the day as it is
+            late = [name for name in now - names if (span := _span(name)) and first <= span.first <= last]
+            if not names <= now or late:
+                tmp.unlink(missing_ok=True)
+                return 0
+            self._publish(tmp)
+            for path, _ in inputs:
+                path.unlink()
+            _fsync_dir(directory)
+        return len(inputs)
 
     def close(self) -> None:
         """Close DuckDB and the lock file."""
@@ -463,3 +672,8 @@ def _conditions(query: DecisionQuery) -> tuple[str, list[object]]:
 def _aware(moment: datetime) -> datetime:
     """A time in UTC (a naive time is taken as UTC)."""
     return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).astimezone(UTC)
+
+
+def _quote(text: str) -> str:
+    """A SQL string literal."""
+    return "'" + text.replace("'", "''") + "'"
