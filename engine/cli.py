@@ -24,6 +24,8 @@ rules_app = typer.Typer(help="Check rule sets.", no_args_is_help=True)
 keys_app = typer.Typer(help="Manage API keys.", no_args_is_help=True)
 app.add_typer(rules_app, name="rules")
 app.add_typer(keys_app, name="keys")
+store_app = typer.Typer(help="Maintain the durable decision store.", no_args_is_help=True)
+app.add_typer(store_app, name="store")
 console = Console(stderr=True)
 T = TypeVar("T")
 
@@ -588,6 +590,30 @@ def sink(
         )
     except redis.ConnectionError as exc:  # at start; later failures are retried by the sink
         raise _fail(f"cannot reach Redis at {redis_url}: {exc}") from exc
+
+
+@store_app.command("compact")
+def store_compact(
+    store: Annotated[
+        str, typer.Option("--store", envvar="ANTIFRAUD_STORE", help="Default: DATA_DIR/decisions")
+    ] = "",
+    data_dir: Annotated[Path, typer.Option("--data-dir", envvar="ANTIFRAUD_DATA_DIR")] = Path("var"),
+    day: Annotated[
+        datetime | None, typer.Option(formats=["%Y-%m-%d"], help="A UTC day; default: days before today")
+    ] = None,
+) -> None:
+    """Merge each day's Parquet files into one (run once a day, e.g. from cron after midnight UTC)."""
+    from antifraud.engine.store import open_store
+    from antifraud.engine.store.parquet import ParquetStore
+
+    opened = open_store(store or str(data_dir.absolute() / "decisions"))
+    try:
+        if not isinstance(opened, ParquetStore):
+            raise _fail("only the Parquet store has files to compact (PostgreSQL needs no compaction)")
+        merged = opened.compact(day.date() if day else None)
+    finally:
+        opened.close()
+    console.print(f"{merged} files merged")
 
 
 if __name__ == "__main__":
