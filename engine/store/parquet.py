@@ -427,8 +427,10 @@ class ParquetStore:
 
     # --- compaction --------------------------------------------------------------------------------
 
-    #: how much memory DuckDB may use to sort a day being compacted before it spills to disk
+    #: how much memory DuckDB may use while compacting
     compact_memory_limit = "512MB"
+    #: the files a compaction sorts together, at most this many bytes on disk (one sorted run each)
+    compact_group_bytes = 32 * 1024 * 1024
 
     def compact(self, day: date | None = None) -> int:
         """Merge the files of `day`, or of every day before today (UTC), into one file per day and
@@ -503,13 +505,43 @@ class ParquetStore:
             else ("stream_id", f"received_at, {entry}")
         )
         listed = ", ".join(_quote(str(path)) for path, _ in inputs)
+
+        def source(files: str) -> str:
+            return (
+                f"read_parquet([{files}], union_by_name=true, hive_partitioning=false, filename=true, "
+                "file_row_number=true)"
+            )
+
+        rows = source(listed)
+        # the copies (rare), found on the keys alone: a window over whole rows holds the day in memory
+        db.execute("create or replace temp table copies (filename varchar, file_row_number bigint)")
         db.execute(
-            f"copy (select * from read_parquet([{listed}], union_by_name=true, hive_partitioning=false) "
-            f"qualify row_number() over (partition by {key} order by {entry}) = 1 order by {order}) "
-            f"to {_quote(str(tmp))} (format parquet, compression {_ZSTD})"
+            f"insert into copies select filename, file_row_number from (select filename, file_row_number, "
+            f"row_number() over (partition by {key} order by {entry}, filename, file_row_number) as n "
+            f"from {rows} where {key} in (select {key} from {rows} group by {key} having count(*) > 1)) "
+            "where n > 1"
         )
-        with open(tmp, "rb") as merged:
-            os.fsync(merged.fileno())
+        keep = (
+            "select * exclude (filename, file_row_number) from {} as r where not exists (select 1 from "
+            "copies as c where c.filename = r.filename and c.file_row_number = r.file_row_number) "
+        )
+        schema = db.sql(keep.format(rows) + "limit 0").to_arrow_table().schema
+        # sorted a group of files at a time, each group one or more row groups, groups in write order:
+        # DuckDB 2.0's sort of these wide rows ran out of memory on 100,000 decisions instead of
+        # spilling, so a whole day is never sorted at once (see docs/decisions.md)
+        with open(tmp, "wb") as out:
+            with pq.ParquetWriter(out, schema, compression=_ZSTD) as writer:
+                for group in _groups(inputs, self.compact_group_bytes):
+                    part = ", ".join(_quote(str(path)) for path in group)
+                    table = db.sql(keep.format(source(part)) + f"order by {order}").to_arrow_table()
+                    for name in schema.names:  # a column the group's files lack: nulls
+                        if name not in table.column_names:
+                            table = table.append_column(
+                                schema.field(name), pa.nulls(len(table), schema.field(name).type)
+                            )
+                    writer.write_table(table.select(schema.names).cast(schema))
+            out.flush()
+            os.fsync(out.fileno())
         with self._locked():
             now = {path.name for path, _ in _day_files(directory)[0]}
             names = {path.name for path, _ in inputs}
@@ -677,3 +709,18 @@ def _aware(moment: datetime) -> datetime:
 def _quote(text: str) -> str:
     """A SQL string literal."""
     return "'" + text.replace("'", "''") + "'"
+
+
+def _groups(files: Sequence[tuple[Path, Span]], limit: int) -> Iterator[list[Path]]:
+    """The files in write order, in consecutive groups of at most `limit` bytes (at least one file)."""
+    group: list[Path] = []
+    size = 0
+    for path, _ in sorted(files, key=lambda item: (item[1].last, item[1].first, item[0].name)):
+        length = path.stat().st_size
+        if group and size + length > limit:
+            yield group
+            group, size = [], 0
+        group.append(path)
+        size += length
+    if group:
+        yield group
