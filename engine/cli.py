@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, TypeVar
@@ -31,6 +31,23 @@ T = TypeVar("T")
 
 HistoryOpt = Annotated[Path, typer.Option("--history", help="History file: .csv, .csv.gz or .parquet")]
 ColumnsOpt = Annotated[Path | None, typer.Option("--columns", help="YAML map: canonical name -> your column")]
+StoreOpt = Annotated[
+    str,
+    typer.Option(
+        "--store",
+        envvar="ANTIFRAUD_STORE",
+        help="The decision store: a directory (Parquet) or a postgresql:// URL; default: DATA_DIR/decisions",
+    ),
+]
+DataDirOpt = Annotated[
+    Path,
+    typer.Option("--data-dir", envvar="ANTIFRAUD_DATA_DIR", help="The service's data directory (./var)"),
+]
+
+
+def _store_url(store: str, data_dir: Path) -> str:
+    """The store to use: the one given, else the Parquet store under the data directory (as `serve`)."""
+    return store or str(data_dir.absolute() / "decisions")
 
 
 def _label_delay(text: str) -> timedelta:
@@ -464,7 +481,7 @@ def serve(
     """Run the scoring service (FastAPI on uvicorn) until SIGTERM or SIGINT (exit status 0)."""
     from antifraud.engine.service import run_service
 
-    store = os.environ.get("ANTIFRAUD_STORE") or str((data_dir / "decisions").absolute())
+    store = _store_url(os.environ.get("ANTIFRAUD_STORE", ""), data_dir)
     run_service(
         host=host,
         port=port,
@@ -495,15 +512,8 @@ def demo(
 @app.command("export-decisions")
 def export_decisions(
     out: Annotated[Path, typer.Option(help="Output directory for Parquet files")],
-    store: Annotated[
-        str,
-        typer.Option(
-            "--store",
-            envvar="ANTIFRAUD_STORE",
-            help="The decision store: a directory or postgresql:// URL; default: DATA_DIR/decisions",
-        ),
-    ] = "",
-    data_dir: Annotated[Path, typer.Option("--data-dir", envvar="ANTIFRAUD_DATA_DIR")] = Path("var"),
+    store: StoreOpt = "",
+    data_dir: DataDirOpt = Path("var"),
     start: Annotated[
         datetime | None, typer.Option(formats=["%Y-%m-%d"], help="First payment day (UTC)")
     ] = None,
@@ -516,7 +526,7 @@ def export_decisions(
     from antifraud.engine.export import ExportError, export
 
     try:
-        export(store or str(data_dir.absolute() / "decisions"), out, start, end, console=console)
+        export(_store_url(store, data_dir), out, start, end, console=console)
     except ExportError as exc:
         raise _fail(str(exc)) from exc
 
@@ -527,15 +537,8 @@ def sink(
         str,
         typer.Option("--redis", envvar="ANTIFRAUD_REDIS_URL", help="Default: the embedded one of --data-dir"),
     ] = "",
-    store: Annotated[
-        str,
-        typer.Option(
-            "--store",
-            envvar="ANTIFRAUD_STORE",
-            help="A directory or postgresql:// URL; default: DATA_DIR/decisions",
-        ),
-    ] = "",
-    data_dir: Annotated[Path, typer.Option("--data-dir", envvar="ANTIFRAUD_DATA_DIR")] = Path("var"),
+    store: StoreOpt = "",
+    data_dir: DataDirOpt = Path("var"),
     batch: Annotated[int, typer.Option(envvar="ANTIFRAUD_SINK_BATCH", help="Entries per write")] = 1000,
     block_ms: Annotated[
         int, typer.Option("--block-ms", envvar="ANTIFRAUD_SINK_BLOCK_MS", help="Wait for new entries (ms)")
@@ -579,7 +582,7 @@ def sink(
     try:
         run_sink(
             redis_url,
-            store or str(data_dir.absolute() / "decisions"),
+            _store_url(store, data_dir),
             namespace=namespace,
             batch=batch,
             block_ms=block_ms,
@@ -594,10 +597,8 @@ def sink(
 
 @store_app.command("compact")
 def store_compact(
-    store: Annotated[
-        str, typer.Option("--store", envvar="ANTIFRAUD_STORE", help="Default: DATA_DIR/decisions")
-    ] = "",
-    data_dir: Annotated[Path, typer.Option("--data-dir", envvar="ANTIFRAUD_DATA_DIR")] = Path("var"),
+    store: StoreOpt = "",
+    data_dir: DataDirOpt = Path("var"),
     day: Annotated[
         datetime | None, typer.Option(formats=["%Y-%m-%d"], help="A UTC day; default: days before today")
     ] = None,
@@ -606,7 +607,7 @@ def store_compact(
     from antifraud.engine.store import open_store
     from antifraud.engine.store.parquet import ParquetStore
 
-    opened = open_store(store or str(data_dir.absolute() / "decisions"))
+    opened = open_store(_store_url(store, data_dir))
     try:
         if not isinstance(opened, ParquetStore):
             raise _fail("only the Parquet store has files to compact (PostgreSQL needs no compaction)")
@@ -614,6 +615,29 @@ def store_compact(
     finally:
         opened.close()
     console.print(f"{merged} files merged")
+
+
+@store_app.command("retention")
+def store_retention(
+    store: StoreOpt = "",
+    data_dir: DataDirOpt = Path("var"),
+    days: Annotated[
+        int,
+        typer.Option(
+            envvar="ANTIFRAUD_RETENTION_DAYS", min=1, help="Keep this many days of payments (and feedback)"
+        ),
+    ] = 730,
+) -> None:
+    """Delete the decisions of payments older than --days, and the feedback received before then,
+    in whole UTC days (run once a day, e.g. from cron)."""
+    from antifraud.engine.store import open_store
+
+    opened = open_store(_store_url(store, data_dir))
+    try:
+        deleted = opened.apply_retention(datetime.now(UTC) - timedelta(days=days))
+    finally:
+        opened.close()
+    console.print(f"{deleted:,} records older than {days} days deleted")
 
 
 if __name__ == "__main__":

@@ -497,3 +497,30 @@ def test_postgres_reconnects_after_the_server_drops_the_connection(
         store.close()
         with psycopg.connect(PG_URL, autocommit=True) as admin:
             admin.execute(f"drop schema if exists {schema} cascade")
+
+
+def test_the_retention_command_keeps_the_days_asked_for(
+    tmp_path: Path, logged: tuple[list[Logged], list[Logged]]
+) -> None:
+    """`antifraud store retention --days N` against the Parquet store: payments older than N days go."""
+    from typer.testing import CliRunner
+
+    from antifraud.engine.cli import app
+
+    decisions, _ = logged
+    root = tmp_path / "store"
+    written = open_store(str(root))
+    written.write(decisions, [])
+    written.close()
+    # the sample payments are days old (T0): a retention far longer keeps them, one day drops them
+    age_days = (datetime.now(T0.tzinfo) - T0).days
+    kept = CliRunner().invoke(app, ["store", "retention", "--store", str(root), "--days", str(age_days + 30)])
+    assert kept.exit_code == 0, kept.output
+    dropped = CliRunner().invoke(app, ["store", "retention", "--store", str(root), "--days", "1"])
+    assert dropped.exit_code == 0, dropped.output
+    reopened = open_store(str(root))
+    try:
+        assert reopened.search(DecisionQuery(limit=1000)) == []
+    finally:
+        reopened.close()
+    assert CliRunner().invoke(app, ["store", "retention", "--store", str(root), "--days", "0"]).exit_code != 0
