@@ -24,3 +24,30 @@ def score_request(txid: str = "tx-1", minute: float = 0, **overrides: Any) -> di
     }
     body.update(overrides)
     return {k: v for k, v in body.items() if v is not None}
+
+
+def logged_decision(
+    txid: str, i: int, features: dict[str, float | None] | None = None, **overrides: Any
+) -> dict[str, Any]:
+    """A decision as the pipeline logs it, at T0 + `i` seconds, for tests that write the log directly
+    (the sink's, the store's and the export's); an override replaces a key."""
+    decision: dict[str, Any] = {
+        "transaction_id": txid,
+        "verdict": ("allow", "review", "block")[i % 3],
+        "score": (i % 100) / 100,
+        "risk_score": i % 100,
+        "reasons": {"rules": [], "shadow_rules": [], "skipped_rules": [], "model": []},
+        "model_version": "m-1",
+        "rules_version": "r-1",
+        "degraded": [],
+        "timestamp": (T0 + timedelta(seconds=i)).isoformat(),
+        "decided_at": (T0 + timedelta(seconds=i, milliseconds=3)).isoformat(),
+        "payment": {"card_id": f"card_{i % 7}", "merchant_id": "m_1"},
+        "amount": float(i),
+        "currency": "EUR",
+        "features": features if features is not None else {"amount": float(i), "card_count_24h": i % 5},
+        "timings": {"total_ms": 1.5},
+        "test": False,
+    }
+    decision.update(overrides)
+    return decision

@@ -24,6 +24,7 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 from payloads import T0, score_request
+from payloads import logged_decision as logged
 from typer.testing import CliRunner
 
 from antifraud.engine import cli
@@ -117,29 +118,6 @@ def feedback(txid: str, kind: str, minute: int, **fields: Any) -> dict[str, Any]
     """A feedback request body."""
     reported = (T0 + timedelta(minutes=minute)).isoformat()
     return {"transaction_id": txid, "kind": kind, "reported_at": reported, **fields}
-
-
-def logged(txid: str, i: int, features: dict[str, Any] | None = None, **overrides: Any) -> dict[str, Any]:
-    """A decision as the pipeline logs it (for tests that write the log directly)."""
-    decision: dict[str, Any] = {
-        "transaction_id": txid,
-        "verdict": ("allow", "review", "block")[i % 3],
-        "score": (i % 100) / 100,
-        "risk_score": i % 100,
-        "reasons": {"rules": [], "shadow_rules": [], "skipped_rules": [], "model": []},
-        "model_version": "m-1",
-        "rules_version": "r-1",
-        "degraded": [],
-        "timestamp": (T0 + timedelta(seconds=i)).isoformat(),
-        "decided_at": (T0 + timedelta(seconds=i, milliseconds=3)).isoformat(),
-        "payment": {"card_id": f"card_{i % 7}", "merchant_id": "m_1"},
-        "amount": float(i),
-        "currency": "EUR",
-        "features": features if features is not None else {"amount": float(i), "card_count_24h": i % 5},
-        "timings": {"total_ms": 1.5},
-    }
-    decision.update(overrides)
-    return decision
 
 
 def event(txid: str, kind: str, minute: int, **fields: Any) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from typing import cast
 import pyarrow.parquet as pq
 import pytest
 import redis
-from payloads import T0
+from payloads import T0, logged_decision
 
 from antifraud.engine.decision_record import Decision, FeedbackRecord
 from antifraud.engine.decisions import DecisionStore
@@ -42,26 +42,16 @@ def decision(i: int, day: int = 0) -> Decision:
     moment = T0 + timedelta(days=day, seconds=i)
     return cast(
         Decision,
-        {
-            "transaction_id": f"tx-{i}",
-            "verdict": ("allow", "review", "block", "challenge")[i % 4],
-            "score": (i % 100) / 100,
-            "risk_score": i % 100,
-            "reasons": {"rules": [], "shadow_rules": [], "skipped_rules": [], "model": []},
-            "model_version": "m-1",
-            "rules_version": "r-1",
-            "degraded": [],
-            "timestamp": moment.isoformat(),
-            "decided_at": (moment + timedelta(milliseconds=3)).isoformat(),
-            "payment": {"card_id": f"card_{i % 50}", "merchant_id": f"m_{i % 7}", "channel": "ecom"},
-            "amount": float(i % 500) + 0.5,
-            "currency": "EUR",
-            "features": {
-                name: (None if (i + k) % 11 == 0 else float(i + k)) for k, name in enumerate(FEATURES)
-            },
-            "timings": {"total_ms": 1.5},
-            "test": False,
-        },
+        logged_decision(
+            f"tx-{i}",
+            i,
+            {name: (None if (i + k) % 11 == 0 else float(i + k)) for k, name in enumerate(FEATURES)},
+            verdict=("allow", "review", "block", "challenge")[i % 4],
+            timestamp=moment.isoformat(),
+            decided_at=(moment + timedelta(milliseconds=3)).isoformat(),
+            payment={"card_id": f"card_{i % 50}", "merchant_id": f"m_{i % 7}", "channel": "ecom"},
+            amount=float(i % 500) + 0.5,
+        ),
     )
 
 
