@@ -68,6 +68,8 @@ class Reasons(TypedDict):
     #: present when a challenge became this verdict because the payment was already authenticated
     authenticated_fallback: NotRequired[Literal["allow", "review"]]
     fail_policy: NotRequired[Verdict]
+    #: only in a decision read back (GET /v1/decisions/{id}): why its contributions are missing
+    model_note: NotRequired[str]
 
 
 class ShadowScore(TypedDict):

@@ -64,15 +64,10 @@ async def get_metrics(request: Request) -> Metrics:
     return metrics
 
 
-def caller_of(request: Request) -> ApiKey | None:
-    """The key the auth middleware matched for this request; None when authentication is off."""
+async def get_caller(request: Request) -> ApiKey | None:
+    """Dependency: the key the auth middleware matched (None when authentication is off)."""
     key: ApiKey | None = request.scope.get(SCOPE_KEY)
     return key
-
-
-async def get_caller(request: Request) -> ApiKey | None:
-    """Dependency: the calling key (None when authentication is off)."""
-    return caller_of(request)
 
 
 def merchant_denied(request: Request, merchant_id: str) -> JSONResponse | None:

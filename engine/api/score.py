@@ -25,7 +25,7 @@ from antifraud.engine.schema import Transaction
 
 
 async def score(request: Request) -> Response:
-    """Score a payment before it is sent to the bank: allow, review or block."""
+    """Score a payment before it is sent to the bank: allow, challenge, review or block."""
     # The payment's hot path reads the body itself: one validating parse of the raw bytes and
     # one dumps of the answer cost a fraction of FastAPI's generic body and response handling.
     try:
