@@ -51,3 +51,19 @@ def logged_decision(
     }
     decision.update(overrides)
     return decision
+
+
+def logged_contributions(txid: str, i: int, model_version: str = "m-1", **overrides: Any) -> dict[str, Any]:
+    """The model contributions of `logged_decision(txid, i)` (a `ContributionsRecord`), as the pipeline
+    logs them after the answer: the payment's time, the model that decided; an override replaces a key."""
+    record: dict[str, Any] = {
+        "transaction_id": txid,
+        "timestamp": (T0 + timedelta(seconds=i)).isoformat(),
+        "model_version": model_version,
+        "contributions": [
+            {"feature": "amount", "value": float(i), "contribution": 0.5 + i / 1000},
+            {"feature": "card_count_24h", "value": None, "contribution": -0.25},
+        ],
+    }
+    record.update(overrides)
+    return record

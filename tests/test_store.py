@@ -15,9 +15,10 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 import uuid
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, cast
 
@@ -27,11 +28,11 @@ import pyarrow.parquet as pq
 import pytest
 import redis
 from fastapi.testclient import TestClient
-from payloads import T0, score_request
+from payloads import T0, logged_contributions, logged_decision, score_request
 from test_export import tiny_model
 
 from antifraud.engine.api import create_app
-from antifraud.engine.decision_record import Decision, FeedbackRecord
+from antifraud.engine.decision_record import ContributionsRecord, Decision, FeedbackRecord
 from antifraud.engine.settings import ROOT, Settings
 from antifraud.engine.store import DecisionQuery, Logged, Store, Written, open_store
 from antifraud.engine.store.parquet import ParquetStore
@@ -89,7 +90,10 @@ def logged(model_dir: Path, redis_server: Any) -> tuple[list[Logged], list[Logge
 
     def entries(stream: str, field: bytes) -> list[Logged]:
         rows = cast(list[tuple[bytes, dict[bytes, bytes]]], client.xrange(stream))
-        return [Logged(entry.decode(), orjson.loads(fields[field])) for entry, fields in rows]
+        # the decisions' stream also holds contributions (field "c"), which the tests below build
+        return [
+            Logged(entry.decode(), orjson.loads(fields[field])) for entry, fields in rows if field in fields
+        ]
 
     decisions, feedback = entries("af:decisions", b"d"), entries("af:feedback", b"e")
     client.close()
@@ -119,7 +123,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
             conn.execute(f"drop schema if exists {schema} cascade")
 
 
-def as_logged(record: Decision | FeedbackRecord) -> Any:
+def as_logged(record: Decision | FeedbackRecord | ContributionsRecord) -> Any:
     """A record as the JSON log holds it (NaN features are null)."""
     return orjson.loads(orjson.dumps(record))
 
@@ -213,7 +217,10 @@ def test_retention_deletes_whole_days(store: Store, logged: tuple[list[Logged], 
 
     def received_before(moment: datetime) -> int:
         day = moment.date()
-        return sum(datetime.fromisoformat(f.record["received_at"]).date() < day for f in feedback)
+        return sum(
+            datetime.fromisoformat(cast(FeedbackRecord, f.record)["received_at"]).date() < day
+            for f in feedback
+        )
 
     # the middle of day 1: day 0's ten decisions go, day 1's stay whole (day granularity)
     cutoff = T0 + timedelta(minutes=DAY + 120)
@@ -524,3 +531,202 @@ def test_the_retention_command_keeps_the_days_asked_for(
     finally:
         reopened.close()
     assert CliRunner().invoke(app, ["store", "retention", "--store", str(root), "--days", "0"]).exit_code != 0
+
+
+# --- contributions: a flagged decision's model contributions, logged after it ------------------------
+
+#: stream entry ids of now: the Parquet store's idempotency check reads the files written since
+BASE_MS = int(time.time() * 1000)
+DAY_S = 86_400  # seconds
+
+
+def entry(n: int, ahead_ms: int = 0) -> str:
+    """A stream entry id as Redis names one, `ahead_ms` after the tests started."""
+    return f"{BASE_MS + ahead_ms}-{n}"
+
+
+def flagged() -> tuple[list[Logged], list[Logged]]:
+    """Six decisions over two days (tx-c0..2 on 2026-03-01, tx-c3..5 on 2026-03-02) and the
+    contributions of four: tx-c0's and tx-c3's are merged; tx-c1's were computed by another model
+    version; tx-c2's decision already has contributions of its own; tx-c4 and tx-c5 have none."""
+    own = [{"feature": "amount", "value": 1.0, "contribution": 0.1}]
+    seconds = (0, 10, 20, DAY_S, DAY_S + 10, DAY_S + 20)
+    decisions = [
+        Logged(
+            entry(n),
+            cast(
+                Decision,
+                logged_decision(
+                    f"tx-c{n}",
+                    i,
+                    reasons={
+                        "rules": [],
+                        "shadow_rules": [],
+                        "skipped_rules": [],
+                        "model": own if n == 2 else [],
+                    },
+                ),
+            ),
+        )
+        for n, i in enumerate(seconds)
+    ]
+    contributions = [
+        Logged(entry(100 + n), cast(Any, logged_contributions(f"tx-c{n}", seconds[n], model_version=version)))
+        for n, version in ((0, "m-1"), (1, "m-0"), (2, "m-1"), (3, "m-1"))
+    ]
+    return decisions, contributions
+
+
+def as_read(decisions: list[Logged], contributions: list[Logged]) -> dict[str, Decision]:
+    """What every read must answer for each decision: as logged, `reasons.model` filled from the
+    contributions where the decision's was empty and the model versions match (tx-c0, tx-c3)."""
+    found = {c.record["transaction_id"]: c.record for c in contributions}
+    out: dict[str, Decision] = {}
+    for item in decisions:
+        decision = cast(Decision, as_logged(item.record))
+        extra = found.get(decision["transaction_id"])
+        if decision["transaction_id"] in ("tx-c0", "tx-c3") and extra is not None:
+            decision["reasons"]["model"] = as_logged(extra)["contributions"]
+        out[decision["transaction_id"]] = decision
+    return out
+
+
+def every_read(store: Store, txids: list[str]) -> tuple[object, ...]:
+    """The decisions as `decision`, `search` (newest first) and `iter_decisions` (oldest first) read them."""
+    return (
+        {txid: store.decision(txid) for txid in txids},
+        store.search(DecisionQuery(limit=1000)),
+        [d for batch in store.iter_decisions(batch=2) for d in batch],
+    )
+
+
+def expected_reads(want: dict[str, Decision]) -> tuple[object, ...]:
+    """`every_read`'s answer for decisions that read back as `want`."""
+    oldest = sorted(
+        want.values(), key=lambda d: (datetime.fromisoformat(d["timestamp"]), d["transaction_id"])
+    )
+    return dict(want), oldest[::-1], oldest
+
+
+def test_contributions_are_written_once_and_merged_into_every_read(store: Store) -> None:
+    """Contributions are stored once per transaction (the first kept) and every read of a decision
+    puts them into `reasons.model`, keys in the logged order, only where its own was empty and the
+    model versions match; a decision without contributions reads back exactly as logged."""
+    decisions, contributions = flagged()
+    other = Logged(entry(200), cast(Any, logged_contributions("tx-c0", 0, contributions=[])))
+    assert store.write(decisions, [], [*contributions, other]) == Written(6, 0, 4)  # `other`: a copy
+    assert store.write(decisions, [], contributions) == Written(0, 0, 0)
+    assert store.write([], [], [other]) == Written(0, 0, 0)
+    want = as_read(decisions, contributions)
+    assert (
+        want["tx-c0"]["reasons"]["model"]
+        == cast(ContributionsRecord, contributions[0].record)["contributions"]
+    )
+    assert want["tx-c1"] == as_logged(decisions[1].record)  # another model version: not merged
+    assert want["tx-c2"] == as_logged(decisions[2].record)  # its own contributions stay
+    txids = sorted(want)
+    assert every_read(store, txids) == expected_reads(want)
+    for txid in txids:
+        assert orjson.dumps(store.decision(txid)) == orjson.dumps(want[txid])  # the same key order
+    by_card = store.search(DecisionQuery(card_id=cast(str, want["tx-c0"]["payment"]["card_id"])))
+    assert want["tx-c0"] in by_card
+
+
+def test_contributions_logged_before_their_decision_are_merged_once_it_arrives(store: Store) -> None:
+    """A batch can hold contributions whose decision comes in a later batch (two sinks, a retried
+    batch): they are kept, and merged once the decision is written."""
+    decisions, contributions = flagged()
+    assert store.write([], [], contributions) == Written(0, 0, 4)
+    assert store.decision("tx-c0") is None and store.search(DecisionQuery()) == []
+    assert store.write(decisions[:1], [], []) == Written(1, 0, 0)
+    assert store.decision("tx-c0") == as_read(decisions, contributions)["tx-c0"]
+    assert store.write(decisions, [], contributions) == Written(5, 0, 0)
+    assert every_read(store, sorted(as_read(decisions, contributions))) == expected_reads(
+        as_read(decisions, contributions)
+    )
+
+
+def test_a_decision_read_with_its_payment_time(store: Store) -> None:
+    """`decision(id, timestamp)` finds the decision of that UTC day, with its contributions, whatever
+    the time's offset (a naive time is UTC); with a time of another day it finds nothing."""
+    decisions, contributions = flagged()
+    store.write(decisions, [], contributions)
+    want = as_read(decisions, contributions)
+    for txid in ("tx-c0", "tx-c3", "tx-c4"):
+        paid = datetime.fromisoformat(want[txid]["timestamp"])
+        assert store.decision(txid, paid) == want[txid]
+        assert store.decision(txid, paid.replace(tzinfo=None) + timedelta(hours=11)) == want[txid]
+        assert store.decision(txid, paid.astimezone(timezone(timedelta(hours=-5)))) == want[txid]
+        assert store.decision(txid, paid + timedelta(days=1)) is None
+        assert store.decision(txid, paid - timedelta(days=1)) is None
+    assert store.decision("tx-unknown", T0) is None
+
+
+def test_a_decision_read_with_its_payment_time_reads_only_that_day(tmp_path: Path) -> None:
+    """The Parquet store reads that day's partitions alone: another day's unreadable files do not
+    matter (a read without the time opens them and fails), and a decision of another day with the
+    same id (which only the Parquet store can hold: it checks ids within a day) is not returned."""
+    decisions, contributions = flagged()
+    store = ParquetStore(tmp_path / "store")
+    try:
+        store.write(decisions, [], contributions)
+        want = as_read(decisions, contributions)
+        moved = cast(Decision, {**as_logged(decisions[0].record), "timestamp": "2026-03-02T12:00:00+00:00"})
+        assert store.write([Logged(entry(300), moved)], [], []) == Written(1, 0, 0)
+        for kind in ("decisions", "contributions"):
+            other_day = tmp_path / "store" / kind / "day=2026-03-05"
+            other_day.mkdir(parents=True)
+            (other_day / f"part-{time.time_ns():020d}-000000000000.parquet").write_bytes(b"not parquet")
+        with pytest.raises(duckdb.Error):
+            store.decision("tx-c0")  # every day's files
+        assert store.decision("tx-c0", T0) == want["tx-c0"]
+        assert store.decision("tx-c0", datetime.fromisoformat(moved["timestamp"])) == moved  # not merged:
+        # its day holds no contributions of tx-c0
+        assert store.decision("tx-c3", T0 + timedelta(days=1)) == want["tx-c3"]
+    finally:
+        store.close()
+
+
+def test_retention_deletes_the_contributions_of_the_days_it_deletes(store: Store) -> None:
+    """Contributions go with the day of their payment, as decisions do."""
+    decisions, contributions = flagged()
+    store.write(decisions, [], contributions)
+    assert store.apply_retention(T0 + timedelta(days=1, hours=2)) == 3 + 3  # day 1: three of each
+    want = as_read(decisions, contributions)
+    assert store.decision("tx-c0") is None and store.decision("tx-c3") == want["tx-c3"]
+    assert store.write(decisions, [], contributions) == Written(3, 0, 3)  # day 1's came back as new
+    assert every_read(store, sorted(want)) == expected_reads(want)
+
+
+def test_compaction_merges_contributions_and_keeps_the_first_copy(tmp_path: Path) -> None:
+    """A day's contribution files become one, sorted, one per transaction (the first logged copy);
+    every read answers the same before and after, and the `contributions` view holds them once."""
+    decisions, contributions = flagged()
+    root = tmp_path / "store"
+    store = ParquetStore(root, clock_margin_ms=1_000)
+    try:
+        store.write(decisions, [])
+        for item in contributions:
+            assert store.write([], [], [item]) == Written(0, 0, 1)
+        # an hour after every file: the narrowed idempotency check does not read them, so a copy is
+        # stored (as a clock difference beyond the margin would); reads still give the first
+        late = Logged(
+            entry(400, ahead_ms=3_600_000), cast(Any, logged_contributions("tx-c0", 0, contributions=[]))
+        )
+        assert store.write([], [], [late]) == Written(0, 0, 1)
+        want = as_read(decisions, contributions)
+        before = every_read(store, sorted(want))
+        assert before == expected_reads(want)
+        assert [len(files) for files in parquet_names(root, "contributions").values()] == [4, 1]
+        assert store.compact() == 4  # day 1's contributions; each day's decisions are one file already
+        names = parquet_names(root, "contributions")
+        assert [len(files) for files in names.values()] == [1, 1]
+        assert names["day=2026-03-01"][0].startswith("compact-")
+        assert every_read(store, sorted(want)) == before
+        with store.connect() as db:
+            assert db.execute("select count(*) from contributions").fetchone() == (4,)
+            assert db.execute(
+                "select stream_id from contributions where transaction_id = 'tx-c0'"
+            ).fetchall() == [(contributions[0].stream_id,)]
+    finally:
+        store.close()

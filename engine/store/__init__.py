@@ -1,5 +1,6 @@
-"""The durable decision store: every decision and feedback event, kept for as long as the provider
-sets, outside Redis (which holds only the hot state and a short buffer; docs/decisions.md).
+"""The durable decision store: every decision, its model contributions and every feedback event, kept
+for as long as the provider sets, outside Redis (which holds only the hot state and a short buffer;
+docs/decisions.md).
 
 Two backends behind one small interface, as Feast keeps its online store apart from its feature
 definitions: Parquet files partitioned by day, queried with DuckDB (the embedded default, one host),
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-from antifraud.engine.decision_record import Decision, FeedbackRecord
+from antifraud.engine.decision_record import ContributionsRecord, Decision, FeedbackRecord
 from antifraud.engine.verdicts import Verdict
 
 
@@ -25,7 +26,7 @@ class Logged:
     idempotent (a batch written again after a crash adds nothing)."""
 
     stream_id: str  # e.g. "1764950000000-0"
-    record: Decision | FeedbackRecord
+    record: Decision | FeedbackRecord | ContributionsRecord
 
 
 @dataclass(frozen=True)
@@ -47,23 +48,55 @@ class Written:
 
     decisions: int
     feedback: int
+    contributions: int = 0
+
+
+def with_contributions(decision: Decision, contributions: ContributionsRecord | None) -> Decision:
+    """The decision as read back: its stored contributions put into `reasons.model` (in place, and
+    returned), only when its own `reasons.model` is empty and they were computed by the model that
+    decided (the same `model_version`); otherwise the decision exactly as logged.
+
+    A flagged decision's contributions are computed after its answer and logged as a second record of
+    the transaction (`ContributionsRecord`); every read of a decision goes through here, so the API,
+    the console and `export-decisions` see one record."""
+    reasons = decision.get("reasons")
+    if (
+        contributions is None
+        or not reasons
+        or reasons.get("model")
+        or decision.get("model_version") is None
+        or contributions.get("model_version") != decision.get("model_version")
+    ):
+        return decision
+    reasons["model"] = contributions["contributions"]
+    return decision
 
 
 class Store(Protocol):
-    """A durable store of decisions and feedback events. Writes are idempotent and durable on return."""
+    """A durable store of decisions, their contributions and feedback events. Writes are idempotent and
+    durable on return; every read of a decision merges its contributions (`with_contributions`)."""
 
     url: str
+    #: the exceptions that mean the store cannot be read or written now (down, unreachable, files
+    #: unreadable): the API answers 503 and the sink retries
+    errors: tuple[type[Exception], ...]
 
-    def write(self, decisions: Sequence[Logged], feedback: Sequence[Logged]) -> Written:
-        """Add a batch; idempotent by transaction id (decisions) and by stream id (feedback).
+    def write(
+        self, decisions: Sequence[Logged], feedback: Sequence[Logged], contributions: Sequence[Logged] = ()
+    ) -> Written:
+        """Add a batch; idempotent by transaction id (decisions, contributions: the first kept) and by
+        stream id (feedback). Contributions may come before, with or after their decision.
 
         Returns only once the batch is durable (fsynced files, a committed transaction): the sink
         acknowledges the stream entries after this returns, never before.
         """
         ...
 
-    def decision(self, transaction_id: str) -> Decision | None:
-        """The stored decision of a transaction, or None."""
+    def decision(self, transaction_id: str, timestamp: datetime | None = None) -> Decision | None:
+        """The stored decision of a transaction, with its contributions, or None.
+
+        `timestamp`, the payment's time when the caller knows it: only a decision of that UTC day is
+        found (the Parquet store then reads that day's partition alone instead of every day's)."""
         ...
 
     def feedback_for(self, transaction_id: str) -> list[FeedbackRecord]:
@@ -71,19 +104,21 @@ class Store(Protocol):
         ...
 
     def search(self, query: DecisionQuery) -> list[Decision]:
-        """Decisions matching `query`, newest payment first, at most `query.limit`."""
+        """Decisions matching `query` (with their contributions), newest payment first, at most
+        `query.limit`."""
         ...
 
     def apply_retention(self, before: datetime) -> int:
-        """Delete the decisions of payments and the feedback received before the UTC day of `before`
-        (whole days, on both backends: the Parquet store deletes day partitions); returns how many
-        records were deleted."""
+        """Delete the decisions and contributions of payments and the feedback received before the UTC
+        day of `before` (whole days, on both backends: the Parquet store deletes day partitions);
+        returns how many records were deleted."""
         ...
 
     def iter_decisions(
         self, start: datetime | None = None, end: datetime | None = None, batch: int = 5000
     ) -> Iterator[list[Decision]]:
-        """Every decision of a payment time in [start, end) (None: unbounded), as logged, in batches of
+        """Every decision of a payment time in [start, end) (None: unbounded), as logged with its
+        contributions merged (`with_contributions`), in batches of
         at most `batch`, in payment time order, then transaction id. Memory is bounded by the batch
         (and the database's own sort, which spills to disk), whatever the size of the store."""
         ...

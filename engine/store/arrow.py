@@ -1,5 +1,6 @@
-"""Decisions and feedback events as Arrow columns: the conversion the decision store's Parquet files
-(engine/store/parquet.py) and `antifraud export-decisions` (engine/export.py) share.
+"""Decisions, their contributions and feedback events as Arrow columns: the conversion the decision
+store's Parquet files (engine/store/parquet.py) and `antifraud export-decisions` (engine/export.py)
+share.
 
 Pure: it reads logged records (engine.decision_record) and returns Arrow arrays, nothing else.
 """
@@ -13,7 +14,7 @@ from typing import Literal, TypeAlias, TypeVar
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from antifraud.engine.decision_record import Decision, FeedbackRecord
+from antifraud.engine.decision_record import ContributionsRecord, Decision, FeedbackRecord
 from antifraud.engine.vocabulary import ENTITY_FIELDS
 
 TIME = pa.timestamp("us", tz="UTC")
@@ -118,6 +119,12 @@ FEEDBACK_SCHEMA = pa.schema(
 )
 
 
+#: a flagged decision's contributions (the list itself is in the store's `record` column, as logged)
+CONTRIBUTIONS_SCHEMA = pa.schema(
+    [("transaction_id", pa.string()), ("timestamp", TIME), ("model_version", pa.string())]
+)
+
+
 class DecisionColumns:
     """Turns logged decisions into record batches of one schema, fixed by the first batch."""
 
@@ -157,3 +164,11 @@ def feedback_batch(events: Sequence[FeedbackRecord]) -> pa.RecordBatch:
     """One record batch of feedback events (`FEEDBACK_SCHEMA`)."""
     fields: list[tuple[pa.Field, Source[FeedbackRecord]]] = [(f, (f.name,)) for f in FEEDBACK_SCHEMA]
     return pa.RecordBatch.from_arrays(_read(events, fields), schema=FEEDBACK_SCHEMA)
+
+
+def contributions_batch(records: Sequence[ContributionsRecord]) -> pa.RecordBatch:
+    """One record batch of contributions records (`CONTRIBUTIONS_SCHEMA`)."""
+    fields: list[tuple[pa.Field, Source[ContributionsRecord]]] = [
+        (f, (f.name,)) for f in CONTRIBUTIONS_SCHEMA
+    ]
+    return pa.RecordBatch.from_arrays(_read(records, fields), schema=CONTRIBUTIONS_SCHEMA)

@@ -2,8 +2,9 @@
 
 Layout (Hive partitions, so DuckDB, pandas, Spark and Polars all read it as it is):
 
-    <root>/decisions/day=YYYY-MM-DD/part-<time>-<id>.parquet   the payment's UTC day
-    <root>/feedback/day=YYYY-MM-DD/part-<time>-<id>.parquet    the day the event was received (UTC)
+    <root>/decisions/day=YYYY-MM-DD/part-<time>-<id>.parquet       the payment's UTC day
+    <root>/contributions/day=YYYY-MM-DD/part-<time>-<id>.parquet   the payment's UTC day too
+    <root>/feedback/day=YYYY-MM-DD/part-<time>-<id>.parquet        the day the event was received (UTC)
     <root>/store.lock                                           the writers' lock
 
 Each `write` adds at most one file per day and kind, named by its write time (ns); its idempotency
@@ -20,6 +21,12 @@ then one float column per feature), and each row also keeps the record as it was
 text, in `record`: the store reads decisions back from it, so a decision comes back key for key as it
 was logged (a feature that was NaN comes back as null, as in the JSON log).
 
+A flagged decision's model contributions are computed after its answer and logged as a second record
+of the transaction (`ContributionsRecord`): they are kept apart, under the payment's day like the
+decision, and every read of a decision merges them into its `reasons.model` (`with_contributions`):
+`decision` and `search` with one more query over the days of the decisions read, `iter_decisions` with
+a LEFT JOIN within each day.
+
 One host: writers take an exclusive `flock` on `store.lock` for each write and retention, which
 serializes the writers of one machine; a shared network file system is not supported (use
 PostgreSQL when several hosts share one store). Readers take no lock.
@@ -30,7 +37,8 @@ In a notebook:
     duckdb.sql("select * from read_parquet('var/store/decisions/*/*.parquet', hive_partitioning=true, "
                "union_by_name=true)")
 
-or `ParquetStore(path).connect()`, a DuckDB connection with `decisions` and `feedback` views.
+or `ParquetStore(path).connect()`, a DuckDB connection with `decisions`, `contributions` and `feedback`
+views.
 """
 
 from __future__ import annotations
@@ -44,19 +52,22 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Literal, NamedTuple, TypeAlias, cast
+from typing import Literal, NamedTuple, TypeAlias, TypeVar, cast
 
 import duckdb
 import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from antifraud.engine.decision_record import Decision, FeedbackRecord
-from antifraud.engine.store import DecisionQuery, Logged, Written
-from antifraud.engine.store.arrow import DecisionColumns, Source, feedback_batch
+from antifraud.engine.decision_record import ContributionsRecord, Decision, FeedbackRecord
+from antifraud.engine.store import DecisionQuery, Logged, Written, with_contributions
+from antifraud.engine.store.arrow import DecisionColumns, Source, contributions_batch, feedback_batch
 from antifraud.engine.vocabulary import ENTITY_FIELDS
 
-Kind: TypeAlias = Literal["decisions", "feedback"]
+T = TypeVar("T")
+
+Kind: TypeAlias = Literal["decisions", "feedback", "contributions"]
+KINDS: tuple[Kind, ...] = ("decisions", "contributions", "feedback")
 
 #: the columns every decision row has beside `DECISION_COLUMNS` and its features
 DECISION_EXTRA: tuple[tuple[pa.Field, Source[Decision]], ...] = (
@@ -77,6 +88,12 @@ RECORD = pa.field("record", pa.string())
 
 _ZSTD = "zstd"
 
+#: the order stream entries were logged in ("<ms>-<seq>", as numbers)
+_ENTRY_ORDER = (
+    "try_cast(split_part(stream_id, '-', 1) as ubigint), try_cast(split_part(stream_id, '-', 2) as ubigint), "
+    "stream_id"
+)
+
 #: how far this host's clock may be behind Redis's (or Redis's entry ids ahead of its clock) without
 #: a redelivered record being stored twice: the idempotency check reads the files of the day written
 #: since the batch's oldest entry time minus this (docs/decisions.md, "Constant write cost")
@@ -87,7 +104,7 @@ def _json_or_none(value: object) -> str | None:
     return orjson.dumps(value).decode() if value else None
 
 
-def _dumps(record: Decision | FeedbackRecord) -> bytes:
+def _dumps(record: Decision | FeedbackRecord | ContributionsRecord) -> bytes:
     # as engine/decisions.py logs it: NaN becomes null, numpy values are written as numbers
     return orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY)
 
@@ -168,6 +185,7 @@ class ParquetStore:
         self.root = Path(root).expanduser().absolute()
         self.clock_margin_ms = clock_margin_ms
         self.url = f"parquet://{self.root}"
+        self.errors: tuple[type[Exception], ...] = (duckdb.Error, OSError)
         self._db = duckdb.connect(":memory:")
         self._thread_lock = threading.Lock()
         self._lock_file: int | None = None
@@ -179,15 +197,19 @@ class ParquetStore:
         base = self.root / kind
         return base if day is None else base / f"day={day.isoformat()}"
 
-    def _files(self, kind: Kind) -> list[str]:
-        """The data files reads see: every day's files but those a compacted file replaces."""
+    def _files(self, kind: Kind, days: Iterable[date] | None = None) -> list[str]:
+        """The data files reads see: every day's files (or those of `days`) but those a compacted file
+        replaces."""
         base = self._dir(kind)
-        days = (
-            sorted(entry.path for entry in os.scandir(base) if entry.name.startswith("day="))
-            if base.is_dir()
-            else []
-        )
-        return [str(path) for day in days for path, _ in _day_files(Path(day))[0]]
+        if days is not None:
+            listed = [str(self._dir(kind, day)) for day in sorted(set(days))]
+        else:
+            listed = (
+                sorted(entry.path for entry in os.scandir(base) if entry.name.startswith("day="))
+                if base.is_dir()
+                else []
+            )
+        return [str(path) for day in listed for path, _ in _day_files(Path(day))[0]]
 
     # --- writing -----------------------------------------------------------------------------------
 
@@ -211,7 +233,7 @@ class ParquetStore:
     def _sweep(self) -> None:
         """Remove the temporary files a crashed writer left (we hold the lock: no writer is active),
         and the inputs a compaction interrupted between its two steps left (reads already skip them)."""
-        for kind in ("decisions", "feedback"):
+        for kind in KINDS:
             for tmp in self._dir(kind).glob("day=*/.part-*.tmp"):
                 tmp.unlink(missing_ok=True)
             for directory in self._dir(kind).glob("day=*"):
@@ -227,24 +249,28 @@ class ParquetStore:
             _fsync_dir(directory)
         return len(replaced)
 
-    def write(self, decisions: Sequence[Logged], feedback: Sequence[Logged]) -> Written:
+    def write(
+        self, decisions: Sequence[Logged], feedback: Sequence[Logged], contributions: Sequence[Logged] = ()
+    ) -> Written:
         """Add a batch; records already stored or repeated in the batch are skipped. Durable on return
         (fsynced files and directories)."""
         with self._locked():
             new_decisions = self._write_kind("decisions", decisions)
             new_feedback = self._write_kind("feedback", feedback)
-        return Written(new_decisions, new_feedback)
+            new_contributions = self._write_kind("contributions", contributions)
+        return Written(new_decisions, new_feedback, new_contributions)
 
     def _write_kind(self, kind: Kind, logged: Sequence[Logged]) -> int:
-        key = "transaction_id" if kind == "decisions" else "stream_id"
+        key = "stream_id" if kind == "feedback" else "transaction_id"
         by_day: dict[date, dict[str, tuple[str, bytes]]] = {}
         for item in logged:
             record = item.record
             blob = _dumps(record)
-            if kind == "decisions":
-                ident, day = record["transaction_id"], _utc_day(cast(Decision, record)["timestamp"])
-            else:
+            if kind == "feedback":
                 ident, day = item.stream_id, _utc_day(cast(FeedbackRecord, record)["received_at"])
+            else:  # a decision, or contributions (under the payment's day, as their decision)
+                ident = record["transaction_id"]
+                day = _utc_day(cast(Decision | ContributionsRecord, record)["timestamp"])
             # the first of a batch's duplicates wins; a record's day never changes (its payment time
             # or its received time), so an earlier copy is always in the same day's partition
             by_day.setdefault(day, {}).setdefault(ident, (item.stream_id, blob))
@@ -300,6 +326,8 @@ class ParquetStore:
         if kind == "decisions":
             columns = DecisionColumns(records, DECISION_EXTRA, reserved=(STREAM_ID.name, RECORD.name))
             batch = columns.batch(records)
+        elif kind == "contributions":
+            batch = contributions_batch(records)
         else:
             batch = feedback_batch(records)
         stream_ids = pa.array([stream_id for stream_id, _ in rows], pa.string())
@@ -337,20 +365,24 @@ class ParquetStore:
 
     # --- reading -----------------------------------------------------------------------------------
 
-    def _query(self, kind: Kind, where: str, params: list[object], tail: str = "") -> list[str]:
-        """The `record` column of the rows of `kind` matching `where`."""
+    def _query(
+        self, kind: Kind, where: str, params: list[object], tail: str = "", days: Iterable[date] | None = None
+    ) -> list[str]:
+        """The `record` column of the rows of `kind` matching `where` (in the partitions of `days`, or
+        every day's)."""
         sql = (
             "select record from read_parquet(?, hive_partitioning=true, union_by_name=true) "
             f"where {where} {tail}"
         )
+        chosen = None if days is None else list(days)
 
         def read() -> list[str]:
-            files = self._files(kind)  # listed again on a retry
+            files = self._files(kind, chosen)  # listed again on a retry
             return [row[0] for row in self._fetch(sql, [files, *params])] if files else []
 
         return self._retry(read)
 
-    def _retry(self, read: Callable[[], list[str]]) -> list[str]:
+    def _retry(self, read: Callable[[], list[T]]) -> list[T]:
         # retention or a compaction may delete files between their listing and DuckDB's reading them:
         # list and read again
         try:
@@ -358,10 +390,35 @@ class ParquetStore:
         except duckdb.IOException:
             return read()
 
-    def decision(self, transaction_id: str) -> Decision | None:
-        """The stored decision, exactly as it was logged, or None."""
-        rows = self._query("decisions", "transaction_id = ?", [transaction_id], "limit 1")
-        return cast(Decision, orjson.loads(rows[0])) if rows else None
+    def decision(self, transaction_id: str, timestamp: datetime | None = None) -> Decision | None:
+        """The stored decision, as it was logged with its contributions merged, or None. With the
+        payment's `timestamp`, only that UTC day's partitions are read (decisions and contributions);
+        without, every day's decisions, then the contributions of the day of the one found."""
+        days = None if timestamp is None else [_aware(timestamp).date()]
+        rows = self._query("decisions", "transaction_id = ?", [transaction_id], "limit 1", days)
+        return self._merged([cast(Decision, orjson.loads(rows[0]))])[0] if rows else None
+
+    def _merged(self, decisions: list[Decision]) -> list[Decision]:
+        """The decisions with their contributions (`with_contributions`): one query over the
+        contributions of their days, whatever their number."""
+        if not decisions:
+            return decisions
+        days = {_utc_day(d["timestamp"]) for d in decisions}
+        ids = [d["transaction_id"] for d in decisions]
+        sql = (
+            "select transaction_id, record from read_parquet(?, union_by_name=true) "
+            f"where transaction_id in (select unnest(?::varchar[])) order by {_ENTRY_ORDER}"
+        )
+
+        def read() -> list[tuple[str, str]]:
+            files = self._files("contributions", days)
+            return cast(list[tuple[str, str]], self._fetch(sql, [files, ids])) if files else []
+
+        found: dict[str, ContributionsRecord] = {}
+        for txid, record in self._retry(read):
+            if txid not in found:  # the first logged copy (a copy is rare: see `_existing`)
+                found[txid] = cast(ContributionsRecord, orjson.loads(record))
+        return [with_contributions(d, found.get(d["transaction_id"])) for d in decisions]
 
     def feedback_for(self, transaction_id: str) -> list[FeedbackRecord]:
         """The feedback events about a transaction, in the order they were received (by received time,
@@ -379,16 +436,17 @@ class ParquetStore:
         """Decisions matching `query`, newest payment first, at most `query.limit`."""
         where, params = _conditions(query)
         rows = self._query("decisions", where, params, "order by timestamp desc, transaction_id desc limit ?")
-        return [cast(Decision, orjson.loads(row)) for row in rows]
+        return self._merged([cast(Decision, orjson.loads(row)) for row in rows])
 
     def connect(self) -> duckdb.DuckDBPyConnection:
-        """A new DuckDB connection with the views `decisions` and `feedback` over the store's files
+        """A new DuckDB connection with the views `decisions`, `contributions` (the model contributions
+        of flagged decisions, logged after them) and `feedback` over the store's files
         (a kind with no file yet has no view), for notebooks and ad hoc queries. The views are over
         the files of the moment of the call, without the inputs of a compaction (which a plain glob
         would see twice for an instant, or until the next compaction after a crash): connect again
         to see later writes, and after a compaction."""
         db = duckdb.connect(":memory:")
-        for kind in ("decisions", "feedback"):
+        for kind in KINDS:
             if files := self._files(kind):
                 listed = ", ".join("'" + name.replace("'", "''") + "'" for name in files)
                 db.execute(
@@ -400,13 +458,13 @@ class ParquetStore:
     # --- retention ---------------------------------------------------------------------------------
 
     def apply_retention(self, before: datetime) -> int:
-        """Delete whole day partitions older than the UTC day of `before`: decisions by payment day,
-        feedback by received day. Day granularity: records of `before`'s own day are kept, even those
-        before `before`. Returns how many records were deleted."""
+        """Delete whole day partitions older than the UTC day of `before`: decisions and contributions
+        by payment day, feedback by received day. Day granularity: records of `before`'s own day are
+        kept, even those before `before`. Returns how many records were deleted."""
         cutoff = (before if before.tzinfo else before.replace(tzinfo=UTC)).astimezone(UTC).date()
         deleted = 0
         with self._locked():
-            for kind in ("decisions", "feedback"):
+            for kind in KINDS:
                 base = self._dir(kind)
                 for directory in sorted(base.glob("day=*")):
                     try:
@@ -434,7 +492,8 @@ class ParquetStore:
 
     def compact(self, day: date | None = None) -> int:
         """Merge the files of `day`, or of every day before today (UTC), into one file per day and
-        kind: decisions sorted by payment time then transaction id, one per transaction id; feedback
+        kind: decisions and contributions sorted by payment time then transaction id, one per
+        transaction id; feedback
         by received time then stream entry, one per entry. Returns how many files were merged away.
 
         Crash-safe in two steps: the merged file, `compact-<first>-<last>-<made>.parquet`, is written
@@ -457,7 +516,7 @@ class ParquetStore:
                     ":memory:", config={"memory_limit": self.compact_memory_limit, "temp_directory": spill}
                 )
                 try:
-                    for kind in ("decisions", "feedback"):
+                    for kind in KINDS:
                         for directory in self._compactable(kind, day):
                             for tmp in directory.glob(".compact-*.tmp"):  # a crashed compaction's
                                 tmp.unlink(missing_ok=True)
@@ -500,9 +559,9 @@ class ParquetStore:
         # the first logged copy of a record wins, as in `write`: a copy is only there if clocks
         # differed by more than the margin, or an id was logged again once Redis forgot it
         key, order = (
-            ("transaction_id", "timestamp, transaction_id")
-            if kind == "decisions"
-            else ("stream_id", f"received_at, {entry}")
+            ("stream_id", f"received_at, {entry}")
+            if kind == "feedback"
+            else ("transaction_id", "timestamp, transaction_id")  # decisions, contributions
         )
         listed = ", ".join(_quote(str(path)) for path, _ in inputs)
 
@@ -572,12 +631,19 @@ class ParquetStore:
     def iter_decisions(
         self, start: datetime | None = None, end: datetime | None = None, batch: int = 5000
     ) -> Iterator[list[Decision]]:
-        """Every decision of a payment time in [start, end), as logged, `batch` at a time, in payment
-        time order then transaction id. Day by day (the partitions are the payment's UTC day): one
-        ordered DuckDB query per day, fetched `batch` rows at a time; a copy of a record seen twice
-        (files being compacted) is skipped, as copies sort next to each other."""
+        """Every decision of a payment time in [start, end), as logged with its contributions merged,
+        `batch` at a time, in payment time order then transaction id. Day by day (the partitions are
+        the payment's UTC day): one ordered DuckDB query per day, the day's decisions LEFT JOINed with
+        the day's contributions, fetched `batch` rows at a time; a copy of a record seen twice (files
+        being compacted) is skipped, as copies sort next to each other."""
         for rows in self._iter_days("decisions", "timestamp", "timestamp, transaction_id", start, end, batch):
-            yield [cast(Decision, orjson.loads(record)) for record in rows]
+            yield [
+                with_contributions(
+                    cast(Decision, orjson.loads(record)),
+                    cast(ContributionsRecord, orjson.loads(extra)) if extra is not None else None,
+                )
+                for record, extra in rows
+            ]
 
     def iter_feedback(
         self, start: datetime | None = None, end: datetime | None = None, batch: int = 5000
@@ -589,7 +655,7 @@ class ParquetStore:
             "try_cast(split_part(stream_id, '-', 2) as ubigint), stream_id, transaction_id"
         )
         for rows in self._iter_days("feedback", "received_at", order, start, end, batch):
-            yield [cast(FeedbackRecord, orjson.loads(record)) for record in rows]
+            yield [cast(FeedbackRecord, orjson.loads(record)) for record, _ in rows]
 
     def _iter_days(
         self,
@@ -599,9 +665,11 @@ class ParquetStore:
         start: datetime | None,
         end: datetime | None,
         batch: int,
-    ) -> Iterator[list[str]]:
+    ) -> Iterator[list[tuple[str, str | None]]]:
         """The `record` of the rows of `kind` with `column` in [start, end), in `order`, in lists of at
-        most `batch`: the day partitions in order, each one ordered query."""
+        most `batch`: the day partitions in order, each one ordered query. Beside each decision's
+        record, the `record` of its contributions (the first logged copy), or None; beside feedback,
+        None."""
         import tempfile  # only here: the rest of the store never sorts more than a search's limit
 
         if batch < 1:
@@ -627,10 +695,16 @@ class ParquetStore:
             where.append(f"{column} < ?")
             params.append(high)
         key = "transaction_id" if kind == "decisions" else "transaction_id, stream_id"
-        sql = (
-            f"select {key}, record from read_parquet(?, union_by_name=true) "
-            f"where {' and '.join(where)} order by {order}"
+        tail = f"where {' and '.join(where)} order by {order}"
+        plain = f"select {key}, record, null from read_parquet(?, union_by_name=true) {tail}"
+        # the contributions' columns renamed: the decisions' names in `tail` stay unambiguous
+        joined = (
+            f"select {key}, record, c_record from read_parquet(?, union_by_name=true) left join ("
+            "select transaction_id as c_id, record as c_record from read_parquet(?, union_by_name=true) "
+            f"qualify row_number() over (partition by transaction_id order by {_ENTRY_ORDER}) = 1"
+            f") on c_id = transaction_id {tail}"
         )
+        beside = self._dir("contributions") if kind == "decisions" else None
         # a connection of its own: a memory limit for the sort, and its spill files in a directory
         # removed with the iteration (an in-memory database would spill to ./.tmp)
         with tempfile.TemporaryDirectory(prefix="antifraud-store-sort-") as spill:
@@ -639,34 +713,43 @@ class ParquetStore:
             )
             try:
                 for directory in days:
-                    yield from self._iter_day(db, sql, directory, params, batch, key.count(",") + 1)
+                    extra = beside / directory.name if beside is not None else None
+                    yield from self._iter_day(
+                        db, (plain, joined), directory, extra, params, batch, key.count(",") + 1
+                    )
             finally:
                 db.close()
 
     @staticmethod
     def _iter_day(
         db: duckdb.DuckDBPyConnection,
-        sql: str,
+        sql: tuple[str, str],
         directory: Path,
+        joined: Path | None,
         params: list[object],
         batch: int,
         width: int,
-    ) -> Iterator[list[str]]:
-        """One day's rows (see `_iter_days`): the first `width` columns are the record's identity."""
+    ) -> Iterator[list[tuple[str, str | None]]]:
+        """One day's rows (see `_iter_days`): the first `width` columns are the record's identity. With
+        `joined` (the same day's contributions directory) and files in it, the second query of `sql`
+        joins them; the first otherwise."""
         for attempt in (1, 2):
             files = sorted(str(path) for path in directory.glob("*.parquet"))
             if not files:
                 return  # removed by retention meanwhile, or never written
+            # live files only (a compaction's inputs skipped); copies are dropped by the query itself
+            extra = [str(path) for path, _ in _day_files(joined)[0]] if joined is not None else []
+            statement, args = (sql[1], [files, extra, *params]) if extra else (sql[0], [files, *params])
             previous: tuple[str, ...] | None = None
             sent = 0
             try:
-                cursor = db.execute(sql, [files, *params])
+                cursor = db.execute(statement, args)
                 while rows := cursor.fetchmany(batch):
-                    records: list[str] = []
+                    records: list[tuple[str, str | None]] = []
                     for row in rows:
                         ident = tuple(row[:width])
                         if ident != previous:  # a copy of the previous row (compaction) is skipped
-                            records.append(row[width])
+                            records.append((row[width], row[width + 1]))
                             previous = ident
                     if records:
                         sent += len(records)

@@ -1,6 +1,6 @@
 """The shared decision store: PostgreSQL, for several service hosts writing and reading one store.
 
-`PostgresStore("postgresql://user@host:5432/db?schema=antifraud")` keeps two tables in the schema the
+`PostgresStore("postgresql://user@host:5432/db?schema=antifraud")` keeps three tables in the schema the
 URL names (`schema`, a parameter of this store that is removed before connecting; `antifraud` when
 absent), created when missing:
 
@@ -8,13 +8,18 @@ absent), created when missing:
   searches filter on (times, verdict, scores, versions, amount, currency, the entity fields) and the
   decision as it was logged in `record` (type `json`, which keeps the logged text verbatim: the same
   keys in the same order and every double's digits, where `jsonb` would reorder keys);
+- `contributions`: a flagged decision's model contributions, one row per transaction
+  (`transaction_id` primary key), logged after its answer as a second record of the transaction: the
+  payment's time (for retention), the model version and `record`. Every read of a decision LEFT JOINs
+  them and merges them into its `reasons.model` (`with_contributions`);
 - `feedback`: one row per feedback event, keyed by the transaction and the stream entry it came from
   (`(transaction_id, stream_id)`: stream entry ids are per Redis, so two hosts' streams can hold the
   same id), with its fields and `record`.
 
 Writes are one transaction of `INSERT ... ON CONFLICT DO NOTHING` (idempotent; durable once
 committed). Reads use indexes: `(card_id, timestamp)`, `(customer_id, timestamp)`,
-`(merchant_id, timestamp)`, `(verdict, timestamp)`, `(timestamp)`, and feedback by transaction.
+`(merchant_id, timestamp)`, `(verdict, timestamp)`, `(timestamp)`, feedback by transaction, and
+contributions by payment time (retention).
 One connection per store, used by one thread at a time, reopened after the server went away.
 """
 
@@ -23,7 +28,7 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from datetime import UTC, datetime, time
+from datetime import UTC, datetime, time, timedelta
 from typing import TypeVar, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -31,8 +36,8 @@ import orjson
 import psycopg
 from psycopg import sql
 
-from antifraud.engine.decision_record import Decision, FeedbackRecord
-from antifraud.engine.store import DecisionQuery, Logged, Written
+from antifraud.engine.decision_record import ContributionsRecord, Decision, FeedbackRecord
+from antifraud.engine.store import DecisionQuery, Logged, Written, with_contributions
 from antifraud.engine.vocabulary import ENTITY_FIELDS
 
 T = TypeVar("T")
@@ -67,6 +72,12 @@ _FEEDBACK_COLUMNS: tuple[tuple[str, str], ...] = (
     ("reported_at", "timestamptz"),
     ("received_at", "timestamptz"),
 )
+_CONTRIBUTION_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("transaction_id", "text"),
+    ("stream_id", "text"),
+    ("timestamp", "timestamptz"),  # the payment's time
+    ("model_version", "text"),
+)
 _NOT_NULL = {"transaction_id", "stream_id", "timestamp", "decided_at", "verdict", "kind", "received_at"}
 # the order of a transaction's feedback: received time, then the stream entry ("<ms>-<seq>") as numbers
 _STREAM_ORDER = (
@@ -77,7 +88,7 @@ _STREAM_ORDER = (
 )
 
 
-def _dumps(record: Decision | FeedbackRecord) -> str:
+def _dumps(record: Decision | FeedbackRecord | ContributionsRecord) -> str:
     # as engine/decisions.py logs it: NaN becomes null, numpy values are written as numbers
     return orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY).decode()
 
@@ -104,11 +115,18 @@ def _aware(moment: datetime) -> datetime:
     return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).astimezone(UTC)
 
 
+def _decision(record: str, contributions: str | None) -> Decision:
+    """A decision read back with `d.record` and its LEFT JOINed `c.record` (see `_DECISIONS_FROM`)."""
+    found = cast(ContributionsRecord, orjson.loads(contributions)) if contributions is not None else None
+    return with_contributions(cast(Decision, orjson.loads(record)), found)
+
+
 class PostgresStore:
-    """Decisions and feedback in two PostgreSQL tables (see the module's doc)."""
+    """Decisions, contributions and feedback in three PostgreSQL tables (see the module's doc)."""
 
     def __init__(self, url: str, connect_timeout: float = 5.0) -> None:
         self.url = url
+        self.errors: tuple[type[Exception], ...] = (psycopg.Error, OSError)
         self._conninfo, self.schema = split_url(url)
         self._connect_timeout = connect_timeout
         self._conn: psycopg.Connection[tuple[object, ...]] | None = None
@@ -169,6 +187,7 @@ class PostgresStore:
             )
 
         decisions, feedback = self._table("decisions"), self._table("feedback")
+        contributions = self._table("contributions")
         with conn.transaction():
             conn.execute("select pg_advisory_xact_lock(hashtext(%s))", [f"antifraud.store.{self.schema}"])
             conn.execute(sql.SQL("create schema if not exists {}").format(sql.Identifier(self.schema)))
@@ -183,6 +202,11 @@ class PostgresStore:
                     "({}, record json not null, primary key (transaction_id, stream_id))"
                 ).format(feedback, columns(_FEEDBACK_COLUMNS))
             )
+            conn.execute(
+                sql.SQL(
+                    "create table if not exists {} ({}, record json not null, primary key (transaction_id))"
+                ).format(contributions, columns(_CONTRIBUTION_COLUMNS))
+            )
             for table, name, keys in (
                 (decisions, "decisions_card", ("card_id", "timestamp")),
                 (decisions, "decisions_customer", ("customer_id", "timestamp")),
@@ -190,6 +214,7 @@ class PostgresStore:
                 (decisions, "decisions_verdict", ("verdict", "timestamp")),
                 (decisions, "decisions_timestamp", ("timestamp",)),
                 (feedback, "feedback_received", ("received_at",)),
+                (contributions, "contributions_timestamp", ("timestamp",)),
             ):
                 conn.execute(
                     sql.SQL("create index if not exists {} on {} ({})").format(
@@ -199,9 +224,11 @@ class PostgresStore:
 
     # --- writing -----------------------------------------------------------------------------------
 
-    def write(self, decisions: Sequence[Logged], feedback: Sequence[Logged]) -> Written:
-        """Add a batch in one transaction; records already stored or repeated in the batch are skipped.
-        Durable on return (committed)."""
+    def write(
+        self, decisions: Sequence[Logged], feedback: Sequence[Logged], contributions: Sequence[Logged] = ()
+    ) -> Written:
+        """Add a batch in one transaction; records already stored or repeated in the batch are skipped
+        (the first kept). Durable on return (committed)."""
         decision_rows: dict[str, list[object]] = {}
         for item in decisions:
             d = cast(Decision, item.record)
@@ -244,10 +271,19 @@ class PostgresStore:
                 ],
             )
 
+        contribution_rows: dict[str, list[object]] = {}
+        for item in contributions:
+            c = cast(ContributionsRecord, item.record)
+            contribution_rows.setdefault(
+                c["transaction_id"],
+                [c["transaction_id"], item.stream_id, c["timestamp"], c.get("model_version"), _dumps(c)],
+            )
+
         def insert(conn: psycopg.Connection[tuple[object, ...]]) -> Written:
             return Written(
                 self._insert(conn, "decisions", _DECISION_COLUMNS, list(decision_rows.values())),
                 self._insert(conn, "feedback", _FEEDBACK_COLUMNS, list(feedback_rows.values())),
+                self._insert(conn, "contributions", _CONTRIBUTION_COLUMNS, list(contribution_rows.values())),
             )
 
         return self._run(insert)
@@ -277,18 +313,38 @@ class PostgresStore:
     # --- reading -----------------------------------------------------------------------------------
 
     def _records(self, query: sql.Composed, params: Sequence[object]) -> list[str]:
-        def fetch(conn: psycopg.Connection[tuple[object, ...]]) -> list[str]:
-            return [cast(str, row[0]) for row in conn.execute(query, params).fetchall()]
+        return [cast(str, row[0]) for row in self._rows(query, params)]
+
+    def _rows(self, query: sql.Composed, params: Sequence[object]) -> list[tuple[object, ...]]:
+        def fetch(conn: psycopg.Connection[tuple[object, ...]]) -> list[tuple[object, ...]]:
+            return conn.execute(query, params).fetchall()
 
         return self._run(fetch)
 
-    def decision(self, transaction_id: str) -> Decision | None:
-        """The stored decision, exactly as it was logged, or None."""
-        rows = self._records(
-            sql.SQL("select record::text from {} where transaction_id = %s").format(self._table("decisions")),
-            [transaction_id],
+    def _decisions_from(self) -> sql.Composed:
+        """The decisions `d`, each with its contributions `c` (or nulls): what every read of a decision
+        selects from (`d.record::text, c.record::text`, given to `_decision`)."""
+        return sql.SQL("{} as d left join {} as c on c.transaction_id = d.transaction_id").format(
+            self._table("decisions"), self._table("contributions")
         )
-        return cast(Decision, orjson.loads(rows[0])) if rows else None
+
+    def decision(self, transaction_id: str, timestamp: datetime | None = None) -> Decision | None:
+        """The stored decision, as it was logged with its contributions merged, or None. With the
+        payment's `timestamp`, only a decision of that UTC day is found (as the Parquet store, which
+        reads only that day's partition; here the primary key finds it either way)."""
+        clauses: list[sql.Composable] = [sql.SQL("d.transaction_id = %s")]
+        params: list[object] = [transaction_id]
+        if timestamp is not None:
+            day = datetime.combine(_aware(timestamp).date(), time(0), tzinfo=UTC)
+            clauses.append(sql.SQL('d."timestamp" >= %s and d."timestamp" < %s'))
+            params += [day, day + timedelta(days=1)]
+        rows = self._rows(
+            sql.SQL("select d.record::text, c.record::text from {} where {}").format(
+                self._decisions_from(), sql.SQL(" and ").join(clauses)
+            ),
+            params,
+        )
+        return _decision(cast(str, rows[0][0]), cast(str | None, rows[0][1])) if rows else None
 
     def feedback_for(self, transaction_id: str) -> list[FeedbackRecord]:
         """The feedback events about a transaction, in the order they were received (by received time,
@@ -308,31 +364,38 @@ class PostgresStore:
         for column in ("card_id", "customer_id", "merchant_id", "verdict"):
             value = getattr(query, column)
             if value is not None:
-                clauses.append(sql.SQL("{} = %s").format(sql.Identifier(column)))
+                clauses.append(sql.SQL("d.{} = %s").format(sql.Identifier(column)))
                 params.append(str(value))
         if query.start is not None:
-            clauses.append(sql.SQL('"timestamp" >= %s'))
+            clauses.append(sql.SQL('d."timestamp" >= %s'))
             params.append(_aware(query.start))
         if query.end is not None:
-            clauses.append(sql.SQL('"timestamp" < %s'))
+            clauses.append(sql.SQL('d."timestamp" < %s'))
             params.append(_aware(query.end))
         params.append(query.limit)
         statement = sql.SQL(
-            'select record::text from {} where {} order by "timestamp" desc, transaction_id desc limit %s'
-        ).format(self._table("decisions"), sql.SQL(" and ").join(clauses))
-        return [cast(Decision, orjson.loads(row)) for row in self._records(statement, params)]
+            "select d.record::text, c.record::text from {} where {} "
+            'order by d."timestamp" desc, d.transaction_id desc limit %s'
+        ).format(self._decisions_from(), sql.SQL(" and ").join(clauses))
+        rows = self._rows(statement, params)
+        return [_decision(cast(str, record), cast(str | None, extra)) for record, extra in rows]
 
     # --- retention ---------------------------------------------------------------------------------
 
     def apply_retention(self, before: datetime) -> int:
-        """Delete the decisions of payments and the feedback received before the UTC day of `before`
+        """Delete the decisions and contributions of payments and the feedback received before the UTC
+        day of `before`
         (day granularity, as the Parquet store: records of `before`'s own day are kept). Returns how
         many records were deleted."""
         cutoff = datetime.combine(_aware(before).date(), time(0), tzinfo=UTC)
 
         def delete(conn: psycopg.Connection[tuple[object, ...]]) -> int:
             deleted = 0
-            for name, column in (("decisions", "timestamp"), ("feedback", "received_at")):
+            for name, column in (
+                ("decisions", "timestamp"),
+                ("contributions", "timestamp"),
+                ("feedback", "received_at"),
+            ):
                 cursor = conn.execute(
                     sql.SQL("delete from {} where {} < %s").format(self._table(name), sql.Identifier(column)),
                     [cutoff],
@@ -354,14 +417,20 @@ class PostgresStore:
     def iter_decisions(
         self, start: datetime | None = None, end: datetime | None = None, batch: int = 5000
     ) -> Iterator[list[Decision]]:
-        """Every decision of a payment time in [start, end), as logged, `batch` at a time, in payment
-        time order then transaction id: one query on a server-side cursor (the server holds the
-        result, `batch` rows cross the network at a time), on a connection of its own so that the
-        store's other reads are not held up meanwhile."""
+        """Every decision of a payment time in [start, end), as logged with its contributions merged
+        (LEFT JOINed), `batch` at a time, in payment time order then transaction id: one query on a
+        server-side cursor (the server holds the result, `batch` rows cross the network at a time), on
+        a connection of its own so that the store's other reads are not held up meanwhile."""
         for rows in self._iter_records(
-            "decisions", "timestamp", '"timestamp", transaction_id', start, end, batch
+            self._decisions_from(),
+            "d.record::text, c.record::text",
+            'd."timestamp"',
+            'd."timestamp", d.transaction_id',
+            start,
+            end,
+            batch,
         ):
-            yield [cast(Decision, orjson.loads(record)) for record in rows]
+            yield [_decision(cast(str, record), cast(str | None, extra)) for record, extra in rows]
 
     def iter_feedback(
         self, start: datetime | None = None, end: datetime | None = None, batch: int = 5000
@@ -369,32 +438,36 @@ class PostgresStore:
         """Every feedback event received in [start, end), as logged, `batch` at a time, in the order
         received (received time, then stream entry), as `iter_decisions` reads."""
         order = _STREAM_ORDER + ", transaction_id"
-        for rows in self._iter_records("feedback", "received_at", order, start, end, batch):
-            yield [cast(FeedbackRecord, orjson.loads(record)) for record in rows]
+        for rows in self._iter_records(
+            self._table("feedback"), "record::text", "received_at", order, start, end, batch
+        ):
+            yield [cast(FeedbackRecord, orjson.loads(cast(str, row[0]))) for row in rows]
 
     def _iter_records(
         self,
-        name: str,
+        source: sql.Composable,
+        columns: str,
         column: str,
         order: str,
         start: datetime | None,
         end: datetime | None,
         batch: int,
-    ) -> Iterator[list[str]]:
-        """The `record` of the rows of table `name` with `column` in [start, end), in `order`."""
+    ) -> Iterator[list[tuple[object, ...]]]:
+        """The `columns` of the rows of `source` (a FROM clause) with `column` in [start, end), in
+        `order` (`columns`, `column` and `order`: fixed SQL of the callers)."""
         if batch < 1:
             raise ValueError(f"batch must be at least 1, not {batch}")
         self._run(lambda conn: None)  # the tables, if missing: a new store iterates as empty
         clauses: list[sql.Composable] = [sql.SQL("true")]
         params: list[object] = []
         if start is not None:
-            clauses.append(sql.SQL("{} >= %s").format(sql.Identifier(column)))
+            clauses.append(sql.SQL(column + " >= %s"))
             params.append(_aware(start))
         if end is not None:
-            clauses.append(sql.SQL("{} < %s").format(sql.Identifier(column)))
+            clauses.append(sql.SQL(column + " < %s"))
             params.append(_aware(end))
-        statement = sql.SQL("select record::text from {} where {} order by " + order).format(
-            self._table(name), sql.SQL(" and ").join(clauses)
+        statement = sql.SQL("select " + columns + " from {} where {} order by " + order).format(
+            source, sql.SQL(" and ").join(clauses)
         )
         # not autocommit: a server-side cursor lives in a transaction (one snapshot for the whole read)
         with psycopg.connect(self._conninfo, connect_timeout=max(1, round(self._connect_timeout))) as conn:
@@ -402,5 +475,5 @@ class PostgresStore:
                 cursor.itersize = batch
                 cursor.execute(statement, params)
                 while rows := cursor.fetchmany(batch):
-                    yield [cast(str, row[0]) for row in rows]
+                    yield rows
             conn.rollback()  # read only: nothing to commit
