@@ -474,9 +474,11 @@ def serve(
             "--sink/--no-sink",
             envvar="ANTIFRAUD_SINK",
             help="Also run the decision sink: the decision and feedback streams -> the store "
-            "(ANTIFRAUD_STORE, default DATA_DIR/decisions; docs/decisions.md)",
+            "(ANTIFRAUD_STORE, default DATA_DIR/decisions; docs/decisions.md). --no-sink when "
+            "`antifraud sink` runs elsewhere: without a sink the buffer fills, and decisions are then "
+            "answered unlogged",
         ),
-    ] = False,
+    ] = True,
 ) -> None:
     """Run the scoring service (FastAPI on uvicorn) until SIGTERM or SIGINT (exit status 0)."""
     from antifraud.engine.service import run_service
@@ -492,7 +494,8 @@ def serve(
         api_keys=api_keys,
         console=console,
         data_dir=data_dir,
-        sink_store=store if sink else None,
+        store_url=store,
+        sink=sink,
     )
 
 

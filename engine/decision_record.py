@@ -72,6 +72,20 @@ class Reasons(TypedDict):
     model_note: NotRequired[str]
 
 
+class ContributionsRecord(TypedDict):
+    """A flagged decision's model contributions, logged as a second record of its transaction.
+
+    They are computed right after the answer (TreeSHAP costs ~1.5 ms, too much for the hot path), so
+    they cannot be in the decision's own log entry; the store keeps them beside the decision and its
+    reads put them into `reasons.model`.
+    """
+
+    transaction_id: str
+    timestamp: str  # the payment's time, ISO 8601: the store files them under the decision's day
+    model_version: str  # the model that decided, and computed them
+    contributions: list[ContributionRecord]
+
+
 class ShadowScore(TypedDict):
     """The shadow model's score of the payment (logged only, never answered)."""
 
@@ -88,8 +102,8 @@ PaymentRecord: TypeAlias = dict[str, str | bool | dict[str, str | bool | int | f
 Timings: TypeAlias = dict[str, float]
 
 
-class Decision(TypedDict):
-    """One decision, key for key as logged (keys in this order)."""
+class Answer(TypedDict):
+    """The answer to POST /v1/score, key for key (engine.api.models.ScoreResponse documents it)."""
 
     transaction_id: str
     verdict: Verdict
@@ -99,6 +113,14 @@ class Decision(TypedDict):
     model_version: str | None
     rules_version: str
     degraded: list[str]  # what was missing; empty when every signal was there
+    timings: Timings
+    test: bool  # a test payment: answered, never stored, counted in no live figure
+
+
+class Decision(Answer):
+    """One decision as logged: the answer, the payment and its features (JSON keys in the order the
+    pipeline builds them)."""
+
     timestamp: str  # the payment's time, ISO 8601
     decided_at: str  # ISO 8601, UTC
     payment: PaymentRecord
@@ -106,8 +128,25 @@ class Decision(TypedDict):
     currency: str
     features: dict[str, float | None]  # by feature name; null where missing
     shadow: NotRequired[ShadowScore]  # only for the payments in the shadow share
-    timings: Timings
-    test: bool  # a test payment: answered, never stored, counted in no live figure
+
+
+class IdempotencyRecord(TypedDict):
+    """What Redis keeps of a decided payment for the feature spec's dedupe horizon (engine/decisions.py):
+    enough to answer a retry, refuse a changed one, find the whole decision and apply feedback, in
+    a few hundred bytes instead of the decision's kilobytes."""
+
+    transaction_id: str
+    verdict: Verdict
+    score: float | None
+    risk_score: int | None
+    reasons: Reasons  # as answered: without the model's contributions
+    model_version: str | None
+    rules_version: str
+    degraded: list[str]
+    timestamp: str  # the payment's time: its day in the store
+    payment_sha: str  # a digest of the validated payment: a retry with another body gets 409
+    entities: dict[str, str]  # the payment's ENTITY_FIELDS: feedback updates the same entities
+    stream_id: str | None  # the decision's entry in the buffer; null: the buffer was full
 
 
 class FeedbackRecord(TypedDict):

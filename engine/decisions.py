@@ -1,123 +1,205 @@
-"""The decision log: every decision in Redis, by transaction id and in a bounded stream.
+"""The decision log's Redis side: a compact idempotency record per payment, and the buffer streams.
 
-- `{ns}:{tx:<id>}:d`   the decision (JSON), kept `decision_ttl_days`; it is also the idempotency record:
-                        a retried payment gets this stored answer back. A flagged decision gets its
-                        model contributions written into it right after the answer.
-- `{ns}:{tx:<id>}:fb`  feedback events about that payment (JSON list), kept as long.
-- `{ns}:decisions`     a Stream of every decision, trimmed to about `maxlen` entries (XADD MAXLEN ~).
-- `{ns}:feedback`      a Stream of every accepted feedback event, for training.
-`antifraud export-decisions` reads both streams into Parquet.
+- `{ns}:{tx:<id>}:d`  the idempotency record (`IdempotencyRecord`, JSON), kept for the feature spec's
+                      dedupe horizon: the answer, a digest of the payment, its entity fields and the
+                      decision's entry id in the buffer. A retry is answered from it; feedback finds
+                      the payment's entities in it.
+- `{ns}:decisions`    the buffer of decisions (field "d") and of flagged decisions' model
+                      contributions (field "c", logged just after the answer).
+- `{ns}:feedback`     the buffer of accepted feedback events (field "e").
+
+The decision sink (engine/sink.py) writes the buffers to the durable store and trims them; nothing
+else does. Both are bounded (`BufferBound`): once full, a decision is still answered and its
+idempotency record kept, but it is not logged and says so (`BUFFER_FULL` in `degraded`); feedback is
+refused, for its sender to retry. Nothing is ever dropped from a buffer unwritten (docs/decisions.md).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from typing import cast
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Final, Literal, cast
 
 import orjson
 import redis
 
-from antifraud.engine.decision_record import ContributionRecord, Decision, FeedbackRecord, JSONObject
+from antifraud.engine.decision_record import (
+    ContributionsRecord,
+    Decision,
+    FeedbackRecord,
+    IdempotencyRecord,
+    JSONObject,
+)
 
-# Store a decision unless one exists for the transaction (a concurrent retry won the race);
-# only the stored decision enters the stream, so the log has each payment once.
-_STORE = """
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'd', ARGV[1])
-  return false
+#: the `degraded` entry of a decision answered while the buffer was full: it is not in the log
+BUFFER_FULL: Final = "decision log: buffer full"
+
+# Whether the buffer `KEYS[#KEYS]` has room: fewer than ARGV[1] entries, and (ARGV[2] > 0) its
+# oldest entry at most ARGV[2] ms old by Redis's clock. The sink trims what it has written, so the
+# oldest entry is the oldest one not yet written.
+_ROOM = """
+local function room(stream, max_entries, max_age_ms)
+  if redis.call('XLEN', stream) >= max_entries then return false end
+  if max_age_ms <= 0 then return true end
+  local oldest = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)[1]
+  if not oldest then return true end
+  local now = redis.call('TIME')
+  local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+  return now_ms - tonumber(string.match(oldest[1], '^%d+')) <= max_age_ms
 end
-return redis.call('GET', KEYS[1])
 """
 
+# Log a decision unless the transaction already has one (a concurrent retry won the race: its
+# record is returned). KEYS: record, stream. ARGV: max entries, max age ms, record JSON without its
+# closing `stream_id` value, record TTL ms, decision JSON. Returns the earlier record, 1 when
+# logged, 0 when the buffer was full (the record is kept, with a null stream id).
+_PUT = (
+    _ROOM
+    + """
+local earlier = redis.call('GET', KEYS[1])
+if earlier then return earlier end
+if room(KEYS[2], tonumber(ARGV[1]), tonumber(ARGV[2])) then
+  local id = redis.call('XADD', KEYS[2], '*', 'd', ARGV[5])
+  redis.call('SET', KEYS[1], ARGV[3] .. '"' .. id .. '"}', 'PX', ARGV[4])
+  return 1
+end
+redis.call('SET', KEYS[1], ARGV[3] .. 'null}', 'PX', ARGV[4])
+return 0
+"""
+)
 
-class DecisionStore:
-    """Reads and writes decisions and feedback; a thin layer over redis-py."""
+# Append one entry to a buffer if it has room. KEYS: stream. ARGV: max entries, max age ms, field,
+# value. Returns the entry id, or false when full.
+_APPEND = (
+    _ROOM
+    + """
+if room(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2])) then
+  return redis.call('XADD', KEYS[1], '*', ARGV[3], ARGV[4])
+end
+return false
+"""
+)
+
+
+@dataclass(frozen=True)
+class BufferBound:
+    """How much a buffer stream may hold before it refuses entries (docs/decisions.md): entries, and
+    the age of its oldest entry (0: no age bound). With the sink running a buffer holds about a second
+    of payments; the bound is what a sink outage may fill before decisions are answered unlogged."""
+
+    max_entries: int = 1_000_000
+    max_age_s: float = 86_400.0
+
+    def __post_init__(self) -> None:
+        if self.max_entries < 1:
+            raise ValueError(f"the buffer's max_entries must be at least 1, got {self.max_entries}")
+        if not self.max_age_s >= 0:
+            raise ValueError(f"the buffer's max_age_s must be 0 (none) or more, got {self.max_age_s}")
+
+    @property
+    def args(self) -> tuple[int, int]:
+        return self.max_entries, int(self.max_age_s * 1000)
+
+
+class BufferFull(Exception):
+    """A buffer stream is at its bound: the sink is down or far behind."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(
+            f"the {stream} buffer is full: the decision sink is not writing it to the store "
+            "(check `antifraud sink` and the store); retry later"
+        )
+        self.stream = stream
+
+
+Logged = Literal["logged", "buffer full"]
+
+
+class DecisionLog:
+    """Writes decisions, contributions and feedback into the buffers, and keeps and reads the
+    idempotency records; a thin layer over redis-py."""
 
     def __init__(
-        self, client: redis.Redis, namespace: str = "af", ttl_days: int = 30, maxlen: int = 1_000_000
+        self,
+        client: redis.Redis,
+        namespace: str = "af",
+        record_ttl_ms: int = 2 * 86_400_000,
+        bound: BufferBound | None = None,
     ) -> None:
+        """`record_ttl_ms`: how long an idempotency record is kept; the service passes the feature
+        spec's dedupe horizon, so a retry the feature state recognizes always finds its record."""
         self.client = client
         self.ns = namespace
-        self.ttl_ms = ttl_days * 86_400_000
-        self.maxlen = maxlen
+        self.record_ttl_ms = record_ttl_ms
+        self.bound = bound or BufferBound()
         self.decisions_stream = f"{namespace}:decisions"
         self.feedback_stream = f"{namespace}:feedback"
-        self._store = client.register_script(_STORE)
+        self._put = client.register_script(_PUT)
+        self._append = client.register_script(_APPEND)
 
-    def _key(self, txid: str, kind: str) -> str:
-        return f"{self.ns}:{{tx:{txid}}}:{kind}"
+    def _key(self, txid: str) -> str:
+        return f"{self.ns}:{{tx:{txid}}}:d"
 
-    def get(self, txid: str) -> JSONObject | None:
-        """The stored decision as an open JSON object (the API adds to it before answering), or None."""
-        raw = cast(bytes | None, self.client.get(self._key(txid, "d")))
-        return orjson.loads(raw) if raw else None
-
-    def decision(self, txid: str) -> Decision | None:
-        """The stored decision, or None."""
-        return cast(Decision | None, self.get(txid))
-
-    def put(self, decision: Decision) -> Decision | None:
-        """Store a new decision; returns the earlier stored one instead when there is one."""
-        key = self._key(decision["transaction_id"], "d")
-        earlier = self._store(
-            keys=[key, self.decisions_stream],
-            args=[_dumps(decision), self.ttl_ms, self.maxlen],
+    def put(self, decision: Decision, record: IdempotencyRecord) -> IdempotencyRecord | Logged:
+        """Log a new decision with its idempotency record, in one atomic step. Returns the earlier
+        record when the transaction already has one (nothing is written), else whether the decision
+        entered the buffer ("logged") or found it full ("buffer full"; the record is kept)."""
+        head = orjson.dumps({k: v for k, v in record.items() if k != "stream_id"})
+        done = self._put(
+            keys=[self._key(decision["transaction_id"]), self.decisions_stream],
+            args=[*self.bound.args, head[:-1] + b',"stream_id":', self.record_ttl_ms, _dumps(decision)],
         )
-        return cast(Decision, orjson.loads(earlier)) if earlier else None
+        if isinstance(done, bytes):
+            return _record(done)
+        return "logged" if done == 1 else "buffer full"
 
-    def set_contributions(self, txid: str, contributions: list[ContributionRecord]) -> bool:
-        """Store the model's top contributions in a stored decision (`reasons.model`), keeping its
-        expiry; False when no decision is stored for the transaction.
+    def record(self, txid: str) -> IdempotencyRecord | None:
+        """The idempotency record of a transaction decided within the dedupe horizon, or None."""
+        raw = cast(bytes | None, self.client.get(self._key(txid)))
+        return _record(raw) if raw else None
 
-        Only the pipeline's background step writes a stored decision after `put` (which never
-        overwrites one), so reading, changing and writing it back races with nothing.
-        """
-        key = self._key(txid, "d")
-        raw = cast(bytes | None, self.client.get(key))
-        if raw is None:
-            return False
-        decision = orjson.loads(raw)
-        decision["reasons"]["model"] = contributions
-        return bool(self.client.set(key, _dumps(decision), xx=True, keepttl=True))
+    def buffered(self, stream_id: str) -> Decision | None:
+        """The decision at `stream_id` in the buffer, or None once the sink has written and trimmed it."""
+        entries = cast(
+            list[tuple[bytes, dict[bytes, bytes]]],
+            self.client.xrange(self.decisions_stream, min=stream_id, max=stream_id),
+        )
+        raw = entries[0][1].get(b"d") if entries else None
+        return cast(Decision, orjson.loads(raw)) if raw else None
 
-    def add_feedback(self, event: FeedbackRecord | Mapping[str, str | None]) -> None:
-        """Keep a feedback event: in the feedback stream and beside its decision."""
-        payload = _dumps(event)
-        key = self._key(str(event["transaction_id"]), "fb")
-        pipe = self.client.pipeline(transaction=False)
-        # bounded like the decision log, but 10x longer: feedback is what training learns from
-        pipe.xadd(self.feedback_stream, {"e": payload}, maxlen=self.maxlen * 10, approximate=True)
-        pipe.rpush(key, payload)
-        pipe.pexpire(key, self.ttl_ms)
-        pipe.execute()
+    def log_contributions(self, record: ContributionsRecord) -> bool:
+        """Log a flagged decision's contributions (a second record of its transaction, which the sink
+        stores beside the decision); False when the buffer is full (they are left out)."""
+        return self._append_to(self.decisions_stream, b"c", _dumps(record)) is not None
 
-    def feedback_for(self, txid: str) -> list[FeedbackRecord]:
-        """Feedback events received about one payment, oldest first."""
-        values = cast(list[bytes], self.client.lrange(self._key(txid, "fb"), 0, -1))
-        return [orjson.loads(v) for v in values]
+    def add_feedback(self, event: FeedbackRecord | Mapping[str, str | None]) -> str:
+        """Log a feedback event; returns its entry id. Raises `BufferFull` when the buffer is full:
+        the event is not accepted, and its sender should retry."""
+        entry = self._append_to(self.feedback_stream, b"e", _dumps(event))
+        if entry is None:
+            raise BufferFull(self.feedback_stream)
+        return entry
 
-    def decisions(self, batch: int = 5000) -> Iterator[Decision]:
-        """Every decision of the log, oldest first."""
-        return cast(Iterator[Decision], self.iter_stream(self.decisions_stream, "d", batch))
-
-    def feedback(self, batch: int = 5000) -> Iterator[FeedbackRecord]:
-        """Every feedback event received, oldest first."""
-        return cast(Iterator[FeedbackRecord], self.iter_stream(self.feedback_stream, "e", batch))
-
-    def iter_stream(self, stream: str, field: str, batch: int = 5000) -> Iterator[JSONObject]:
-        """Every entry of a stream (JSON objects), oldest first, in batches."""
-        start = "-"
-        while True:
-            entries = cast(
-                list[tuple[bytes, dict[bytes, bytes]]], self.client.xrange(stream, min=start, count=batch)
-            )
-            if not entries:
-                return
-            for _entry_id, fields in entries:
-                yield orjson.loads(fields[field.encode()])
-            start = "(" + entries[-1][0].decode()
+    def _append_to(self, stream: str, field: bytes, value: bytes) -> str | None:
+        entry = self._append(keys=[stream], args=[*self.bound.args, field, value])
+        return entry.decode() if isinstance(entry, bytes) else None
 
 
-def _dumps(record: Decision | FeedbackRecord | JSONObject | Mapping[str, str | None]) -> bytes:
+def answered(record: IdempotencyRecord) -> list[str]:
+    """The `degraded` list a retry is answered with: the record's, and `BUFFER_FULL` when the first
+    request found the buffer full (the record's stream id is then null)."""
+    degraded = list(record["degraded"])
+    if record["stream_id"] is None and BUFFER_FULL not in degraded:
+        degraded.append(BUFFER_FULL)
+    return degraded
+
+
+def _record(raw: bytes) -> IdempotencyRecord:
+    return cast(IdempotencyRecord, orjson.loads(raw))
+
+
+def _dumps(
+    record: Decision | FeedbackRecord | ContributionsRecord | JSONObject | Mapping[str, str | None],
+) -> bytes:
     # orjson: ~30x faster than json.dumps on a decision's 87 floats (3 us against 90 us)
     return orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY)

@@ -62,6 +62,13 @@ class Metrics:
         self.degraded = Counter("antifraud_degraded_total", "Decisions made without every signal", registry=r)
         self.redis_errors = Counter("antifraud_redis_errors_total", "Failed Redis calls", registry=r)
         self.feedback = Counter("antifraud_feedback_total", "Feedback events accepted", ["kind"], registry=r)
+        self.buffer_full = Counter(
+            "antifraud_buffer_full_total",
+            "Decisions answered but not logged, and feedback events refused, because the buffer was "
+            "full (the decision sink is down or behind)",
+            ["stream"],
+            registry=r,
+        )
         self.http_requests = Counter(
             "antifraud_http_requests_total",
             "HTTP requests by route template (route=other when no route matched), method and status",

@@ -1,7 +1,7 @@
 """The scoring path, in one straight line:
 
     validate (pydantic, in the API) -> features (one Redis round trip) -> model -> rules -> verdict
-    -> decision log (one Redis round trip)
+    -> decision log (one Redis round trip: the idempotency record and the buffer, engine/decisions.py)
 
 Failure is a verdict: when Redis is down or slow the stateful features are missing, rules that
 need them are skipped, and the fail policy answers for payments that could not be fully scored.
@@ -9,27 +9,32 @@ need them are skipped, and the fail policy answers for payments that could not b
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import time
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeGuard
 
 import numpy as np
+import orjson
 import redis
 
 from antifraud.engine.decision_record import (
+    Answer,
     BandCode,
     ContributionRecord,
     Decision,
     FiredRuleRecord,
+    IdempotencyRecord,
     JSONObject,
     PaymentRecord,
     Reasons,
     Timings,
 )
-from antifraud.engine.decisions import DecisionStore
+from antifraud.engine.decisions import BUFFER_FULL, DecisionLog, answered
 from antifraud.engine.model import ModelRuntime
 from antifraud.engine.rules import FiredRule, RuleSet
 from antifraud.engine.schema import Transaction
@@ -83,7 +88,7 @@ class Scorer:
     """Scores payments; one per worker process (the model runtime is not thread-safe)."""
 
     features: OnlineFeatures
-    store: DecisionStore
+    log: DecisionLog
     loaded: Loaded
     fail_policy: FailPolicy = "review"
     shadow_share: float = 0.0
@@ -102,8 +107,13 @@ class Scorer:
                 f"entities only on {list(ENTITY_FIELDS)}, or add the field to engine.vocabulary.ENTITY_FIELDS"
             )
 
-    def score(self, txn: Transaction) -> Decision:
-        """The decision for a payment: verdict, score, reasons, versions, degradation and timings."""
+    def score(self, txn: Transaction) -> Answer:
+        """The answer for a payment: verdict, score, reasons, versions, degradation and timings.
+
+        A new payment's answer is its whole `Decision` (logged); a retry of a decided one is answered
+        from its idempotency record, with this request's timings. Raises `IdempotencyConflict` when
+        the transaction id was decided for another payment.
+        """
         started = time.perf_counter()
         timings: Timings = {}
         payment = txn.model_dump()
@@ -122,9 +132,7 @@ class Scorer:
             # so deciding on it would be wrong: answer degraded, and leave storing to the first.
             stored = self._wait_for_stored(txn.transaction_id, started)
             if stored is not None:
-                if changed := changed_fields(stored, payment):
-                    raise IdempotencyConflict(txn.transaction_id, changed)
-                return stored
+                return _retry_answer(stored, payment, timings, started)
             values = self.features.without_state(payment)
             degraded.append("retry: the first request's decision is not stored yet")
             store = False
@@ -212,14 +220,17 @@ class Scorer:
         timings["total_ms"] = _ms(started)
 
         t = time.perf_counter()
-        earlier, logged = self._store(decision) if store else (None, True)
+        logged = self._log(decision) if store else "logged"
         timings["log_ms"] = _ms(t)
-        if earlier is not None:
-            # a concurrent retry stored its decision first: one answer per payment
-            if changed := changed_fields(earlier, payment):
-                raise IdempotencyConflict(txn.transaction_id, changed)
-            return earlier
-        if not logged:
+        if isinstance(logged, dict):
+            # a concurrent retry logged its decision first: one answer per payment
+            return _retry_answer(logged, payment, timings, started)
+        if logged == "buffer full":
+            # answered, and a retry gets the same answer, but there is no audit record: say so
+            decision["degraded"].append(BUFFER_FULL)
+            if self.metrics is not None:
+                self.metrics.buffer_full.labels("decisions").inc()
+        elif logged == "not stored":
             # no audit record and no idempotency record: the answer must not claim to be complete
             decision["degraded"].append("decision log: not stored")
         if txn.test:
@@ -228,30 +239,39 @@ class Scorer:
             self.metrics.observe(decision, timings)
         return decision
 
-    def needs_explaining(self, decision: Decision) -> bool:
-        """Whether `explain_stored` should run for a decision just answered: a stored (not test)
-        challenge, review or block scored with every signal, whose contributions are not stored yet."""
+    def needs_explaining(self, answer: Answer) -> TypeGuard[Decision]:
+        """Whether `explain_stored` should run for a payment just answered: a new decision (not a
+        retry's answer, not a test), a challenge, review or block scored with every signal."""
         return (
-            decision["verdict"] != "allow"
-            and not decision["degraded"]
-            and not decision["test"]
-            and not decision["reasons"]["model"]
-            and decision["score"] is not None
+            answer["verdict"] != "allow"
+            and not answer["degraded"]
+            and not answer["test"]
+            and answer["score"] is not None
+            and "features" in answer  # only a new decision carries them
         )
 
     def explain_stored(self, decision: Decision) -> None:
         """Compute a flagged decision's top contributions and store them with it.
 
         Runs after the answer, in a thread (the API's background task): the model releases the GIL
-        and has buffers of its own for this, so the worker goes on scoring meanwhile. A model
-        swapped in the meantime, or a Redis that cannot store, leaves the decision without them
-        (`GET /v1/decisions/{id}` then computes them on read when it can).
+        and has buffers of its own for this, so the worker goes on scoring meanwhile. They are
+        logged as a second record of the transaction, which the sink stores beside the decision. A
+        model swapped in the meantime, a full buffer or a Redis that cannot log leaves the decision
+        without them (`GET /v1/decisions/{id}` then computes them on read when it can).
         """
         started = time.perf_counter()
         try:
             records = self.explain(decision)
-            if records:
-                self.store.set_contributions(decision["transaction_id"], records)
+            model_version = decision["model_version"]
+            if records and model_version is not None:
+                self.log.log_contributions(
+                    {
+                        "transaction_id": decision["transaction_id"],
+                        "timestamp": decision["timestamp"],
+                        "model_version": model_version,
+                        "contributions": records,
+                    }
+                )
         except LookupError:
             return
         except (redis.RedisError, OSError):
@@ -293,41 +313,88 @@ class Scorer:
             reason = "features: redis unavailable (circuit open)"
         return self.features.without_state(payment), False, reason
 
-    def _wait_for_stored(self, txid: str, started: float) -> Decision | None:
-        """The stored decision, polled for up to half the budget while the first request finishes."""
+    def _wait_for_stored(self, txid: str, started: float) -> IdempotencyRecord | None:
+        """The idempotency record, polled for up to half the budget while the first request finishes."""
         deadline = started + self.budget_ms / 2000
         while True:
             try:
-                found = self.store.decision(txid)
+                found = self.log.record(txid)
             except (redis.RedisError, OSError):
                 return None
             if found is not None or time.perf_counter() >= deadline:
                 return found
             time.sleep(0.002)
 
-    def _store(self, decision: Decision) -> tuple[Decision | None, bool]:
-        """(an earlier stored decision or None, whether the decision log holds this payment)."""
+    def _log(self, decision: Decision) -> IdempotencyRecord | Logged:
+        """Log a new decision: the earlier idempotency record when a concurrent request logged the
+        transaction first, else whether the decision entered the buffer, found it full, or could not
+        be stored at all (Redis failing)."""
         if self.breaker.open:
-            return None, False
+            return "not stored"
         try:
-            return self.store.put(decision), True
+            return self.log.put(decision, idempotency_record(decision))
         except (redis.RedisError, OSError):
             self.breaker.trip()
             if self.metrics is not None:
                 self.metrics.redis_errors.inc()
-            return None, False
+            return "not stored"
+
+
+#: what logging a new decision came to (`Scorer._log`): the log's own outcomes, or Redis failing
+Logged = Literal["logged", "buffer full", "not stored"]
 
 
 class IdempotencyConflict(Exception):
-    """A transaction id already decided, sent again with another body: the API answers 409."""
+    """A transaction id already decided, sent again with another body: the API answers 409, naming
+    the fields that differ once it has read the whole decision (`changed_fields`)."""
 
-    def __init__(self, transaction_id: str, fields: list[str]) -> None:
+    def __init__(self, record: IdempotencyRecord, payment: Mapping[str, Any]) -> None:
         super().__init__(
-            f"transaction {transaction_id!r} was already scored with other values of {', '.join(fields)}: "
-            "a retry must resend the same body; a new payment needs a new transaction_id"
+            f"transaction {record['transaction_id']!r} was already scored with another body: a retry "
+            "must resend the same body; a new payment needs a new transaction_id"
         )
-        self.transaction_id = transaction_id
-        self.fields = fields
+        self.record = record
+        self.payment = payment
+
+
+def idempotency_record(decision: Decision) -> IdempotencyRecord:
+    """What Redis keeps of a new decision for the dedupe horizon (its stream id is set by the log)."""
+    return {
+        "transaction_id": decision["transaction_id"],
+        "verdict": decision["verdict"],
+        "score": decision["score"],
+        "risk_score": decision["risk_score"],
+        "reasons": decision["reasons"],
+        "model_version": decision["model_version"],
+        "rules_version": decision["rules_version"],
+        "degraded": decision["degraded"],
+        "timestamp": decision["timestamp"],
+        "payment_sha": payment_digest(_comparable(decision)),
+        "entities": entities_of(decision["payment"]),
+        "stream_id": None,
+    }
+
+
+def _retry_answer(
+    record: IdempotencyRecord, payment: Mapping[str, Any], timings: Timings, started: float
+) -> Answer:
+    """The answer to a retry: the first answer, from its idempotency record, with this request's
+    timings; `IdempotencyConflict` when the payment is not the one decided."""
+    if payment_digest(_comparable_payment(payment)) != record["payment_sha"]:
+        raise IdempotencyConflict(record, payment)
+    timings["total_ms"] = _ms(started)
+    return {
+        "transaction_id": record["transaction_id"],
+        "verdict": record["verdict"],
+        "score": record["score"],
+        "risk_score": record["risk_score"],
+        "reasons": record["reasons"],
+        "model_version": record["model_version"],
+        "rules_version": record["rules_version"],
+        "degraded": answered(record),
+        "timings": timings,
+        "test": False,
+    }
 
 
 # Kept at the decision's top level, so not repeated in its `payment`.
@@ -339,25 +406,45 @@ def payment_record(payment: Mapping[str, Any]) -> PaymentRecord:
     return {k: v for k, v in payment.items() if v is not None and k not in _TOP_LEVEL}
 
 
-def changed_fields(stored: Decision, payment: Mapping[str, Any]) -> list[str]:
-    """The fields in which a retried payment differs from the decided one (names only, never values).
+def entities_of(payment: Mapping[str, object]) -> dict[str, str]:
+    """The payment's entity fields (`ENTITY_FIELDS`) it was sent with: what feedback about it needs."""
+    return {f: v for f in ENTITY_FIELDS if isinstance(v := payment.get(f), str)}
+
+
+def _comparable(decision: Decision) -> dict[str, object]:
+    """A decided payment's fields, as `_comparable_payment` gives a validated one's."""
+    return {
+        **decision["payment"],
+        "amount": decision["amount"],
+        "currency": decision["currency"],
+        "timestamp": decision["timestamp"],
+    }
+
+
+def _comparable_payment(payment: Mapping[str, Any]) -> dict[str, object]:
+    """A validated payment's fields as a decision keeps them: what makes two requests the same payment.
 
     Both sides are validated payments, so formatting that validation normalizes (case of an email,
     blanks around an id, the offset of a timestamp) is not a change.
     """
-    decided: dict[str, object] = {
-        **stored["payment"],
-        "amount": stored["amount"],
-        "currency": stored["currency"],
-        "timestamp": stored["timestamp"],
-    }
-    sent: dict[str, object] = {
+    return {
         **payment_record(payment),
         "amount": payment["amount"],
         "currency": payment["currency"],
         "timestamp": payment["timestamp"].isoformat(),
     }
-    return sorted(k for k in sent.keys() | decided.keys() if sent.get(k) != decided.get(k))
+
+
+def payment_digest(fields: Mapping[str, object]) -> str:
+    """A short digest of a payment's comparable fields (keys sorted): equal for the same payment."""
+    canonical = orjson.dumps(fields, option=orjson.OPT_SORT_KEYS)
+    return base64.urlsafe_b64encode(hashlib.blake2b(canonical, digest_size=16).digest()).decode()[:22]
+
+
+def changed_fields(decided: Decision, payment: Mapping[str, Any]) -> list[str]:
+    """The fields in which a retried payment differs from the decided one (names only, never values)."""
+    before, sent = _comparable(decided), _comparable_payment(payment)
+    return sorted(k for k in sent.keys() | before.keys() if sent.get(k) != before.get(k))
 
 
 def _ms(since: float) -> float:

@@ -29,7 +29,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from antifraud.engine.redis_server import EmbeddedRedis, die_with_parent
-from antifraud.engine.settings import DEFAULT_DATA_DIR
+from antifraud.engine.settings import DEFAULT_DATA_DIR, SINK_PID_FILE
 from antifraud.engine.workers import APP, serve_workers
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -63,15 +63,17 @@ def run_service(
     api_keys: Path | None,
     console: Console,
     data_dir: Path = Path(DEFAULT_DATA_DIR),
-    sink_store: str | None = None,
+    store_url: str | None = None,
+    sink: bool = True,
 ) -> None:
     """Serve until SIGTERM or SIGINT, then stop the workers and the embedded Redis and return.
 
     Each of the `workers` uvicorn processes builds its app from ANTIFRAUD_* variables. Without
     `redis_url`, a redis-server is started under `data_dir`/redis (resolved against the working
-    directory) and stopped on the way out. With `sink_store`, a decision sink (engine/sink.py)
-    runs beside the workers in its own process, draining the decision and feedback streams into
-    that store; it is stopped after the workers (finishing its batch) and before the Redis.
+    directory) and stopped on the way out. The workers read decisions from `store_url` (default
+    `data_dir`/decisions); with `sink`, a decision sink (engine/sink.py) runs beside them in its own
+    process, draining the decision and feedback streams into that store; it is stopped after the
+    workers (finishing its batch) and before the Redis.
     Raises SystemExit(1) when the service cannot start."""
     if api_keys is None and os.environ.get("ANTIFRAUD_ALLOW_NO_AUTH") != "1":
         console.print(
@@ -82,7 +84,7 @@ def run_service(
         raise SystemExit(EXIT_CANNOT_START)
     previous = {signum: signal.signal(signum, _raise_stopped) for signum in STOP_SIGNALS}
     embedded: EmbeddedRedis | None = None
-    sink: BaseProcess | None = None
+    sink_process: BaseProcess | None = None
     metrics_dir = None
     status = EXIT_STOPPED
     try:
@@ -91,6 +93,9 @@ def run_service(
             _start(embedded, console)  # inside the try: a stop during the start still stops it
             redis_url = embedded.url
         os.environ["ANTIFRAUD_REDIS_URL"] = redis_url
+        # the workers read the store the sink writes, whichever way it was given
+        store_url = store_url or str(data_dir.absolute() / "decisions")
+        os.environ["ANTIFRAUD_STORE"] = store_url
         for name, value in (("MODEL_DIR", model), ("RULES_DIR", rules), ("API_KEYS", api_keys)):
             if value is not None:
                 os.environ[f"ANTIFRAUD_{name}"] = str(Path(value).resolve())
@@ -103,8 +108,11 @@ def run_service(
             else:
                 metrics_dir = tempfile.mkdtemp(prefix="antifraud-metrics-")
                 os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
-        if sink_store is not None:
-            sink = _start_sink(redis_url, sink_store, console)
+        if sink:
+            sink_process = _start_sink(redis_url, store_url, console)
+            # where operators (and engine.stack's CPU accounting) find it among this one's children
+            if sink_process.pid is not None:
+                _write_pid(data_dir.absolute() / SINK_PID_FILE, sink_process.pid)
         console.print(f"serving on http://{host}:{port} with {workers} worker(s); OpenAPI at /docs")
         if workers > 1:
             status = serve_workers(host, port, workers)
@@ -127,8 +135,9 @@ def run_service(
     finally:
         for signum in STOP_SIGNALS:
             signal.signal(signum, _hold)
-        if sink is not None:
-            _stop_sink(sink)
+        if sink_process is not None:
+            _stop_sink(sink_process)
+            (data_dir.absolute() / SINK_PID_FILE).unlink(missing_ok=True)
         if embedded is not None:
             embedded.stop()
         if metrics_dir:
@@ -139,11 +148,17 @@ def run_service(
         raise SystemExit(status)
 
 
+def _write_pid(path: Path, pid: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"{pid}\n")
+
+
 def _start_sink(redis_url: str, store_url: str, console: Console) -> BaseProcess:
     """The decision sink in a process of its own (it writes files or talks to PostgreSQL: kept off
     the workers' CPU time and event loops), dying with this one if this one is killed."""
     process = multiprocessing.get_context("spawn").Process(
-        target=_sink_main, args=(redis_url, store_url, os.environ.get("ANTIFRAUD_NAMESPACE", "af")),
+        target=_sink_main,
+        args=(redis_url, store_url, os.environ.get("ANTIFRAUD_NAMESPACE", "af")),
         name="antifraud-sink",
     )
     process.start()

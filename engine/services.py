@@ -1,5 +1,5 @@
 """Building the scoring service, once per worker at start-up: Redis client, online features, model,
-rules, decision store, scorer, and the Reloader that keeps model and rules live afterwards.
+rules, decision log and reader, scorer, and the Reloader that keeps model and rules live afterwards.
 
 One function builds everything (`build_services`), so what a worker serves with is written in one
 place and the API's routes receive finished objects instead of reaching into a loader.
@@ -13,13 +13,15 @@ from pathlib import Path
 
 import redis
 
-from antifraud.engine.decisions import DecisionStore
+from antifraud.engine.decision_reads import DecisionReader
+from antifraud.engine.decisions import BufferBound, DecisionLog
 from antifraud.engine.loader import Reloader
 from antifraud.engine.metrics import Metrics
 from antifraud.engine.model import ModelError, ModelRuntime
 from antifraud.engine.pipeline import Loaded, Scorer
 from antifraud.engine.rules import load_rules
 from antifraud.engine.settings import Settings
+from antifraud.engine.store import open_store
 from antifraud.features.online import OnlineFeatures
 
 # the logger start-up model errors were always reported under, which log filters may name
@@ -34,7 +36,8 @@ class Services:
     client: redis.Redis
     metrics: Metrics
     features: OnlineFeatures
-    store: DecisionStore
+    log: DecisionLog
+    reader: DecisionReader
     scorer: Scorer
     reloader: Reloader
 
@@ -72,12 +75,18 @@ def build_services(
         if settings.shadow_model_dir
         else None
     )
-    store = DecisionStore(
-        client, settings.namespace, settings.decision_ttl_days, settings.decision_log_maxlen
+    # an idempotency record lives as long as the feature state remembers the transaction id: a retry
+    # the features see as a duplicate always finds the answer to give
+    log = DecisionLog(
+        client,
+        settings.namespace,
+        features.spec.dedupe_horizon_ms,
+        BufferBound(settings.buffer_max_entries, settings.buffer_max_age_s),
     )
+    reader = DecisionReader(log, open_store(settings.store_url))
     scorer = Scorer(
         features,
-        store,
+        log,
         Loaded(model, rules, shadow),
         settings.fail_policy,
         settings.shadow_share,
@@ -87,7 +96,7 @@ def build_services(
     # The Reloader notes the files' state now, after loading them: only a later change reloads.
     reloader = Reloader(settings, scorer)
     metrics.note_loaded(scorer.loaded)  # the versions /metrics shows as live
-    return Services(settings, client, metrics, features, store, scorer, reloader)
+    return Services(settings, client, metrics, features, log, reader, scorer, reloader)
 
 
 def load_model_or_none(directory: Path, feature_names: list[str]) -> ModelRuntime | None:

@@ -13,6 +13,8 @@ ROOT = Path(__file__).resolve().parent.parent
 # The embedded Redis's files (`serve` without --redis) go under <data dir>/redis; relative to the
 # working directory, never the package folder, so two checkouts or services never share a server.
 DEFAULT_DATA_DIR = "var"
+#: the file under the data directory holding the pid of the decision sink `serve` runs
+SINK_PID_FILE = "sink.pid"
 
 
 def _env(name: str, default: str) -> str:
@@ -35,8 +37,10 @@ class Settings:
     )
     budget_ms: float = field(default_factory=lambda: float(_env("BUDGET_MS", "50")))
     fail_policy: FailPolicy = field(default_factory=lambda: _env("FAIL_POLICY", "review"))  # type: ignore[arg-type,return-value]
-    decision_ttl_days: int = field(default_factory=lambda: int(_env("DECISION_TTL_DAYS", "30")))
-    decision_log_maxlen: int = field(default_factory=lambda: int(_env("DECISION_LOG_MAXLEN", "1000000")))
+    # The buffer streams' bound (docs/decisions.md): what a sink outage may fill before decisions are
+    # answered unlogged (degraded) and feedback refused. About 3 KB a decision: 1,000,000 is ~3 GB.
+    buffer_max_entries: int = field(default_factory=lambda: int(_env("BUFFER_MAX_ENTRIES", "1000000")))
+    buffer_max_age_s: float = field(default_factory=lambda: float(_env("BUFFER_MAX_AGE_S", "86400")))
     max_body_bytes: int = field(default_factory=lambda: int(_env("MAX_BODY_BYTES", "16384")))
     namespace: str = field(default_factory=lambda: _env("NAMESPACE", "af"))
     data_dir: Path = field(default_factory=lambda: Path(_env("DATA_DIR", DEFAULT_DATA_DIR)).absolute())

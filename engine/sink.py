@@ -1,10 +1,12 @@
 """The decision sink: moves decisions and feedback from their Redis streams into the durable store.
 
-The scoring path appends every decision to `{ns}:decisions` (field "d") and every feedback event to
-`{ns}:feedback` (field "e"); the streams are a short buffer. The sink reads both with a consumer group
-(`sink` by default, created at the start of each stream so nothing logged before the first run is
-skipped), writes a batch to the store (`antifraud.engine.store.Store.write`, durable on return) and
-only then acknowledges it (XACK) and trims the stream below the oldest entry still unacknowledged.
+The scoring path appends every decision to `{ns}:decisions` (field "d"), a flagged decision's model
+contributions right after its answer to the same stream (field "c"), and every feedback event to
+`{ns}:feedback` (field "e"); the streams are a short buffer (engine/decisions.py). The sink reads both
+with a consumer group (`sink` by default, created at the start of each stream so nothing logged
+before the first run is skipped), writes a batch to the store (`antifraud.engine.store.Store.write`,
+durable on return) and only then acknowledges it (XACK) and trims the stream below the oldest entry
+still unacknowledged.
 
 What that guarantees (docs/decisions.md):
 - nothing is lost: an entry leaves the stream only after its batch was written and acknowledged;
@@ -29,14 +31,14 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Literal, cast
 
 import orjson
 import redis
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from redis.typing import EncodableT, FieldT
 
-from antifraud.engine.decision_record import Decision, FeedbackRecord
+from antifraud.engine.decision_record import ContributionsRecord, Decision, FeedbackRecord
 from antifraud.engine.store import Logged, Store
 
 log = logging.getLogger("antifraud.sink")
@@ -87,7 +89,7 @@ class SinkMetrics:
         )
         self.lost = Counter(
             "antifraud_sink_lost_total",
-            "Entries deleted from a stream (its MAXLEN bound) before the sink wrote them",
+            "Entries deleted from a stream (by hand: only the sink trims) before the sink wrote them",
             ["stream"],
             registry=r,
         )
@@ -114,13 +116,16 @@ class SinkMetrics:
         )
 
 
+#: what a stream entry holds, by the field its record's JSON is in
+Kind = Literal["decisions", "feedback", "contributions"]
+
+
 @dataclass
 class _Stream:
     """One stream the sink reads, and its place in the XAUTOCLAIM scan of the group's pending list."""
 
     key: str
-    payload: bytes  # the field holding the record's JSON
-    kind: str  # "decisions" or "feedback"
+    kinds: dict[bytes, Kind]  # the fields holding a record's JSON, and the kind of record each holds
     claim_cursor: str = "0-0"
     entries: dict[str, dict[bytes, bytes]] = field(default_factory=dict)  # the batch in hand, by id
 
@@ -162,8 +167,8 @@ class Sink:
         self.metrics = metrics or SinkMetrics()
         self.rejected_stream = f"{namespace}:sink:rejected"
         self.streams = (
-            _Stream(f"{namespace}:decisions", b"d", "decisions"),
-            _Stream(f"{namespace}:feedback", b"e", "feedback"),
+            _Stream(f"{namespace}:decisions", {b"d": "decisions", b"c": "contributions"}),
+            _Stream(f"{namespace}:feedback", {b"e": "feedback"}),
         )
         self._last_forget = 0.0
         self.acknowledged = 0  # stream entries acknowledged since this sink started
@@ -277,39 +282,41 @@ class Sink:
                     return
 
     def _write_and_ack(self) -> None:
-        decoded: dict[str, list[Logged]] = {}
+        decoded: dict[Kind, list[Logged]] = {"decisions": [], "feedback": [], "contributions": []}
         for stream in self.streams:
-            records: list[Logged] = []
             lost = 0
             for entry_id, fields in stream.entries.items():
-                raw = fields.get(stream.payload)
-                if raw is None:
+                found = next(((kind, fields[f]) for f, kind in stream.kinds.items() if f in fields), None)
+                if found is None:
                     lost += 1  # delivered, then deleted from the stream before it was written
                     continue
+                kind, raw = found
                 try:
-                    record = cast(Decision | FeedbackRecord, orjson.loads(raw))
+                    record = cast(Decision | FeedbackRecord | ContributionsRecord, orjson.loads(raw))
                 except orjson.JSONDecodeError:
                     self._reject(stream, entry_id, fields)
                     continue
-                records.append(Logged(entry_id, record))
+                decoded[kind].append(Logged(entry_id, record))
             if lost:
                 self._note_lost(stream, lost)
-            decoded[stream.kind] = records
-        decisions, feedback = decoded["decisions"], decoded["feedback"]
-        if decisions or feedback:
-            written = self.store.write(decisions, feedback)  # durable on return: only then acknowledge
-            self.metrics.written.labels("decisions").inc(written.decisions)
-            self.metrics.written.labels("feedback").inc(written.feedback)
-            self.metrics.repeated.labels("decisions").inc(len(decisions) - written.decisions)
-            self.metrics.repeated.labels("feedback").inc(len(feedback) - written.feedback)
+        if any(decoded.values()):
+            # durable on return: only then acknowledge
+            written = self.store.write(decoded["decisions"], decoded["feedback"], decoded["contributions"])
+            for kind, new in (
+                ("decisions", written.decisions),
+                ("feedback", written.feedback),
+                ("contributions", written.contributions),
+            ):
+                self.metrics.written.labels(kind).inc(new)
+                self.metrics.repeated.labels(kind).inc(len(decoded[kind]) - new)
         for stream in self.streams:
             if stream.entries:
                 self.client.xack(stream.key, self.group, *stream.entries)
 
     def _note_lost(self, stream: _Stream, count: int) -> None:
         log.error(
-            "%d entries of %s were deleted before the sink wrote them (the stream's MAXLEN bound was "
-            "reached: the sink fell that far behind)",
+            "%d entries of %s were deleted before the sink wrote them (the stream was trimmed or "
+            "deleted by hand: only the sink trims it, below what it has written)",
             count,
             stream.key,
         )

@@ -39,7 +39,7 @@ import redis
 
 from antifraud.engine.auth import Role, new_key
 from antifraud.engine.redis_server import EmbeddedRedis
-from antifraud.engine.settings import ROOT
+from antifraud.engine.settings import ROOT, SINK_PID_FILE
 
 # Where the server's stdout and stderr go:
 #   "inherit": this process's own (the demo prints them on the console);
@@ -183,6 +183,8 @@ class ServiceStack:
         """The `antifraud serve` command line."""
         command = [sys.executable, "-m", "antifraud.engine.cli", "serve", "--host", "127.0.0.1"]
         command += ["--port", str(self.port), "--redis", self.redis_url, "--workers", str(self.workers)]
+        # the decision store (and its sink's files) in the stack's directory, never the working one's
+        command += ["--data-dir", str(self.dir / "data")]
         if self.model_dir is not None:
             command += ["--model", str(self.model_dir)]
         if self.rules_dir is not None:
@@ -255,22 +257,39 @@ class ServiceStack:
                 self.server.wait(timeout=10)
         self.server = None
 
+    def sink_pid(self) -> int | None:
+        """The decision sink `serve` runs beside its workers (its pid file), or None when it runs none."""
+        try:
+            pid = int((self.dir / "data" / SINK_PID_FILE).read_text())
+        except (OSError, ValueError):
+            return None
+        return pid if self.server is not None and pid in descendants(self.server.pid) else None
+
     def worker_pids(self) -> list[int]:
         """The processes that serve requests: the workers (or the server itself with one worker)."""
         assert self.server is not None, "the service is not running"
         if self.workers == 1:
             return [self.server.pid]
-        return [p for p in descendants(self.server.pid) if b"resource_tracker" not in cmdline(p)]
+        sink = self.sink_pid()
+        return [
+            p for p in descendants(self.server.pid) if p != sink and b"resource_tracker" not in cmdline(p)
+        ]
 
     def cpu_pids(self) -> dict[str, list[int]]:
-        """The stack's processes by role: "server" (the workers), "supervisor" (the rest of the
-        server's tree), "redis" (empty with an external Redis)."""
+        """The stack's processes by role: "server" (the workers), "sink" (the decision sink),
+        "supervisor" (the rest of the server's tree), "redis" (empty with an external Redis)."""
         assert self.server is not None, "the service is not running"
         workers = self.worker_pids()
+        sink = self.sink_pid()
         every = [self.server.pid, *descendants(self.server.pid)]
-        supervisor = [p for p in every if p not in workers]
+        supervisor = [p for p in every if p not in workers and p != sink]
         embedded = self.redis.process if self.redis is not None else None
-        return {"server": workers, "supervisor": supervisor, "redis": [embedded.pid] if embedded else []}
+        return {
+            "server": workers,
+            "sink": [sink] if sink is not None else [],
+            "supervisor": supervisor,
+            "redis": [embedded.pid] if embedded else [],
+        }
 
     def pids(self) -> list[int]:
         """Every live process of the stack (server, its descendants, the embedded Redis)."""

@@ -3,6 +3,7 @@ history (its own `sim` fixture) written as a Parquet history file; a small real 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +16,29 @@ from antifraud.engine.redis_server import EmbeddedRedis
 from antifraud.features.offline import OfflineFeatures
 from antifraud.training.history import write_history
 from antifraud.training.simulator import simulate
+
+
+@pytest.fixture(scope="session", autouse=True)
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The services' data directory (ANTIFRAUD_DATA_DIR, and so their default decision store) for the
+    session: a temporary one, never the working directory's var/."""
+    directory = tmp_path_factory.mktemp("data")
+    previous = os.environ.get("ANTIFRAUD_DATA_DIR")
+    os.environ["ANTIFRAUD_DATA_DIR"] = str(directory)
+    yield directory
+    if previous is None:
+        os.environ.pop("ANTIFRAUD_DATA_DIR", None)
+    else:
+        os.environ["ANTIFRAUD_DATA_DIR"] = previous
+
+
+@pytest.fixture(autouse=True)
+def test_data_dir(data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test's own data directory, so its decision store holds only its own decisions (tests
+    reuse transaction ids); module-scoped services keep the session's."""
+    directory = tmp_path / "data"
+    monkeypatch.setenv("ANTIFRAUD_DATA_DIR", str(directory))
+    return directory
 
 
 @pytest.fixture(scope="session")

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
+
+from antifraud.engine.decision_record import Decision, IdempotencyRecord
+from antifraud.engine.decisions import DecisionLog
+from antifraud.engine.pipeline import idempotency_record
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -67,3 +72,10 @@ def logged_contributions(txid: str, i: int, model_version: str = "m-1", **overri
     }
     record.update(overrides)
     return record
+
+
+def log_decision(log: DecisionLog, decision: Mapping[str, Any]) -> IdempotencyRecord | str:
+    """Log a decision as the scoring path does: its idempotency record and its buffer entry, in one
+    step (`DecisionLog.put`); returns what `put` returns."""
+    logged = cast(Decision, decision)
+    return log.put(logged, idempotency_record(logged))

@@ -11,6 +11,7 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 from payloads import score_request
+from sinks import drain
 
 from antifraud.engine.api import create_app
 from antifraud.engine.auth import new_key
@@ -142,6 +143,8 @@ def test_feedback_is_stored_even_for_an_unknown_payment(service) -> None:  # typ
     assert later.status_code == 200
     stored = client.get("/v1/decisions/tx-3", headers=_auth(keys["scorer"])).json()
     assert stored["features"]["card_declines_1h"] == 1.0
+    # a decision's feedback is read from the store, once the sink has written it
+    drain(rds, client.app.state.settings.store_url)  # type: ignore[attr-defined]
     assert (
         client.get("/v1/decisions/tx-1", headers=_auth(keys["scorer"])).json()["feedback"][0]["outcome"]
         == "declined"

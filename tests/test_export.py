@@ -1,7 +1,7 @@
 """`antifraud export-decisions` (engine/export.py): the decision store and its feedback as Parquet.
 
 Decisions reach the store the way they do in production: scored through the app (or logged with
-`DecisionStore`), then moved by the real sink (`Sink.run_once` until its lag is 0). Each test runs on
+`DecisionLog`), then moved by the real sink (`Sink.run_once` until its lag is 0). Each test runs on
 the Parquet store and on PostgreSQL where a server is reachable on 127.0.0.1:5432 (otherwise those
 cases skip and say why).
 """
@@ -23,13 +23,14 @@ import pyarrow.parquet as pq
 import pytest
 import redis
 from fastapi.testclient import TestClient
-from payloads import T0, score_request
+from payloads import T0, log_decision, score_request
 from payloads import logged_decision as logged
+from sinks import drain
 from typer.testing import CliRunner
 
 from antifraud.engine import cli
 from antifraud.engine.api import create_app
-from antifraud.engine.decisions import DecisionStore
+from antifraud.engine.decisions import DecisionLog
 from antifraud.engine.export import (
     DECISIONS_FILE,
     FEEDBACK_FILE,
@@ -39,7 +40,6 @@ from antifraud.engine.export import (
     export,
 )
 from antifraud.engine.settings import ROOT, Settings
-from antifraud.engine.sink import Sink
 from antifraud.engine.store import open_store
 from antifraud.engine.vocabulary import ENTITY_FIELDS
 from antifraud.features.spec import load_spec
@@ -68,19 +68,6 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
             conn.execute(f"drop schema if exists {schema} cascade")  # a name made above: no quoting needed
 
 
-def drain(client: redis.Redis, store_url: str) -> None:
-    """Run the real sink until both streams are written to the store (lag 0)."""
-    store = open_store(store_url)
-    try:
-        sink = Sink(client, store, block_ms=10, linger_ms=0)
-        for _ in range(1000):
-            if not sink.run_once() and not any(sink.lag().values()):
-                return
-        raise AssertionError(f"the sink did not drain the streams: {sink.lag()}")
-    finally:
-        store.close()
-
-
 def tiny_model(directory: Path, seed: int = 0) -> Path:
     """A small real LightGBM model on the spec's features, trained on noise in a fraction of a second."""
     names = load_spec().feature_names
@@ -101,10 +88,14 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def http(model_dir: Path, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
-    """The scoring service, in process, on the test Redis, without authentication."""
+def http(
+    model_dir: Path, redis_client: redis.Redis, store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[TestClient]:
+    """The scoring service, in process, on the test Redis and the test's store, without authentication."""
     monkeypatch.setenv("ANTIFRAUD_PAN_SECRET", "test-secret-0123456789")
-    settings = Settings(redis_url=None, model_dir=model_dir, rules_dir=ROOT / "rules", api_keys_file=None)
+    settings = Settings(
+        redis_url=None, model_dir=model_dir, rules_dir=ROOT / "rules", api_keys_file=None, store_url=store_url
+    )
     with TestClient(create_app(settings, client=redis_client)) as client:
         yield client
 
@@ -264,9 +255,9 @@ def test_the_latest_label_and_outcome_win_by_reported_at(
     redis_client: redis.Redis, store_url: str, tmp_path: Path
 ) -> None:
     """Events arriving out of order are summarized by when they were reported, refunds by the first."""
-    store = DecisionStore(redis_client)
-    store.put(logged("a", 1))
-    store.put(logged("b", 2))
+    store = DecisionLog(redis_client)
+    log_decision(store, logged("a", 1))
+    log_decision(store, logged("b", 2))
     for e in (
         event("a", "label", 30, label="chargeback"),
         event("a", "label", 10, label="legitimate"),  # older news, received later
@@ -303,10 +294,10 @@ def test_partitions_and_batches_do_not_change_the_output(
     redis_client: redis.Redis, store_url: str, tmp_path: Path
 ) -> None:
     """A spilled, many-partition join in tiny batches writes the same rows, in log order."""
-    store = DecisionStore(redis_client)
+    store = DecisionLog(redis_client)
     ids = [f"tx-{i:04d}" for i in range(300)]
     for i, txid in enumerate(ids):
-        store.put(logged(txid, i))
+        log_decision(store, logged(txid, i))
     for i, txid in enumerate(ids[::3]):
         store.add_feedback(event(txid, "label", i, label=("fraud", "legitimate")[i % 2]))
         if i % 4 == 0:
@@ -336,10 +327,10 @@ def test_features_that_appear_later_go_to_other_features(
     redis_client: redis.Redis, store_url: str, tmp_path: Path
 ) -> None:
     """The feature columns come from the first batch; later new features are kept as JSON."""
-    store = DecisionStore(redis_client)
-    store.put(logged("a", 1, {"f1": 1.0, "f2": None}))
-    store.put(logged("b", 2, {"f1": 2.0, "f2": 3.0}))
-    store.put(logged("c", 3, {"f1": 4.0, "f3": 5.0}))  # the spec changed
+    store = DecisionLog(redis_client)
+    log_decision(store, logged("a", 1, {"f1": 1.0, "f2": None}))
+    log_decision(store, logged("b", 2, {"f1": 2.0, "f2": 3.0}))
+    log_decision(store, logged("c", 3, {"f1": 4.0, "f3": 5.0}))  # the spec changed
     drain(redis_client, store_url)
     export(store_url, tmp_path, batch=2)
     rows = read(tmp_path, DECISIONS_FILE)
@@ -363,11 +354,11 @@ def test_decisions_come_in_payment_time_order_then_transaction_id(
 ) -> None:
     """Logged out of order, over several days: exported by payment time, ties by transaction id;
     feedback in the order it was received."""
-    store = DecisionStore(redis_client)
+    store = DecisionLog(redis_client)
     seconds = [3 * 86_400 + 5, 5, 86_400, 5, 2 * 86_400 - 1, 0]  # three UTC days, a tie at 5 s
     ids = ["z", "b", "y", "a", "x", "c"]
     for i, (txid, second) in enumerate(zip(ids, seconds, strict=True)):
-        store.put(logged(txid, i, timestamp=(T0 + timedelta(seconds=second)).isoformat()))
+        log_decision(store, logged(txid, i, timestamp=(T0 + timedelta(seconds=second)).isoformat()))
     for txid in ("y", "a", "z"):
         store.add_feedback(event(txid, "label", 1, label="fraud"))
     drain(redis_client, store_url)
@@ -384,12 +375,13 @@ def test_start_and_end_select_payments_by_time(
 ) -> None:
     """[start, end) by payment time, through the CLI's dates (UTC days, the end excluded) and the
     function's times; feedback from a day before the start on, with no end."""
-    store = DecisionStore(redis_client)
+    store = DecisionLog(redis_client)
     day0 = datetime(2026, 3, 1, tzinfo=UTC)
     for d in range(4):  # 2026-03-01 .. 03-04, two payments a day
         for h in (0, 23):
             txid = f"d{d}h{h}"
-            store.put(logged(txid, d * 2 + h, timestamp=(day0 + timedelta(days=d, hours=h)).isoformat()))
+            moment = day0 + timedelta(days=d, hours=h)
+            log_decision(store, logged(txid, d * 2 + h, timestamp=moment.isoformat()))
             received = (day0 + timedelta(days=d + 1, hours=1)).isoformat()
             store.add_feedback({**event(txid, "label", 0, label="fraud"), "received_at": received})
     drain(redis_client, store_url)
@@ -439,10 +431,11 @@ def test_start_and_end_select_payments_by_time(
 def test_the_store_gives_bounded_batches_in_order(redis_client: redis.Redis, store_url: str) -> None:
     """`iter_decisions` and `iter_feedback`: lists of at most `batch`, in order, each record once, and
     the Python memory of the iteration is the batch's, not the store's."""
-    store = DecisionStore(redis_client)
+    store = DecisionLog(redis_client)
     n = 1500
     for i in range(n):  # newest first, over two days
-        store.put(logged(f"tx-{i:05d}", i, timestamp=(T0 + timedelta(minutes=2 * (n - i))).isoformat()))
+        moment = T0 + timedelta(minutes=2 * (n - i))
+        log_decision(store, logged(f"tx-{i:05d}", i, timestamp=moment.isoformat()))
         if i % 2 == 0:
             store.add_feedback(event(f"tx-{i:05d}", "refund", i))
     drain(redis_client, store_url)

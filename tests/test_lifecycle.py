@@ -338,12 +338,12 @@ def test_embedded_redis_started_from_a_thread_outlives_the_thread(tmp_path: Path
         server.stop()
 
 
-def test_serve_with_the_sink_drains_decisions_into_the_store_and_stops_it(
+def test_serve_runs_the_sink_by_default_drains_decisions_into_the_store_and_stops_it(
     tmp_path: Path, services: list[Serve]
 ) -> None:
     from antifraud.engine.store import open_store
 
-    service = Serve(tmp_path, extra=["--sink"])
+    service = Serve(tmp_path)
     services.append(service)
     service.wait_ready()
     body = {
@@ -363,9 +363,14 @@ def test_serve_with_the_sink_drains_decisions_into_the_store_and_stops_it(
         assert stored is not None and stored["verdict"] == answered.json()["verdict"]
     finally:
         store.close()
+    # the decision is read back through the service once the sink has moved it out of the buffer
+    read = httpx.get(f"http://127.0.0.1:{service.port}/v1/decisions/sunk-1", timeout=10)
+    assert read.status_code == 200 and read.json()["verdict"] == answered.json()["verdict"]
     tree = descendants(service.process.pid)  # the redis-server and the sink
-    assert len(tree) >= 2
+    sink_pid = int((tmp_path / "var" / "sink.pid").read_text())
+    assert len(tree) >= 2 and sink_pid in tree
     service.process.send_signal(signal.SIGTERM)
     assert service.process.wait(timeout=STOP_TIMEOUT) == 0, service.output()[-3000:]
     wait_until(lambda: not any(alive(pid) for pid in tree), 10, f"{tree} to exit")
     assert "decision sink" in service.output()
+    assert not (tmp_path / "var" / "sink.pid").exists()

@@ -181,9 +181,7 @@ def test_live_versions_are_published_and_follow_a_rules_reload(service: Service,
     models = _versions(samples, "antifraud_model_info")
     assert len(models) == 1  # no shadow model configured: the live one only
     (labels, value), *_ = models.items()
-    assert (
-        dict(labels)["role"] == "live" and dict(labels)["version"].startswith("test-model") and value == 1
-    )
+    assert dict(labels)["role"] == "live" and dict(labels)["version"].startswith("test-model") and value == 1
     rules = _versions(samples, "antifraud_rules_info")
     (old,) = [dict(labels)["version"] for labels in rules]
     scored = client.post("/v1/score", json=score_request(), headers=_auth(keys["scorer"])).json()

@@ -1,11 +1,13 @@
 """A reason for every verdict that is not allow: the score band with its code, the model's top
-contributions (only for challenge, review and block decisions, stored right after the answer),
+contributions (only for challenge, review and block decisions, logged right after the answer),
 what replaced a challenge of an authenticated payment, and rules that read the payment's metadata.
 Through `Scorer.score` and `Scorer.explain_stored` as the API calls them, with the real
-models/default booster and a real redis-server."""
+models/default booster and a real redis-server; the decision is read back as the API reads it, through
+the real sink and store (`DecisionReader`)."""
 
 from __future__ import annotations
 
+import tempfile
 from typing import Any
 
 import numpy as np
@@ -13,13 +15,16 @@ import pytest
 import redis
 from payloads import score_request
 
+from antifraud.engine.decision_reads import DecisionReader
 from antifraud.engine.decision_record import Decision
-from antifraud.engine.decisions import DecisionStore
+from antifraud.engine.decisions import DecisionLog
 from antifraud.engine.model import ModelRuntime
 from antifraud.engine.pipeline import Loaded, Scorer
 from antifraud.engine.rules import RuleSet, rule_names, ruleset_from_texts
 from antifraud.engine.schema import Transaction
 from antifraud.engine.settings import ROOT
+from antifraud.engine.sink import Sink
+from antifraud.engine.store.parquet import ParquetStore
 from antifraud.features.online import OnlineFeatures
 
 
@@ -35,13 +40,24 @@ def _rules(model: ModelRuntime, text: str) -> RuleSet:
 def _score(
     model: ModelRuntime, client: redis.Redis, rules_text: str, txid: str = "tx-1", **overrides: Any
 ) -> Decision:
-    """The decision as stored once the API's background step has run after the answer."""
-    scorer = Scorer(OnlineFeatures(client), DecisionStore(client), Loaded(model, _rules(model, rules_text)))
+    """The decision as the API reads it once the background step has run after the answer and the
+    sink has written the buffer to the store."""
+    scorer = Scorer(OnlineFeatures(client), DecisionLog(client), Loaded(model, _rules(model, rules_text)))
     answered = scorer.score(Transaction.model_validate(score_request(txid, **overrides)))
     assert answered["reasons"]["model"] == []  # never computed on the payment's path
     if scorer.needs_explaining(answered):
         scorer.explain_stored(answered)
-    stored = scorer.store.decision(txid)
+    return _read_back(scorer.log, txid)
+
+
+def _read_back(log: DecisionLog, txid: str) -> Decision:
+    with tempfile.TemporaryDirectory() as directory:
+        store = ParquetStore(directory)
+        sink = Sink(log.client, store, block_ms=0, linger_ms=0)
+        while sink.run_once():
+            pass
+        stored = DecisionReader(log, store).decision(txid)
+        store.close()
     assert stored is not None
     return stored
 
@@ -176,21 +192,23 @@ def test_rules_read_the_payments_metadata(
     assert decision["reasons"]["skipped_rules"] == skipped
 
 
-def test_the_stored_contributions_are_explains_and_keep_the_decisions_expiry(
+def test_the_contributions_are_logged_beside_the_decision_and_merged_on_read(
     model: ModelRuntime, redis_client: redis.Redis
 ) -> None:
-    store = DecisionStore(redis_client, ttl_days=2)
-    scorer = Scorer(OnlineFeatures(redis_client), store, Loaded(model, _rules(model, BLOCK_ALL)))
+    log = DecisionLog(redis_client, record_ttl_ms=2 * 86_400_000)
+    scorer = Scorer(OnlineFeatures(redis_client), log, Loaded(model, _rules(model, BLOCK_ALL)))
     decision = scorer.score(Transaction.model_validate(score_request("tx-9")))
     assert scorer.needs_explaining(decision)
     scorer.explain_stored(decision)
-    stored = store.decision("tx-9")
-    assert stored is not None and stored["reasons"]["model"] == scorer.explain(decision) != []
-    # everything else as stored (the answer's timings also have log_ms); the expiry kept (KEEPTTL)
+    # a second entry of the transaction in the decisions buffer, after the decision's own
+    entries = redis_client.xrange("af:decisions")
+    assert [sorted(fields) for _, fields in entries] == [[b"d"], [b"c"]]
+    stored = _read_back(log, "tx-9")
+    assert stored["reasons"]["model"] == scorer.explain(decision) != []
+    # everything else as logged (the answer's timings also have log_ms)
     same = {k: v for k, v in decision.items() if k not in ("reasons", "timings")}
     assert {k: v for k, v in stored.items() if k not in ("reasons", "timings")} == same
+    # the idempotency record is kept for the dedupe horizon, and answers a retry without explaining again
     assert 0 < redis_client.pttl("af:{tx:tx-9}:d") <= 2 * 86_400_000
-    assert not scorer.needs_explaining(stored)  # a retry answered the stored decision: done once
-    # a decision that is not stored (any more) gets nothing written
-    assert store.set_contributions("tx-unknown", stored["reasons"]["model"]) is False
-    assert redis_client.exists("af:{tx:tx-unknown}:d") == 0
+    retry = scorer.score(Transaction.model_validate(score_request("tx-9")))
+    assert retry["verdict"] == decision["verdict"] and not scorer.needs_explaining(retry)

@@ -37,16 +37,17 @@ from fastapi.testclient import TestClient
 from payloads import T0
 from payloads import score_request as payment
 from prometheus_client.parser import text_string_to_metric_families
+from sinks import drain
 
 from antifraud.engine.api import ScoreResponse, create_app
 from antifraud.engine.auth import new_key
-from antifraud.engine.decisions import DecisionStore
+from antifraud.engine.decisions import BUFFER_FULL, DecisionLog
 from antifraud.engine.export import DECISIONS_FILE, FEEDBACK_FILE, JOINED_FILE, export
 from antifraud.engine.redis_server import EmbeddedRedis
 from antifraud.engine.schema import Transaction
 from antifraud.engine.settings import ROOT, Settings
 from antifraud.engine.sink import Sink
-from antifraud.engine.store import open_store
+from antifraud.engine.store import DecisionQuery, open_store
 from antifraud.engine.workers import check_port_free, serve_workers
 from antifraud.features.spec import load_spec
 
@@ -102,8 +103,8 @@ def stream(client: redis.Redis, key: str = "af:decisions", reverse: bool = False
 
 
 def logged_decisions(client: redis.Redis) -> list[dict[str, Any]]:
-    """The decisions in the decision stream, in order."""
-    return [json.loads(fields[b"d"]) for _, fields in stream(client)]
+    """The decisions in the decision stream, in order (not the contributions logged after some)."""
+    return [json.loads(fields[b"d"]) for _, fields in stream(client) if b"d" in fields]
 
 
 def redis_values(client: redis.Redis, key: bytes) -> list[bytes]:
@@ -170,9 +171,10 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture
 def make_app(
-    models: dict[str, Path], redis_server: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch
+    models: dict[str, Path], redis_server: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> Iterator[Callable[..., TestClient]]:
-    """Build the app in process, its Redis client made from a URL as `serve` does; auth off."""
+    """Build the app in process, its Redis client made from a URL as `serve` does; auth off; its
+    decision store is the test's own (`drain` fills it)."""
     monkeypatch.setenv("ANTIFRAUD_PAN_SECRET", PAN_SECRET)
     with ExitStack() as stack:
 
@@ -184,6 +186,7 @@ def make_app(
                 "rules_dir": ROOT / "rules",
                 "api_keys_file": None,
                 "budget_ms": BUDGET_MS,
+                "store_url": str(tmp_path / "store"),
             }
             app = create_app(Settings(**(values | overrides)))
             return stack.enter_context(TestClient(app))
@@ -247,7 +250,9 @@ def start_service(directory: Path, redis_url: str, model: Path, workers: int) ->
     log = directory / "service.log"
     args = [sys.executable, "-m", "antifraud.engine.cli", "serve", "--port", str(port), "--redis", redis_url]
     args += ["--workers", str(workers), "--model", str(model_dir), "--rules", str(rules_dir)]
-    args += ["--api-keys", str(keys_file)]
+    # no sink: these tests read the decision buffer itself (the sink has tests of its own, and
+    # tests/test_lifecycle.py runs `serve` with its default sink)
+    args += ["--api-keys", str(keys_file), "--no-sink", "--data-dir", str(directory / "data")]
     with log.open("wb") as sink:
         process = subprocess.Popen(
             args, env=env, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
@@ -362,8 +367,8 @@ def test_a_retry_whose_original_never_stores_is_degraded_and_not_stored(
 def test_every_decision_lands_once_in_the_decision_stream(
     make_app: Callable[..., TestClient], redis_client: redis.Redis
 ) -> None:
-    """Retries add nothing; each stream entry is the stored decision as answered, in decision order
-    (a flagged one's stored copy also gets the model's contributions, right after the answer)."""
+    """Retries add nothing; each stream entry is the decision as answered, in decision order, and its
+    idempotency record points at it (a flagged one's contributions follow as entries of their own)."""
     http = make_app()
     ids = [f"log-{i:02d}" for i in range(25)]
     for i, txid in enumerate(ids):
@@ -374,30 +379,61 @@ def test_every_decision_lands_once_in_the_decision_stream(
         assert answer(again.json()) == answer(first.json())
     entries = logged_decisions(redis_client)
     assert [e["transaction_id"] for e in entries] == ids
-    store = DecisionStore(redis_client)
+    log = DecisionLog(redis_client)
+    for entry in entries:
+        record = log.record(entry["transaction_id"])
+        assert record is not None and record["stream_id"] is not None
+        assert log.buffered(record["stream_id"]) == entry
+        assert answer({**entry, "timings": {}}) == answer({**record, "timings": {}, "test": False})
 
-    def as_answered(decision: dict[str, Any] | None) -> dict[str, Any]:
-        assert decision is not None
-        return {**decision, "reasons": {**decision["reasons"], "model": []}}
 
-    assert all(e == as_answered(store.get(e["transaction_id"])) for e in entries)
-
-
-def test_the_decision_stream_is_bounded(
-    make_app: Callable[..., TestClient], redis_client: redis.Redis
+def test_a_full_buffer_answers_unlogged_and_degraded_refuses_feedback_and_drops_nothing(
+    make_app: Callable[..., TestClient], redis_client: redis.Redis, tmp_path: Path
 ) -> None:
-    """With decision_log_maxlen=20, 150 decisions leave about 20 entries (XADD MAXLEN ~), the newest."""
-    maxlen, sent = 20, 150
-    http = make_app(decision_log_maxlen=maxlen)
-    for i in range(sent):
+    """The bound policy (docs/decisions.md): at `buffer_max_entries` a decision is still answered, its
+    retry gets the same answer, but it says it is not logged; feedback is refused with 503 and
+    Retry-After; nothing already in the buffer is dropped, and once the sink drains it, logging resumes."""
+    bound = 20
+    http = make_app(buffer_max_entries=bound)
+    bodies, answers = {}, {}
+    for i in range(30):
         body = payment(f"bound-{i:03d}", minute=i / 10, card_id=f"card_{i % 9}")
-        assert http.post("/v1/score", json=body).status_code == 200
-    length = cast(int, redis_client.xlen("af:decisions"))
-    # `~` trims whole stream nodes only (at most stream-node-max-entries, 100, per node)
-    assert maxlen <= length <= maxlen + 100 and length < sent
-    newest = json.loads(stream(redis_client, reverse=True)[0][1][b"d"])
-    assert newest["transaction_id"] == f"bound-{sent - 1:03d}"
-    assert DecisionStore(redis_client).get("bound-000") is not None  # the decision itself is kept
+        answered = http.post("/v1/score", json=body)
+        assert answered.status_code == 200
+        bodies[body["transaction_id"]], answers[body["transaction_id"]] = body, answered.json()
+    # the buffer holds `bound` entries: decisions, and the contributions of the flagged ones
+    assert cast(int, redis_client.xlen("af:decisions")) == bound
+    logged = [e["transaction_id"] for e in logged_decisions(redis_client)]
+    assert logged == list(answers)[: len(logged)]
+    unlogged = list(answers)[len(logged) :]
+    assert len(unlogged) >= 10
+    assert all((BUFFER_FULL in a["degraded"]) == (txid in unlogged) for txid, a in answers.items())
+    again = http.post("/v1/score", json=bodies[unlogged[-1]]).json()
+    assert answer(again) == answer(answers[unlogged[-1]])  # the idempotency record was kept
+    counted = metric_samples(http.get("/metrics").text)
+    assert total(counted, "antifraud_buffer_full_total", stream="decisions") == len(unlogged)
+
+    def label(i: int) -> dict[str, str]:
+        return {
+            "transaction_id": f"bound-{i:03d}",
+            "kind": "label",
+            "label": "fraud",
+            "reported_at": T0.isoformat(),
+        }
+
+    for i in range(bound):
+        assert http.post("/v1/feedback", json=label(i)).status_code == 202
+    refused = http.post("/v1/feedback", json=label(bound))
+    assert refused.status_code == 503 and refused.headers["Retry-After"]
+    assert "buffer is full" in refused.json()["detail"]
+
+    drain(redis_client, http.app.state.settings.store_url)  # type: ignore[attr-defined]  # the sink writes the buffers to the store: nothing was dropped
+    reader = http.app.state.services.reader  # type: ignore[attr-defined]
+    assert [d["transaction_id"] for d in reader.search(DecisionQuery(limit=100))] == logged[::-1]
+    assert len(http.get("/v1/decisions/bound-003").json()["feedback"]) == 1
+    assert http.post("/v1/feedback", json=label(bound)).status_code == 202
+    logged = http.post("/v1/score", json=payment("bound-100", minute=10, card_id="card_1")).json()
+    assert logged["degraded"] == []
 
 
 # ------------------------------------------------------------------------------------------------
@@ -530,8 +566,8 @@ def test_a_shadow_model_scores_about_half_and_never_decides(
             response = http.post("/v1/score", json=body)
             assert response.status_code == 200 and "shadow" not in response.json()
             answers[txid] = response.json()
-        store = DecisionStore(redis_client)
-        return {txid: store.get(txid) | {"answer": answers[txid]} for txid in ids}  # type: ignore[operator]
+        logged = {d["transaction_id"]: d for d in logged_decisions(redis_client)}
+        return {txid: logged[txid] | {"answer": answers[txid]} for txid in ids}
 
     shadow = {"shadow_model_dir": models["shadow"], "shadow_share": 0.5}
     with_shadow, again, without = run(**shadow), run(**shadow), run(shadow_model_dir=None)
@@ -994,11 +1030,19 @@ def test_a_flagged_answer_is_quick_and_its_stored_decision_gets_the_contribution
     client = make_app(rules_dir=rules)
     answered = client.post("/v1/score", json=payment("tx-1")).json()
     assert answered["verdict"] == "block" and answered["reasons"]["model"] == []
-    # the test client returns once the answer's background step (after the body was sent) is done
-    stored = DecisionStore(redis_client).get("tx-1")
-    assert stored is not None and 0 < len(stored["reasons"]["model"]) <= 5
-    read = client.get("/v1/decisions/tx-1").json()
-    assert read["reasons"]["model"] == stored["reasons"]["model"]
+    # the test client returns once the answer's background step (after the body was sent) is done:
+    # the contributions follow the decision in the buffer, as an entry of their own
+    (_, decided), (_, explained_entry) = stream(redis_client)
+    assert sorted(decided) == [b"d"] and sorted(explained_entry) == [b"c"]
+    logged = json.loads(explained_entry[b"c"])
+    assert logged["transaction_id"] == "tx-1" and 0 < len(logged["contributions"]) <= 5
+    # read from the buffer they are computed on read; once the sink has written both to the store,
+    # the stored ones are read, and they are the same
+    before = client.get("/v1/decisions/tx-1").json()
+    drain(redis_client, client.app.state.settings.store_url)  # type: ignore[attr-defined]
+    assert redis_client.xlen("af:decisions") == 0
+    after = client.get("/v1/decisions/tx-1").json()
+    assert before["reasons"]["model"] == after["reasons"]["model"] == logged["contributions"]
     # a retry is answered as the first was: the stored contributions are not part of the answer
     again = client.post("/v1/score", json=payment("tx-1")).json()
     assert {k: v for k, v in again.items() if k != "timings"} == {

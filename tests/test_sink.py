@@ -1,5 +1,5 @@
 """The decision sink (engine/sink.py) on a real redis-server and the real stores: every decision and
-feedback event logged through `DecisionStore` reaches the store once, through store failures, kill -9
+feedback event logged through `DecisionLog` reaches the store once, through store failures, kill -9
 of `antifraud sink`, and two sinks sharing the work; the stream is trimmed, never below an unwritten
 entry. PostgreSQL runs where a server is reachable on 127.0.0.1:5432, and says why it skips otherwise.
 """
@@ -23,10 +23,10 @@ from typing import cast
 import pyarrow.parquet as pq
 import pytest
 import redis
-from payloads import T0, logged_decision
+from payloads import T0, log_decision, logged_decision
 
 from antifraud.engine.decision_record import Decision, FeedbackRecord
-from antifraud.engine.decisions import DecisionStore
+from antifraud.engine.decisions import DecisionLog
 from antifraud.engine.redis_server import EmbeddedRedis
 from antifraud.engine.sink import Sink
 from antifraud.engine.store import open_store
@@ -68,10 +68,10 @@ def feedback(i: int) -> FeedbackRecord:
     }
 
 
-def log_decisions(log: DecisionStore, ids: range) -> None:
-    """Log decisions through the real `DecisionStore.put` (the scoring path's own write)."""
+def log_decisions(log: DecisionLog, ids: range) -> None:
+    """Log decisions through the real `DecisionLog.put` (the scoring path's own write)."""
     for i in ids:
-        assert log.put(decision(i)) is None
+        assert log_decision(log, decision(i)) == "logged"
 
 
 # -- the stores ---------------------------------------------------------------------------------------
@@ -172,9 +172,10 @@ def test_logged_decisions_and_feedback_reach_the_store_once(
     """Decisions logged before the sink's first run (the group starts at the stream's beginning),
     a retried payment (logged once), feedback events: each is in the store once, read back as logged;
     delivering the whole stream again adds nothing."""
-    log = DecisionStore(redis_client)
+    log = DecisionLog(redis_client)
     log_decisions(log, range(300))
-    assert log.put(decision(7)) is not None  # a retry: answered the stored decision, not logged again
+    # a retry: answered from the idempotency record, not logged again
+    assert isinstance(log_decision(log, decision(7)), dict)
     for i in range(0, 300, 3):
         log.add_feedback(feedback(i))
     log.add_feedback(feedback(0))  # a second event about one payment is a second event
@@ -204,7 +205,7 @@ def test_logged_decisions_and_feedback_reach_the_store_once(
 def test_entries_left_pending_are_written_by_the_next_run(redis_client: redis.Redis, tmp_path: Path) -> None:
     """A sink that read a batch and died before writing it: a new sink under the same name takes its
     own pending entries first; under another name it claims them once they are idle long enough."""
-    log = DecisionStore(redis_client)
+    log = DecisionLog(redis_client)
     log_decisions(log, range(100))
     store = ParquetStore(tmp_path / "store")
     # read 40 entries as a sink would, and never write them
@@ -236,7 +237,7 @@ def test_the_stream_is_trimmed_after_writes_never_below_an_unwritten_entry(
 ) -> None:
     """Trimming follows the writes: below the group's oldest pending entry, and never past what was
     delivered (entries logged meanwhile stay)."""
-    log = DecisionStore(redis_client)
+    log = DecisionLog(redis_client)
     log_decisions(log, range(50))
     store = ParquetStore(tmp_path / "store")
     slow = Sink(redis_client, store, consumer="slow", batch=10, block_ms=10, linger_ms=0)
@@ -288,7 +289,7 @@ def test_a_failing_store_leaves_the_batch_pending_until_it_is_writable(
     """The store's directory unwritable: every write fails, nothing is acknowledged or trimmed, the
     sink retries; once writable again the backlog lands, once."""
     root = tmp_path / "store"
-    log = DecisionStore(redis_client)
+    log = DecisionLog(redis_client)
     log_decisions(log, range(20))
     store = ParquetStore(root)
     sink = Sink(redis_client, store, batch=50, block_ms=20, linger_ms=0)
@@ -338,7 +339,7 @@ def test_kill_9_mid_backlog_then_restart_writes_every_decision_once(
     (a new consumer, claiming what the dead one held): every decision in the store exactly once;
     SIGTERM ends the last one with exit status 0."""
     total = 6000
-    log = DecisionStore(redis_client)
+    log = DecisionLog(redis_client)
     log_decisions(log, range(total))
 
     def delivered() -> int:
@@ -372,7 +373,7 @@ def test_two_sinks_split_the_work_without_duplicates(redis_client: redis.Redis, 
     """Two consumers of the group, running while decisions keep coming: each writes a share, every
     decision is written once."""
     root = tmp_path / "store"
-    log = DecisionStore(redis_client)
+    log = DecisionLog(redis_client)
     log_decisions(log, range(1000))
     stores = [ParquetStore(root), ParquetStore(root)]  # two writers of one directory (its lock)
     sinks = [
@@ -403,7 +404,7 @@ def test_entries_deleted_before_they_were_written_are_counted_and_do_not_block(
     """A stream trimmed by its MAXLEN bound under an unwritten, delivered entry (the sink fell that far
     behind): the sink counts the entry lost, acknowledges it and goes on; an entry that is not JSON is
     set aside in `af:sink:rejected`."""
-    log = DecisionStore(redis_client)
+    log = DecisionLog(redis_client)
     log_decisions(log, range(10))
     store = ParquetStore(tmp_path / "store")
     sink = Sink(redis_client, store, consumer="a", batch=1000, block_ms=10, linger_ms=0)
@@ -424,12 +425,12 @@ def test_sink_throughput(redis_client: redis.Redis, store_url: str) -> None:
     """A figure, not a gate: decisions per second from a 20,000-entry backlog (87 features each) into
     the store, batches of 1,000 (`pytest -s` prints it)."""
     total = 20_000
-    log = DecisionStore(redis_client)
+    log = DecisionLog(redis_client)
     # spread over 4 payment days: a batch writes one file per day it holds
     pipe_batch = 2000
     for start in range(0, total, pipe_batch):
         for i in range(start, start + pipe_batch):
-            log.put(decision(i, day=i % 4))
+            log_decision(log, decision(i, day=i % 4))
     store = open_store(store_url)
     try:
         sink = Sink(redis_client, store, batch=1000, block_ms=10, linger_ms=0)
@@ -455,7 +456,7 @@ def test_postgres_refusing_connections_leaves_the_batch_pending_until_it_returns
     url = PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
     with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
         admin.execute(f"create database {name}")  # a name made above: no quoting needed
-    log = DecisionStore(redis_client)
+    log = DecisionLog(redis_client)
     store = open_store(url)
     sink = Sink(redis_client, store, batch=100, block_ms=20, linger_ms=0)
     stop = threading.Event()
@@ -488,7 +489,7 @@ def test_postgres_refusing_connections_leaves_the_batch_pending_until_it_returns
 def test_a_trickle_of_payments_is_written_in_one_batch(redis_client: redis.Redis, tmp_path: Path) -> None:
     """Decisions arriving one by one within `linger_ms` of the first make one write (one file), not
     one each."""
-    log = DecisionStore(redis_client)
+    log = DecisionLog(redis_client)
     store = ParquetStore(tmp_path / "store")
     sink = Sink(redis_client, store, batch=100, block_ms=1000, linger_ms=1500)
 
@@ -513,7 +514,7 @@ def test_a_stream_deleted_under_the_sink_gets_its_group_again(
 ) -> None:
     """The streams gone (a Redis restarted without persistence): the sink creates its groups again and
     writes what is logged next."""
-    log = DecisionStore(redis_client)
+    log = DecisionLog(redis_client)
     store = ParquetStore(tmp_path / "store")
     sink = Sink(redis_client, store, batch=100, block_ms=20, linger_ms=0)
     stop = threading.Event()
@@ -538,7 +539,7 @@ def test_consumers_long_idle_with_nothing_pending_are_forgotten(
 ) -> None:
     """Each run of a sink has its own name: the names of runs long gone leave the group, those still
     holding entries stay."""
-    log = DecisionStore(redis_client)
+    log = DecisionLog(redis_client)
     log_decisions(log, range(5))
     redis_client.xgroup_create("af:decisions", "sink", id="0", mkstream=True)
     redis_client.xreadgroup("sink", "gone-empty", {"af:decisions": ">"}, count=1)

@@ -56,6 +56,7 @@ def create_app(settings: Settings | None = None, client: redis.Redis | None = No
         watcher = asyncio.create_task(services.reloader.watch())
         yield
         watcher.cancel()
+        services.reader.store.close()
 
     app = FastAPI(
         title="antifraud",

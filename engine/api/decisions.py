@@ -1,7 +1,9 @@
-"""GET /v1/decisions/{transaction_id}: a stored decision, explained.
+"""GET /v1/decisions/{transaction_id}: a decision, explained, from the buffer or the durable store.
 
 A key scoped to merchants reads only its merchants' decisions; another merchant's decision gets the
 same 404 as one never stored, so a scoped key cannot learn that a transaction id exists elsewhere.
+The route is a plain `def`: FastAPI runs it in its thread pool, so a store read (DuckDB over Parquet
+files, or PostgreSQL) never blocks the worker's event loop, where payments are scored.
 """
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ from typing import Any
 import redis
 from fastapi import APIRouter, HTTPException
 
-from antifraud.engine.api.deps import CallerDep, ScorerDep, StoreDep
+from antifraud.engine.api.deps import CallerDep, ReaderDep, ScorerDep
 from antifraud.engine.api.models import ERRORS, UNAVAILABLE, Problem, StoredDecision
+from antifraud.engine.decision_reads import StoreUnavailable
 
 router = APIRouter()
 
@@ -30,22 +33,22 @@ router = APIRouter()
         **UNAVAILABLE,
     },
 )
-async def decision(
-    transaction_id: str, store: StoreDep, scorer: ScorerDep, caller: CallerDep
-) -> dict[str, Any]:
-    """A stored decision with its features, reasons and any feedback."""
+def decision(transaction_id: str, reader: ReaderDep, scorer: ScorerDep, caller: CallerDep) -> dict[str, Any]:
+    """A decision with its features, reasons and the feedback the store holds about it."""
     try:
-        found = store.get(transaction_id)
-        if found is None or (caller is not None and not caller.may_act_for(found["payment"]["merchant_id"])):
+        decided = reader.decision(transaction_id)
+        if decided is None or (
+            caller is not None and not caller.may_act_for(str(decided["payment"]["merchant_id"]))
+        ):
             raise HTTPException(404, f"no decision stored for transaction {transaction_id!r}")
-        found["feedback"] = store.feedback_for(transaction_id)
-        # flagged answers carry their contributions already; the others get them on read, from
-        # the model that decided (a note says so when that model is no longer loaded)
-        if not found["reasons"].get("model"):
-            try:
-                found["reasons"]["model"] = scorer.explain(found)
-            except LookupError as exc:
-                found["reasons"]["model_note"] = f"contributions unavailable: {exc}"
-    except (redis.RedisError, OSError) as exc:
-        raise HTTPException(503, "decision store unavailable: retry later") from exc
+        found: dict[str, Any] = {**decided, "feedback": reader.feedback_for(transaction_id)}
+    except (redis.RedisError, OSError, StoreUnavailable) as exc:
+        raise HTTPException(503, f"decision store unavailable: retry later ({exc})") from exc
+    # flagged decisions get their contributions logged after the answer; until the store holds them
+    # (and for the others) they are computed on read, by the model that decided (or a note says why not)
+    if not found["reasons"].get("model"):
+        try:
+            found["reasons"] = {**found["reasons"], "model": scorer.explain(found)}
+        except LookupError as exc:
+            found["reasons"] = {**found["reasons"], "model_note": f"contributions unavailable: {exc}"}
     return found

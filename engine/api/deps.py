@@ -1,7 +1,7 @@
 """What the routes depend on, as FastAPI dependencies reading the worker's `Services`.
 
 `create_app` builds the services in the app's lifespan and keeps them on `app.state.services`;
-a route names what it needs (`store: StoreDep`) instead of capturing it from `create_app`. The
+a route names what it needs (`reader: ReaderDep`) instead of capturing it from `create_app`. The
 providers are `async def` on purpose: FastAPI runs a plain `def` dependency in its thread pool,
 a hop that would cost more than the lookup itself.
 """
@@ -14,7 +14,8 @@ from fastapi import Depends, Request
 from fastapi.responses import JSONResponse
 
 from antifraud.engine.auth import SCOPE_KEY, ApiKey
-from antifraud.engine.decisions import DecisionStore
+from antifraud.engine.decision_reads import DecisionReader
+from antifraud.engine.decisions import DecisionLog
 from antifraud.engine.loader import Reloader
 from antifraud.engine.metrics import Metrics
 from antifraud.engine.pipeline import Scorer
@@ -43,9 +44,14 @@ async def get_scorer(services: Annotated[Services, Depends(get_services)]) -> Sc
     return services.scorer
 
 
-async def get_store(services: Annotated[Services, Depends(get_services)]) -> DecisionStore:
-    """Dependency: the decision log."""
-    return services.store
+async def get_log(services: Annotated[Services, Depends(get_services)]) -> DecisionLog:
+    """Dependency: the decision log (idempotency records and buffers in Redis)."""
+    return services.log
+
+
+async def get_reader(services: Annotated[Services, Depends(get_services)]) -> DecisionReader:
+    """Dependency: the read path of decisions and feedback (the buffer, then the store)."""
+    return services.reader
 
 
 async def get_features(services: Annotated[Services, Depends(get_services)]) -> OnlineFeatures:
@@ -86,7 +92,8 @@ def merchant_denied(request: Request, merchant_id: str) -> JSONResponse | None:
 
 ServicesDep = Annotated[Services, Depends(get_services)]
 ScorerDep = Annotated[Scorer, Depends(get_scorer)]
-StoreDep = Annotated[DecisionStore, Depends(get_store)]
+LogDep = Annotated[DecisionLog, Depends(get_log)]
+ReaderDep = Annotated[DecisionReader, Depends(get_reader)]
 FeaturesDep = Annotated[OnlineFeatures, Depends(get_features)]
 ReloaderDep = Annotated[Reloader, Depends(get_reloader)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]

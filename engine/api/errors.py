@@ -45,9 +45,12 @@ async def invalid_request(request: Request, exc: Exception) -> JSONResponse:
     return invalid(exc.errors())
 
 
-def conflict(message: str, fields: Sequence[str]) -> JSONResponse:
-    """409: the transaction id was already used with another body; `fields` names what differs."""
-    return JSONResponse({"detail": message, "fields": list(fields)}, status_code=409)
+def conflict(message: str, fields: Sequence[str] | None) -> JSONResponse:
+    """409: the transaction id was already used with another body; `fields` names what differs
+    (None: the decided payment could not be read to compare, and the answer says so)."""
+    if fields is None:
+        message += " (the fields that differ cannot be named now: the decision store is unavailable)"
+    return JSONResponse({"detail": message, "fields": list(fields or ())}, status_code=409)
 
 
 def ahead_of_clock(request: Request, field: str, when: datetime) -> JSONResponse | None:

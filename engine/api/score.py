@@ -16,10 +16,12 @@ import orjson
 from fastapi import APIRouter, Request, Response
 from pydantic import ValidationError
 from starlette.background import BackgroundTask
+from starlette.concurrency import run_in_threadpool
 
 from antifraud.engine.api.deps import merchant_denied
 from antifraud.engine.api.errors import ahead_of_clock, conflict, invalid
 from antifraud.engine.api.models import ANSWER_FIELDS, ERRORS, Conflict, ScoreResponse
+from antifraud.engine.decision_reads import DecisionReader
 from antifraud.engine.pipeline import IdempotencyConflict, Scorer
 from antifraud.engine.schema import Transaction
 
@@ -42,19 +44,20 @@ async def score(request: Request) -> Response:
     # it), so reading it here is as safe as a dependency, and cheaper (see the module docstring).
     scorer: Scorer = request.app.state.scorer
     try:
-        decision = scorer.score(txn)
+        answered = scorer.score(txn)
     except IdempotencyConflict as exc:
-        return conflict(str(exc), exc.fields)
-    fields: Mapping[str, object] = decision  # the answer picks its fields by name
-    answer = {name: fields[name] for name in ANSWER_FIELDS}
-    if decision["reasons"]["model"]:
-        # a retry answered from a stored decision that has since got its contributions: a retry's
-        # answer is the first answer, which never carries them
-        answer["reasons"] = {**decision["reasons"], "model": []}
+        # rare: the whole decided payment is read (the buffer, else the store: off the event loop)
+        # to name the fields that differ
+        reader: DecisionReader = request.app.state.services.reader
+        fields = await run_in_threadpool(reader.changed_fields, exc.record, exc.payment)
+        return conflict(str(exc), fields)
+    picked: Mapping[str, object] = answered  # the answer picks its fields by name
+    answer = {name: picked[name] for name in ANSWER_FIELDS}
     # A flagged payment's model contributions are computed once the answer is sent (Starlette runs
-    # a plain function's background task in a thread) and stored with its decision.
-    explain = scorer.needs_explaining(decision)
-    background = BackgroundTask(scorer.explain_stored, decision) if explain else None
+    # a plain function's background task in a thread) and logged beside its decision.
+    background = (
+        BackgroundTask(scorer.explain_stored, answered) if scorer.needs_explaining(answered) else None
+    )
     return Response(orjson.dumps(answer), media_type="application/json", background=background)
 
 
