@@ -19,6 +19,7 @@ from fastapi.exceptions import RequestValidationError
 
 from antifraud.engine.api import admin, decisions, feedback, health, openapi, score
 from antifraud.engine.api.errors import invalid_request
+from antifraud.engine.api.fast_path import ScoreFastPath
 from antifraud.engine.api.http_metrics import HttpMetrics
 from antifraud.engine.api.middleware import BodyLimit
 from antifraud.engine.api.models import ANSWER_FIELDS, ERRORS, FeedbackAccepted, Problem, ScoreResponse
@@ -40,8 +41,14 @@ __all__ = [
 ]
 
 
-def create_app(settings: Settings | None = None, client: redis.Redis | None = None) -> FastAPI:
-    """The service: loads model and rules, connects to Redis (`settings.redis_url`)."""
+def create_app(
+    settings: Settings | None = None, client: redis.Redis | None = None, raw_score_route: bool = True
+) -> FastAPI:
+    """The service: loads model and rules, connects to Redis (`settings.redis_url`).
+
+    `raw_score_route=False` leaves POST /v1/score to FastAPI's routing instead of the fast path in
+    front of it (engine/api/fast_path.py): the answers are the same; the tests and benchmarks compare.
+    """
     settings = settings or Settings()
     # The client is made here, so a missing Redis URL fails at once; it connects on first use.
     app_client = client if client is not None else connect_redis(settings)
@@ -70,6 +77,13 @@ def create_app(settings: Settings | None = None, client: redis.Redis | None = No
     app.state.settings = settings
     app.state.redis = app_client
     app.state.metrics = Metrics()
+    # The routes in this order, which is the OpenAPI document's. The scoring route goes on the app's
+    # own router: an included router costs each request a second path match (engine/api/score.py).
+    score_route = score.add_to(app.router)
+    if raw_score_route:
+        # added first, so it runs last among the middlewares: after the metrics, the auth and the
+        # body limit, it answers POST /v1/score without FastAPI's routing (engine/api/fast_path.py)
+        app.add_middleware(ScoreFastPath, route=score_route)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     # added after the body limit, so it runs before it: nothing reads a body before the caller is known
     app.add_middleware(
@@ -80,9 +94,6 @@ def create_app(settings: Settings | None = None, client: redis.Redis | None = No
     # added after the auth, so it runs before it and counts its 401 and 403 answers too
     app.add_middleware(HttpMetrics, metrics=app.state.metrics)
     app.add_exception_handler(RequestValidationError, invalid_request)
-    # In this order, which is the OpenAPI document's. The scoring route goes on the app's own
-    # router: an included router costs each request a second path match (engine/api/score.py).
-    score.add_to(app.router)
     for module, tag in (
         (feedback, "payments"),
         (decisions, "decisions"),
