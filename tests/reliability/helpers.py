@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -22,12 +23,13 @@ import shutil
 import signal
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import numpy as np
@@ -36,7 +38,7 @@ import redis
 from antifraud.engine.loadgen.client import run_async, run_cell
 from antifraud.engine.loadgen.cpu import cpu_seconds, machine_busy_seconds, wait_quiet
 from antifraud.engine.loadgen.replay import load_replay
-from antifraud.engine.stack import ServiceStack
+from antifraud.engine.stack import ServiceStack, cmdline, descendants
 
 ROOT = Path(__file__).resolve().parents[2]
 BUDGET_MS = 50.0  # ANTIFRAUD_BUDGET_MS given to every service started here (the default)
@@ -348,17 +350,144 @@ class Service(ServiceStack):
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         return httpx.Client(base_url=f"http://127.0.0.1:{self.port}", headers=headers, timeout=timeout)
 
+    @property
+    def store_url(self) -> str:
+        """The durable store the service's sink writes (ANTIFRAUD_STORE, else the stack's Parquet dir)."""
+        return self.env.get("ANTIFRAUD_STORE") or str(self.dir / "data" / "decisions")
+
+    def sink_pids(self) -> list[int]:
+        """The decision sink process(es) `serve` started: its spawned children that do not listen on
+        the service's port (the workers do; the sink only talks to Redis and the store)."""
+        assert self.server is not None, "the service is not running"
+        listening = _listening_inodes(self.port)
+        children = [p for p in descendants(self.server.pid) if b"spawn_main" in cmdline(p)]
+        return [p for p in children if not (_socket_inodes(p) & listening)]
+
     def __enter__(self) -> Service:
         super().__enter__()
         return self
 
 
+def _listening_inodes(port: int) -> set[str]:
+    with open("/proc/net/tcp") as f:
+        next(f)
+        return {c[9] for line in f if (c := line.split())[1].endswith(f":{port:04X}") and c[3] == "0A"}
+
+
+def _socket_inodes(pid: int) -> set[str]:
+    out = set()
+    with contextlib.suppress(OSError):
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target.startswith("socket:["):
+                    out.add(target[8:-1])
+    return out
+
+
 # --------------------------------------------------------------------------------------------------
-# Reading what Redis holds
+# Reading what was logged: the buffer streams in Redis and the durable store the sink fills
 
 
-def stored_decisions(client: redis.Redis, txids: Sequence[str], namespace: str = "af") -> dict[str, Any]:
-    """txid -> stored decision (or None), read in pipelined batches."""
+@dataclass
+class LogView:
+    """Every decision and feedback event logged, wherever it is now: still in its buffer stream, or
+    moved by the sink to the durable store (it trims an entry only once the store holds it).
+
+    A record is identified by the stream entry it was logged as: an entry written to the store and not
+    yet trimmed is in both places and counts once; a transaction logged twice would show two entries.
+    `store_*_rows` count the store's own rows, duplicates included (a batch written twice)."""
+
+    decisions: dict[str, dict[str, dict[str, Any]]]  # txid -> stream id -> decision
+    feedback: dict[str, dict[str, Any]]  # stream id -> event
+    store_decision_rows: Counter[str]  # txid -> rows in the store
+    store_feedback_rows: Counter[str]  # stream id -> rows in the store
+    buffered_decisions: int
+    buffered_feedback: int
+
+    def decision(self, txid: str) -> dict[str, Any] | None:
+        entries = self.decisions.get(txid)
+        return next(iter(entries.values())) if entries else None
+
+    def times_logged(self, txid: str) -> int:
+        return len(self.decisions.get(txid, {}))
+
+
+def read_log(client: redis.Redis, store_url: str, namespace: str = "af") -> LogView:
+    """What the buffer streams and the store hold. The buffer is read first: an entry the sink trims
+    after that read was in the store before it was trimmed, so the later store read finds it."""
+    decisions: dict[str, dict[str, dict[str, Any]]] = {}
+    buffered = 0
+    for entry_id, record in _stream(client, f"{namespace}:decisions", b"d"):
+        decisions.setdefault(record["transaction_id"], {})[entry_id] = record
+        buffered += 1
+    feedback = dict(_stream(client, f"{namespace}:feedback", b"e"))
+    buffered_feedback = len(feedback)
+    decision_rows: Counter[str] = Counter()
+    feedback_rows: Counter[str] = Counter()
+    for entry_id, record in store_rows(store_url, "decisions"):
+        decisions.setdefault(record["transaction_id"], {}).setdefault(entry_id, record)
+        decision_rows[record["transaction_id"]] += 1
+    for entry_id, record in store_rows(store_url, "feedback"):
+        feedback.setdefault(entry_id, record)
+        feedback_rows[entry_id] += 1
+    return LogView(decisions, feedback, decision_rows, feedback_rows, buffered, buffered_feedback)
+
+
+def _stream(client: redis.Redis, stream: str, field: bytes) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(entry id, record) of the entries of a stream holding `field`, read 10,000 at a time (XRANGE)."""
+    start = "-"
+    while True:
+        entries = cast(list[tuple[bytes, dict[bytes, bytes]]], client.xrange(stream, min=start, count=10_000))
+        for entry_id, fields in entries:
+            if field in fields:
+                yield entry_id.decode(), json.loads(fields[field])
+        if len(entries) < 10_000:
+            return
+        start = "(" + entries[-1][0].decode()
+
+
+def store_rows(store_url: str, kind: str) -> list[tuple[str, dict[str, Any]]]:
+    """Every row of a kind ("decisions", "feedback") in the store, duplicates included: (stream id,
+    record as logged). Read with SQL of its own rather than the store's reads, which hide copies."""
+    if store_url.startswith(("postgresql://", "postgres://")):
+        import psycopg
+        from psycopg import sql
+
+        from antifraud.engine.store.postgres import split_url
+
+        conninfo, schema = split_url(store_url)
+        with psycopg.connect(conninfo, connect_timeout=5) as conn:
+            exists = conn.execute("select to_regclass(%s)", [f"{schema}.{kind}"]).fetchone()
+            if exists is None or exists[0] is None:
+                return []
+            query = sql.SQL("select stream_id, record::text from {}.{}").format(
+                sql.Identifier(schema), sql.Identifier(kind)
+            )
+            return [(str(i), json.loads(str(r))) for i, r in conn.execute(query).fetchall()]
+    import duckdb
+
+    # no compaction runs in these tests: every file holds rows of its own
+    files = sorted(str(p) for p in Path(store_url.removeprefix("parquet://")).glob(f"{kind}/day=*/*.parquet"))
+    if not files:
+        return []
+    with duckdb.connect(":memory:") as db:
+        rows = db.execute(
+            "select stream_id, record from read_parquet(?, union_by_name=true)", [files]
+        ).fetchall()
+    return [(str(i), json.loads(str(r))) for i, r in rows]
+
+
+def stored_decisions(
+    client: redis.Redis, txids: Sequence[str], store_url: str, namespace: str = "af"
+) -> dict[str, Any]:
+    """txid -> its whole decision as logged (buffer, else store), or None when it was never logged."""
+    view = read_log(client, store_url, namespace)
+    return {txid: view.decision(txid) for txid in txids}
+
+
+def idempotency_records(client: redis.Redis, txids: Sequence[str], namespace: str = "af") -> dict[str, Any]:
+    """txid -> its idempotency record (what a retry is answered from), or None; pipelined."""
     out: dict[str, Any] = {}
     for chunk in _chunks(list(txids), 2000):
         pipe = client.pipeline(transaction=False)
@@ -369,11 +498,41 @@ def stored_decisions(client: redis.Redis, txids: Sequence[str], namespace: str =
     return out
 
 
-def stream_entries(client: redis.Redis, stream: str, field: str) -> list[dict[str, Any]]:
-    from antifraud.engine.decisions import DecisionStore
+def buffer_lag(client: redis.Redis, namespace: str = "af") -> dict[str, int]:
+    """Entries of each buffer stream the sink has not written yet (never delivered, or pending);
+    every entry when the sink's group does not exist (no sink ever ran)."""
+    out = {}
+    for stream in (f"{namespace}:decisions", f"{namespace}:feedback"):
+        if not client.exists(stream):
+            out[stream] = 0
+            continue
+        info = cast(list[dict[str, Any]], client.xinfo_groups(stream))
+        groups = [g for g in info if g["name"] in (b"sink", "sink")]
+        if not groups:
+            out[stream] = int(cast(int, client.xlen(stream)))
+            continue
+        lag = groups[0].get("lag")
+        if lag is None:  # Redis cannot tell: count the undelivered entries
+            start = "(" + _text(groups[0]["last-delivered-id"])
+            lag = len(cast(list[Any], client.xrange(stream, min=start)))
+        out[stream] = int(lag) + int(groups[0]["pending"])
+    return out
 
-    store = DecisionStore(client)
-    return list(store.iter_stream(stream, field))
+
+def wait_drained(client: redis.Redis, timeout_s: float, namespace: str = "af") -> float:
+    """Wait until the sink has written both buffers; returns the seconds it took. Raises when it
+    has not within `timeout_s` (the sink is down, or the store)."""
+    started = time.perf_counter()
+    while any(buffer_lag(client, namespace).values()):
+        if time.perf_counter() - started > timeout_s:
+            lag = buffer_lag(client, namespace)
+            raise AssertionError(f"the sink did not drain the buffers within {timeout_s:.0f} s: {lag}")
+        time.sleep(0.1)
+    return time.perf_counter() - started
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def entity_members(client: redis.Redis, entity: str, keys: Sequence[str]) -> dict[str, set[str]]:

@@ -21,8 +21,10 @@ Asserted (wide margins: 2 shared cores):
   test_degraded_only_during_redis_faults_and_recovered_after) and stop within 2 s of each fault;
 - after the swaps, every answer carries the new model version and the final rules version;
 - counters consistent after recovery (see test_counters_are_consistent_after_recovery);
-- every feedback event answered 202 is in the feedback stream;
-- every non-degraded answer outside the fault windows is in the decision log;
+- every feedback event answered 202 is logged (the feedback buffer stream or the store the service's
+  sink moves it to, read after the sink drained it), and none twice;
+- every non-degraded answer outside the fault windows is in the decision log (buffer or store), and
+  the store holds no transaction twice;
 - antifraud_degraded_total counts exactly the degraded answers.
 """
 
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import shutil
 import signal
 import threading
@@ -56,11 +59,11 @@ from .helpers import (
     model_version,
     ms_of,
     pct,
+    read_log,
     redis_stalls,
     replay,
     rules_version,
-    stored_decisions,
-    stream_entries,
+    wait_drained,
 )
 
 RATE = 200.0
@@ -355,7 +358,12 @@ def fault_run(swap_model: Path) -> FaultRun:
         answers = [a if a is not None else {"degraded": ["unanswered"]} for a in run.answers()]
         client = service.client()
         try:
-            stored = stored_decisions(client, txids)
+            # every decision logged (buffer + store), read after the sink has written the buffers
+            drained_s = wait_drained(client, 60)
+            logged = read_log(client, service.store_url)
+            stored = {t: logged.decision(t) for t in txids}
+            logged_twice = [t for t in txids if logged.times_logged(t) > 1]
+            stored_twice = [t for t, c in logged.store_decision_rows.items() if c > 1]
             by_card: dict[str, list[int]] = defaultdict(list)
             for i, p in enumerate(payments):
                 by_card[p["card_id"]].append(i)
@@ -368,16 +376,25 @@ def fault_run(swap_model: Path) -> FaultRun:
                 probe_ids.append((card, body["transaction_id"]))
                 probe_requests.append(http_request(service.port, service.scorer_key, "/v1/score", body))
             probes, probe_resent = _send_until_full(service, probe_requests, 300.0)
-            probe_stored = stored_decisions(client, [t for _, t in probe_ids])
+            probe_log = read_log(client, service.store_url)
+            probe_stored = {t: probe_log.decision(t) for _, t in probe_ids}
             stalls = redis_stalls(client, service.latency_offset)
             info = {**client.info("persistence"), **client.info("stats")}
             redis_info = {k: info.get(k) for k in ("aof_rewrites", "total_forks", "latest_fork_usec")}
             streamed = Counter(
-                (e["transaction_id"], e["kind"], ms_of(e["reported_at"]))
-                for e in stream_entries(client, "af:feedback", "e")
+                (e["transaction_id"], e["kind"], ms_of(e["reported_at"])) for e in probe_log.feedback.values()
             )
+            streamed_rows_twice = sum(1 for c in probe_log.store_feedback_rows.values() if c > 1)
         finally:
             client.close()
+        FIGURES.add(
+            SECTION,
+            "decision log after the sink drained it (s): transactions logged twice (a retry whose "
+            "record a fault lost) / store rows twice: decisions, feedback",
+            f"{drained_s:.1f}: {len(logged_twice)} / {len(stored_twice)}, {streamed_rows_twice}",
+            COMMAND,
+        )
+        assert not stored_twice and not streamed_rows_twice, stored_twice[:5]
         with service.http() as http:
             metrics = http.get("/metrics").text
         log = service.log_text()
@@ -593,7 +610,18 @@ def test_after_the_swaps_every_answer_has_the_new_model_and_final_rules(fault_ru
         COMMAND,
     )
     assert set(models) == {r.old_model, r.new_model}, models
-    assert "Traceback" not in r.log, r.log[-3000:]
+    # the sink (started by `serve`) logs each failed batch with its traceback while Redis is down, and
+    # retries: expected here; any other traceback is a bug
+    records = re.split(r"\n(?=\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ )", r.log)
+    sink_failures = [x for x in records if " antifraud.sink: the sink's batch failed" in x]
+    others = [x for x in records if x not in sink_failures and "Traceback" in x]
+    FIGURES.add(
+        SECTION,
+        "sink batches failed and retried (Redis down) / other tracebacks",
+        f"{len(sink_failures)} / {len(others)}",
+        COMMAND,
+    )
+    assert not others, others[:2]
 
 
 def test_every_full_answer_outside_fault_windows_is_in_the_decision_log(fault_run: FaultRun) -> None:
@@ -687,7 +715,7 @@ def test_no_accepted_feedback_event_is_lost(fault_run: FaultRun) -> None:
     )
     FIGURES.add(
         SECTION,
-        "feedback: accepted events missing from the stream / duplicates in it",
+        "feedback: accepted events missing from the log (buffer + store) / duplicates in it",
         f"{len(lost)} / {duplicates}",
         COMMAND,
     )
@@ -701,8 +729,9 @@ def test_metrics_count_every_degraded_answer(fault_run: FaultRun) -> None:
     counted = metric_value(fault_run.metrics, "antifraud_degraded_total")
     FIGURES.add(
         SECTION,
-        "antifraud_degraded_total (metrics) vs degraded answers",
-        f"{counted:.0f} vs {len(fault_run.degraded)}",
+        "antifraud_degraded_total (metrics) vs degraded answers (+ probes re-sent after a degraded answer)",
+        f"{counted:.0f} vs {len(fault_run.degraded)} (+ {fault_run.probe_resent})",
         COMMAND,
     )
-    assert counted == len(fault_run.degraded)
+    # the metric also counts the probes' degraded answers (sent after the run, re-sent until full)
+    assert len(fault_run.degraded) <= counted <= len(fault_run.degraded) + fault_run.probe_resent

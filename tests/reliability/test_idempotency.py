@@ -4,7 +4,9 @@ The three copies of a payment are due one after the other (1.7 ms apart at 600 r
 out on different keep-alive connections, so they are scored concurrently by both workers. Then:
 
 - every request is answered 200, and the non-degraded answers for one transaction are identical;
-- the decision stream holds exactly one entry per transaction (and nothing else);
+- the decision log holds exactly one decision per transaction (and nothing else): one stream entry
+  per transaction, counted across the buffer stream and the durable store the service's sink moves
+  it to (one row each once the sink has drained the buffer);
 - the counters equal a single send: a probe payment per card, timed after every payment, reads
   card_count_{10m,1h,24h,7d,30d}, card_sum_24h, card_max_24h, card_distinct_merchants_24h,
   and card_merchant_count_24h equal to what the 10,000 payments sent once give; and the event log of
@@ -33,9 +35,10 @@ from .helpers import (
     http_request,
     ms_of,
     pct,
+    read_log,
     replay,
     stored_decisions,
-    stream_entries,
+    wait_drained,
 )
 
 N = 10_000
@@ -152,18 +155,21 @@ def test_three_concurrent_copies_count_once() -> None:
 
         client = service.client()
         try:
-            stream = [d["transaction_id"] for d in stream_entries(client, "af:decisions", "d")]
-            per_tx = Counter(stream)
+            drained_s = wait_drained(client, 60)
+            logged = read_log(client, service.store_url)
+            per_tx = Counter({t: logged.times_logged(t) for t in logged.decisions})
+            rows = logged.store_decision_rows
             FIGURES.add(
                 SECTION,
-                "decision stream: entries / distinct transactions / transactions logged twice",
-                f"{len(stream):,} / {len(per_tx):,} / {sum(1 for c in per_tx.values() if c > 1)}",
+                "decision log (buffer + store, after a sink drain of "
+                f"{drained_s:.1f} s): entries / distinct transactions / logged twice / store rows twice",
+                f"{sum(per_tx.values()):,} / {len(per_tx):,} / {sum(1 for c in per_tx.values() if c > 1)}"
+                f" / {sum(1 for c in rows.values() if c > 1)}",
                 COMMAND,
             )
-            assert per_tx == Counter(set(txids)), (
-                "the decision stream must hold each transaction exactly once"
-            )
-            stored = stored_decisions(client, txids)
+            assert per_tx == Counter(set(txids)), "the decision log must hold each transaction exactly once"
+            assert rows == Counter(set(txids)), "the store must hold each transaction exactly once"
+            stored: dict[str, Any] = {t: logged.decision(t) for t in txids}
             assert all(stored[t] is not None for t in txids)
             pinned = sum(1 for t in txids if stored[t]["degraded"])
             FIGURES.add(
@@ -248,7 +254,7 @@ def _send_probes(service: Service, client: Any, bodies: list[dict[str, Any]]) ->
             time.sleep(1.0)
         requests = [http_request(service.port, service.scorer_key, "/v1/score", bodies[k]) for k in pending]
         replay(service.port, requests, 300.0, connections=16)
-        stored = stored_decisions(client, [bodies[k]["transaction_id"] for k in pending])
+        stored = stored_decisions(client, [bodies[k]["transaction_id"] for k in pending], service.store_url)
         for k in pending:
             decisions[k] = stored[bodies[k]["transaction_id"]]
             if decisions[k] is not None and decisions[k]["degraded"]:  # type: ignore[index]

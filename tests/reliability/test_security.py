@@ -7,7 +7,8 @@ requests that carry a PAN but are refused (pan and card_id together, a malformed
 body). Then every place a card number could end up is searched for each PAN (in full and every 12
 digits of it) and for the PAN secret: the Redis RDB file (written uncompressed) and AOF, a DUMP of
 every key, the service's log, the decision and feedback streams, the answers, and the output of
-`antifraud export-decisions` over the durable store the real sink filled from the streams.
+`antifraud export-decisions` over the durable store the service's own sink filled from the streams
+(the stack's Parquet store, read raw as well: every record as logged).
 """
 
 from __future__ import annotations
@@ -31,7 +32,18 @@ from antifraud.engine.rules import ExpressionError, RuleSetError, compile_expres
 from antifraud.engine.schema import PAN_SECRET_ENV
 from antifraud.features.spec import load_spec
 
-from .helpers import FIGURES, ROOT, Payments, Service, luhn_pan, normal_suite, rules_version
+from .helpers import (
+    FIGURES,
+    ROOT,
+    Payments,
+    Service,
+    luhn_pan,
+    normal_suite,
+    read_log,
+    rules_version,
+    store_rows,
+    wait_drained,
+)
 
 SECTION = "5. security"
 COMMAND = ".venv/bin/pytest -q -s tests/reliability/test_security.py"
@@ -217,9 +229,17 @@ def test_no_raw_pan_in_redis_logs_streams_answers_or_export(service: Service, se
         places[f"feedback stream ({len(feedback)} entries)"] = json.dumps(
             [{k.decode(): v.decode() for k, v in f.items()} for _, f in feedback]
         ).encode()
+        # the service's sink moves the streams into the store: what it wrote, file bytes and records
+        wait_drained(client, 60)
+        logged = read_log(client, service.store_url)
     finally:
         client.close()
-    assert len(aof) > 10_000 and len(decisions) >= PAN_COUNT
+    store_files = sorted(p for p in Path(service.store_url).rglob("*.parquet") if p.is_file())
+    places[f"store files ({len(store_files)}), raw"] = b"".join(p.read_bytes() for p in store_files)
+    places["store records (decisions, feedback) as logged"] = json.dumps(
+        [store_rows(service.store_url, "decisions"), store_rows(service.store_url, "feedback")]
+    ).encode()
+    assert len(aof) > 10_000 and len(logged.decisions) >= PAN_COUNT
     places["service log"] = service.log.read_bytes()
     places["answers to accepted requests"] = "\n".join(b for w, s, b in sent.answers if s < 400).encode()
     export = _export(service)
@@ -249,22 +269,8 @@ def _export(service: Service) -> dict[str, bytes] | None:
         print("[reliability] engine/export.py does not exist yet: export-decisions not checked")
         FIGURES.add(SECTION, "export-decisions", "SKIPPED: engine/export.py does not exist", COMMAND)
         return None
-    from antifraud.engine.sink import Sink
-    from antifraud.engine.store import open_store
-
-    with (
-        tempfile.TemporaryDirectory(prefix="antifraud-rel-store-") as store_dir,
-        tempfile.TemporaryDirectory(prefix="antifraud-rel-export-") as out,
-    ):
-        # the export reads the durable store: the real sink moves the streams into it first
-        client, store = service.client(), open_store(store_dir)
-        try:
-            sink = Sink(client, store, block_ms=10, linger_ms=0)
-            while sink.run_once() or any(sink.lag().values()):
-                pass
-        finally:
-            store.close()
-            client.close()
+    with tempfile.TemporaryDirectory(prefix="antifraud-rel-export-") as out:
+        # the export reads the durable store the service's sink filled (drained by the caller)
         result = subprocess.run(
             [
                 sys.executable,
@@ -274,7 +280,7 @@ def _export(service: Service) -> dict[str, bytes] | None:
                 "--out",
                 out,
                 "--store",
-                store_dir,
+                service.store_url,
             ],
             cwd=ROOT,
             capture_output=True,
