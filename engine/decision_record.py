@@ -1,6 +1,6 @@
 """The decision record: what the engine decided about a payment, as it is logged and answered.
 
-`antifraud.engine.pipeline.Scorer` builds it, `antifraud.engine.decisions.DecisionStore` logs it (JSON),
+`antifraud.engine.pipeline.Scorer` builds it, `antifraud.engine.decisions.DecisionLog` logs it (JSON),
 `antifraud.engine.metrics`
 counts it and `antifraud.engine.export` writes it to Parquet: each reads the keys declared here. The JSON
 shape is the TypedDicts' own (key for key); NaN features are stored as null.

@@ -47,6 +47,8 @@ log = logging.getLogger("antifraud.sink")
 MAX_BACKOFF_S = 30.0
 #: entries undecodable as JSON are set aside here (and acknowledged) rather than retried forever
 REJECTED_MAXLEN = 100_000
+#: stream entries per read: a batch is read in replies of at most this many (see `Sink._read`)
+READ_CHUNK = 200
 
 # one stream entry as redis-py returns it: id and fields ({} when the entry was deleted meanwhile)
 _Entry = tuple[bytes, dict[bytes, bytes]]
@@ -218,13 +220,32 @@ class Sink:
         for entry_id, fields in entries:
             stream.entries.setdefault(_text(entry_id), fields)
 
+    def _read(self, stream: _Stream, after: str, block: int | None = None) -> int:
+        """Read entries of `stream` after `after` ("0": this consumer's pending ones; ">": new ones)
+        until the batch is full or none are left, READ_CHUNK at a time: Redis builds a reply in one
+        go, and 1,000 decisions (3 MB) in one reply stalled it for milliseconds, which the scoring
+        path's calls waited out (measured in tests/reliability/test_sink_faults.py). `block` applies
+        to the first read only. Returns how many entries it read."""
+        read = 0
+        while (room := self._room()) > 0:
+            count = min(room, READ_CHUNK)
+            got = _entries(
+                self.client.xreadgroup(
+                    self.group, self.consumer, {stream.key: after}, count=count, block=block
+                )
+            )
+            self._take(stream, got)
+            read += len(got)
+            if len(got) < count:
+                break
+            block = None
+            if after != ">":
+                after = _text(got[-1][0])
+        return read
+
     def _read_own_pending(self) -> None:
         for stream in self.streams:
-            room = self._room()
-            if room <= 0:
-                return
-            reply = self.client.xreadgroup(self.group, self.consumer, {stream.key: "0"}, count=room)
-            self._take(stream, _entries(reply))
+            self._read(stream, "0")
 
     def _claim_abandoned(self) -> None:
         for stream in self.streams:
@@ -239,7 +260,7 @@ class Sink:
                     self.consumer,
                     self.claim_idle_ms,
                     start_id=stream.claim_cursor,
-                    count=room,
+                    count=min(room, READ_CHUNK),
                 ),
             )
             # the scan goes on where it stopped on the next batch, from the start again once done
@@ -255,30 +276,19 @@ class Sink:
     def _read_new(self) -> None:
         # feedback first without waiting, then decisions, waiting only when the batch is still empty
         for stream in reversed(self.streams):
-            room = self._room()
-            if room <= 0:
-                return
-            empty = room == self.batch
+            empty = self._room() == self.batch
             block = self.block_ms if empty and stream is self.streams[0] and self.block_ms > 0 else None
-            reply = self.client.xreadgroup(
-                self.group, self.consumer, {stream.key: ">"}, count=room, block=block
-            )
-            self._take(stream, _entries(reply))
+            self._read(stream, ">", block)
 
     def _linger(self) -> None:
         """Fill a started batch with new entries until it is full or `linger_ms` has passed."""
         if self.linger_ms <= 0 or self._room() in (0, self.batch):
             return
         deadline = time.monotonic() + self.linger_ms / 1000
-        while (room := self._room()) > 0 and (left_ms := int((deadline - time.monotonic()) * 1000)) > 0:
+        while self._room() > 0 and (left_ms := int((deadline - time.monotonic()) * 1000)) > 0:
             for stream in reversed(self.streams):  # feedback without waiting, then decisions
-                block = max(1, left_ms) if stream is self.streams[0] else None
-                reply = self.client.xreadgroup(
-                    self.group, self.consumer, {stream.key: ">"}, count=room, block=block
-                )
-                self._take(stream, _entries(reply))
-                room = self._room()
-                if room <= 0:
+                self._read(stream, ">", max(1, left_ms) if stream is self.streams[0] else None)
+                if self._room() <= 0:
                     return
 
     def _write_and_ack(self) -> None:
