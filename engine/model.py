@@ -9,11 +9,18 @@ of `Booster.predict(pred_contrib=True)`), with buffers of their own and a lock, 
 computes them in a thread, after answering a flagged payment, while the worker scores the next ones.
 The risk score (0-100) of a score is the model's own :class:`RiskScale`, anchored on the thresholds
 recorded in its metadata.json.
+
+When lleaves is installed, `predict_one` uses the model compiled to native code instead (about 3-4x
+faster per row, scores within 1e-9 of LightGBM's): engine/compiled_model.py. The compiled artifact
+is cached beside the model and never compiled inside a worker; until it exists (a background
+compilation), or whenever it cannot be used, LightGBM's fast path scores. `ANTIFRAUD_MODEL_RUNTIME`
+(auto, lightgbm, compiled) chooses. Batches and contributions always go through LightGBM.
 """
 
 from __future__ import annotations
 
 import ctypes
+import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,10 +29,26 @@ from typing import Any
 import numpy as np
 from lightgbm.basic import _LIB, _safe_call
 
+from antifraud.engine.compiled_model import (
+    TOLERANCE,
+    ArtifactKey,
+    CompiledForest,
+    CompileError,
+    RuntimeChoice,
+    artifact_key,
+    artifact_paths,
+    artifact_ready,
+    check_rows,
+    differs,
+    runtime_choice,
+    start_background_compile,
+)
 from antifraud.engine.model_dir import MODEL_FILE, ModelError, feature_mismatch, read_model_dir
 from antifraud.engine.verdicts import RiskScale
 
 __all__ = ["TOP_CONTRIBUTIONS", "Contribution", "ModelError", "ModelRuntime"]
+
+log = logging.getLogger("antifraud.model")
 
 _PREDICT_NORMAL = 0
 _PREDICT_CONTRIB = 3  # C_API_PREDICT_CONTRIB: per-feature TreeSHAP values, then the expected value
@@ -46,7 +69,13 @@ class Contribution:
 class ModelRuntime:
     """A loaded model directory (model.txt + metadata.json) ready to score single payments."""
 
-    def __init__(self, directory: str | Path, feature_names: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        directory: str | Path,
+        feature_names: list[str] | None = None,
+        runtime: RuntimeChoice | None = None,
+    ) -> None:
+        """Load `directory`; `runtime` overrides ``ANTIFRAUD_MODEL_RUNTIME`` (auto when unset)."""
         self.directory = Path(directory)
         # the shared reader: it refuses a missing, corrupt or truncated model.txt with a ModelError
         read = read_model_dir(self.directory, require_metadata=False)
@@ -76,6 +105,103 @@ class ModelRuntime:
         self._contrib = np.zeros(self._n + 1, dtype=np.float64)
         self._contrib_ptr = self._contrib.ctypes.data_as(ctypes.POINTER(ctypes.c_double))
         self._fast_contrib = self._fast_config(_PREDICT_CONTRIB)
+        # the compiled model, once attached: predict_one reads `_entry` once per call, so another
+        # thread attaching it (background compilation) switches the path between two calls
+        self._row_dptr = self._row.ctypes.data_as(ctypes.POINTER(ctypes.c_double))
+        self.compiled: CompiledForest | None = None
+        self._entry: Any = None
+        self._compiler: threading.Thread | None = None
+        choice = runtime if runtime is not None else runtime_choice()
+        if choice is not RuntimeChoice.LIGHTGBM:
+            self._use_compiled(read.name, read.text, required=choice is RuntimeChoice.COMPILED)
+
+    @property
+    def runtime(self) -> str:
+        """Which path scores single rows now: "compiled" or "lightgbm"."""
+        return "compiled" if self._entry is not None else "lightgbm"
+
+    def _use_compiled(self, name: str, text: str, required: bool) -> None:
+        """Attach the compiled artifact; without one, compile it (now if `required`, else in the
+        background). Not `required`: every failure is logged and LightGBM scores."""
+        try:
+            key = artifact_key(name, text)
+        except (ImportError, OSError) as exc:
+            key = None
+            reason = f"the compiler does not load ({exc})"
+        else:
+            reason = "lleaves is not installed (pip install 'antifraud[compiled]')"
+        if key is None:
+            if required:
+                raise CompileError(f"{self.directory}: no compiled model: {reason}")
+            log.info("%s: scoring with LightGBM: %s", self.version, reason)
+            return
+        paths = artifact_paths(self.directory, key)
+        # checked before it serves: rows over every feature's range, scored by LightGBM now
+        rows = check_rows(text)
+        expected = np.asarray(self.booster.predict(rows, num_threads=1), dtype=np.float64)
+        if artifact_ready(paths, key):
+            self._attach(key, rows, expected, required)
+        elif required:
+            # in a process of its own, so that this one does not keep the compiler's memory
+            if start_background_compile(self.directory, key.model_sha256, paths.log).wait() != 0:
+                tail = paths.log.read_text(errors="replace").strip().splitlines()[-1:]
+                raise CompileError(f"{self.directory}: compiling the model failed: {tail} (see {paths.log})")
+            self._attach(key, rows, expected, required)
+        elif paths.failed.exists():
+            log.warning(
+                "%s: scoring with LightGBM: compiling failed before (%s; delete it to try again)",
+                self.version,
+                paths.failed,
+            )
+        else:
+            self._compile_in_background(key, rows, expected)
+
+    def _attach(self, key: ArtifactKey, rows: np.ndarray, expected: np.ndarray, required: bool) -> None:
+        paths = artifact_paths(self.directory, key)
+        try:
+            compiled = CompiledForest(paths, key, self._n)
+            gap = differs(compiled, rows, expected)
+            if not gap <= TOLERANCE:
+                raise CompileError(
+                    f"{paths.object}: its scores differ from LightGBM's by {gap:.3g} (over {TOLERANCE}): "
+                    "not used; delete it to compile it again"
+                )
+        except (CompileError, OSError, RuntimeError, ImportError) as exc:
+            if required:
+                raise CompileError(f"{self.directory}: the compiled model cannot serve: {exc}") from exc
+            log.warning("%s: scoring with LightGBM: %s", self.version, exc)
+            return
+        self.compiled = compiled
+        self._entry = compiled.entry
+        log.info("%s: scoring with the compiled model %s", self.version, paths.object)
+
+    def _compile_in_background(self, key: ArtifactKey, rows: np.ndarray, expected: np.ndarray) -> None:
+        paths = artifact_paths(self.directory, key)
+        try:
+            process = start_background_compile(self.directory, key.model_sha256, paths.log)
+        except OSError as exc:  # e.g. a read-only model directory
+            log.warning("%s: scoring with LightGBM: cannot compile it here: %s", self.version, exc)
+            return
+        log.info(
+            "%s: compiling it in the background (%s); LightGBM scores meanwhile", self.version, paths.log
+        )
+
+        def wait_then_attach() -> None:
+            if process.wait() == 0:
+                self._attach(key, rows, expected, required=False)
+            else:
+                log.warning(
+                    "%s: compiling it failed (see %s): LightGBM keeps scoring", self.version, paths.log
+                )
+
+        self._compiler = threading.Thread(target=wait_then_attach, name="model-compiler", daemon=True)
+        self._compiler.start()
+
+    def wait_compiled(self, timeout: float | None = None) -> bool:
+        """Wait for a background compilation (if any); True when the compiled model now scores."""
+        if self._compiler is not None:
+            self._compiler.join(timeout)
+        return self._entry is not None
 
     def _fast_config(self, predict_type: int) -> ctypes.c_void_p:
         """A single-row fast configuration (freed in __del__): one thread, every tree."""
@@ -97,6 +223,10 @@ class ModelRuntime:
     def predict_one(self, row: np.ndarray) -> float:
         """Probability of fraud for one feature row (NaN = missing). Not thread-safe: one per worker."""
         self._row[:] = row
+        entry = self._entry
+        if entry is not None:
+            entry(self._row_dptr, self._out_ptr, 0, 1)
+            return float(self._out[0])
         _safe_call(
             _LIB.LGBM_BoosterPredictForMatSingleRowFast(
                 self._fast, self._row_ptr, ctypes.byref(self._out_len), self._out_ptr
