@@ -1,7 +1,7 @@
 """A model compiled to machine code (lleaves), cached beside the model, for single-row scoring.
 
 LightGBM's single-row fast path walks the trees as data; lleaves (LLVM through llvmlite) turns
-every tree into branches of native code, about 3-4x faster per row with models/default
+every tree into branches of native code, about 3x faster per row with models/default
 (benchmarks/bench_model_runtime.py). Its scores are LightGBM's up to the order of the float sums
 (~1e-16). Compiling takes seconds to minutes and hundreds of MB, so it never happens on the
 request path nor inside a serving worker:

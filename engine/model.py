@@ -10,7 +10,7 @@ computes them in a thread, after answering a flagged payment, while the worker s
 The risk score (0-100) of a score is the model's own :class:`RiskScale`, anchored on the thresholds
 recorded in its metadata.json.
 
-When lleaves is installed, `predict_one` uses the model compiled to native code instead (about 3-4x
+When lleaves is installed, `predict_one` uses the model compiled to native code instead (about 3x
 faster per row, scores within 1e-9 of LightGBM's): engine/compiled_model.py. The compiled artifact
 is cached beside the model and never compiled inside a worker; until it exists (a background
 compilation), or whenever it cannot be used, LightGBM's fast path scores. `ANTIFRAUD_MODEL_RUNTIME`
