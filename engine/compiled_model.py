@@ -10,15 +10,15 @@ request path nor inside a serving worker:
   model version (the digest of model.txt), the compiler's versions and the CPU it was compiled for
   (the code uses the host's instruction set: an artifact copied to another CPU is not used), with a
   manifest recording the digests of model.txt and of the object file, written atomically after it;
-- ``python -m antifraud.engine.compiled_model MODEL_DIR`` compiles it (the deploy step); a worker
-  that finds none starts that same command in the background, at low priority, and serves with
-  LightGBM until it is done (engine/model.py); an exclusive lock on the artifact makes the
-  workers of a host compile it once;
+- ``python -m antifraud.engine.compiled_model MODEL_DIR`` compiles it: a deploy step, on the serving
+  host (the code is for its CPU). A worker that finds none scores with LightGBM and says how to
+  compile it: a serving process never starts a compiler (a child of minutes and hundreds of MB that
+  would outlive the service); an exclusive lock on the artifact makes concurrent compiles run once;
 - a loaded artifact is checked against LightGBM's scores on rows spread over every feature's range
   (with missing values) before it serves: any difference over 1e-9 and it is not used.
 
-``ANTIFRAUD_MODEL_RUNTIME`` picks the path: ``auto`` (the default: the compiled model when it is
-installed and compiles, LightGBM otherwise), ``lightgbm`` (never the compiler), ``compiled``
+``ANTIFRAUD_MODEL_RUNTIME`` picks the path: ``auto`` (the default: the compiled model when its
+artifact is there and checks out, LightGBM otherwise), ``lightgbm`` (never the compiler), ``compiled``
 (compile now if needed and fail loudly when it cannot: benchmarks, tests, a host that must have it).
 lleaves is an optional dependency (``pip install 'antifraud[compiled]'``); without it, the
 service scores with LightGBM, as before.
@@ -343,7 +343,8 @@ def differs(compiled: CompiledForest, rows: np.ndarray, expected: np.ndarray) ->
 
 
 def start_background_compile(directory: Path, model_sha256: str, log_path: Path) -> subprocess.Popen[bytes]:
-    """Start ``python -m antifraud.engine.compiled_model`` for `directory`, niced, output to `log_path`."""
+    """Start ``python -m antifraud.engine.compiled_model`` for `directory`, niced, output to `log_path`
+    (a process of its own, so the caller does not keep the compiler's memory)."""
     log_path.parent.mkdir(exist_ok=True)
     with open(log_path, "ab") as out:
         return subprocess.Popen(

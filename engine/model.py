@@ -12,9 +12,9 @@ recorded in its metadata.json.
 
 When lleaves is installed, `predict_one` uses the model compiled to native code instead (about 3x
 faster per row, scores within 1e-9 of LightGBM's): engine/compiled_model.py. The compiled artifact
-is cached beside the model and never compiled inside a worker; until it exists (a background
-compilation), or whenever it cannot be used, LightGBM's fast path scores. `ANTIFRAUD_MODEL_RUNTIME`
-(auto, lightgbm, compiled) chooses. Batches and contributions always go through LightGBM.
+is cached beside the model and compiled by a deploy step, never inside a worker; until it exists, or
+whenever it cannot be used, LightGBM's fast path scores. `ANTIFRAUD_MODEL_RUNTIME` (auto, lightgbm,
+compiled) chooses. Batches and contributions always go through LightGBM.
 """
 
 from __future__ import annotations
@@ -105,12 +105,10 @@ class ModelRuntime:
         self._contrib = np.zeros(self._n + 1, dtype=np.float64)
         self._contrib_ptr = self._contrib.ctypes.data_as(ctypes.POINTER(ctypes.c_double))
         self._fast_contrib = self._fast_config(_PREDICT_CONTRIB)
-        # the compiled model, once attached: predict_one reads `_entry` once per call, so another
-        # thread attaching it (background compilation) switches the path between two calls
+        # the compiled model, when attached at load: predict_one calls `_entry` when it is set
         self._row_dptr = self._row.ctypes.data_as(ctypes.POINTER(ctypes.c_double))
         self.compiled: CompiledForest | None = None
         self._entry: Any = None
-        self._compiler: threading.Thread | None = None
         choice = runtime if runtime is not None else runtime_choice()
         if choice is not RuntimeChoice.LIGHTGBM:
             self._use_compiled(read.name, read.text, required=choice is RuntimeChoice.COMPILED)
@@ -121,8 +119,9 @@ class ModelRuntime:
         return "compiled" if self._entry is not None else "lightgbm"
 
     def _use_compiled(self, name: str, text: str, required: bool) -> None:
-        """Attach the compiled artifact; without one, compile it (now if `required`, else in the
-        background). Not `required`: every failure is logged and LightGBM scores."""
+        """Attach the compiled artifact; without one, compile it now if `required`, else score with
+        LightGBM (never compiled by a serving worker). Not `required`: every failure is logged and
+        LightGBM scores."""
         try:
             key = artifact_key(name, text)
         except (ImportError, OSError) as exc:
@@ -147,14 +146,16 @@ class ModelRuntime:
                 tail = paths.log.read_text(errors="replace").strip().splitlines()[-1:]
                 raise CompileError(f"{self.directory}: compiling the model failed: {tail} (see {paths.log})")
             self._attach(key, rows, expected, required)
-        elif paths.failed.exists():
-            log.warning(
-                "%s: scoring with LightGBM: compiling failed before (%s; delete it to try again)",
-                self.version,
-                paths.failed,
-            )
         else:
-            self._compile_in_background(key, rows, expected)
+            # compiling takes seconds to minutes and hundreds of MB: a deploy step, never a worker's
+            failed = f" (it failed before: {paths.failed})" if paths.failed.exists() else ""
+            log.info(
+                "%s: scoring with LightGBM: no compiled model for this host%s; compile it with "
+                "`python -m antifraud.engine.compiled_model %s`",
+                self.version,
+                failed,
+                self.directory,
+            )
 
     def _attach(self, key: ArtifactKey, rows: np.ndarray, expected: np.ndarray, required: bool) -> None:
         paths = artifact_paths(self.directory, key)
@@ -174,34 +175,6 @@ class ModelRuntime:
         self.compiled = compiled
         self._entry = compiled.entry
         log.info("%s: scoring with the compiled model %s", self.version, paths.object)
-
-    def _compile_in_background(self, key: ArtifactKey, rows: np.ndarray, expected: np.ndarray) -> None:
-        paths = artifact_paths(self.directory, key)
-        try:
-            process = start_background_compile(self.directory, key.model_sha256, paths.log)
-        except OSError as exc:  # e.g. a read-only model directory
-            log.warning("%s: scoring with LightGBM: cannot compile it here: %s", self.version, exc)
-            return
-        log.info(
-            "%s: compiling it in the background (%s); LightGBM scores meanwhile", self.version, paths.log
-        )
-
-        def wait_then_attach() -> None:
-            if process.wait() == 0:
-                self._attach(key, rows, expected, required=False)
-            else:
-                log.warning(
-                    "%s: compiling it failed (see %s): LightGBM keeps scoring", self.version, paths.log
-                )
-
-        self._compiler = threading.Thread(target=wait_then_attach, name="model-compiler", daemon=True)
-        self._compiler.start()
-
-    def wait_compiled(self, timeout: float | None = None) -> bool:
-        """Wait for a background compilation (if any); True when the compiled model now scores."""
-        if self._compiler is not None:
-            self._compiler.join(timeout)
-        return self._entry is not None
 
     def _fast_config(self, predict_type: int) -> ctypes.c_void_p:
         """A single-row fast configuration (freed in __del__): one thread, every tree."""

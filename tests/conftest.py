@@ -18,6 +18,12 @@ from antifraud.training.history import write_history
 from antifraud.training.simulator import simulate
 
 
+# The same scores on every machine: the compiled model (engine/compiled_model.py) agrees with LightGBM
+# within 1e-9, not bit for bit, and only machines with lleaves and a compiled artifact would use it.
+# tests/test_compiled_model.py chooses its runtime explicitly.
+os.environ.setdefault("ANTIFRAUD_MODEL_RUNTIME", "lightgbm")
+
+
 @pytest.fixture(scope="session", autouse=True)
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """The services' data directory (ANTIFRAUD_DATA_DIR, and so their default decision store) for the
