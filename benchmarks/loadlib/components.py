@@ -10,8 +10,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -38,7 +39,8 @@ def components(args: argparse.Namespace, replay: Replay, rdb: Path) -> None:
     import orjson
 
     from antifraud.engine.api import ANSWER_FIELDS, create_app, start_services
-    from antifraud.engine.pipeline import _rule_env
+    from antifraud.engine.decision_record import Decision
+    from antifraud.engine.pipeline import _rule_env, idempotency_record
     from antifraud.engine.schema import Transaction
     from antifraud.engine.settings import Settings
     from antifraud.features.online import to_ms
@@ -125,9 +127,9 @@ def components(args: argparse.Namespace, replay: Replay, rdb: Path) -> None:
             gc.collect()
             gc.freeze()
 
-            online, store, model, rules = (
+            online, log, model, rules = (
                 scorer.features,
-                scorer.store,
+                scorer.log,
                 scorer.loaded.model,
                 scorer.loaded.rules,
             )
@@ -173,18 +175,26 @@ def components(args: argparse.Namespace, replay: Replay, rdb: Path) -> None:
                     model.contributions,
                     values,
                 )
+            metrics = scorer.metrics
+            assert metrics is not None, "the app's scorer counts its decisions"
             for body in bodies(n):
                 txn = Transaction.model_validate_json(body)
                 decision = timed(
                     "scorer.score(), whole (features .. decision log, metrics)", scorer.score, txn
                 )
-                answer = {name: decision[name] for name in ANSWER_FIELDS}  # what /v1/score answers
+                picked: Mapping[str, object] = decision
+                answer = {name: picked[name] for name in ANSWER_FIELDS}  # what /v1/score answers
                 timed("response: orjson.dumps of the answer's fields", orjson.dumps, answer)
-                copy = {**decision, "transaction_id": decision["transaction_id"] + "-copy"}
-                timed("decision log: store.put (orjson + EVALSHA SET/XADD)", store.put, copy)
+                assert "features" in decision, "a new payment: its whole decision"
+                copy = cast(Decision, {**decision, "transaction_id": decision["transaction_id"] + "-copy"})
+                timed(
+                    "decision log: DecisionLog.put (record + orjson + EVALSHA SET/XADD)",
+                    lambda d: log.put(d, idempotency_record(d)),
+                    copy,
+                )
                 timed(
                     "metrics: Metrics.observe (one process)",
-                    scorer.metrics.observe,
+                    metrics.observe,
                     decision,
                     decision["timings"],
                 )
