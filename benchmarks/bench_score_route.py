@@ -35,6 +35,7 @@ from typing import Any, Protocol, TypeGuard
 
 import orjson
 from fastapi import FastAPI
+from loadlib.asgi import score_scope
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -83,29 +84,6 @@ def bare_handler(scorer: ScorerLike) -> ASGIApp:
     return app
 
 
-def scope_of(body: bytes, key: str) -> Scope:
-    """An HTTP scope as uvicorn builds it for a scoring request."""
-    return {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": "/v1/score",
-        "raw_path": b"/v1/score",
-        "query_string": b"",
-        "root_path": "",
-        "headers": [
-            (b"host", b"127.0.0.1:80"),
-            (b"authorization", f"Bearer {key}".encode()),
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-        ],
-        "client": ("127.0.0.1", 9),
-        "server": ("127.0.0.1", 80),
-    }
-
-
 async def run_block(app: ASGIApp, bodies: list[bytes], key: str) -> list[tuple[float, float]]:
     """(CPU s, wall s) of each call of `app` on each body; every answer must be a 200."""
     out: list[tuple[float, float]] = []
@@ -118,7 +96,7 @@ async def run_block(app: ASGIApp, bodies: list[bytes], key: str) -> list[tuple[f
         async def send(message: Message, sent: list[Message] = sent) -> None:
             sent.append(message)
 
-        scope = scope_of(body, key)
+        scope = score_scope(body, key)
         w, c = time.perf_counter(), time.process_time()
         await app(scope, receive, send)
         out.append((time.process_time() - c, time.perf_counter() - w))

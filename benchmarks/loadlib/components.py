@@ -22,6 +22,8 @@ from antifraud.engine.loadgen.replay import Replay, RequestSource
 from antifraud.engine.redis_server import EmbeddedRedis
 from antifraud.engine.settings import ROOT
 
+from .asgi import score_scope
+
 
 def components(args: argparse.Namespace, replay: Replay, rdb: Path) -> None:
     """In-process cost of the whole `/v1/score` call and of each step of it.
@@ -66,23 +68,8 @@ def components(args: argparse.Namespace, replay: Replay, rdb: Path) -> None:
                 return out
 
             async def asgi(bodies: list[bytes]) -> None:
-                headers = [(b"host", b"x"), (b"authorization", f"Bearer {key}".encode())]
-                headers.append((b"content-type", b"application/json"))
                 for body in bodies:
-                    scope = {
-                        "type": "http",
-                        "asgi": {"version": "3.0"},
-                        "http_version": "1.1",
-                        "method": "POST",
-                        "scheme": "http",
-                        "path": "/v1/score",
-                        "raw_path": b"/v1/score",
-                        "query_string": b"",
-                        "root_path": "",
-                        "headers": [*headers, (b"content-length", str(len(body)).encode())],
-                        "client": ("127.0.0.1", 9),
-                        "server": ("127.0.0.1", 80),
-                    }
+                    scope = score_scope(body, key)
                     sent: list[Any] = []
 
                     async def receive(body: bytes = body) -> dict[str, Any]:
