@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
+import redis
+
 from antifraud.engine.decision_record import Decision, FeedbackRecord, IdempotencyRecord
 from antifraud.engine.decisions import DecisionLog
 from antifraud.engine.pipeline import changed_fields, entities_of
@@ -91,8 +93,8 @@ class DecisionReader:
         decision cannot be read (the store unavailable, or the decision was never logged)."""
         try:
             decided = self._whole(record["transaction_id"], record)
-        except StoreUnavailable:
-            return None
+        except (StoreUnavailable, redis.RedisError, OSError):
+            return None  # the 409 stands, without the field names (engine.api.errors.conflict)
         return changed_fields(decided, payment) if decided is not None else None
 
     def _from_store(self, read: Callable[[], T]) -> T:

@@ -83,6 +83,18 @@ class Loaded:
     shadow: ModelRuntime | None = None
 
 
+@dataclass(frozen=True)
+class PendingRetry:
+    """A retry whose first request has not logged its decision yet: what `Scorer.resume` needs."""
+
+    txn: Transaction
+    payment: dict[str, Any]
+    timings: Timings
+    started: float
+    loaded: Loaded
+    deadline: float  # perf_counter time: wait for the record until then (half the budget)
+
+
 @dataclass
 class Scorer:
     """Scores payments; one per worker process (the model runtime is not thread-safe)."""
@@ -107,12 +119,14 @@ class Scorer:
                 f"entities only on {list(ENTITY_FIELDS)}, or add the field to engine.vocabulary.ENTITY_FIELDS"
             )
 
-    def score(self, txn: Transaction) -> Answer:
+    def score(self, txn: Transaction) -> Answer | PendingRetry:
         """The answer for a payment: verdict, score, reasons, versions, degradation and timings.
 
         A new payment's answer is its whole `Decision` (logged); a retry of a decided one is answered
-        from its idempotency record, with this request's timings. Raises `IdempotencyConflict` when
-        the transaction id was decided for another payment.
+        from its idempotency record, with this request's timings. A retry whose first request has not
+        logged its decision yet (still deciding in another worker) gets a `PendingRetry`: the caller
+        waits for the record without blocking (`poll`), then calls `resume`. Raises
+        `IdempotencyConflict` when the transaction id was decided for another payment.
         """
         started = time.perf_counter()
         timings: Timings = {}
@@ -125,18 +139,51 @@ class Scorer:
             degraded.append(missing_reason)
         timings["features_ms"] = _ms(started)
 
-        store = not txn.test
         if duplicate and not txn.test:  # a test is scored afresh: it never answers a stored decision
-            # A retry: answer the first request's decision. If that is not stored yet (the first
-            # request is still running in another worker), the state already counts this payment,
-            # so deciding on it would be wrong: answer degraded, and leave storing to the first.
-            stored = self._wait_for_stored(txn.transaction_id, started)
-            if stored is not None:
-                return _retry_answer(stored, payment, timings, started)
-            values = self.features.without_state(payment)
-            degraded.append("retry: the first request's decision is not stored yet")
-            store = False
+            # A retry: answer the first request's decision, once it is logged.
+            pending = PendingRetry(txn, payment, timings, started, loaded, started + self.budget_ms / 2000)
+            stored = self.poll(pending)
+            return pending if stored is None else _retry_answer(stored, payment, timings, started)
+        return self._decide(txn, payment, values, degraded, timings, started, loaded, store=not txn.test)
 
+    def poll(self, pending: PendingRetry) -> IdempotencyRecord | None:
+        """The idempotency record a pending retry waits for, or None (not logged yet, or Redis failing)."""
+        try:
+            return self.log.record(pending.txn.transaction_id)
+        except (redis.RedisError, OSError):
+            return None
+
+    def resume(self, pending: PendingRetry, stored: IdempotencyRecord | None) -> Answer:
+        """The answer to a pending retry once its wait is over: the first answer when its record came;
+        otherwise the first request's state already counts this payment, so deciding on that state
+        would be wrong: decided without state, degraded, and not logged (logging is the first's)."""
+        if stored is not None:
+            return _retry_answer(stored, pending.payment, pending.timings, pending.started)
+        values = self.features.without_state(pending.payment)
+        degraded = ["retry: the first request's decision is not stored yet"]
+        return self._decide(
+            pending.txn,
+            pending.payment,
+            values,
+            degraded,
+            pending.timings,
+            pending.started,
+            pending.loaded,
+            False,
+        )
+
+    def _decide(
+        self,
+        txn: Transaction,
+        payment: dict[str, Any],
+        values: np.ndarray,
+        degraded: list[str],
+        timings: Timings,
+        started: float,
+        loaded: Loaded,
+        store: bool,
+    ) -> Answer:
+        """Model, rules, reasons, the decision record and its log entry, from the payment's features."""
         t = time.perf_counter()
         score: float | None = None
         if loaded.model is None:
@@ -312,18 +359,6 @@ class Scorer:
         else:
             reason = "features: redis unavailable (circuit open)"
         return self.features.without_state(payment), False, reason
-
-    def _wait_for_stored(self, txid: str, started: float) -> IdempotencyRecord | None:
-        """The idempotency record, polled for up to half the budget while the first request finishes."""
-        deadline = started + self.budget_ms / 2000
-        while True:
-            try:
-                found = self.log.record(txid)
-            except (redis.RedisError, OSError):
-                return None
-            if found is not None or time.perf_counter() >= deadline:
-                return found
-            time.sleep(0.002)
 
     def _log(self, decision: Decision) -> IdempotencyRecord | Logged:
         """Log a new decision: the earlier idempotency record when a concurrent request logged the

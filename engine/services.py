@@ -75,12 +75,10 @@ def build_services(
         if settings.shadow_model_dir
         else None
     )
-    # an idempotency record lives as long as the feature state remembers the transaction id: a retry
-    # the features see as a duplicate always finds the answer to give
     log = DecisionLog(
         client,
         settings.namespace,
-        features.spec.dedupe_horizon_ms,
+        record_ttl_ms(features.spec.dedupe_horizon_ms),
         BufferBound(settings.buffer_max_entries, settings.buffer_max_age_s),
     )
     reader = DecisionReader(log, open_store(settings.store_url))
@@ -97,6 +95,15 @@ def build_services(
     reloader = Reloader(settings, scorer)
     metrics.note_loaded(scorer.loaded)  # the versions /metrics shows as live
     return Services(settings, client, metrics, features, log, reader, scorer, reloader)
+
+
+def record_ttl_ms(dedupe_horizon_ms: int) -> int:
+    """How long an idempotency record is kept: a little longer than the entities whose retention is
+    the dedupe horizon remember a transaction id (features/score.lua trims their ids a tenth of the
+    horizon late, and renews a key's expiry with a tenth of slack), so that a retry those entities
+    see as a duplicate finds the answer to give. Entities with longer exact windows (a card's 30
+    days) remember ids longer still: docs/decisions.md says what a retry then gets."""
+    return dedupe_horizon_ms * 6 // 5 + 60_000
 
 
 def load_model_or_none(directory: Path, feature_names: list[str]) -> ModelRuntime | None:

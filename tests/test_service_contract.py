@@ -8,6 +8,7 @@ Tests marked xfail(strict=True) expose engine bugs that are reported, not fixed,
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import json
 import logging
@@ -358,6 +359,36 @@ def test_a_retry_whose_original_never_stores_is_degraded_and_not_stored(
     retry = http.post("/v1/score", json=body).json()
     assert retry["degraded"] and "retry" in retry["degraded"][0]
     assert http.get("/v1/decisions/orphan").status_code == 404
+
+
+def test_a_retry_waiting_for_its_original_does_not_hold_up_other_payments(
+    make_app: Callable[..., TestClient], redis_client: redis.Redis
+) -> None:
+    """The wait for the first request's record (up to half the budget) sleeps on the event loop: a
+    payment sent meanwhile to the same worker is answered before the wait ends."""
+    body = payment("waiting", card_id="card_new", merchant_id="m_new")
+    http = make_app(budget_ms=2000)  # a 1 s wait: a margin no scheduling noise comes near
+    features = http.app.state.reloader.scorer.features  # type: ignore[attr-defined]
+    features.score(Transaction.model_validate(body).model_dump())  # recorded, never decided
+
+    async def both() -> tuple[float, float]:
+        transport = httpx.ASGITransport(app=http.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            started = time.perf_counter()
+
+            async def send(sent: dict[str, Any]) -> float:
+                answered = await client.post("/v1/score", json=sent)
+                assert answered.status_code == 200, answered.text
+                return time.perf_counter() - started
+
+            retry = asyncio.create_task(send(body))
+            await asyncio.sleep(0.05)  # the retry is waiting by now
+            other = await send(payment("meanwhile", minute=1, card_id="card_other"))
+            return other, await retry
+
+    other_s, retry_s = asyncio.run(both())
+    assert retry_s >= 0.9  # it waited for the record, which never came
+    assert other_s < retry_s - 0.4, (other_s, retry_s)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -14,6 +14,8 @@ off (`create_app(raw_score_route=False)`) or cannot apply (a `root_path`).
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Mapping
 
 import orjson
@@ -27,7 +29,8 @@ from antifraud.engine.api.deps import merchant_denied
 from antifraud.engine.api.errors import ahead_of_clock, conflict, invalid
 from antifraud.engine.api.models import ANSWER_FIELDS, ERRORS, Conflict, ScoreResponse
 from antifraud.engine.decision_reads import DecisionReader
-from antifraud.engine.pipeline import IdempotencyConflict, Scorer
+from antifraud.engine.decision_record import Answer
+from antifraud.engine.pipeline import IdempotencyConflict, PendingRetry, Scorer
 from antifraud.engine.schema import Transaction
 
 PATH = "/v1/score"
@@ -51,7 +54,8 @@ async def score(request: Request) -> Response:
     # it), so reading it here is as safe as a dependency, and cheaper (see the module docstring).
     scorer: Scorer = request.app.state.scorer
     try:
-        answered = scorer.score(txn)
+        scored = scorer.score(txn)
+        answered = scored if not isinstance(scored, PendingRetry) else await _after_wait(scorer, scored)
     except IdempotencyConflict as exc:
         # rare: the whole decided payment is read (the buffer, else the store: off the event loop)
         # to name the fields that differ
@@ -66,6 +70,15 @@ async def score(request: Request) -> Response:
         BackgroundTask(scorer.explain_stored, answered) if scorer.needs_explaining(answered) else None
     )
     return Response(orjson.dumps(answer), media_type="application/json", background=background)
+
+
+async def _after_wait(scorer: Scorer, pending: PendingRetry) -> Answer:
+    """A retry of a payment still being decided by another request: its record is polled every 2 ms
+    up to the deadline (half the budget), sleeping on the event loop, so the worker goes on scoring
+    other payments meanwhile."""
+    while (stored := scorer.poll(pending)) is None and time.perf_counter() < pending.deadline:
+        await asyncio.sleep(0.002)
+    return scorer.resume(pending, stored)
 
 
 def add_to(router: APIRouter) -> APIRoute:
