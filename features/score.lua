@@ -399,7 +399,7 @@ local function op_distinct(st, a, i, rec)
       if value ~= '' and not here and t >= oldest then kept[#kept + 1] = value; kept[#kept + 1] = t end
       if #kept > 2 * spill then
         -- a hot entity: its values go to the ZSET, for good (until the state is started anew)
-        local args = { 'ZADD', key }
+        local args = { 'ZADD', key, 'GT' }
         for j = 1, #kept, 2 do args[#args + 1] = int(kept[j + 1]); args[#args + 1] = kept[j] end
         redis.call(unpack(args))
         redis.call('PEXPIRE', key, int(retention))

@@ -73,7 +73,7 @@ SPEC_SHAPE = Record(
     required={"version": Scalar("int"), "entities": MapOf(_NAMES)},
     optional={
         "dedupe_horizon": _DURATION_TEXT,
-        "limits": Record({}, {"head": _CAP}),
+        "limits": Record({}, {"head": _CAP, "tail": MapOf(_DURATION_TEXT)}),
         "velocity": ListOf(
             Record(
                 {**_ENTRY, "windows": _WINDOWS, "stats": _NAMES},
@@ -285,8 +285,8 @@ def _tail_ms(label: str, ms: int, tail: str | None, where: str) -> int:
     """The tail granularity of an exact window: required, shorter than the window and dividing it."""
     if tail is None:
         raise SpecError(
-            f"{where}: exact window {label} needs a tail granularity (e.g. tail: {{{label}: ...}}): "
-            "the buckets its payments older than the entity's head are kept in"
+            f"{where}: exact window {label} needs a tail granularity (limits.tail or the entry's tail, "
+            f"e.g. {{{label}: ...}}): the buckets its payments older than the entity's head are kept in"
         )
     g = parse_duration(tail)
     if g >= ms or ms % g:
@@ -294,7 +294,9 @@ def _tail_ms(label: str, ms: int, tail: str | None, where: str) -> int:
     return g
 
 
-def _velocity(v: dict[str, Any], entity: str) -> Velocity:
+def _velocity(v: dict[str, Any], entity: str, default_tails: dict[int, str]) -> Velocity:
+    """One velocity entry; an exact window's tail is the entry's own, else the spec's
+    `limits.tail` for a window of its length."""
     granularity, tail = v.get("granularity") or {}, v.get("tail") or {}
     for key, given in (("granularity", granularity), ("tail", tail)):
         stray = sorted(set(given) - set(v["windows"]))
@@ -307,7 +309,10 @@ def _velocity(v: dict[str, Any], entity: str) -> Velocity:
         w
         if w.granularity_ms is not None
         else dataclasses.replace(
-            w, tail_ms=_tail_ms(w.label, w.ms, tail.get(w.label), f"velocity of {entity}")
+            w,
+            tail_ms=_tail_ms(
+                w.label, w.ms, tail.get(w.label, default_tails.get(w.ms)), f"velocity of {entity}"
+            ),
         )
         for w in _windows(v["windows"], granularity)
     )
@@ -339,6 +344,11 @@ def _check_entity(entities: dict[str, tuple[str, ...]], name: str, section: str)
 
 def _build(raw: dict[str, Any]) -> FeatureSpec:
     entities = {name: tuple(fields) for name, fields in raw["entities"].items()}
+    limits = raw.get("limits") or {}
+    # the tail granularity of an exact window of each length, unless its velocity entry says
+    default_tails = {parse_duration(w): g for w, g in (limits.get("tail") or {}).items()}
+    for label, g in (limits.get("tail") or {}).items():
+        _tail_ms(label, parse_duration(label), g, "limits.tail")
     velocity = []
     for v in raw.get("velocity", []):
         stats = tuple(v["stats"])
@@ -346,7 +356,7 @@ def _build(raw: dict[str, Any]) -> FeatureSpec:
         if bad:
             raise SpecError(f"velocity: unknown stats {bad}; use {list(STATS)}")
         entity = _check_entity(entities, v["entity"], "velocity")
-        velocity.append(_velocity(v, entity))
+        velocity.append(_velocity(v, entity, default_tails))
     heads = [v.entity for v in velocity if v.head is not None]
     if len(heads) != len(set(heads)):
         raise SpecError("velocity: give an entity's head in one of its velocity entries only")
@@ -399,7 +409,9 @@ def _build(raw: dict[str, Any]) -> FeatureSpec:
         if same:
             window = dataclasses.replace(window, tail_ms=same[0].tail_ms)
         else:
-            tail = _tail_ms(window.label, window.ms, b.get("tail"), "card_behaviour")
+            tail = _tail_ms(
+                window.label, window.ms, b.get("tail", default_tails.get(window.ms)), "card_behaviour"
+            )
             window = dataclasses.replace(window, tail_ms=tail)
         behaviour = CardBehaviour(
             entity, window, parse_duration(b["profile_ttl"]), _windows(b.get("frequency") or [])
@@ -423,5 +435,5 @@ def _build(raw: dict[str, Any]) -> FeatureSpec:
         label_rate=tuple(label_rate),
         card_behaviour=behaviour,
         payment=payment,
-        head_limit=int((raw.get("limits") or {}).get("head", DEFAULT_HEAD)),
+        head_limit=int(limits.get("head", DEFAULT_HEAD)),
     )
