@@ -49,6 +49,8 @@ MAX_BACKOFF_S = 30.0
 REJECTED_MAXLEN = 100_000
 #: stream entries per read: a batch is read in replies of at most this many (see `Sink._read`)
 READ_CHUNK = 200
+#: while a batch lingers, how long the sink sleeps between two reads of what arrived (see `_linger`)
+LINGER_STEP_S = 0.05
 
 # one stream entry as redis-py returns it: id and fields ({} when the entry was deleted meanwhile)
 _Entry = tuple[bytes, dict[bytes, bytes]]
@@ -281,13 +283,18 @@ class Sink:
             self._read(stream, ">", block)
 
     def _linger(self) -> None:
-        """Fill a started batch with new entries until it is full or `linger_ms` has passed."""
+        """Fill a started batch with new entries until it is full or `linger_ms` has passed.
+
+        It sleeps LINGER_STEP_S between reads rather than blocking on the stream: a blocking read
+        returns at the first new entry, so at 500 payments/s the sink made a read per payment or
+        two, and those reads were most of its CPU (260-285 us per decision, docs/performance.md)."""
         if self.linger_ms <= 0 or self._room() in (0, self.batch):
             return
         deadline = time.monotonic() + self.linger_ms / 1000
-        while self._room() > 0 and (left_ms := int((deadline - time.monotonic()) * 1000)) > 0:
-            for stream in reversed(self.streams):  # feedback without waiting, then decisions
-                self._read(stream, ">", max(1, left_ms) if stream is self.streams[0] else None)
+        while self._room() > 0 and (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(LINGER_STEP_S, left))
+            for stream in reversed(self.streams):  # feedback, then decisions
+                self._read(stream, ">")
                 if self._room() <= 0:
                     return
 

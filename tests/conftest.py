@@ -17,7 +17,6 @@ from antifraud.features.offline import OfflineFeatures
 from antifraud.training.history import write_history
 from antifraud.training.simulator import simulate
 
-
 # The same scores on every machine: the compiled model (engine/compiled_model.py) agrees with LightGBM
 # within 1e-9, not bit for bit, and only machines with lleaves and a compiled artifact would use it.
 # tests/test_compiled_model.py chooses its runtime explicitly.

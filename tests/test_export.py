@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import tracemalloc
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,7 +24,7 @@ import redis
 from fastapi.testclient import TestClient
 from payloads import T0, log_decision, score_request
 from payloads import logged_decision as logged
-from sinks import drain
+from sinks import drain, postgres_schema
 from typer.testing import CliRunner
 
 from antifraud.engine import cli
@@ -45,7 +44,6 @@ from antifraud.engine.vocabulary import ENTITY_FIELDS
 from antifraud.features.spec import load_spec
 
 PAN = "4111111111111111"
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 
 
 @pytest.fixture(params=["parquet", "postgres"])
@@ -54,18 +52,8 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "parquet":
         yield str(tmp_path / "store")
         return
-    psycopg = pytest.importorskip("psycopg", reason="psycopg is not installed")
-    try:
-        with psycopg.connect(PG_ADMIN, connect_timeout=2):
-            pass
-    except psycopg.OperationalError as exc:
-        pytest.skip(f"no PostgreSQL server reachable at {PG_ADMIN}: {exc}")
-    schema = f"export_{uuid.uuid4().hex[:12]}"
-    try:
-        yield f"{PG_ADMIN}?schema={schema}"
-    finally:
-        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-            conn.execute(f"drop schema if exists {schema} cascade")  # a name made above: no quoting needed
+    with postgres_schema("export") as url:
+        yield url
 
 
 def tiny_model(directory: Path, seed: int = 0) -> Path:

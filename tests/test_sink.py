@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 import pytest
 import redis
 from payloads import T0, log_decision, logged_decision
+from sinks import PG_ADMIN, postgres_schema, require_postgres
 
 from antifraud.engine.decision_record import Decision, FeedbackRecord
 from antifraud.engine.decisions import DecisionLog
@@ -33,7 +34,6 @@ from antifraud.engine.store import open_store
 from antifraud.engine.store.parquet import ParquetStore
 from antifraud.features.spec import load_spec
 
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 FEATURES = load_spec().feature_names
 
 
@@ -77,39 +77,14 @@ def log_decisions(log: DecisionLog, ids: range) -> None:
 # -- the stores ---------------------------------------------------------------------------------------
 
 
-def _postgres_url() -> str:
-    """The URL of a fresh schema on the local PostgreSQL server (skips when none is reachable)."""
-    try:
-        import psycopg
-    except ImportError as exc:
-        pytest.skip(f"psycopg is not installed: {exc}")
-    try:
-        with psycopg.connect(PG_ADMIN, connect_timeout=2):
-            pass
-    except psycopg.OperationalError as exc:
-        pytest.skip(f"no PostgreSQL server reachable at {PG_ADMIN}: {exc}")
-    return f"{PG_ADMIN}?schema=sink_{uuid.uuid4().hex[:12]}"
-
-
 @pytest.fixture(params=["parquet", "postgres"])
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """The URL of an empty store: a Parquet directory, or a schema of its own on PostgreSQL (dropped)."""
     if request.param == "parquet":
         yield str(tmp_path / "store")
         return
-    try:
-        from antifraud.engine.store.postgres import split_url
-    except ImportError as exc:
-        pytest.skip(f"the PostgreSQL store is not available: {exc}")
-    url = _postgres_url()
-    try:
+    with postgres_schema("sink") as url:
         yield url
-    finally:
-        import psycopg
-
-        conninfo, schema = split_url(url)
-        with psycopg.connect(conninfo, autocommit=True) as conn:
-            conn.execute(f"drop schema if exists {schema} cascade")  # a name made above: no quoting needed
 
 
 def stored_counts(url: str) -> tuple[int, int, int, int]:
@@ -451,7 +426,7 @@ def test_postgres_refusing_connections_leaves_the_batch_pending_until_it_returns
     stopped server): every write fails, nothing is acknowledged or trimmed; reopened, the backlog lands
     once. A database of its own, so no other test's sessions are touched."""
     psycopg = pytest.importorskip("psycopg", reason="psycopg is not installed")
-    _postgres_url()  # skips when no server is reachable
+    require_postgres()
     name = f"sink_{uuid.uuid4().hex[:12]}"
     url = PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
     with psycopg.connect(PG_ADMIN, autocommit=True) as admin:

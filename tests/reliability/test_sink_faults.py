@@ -31,7 +31,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -40,6 +39,7 @@ from typing import Any, cast
 import httpx
 import pytest
 import redis
+from sinks import postgres_schema
 
 from antifraud.engine.decisions import BUFFER_FULL
 
@@ -69,7 +69,6 @@ FEEDBACK_RATE = 20.0
 STEP_MS = 50
 SECTION = "6. sink faults"
 COMMAND = ".venv/bin/pytest -q -s tests/reliability/test_sink_faults.py"
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -79,21 +78,8 @@ PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 @pytest.fixture
 def pg_store() -> Iterator[str]:
     """A schema of its own on the local PostgreSQL server (dropped after), or a skip saying why."""
-    try:
-        import psycopg
-    except ImportError as exc:
-        pytest.skip(f"psycopg is not installed: {exc}")
-    try:
-        with psycopg.connect(PG_ADMIN, connect_timeout=2):
-            pass
-    except psycopg.OperationalError as exc:
-        pytest.skip(f"no PostgreSQL server reachable at {PG_ADMIN}: {exc}")
-    schema = f"rel_sink_{uuid.uuid4().hex[:12]}"
-    try:
-        yield f"{PG_ADMIN}?schema={schema}"
-    finally:
-        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-            conn.execute(f"drop schema if exists {schema} cascade")
+    with postgres_schema("rel_sink") as url:
+        yield url
 
 
 @contextlib.contextmanager

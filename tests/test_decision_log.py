@@ -1,0 +1,78 @@
+"""The decision log's Redis side (engine/decisions.py) on a real redis-server: the idempotency record
+written with the buffer entry in one step, and the buffers' bound by size and by age."""
+
+from __future__ import annotations
+
+import time
+from typing import cast
+
+import pytest
+import redis
+from payloads import log_decision, logged_decision
+
+from antifraud.engine.decision_record import Decision
+from antifraud.engine.decisions import (
+    AGE_CHECK_FROM,
+    BUFFER_FULL,
+    BufferBound,
+    BufferFull,
+    DecisionLog,
+    answered,
+)
+
+
+def decision(i: int) -> Decision:
+    return cast(Decision, logged_decision(f"tx-{i}", i))
+
+
+def test_the_record_points_at_the_entry_and_a_second_put_writes_nothing(redis_client: redis.Redis) -> None:
+    log = DecisionLog(redis_client, record_ttl_ms=60_000)
+    assert log_decision(log, decision(1)) == "logged"
+    record = log.record("tx-1")
+    assert record is not None and record["stream_id"] is not None
+    assert log.buffered(record["stream_id"]) == decision(1)
+    assert 0 < cast(int, redis_client.pttl("af:{tx:tx-1}:d")) <= 60_000
+    again = log_decision(log, {**decision(1), "verdict": "block"})
+    assert again == record  # the earlier record, and nothing written
+    assert redis_client.xlen("af:decisions") == 1
+
+
+def test_at_the_size_bound_the_record_is_kept_unlogged_and_feedback_is_refused(
+    redis_client: redis.Redis,
+) -> None:
+    log = DecisionLog(redis_client, bound=BufferBound(max_entries=3, max_age_s=0))
+    assert [log_decision(log, decision(i)) for i in range(5)] == ["logged"] * 3 + ["buffer full"] * 2
+    record = log.record("tx-4")
+    assert record is not None and record["stream_id"] is None
+    assert answered(record) == [BUFFER_FULL]  # a retry says it, as the first answer did
+    assert redis_client.xlen("af:decisions") == 3  # nothing dropped, nothing added
+    assert not log.log_contributions(
+        {
+            "transaction_id": "tx-0",
+            "timestamp": "2026-03-01T12:00:00+00:00",
+            "model_version": "m",
+            "contributions": [],
+        }
+    )
+    for _ in range(3):
+        log.add_feedback({"transaction_id": "tx-0", "kind": "refund"})
+    with pytest.raises(BufferFull, match="buffer is full"):
+        log.add_feedback({"transaction_id": "tx-0", "kind": "refund"})
+
+
+def test_the_age_bound_applies_once_the_buffer_is_long(redis_client: redis.Redis) -> None:
+    log = DecisionLog(redis_client, bound=BufferBound(max_entries=1_000_000, max_age_s=3600))
+    two_hours_ago = int(time.time() * 1000) - 2 * 3_600_000
+    # a buffer shorter than AGE_CHECK_FROM is a second or two of payments: its age is not read
+    pipe = redis_client.pipeline(transaction=False)
+    for n in range(AGE_CHECK_FROM - 2):
+        pipe.xadd("af:decisions", {"d": "{}"}, id=f"{two_hours_ago}-{n}")
+    pipe.execute()
+    assert log_decision(log, decision(1)) == "logged"
+    # one more makes it long enough, and its oldest entry is two hours old: over the bound
+    assert log_decision(log, decision(2)) == "logged"
+    assert redis_client.xlen("af:decisions") == AGE_CHECK_FROM
+    assert log_decision(log, decision(3)) == "buffer full"
+    # once the sink has written (and trimmed) the old entries, there is room again
+    redis_client.xtrim("af:decisions", minid=f"{two_hours_ago + 1}-0")
+    assert log_decision(log, decision(4)) == "logged"
