@@ -216,20 +216,19 @@ class OfflineFeatures:
         needs_max = bool(p.exact) or any(g.windows for g in p.buckets.values())
         range_max = _RangeMax(s.amount) if needs_max else None
 
-        def window(label: str, lower: np.ndarray) -> Iterator[tuple[str, np.ndarray]]:
-            lo = s.start(lower)
+        def window(label: str, lo: np.ndarray) -> Iterator[tuple[str, np.ndarray]]:
             yield raw_name(e, "count", label), (s.rank - lo).astype(float)
             yield raw_name(e, "sum", label), (cumsum[s.rank] - cumsum[lo]).astype(float)
             assert range_max is not None
             yield raw_name(e, "max", label), range_max.query(lo, s.rank).astype(float)
 
         for w in p.exact:
-            yield from window(w.label, s.ts - w.ms)
+            yield from window(w.label, exact_start(s, w, p.head))
         if p.spread_window is not None:
-            yield raw_name(e, "m2", p.spread_window.label), self._spread(s, p.spread_window)
+            yield raw_name(e, "m2", p.spread_window.label), self._spread(s, p.spread_window, p.head)
         for group in p.buckets.values():
             for w in group.windows:
-                yield from window(w.label, _bucket_lower(w, s.ts))
+                yield from window(w.label, s.start(_bucket_lower(w, s.ts)))
             for w in group.fraud_windows:
                 lower = _bucket_lower(w, s.ts)
                 # a lagged window ends lag before the current bucket: its payments are all earlier
@@ -257,9 +256,10 @@ class OfflineFeatures:
             yield raw_name(e, "last_ts"), np.where(seen, s.ts[np.maximum(s.rank - 1, 0)], -1).astype(float)
 
     @staticmethod
-    def _spread(s: _Sorted, w: Window) -> np.ndarray:
-        """Sum of squared deviations from the window mean, in the online order (oldest first)."""
-        lo = s.start(s.ts - w.ms)
+    def _spread(s: _Sorted, w: Window, head: int) -> np.ndarray:
+        """Sum of squared deviations from the window mean, over the payments the window holds
+        (`exact_start`), oldest first."""
+        lo = exact_start(s, w, head)
         count = s.rank - lo
         cumsum = np.r_[0, np.cumsum(s.amount)]
         mean = np.where(count > 0, (cumsum[s.rank] - cumsum[lo]) / np.maximum(count, 1), 0.0)
@@ -272,6 +272,25 @@ class OfflineFeatures:
             step += 1
             active = active[count[active] > step]
         return m2
+
+
+def exact_start(s: _Sorted, w: Window, head: int) -> np.ndarray:
+    """First sorted position of the payments an exact window holds, for each element i.
+
+    Online (score.lua, op E) an entity keeps its last `head` payments one by one and the older ones
+    in each window's tail buckets (granularity `w.tail_ms`). With `lo` the first payment in the
+    window: while the window holds fewer than `head` payments (lo > i - head) it is exact, [lo, i);
+    otherwise it is the last `head` payments and every older one in the window's whole tail buckets
+    (the current bucket and the w / tail - 1 before it, from `lo_b` on): [min(lo_b, i - head), i).
+    """
+    lo = s.start(s.ts - w.ms)
+    g = w.tail_ms
+    assert g is not None and head > 0, "an exact window has a tail granularity and a head"
+    tiled = lo <= s.rank - head
+    if not tiled.any():
+        return lo
+    lo_b = s.start((s.ts // g - w.ms // g + 1) * g)
+    return np.where(tiled, np.minimum(lo_b, s.rank - head), lo)
 
 
 def _bucket_lower(w: Window, ts: np.ndarray) -> np.ndarray:

@@ -57,6 +57,14 @@ class OnlineResult:
     duplicate: bool
 
 
+def _layout(p: EntityPlan, spread: int) -> int:
+    """A number naming what an entity's exact-window state was written for (windows, tails, cap,
+    spread window, distinct fields): score.lua starts a state written for another layout anew.
+    Negative, so that it never reads as the stride of the layout before heads."""
+    shape = repr(([(w.ms, w.tail_ms) for w in p.exact], spread, p.head, list(p.distinct)))
+    return -1 - int.from_bytes(hashlib.blake2b(shape.encode(), digest_size=4).digest(), "big") // 2
+
+
 class _Block:
     """The static tokens of one entity's block; only distinct-field values vary per payment."""
 
@@ -65,34 +73,30 @@ class _Block:
         payment time earlier (the spec's dedupe horizon)."""
         self.plan = p
         self.value_slots: list[tuple[int, str]] = []
-        # An entity with exact windows keeps its events' times and amounts in Redis, and with them
-        # the values of its distinct fields: those are read from the same events (folded), so the
-        # events are kept as long as the longest distinct window or novelty look-back needs.
-        folded = list(p.distinct.values()) if p.exact else []
-        retention = max([p.event_retention_ms, *(d.retention_ms for d in folded)])
         feedback = [(event, windows) for event, windows in p.feedback.items() if windows]
         tokens: list[str | None] = ["S", str(p.event_retention_ms), str(len(p.buckets)), str(len(feedback))]
         if p.exact:
-            tokens += ["E", str(len(p.exact))] + [str(w.ms) for w in p.exact]
+            # the exact windows: a head of the entity's last `p.head` payments and, once it
+            # overflows, each window's tail buckets (score.lua, op E)
             spread = p.exact.index(p.spread_window) + 1 if p.spread_window is not None else 0
-            tokens += [str(spread), str(retention), str(len(folded))]
-        for d in folded:
-            self.value_slots.append((len(tokens), d.field))
-            tokens += [None, str(d.lookback_ms), str(len(d.windows))] + [str(w.ms) for w in d.windows]
+            tails = [w.tail_ms or 0 for w in p.exact]
+            tokens += ["E", str(_layout(p, spread)), str(len(p.exact))]
+            tokens += [str(w.ms) for w in p.exact] + [str(g) for g in tails]
+            tokens += [str(spread), str(p.head), str(len(p.distinct))]
         for g, group in p.buckets.items():
             tokens += ["B", str(g), str(group.max_buckets), str(len(group.windows))]
             tokens += [str(w.ms // g) for w in group.windows]
             tokens.append(str(len(group.fraud_windows)))
             for w in group.fraud_windows:
                 tokens += [str(w.lag_ms // g), str(w.ms // g)]
-        for j, d in enumerate(p.distinct.values()):
-            if folded:
-                tokens += ["Q", str(j + 1)]
-                continue
+        # distinct values and novelty: in the state's E table while an entity holds at most `head`
+        # values of the field, in a ZSET of their own past that or without exact windows (op D)
+        for k, d in enumerate(p.distinct.values()):
+            slot = 2 + len(p.exact) + k + 1 if p.exact else 0
             tokens += ["D", d.field]
             self.value_slots.append((len(tokens), d.field))
-            tokens += [None, str(d.retention_ms), str(d.lookback_ms), str(len(d.windows))]
-            tokens += [str(w.ms) for w in d.windows]
+            tokens += [None, str(d.retention_ms), str(d.lookback_ms), str(slot), str(p.head)]
+            tokens += [str(len(d.windows))] + [str(w.ms) for w in d.windows]
         for event, windows in feedback:
             tokens += ["F", event, str(len(windows))] + [str(w.ms) for w in windows]
         if p.profile_ttl_ms is not None:

@@ -28,14 +28,15 @@
 --        SET (which refreshes its TTL, the longest any part needs):
 --          [1] the server time (ms) "ev" was last given its TTL,
 --          [2] the payment time "ev" was last trimmed at,
---          [3] the events of the exact windows (E), or an empty array,
+--          [3] the head and tails of the exact windows (E), or an empty array,
 --          [3 + k] the buckets of the k-th bucketed granularity (B), in token order,
 --          [3 + ngroups + k] the times of the feedback events of the k-th kind with windows (F),
 --          [4 + ngroups + nfeedback] the latest payment time the block recorded (absent in a
 --          state only feedback has written so far, or written by an earlier version of this script).
 --   f:<event>  ZSET txid -> time reported: the feedback events' idempotency record;
 --   p    HASH first/last payment time (it lives longer than the rest: its own key);
---   d:<field>  ZSET value -> last time seen (only for an entity without exact windows).
+--   d:<field>  ZSET value -> last time seen, per distinct or novelty field of an entity without
+--              exact windows, or of one that has held more than its head of values (see D).
 -- Each part trims what fell out of its windows whenever it is written.
 
 local mode = ARGV[1]
@@ -63,58 +64,122 @@ end
 -- has more than ttl to live, so its TTL need not be set again (nor its old entries trimmed) yet.
 local function slack_of(ttl) return math.floor(ttl / 10) end
 
--- E: exact windows over the entity's events, and the distinct values of some of its fields.
--- tokens: nw, w1..wn (ascending), spread_k, retention, nd, then per distinct field:
---   value ('' when missing), lookback, nwd, wd1..wdn
--- state[3] is the stride (2 + nd), then per event, in arrival order, its time, amount and the nd
--- field values, kept for `retention` (the longest exact window, distinct window or look-back).
--- A field value's "last time seen" is the latest of its events: the distinct count of a window is
--- the number of values last seen inside it, and a value is new when not seen within the look-back.
--- The distinct aggregates are left in `folded[d]` for the Q op to push in their place.
-local folded = {}
+-- E: exact windows: the entity's last `cap` payments one by one (the head) and, once the head
+-- overflows, each window's tail: per-bucket partial sums of the payments that left the head.
+-- tokens: layout, nw, w1..wn (ascending), g1..gn (each window's tail granularity), spread_k, cap, nd
+-- state[3] = { layout, head, tail_1, .., tail_n, values_1, .., values_nd }:
+--   layout  a number naming the windows, tails, cap and distinct fields it was written for
+--           (another: started anew)
+--   head    time, amount of each payment kept one by one, in arrival order: at most `cap`, none
+--           older than the longest window
+--   tail_k  the buckets of window k that have data: bucket (floor(time / g_k)), count, sum, max,
+--           and for the spread window the sum of squared deviations from the bucket's mean (m2)
+--   values_d  the distinct values of the d-th distinct field (read and written by op D)
+-- A payment leaving the head (evicted by the cap, or older than the longest window) is added to the
+-- bucket of its own time in each tail that still keeps that bucket (the current bucket and the
+-- w_k / g_k - 1 before it). A window is read from the head alone while the head holds fewer than
+-- `cap` of its payments (then it holds them all: exact); otherwise from the head plus the tail
+-- buckets of the window (the rule bucketed windows have): the last `cap` payments exactly, older
+-- ones in whole buckets, so it may miss payments of at most one bucket at its lower edge.
+-- features/offline.py (`exact_start`) computes the same set: docs/features.md.
 local function op_events(st, a, i, rec, amount)
-  local nw = tonumber(a[i])
-  local spread_k = tonumber(a[i + 1 + nw])
-  local retention, nd = tonumber(a[i + 2 + nw]), tonumber(a[i + 3 + nw])
-  local nexti = i + 4 + nw
-  local stride = 2 + nd
-  local fields, lasts = {}, {}
-  for d = 1, nd do
-    local nwd = tonumber(a[nexti + 2])
-    local lows = {}
-    for k = 1, nwd do lows[k] = te - tonumber(a[nexti + 2 + k]) end
-    lasts[d] = {}
-    fields[d] = { value = a[nexti], lookback = tonumber(a[nexti + 1]), lows = lows, last = lasts[d] }
-    nexti = nexti + 3 + nwd
+  local layout, nw = tonumber(a[i]), tonumber(a[i + 1])
+  local ws, gs, nbs, bs, lows, strides = {}, {}, {}, {}, {}, {}
+  local spread_k, cap = tonumber(a[i + 2 + 2 * nw]), tonumber(a[i + 3 + 2 * nw])
+  local nd = tonumber(a[i + 4 + 2 * nw])
+  for k = 1, nw do
+    ws[k], gs[k] = tonumber(a[i + 1 + k]), tonumber(a[i + 1 + nw + k])
+    nbs[k] = math.floor(ws[k] / gs[k])
+    bs[k] = math.floor(te / gs[k])
+    lows[k] = te - ws[k]
+    strides[k] = (k == spread_k) and 5 or 4
   end
-  local lows = {}
-  for k = 1, nw do lows[k] = te - tonumber(a[i + k]) end
+  -- a payment leaving the head, into the bucket of its time in every tail still keeping it
+  local function fold(v, tj, x)
+    for k = 1, nw do
+      local bk = math.floor(tj / gs[k])
+      local age = bs[k] - bk
+      if age >= 0 and age < nbs[k] then
+        local tail, stride = v[2 + k], strides[k]
+        local here
+        for j = 1, #tail, stride do
+          if tail[j] == bk then here = j; break end
+        end
+        if here then
+          local n, sum = tail[here + 1], tail[here + 2]
+          if stride == 5 then
+            -- Welford: the bucket's m2 with one more payment
+            tail[here + 4] = tail[here + 4] + (x - sum / n) * (x - (sum + x) / (n + 1))
+          end
+          tail[here + 1], tail[here + 2] = n + 1, sum + x
+          if x > tail[here + 3] then tail[here + 3] = x end
+        else
+          local m = #tail
+          tail[m + 1], tail[m + 2], tail[m + 3], tail[m + 4] = bk, 1, x, x
+          if stride == 5 then tail[m + 5] = 0 end
+        end
+      end
+    end
+  end
   local v = st.s[3]
-  if v[1] ~= stride then v = { stride } end  -- none yet, or written for another spec
-  local n = #v
-  -- each event goes to the smallest window that holds it (slab k0); windows are nested, so a
-  -- window's totals are its slab's plus every smaller one's
+  if v[1] ~= layout then
+    -- none yet, or written for another spec. The events of the layout before heads (stride, then
+    -- time, amount and field values per event) are taken over in arrival order.
+    local old = v
+    v = { layout, {} }
+    for k = 1, nw + nd do v[2 + k] = {} end
+    local stride = old[1]
+    if type(stride) == 'number' and stride >= 2 then
+      local head = v[2]
+      local lasts = {}
+      for d = 1, nd do lasts[d] = {} end
+      for j = 2, #old, stride do
+        if old[j] >= lows[nw] then
+          head[#head + 1] = old[j]; head[#head + 1] = old[j + 1]
+        end
+        -- each distinct value's last time seen, when the fields are the same
+        if stride == 2 + nd then
+          for d = 1, nd do
+            local value, last = old[j + 1 + d], lasts[d]
+            if value ~= '' and (not last[value] or old[j] > last[value]) then last[value] = old[j] end
+          end
+        end
+      end
+      for d = 1, nd do
+        local list = v[2 + nw + d]
+        for value, seen in pairs(lasts[d]) do list[#list + 1] = value; list[#list + 1] = seen end
+      end
+      local over = #head / 2 - cap
+      if over > 0 then
+        local kept = {}
+        for j = 1, #head, 2 do
+          if j <= 2 * over then
+            fold(v, head[j], head[j + 1])
+          else
+            kept[#kept + 1] = head[j]; kept[#kept + 1] = head[j + 1]
+          end
+        end
+        v[2] = kept
+      end
+    end
+  end
+  st.s[3] = v  -- (op D reads its values from it, recording or not)
+  local head = v[2]
+  local nh = #head
+  -- each head payment goes to the smallest window that holds it (slab k0); windows are nested, so
+  -- a window's totals are its slab's plus every smaller one's
   local counts, sums, maxs = {}, {}, {}
   for k = 1, nw do counts[k], sums[k], maxs[k] = 0, 0, -1 end
   local widest = lows[nw]
-  for j = 2, n, stride do
-    local tj = v[j]
+  for j = 1, nh, 2 do
+    local tj = head[j]
     if tj >= widest then
       local k0 = nw
       while k0 > 1 and tj >= lows[k0 - 1] do k0 = k0 - 1 end
-      local x = v[j + 1]
+      local x = head[j + 1]
       counts[k0] = counts[k0] + 1
       sums[k0] = sums[k0] + x
       if x > maxs[k0] then maxs[k0] = x end
-    end
-    -- each field value's last time seen
-    for d = 1, nd do
-      local value = v[j + 1 + d]
-      if value ~= '' then
-        local last = lasts[d]
-        local seen = last[value]
-        if not seen or tj > seen then last[value] = tj end
-      end
     end
   end
   for k = 2, nw do
@@ -122,68 +187,100 @@ local function op_events(st, a, i, rec, amount)
     sums[k] = sums[k] + sums[k - 1]
     if maxs[k - 1] > maxs[k] then maxs[k] = maxs[k - 1] end
   end
+  -- a window holding `cap` head payments may hold older ones: its tail buckets are added
+  local tiled = {}
+  for k = 1, nw do
+    if counts[k] >= cap then
+      tiled[k] = true
+      local tail, stride, top = v[2 + k], strides[k], bs[k]
+      local bottom = top - nbs[k] + 1
+      for j = 1, #tail, stride do
+        local bj = tail[j]
+        if bj >= bottom and bj <= top then
+          counts[k] = counts[k] + tail[j + 1]
+          sums[k] = sums[k] + tail[j + 2]
+          if tail[j + 3] > maxs[k] then maxs[k] = tail[j + 3] end
+        end
+      end
+    end
+  end
   for k = 1, nw do push(counts[k]); push(sums[k]); push(maxs[k]) end
   if spread_k > 0 then
-    -- two passes: the squared deviations from the mean, never sum(x^2) - sum^2/n, which cancels
-    local m2 = 0
-    if counts[spread_k] > 0 then
-      local mean, low = sums[spread_k] / counts[spread_k], lows[spread_k]
-      for j = 2, n, stride do
-        if v[j] >= low then
-          local dx = v[j + 1] - mean
+    -- squared deviations from the window's mean: the head's in a second pass (never
+    -- sum(x^2) - sum^2/n, which cancels), each tail bucket's merged by Chan's formula
+    local m2, c = 0, counts[spread_k]
+    if c > 0 then
+      local mean, low = sums[spread_k] / c, lows[spread_k]
+      for j = 1, nh, 2 do
+        if head[j] >= low then
+          local dx = head[j + 1] - mean
           m2 = m2 + dx * dx
+        end
+      end
+      if tiled[spread_k] then
+        local tail, top = v[2 + spread_k], bs[spread_k]
+        local bottom = top - nbs[spread_k] + 1
+        for j = 1, #tail, 5 do
+          local bj = tail[j]
+          if bj >= bottom and bj <= top then
+            local n = tail[j + 1]
+            local dx = tail[j + 2] / n - mean
+            m2 = m2 + tail[j + 4] + n * dx * dx
+          end
         end
       end
     end
     push(string.format('%.17g', m2))
   end
-  for d = 1, nd do
-    local f = fields[d]
-    local r = {}
-    if f.value == '' or f.lookback == 0 then
-      r[1] = -1
-    else
-      local seen = f.last[f.value]
-      r[1] = (seen and seen >= te - f.lookback) and 0 or 1
-    end
-    local flows = f.lows
-    for k = 1, #flows do r[k + 1] = 0 end
-    for _, seen in pairs(f.last) do
-      for k = 1, #flows do
-        if seen >= flows[k] then r[k + 1] = r[k + 1] + 1 end
+  if rec then
+    -- tail buckets out of their window go
+    for k = 1, nw do
+      local tail, stride, bottom = v[2 + k], strides[k], bs[k] - nbs[k] + 1
+      local stale = false
+      for j = 1, #tail, stride do
+        if tail[j] < bottom then stale = true; break end
+      end
+      if stale then
+        local kept = {}
+        for j = 1, #tail, stride do
+          if tail[j] >= bottom then
+            for o = 0, stride - 1 do kept[#kept + 1] = tail[j + o] end
+          end
+        end
+        v[2 + k] = kept
       end
     end
-    folded[d] = r
-  end
-  if rec then
-    -- keep what is still inside the retention, then this payment (at its own time, unless it is
-    -- already outside every window: a late event is then left out). Events are in arrival order,
-    -- which is time order but for late ones: the trim looks at the first and filters them all.
-    local oldest = te - retention
-    if n > 1 and v[2] < oldest then
-      local kept = { stride }
-      for j = 2, n, stride do
-        if v[j] >= oldest then
-          for o = 0, stride - 1 do kept[#kept + 1] = v[j + o] end
+    -- payments older than the longest window leave the head (into the tails: the lowest bucket of
+    -- a window may still hold them). The head is in arrival order, which is time order but for
+    -- late payments: the trim looks at the first and filters them all.
+    local oldest = lows[nw]
+    if nh > 0 and head[1] < oldest then
+      local kept = {}
+      for j = 1, nh, 2 do
+        if head[j] >= oldest then
+          kept[#kept + 1] = head[j]; kept[#kept + 1] = head[j + 1]
+        else
+          fold(v, head[j], head[j + 1])
         end
       end
-      v, n = kept, #kept
+      head, nh = kept, #kept
     end
+    -- this payment, at its own time (unless it is already outside every window: a late payment is
+    -- then left out); past the cap, the first arrival leaves the head
     if t >= oldest then
-      v[n + 1] = t
-      v[n + 2] = tonumber(amount)
-      for d = 1, nd do v[n + 2 + d] = fields[d].value end
+      if nh >= 2 * cap then
+        fold(v, head[1], head[2])
+        local kept = {}
+        for j = 3, nh do kept[j - 2] = head[j] end
+        head, nh = kept, nh - 2
+      end
+      head[nh + 1], head[nh + 2] = t, tonumber(amount)
     end
+    v[2] = head
     st.s[3] = v
-    if retention > st.ttl then st.ttl = retention end
+    if ws[nw] > st.ttl then st.ttl = ws[nw] end
   end
-  return nexti
-end
-
--- Q: the aggregates of distinct field d computed by E. tokens: d
-local function op_folded(_, a, i)
-  for _, x in ipairs(folded[tonumber(a[i])]) do push(x) end
-  return i + 1
+  return i + 5 + 2 * nw
 end
 
 -- B: bucketed windows of one granularity g: state[3 + k] for the k-th B op of the block holds the
@@ -260,26 +357,75 @@ local function op_buckets(st, a, i, rec, amount)
   return i + 4 + nw + 2 * nf
 end
 
--- D: distinct values of a field (member = value, score = last time seen) and novelty, in a key of
--- their own (an entity with exact windows folds them into its events instead: see E and Q).
--- tokens: field, value ('' when missing), retention, lookback, nw, w1..wn
+-- D: distinct values of a field (value -> last time seen) and novelty. An entity with exact windows
+-- keeps them in its state, in list `slot` of the E table (value, last seen, ...), while it holds at
+-- most `spill` values; past that (a hot entity) and on an entity without exact windows, in a ZSET
+-- of their own (member = value, score = last time seen), whose commands are O(log n) whatever the
+-- entity's traffic. Either way the values are exact: the count of a window is the number of values
+-- last seen inside it, a value is new when not seen within the look-back, and recording keeps the
+-- later of a value's times and drops values last seen before te - retention.
+-- tokens: field, value ('' when missing), retention, lookback, slot (0: none), spill, nw, w1..wn
 local function op_distinct(st, a, i, rec)
-  local value, retention, lookback, nw = a[i + 1], tonumber(a[i + 2]), tonumber(a[i + 3]), tonumber(a[i + 4])
+  local value, retention, lookback = a[i + 1], tonumber(a[i + 2]), tonumber(a[i + 3])
+  local slot, spill, nw = tonumber(a[i + 4]), tonumber(a[i + 5]), tonumber(a[i + 6])
   local key = st.prefix .. ':d:' .. a[i]
+  local list = slot > 0 and st.s[3][slot] or nil
+  if list and list[1] == 0 then list = nil end  -- spilled into the ZSET
+  if list then
+    local n, here = #list, nil
+    for j = 1, n, 2 do
+      if list[j] == value then here = j; break end
+    end
+    if value == '' or lookback == 0 then
+      push(-1)
+    else
+      push((here and list[here + 1] >= te - lookback) and 0 or 1)
+    end
+    for k = 1, nw do
+      local low, c = te - tonumber(a[i + 6 + k]), 0
+      for j = 2, n, 2 do
+        if list[j] >= low then c = c + 1 end
+      end
+      push(c)
+    end
+    if rec then
+      local oldest = te - retention
+      local kept = {}
+      for j = 1, n, 2 do
+        local last = list[j + 1]
+        if list[j] == value and t > last then last = t end
+        if last >= oldest then kept[#kept + 1] = list[j]; kept[#kept + 1] = last end
+      end
+      if value ~= '' and not here and t >= oldest then kept[#kept + 1] = value; kept[#kept + 1] = t end
+      if #kept > 2 * spill then
+        -- a hot entity: its values go to the ZSET, for good (until the state is started anew)
+        local args = { 'ZADD', key, 'GT' }
+        for j = 1, #kept, 2 do args[#args + 1] = int(kept[j + 1]); args[#args + 1] = kept[j] end
+        redis.call(unpack(args))
+        redis.call('PEXPIRE', key, int(retention))
+        kept = { 0 }
+      end
+      st.s[3][slot] = kept
+      if retention > st.ttl then st.ttl = retention end
+    end
+    return i + 7 + nw
+  end
   if value == '' or lookback == 0 then
     push(-1)
   else
     local seen = redis.call('ZSCORE', key, value)
     if seen and tonumber(seen) >= te - lookback then push(0) else push(1) end
   end
-  for k = 1, nw do push(redis.call('ZCOUNT', key, int(te - tonumber(a[i + 4 + k])), '+inf')) end
+  for k = 1, nw do push(redis.call('ZCOUNT', key, int(te - tonumber(a[i + 6 + k])), '+inf')) end
   if rec and value ~= '' then
     -- GT: a late payment never moves a value's last time seen backwards
     redis.call('ZADD', key, 'GT', int(t), value)
     redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. int(te - retention))
     redis.call('PEXPIRE', key, int(retention))
   end
-  return i + 5 + nw
+  -- the state outlives the ZSET: a spilled entity whose ZSET lapsed has no value left to count
+  if rec and slot > 0 and retention > st.ttl then st.ttl = retention end
+  return i + 7 + nw
 end
 
 -- F: feedback events of one kind reported in each window, from the k-th feedback list of the
@@ -337,7 +483,7 @@ local function op_profile(st, a, i, rec)
   return i + 2
 end
 
-local ops = { E = op_events, B = op_buckets, D = op_distinct, Q = op_folded, F = op_feedback, P = op_profile }
+local ops = { E = op_events, B = op_buckets, D = op_distinct, F = op_feedback, P = op_profile }
 
 -- The block's state string, or a new one with `nslots` bucket and feedback lists; and the latest
 -- payment time it recorded (nil: none yet).

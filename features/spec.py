@@ -54,17 +54,31 @@ def parse_duration(text: str) -> int:
 
 
 SPEC_VERSION = 1
+DEFAULT_HEAD = 64  # limits.head when the spec leaves it out (docs/feature-state.md, section 2.1)
 _TEXT, _NUMBER = Scalar("str"), Scalar("number")
 _DURATION_TEXT = Scalar("str", parse_duration)
 _NAMES, _WINDOWS = ListOf(_TEXT), ListOf(_DURATION_TEXT)
 _ENTRY = {"entity": _TEXT}
 _SMOOTHING = {"prior": _NUMBER, "strength": _NUMBER}
+
+
+def _positive(text: str) -> int:
+    if int(text) <= 0:
+        raise SpecError(f"{text} is not a positive whole number")
+    return int(text)
+
+
+_CAP = Scalar("int", _positive)
 SPEC_SHAPE = Record(
     required={"version": Scalar("int"), "entities": MapOf(_NAMES)},
     optional={
         "dedupe_horizon": _DURATION_TEXT,
+        "limits": Record({}, {"head": _CAP, "tail": MapOf(_DURATION_TEXT)}),
         "velocity": ListOf(
-            Record({**_ENTRY, "windows": _WINDOWS, "stats": _NAMES}, {"granularity": MapOf(_DURATION_TEXT)})
+            Record(
+                {**_ENTRY, "windows": _WINDOWS, "stats": _NAMES},
+                {"granularity": MapOf(_DURATION_TEXT), "tail": MapOf(_DURATION_TEXT), "head": _CAP},
+            )
         ),
         "distinct": ListOf(Record({**_ENTRY, "field": _TEXT, "name": _TEXT, "windows": _WINDOWS})),
         "novelty": ListOf(Record({**_ENTRY, "field": _TEXT, "name": _TEXT, "lookback": _DURATION_TEXT})),
@@ -76,7 +90,8 @@ SPEC_SHAPE = Record(
             )
         ),
         "card_behaviour": Record(
-            {**_ENTRY, "window": _DURATION_TEXT, "profile_ttl": _DURATION_TEXT}, {"frequency": _WINDOWS}
+            {**_ENTRY, "window": _DURATION_TEXT, "profile_ttl": _DURATION_TEXT},
+            {"frequency": _WINDOWS, "tail": _DURATION_TEXT},
         ),
         "payment": _NAMES,
     },
@@ -86,12 +101,15 @@ SPEC_SHAPE = Record(
 @dataclass(frozen=True)
 class Window:
     """A look-back window; bucketed when `granularity_ms` is set, and then possibly lagged: a window
-    with `lag_ms` ends that long before the current bucket (known-fraud windows only)."""
+    with `lag_ms` ends that long before the current bucket (known-fraud windows only). An exact
+    velocity window has a `tail_ms`: the granularity its payments older than the entity's head are
+    kept at once the head overflows (docs/features.md, "Exact head, tiled tail")."""
 
     label: str
     ms: int
     granularity_ms: int | None = None
     lag_ms: int = 0
+    tail_ms: int | None = None
 
 
 @dataclass(frozen=True)
@@ -99,6 +117,7 @@ class Velocity:
     entity: str
     windows: tuple[Window, ...]
     stats: tuple[Stat, ...]
+    head: int | None = None  # the entity's head cap, when it overrides `limits.head`
 
 
 @dataclass(frozen=True)
@@ -159,7 +178,15 @@ class FeatureSpec:
     label_rate: tuple[LabelRate, ...]
     card_behaviour: CardBehaviour | None
     payment: tuple[str, ...]
+    # the exact head: an entity's last `head` payments are kept one by one (`limits.head`, or its
+    # velocity entry's `head`); older ones only in the windows' tail buckets
+    head_limit: int = DEFAULT_HEAD
     digest: str = dataclasses.field(default="")
+
+    def head(self, entity: str) -> int:
+        """How many of the entity's last payments its exact windows keep one by one."""
+        caps = [v.head for v in self.velocity if v.entity == entity and v.head is not None]
+        return caps[0] if caps else self.head_limit
 
     @functools.cached_property
     def feature_names(self) -> list[str]:
@@ -254,6 +281,47 @@ def _windows(labels: list[str], granularity: dict[str, str] | None = None) -> tu
     return tuple(windows)
 
 
+def _tail_ms(label: str, ms: int, tail: str | None, where: str) -> int:
+    """The tail granularity of an exact window: required, shorter than the window and dividing it."""
+    if tail is None:
+        raise SpecError(
+            f"{where}: exact window {label} needs a tail granularity (limits.tail or the entry's tail, "
+            f"e.g. {{{label}: ...}}): the buckets its payments older than the entity's head are kept in"
+        )
+    g = parse_duration(tail)
+    if g >= ms or ms % g:
+        raise SpecError(f"{where}: tail {tail} of window {label} must be shorter than it and divide it")
+    return g
+
+
+def _velocity(v: dict[str, Any], entity: str, default_tails: dict[int, str]) -> Velocity:
+    """One velocity entry; an exact window's tail is the entry's own, else the spec's
+    `limits.tail` for a window of its length."""
+    granularity, tail = v.get("granularity") or {}, v.get("tail") or {}
+    for key, given in (("granularity", granularity), ("tail", tail)):
+        stray = sorted(set(given) - set(v["windows"]))
+        if stray:
+            raise SpecError(f"velocity of {entity}: {key} for {stray}, which are not among its windows")
+    both = sorted(set(granularity) & set(tail))
+    if both:
+        raise SpecError(f"velocity of {entity}: {both} have both a granularity (bucketed) and a tail (exact)")
+    windows = tuple(
+        w
+        if w.granularity_ms is not None
+        else dataclasses.replace(
+            w,
+            tail_ms=_tail_ms(
+                w.label, w.ms, tail.get(w.label, default_tails.get(w.ms)), f"velocity of {entity}"
+            ),
+        )
+        for w in _windows(v["windows"], granularity)
+    )
+    exact = [w for w in windows if w.granularity_ms is None]
+    if "head" in v and not exact:
+        raise SpecError(f"velocity of {entity}: head is for exact windows, and it has none")
+    return Velocity(entity, windows, tuple(v["stats"]), v.get("head"))
+
+
 def _lagged(lagged: dict[str, list[str]], granularity: str) -> tuple[Window, ...]:
     """Windows of `length` ending `lag` before the current bucket: `{7d: [7d, 14d]}` gives the
     windows labelled 7d_lag7d and 7d_lag14d."""
@@ -276,6 +344,11 @@ def _check_entity(entities: dict[str, tuple[str, ...]], name: str, section: str)
 
 def _build(raw: dict[str, Any]) -> FeatureSpec:
     entities = {name: tuple(fields) for name, fields in raw["entities"].items()}
+    limits = raw.get("limits") or {}
+    # the tail granularity of an exact window of each length, unless its velocity entry says
+    default_tails = {parse_duration(w): g for w, g in (limits.get("tail") or {}).items()}
+    for label, g in (limits.get("tail") or {}).items():
+        _tail_ms(label, parse_duration(label), g, "limits.tail")
     velocity = []
     for v in raw.get("velocity", []):
         stats = tuple(v["stats"])
@@ -283,10 +356,10 @@ def _build(raw: dict[str, Any]) -> FeatureSpec:
         if bad:
             raise SpecError(f"velocity: unknown stats {bad}; use {list(STATS)}")
         entity = _check_entity(entities, v["entity"], "velocity")
-        stray = sorted(set(v.get("granularity") or {}) - set(v["windows"]))
-        if stray:
-            raise SpecError(f"velocity of {entity}: granularity for {stray}, which are not among its windows")
-        velocity.append(Velocity(entity, _windows(v["windows"], v.get("granularity")), stats))
+        velocity.append(_velocity(v, entity, default_tails))
+    heads = [v.entity for v in velocity if v.head is not None]
+    if len(heads) != len(set(heads)):
+        raise SpecError("velocity: give an entity's head in one of its velocity entries only")
     distinct = [
         Distinct(
             _check_entity(entities, d["entity"], "distinct"), d["field"], d["name"], _windows(d["windows"])
@@ -322,11 +395,26 @@ def _build(raw: dict[str, Any]) -> FeatureSpec:
     behaviour = None
     if "card_behaviour" in raw:
         b = raw["card_behaviour"]
+        entity = _check_entity(entities, b["entity"], "card_behaviour")
+        (window,) = _windows([b["window"]])
+        # the habit window is one of the entity's exact windows: the same tail as its velocity
+        # window of that length, or its own `tail` when it has none
+        same = [
+            w for v in velocity if v.entity == entity for w in v.windows if w.ms == window.ms and w.tail_ms
+        ]
+        if same and "tail" in b and parse_duration(b["tail"]) != same[0].tail_ms:
+            raise SpecError(
+                f"card_behaviour.tail: the velocity window {same[0].label} of {entity} has another"
+            )
+        if same:
+            window = dataclasses.replace(window, tail_ms=same[0].tail_ms)
+        else:
+            tail = _tail_ms(
+                window.label, window.ms, b.get("tail", default_tails.get(window.ms)), "card_behaviour"
+            )
+            window = dataclasses.replace(window, tail_ms=tail)
         behaviour = CardBehaviour(
-            _check_entity(entities, b["entity"], "card_behaviour"),
-            _windows([b["window"]])[0],
-            parse_duration(b["profile_ttl"]),
-            _windows(b.get("frequency") or []),
+            entity, window, parse_duration(b["profile_ttl"]), _windows(b.get("frequency") or [])
         )
         exact = {w.label for v in velocity if v.entity == behaviour.entity for w in v.windows}
         if behaviour.frequency and not {w.label for w in behaviour.frequency} <= exact:
@@ -347,4 +435,5 @@ def _build(raw: dict[str, Any]) -> FeatureSpec:
         label_rate=tuple(label_rate),
         card_behaviour=behaviour,
         payment=payment,
+        head_limit=int(limits.get("head", DEFAULT_HEAD)),
     )

@@ -127,8 +127,9 @@ def test_every_key_has_a_ttl(history: pd.DataFrame, redis_client: redis.Redis) -
 def test_distinct_key_of_an_entity_without_exact_windows(
     history: pd.DataFrame, redis_client: redis.Redis
 ) -> None:
-    """The default spec never keeps a `d:` key (every distinct count reads an entity's exact-window
-    events); a merchant has no exact windows, so its distinct cards and new-card flag use one."""
+    """The default spec keeps no `d:` key here (an entity with exact windows keeps its distinct
+    values in its state while it holds at most its head of them); a merchant has no exact windows,
+    so its distinct cards and new-card flag use one."""
     base = load_spec()
     spec = replace(
         base,

@@ -35,12 +35,22 @@ def _load(tmp_path: Path, text: str) -> None:
         ),
         ("dedupe_horizon: 2d", "dedupe_horizon: 2days", r":\d+: spec.dedupe_horizon: bad duration '2days'"),
         (
-            "{1h: 5m, 24h: 1h}",
-            "{1h: 5m, 24hh: 1h}",
+            "granularity: {1h: 5m, 24h: 1h}",
+            "granularity: {1h: 5m, 24hh: 1h}",
             r"granularity for \['24hh'\], which are not among its windows",
         ),
-        ("windows: [10m, 1h", "windowz: [10m, 1h", r"spec.velocity\[0\]: unknown key 'windowz'"),
-        ("  card: [card_id]\n", "  card: card_id\n", r"spec.entities.card: expected a list"),
+        # the head and tails of exact windows (docs/features.md, "Exact head, tiled tail")
+        ("7d: 6h, 30d: 1d}", "7d: 6h}", r"velocity of card: exact window 30d needs a tail granularity"),
+        (
+            "7d: 6h, 30d: 1d}",
+            "7d: 5h, 30d: 1d}",
+            r"limits.tail: tail 5h of window 7d must be shorter than it",
+        ),
+        ("30d: 1d}", "30d: 30d}", r"tail 30d of window 30d must be shorter"),
+        ("    head: 256\n", "    head: 256\n    tail: {2h: 5m}\n", r"tail for \['2h'\], which are not among"),
+        ("  head: 64\n", "  head: 0\n", r":\d+: spec.limits.head: .*not a positive whole number"),
+        ("  head: 64\n", "  heads: 64\n", r"spec.limits: unknown key 'heads'"),
+        ("    head: 256\n", "    head: 2.5\n", r"spec.velocity\[0\].head: expected a whole number"),
         ("version: 1\n", "", r"spec: missing 'version'"),
     ],
 )
@@ -56,3 +66,14 @@ def test_default_spec_loads_with_its_version() -> None:
     assert (
         "terminal_known_frauds_7d" in spec.feature_names and "merchant_fraud_rate_30d" in spec.feature_names
     )
+
+
+def test_default_heads_and_tails() -> None:
+    """The design's defaults (docs/feature-state.md, section 2.1): a head of 64 payments, 256 for a
+    card; every exact window tiled at its granularity, the card's habit window with its 30-day one."""
+    spec = load_spec()
+    assert (spec.head("card"), spec.head("ip"), spec.head("card_merchant")) == (256, 64, 256)
+    card = next(v for v in spec.velocity if v.entity == "card")
+    minutes = {w.label: (w.tail_ms or 0) // 60_000 for w in card.windows}
+    assert minutes == {"10m": 1, "1h": 5, "24h": 60, "7d": 360, "30d": 1440}
+    assert spec.card_behaviour is not None and spec.card_behaviour.window.tail_ms == 1440 * 60_000
