@@ -12,40 +12,22 @@ import numpy as np
 import pandas as pd
 import pytest
 import redis
+from feature_replay import parity_history, replay_online
 
 from antifraud.features.offline import OfflineFeatures
 from antifraud.features.online import OnlineFeatures
-from antifraud.features.spec import Distinct, FeatureSpec, Novelty, _windows, load_spec
+from antifraud.features.spec import Distinct, Novelty, _windows, load_spec
 from antifraud.features.stream import payment_record, stream
-from antifraud.training.simulator import simulate
 
 
 @pytest.fixture(scope="module")
 def history() -> pd.DataFrame:
-    frame = simulate(days=21, cards=1200, merchants=60, seed=11)
-    return frame.sort_values("timestamp", kind="stable").reset_index(drop=True)
-
-
-def _online(
-    history: pd.DataFrame, client: redis.Redis, spec: FeatureSpec | None = None
-) -> tuple[list[str], np.ndarray]:
-    """Every payment's online features, replaying the history and its feedback in stream order."""
-    online = OnlineFeatures(client, spec)
-    values = np.full((len(history), len(online.feature_names)), np.nan)
-    for event, row, t_ms in stream(history):
-        record = payment_record(history, row)
-        if event == "payment":
-            result = online.score(record)
-            assert not result.duplicate
-            values[row] = result.values
-        else:
-            online.feedback(event, record["transaction_id"], t_ms, record)
-    return online.feature_names, values
+    return parity_history()
 
 
 def test_online_equals_offline_on_20k_payments(history: pd.DataFrame, redis_client: redis.Redis) -> None:
     assert len(history) >= 20_000
-    names, online = _online(history, redis_client)
+    names, online = replay_online(history, redis_client)
     offline = OfflineFeatures().transform(history)[names].to_numpy()
     counts = [
         i
@@ -112,7 +94,7 @@ def test_retry_is_not_counted_twice(history: pd.DataFrame, redis_client: redis.R
 
 def test_every_key_has_a_ttl(history: pd.DataFrame, redis_client: redis.Redis) -> None:
     """TTLs bound memory: after a replay with feedback, no key of the online executor lives forever."""
-    _online(history.iloc[:3000], redis_client)
+    replay_online(history.iloc[:3000], redis_client)
     keys = list(redis_client.scan_iter(count=5000))
     assert keys
     pipe = redis_client.pipeline(transaction=False)
@@ -137,7 +119,7 @@ def test_distinct_key_of_an_entity_without_exact_windows(
         novelty=(*base.novelty, Novelty("merchant", "card_id", "new_card", 24 * 3600 * 1000)),
     )
     sample = history.iloc[:4000].reset_index(drop=True)
-    names, online = _online(sample, redis_client, spec)
+    names, online = replay_online(sample, redis_client, spec)
     offline = OfflineFeatures(spec).transform(sample)[names].to_numpy()
     assert {"merchant_distinct_cards_1h", "merchant_distinct_cards_24h", "merchant_new_card"} <= set(names)
     assert np.allclose(online, offline, rtol=1e-9, atol=1e-9, equal_nan=True)
@@ -155,7 +137,7 @@ def test_known_frauds_of_busy_terminals(history: pd.DataFrame, redis_client: red
     delay = pd.to_timedelta(rng.uniform(-2, 40 * 24, len(sample)), unit="h")
     sample["label"] = fraud.astype("int8")
     sample["label_time"] = (sample["timestamp"] + delay).where(fraud, pd.NaT)
-    names, online = _online(sample, redis_client)
+    names, online = replay_online(sample, redis_client)
     offline = OfflineFeatures().transform(sample)[names].to_numpy()
     # the simulator replaces a card once its fraud is reported, so the card-level fraud count is
     # exercised here, where labels fall on cards that keep paying

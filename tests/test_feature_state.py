@@ -17,12 +17,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import redis
+from feature_replay import parity_history, replay_online
 
 from antifraud.features.offline import OfflineFeatures
 from antifraud.features.online import OnlineFeatures, entity_prefix, to_milli
 from antifraud.features.spec import FeatureSpec, load_spec
-from antifraud.features.stream import payment_record, stream
-from antifraud.training.simulator import simulate
 
 MINUTE = 60_000
 HOUR = 60 * MINUTE
@@ -39,23 +38,7 @@ def tiny_heads(card: int = 4, others: int = 3) -> FeatureSpec:
 
 @pytest.fixture(scope="module")
 def history() -> pd.DataFrame:
-    frame = simulate(days=21, cards=1200, merchants=60, seed=11)
-    return frame.sort_values("timestamp", kind="stable").reset_index(drop=True)
-
-
-def _replay(history: pd.DataFrame, client: redis.Redis, spec: FeatureSpec) -> tuple[list[str], np.ndarray]:
-    """Every payment's online features, replaying the history and its feedback in stream order."""
-    online = OnlineFeatures(client, spec)
-    values = np.full((len(history), len(online.feature_names)), np.nan)
-    for event, row, t_ms in stream(history):
-        record = payment_record(history, row)
-        if event == "payment":
-            result = online.score(record)
-            assert not result.duplicate
-            values[row] = result.values
-        else:
-            online.feedback(event, record["transaction_id"], t_ms, record)
-    return online.feature_names, values
+    return parity_history()
 
 
 def _assert_parity(names: list[str], online: np.ndarray, offline: np.ndarray) -> None:
@@ -82,7 +65,7 @@ def test_tiny_heads_online_equals_offline(history: pd.DataFrame, redis_client: r
     pair overflows, so eviction, tail buckets (dropped as they leave their window), the spread merged
     from bucket partials and the exact path after a quiet spell all meet the offline executor."""
     spec = tiny_heads()
-    names, online = _replay(history, redis_client, spec)
+    names, online = replay_online(history, redis_client, spec)
     offline = OfflineFeatures(spec).transform(history)[names].to_numpy()
     _assert_parity(names, online, offline)
     # distinct values past the head went to `d:` ZSETs (the others stayed in the state)
@@ -107,7 +90,7 @@ def test_hot_entities_with_the_default_heads(history: pd.DataFrame, redis_client
     sample.loc[np.arange(0, len(sample), 6), "ip"] = "203.0.113.7"
     sample.loc[np.arange(3, len(sample), len(sample) // 400)[:400], "card_id"] = "hot-card"
     spec = load_spec()
-    names, online = _replay(sample, redis_client, spec)
+    names, online = replay_online(sample, redis_client, spec)
     offline = OfflineFeatures(spec).transform(sample)[names].to_numpy()
     _assert_parity(names, online, offline)
     assert np.nanmax(offline[:, names.index("card_count_7d")]) > 256
