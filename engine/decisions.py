@@ -36,15 +36,16 @@ BUFFER_FULL: Final = "decision log: buffer full"
 
 # Whether a buffer has room: fewer than `max_entries` entries, and (max_age_ms > 0) its oldest entry
 # at most max_age_ms old by Redis's clock. The sink trims what it has written, so the oldest entry is
-# the oldest one not yet written. The age is read only once the buffer holds AGE_CHECK_FROM entries:
-# reading the oldest entry (XRANGE copies it into Lua, ~3 KB) and the clock cost each payment ~8 us
-# of Redis time (a third of this script's), and a buffer that short is a second or two of payments.
+# the oldest one not yet written. The age is read only once the buffer holds `age_from` entries
+# (`BufferBound.age_from`): reading the oldest entry (XRANGE copies it into Lua, ~3 KB for a
+# decision) and the clock cost each payment ~8 us of Redis time (a third of this script's), and a
+# buffer that short is a second or two of payments.
 AGE_CHECK_FROM: Final = 10_000
-_ROOM = f"""
-local function room(stream, max_entries, max_age_ms)
+_ROOM = """
+local function room(stream, max_entries, max_age_ms, age_from)
   local n = redis.call('XLEN', stream)
   if n >= max_entries then return false end
-  if max_age_ms <= 0 or n < {AGE_CHECK_FROM} then return true end
+  if max_age_ms <= 0 or n < age_from then return true end
   local oldest = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)[1]
   if not oldest then return true end
   local now = redis.call('TIME')
@@ -54,31 +55,31 @@ end
 """
 
 # Log a decision unless the transaction already has one (a concurrent retry won the race: its
-# record is returned). KEYS: record, stream. ARGV: max entries, max age ms, record JSON without its
-# closing `stream_id` value, record TTL ms, decision JSON. Returns the earlier record, 1 when
-# logged, 0 when the buffer was full (the record is kept, with a null stream id).
+# record is returned). KEYS: record, stream. ARGV: the bound (max entries, max age ms, age from),
+# record JSON without its closing `stream_id` value, record TTL ms, decision JSON. Returns the
+# earlier record, 1 when logged, 0 when the buffer was full (the record is kept, with a null stream id).
 _PUT = (
     _ROOM
     + """
 local earlier = redis.call('GET', KEYS[1])
 if earlier then return earlier end
-if room(KEYS[2], tonumber(ARGV[1]), tonumber(ARGV[2])) then
-  local id = redis.call('XADD', KEYS[2], '*', 'd', ARGV[5])
-  redis.call('SET', KEYS[1], ARGV[3] .. '"' .. id .. '"}', 'PX', ARGV[4])
+if room(KEYS[2], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])) then
+  local id = redis.call('XADD', KEYS[2], '*', 'd', ARGV[6])
+  redis.call('SET', KEYS[1], ARGV[4] .. '"' .. id .. '"}', 'PX', ARGV[5])
   return 1
 end
-redis.call('SET', KEYS[1], ARGV[3] .. 'null}', 'PX', ARGV[4])
+redis.call('SET', KEYS[1], ARGV[4] .. 'null}', 'PX', ARGV[5])
 return 0
 """
 )
 
-# Append one entry to a buffer if it has room. KEYS: stream. ARGV: max entries, max age ms, field,
-# value. Returns the entry id, or false when full.
+# Append one entry to a buffer if it has room. KEYS: stream. ARGV: the bound (max entries, max age ms,
+# age from), field, value. Returns the entry id, or false when full.
 _APPEND = (
     _ROOM
     + """
-if room(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2])) then
-  return redis.call('XADD', KEYS[1], '*', ARGV[3], ARGV[4])
+if room(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])) then
+  return redis.call('XADD', KEYS[1], '*', ARGV[4], ARGV[5])
 end
 return false
 """
@@ -101,8 +102,14 @@ class BufferBound:
             raise ValueError(f"the buffer's max_age_s must be 0 (none) or more, got {self.max_age_s}")
 
     @property
-    def args(self) -> tuple[int, int]:
-        return self.max_entries, int(self.max_age_s * 1000)
+    def age_from(self) -> int:
+        """From how many entries on the age is read: AGE_CHECK_FROM, or a tenth of a smaller bound
+        (a bound of 2,000 entries has its age checked from 200)."""
+        return min(AGE_CHECK_FROM, max(1, self.max_entries // 10))
+
+    @property
+    def args(self) -> tuple[int, int, int]:
+        return self.max_entries, int(self.max_age_s * 1000), self.age_from
 
 
 class BufferFull(Exception):

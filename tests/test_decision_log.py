@@ -61,6 +61,7 @@ def test_at_the_size_bound_the_record_is_kept_unlogged_and_feedback_is_refused(
 
 
 def test_the_age_bound_applies_once_the_buffer_is_long(redis_client: redis.Redis) -> None:
+    assert BufferBound(max_entries=2000, max_age_s=12).age_from == 200  # a tenth of a small bound
     log = DecisionLog(redis_client, bound=BufferBound(max_entries=1_000_000, max_age_s=3600))
     two_hours_ago = int(time.time() * 1000) - 2 * 3_600_000
     # a buffer shorter than AGE_CHECK_FROM is a second or two of payments: its age is not read
