@@ -123,7 +123,8 @@ class BufferFull(Exception):
         self.stream = stream
 
 
-Logged = Literal["logged", "buffer full"]
+#: what `DecisionLog.put` did with a new decision (the store's `Logged` is a record read back)
+PutResult = Literal["logged", "buffer full"]
 
 
 class DecisionLog:
@@ -151,7 +152,7 @@ class DecisionLog:
     def _key(self, txid: str) -> str:
         return f"{self.ns}:{{tx:{txid}}}:d"
 
-    def put(self, decision: Decision, record: IdempotencyRecord) -> IdempotencyRecord | Logged:
+    def put(self, decision: Decision, record: IdempotencyRecord) -> IdempotencyRecord | PutResult:
         """Log a new decision with its idempotency record, in one atomic step. Returns the earlier
         record when the transaction already has one (nothing is written), else whether the decision
         entered the buffer ("logged") or found it full ("buffer full"; the record is kept)."""

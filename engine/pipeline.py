@@ -34,7 +34,7 @@ from antifraud.engine.decision_record import (
     Reasons,
     Timings,
 )
-from antifraud.engine.decisions import BUFFER_FULL, DecisionLog, answered
+from antifraud.engine.decisions import BUFFER_FULL, DecisionLog, PutResult, answered
 from antifraud.engine.model import ModelRuntime
 from antifraud.engine.rules import FiredRule, RuleSet
 from antifraud.engine.schema import Transaction
@@ -360,7 +360,7 @@ class Scorer:
             reason = "features: redis unavailable (circuit open)"
         return self.features.without_state(payment), False, reason
 
-    def _log(self, decision: Decision) -> IdempotencyRecord | Logged:
+    def _log(self, decision: Decision) -> IdempotencyRecord | LogOutcome:
         """Log a new decision: the earlier idempotency record when a concurrent request logged the
         transaction first, else whether the decision entered the buffer, found it full, or could not
         be stored at all (Redis failing)."""
@@ -376,7 +376,7 @@ class Scorer:
 
 
 #: what logging a new decision came to (`Scorer._log`): the log's own outcomes, or Redis failing
-Logged = Literal["logged", "buffer full", "not stored"]
+LogOutcome = PutResult | Literal["not stored"]
 
 
 class IdempotencyConflict(Exception):

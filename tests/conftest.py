@@ -11,6 +11,7 @@ import lightgbm as lgb
 import pandas as pd
 import pytest
 import redis
+from sinks import postgres_schema
 
 from antifraud.engine.redis_server import EmbeddedRedis
 from antifraud.features.offline import OfflineFeatures
@@ -44,6 +45,17 @@ def test_data_dir(data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     directory = tmp_path / "data"
     monkeypatch.setenv("ANTIFRAUD_DATA_DIR", str(directory))
     return directory
+
+
+@pytest.fixture(params=["parquet", "postgres"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The URL of an empty decision store of each backend: a Parquet directory, or a schema of its
+    own on PostgreSQL (dropped after; skipped, saying why, where no server is reachable)."""
+    if request.param == "parquet":
+        yield str(tmp_path / "store")
+        return
+    with postgres_schema(request.module.__name__.rsplit(".", 1)[-1]) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -24,7 +24,7 @@ import redis
 from fastapi.testclient import TestClient
 from payloads import T0, log_decision, score_request
 from payloads import logged_decision as logged
-from sinks import drain, postgres_schema
+from sinks import drain
 from typer.testing import CliRunner
 
 from antifraud.engine import cli
@@ -44,16 +44,6 @@ from antifraud.engine.vocabulary import ENTITY_FIELDS
 from antifraud.features.spec import load_spec
 
 PAN = "4111111111111111"
-
-
-@pytest.fixture(params=["parquet", "postgres"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """An empty store: a Parquet directory, or a schema of its own on PostgreSQL (dropped after)."""
-    if request.param == "parquet":
-        yield str(tmp_path / "store")
-        return
-    with postgres_schema("export") as url:
-        yield url
 
 
 def tiny_model(directory: Path, seed: int = 0) -> Path:

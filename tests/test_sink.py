@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 import pytest
 import redis
 from payloads import T0, log_decision, logged_decision
-from sinks import PG_ADMIN, postgres_schema, require_postgres
+from sinks import PG_ADMIN, require_postgres
 
 from antifraud.engine.decision_record import Decision, FeedbackRecord
 from antifraud.engine.decisions import DecisionLog
@@ -75,16 +75,6 @@ def log_decisions(log: DecisionLog, ids: range) -> None:
 
 
 # -- the stores ---------------------------------------------------------------------------------------
-
-
-@pytest.fixture(params=["parquet", "postgres"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """The URL of an empty store: a Parquet directory, or a schema of its own on PostgreSQL (dropped)."""
-    if request.param == "parquet":
-        yield str(tmp_path / "store")
-        return
-    with postgres_schema("sink") as url:
-        yield url
 
 
 def stored_counts(url: str) -> tuple[int, int, int, int]:
