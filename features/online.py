@@ -19,6 +19,7 @@ import redis
 from redis.cluster import RedisCluster
 from redis.crc import key_slot
 
+from antifraud.engine.redis_script import DirectScript
 from antifraud.engine.vocabulary import FEATURE_EVENT, FeatureEvent
 from antifraud.features.derive import Deriver
 from antifraud.features.plan import EntityPlan, Plan, compile_plan, feedback_retention_ms, raw_name
@@ -124,6 +125,7 @@ class OnlineFeatures:
         self.deriver = Deriver(self.plan)
         self.namespace = namespace
         self._script = client.register_script(LUA)  # type: ignore[misc]
+        self._direct = DirectScript(client, LUA)  # one payment's call: the thin path
         self._blocks = [_Block(p, self.spec.dedupe_horizon_ms) for p in self.plan.entities]
         self._starts = [self.plan.raw_index[raw_name(p.entity, "present")] for p in self.plan.entities]
         self._cluster = isinstance(client, RedisCluster)
@@ -290,7 +292,7 @@ class OnlineFeatures:
             replies = [r for _, r in replies_by_group]
         else:
             groups = [list(range(len(keys)))]
-            replies = [self._script(keys=keys, args=header + [a for block in blocks for a in block])]
+            replies = [self._direct(keys, header + [a for block in blocks for a in block])]
         out: list[list[Any]] = [[] for _ in keys]
         for group, reply in zip(groups, replies, strict=True):
             pos = 0
