@@ -1,9 +1,10 @@
 """The decision record: what the engine decided about a payment, as it is logged and answered.
 
-`antifraud.engine.pipeline.Scorer` builds it, `antifraud.engine.decisions.DecisionLog` logs it (JSON),
-`antifraud.engine.metrics`
-counts it and `antifraud.engine.export` writes it to Parquet: each reads the keys declared here. The JSON
-shape is the TypedDicts' own (key for key); NaN features are stored as null.
+`antifraud.engine.pipeline.Scorer` builds it (a `DecisionEntry`, its features as an array),
+`antifraud.engine.decisions.DecisionLog` logs it (JSON, engine/decision_entry.py), `antifraud.engine.metrics`
+counts it, and the sink stores it with its features by name (a `Decision`), as every read gives it and
+`antifraud.engine.export` writes it to Parquet: each reads the keys declared here. The JSON shape is
+the TypedDicts' own (key for key); NaN features are stored as null.
 
 Low in the import graph: it imports only the vocabularies (engine.verdicts, engine.vocabulary), so
 every reader can import it.
@@ -117,17 +118,31 @@ class Answer(TypedDict):
     test: bool  # a test payment: answered, never stored, counted in no live figure
 
 
-class Decision(Answer):
-    """One decision as logged: the answer, the payment and its features (JSON keys in the order the
-    pipeline builds them)."""
+class _Decided(Answer):
+    """What every form of a decision holds besides its features: the answer, the payment, when."""
 
     timestamp: str  # the payment's time, ISO 8601
     decided_at: str  # ISO 8601, UTC
     payment: PaymentRecord
     amount: float
     currency: str
-    features: dict[str, float | None]  # by feature name; null where missing
     shadow: NotRequired[ShadowScore]  # only for the payments in the shadow share
+
+
+class Decision(_Decided):
+    """One decision as it is read back and stored: the answer, the payment and its features by name
+    (JSON keys in the order the pipeline builds them)."""
+
+    features: dict[str, float | None]  # by feature name; null where missing
+
+
+class DecisionEntry(_Decided):
+    """A new decision as the scoring path builds it and the buffer holds it (engine/decision_entry.py):
+    its features as an array in the order of a named feature list, which every reader maps back to
+    names (a `Decision`). Its JSON keys are a `Decision`'s, `feature_list` just before `features`."""
+
+    feature_list: str  # the id of the features' names (`feature_list_id`)
+    features: list[float | None]  # in the list's order; NaN or null where missing
 
 
 class IdempotencyRecord(TypedDict):

@@ -1,12 +1,16 @@
 """The decision log's Redis side: a compact idempotency record per payment, and the buffer streams.
 
-- `{ns}:{tx:<id>}:d`  the idempotency record (`IdempotencyRecord`, JSON), kept for the feature spec's
-                      dedupe horizon: the answer, a digest of the payment, its entity fields and the
-                      decision's entry id in the buffer. A retry is answered from it; feedback finds
-                      the payment's entities in it.
-- `{ns}:decisions`    the buffer of decisions (field "d") and of flagged decisions' model
-                      contributions (field "c", logged just after the answer).
+- `{ns}:{tx:<id>}:d`  the idempotency record (`IdempotencyRecord`, a JSON array), kept for the feature
+                      spec's dedupe horizon: the answer, a digest of the payment, its entity fields and
+                      the decision's entry id in the buffer. A retry is answered from it; feedback
+                      finds the payment's entities in it.
+- `{ns}:decisions`    the buffer of decisions (field "d": a `DecisionEntry`, its features as an array)
+                      and of flagged decisions' model contributions (field "c", logged just after the
+                      answer).
+- `{ns}:decisions:features`  the names of the entries' feature lists, by id (`FeatureLists`).
 - `{ns}:feedback`     the buffer of accepted feedback events (field "e").
+
+The encodings are engine/decision_entry.py's.
 
 The decision sink (engine/sink.py) writes the buffers to the durable store and trims them; nothing
 else does. Both are bounded (`BufferBound`): once full, a decision is still answered and its
@@ -16,20 +20,24 @@ refused, for its sender to retry. Nothing is ever dropped from a buffer unwritte
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, Literal, cast
 
 import orjson
 import redis
+from redis.typing import EncodableT
 
+from antifraud.engine.decision_entry import FeatureLists, decision_of, entry_json, record_head, record_of
 from antifraud.engine.decision_record import (
     ContributionsRecord,
     Decision,
+    DecisionEntry,
     FeedbackRecord,
     IdempotencyRecord,
     JSONObject,
 )
+from antifraud.engine.redis_script import DirectScript
 
 #: the `degraded` entry of a decision answered while the buffer was full: it is not in the log
 BUFFER_FULL: Final = "decision log: buffer full"
@@ -37,9 +45,9 @@ BUFFER_FULL: Final = "decision log: buffer full"
 # Whether a buffer has room: fewer than `max_entries` entries, and (max_age_ms > 0) its oldest entry
 # at most max_age_ms old by Redis's clock. The sink trims what it has written, so the oldest entry is
 # the oldest one not yet written. The age is read only once the buffer holds `age_from` entries
-# (`BufferBound.age_from`): reading the oldest entry (XRANGE copies it into Lua, ~3 KB for a
-# decision) and the clock cost each payment ~8 us of Redis time (a third of this script's), and a
-# buffer that short is a second or two of payments.
+# (`BufferBound.age_from`): reading the oldest entry (XRANGE copies it into Lua) and the clock cost
+# each payment ~8 us of Redis time (a third of this script's, measured with 3 KB entries; 1.4 KB
+# now), and a buffer that short is a second or two of payments.
 AGE_CHECK_FROM: Final = 10_000
 _ROOM = """
 local function room(stream, max_entries, max_age_ms, age_from)
@@ -55,20 +63,23 @@ end
 """
 
 # Log a decision unless the transaction already has one (a concurrent retry won the race: its
-# record is returned). KEYS: record, stream. ARGV: the bound (max entries, max age ms, age from),
-# record JSON without its closing `stream_id` value, record TTL ms, decision JSON. Returns the
-# earlier record, 1 when logged, 0 when the buffer was full (the record is kept, with a null stream id).
+# record is returned). KEYS: record, stream, feature lists. ARGV: the bound (max entries, max age ms,
+# age from), the record's JSON array without its last value (`stream_id`), record TTL ms, the entry's
+# JSON, its feature list's id. Returns the earlier record, 1 when logged, 0 when the buffer was full
+# (the record is kept, with a null stream id), -1 when Redis does not hold the feature list's names
+# (nothing written: the caller saves them and calls again; a reader could not name the features).
 _PUT = (
     _ROOM
     + """
 local earlier = redis.call('GET', KEYS[1])
 if earlier then return earlier end
+if redis.call('HEXISTS', KEYS[3], ARGV[7]) == 0 then return -1 end
 if room(KEYS[2], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])) then
   local id = redis.call('XADD', KEYS[2], '*', 'd', ARGV[6])
-  redis.call('SET', KEYS[1], ARGV[4] .. '"' .. id .. '"}', 'PX', ARGV[5])
+  redis.call('SET', KEYS[1], ARGV[4] .. '"' .. id .. '"]', 'PX', ARGV[5])
   return 1
 end
-redis.call('SET', KEYS[1], ARGV[4] .. 'null}', 'PX', ARGV[5])
+redis.call('SET', KEYS[1], ARGV[4] .. 'null]', 'PX', ARGV[5])
 return 0
 """
 )
@@ -146,38 +157,56 @@ class DecisionLog:
         self.bound = bound or BufferBound()
         self.decisions_stream = f"{namespace}:decisions"
         self.feedback_stream = f"{namespace}:feedback"
-        self._put = client.register_script(_PUT)
+        self.feature_lists = FeatureLists(client, namespace)
+        # the scoring path's call, over its own connection (engine/redis_script.py): about 20 us of
+        # the worker's CPU less per payment than redis-py's Script
+        self._put = DirectScript(client, _PUT)
         self._append = client.register_script(_APPEND)
 
     def _key(self, txid: str) -> str:
         return f"{self.ns}:{{tx:{txid}}}:d"
 
-    def put(self, decision: Decision, record: IdempotencyRecord) -> IdempotencyRecord | PutResult:
+    def feature_list(self, names: Sequence[str]) -> str:
+        """The id of a list of feature names, for a `DecisionEntry`'s `feature_list`: the first entry
+        logged with it saves the names in Redis, where every reader finds them."""
+        return self.feature_lists.id_of(names)
+
+    def put(self, entry: DecisionEntry, record: IdempotencyRecord) -> IdempotencyRecord | PutResult:
         """Log a new decision with its idempotency record, in one atomic step. Returns the earlier
         record when the transaction already has one (nothing is written), else whether the decision
-        entered the buffer ("logged") or found it full ("buffer full"; the record is kept)."""
-        head = orjson.dumps({k: v for k, v in record.items() if k != "stream_id"})
-        done = self._put(
-            keys=[self._key(decision["transaction_id"]), self.decisions_stream],
-            args=[*self.bound.args, head[:-1] + b',"stream_id":', self.record_ttl_ms, _dumps(decision)],
-        )
+        entered the buffer ("logged") or found it full ("buffer full"; the record is kept). Its
+        feature list must be known to this log (`feature_list`)."""
+        txid, ident = entry["transaction_id"], entry["feature_list"]
+        keys = [self._key(txid), self.decisions_stream, self.feature_lists.key]
+        args: list[EncodableT] = [
+            *self.bound.args,
+            record_head(record),
+            self.record_ttl_ms,
+            entry_json(entry),
+            ident,
+        ]
+        done = self._put(keys, args)
+        if done == -1:  # the list's first entry, or a Redis that lost the names (restarted empty)
+            self.feature_lists.save(ident)
+            done = self._put(keys, args)
         if isinstance(done, bytes):
-            return _record(done)
+            return record_of(done, txid)
         return "logged" if done == 1 else "buffer full"
 
     def record(self, txid: str) -> IdempotencyRecord | None:
         """The idempotency record of a transaction decided within the dedupe horizon, or None."""
         raw = cast(bytes | None, self.client.get(self._key(txid)))
-        return _record(raw) if raw else None
+        return record_of(raw, txid) if raw else None
 
     def buffered(self, stream_id: str) -> Decision | None:
-        """The decision at `stream_id` in the buffer, or None once the sink has written and trimmed it."""
+        """The decision at `stream_id` in the buffer, its features by name, or None once the sink has
+        written and trimmed it."""
         entries = cast(
             list[tuple[bytes, dict[bytes, bytes]]],
             self.client.xrange(self.decisions_stream, min=stream_id, max=stream_id),
         )
         raw = entries[0][1].get(b"d") if entries else None
-        return cast(Decision, orjson.loads(raw)) if raw else None
+        return decision_of(raw, self.feature_lists.names) if raw else None
 
     def log_contributions(self, record: ContributionsRecord) -> bool:
         """Log a flagged decision's contributions (a second record of its transaction, which the sink
@@ -206,12 +235,5 @@ def answered(record: IdempotencyRecord) -> list[str]:
     return degraded
 
 
-def _record(raw: bytes) -> IdempotencyRecord:
-    return cast(IdempotencyRecord, orjson.loads(raw))
-
-
-def _dumps(
-    record: Decision | FeedbackRecord | ContributionsRecord | JSONObject | Mapping[str, str | None],
-) -> bytes:
-    # orjson: ~30x faster than json.dumps on a decision's 87 floats (3 us against 90 us)
+def _dumps(record: FeedbackRecord | ContributionsRecord | JSONObject | Mapping[str, str | None]) -> bytes:
     return orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY)

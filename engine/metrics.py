@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-from antifraud.engine.decision_record import Decision, Timings
+from antifraud.engine.decision_record import Answer, Timings
 
 STAGE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 # Fraud scores crowd near 0 (fraud is a fraction of a percent of payments), so the buckets are
@@ -106,7 +106,7 @@ class Metrics:
         )
         self._live: dict[tuple[Gauge, tuple[str, ...]], None] = {}
 
-    def observe(self, decision: Decision, timings: Timings) -> None:
+    def observe(self, decision: Answer, timings: Timings) -> None:
         """Record one decision."""
         for stage, ms in timings.items():
             self.stage.labels(stage.removesuffix("_ms")).observe(ms / 1000)

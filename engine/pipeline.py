@@ -27,6 +27,7 @@ from antifraud.engine.decision_record import (
     BandCode,
     ContributionRecord,
     Decision,
+    DecisionEntry,
     FiredRuleRecord,
     IdempotencyRecord,
     JSONObject,
@@ -118,6 +119,8 @@ class Scorer:
                 f"the feature spec keys entities on {unkept}, which a decision does not keep: key "
                 f"entities only on {list(ENTITY_FIELDS)}, or add the field to engine.vocabulary.ENTITY_FIELDS"
             )
+        # a new decision's features are logged as an array in the order of this named list
+        self._feature_list = self.log.feature_list(self.features.feature_names)
 
     def score(self, txn: Transaction) -> Answer | PendingRetry:
         """The answer for a payment: verdict, score, reasons, versions, degradation and timings.
@@ -238,7 +241,7 @@ class Scorer:
         # the answer (`explain_stored`): TreeSHAP costs ~1.5 ms, and on the path it raised the p99
         # at 500 payments/s from 2.7-2.8 to 3.7 ms and tipped 1,000/s into queueing (docs/api.md).
 
-        decision: Decision = {
+        decision: DecisionEntry = {
             "transaction_id": txn.transaction_id,
             "verdict": verdict,
             "score": score,
@@ -252,10 +255,10 @@ class Scorer:
             "payment": payment_record(payment),
             "amount": txn.amount,
             "currency": txn.currency,
-            "features": {
-                n: (None if v != v else v)  # NaN (missing) is stored as null
-                for n, v in zip(self.features.feature_names, values.tolist(), strict=True)
-            },
+            # by position in the named list, not by name: the buffer entry is half the size, and
+            # NaN (missing) is logged as null
+            "feature_list": self._feature_list,
+            "features": values.tolist(),
             "timings": timings,  # total_ms is added below, log_ms once the decision is logged
             "test": txn.test,
         }
@@ -286,7 +289,7 @@ class Scorer:
             self.metrics.observe(decision, timings)
         return decision
 
-    def needs_explaining(self, answer: Answer) -> TypeGuard[Decision]:
+    def needs_explaining(self, answer: Answer) -> TypeGuard[DecisionEntry]:
         """Whether `explain_stored` should run for a payment just answered: a new decision (not a
         retry's answer, not a test), a challenge, review or block scored with every signal."""
         return (
@@ -297,7 +300,7 @@ class Scorer:
             and "features" in answer  # only a new decision carries them
         )
 
-    def explain_stored(self, decision: Decision) -> None:
+    def explain_stored(self, decision: DecisionEntry) -> None:
         """Compute a flagged decision's top contributions and store them with it.
 
         Runs after the answer, in a thread (the API's background task): the model releases the GIL
@@ -328,8 +331,9 @@ class Scorer:
         if self.metrics is not None:
             self.metrics.stage.labels("explain").observe(time.perf_counter() - started)
 
-    def explain(self, decision: Decision | JSONObject) -> list[ContributionRecord]:
-        """The features that pushed a stored decision's score most, by the model that decided it.
+    def explain(self, decision: Decision | DecisionEntry | JSONObject) -> list[ContributionRecord]:
+        """The features that pushed a decision's score most (a new one, or one read back with its
+        features by name), by the model that decided it.
 
         Empty when the decision had no score or was degraded; raises LookupError when the model
         that decided is no longer the one loaded (its contributions cannot be recomputed here).
@@ -340,6 +344,8 @@ class Scorer:
         if model is None or model.version != decision.get("model_version"):
             raise LookupError(f"model {decision.get('model_version')} is no longer loaded")
         stored = decision["features"]
+        if isinstance(stored, list):  # a new decision: in the order of this scorer's feature list
+            stored = dict(zip(self.features.feature_names, stored, strict=True))
         row = np.array(
             [np.nan if stored.get(n) is None else stored[n] for n in model.feature_names], dtype=float
         )
@@ -360,7 +366,7 @@ class Scorer:
             reason = "features: redis unavailable (circuit open)"
         return self.features.without_state(payment), False, reason
 
-    def _log(self, decision: Decision) -> IdempotencyRecord | LogOutcome:
+    def _log(self, decision: DecisionEntry) -> IdempotencyRecord | LogOutcome:
         """Log a new decision: the earlier idempotency record when a concurrent request logged the
         transaction first, else whether the decision entered the buffer, found it full, or could not
         be stored at all (Redis failing)."""
@@ -392,7 +398,7 @@ class IdempotencyConflict(Exception):
         self.payment = payment
 
 
-def idempotency_record(decision: Decision) -> IdempotencyRecord:
+def idempotency_record(decision: DecisionEntry) -> IdempotencyRecord:
     """What Redis keeps of a new decision for the dedupe horizon (its stream id is set by the log)."""
     return {
         "transaction_id": decision["transaction_id"],
@@ -446,7 +452,7 @@ def entities_of(payment: Mapping[str, object]) -> dict[str, str]:
     return {f: v for f in ENTITY_FIELDS if isinstance(v := payment.get(f), str)}
 
 
-def _comparable(decision: Decision) -> dict[str, object]:
+def _comparable(decision: Decision | DecisionEntry) -> dict[str, object]:
     """A decided payment's fields, as `_comparable_payment` gives a validated one's."""
     return {
         **decision["payment"],

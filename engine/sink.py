@@ -38,14 +38,15 @@ import redis
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from redis.typing import EncodableT, FieldT
 
-from antifraud.engine.decision_record import ContributionsRecord, Decision, FeedbackRecord
+from antifraud.engine.decision_entry import FeatureLists, decision_of
+from antifraud.engine.decision_record import ContributionsRecord, FeedbackRecord
 from antifraud.engine.store import Logged, Store
 
 log = logging.getLogger("antifraud.sink")
 
 #: the longest pause between two attempts while the store or Redis fails
 MAX_BACKOFF_S = 30.0
-#: entries undecodable as JSON are set aside here (and acknowledged) rather than retried forever
+#: entries that cannot be read are set aside here (and acknowledged) rather than retried forever
 REJECTED_MAXLEN = 100_000
 #: stream entries per read: a batch is read in replies of at most this many (see `Sink._read`)
 READ_CHUNK = 200
@@ -99,7 +100,7 @@ class SinkMetrics:
         )
         self.rejected = Counter(
             "antifraud_sink_rejected_total",
-            "Entries that were not valid JSON, set aside",
+            "Entries that could not be read (not valid JSON, an unknown feature list), set aside",
             ["stream"],
             registry=r,
         )
@@ -170,6 +171,7 @@ class Sink:
         self.forget_idle_ms = forget_idle_ms
         self.metrics = metrics or SinkMetrics()
         self.rejected_stream = f"{namespace}:sink:rejected"
+        self.feature_lists = FeatureLists(client, namespace)
         self.streams = (
             _Stream(f"{namespace}:decisions", {b"d": "decisions", b"c": "contributions"}),
             _Stream(f"{namespace}:feedback", {b"e": "feedback"}),
@@ -309,9 +311,13 @@ class Sink:
                     continue
                 kind, raw = found
                 try:
-                    record = cast(Decision | FeedbackRecord | ContributionsRecord, orjson.loads(raw))
-                except orjson.JSONDecodeError:
-                    self._reject(stream, entry_id, fields)
+                    record = (
+                        decision_of(raw, self.feature_lists.names)  # its features by name
+                        if kind == "decisions"
+                        else cast(FeedbackRecord | ContributionsRecord, orjson.loads(raw))
+                    )
+                except (orjson.JSONDecodeError, LookupError) as exc:
+                    self._reject(stream, entry_id, fields, exc)
                     continue
                 decoded[kind].append(Logged(entry_id, record))
             if lost:
@@ -339,9 +345,13 @@ class Sink:
         )
         self.metrics.lost.labels(stream.key).inc(count)
 
-    def _reject(self, stream: _Stream, entry_id: str, fields: dict[bytes, bytes]) -> None:
+    def _reject(self, stream: _Stream, entry_id: str, fields: dict[bytes, bytes], why: Exception) -> None:
         log.error(
-            "entry %s of %s is not valid JSON: set aside in %s", entry_id, stream.key, self.rejected_stream
+            "entry %s of %s cannot be read (%s): set aside in %s",
+            entry_id,
+            stream.key,
+            why,
+            self.rejected_stream,
         )
         kept: dict[FieldT, EncodableT] = {"stream": stream.key, "id": entry_id}
         kept.update({k: v for k, v in fields.items()})

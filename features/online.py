@@ -19,6 +19,7 @@ import redis
 from redis.cluster import RedisCluster
 from redis.crc import key_slot
 
+from antifraud.engine.redis_script import DirectScript
 from antifraud.engine.vocabulary import FEATURE_EVENT, FeatureEvent
 from antifraud.features.derive import Deriver
 from antifraud.features.fingerprint import TX_BITS, fingerprint
@@ -126,6 +127,7 @@ class OnlineFeatures:
         self.deriver = Deriver(self.plan)
         self.namespace = namespace
         self._script = client.register_script(LUA)  # type: ignore[misc]
+        self._direct = DirectScript(client, LUA)  # one payment's call: the thin path
         self._blocks = [_Block(p, self.spec) for p in self.plan.entities]
         self._starts = [self.plan.raw_index[raw_name(p.entity, "present")] for p in self.plan.entities]
         self._cluster = isinstance(client, RedisCluster)
@@ -143,19 +145,35 @@ class OnlineFeatures:
         duplicate: it is recorded by none (on a Redis Cluster: by none of the entities of the same
         slot group; see docs/features.md).
         """
+        call = self._score_call(payment, record)
+        return self._scored(call, self._call(call.keys, call.header, call.blocks, call.lengths))
+
+    async def ascore(self, payment: Mapping[str, Any], *, record: bool = True) -> OnlineResult:
+        """`score` without blocking the event loop while Redis runs the script, so that a worker
+        serves other payments meanwhile (a Redis Cluster's calls still block)."""
+        call = self._score_call(payment, record)
+        if self._cluster or not call.keys:
+            return self._scored(call, self._call(call.keys, call.header, call.blocks, call.lengths))
+        reply = await self._direct.acall(call.keys, call.header + [a for b in call.blocks for a in b])
+        return self._scored(call, _split([list(range(len(call.keys)))], [reply], call.lengths))
+
+    def _score_call(self, payment: Mapping[str, Any], record: bool) -> _ScoreCall:
         t_ms = to_ms(payment["timestamp"])
-        header, keys, args, present = self._score_blocks(payment, t_ms)
+        header, keys, blocks, present = self._score_blocks(payment, t_ms)
         if not record:
             header[0] = "peek"
-        replies = self._call(keys, header, args, [1 + block.n_values for block, _ in present])
+        lengths = [1 + block.n_values for block, _ in present]
+        return _ScoreCall(payment, t_ms, header, keys, blocks, present, lengths)
+
+    def _scored(self, call: _ScoreCall, replies: list[list[Any]]) -> OnlineResult:
         raw = np.full(len(self.plan.raw_names), np.nan)
         raw[self._starts] = 0.0
         duplicate = False
-        for (block, start), reply in zip(present, replies, strict=True):
+        for (block, start), reply in zip(call.present, replies, strict=True):
             duplicate = duplicate or reply[0] == 1
             raw[start] = 1.0
             raw[start + 1 : start + 1 + block.n_values] = [float(v) for v in reply[1:]]
-        return OnlineResult(self._derive(raw, payment, t_ms), duplicate)
+        return OnlineResult(self._derive(raw, call.payment, call.t_ms), duplicate)
 
     def _score_blocks(
         self, payment: Mapping[str, Any], t_ms: int
@@ -296,11 +314,29 @@ class OnlineFeatures:
             replies = [r for _, r in replies_by_group]
         else:
             groups = [list(range(len(keys)))]
-            replies = [self._script(keys=keys, args=header + [a for block in blocks for a in block])]
-        out: list[list[Any]] = [[] for _ in keys]
-        for group, reply in zip(groups, replies, strict=True):
-            pos = 0
-            for i in group:
-                out[i] = list(reply[pos : pos + lengths[i]])
-                pos += lengths[i]
-        return out
+            replies = [self._direct(keys, header + [a for block in blocks for a in block])]
+        return _split(groups, replies, lengths)
+
+
+@dataclass(frozen=True)
+class _ScoreCall:
+    """A payment's script call, prepared: what `score` and `ascore` send and read back."""
+
+    payment: Mapping[str, Any]
+    t_ms: int
+    header: list[str]
+    keys: list[str]
+    blocks: list[list[str]]
+    present: list[tuple[_Block, int]]  # each block's entity and the index of its first raw value
+    lengths: list[int]  # how many reply values each block returns
+
+
+def _split(groups: Sequence[list[int]], replies: Sequence[Any], lengths: Sequence[int]) -> list[list[Any]]:
+    """Each block's reply values, in block order, from the replies of the calls of each block group."""
+    out: list[list[Any]] = [[] for _ in lengths]
+    for group, reply in zip(groups, replies, strict=True):
+        pos = 0
+        for i in group:
+            out[i] = list(reply[pos : pos + lengths[i]])
+            pos += lengths[i]
+    return out

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-from antifraud.engine.decision_record import Decision, IdempotencyRecord
+from antifraud.engine.decision_record import DecisionEntry, IdempotencyRecord
 from antifraud.engine.decisions import DecisionLog
 from antifraud.engine.pipeline import idempotency_record
 
@@ -75,7 +75,21 @@ def logged_contributions(txid: str, i: int, model_version: str = "m-1", **overri
 
 
 def log_decision(log: DecisionLog, decision: Mapping[str, Any]) -> IdempotencyRecord | str:
-    """Log a decision as the scoring path does: its idempotency record and its buffer entry, in one
-    step (`DecisionLog.put`); returns what `put` returns."""
-    logged = cast(Decision, decision)
-    return log.put(logged, idempotency_record(logged))
+    """Log a decision (its features by name, as read back) as the scoring path does: its features as
+    an array of a named list, its idempotency record and its buffer entry, in one step
+    (`DecisionLog.put`); returns what `put` returns."""
+    return log.put(*entry_and_record(log, decision))
+
+
+def entry_and_record(
+    log: DecisionLog, decision: Mapping[str, Any]
+) -> tuple[DecisionEntry, IdempotencyRecord]:
+    """A decision with its features by name as the scoring path hands it to `DecisionLog.put`."""
+    features: dict[str, float | None] = decision["features"]
+    entry = {
+        **decision,
+        "feature_list": log.feature_list(list(features)),
+        "features": list(features.values()),
+    }
+    logged = cast(DecisionEntry, entry)
+    return logged, idempotency_record(logged)

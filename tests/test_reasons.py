@@ -205,8 +205,11 @@ def test_the_contributions_are_logged_beside_the_decision_and_merged_on_read(
     assert [sorted(fields) for _, fields in entries] == [[b"d"], [b"c"]]
     stored = _read_back(log, "tx-9")
     assert stored["reasons"]["model"] == scorer.explain(decision) != []
-    # everything else as logged (the answer's timings also have log_ms)
-    same = {k: v for k, v in decision.items() if k not in ("reasons", "timings")}
+    # everything else as logged (the answer's timings also have log_ms), the features by name (the
+    # scorer holds them as an array of its feature list, NaN where missing; read back, null)
+    same = {k: v for k, v in decision.items() if k not in ("reasons", "timings", "feature_list")}
+    names = scorer.features.feature_names
+    same["features"] = {n: None if v != v else v for n, v in zip(names, decision["features"], strict=True)}
     assert {k: v for k, v in stored.items() if k not in ("reasons", "timings")} == same
     # the idempotency record is kept for the dedupe horizon, and answers a retry without explaining again
     assert 0 < redis_client.pttl("af:{tx:tx-9}:d") <= 2 * 86_400_000

@@ -42,6 +42,7 @@ from sinks import drain
 
 from antifraud.engine.api import ScoreResponse, create_app
 from antifraud.engine.auth import new_key
+from antifraud.engine.decision_entry import FeatureLists, decision_of
 from antifraud.engine.decisions import BUFFER_FULL, DecisionLog
 from antifraud.engine.export import DECISIONS_FILE, FEEDBACK_FILE, JOINED_FILE, export
 from antifraud.engine.redis_server import EmbeddedRedis
@@ -104,8 +105,10 @@ def stream(client: redis.Redis, key: str = "af:decisions", reverse: bool = False
 
 
 def logged_decisions(client: redis.Redis) -> list[dict[str, Any]]:
-    """The decisions in the decision stream, in order (not the contributions logged after some)."""
-    return [json.loads(fields[b"d"]) for _, fields in stream(client) if b"d" in fields]
+    """The decisions in the decision stream, in order (not the contributions logged after some), their
+    features by name as every reader maps them."""
+    names = FeatureLists(client).names
+    return [dict(decision_of(fields[b"d"], names)) for _, fields in stream(client) if b"d" in fields]
 
 
 def redis_values(client: redis.Redis, key: bytes) -> list[bytes]:

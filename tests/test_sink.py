@@ -20,6 +20,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import cast
 
+import orjson
 import pyarrow.parquet as pq
 import pytest
 import redis
@@ -367,8 +368,8 @@ def test_entries_deleted_before_they_were_written_are_counted_and_do_not_block(
     redis_client: redis.Redis, tmp_path: Path
 ) -> None:
     """A stream trimmed by its MAXLEN bound under an unwritten, delivered entry (the sink fell that far
-    behind): the sink counts the entry lost, acknowledges it and goes on; an entry that is not JSON is
-    set aside in `af:sink:rejected`."""
+    behind): the sink counts the entry lost, acknowledges it and goes on; an entry that is not JSON,
+    or whose feature list Redis does not name, is set aside in `af:sink:rejected`."""
     log = DecisionLog(redis_client)
     log_decisions(log, range(10))
     store = ParquetStore(tmp_path / "store")
@@ -377,10 +378,13 @@ def test_entries_deleted_before_they_were_written_are_counted_and_do_not_block(
     first_six = [e[0] for e in redis_client.xrange("af:decisions", count=6)]
     redis_client.xtrim("af:decisions", minid=first_six[-1], approximate=False)  # tx-0..4 deleted
     redis_client.xadd("af:decisions", {"d": b"{not json"})
-    assert drain(sink) == 4 + 5 + 1  # 4 delivered then deleted (tx-4 deleted undelivered), 5 left, 1 not JSON
+    unnamed = {**decision(99), "feature_list": "no-such-list", "features": [1.0]}
+    redis_client.xadd("af:decisions", {"d": orjson.dumps(unnamed)})
+    # 4 delivered then deleted (tx-4 deleted undelivered), 5 left, 1 not JSON, 1 of an unknown list
+    assert drain(sink) == 4 + 5 + 2
     assert sink.metrics.lost.labels("af:decisions")._value.get() == 4
-    assert sink.metrics.rejected.labels("af:decisions")._value.get() == 1
-    assert redis_client.xlen("af:sink:rejected") == 1
+    assert sink.metrics.rejected.labels("af:decisions")._value.get() == 2
+    assert redis_client.xlen("af:sink:rejected") == 2
     assert stored_counts(str(store.root)) == (5, 5, 0, 0)
     assert pending(redis_client) == 0
     store.close()

@@ -17,7 +17,7 @@ import textwrap
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, cast
@@ -32,6 +32,7 @@ from payloads import T0, logged_contributions, logged_decision, score_request
 from test_export import tiny_model
 
 from antifraud.engine.api import create_app
+from antifraud.engine.decision_entry import FeatureLists, decision_of
 from antifraud.engine.decision_record import ContributionsRecord, Decision, FeedbackRecord
 from antifraud.engine.settings import ROOT, Settings
 from antifraud.engine.store import DecisionQuery, Logged, Store, Written, open_store
@@ -88,14 +89,14 @@ def logged(model_dir: Path, redis_server: Any) -> tuple[list[Logged], list[Logge
             )
             assert answer.status_code == 202, answer.text
 
-    def entries(stream: str, field: bytes) -> list[Logged]:
+    def entries(stream: str, field: bytes, read: Callable[[bytes], Any]) -> list[Logged]:
         rows = cast(list[tuple[bytes, dict[bytes, bytes]]], client.xrange(stream))
         # the decisions' stream also holds contributions (field "c"), which the tests below build
-        return [
-            Logged(entry.decode(), orjson.loads(fields[field])) for entry, fields in rows if field in fields
-        ]
+        return [Logged(entry.decode(), read(fields[field])) for entry, fields in rows if field in fields]
 
-    decisions, feedback = entries("af:decisions", b"d"), entries("af:feedback", b"e")
+    lists = FeatureLists(client)  # a decision's features by name, as the sink reads them
+    decisions = entries("af:decisions", b"d", lambda raw: decision_of(raw, lists.names))
+    feedback = entries("af:feedback", b"e", orjson.loads)
     client.close()
     assert len(decisions) == 30 and len(feedback) == 4
     return decisions, feedback
@@ -248,12 +249,12 @@ def test_a_crashed_write_leaves_no_visible_file(
         f"""
         import sys, time, orjson
         from antifraud.engine.store import Logged
-        from antifraud.engine.store.parquet import ParquetStore
+        from antifraud.engine.store.parquet import ParquetStore, _Row
         store = ParquetStore({str(root)!r})
         items = [Logged(s, r) for s, r in orjson.loads(open({str(batch)!r}, "rb").read())]
         with store._locked():
             day = store._dir("decisions").joinpath("day=2026-03-01")
-            rows = [(i.stream_id, orjson.dumps(i.record)) for i in items]
+            rows = [_Row(i.stream_id, orjson.dumps(i.record), i.record) for i in items]
             tmp = store._write_temp(day, store._table("decisions", rows))
             print(tmp, flush=True)
             time.sleep(600)  # killed here, before the rename

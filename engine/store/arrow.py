@@ -95,7 +95,8 @@ def _leaves(array: pa.StructArray, prefix: tuple[str, ...] = ()) -> dict[tuple[s
 def _read(records: Sequence[R], fields: Sequence[tuple[pa.Field, Source[R]]]) -> list[pa.Array]:
     """The columns of these records, each in its field's type."""
     paths = [(source, f.type) for f, source in fields if isinstance(source, tuple)]
-    leaves = _leaves(pa.array(records, type=_struct_type(paths)))
+    # from_pandas: a NaN is null, as in the records' JSON (a record may come in memory, not from JSON)
+    leaves = _leaves(pa.array(records, type=_struct_type(paths), from_pandas=True))
     arrays = []
     for f, source in fields:
         if isinstance(source, tuple):

@@ -24,7 +24,7 @@ import signal
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,6 +35,7 @@ import httpx
 import numpy as np
 import redis
 
+from antifraud.engine.decision_entry import FeatureLists, decision_of
 from antifraud.engine.loadgen.client import run_async, run_cell
 from antifraud.engine.loadgen.cpu import cpu_seconds, machine_busy_seconds, wait_quiet
 from antifraud.engine.loadgen.replay import load_replay
@@ -418,10 +419,12 @@ def read_log(client: redis.Redis, store_url: str, namespace: str = "af") -> LogV
     after that read was in the store before it was trimmed, so the later store read finds it."""
     decisions: dict[str, dict[str, dict[str, Any]]] = {}
     buffered = 0
-    for entry_id, record in _stream(client, f"{namespace}:decisions", b"d"):
+    names = FeatureLists(client, namespace).names  # a buffered decision's features by name, as read
+    entries = _stream(client, f"{namespace}:decisions", b"d", lambda raw: decision_of(raw, names))
+    for entry_id, record in entries:
         decisions.setdefault(record["transaction_id"], {})[entry_id] = record
         buffered += 1
-    feedback = dict(_stream(client, f"{namespace}:feedback", b"e"))
+    feedback = dict(_stream(client, f"{namespace}:feedback", b"e", json.loads))
     buffered_feedback = len(feedback)
     decision_rows: Counter[str] = Counter()
     feedback_rows: Counter[str] = Counter()
@@ -434,14 +437,16 @@ def read_log(client: redis.Redis, store_url: str, namespace: str = "af") -> LogV
     return LogView(decisions, feedback, decision_rows, feedback_rows, buffered, buffered_feedback)
 
 
-def _stream(client: redis.Redis, stream: str, field: bytes) -> Iterator[tuple[str, dict[str, Any]]]:
+def _stream(
+    client: redis.Redis, stream: str, field: bytes, read: Callable[[bytes], Any]
+) -> Iterator[tuple[str, dict[str, Any]]]:
     """(entry id, record) of the entries of a stream holding `field`, read 10,000 at a time (XRANGE)."""
     start = "-"
     while True:
         entries = cast(list[tuple[bytes, dict[bytes, bytes]]], client.xrange(stream, min=start, count=10_000))
         for entry_id, fields in entries:
             if field in fields:
-                yield entry_id.decode(), json.loads(fields[field])
+                yield entry_id.decode(), read(fields[field])
         if len(entries) < 10_000:
             return
         start = "(" + entries[-1][0].decode()

@@ -21,7 +21,7 @@ from typing import Any, cast
 import pytest
 import redis
 
-from antifraud.engine.decision_record import Decision, IdempotencyRecord
+from antifraud.engine.decision_record import DecisionEntry, IdempotencyRecord
 from antifraud.engine.decisions import DecisionLog
 from antifraud.engine.pipeline import idempotency_record
 from antifraud.engine.redis_server import EmbeddedRedis
@@ -227,7 +227,7 @@ def test_control_without_persistence_kill_9_loses_everything() -> None:
         client = redis.Redis.from_url(server.url)
         log = DecisionLog(client)
         for i in range(1000):
-            decision = _decision(f"ctl-{i}", i)
+            decision = _decision(log, f"ctl-{i}", i)
             assert log.put(decision, idempotency_record(decision)) == "logged"
         assert server.process is not None
         server.process.kill()
@@ -254,7 +254,7 @@ def test_cost_of_appendfsync_always() -> None:
             client.config_set("appendfsync", policy)
             times = []
             for i in range(2000):
-                decision = _decision(f"{policy}-{i}", i)
+                decision = _decision(log, f"{policy}-{i}", i)
                 record = idempotency_record(decision)
                 started = time.perf_counter()
                 log.put(decision, record)
@@ -298,7 +298,7 @@ def test_an_answer_whose_decision_was_not_logged_says_so(
         real_put = DecisionLog.put
         calls = {"n": 0}
 
-        def failing_put(self: DecisionLog, decision: Decision, record: IdempotencyRecord) -> Any:
+        def failing_put(self: DecisionLog, decision: DecisionEntry, record: IdempotencyRecord) -> Any:
             calls["n"] += 1
             if calls["n"] == 1:
                 raise redis.ConnectionError("Connection closed by server.")
@@ -323,8 +323,9 @@ def test_an_answer_whose_decision_was_not_logged_says_so(
     assert answer["degraded"] or logged is not None
 
 
-def _decision(txid: str, i: int) -> Decision:
-    """A decision of a real decision's size (87 features), for the log's own tests."""
+def _decision(log: DecisionLog, txid: str, i: int) -> DecisionEntry:
+    """A decision of a real decision's size (87 features), as the scoring path logs it, for the log's
+    own tests."""
     return {
         "transaction_id": txid,
         "verdict": "allow",
@@ -341,5 +342,6 @@ def _decision(txid: str, i: int) -> Decision:
         "payment": {"card_id": f"card_{i % 97}", "merchant_id": f"m_{i % 13}", "channel": "ecom"},
         "amount": 10.0 + i,
         "currency": "EUR",
-        "features": {f"f{k}": k * 1.000001 for k in range(87)},
+        "feature_list": log.feature_list([f"f{k}" for k in range(87)]),
+        "features": [k * 1.000001 for k in range(87)],
     }
