@@ -17,6 +17,7 @@ import pandas as pd
 
 from antifraud.engine.vocabulary import EVENT_TIME_COLUMNS, FEATURE_EVENT, FeatureEvent, HistoryEvent
 from antifraud.features.derive import Deriver
+from antifraud.features.fingerprint import VALUE_BITS, fingerprint
 from antifraud.features.payment import PAYMENT_FIELDS
 from antifraud.features.plan import EntityPlan, Plan, compile_plan, raw_name
 from antifraud.features.spec import FeatureSpec, Window, load_spec
@@ -49,6 +50,19 @@ def _key_codes(frame: pd.DataFrame, fields: tuple[str, ...]) -> np.ndarray:
     key = parts[0] if len(parts) == 1 else parts[0].str.cat(parts[1:], sep="|")  # type: ignore[arg-type]
     codes, _ = pd.factorize(key, use_na_sentinel=True)
     return np.where(missing, -1, codes).astype(np.int64)
+
+
+def _value_codes(frame: pd.DataFrame, field: str) -> np.ndarray:
+    """Integer code of a distinct or novelty field's value per row, -1 where missing: the code of the
+    value's fingerprint (features/fingerprint.py), so that two values sharing one are one value, as
+    online, where the state keeps fingerprints."""
+    column = frame[field] if field in frame else pd.Series([None] * len(frame), index=frame.index)
+    text = column.astype("string")
+    missing = (text.isna() | (text == "")).to_numpy()
+    codes, uniques = pd.factorize(text.fillna(""))
+    prints = np.array([fingerprint(str(u), VALUE_BITS) for u in uniques], dtype=np.int64)
+    by_print, _ = pd.factorize(prints)
+    return np.where(missing, -1, by_print[codes]).astype(np.int64)
 
 
 @dataclass
@@ -95,6 +109,43 @@ class _RangeMax:
             table = self.levels[level]
             out[sel] = np.maximum(table[lo[sel]], table[hi[sel] - (1 << level)])
         return out
+
+
+class _CountAtLeast:
+    """How many elements of an int64 array within a range [lo, hi) are at least a threshold, for
+    many ranges at once: a merge-sort tree (level k holds the array sorted within aligned blocks of
+    2^k elements), so a query is one binary search per level: O(n log n) for n queries."""
+
+    def __init__(self, values: np.ndarray) -> None:
+        self.low = int(values.min()) if len(values) else 0
+        shifted = values - self.low
+        self.width = int(shifted.max()) + 2 if len(values) else 1  # a block's keys never reach the next's
+        position = np.arange(len(values))
+        self.levels = []
+        k = 0
+        while (1 << k) <= len(values):
+            block = position >> k
+            order = np.lexsort((shifted, block))
+            self.levels.append(block[order] * self.width + shifted[order])
+            k += 1
+
+    def _before(self, x: np.ndarray, threshold: np.ndarray) -> np.ndarray:
+        """Elements at positions < x that are >= threshold: x's binary digits split [0, x) into
+        whole blocks, one per level at most."""
+        out = np.zeros(len(x), dtype=np.int64)
+        floor = np.clip(threshold - self.low, 0, self.width - 1)
+        for k, keys in enumerate(self.levels):
+            sel = np.nonzero((x >> k) & 1)[0]
+            if not len(sel):
+                continue
+            start = (x[sel] >> (k + 1)) << (k + 1)
+            below = np.searchsorted(keys, (start >> k) * self.width + floor[sel], side="left") - start
+            out[sel] += (1 << k) - below
+        return out
+
+    def count(self, lo: np.ndarray, hi: np.ndarray, threshold: np.ndarray) -> np.ndarray:
+        """Per query, the elements in [lo, hi) that are >= threshold."""
+        return self._before(hi, threshold) - self._before(lo, threshold)
 
 
 def feedback_events(history: pd.DataFrame) -> dict[HistoryEvent, tuple[np.ndarray, np.ndarray]]:
@@ -236,20 +287,26 @@ class OfflineFeatures:
                 yield raw_name(e, "rate_count", w.label), (upper - s.start(lower)).astype(float)
                 frauds = _known_frauds(s, codes, events.get("fraud"), t_all, w)
                 yield raw_name(e, "rate_frauds", w.label), frauds
+        cap = self.spec.distinct_limit
         for d in p.distinct.values():
-            values = _key_codes(history.iloc[s.rows], (d.field,))
+            # Online keeps the `cap` values seen most recently (score.lua, op D). The values in
+            # [lo, i) are the j there whose next occurrence is at i or later; a count saturates at
+            # cap; a value is still held when fewer than cap others were seen since its last time.
+            values = _value_codes(history.iloc[s.rows], d.field)
             prev, nxt = _neighbours(s, values)
-            novel = np.where(prev >= 0, (s.ts[np.maximum(prev, 0)] < s.ts - d.lookback_ms).astype(float), 1.0)
+            latest = _CountAtLeast(np.where(values >= 0, nxt, -1))
+            held = (prev >= 0) & (latest.count(prev + 1, s.rank, s.rank) < cap)
+            recent = held & (s.ts[np.maximum(prev, 0)] >= s.ts - d.lookback_ms)
+            novel = np.where(recent, 0.0, 1.0)
             yield raw_name(e, "novel", d.field), np.where((values < 0) | (d.lookback_ms == 0), -1.0, novel)
             for w in d.windows:
-                distinct = _distinct(s, values, nxt, s.start(s.ts - w.ms))
-                yield raw_name(e, "distinct", d.field, w.label), distinct
+                distinct = latest.count(s.start(s.ts - w.ms), s.rank, s.rank)
+                yield raw_name(e, "distinct", d.field, w.label), np.minimum(distinct, cap).astype(float)
         for event, windows in p.feedback.items():
             for w in windows:
-                yield (
-                    raw_name(e, "feedback", event, w.label),
-                    _count_events(s, codes, events.get(event), s.ts - w.ms),
-                )
+                # online keeps the times of the last `feedback_limit` events of a kind
+                found = _count_events(s, codes, events.get(event), s.ts - w.ms)
+                yield raw_name(e, "feedback", event, w.label), np.minimum(found, self.spec.feedback_limit)
         if p.profile_ttl_ms is not None:
             seen = s.rank > s.group_start
             yield raw_name(e, "first_ts"), np.where(seen, s.ts[s.group_start], -1).astype(float)
@@ -311,20 +368,6 @@ def _neighbours(s: _Sorted, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     prev[order[1:][same]] = order[:-1][same]
     nxt[order[:-1][same]] = order[1:][same]
     return prev, nxt
-
-
-def _distinct(s: _Sorted, values: np.ndarray, nxt: np.ndarray, lo: np.ndarray) -> np.ndarray:
-    """Distinct values among each element's earlier window [lo, rank): those not repeated before rank."""
-    count = s.rank - lo
-    out = np.zeros(len(lo))
-    active = np.nonzero(count > 0)[0]
-    step = 0
-    while len(active):
-        j = lo[active] + step
-        out[active] += (values[j] >= 0) & (nxt[j] >= s.rank[active])
-        step += 1
-        active = active[count[active] > step]
-    return out
 
 
 def _count_events(
