@@ -35,7 +35,7 @@ import httpx
 import numpy as np
 import redis
 
-from antifraud.engine.decision_entry import FeatureLists, decision_of
+from antifraud.engine.decision_entry import FeatureLists, decision_of, record_of
 from antifraud.engine.loadgen.client import run_async, run_cell
 from antifraud.engine.loadgen.cpu import cpu_seconds, machine_busy_seconds, wait_quiet
 from antifraud.engine.loadgen.replay import load_replay
@@ -499,7 +499,7 @@ def idempotency_records(client: redis.Redis, txids: Sequence[str], namespace: st
         for txid in chunk:
             pipe.get(f"{namespace}:{{tx:{txid}}}:d")
         for txid, raw in zip(chunk, pipe.execute(), strict=True):
-            out[txid] = json.loads(raw) if raw else None
+            out[txid] = record_of(raw, txid) if raw else None
     return out
 
 
