@@ -111,41 +111,43 @@ class _RangeMax:
         return out
 
 
-class _CountAtLeast:
-    """How many elements of an int64 array within a range [lo, hi) are at least a threshold, for
-    many ranges at once: a merge-sort tree (level k holds the array sorted within aligned blocks of
-    2^k elements), so a query is one binary search per level: O(n log n) for n queries."""
+class _DistinctInRanges:
+    """Distinct values of many ranges [lo, hi) of a sequence at once, from its next-occurrence array:
+    `nxt[j]` the position of the next element with the same value (beyond the last: the length),
+    -1 where the element has no value. The values of [lo, hi) are the j there with nxt[j] >= hi.
 
-    def __init__(self, values: np.ndarray) -> None:
-        self.low = int(values.min()) if len(values) else 0
-        shifted = values - self.low
-        self.width = int(shifted.max()) + 2 if len(values) else 1  # a block's keys never reach the next's
-        position = np.arange(len(values))
+    #{j < hi: nxt[j] >= hi} is one search in the sorted array (nxt[j] < hi implies j < hi, but for
+    valueless elements); #{j < lo: nxt[j] >= hi} comes from a merge-sort tree (level k holds nxt
+    sorted within aligned blocks of 2^k elements, so [0, lo) is one whole block per level at most):
+    O(log n) per range, the tree built in O(n log^2 n) (one sort per level)."""
+
+    def __init__(self, nxt: np.ndarray) -> None:
+        self.sorted = np.sort(nxt)
+        self.valueless_from = np.r_[np.cumsum((nxt < 0)[::-1])[::-1], 0]  # valueless elements at >= x
+        self.width = len(nxt) + 2  # a block's keys (nxt + 1) never reach the next block's
+        position = np.arange(len(nxt))
         self.levels = []
         k = 0
-        while (1 << k) <= len(values):
-            block = position >> k
-            order = np.lexsort((shifted, block))
-            self.levels.append(block[order] * self.width + shifted[order])
+        while (1 << k) <= len(nxt):
+            self.levels.append(np.sort((position >> k) * self.width + nxt + 1))
             k += 1
 
-    def _before(self, x: np.ndarray, threshold: np.ndarray) -> np.ndarray:
-        """Elements at positions < x that are >= threshold: x's binary digits split [0, x) into
-        whole blocks, one per level at most."""
+    def count(self, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+        """Per range, the distinct values of [lo, hi)."""
+        before_hi = hi - (np.searchsorted(self.sorted, hi, side="left") - self.valueless_from[hi])
+        return before_hi - self._reaching(lo, hi)
+
+    def _reaching(self, x: np.ndarray, threshold: np.ndarray) -> np.ndarray:
+        """#{j < x: nxt[j] >= threshold}: x's binary digits split [0, x) into whole blocks."""
         out = np.zeros(len(x), dtype=np.int64)
-        floor = np.clip(threshold - self.low, 0, self.width - 1)
         for k, keys in enumerate(self.levels):
             sel = np.nonzero((x >> k) & 1)[0]
             if not len(sel):
                 continue
             start = (x[sel] >> (k + 1)) << (k + 1)
-            below = np.searchsorted(keys, (start >> k) * self.width + floor[sel], side="left") - start
+            below = np.searchsorted(keys, (start >> k) * self.width + threshold[sel] + 1, side="left") - start
             out[sel] += (1 << k) - below
         return out
-
-    def count(self, lo: np.ndarray, hi: np.ndarray, threshold: np.ndarray) -> np.ndarray:
-        """Per query, the elements in [lo, hi) that are >= threshold."""
-        return self._before(hi, threshold) - self._before(lo, threshold)
 
 
 def feedback_events(history: pd.DataFrame) -> dict[HistoryEvent, tuple[np.ndarray, np.ndarray]]:
@@ -294,13 +296,13 @@ class OfflineFeatures:
             # cap; a value is still held when fewer than cap others were seen since its last time.
             values = _value_codes(history.iloc[s.rows], d.field)
             prev, nxt = _neighbours(s, values)
-            latest = _CountAtLeast(np.where(values >= 0, nxt, -1))
-            held = (prev >= 0) & (latest.count(prev + 1, s.rank, s.rank) < cap)
+            ranges = _DistinctInRanges(np.where(values >= 0, nxt, -1))
+            held = (prev >= 0) & (ranges.count(prev + 1, s.rank) < cap)
             recent = held & (s.ts[np.maximum(prev, 0)] >= s.ts - d.lookback_ms)
             novel = np.where(recent, 0.0, 1.0)
             yield raw_name(e, "novel", d.field), np.where((values < 0) | (d.lookback_ms == 0), -1.0, novel)
             for w in d.windows:
-                distinct = latest.count(s.start(s.ts - w.ms), s.rank, s.rank)
+                distinct = ranges.count(s.start(s.ts - w.ms), s.rank)
                 yield raw_name(e, "distinct", d.field, w.label), np.minimum(distinct, cap).astype(float)
         for event, windows in p.feedback.items():
             for w in windows:

@@ -384,7 +384,7 @@ end
 -- least recently seen value is ever evicted; a value is new unless it is in the set and was seen
 -- within the look-back. Recording moves the value to the end with the later of its times, drops
 -- values last seen before te - retention and, past `cap`, the one seen least recently (ties: the
--- first in the set). features/offline.py computes the same (`_CountAtLeast`).
+-- first in the set). features/offline.py computes the same (`_DistinctInRanges`).
 -- tokens: field, value ('' when missing), retention, lookback, cap, nw, w1..wn
 local function op_distinct(st, a, i, rec)
   local value, retention, lookback = tonumber(a[i + 1]), tonumber(a[i + 2]), tonumber(a[i + 3])

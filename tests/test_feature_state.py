@@ -22,7 +22,7 @@ import pytest
 import redis
 from feature_replay import parity_history, replay_online
 
-from antifraud.features.offline import OfflineFeatures, _CountAtLeast
+from antifraud.features.offline import OfflineFeatures, _DistinctInRanges
 from antifraud.features.online import OnlineFeatures, entity_prefix, to_milli
 from antifraud.features.spec import FeatureSpec, load_spec
 
@@ -251,14 +251,20 @@ def test_a_state_of_the_layout_before_fingerprints_is_taken_over(
     assert not old.feedback("decline", "tx2", times[8] + 2, {"card_id": "c0"})
 
 
-def test_counting_elements_at_least_a_threshold_in_ranges() -> None:
-    """The offline executor's distinct counts rest on `_CountAtLeast` (elements of [lo, hi) that are
-    >= a threshold, per query): against a direct count, on arrays of every length up to 70."""
+def test_distinct_values_of_ranges() -> None:
+    """The offline executor's distinct counts rest on `_DistinctInRanges` (the values of [lo, hi)
+    from the next-occurrence array): against a direct count, on sequences of every length up to 70
+    with valueless elements."""
     rng = np.random.default_rng(3)
     for n in range(1, 71):
-        values = rng.integers(-1, n + 1, n)
+        values = rng.integers(-1, max(2, n // 3), n)
+        nxt = np.full(n, n)
+        seen: dict[int, int] = {}
+        for j in range(n - 1, -1, -1):
+            nxt[j] = seen.get(int(values[j]), n)
+            seen[int(values[j])] = j
+        nxt[values < 0] = -1
         lo = rng.integers(0, n + 1, 200)
         hi = np.maximum(lo, rng.integers(0, n + 1, 200))
-        threshold = rng.integers(-2, n + 3, 200)
-        expected = [int((values[a:b] >= c).sum()) for a, b, c in zip(lo, hi, threshold, strict=True)]
-        assert _CountAtLeast(values).count(lo, hi, threshold).tolist() == expected, n
+        expected = [len({v for v in values[a:b] if v >= 0}) for a, b in zip(lo, hi, strict=True)]
+        assert _DistinctInRanges(nxt).count(lo, hi).tolist() == expected, n
