@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import threading
+import time
 from pathlib import Path
 
 import pytest
 import redis
+import uvloop
 
 from antifraud.engine.redis_script import DirectScript
 from antifraud.engine.redis_server import EmbeddedRedis
@@ -164,6 +166,28 @@ def test_acall_bounds_the_calls_in_flight_so_a_burst_does_not_time_out(redis_ser
         return await asyncio.gather(*[direct.acall([], [10_000]) for _ in range(15)])
 
     assert asyncio.run(burst()) == [1] * 15
+    direct.close()
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_reply_waiting_unread_behind_a_busy_loop_is_not_a_timeout(
+    redis_server: EmbeddedRedis, loop: str
+) -> None:
+    # Redis answers at once, but the worker's loop is busy for 4x the timeout before it reads the
+    # socket: the timer is due when the loop comes back, yet the reply is read first, so no timeout
+    # (a timeout counted from the write would fail every call behind a long stretch of work).
+    client = redis.Redis.from_url(redis_server.url, socket_timeout=0.05)
+    direct = DirectScript(client, SOURCE)
+
+    async def busy_then_read() -> object:
+        await direct.acall(["warm"], ["x"])  # connected
+        call = asyncio.ensure_future(direct.acall([f"busy-{loop}"], ["x"]))
+        await asyncio.sleep(0)  # the call is written
+        time.sleep(0.2)  # CPU work of other requests, holding the loop
+        return await call
+
+    run = uvloop.run if loop == "uvloop" else asyncio.run
+    assert run(busy_then_read())[0] == 1  # type: ignore[index]
     direct.close()
 
 
