@@ -5,15 +5,25 @@ feedback path (GET /v1/decisions/{id} shows it), an outbox event and a day count
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, cast
 
+import orjson
+import pytest
 import redis
-from payloads import logged_decision
+from console_app import console_app
+from console_helpers import csrf_token
+from payloads import log_decision, logged_decision
 
 from antifraud.engine.decision_record import Decision
+from antifraud.engine.decisions import DecisionLog
+from antifraud.engine.review.feed import ConsoleFeed
 from antifraud.engine.review.queue import ReviewQueue, case_fields
+from antifraud.engine.sink import Sink
 from antifraud.engine.stats import LATENCY_EDGES_MS, Stats
+from antifraud.engine.store import Logged, open_store
 
 
 def review(txid: str, i: int, merchant: str = "m_1", risk: int = 60, **more: Any) -> Decision:
@@ -69,7 +79,7 @@ def test_a_scoped_view_merges_its_merchants_only(redis_client: redis.Redis) -> N
     )
     page = queue.page("oldest", merchants={"m_a", "m_c"})
     assert [c.transaction_id for c in page.cases] == ["a1", "c1", "a2"] and page.open_count == 3
-    assert queue.next_case("bob", merchants={"m_b"}) == "b1"
+    assert queue.free("bob", merchants={"m_b"}) == ["b1"]
 
 
 def test_two_reviewers_never_hold_one_case_and_a_claim_expires(redis_client: redis.Redis) -> None:
@@ -79,8 +89,8 @@ def test_two_reviewers_never_hold_one_case_and_a_claim_expires(redis_client: red
     taken = queue.claim("tx-1", "bob")
     assert taken.status == "taken" and taken.holder == "alice" and 0 < taken.ms_left <= 1000
     assert queue.claim("tx-1", "alice").status == "claimed"  # renewed
-    assert queue.next_case("bob") == "tx-2"  # the next free case
-    assert queue.next_case("carol") is None
+    assert queue.free("bob") == ["tx-2"] and queue.free("alice") == ["tx-1", "tx-2"]
+    assert queue.claim("tx-2", "bob").status == "claimed" and queue.free("carol") == []
     assert queue.resolve("tx-1", "bob", "fraud", "not mine").status == "taken"
     assert not queue.release("tx-1", "bob") and queue.release("tx-1", "alice")
     assert queue.claim("tx-1", "carol").status == "claimed"
@@ -142,3 +152,95 @@ def test_stats_sum_the_buckets_of_a_window(redis_client: redis.Redis) -> None:
     assert sum(totals.latency) == 6 and len(totals.latency) == len(LATENCY_EDGES_MS) + 1
     assert totals.latency_bound(0.5) == 3 and totals.latency_bound(0.99) == 7.5
     assert stats.window(now - timedelta(days=1), now - timedelta(hours=2)).n == 0
+
+
+# -- through the console and the sink -------------------------------------------------------------------
+
+
+def test_the_sinks_hook_queues_a_review_once_even_when_its_batch_is_passed_again(
+    redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    log = DecisionLog(redis_client)
+    for i in range(3):
+        log_decision(log, review(f"tx-{i}", i) if i != 1 else {**review("tx-1", 1), "verdict": "allow"})
+    queue, stats = ReviewQueue(redis_client), Stats(redis_client)
+    feed = ConsoleFeed(queue, stats)
+    calls: list[int] = []
+
+    def failing_once(decisions: Sequence[Logged], feedback: Sequence[Logged]) -> None:
+        feed.after_write(decisions, feedback)
+        calls.append(len(decisions))
+        if len(calls) == 1:
+            raise RuntimeError("the hook failed after feeding: the batch stays pending")
+
+    store = open_store(str(tmp_path / "store"))
+    try:
+        sink = Sink(redis_client, store, block_ms=10, linger_ms=0, after_write=failing_once)
+        with pytest.raises(RuntimeError):
+            sink.run_once()
+        assert sink.run_once() == 3 and calls == [3, 3]  # written and passed again, then acknowledged
+    finally:
+        store.close()
+    assert [c.transaction_id for c in queue.page().cases] == ["tx-0", "tx-2"]
+    assert queue.days(1)[0][1]["queued"] == 2
+
+
+def test_a_resolution_becomes_a_label_the_api_and_the_features_see(
+    redis_client: redis.Redis, model_dir: Path, tmp_path: Path
+) -> None:
+    with console_app(redis_client, model_dir, tmp_path) as app:
+        assert app.score("tx-big", 0, amount=9500.0)["verdict"] == "review"
+        app.drain()
+        app.sign_in("alice")
+        queue_page = app.http.get("/console/queue")
+        token = csrf_token(queue_page.text)
+        claimed = app.http.post("/console/queue/next", data={"csrf": token}, follow_redirects=False)
+        assert claimed.headers["location"] == "/console/decisions/tx-big"
+        # bob cannot take or resolve alice's case
+        app.sign_in("bob")
+        bob_token = csrf_token(app.http.get("/console/decisions/tx-big").text)
+        assert "Claimed by alice" in app.http.get("/console/decisions/tx-big").text
+        taken = app.http.post("/console/reviews/tx-big/claim", data={"csrf": bob_token})
+        assert "claimed by alice" in taken.text
+        refused = app.http.post(
+            "/console/reviews/tx-big/resolve", data={"csrf": bob_token, "outcome": "legitimate", "note": "x"}
+        )
+        assert "claimed by alice" in refused.text
+        # alice resolves it as fraud, with a note
+        app.sign_in("alice")
+        token = csrf_token(app.http.get("/console/decisions/tx-big").text)
+        done = app.http.post(
+            "/console/reviews/tx-big/resolve", data={"csrf": token, "outcome": "fraud", "note": "stolen card"}
+        )
+        assert done.status_code == 200 and "resolved as fraud" in done.text
+        assert "Resolved as <strong>fraud</strong> by alice" in done.text
+        app.drain()
+        stored = app.http.get("/v1/decisions/tx-big", headers=app.bearer("alice")).json()
+        assert [(f["kind"], f["label"]) for f in stored["feedback"]] == [("label", "fraud")]
+        # the label reached the feature state: the card's next payment is blocked as a known fraud
+        later = datetime.now(UTC).isoformat()  # after the label's time: it counts for this payment
+        assert app.score("tx-next", 10, timestamp=later)["verdict"] == "block"
+        day = ReviewQueue(redis_client).days(1)[0][1]
+        assert (day["queued"], day["claimed"], day["fraud"]) == (1, 1, 1)
+        actions = [orjson.loads(f[b"a"])["action"] for _, f in redis_client.xrange("af:audit")]  # type: ignore[union-attr]
+        assert actions.count("review.claim") == 2 and actions.count("review.resolve") == 2
+
+
+def test_a_resolution_needs_a_note_and_a_scoped_key_sees_its_own_cases(
+    redis_client: redis.Redis, model_dir: Path, tmp_path: Path
+) -> None:
+    with console_app(redis_client, model_dir, tmp_path) as app:
+        app.score("tx-m1", 0, amount=9500.0)
+        app.score("tx-m2", 1, amount=9600.0, merchant_id="m_2", card_id="card_b")
+        app.drain()
+        app.sign_in("shop2")
+        page = app.http.get("/console/queue")
+        assert "tx-m2" in page.text and "tx-m1" not in page.text
+        token = csrf_token(page.text)
+        assert app.http.post("/console/reviews/tx-m1/claim", data={"csrf": token}).status_code == 404
+        assert app.http.post("/console/reviews/tx-m2/claim", data={"csrf": token}).status_code == 200
+        no_note = app.http.post(
+            "/console/reviews/tx-m2/resolve", data={"csrf": token, "outcome": "legitimate", "note": " "}
+        )
+        assert no_note.status_code == 422
+        assert ReviewQueue(redis_client).case("tx-m2").status == "open"  # type: ignore[union-attr]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from antifraud.engine.rules import RuleSet
@@ -90,3 +91,12 @@ def feature_rows(
 ) -> list[tuple[str, str, str]]:
     """Each feature as (human name, its name, its value in words), in the decision's order."""
     return [(labels.get(name, name), name, _number(value)) for name, value in features.items()]
+
+
+def age_words(age: timedelta) -> str:
+    """How long something has waited, to the minute: "2 d 3 h", "3 h 12 min", "5 min"."""
+    minutes = max(0, int(age.total_seconds() // 60))
+    days, hours, minutes = minutes // 1440, minutes // 60 % 24, minutes % 60
+    if days:
+        return f"{days} d {hours} h"
+    return f"{hours} h {minutes} min" if hours else f"{minutes} min"

@@ -39,7 +39,7 @@ OUTCOMES: tuple[Outcome, ...] = ("fraud", "legitimate")
 #: the day counters, in the order pages show them
 DAY_FIELDS = ("queued", "overflow", "claimed", "fraud", "legitimate")
 DAY_KEEP_S = 90 * 86_400
-#: how many of the first open cases `next_case` looks through for a free one
+#: how many of the first open cases `free` looks through for one to claim
 NEXT_AMONG = 50
 _RISK_BASE = 10**13
 
@@ -383,15 +383,13 @@ class ReviewQueue:
         )
         return ClaimResult(cast(str, _text(status)), cast(str, _text(holder)) or "", int(left))
 
-    def next_case(
-        self, who: str, order: Order = "oldest", merchants: Collection[str] | None = None
-    ) -> str | None:
-        """Claim the first free case among the first NEXT_AMONG (the caller's own claim counts as
-        free); returns its transaction id, or None when every one of them is taken."""
-        for case in self.page(order, 0, NEXT_AMONG, merchants).cases:
-            if case.claimed_by in (None, who) and self.claim(case.transaction_id, who).status == "claimed":
-                return case.transaction_id
-        return None
+    def free(self, who: str, order: Order = "oldest", merchants: Collection[str] | None = None) -> list[str]:
+        """The cases among the first NEXT_AMONG that `who` may claim now: nobody's, or `who`'s own."""
+        return [
+            c.transaction_id
+            for c in self.page(order, 0, NEXT_AMONG, merchants).cases
+            if c.claimed_by in (None, who)
+        ]
 
     def release(self, transaction_id: str, who: str) -> bool:
         """Drop the caller's own claim; False when the claim was not the caller's."""
