@@ -120,7 +120,7 @@ def test_the_queue_page_lists_the_open_case_with_its_reasons(app: ConsoleApp) ->
     assert page.status_code == 200
     check_page(page.text)
     assert "tx-2" in page.text and "Amounts over 9,000 need a person" in page.text
-    assert "9500.00 EUR" in page.text and "1 open case" in page.text
+    assert "9500.00 EUR" in page.text and "<strong>1</strong> open case;" in page.text
     app.sign_in("shop2")
     assert "tx-2" not in app.http.get("/console/queue").text
 

@@ -17,13 +17,14 @@ from console_app import console_app
 from console_helpers import csrf_token
 from payloads import log_decision, logged_decision
 
-from antifraud.engine.decision_record import Decision
+from antifraud.engine.decision_record import Decision, FeedbackRecord
 from antifraud.engine.decisions import DecisionLog
 from antifraud.engine.review.feed import ConsoleFeed
 from antifraud.engine.review.queue import ReviewQueue, case_fields
 from antifraud.engine.sink import Sink
 from antifraud.engine.stats import LATENCY_EDGES_MS, Stats
 from antifraud.engine.store import Logged, open_store
+from antifraud.engine.webhooks.outbox import Outbox
 
 
 def review(txid: str, i: int, merchant: str = "m_1", risk: int = 60, **more: Any) -> Decision:
@@ -185,6 +186,33 @@ def test_the_sinks_hook_queues_a_review_once_even_when_its_batch_is_passed_again
     assert queue.days(1)[0][1]["queued"] == 2
 
 
+def test_the_hook_publishes_each_event_once(redis_client: redis.Redis) -> None:
+    outbox = Outbox(redis_client, lambda _type: True)
+    feed = ConsoleFeed(ReviewQueue(redis_client), Stats(redis_client), outbox)
+    block = cast(Decision, {**review("tx-b", 2), "verdict": "block"})
+    label = {
+        "transaction_id": "tx-r",
+        "kind": "label",
+        "label": "fraud",
+        "outcome": None,
+        "decline_code": None,
+        "reported_at": "2026-03-01T12:00:00+00:00",
+        "received_at": "2026-03-01T12:00:01+00:00",
+    }
+    decisions = [Logged("1-0", review("tx-r", 1)), Logged("1-1", block)]
+    feedback = [Logged("2-0", cast(FeedbackRecord, label))]
+    for _ in range(2):  # a batch passed again
+        feed.after_write(decisions, feedback)
+    events = [orjson.loads(f[b"e"]) for _, f in redis_client.xrange("af:hooks:outbox")]  # type: ignore[union-attr]
+    assert [e["id"] for e in events] == ["decision.review:tx-r", "decision.block:tx-b", "label.received:2-0"]
+    assert (
+        events[0]["data"]["reasons"]["rules"][0]["rule"] == "big_amount"
+        and "features" not in events[0]["data"]
+    )
+    assert events[2]["data"]["label"] == "fraud"
+    assert Stats(redis_client).window(datetime.now(UTC) - timedelta(hours=2), datetime.now(UTC)).n == 4
+
+
 def test_a_resolution_becomes_a_label_the_api_and_the_features_see(
     redis_client: redis.Redis, model_dir: Path, tmp_path: Path
 ) -> None:
@@ -206,7 +234,8 @@ def test_a_resolution_becomes_a_label_the_api_and_the_features_see(
             "/console/reviews/tx-big/resolve", data={"csrf": bob_token, "outcome": "legitimate", "note": "x"}
         )
         assert "claimed by alice" in refused.text
-        # alice resolves it as fraud, with a note
+        # alice resolves it as fraud, with a note; a webhook endpoint subscribes to everything
+        app.http.app.state.outbox = Outbox(redis_client, lambda _type: True)  # type: ignore[attr-defined]
         app.sign_in("alice")
         token = csrf_token(app.http.get("/console/decisions/tx-big").text)
         done = app.http.post(
@@ -220,6 +249,9 @@ def test_a_resolution_becomes_a_label_the_api_and_the_features_see(
         # the label reached the feature state: the card's next payment is blocked as a known fraud
         later = datetime.now(UTC).isoformat()  # after the label's time: it counts for this payment
         assert app.score("tx-next", 10, timestamp=later)["verdict"] == "block"
+        (event,) = [orjson.loads(f[b"e"]) for _, f in redis_client.xrange("af:hooks:outbox")]  # type: ignore[union-attr]
+        assert (event["id"], event["type"]) == ("review.resolved:tx-big", "review.resolved")
+        assert event["data"]["outcome"] == "fraud" and event["data"]["resolved_by"] == "alice"
         day = ReviewQueue(redis_client).days(1)[0][1]
         assert (day["queued"], day["claimed"], day["fraud"]) == (1, 1, 1)
         actions = [orjson.loads(f[b"a"])["action"] for _, f in redis_client.xrange("af:audit")]  # type: ignore[union-attr]

@@ -22,7 +22,9 @@ from antifraud.engine.review.queue import ReviewQueue
 from antifraud.engine.settings import Settings
 from antifraud.engine.stats import Stats
 from antifraud.engine.store import Logged
-from antifraud.engine.webhooks.outbox import Outbox
+from antifraud.engine.webhooks.outbox import EventType, Outbox
+
+_DECISION_EVENTS: dict[str, EventType] = {"review": "decision.review", "block": "decision.block"}
 
 
 def decision_event(decision: Decision) -> dict[str, object]:
@@ -92,8 +94,8 @@ class ConsoleFeed:
         if self.outbox is None:
             return
         for decision in written:
-            if decision["verdict"] in ("review", "block"):
-                event = "decision.review" if decision["verdict"] == "review" else "decision.block"
+            event = _DECISION_EVENTS.get(decision["verdict"])
+            if event is not None:
                 tx = decision["transaction_id"]
                 self.outbox.publish(event, f"{event}:{tx}", tx, decision_event(decision))
         for logged in feedback:

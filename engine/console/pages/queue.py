@@ -10,6 +10,7 @@ sees and works only its merchants' cases (another's is a 404, as on the API).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Annotated
 
@@ -182,7 +183,7 @@ def _reviewer(session: Session) -> None:
         )
 
 
-def _publish(request: Request, transaction_id: str, data: dict[str, object]) -> None:
+def _publish(request: Request, transaction_id: str, data: Mapping[str, object]) -> None:
     outbox: Outbox | None = getattr(request.app.state, "outbox", None)
     if outbox is not None:
         outbox.publish("review.resolved", f"review.resolved:{transaction_id}", transaction_id, data)

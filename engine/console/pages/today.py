@@ -19,7 +19,7 @@ from antifraud.engine.console.pages.queue import review_queue
 from antifraud.engine.console.sessions import Session
 from antifraud.engine.stats import LATENCY_EDGES_MS, Stats
 from antifraud.engine.verdicts import VERDICTS
-from antifraud.engine.webhooks.outbox import dead_letters_key
+from antifraud.engine.webhooks.outbox import Outbox
 
 router = APIRouter()
 
@@ -36,7 +36,9 @@ def today_page(request: Request, session: Staff, log: LogDep) -> Response:
     totals = Stats(client, namespace).window(midnight, now)
     queue = review_queue(request)
     pipe = client.pipeline(transaction=False)
-    for stream in (log.decisions_stream, log.feedback_stream, dead_letters_key(namespace)):
+    # the outbox names its dead letters' stream (built only for the name: it publishes nothing here)
+    dead_letters = Outbox(client, lambda _type: False, namespace).dead
+    for stream in (log.decisions_stream, log.feedback_stream, dead_letters):
         pipe.xlen(stream)
     decisions_waiting, feedback_waiting, dead = cast(list[int], pipe.execute())
     return render(
