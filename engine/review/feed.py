@@ -75,14 +75,9 @@ class ConsoleFeed:
         registry: CollectorRegistry | None,
     ) -> ConsoleFeed:
         """The hook of a sink serving `settings`' namespace and review queue bounds."""
-        queue = ReviewQueue(
-            client,
-            settings.namespace,
-            settings.review_queue_max,
-            settings.review_claim_s,
-            settings.review_keep_days,
+        return cls(
+            ReviewQueue.from_settings(client, settings), Stats(client, settings.namespace), outbox, registry
         )
-        return cls(queue, Stats(client, settings.namespace), outbox, registry)
 
     def after_write(self, decisions: Sequence[Logged], feedback: Sequence[Logged]) -> None:
         """Feed one written batch: decisions first, then feedback."""

@@ -31,6 +31,7 @@ import orjson
 import redis
 
 from antifraud.engine.decision_record import Decision
+from antifraud.engine.settings import Settings
 
 Order = Literal["oldest", "riskiest"]
 ORDERS: tuple[Order, ...] = ("oldest", "riskiest")
@@ -268,6 +269,17 @@ class ReviewQueue:
         self._release = client.register_script(_RELEASE)
         self._resolve = client.register_script(_RESOLVE)
         self._reopen = client.register_script(_REOPEN)
+
+    @classmethod
+    def from_settings(cls, client: redis.Redis, settings: Settings) -> ReviewQueue:
+        """The queue of `settings`' namespace, with its bounds (ANTIFRAUD_REVIEW_*)."""
+        return cls(
+            client,
+            settings.namespace,
+            settings.review_queue_max,
+            settings.review_claim_s,
+            settings.review_keep_days,
+        )
 
     def _args(self, tx: str, *more: object) -> list[Any]:
         return [self.prefix, tx, DAY_KEEP_S, _today(), *more]

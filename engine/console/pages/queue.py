@@ -41,14 +41,7 @@ def review_queue(request: Request) -> ReviewQueue:
     """The app's review queue (made on first use, with the console's settings)."""
     queue: ReviewQueue | None = getattr(request.app.state, "review_queue", None)
     if queue is None:
-        settings = request.app.state.settings
-        queue = ReviewQueue(
-            request.app.state.redis,
-            settings.namespace,
-            settings.review_queue_max,
-            settings.review_claim_s,
-            settings.review_keep_days,
-        )
+        queue = ReviewQueue.from_settings(request.app.state.redis, request.app.state.settings)
         request.app.state.review_queue = queue
     return queue
 
