@@ -62,7 +62,7 @@ def test_claim_and_resolve_a_review_then_find_it(console: Console, page: Page) -
     expect(
         page.get_by_text("Payments over 9,000 are looked at by a person (review, BIG_AMOUNT)")
     ).to_be_visible()
-    shot(page, "decision-claimed")
+    shot(page, "decision")
     page.get_by_label("fraud", exact=True).check()
     page.get_by_label("Note").fill("The card holder says it was not them")
     page.get_by_role("button", name="Resolve").click()
