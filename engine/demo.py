@@ -219,7 +219,7 @@ def _console_summary(stack: ServiceStack, console: Console) -> None:
         client.close()
     table = Table(title=f"reviews waiting in the console: {found.open_count}")
     for column in ("transaction", "risk score", "amount", "merchant", "reasons", "waiting"):
-        table.add_column(column)
+        table.add_column(column, no_wrap=column != "reasons")
     for case in found.cases:
         table.add_row(
             case.transaction_id,
