@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import gc
+import inspect
 import pstats
 import statistics
 import sys
@@ -44,6 +45,22 @@ from antifraud.engine.settings import Settings
 from antifraud.engine.sink import Sink
 from antifraud.engine.store.parquet import ParquetStore
 
+# `Scorer._log` is a coroutine since c904b62 (the service awaits the log's call): its blocking form
+# never suspends, so one `send` runs it; earlier commits' `_log` is a plain function
+_ASYNC_LOG = inspect.iscoroutinefunction(pipeline.Scorer._log)
+
+
+def log_one(scorer: pipeline.Scorer, decision: Any) -> Any:
+    """`Scorer._log` of one decision, its Redis call blocking (as `Scorer.score` makes it)."""
+    if not _ASYNC_LOG:
+        return scorer._log(decision)  # type: ignore[call-arg]
+    flow = scorer._log(decision, True)
+    try:
+        flow.send(None)
+    except StopIteration as done:
+        return done.value
+    raise RuntimeError("the blocking log call suspended")
+
 
 def capture(scorer: pipeline.Scorer, bodies: list[bytes]) -> list[Any]:
     """Score the payments with the log set aside; the decisions as `Scorer._log` would get them."""
@@ -54,8 +71,11 @@ def capture(scorer: pipeline.Scorer, bodies: list[bytes]) -> list[Any]:
         kept.append({**decision, "timings": dict(decision["timings"])})
         return "logged"
 
+    async def keep_async(decision: Any, blocking: bool) -> str:
+        return keep(decision)
+
     real = scorer._log
-    scorer._log = keep  # type: ignore[method-assign]
+    scorer._log = keep_async if _ASYNC_LOG else keep  # type: ignore[method-assign,assignment]
     try:
         for body in bodies:
             scorer.score(Transaction.model_validate_json(body))
@@ -95,7 +115,7 @@ def one_round(
     spent = 0.0
     for decision in decisions:
         started = time.process_time()
-        done = scorer._log(decision)
+        done = log_one(scorer, decision)
         spent += time.process_time() - started
         if done != "logged":
             raise RuntimeError(f"a decision was not logged: {done!r}")
