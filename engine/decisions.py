@@ -83,8 +83,8 @@ return 0
 """
 )
 
-# Append one entry to a buffer if it has room. KEYS: stream. ARGV: the bound (max entries, max age ms,
-# age from), field, value. Returns the entry id, or false when full.
+# Append one entry to a bounded stream if it has room. KEYS: stream. ARGV: the bound (max entries, max
+# age ms, age from), field, value. Returns the entry id, or false when full.
 _APPEND = (
     _ROOM
     + """
@@ -158,7 +158,6 @@ class DecisionLog:
         self.feedback_stream = f"{namespace}:feedback"
         self.feature_lists = FeatureLists(client, namespace)
         self._put = client.register_script(_PUT)
-        self._append = client.register_script(_APPEND)
 
     def _key(self, txid: str) -> str:
         return f"{self.ns}:{{tx:{txid}}}:d"
@@ -219,8 +218,19 @@ class DecisionLog:
         return entry
 
     def _append_to(self, stream: str, field: bytes, value: bytes) -> str | None:
-        entry = self._append(keys=[stream], args=[*self.bound.args, field, value])
-        return entry.decode() if isinstance(entry, bytes) else None
+        return append_bounded(self.client, stream, self.bound, field, value)
+
+
+def append_bounded(
+    client: redis.Redis, stream: str, bound: BufferBound, field: bytes, value: bytes
+) -> str | None:
+    """Append one entry (`field` = `value`) to `stream` if it has room under `bound`, in one atomic
+    step; returns its entry id, or None when the stream is full. The feedback buffer, the audit log
+    (engine/audit.py) and the webhook outbox (engine/webhooks/outbox.py) are bounded by it: none of
+    them is ever trimmed below what its reader has not yet taken."""
+    # register_script only hashes the text (EVALSHA, then EVAL once if Redis lacks it): no round trip
+    entry = client.register_script(_APPEND)(keys=[stream], args=[*bound.args, field, value])
+    return entry.decode() if isinstance(entry, bytes) else None
 
 
 def answered(record: IdempotencyRecord) -> list[str]:
