@@ -386,3 +386,11 @@ def test_the_console_can_be_off_in_a_worker(
         create_app(_settings(keys_file, console=False), client=redis_client), client=LOOPBACK
     ) as c:
         assert c.get("/console/signin").status_code == 404
+
+
+def test_pages_escape_what_they_show(client: TestClient, keys_file: Path) -> None:
+    key = new_key(keys_file, "<script>alert(1)</script>", "analyst")
+    client.app.state.keyring.reload()  # type: ignore[attr-defined]
+    sign_in(client, key)
+    page = client.get("/console/").text
+    assert "<script>alert(1)</script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page

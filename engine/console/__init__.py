@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
+import jinja2
 from fastapi import FastAPI, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import Response
@@ -49,7 +50,10 @@ def install(app: FastAPI, settings: Settings, keyring: KeyRing | None) -> None:
     bound = BufferBound(settings.buffer_max_entries, settings.buffer_max_age_s)
     app.state.console = ConsoleState(
         settings=settings,
-        templates=Jinja2Templates(directory=HERE / "templates"),
+        # every value escaped, whatever a template's name (select_autoescape would go by its suffix)
+        templates=Jinja2Templates(
+            env=jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True)
+        ),
         sessions=SessionStore(
             app.state.redis,
             settings.namespace,
