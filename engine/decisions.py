@@ -178,22 +178,34 @@ class DecisionLog:
         record when the transaction already has one (nothing is written), else whether the decision
         entered the buffer ("logged") or found it full ("buffer full"; the record is kept). Its
         feature list must be known to this log (`feature_list`)."""
-        txid, ident = entry["transaction_id"], entry["feature_list"]
-        keys = [self._key(txid), self.decisions_stream, self.feature_lists.key]
+        keys, args = self._put_call(entry, record)
+        done = self._put(keys, args)
+        if done == -1:  # the list's first entry, or a Redis that lost the names (restarted empty)
+            self.feature_lists.save(entry["feature_list"])
+            done = self._put(keys, args)
+        return _put_result(done, entry["transaction_id"])
+
+    async def aput(self, entry: DecisionEntry, record: IdempotencyRecord) -> IdempotencyRecord | PutResult:
+        """`put` without blocking the event loop while Redis runs the script."""
+        keys, args = self._put_call(entry, record)
+        done = await self._put.acall(keys, args)
+        if done == -1:  # as in `put`; saving the names blocks, once per list and Redis
+            self.feature_lists.save(entry["feature_list"])
+            done = await self._put.acall(keys, args)
+        return _put_result(done, entry["transaction_id"])
+
+    def _put_call(
+        self, entry: DecisionEntry, record: IdempotencyRecord
+    ) -> tuple[list[str], list[EncodableT]]:
+        keys = [self._key(entry["transaction_id"]), self.decisions_stream, self.feature_lists.key]
         args: list[EncodableT] = [
             *self.bound.args,
             record_head(record),
             self.record_ttl_ms,
             entry_json(entry),
-            ident,
+            entry["feature_list"],
         ]
-        done = self._put(keys, args)
-        if done == -1:  # the list's first entry, or a Redis that lost the names (restarted empty)
-            self.feature_lists.save(ident)
-            done = self._put(keys, args)
-        if isinstance(done, bytes):
-            return record_of(done, txid)
-        return "logged" if done == 1 else "buffer full"
+        return keys, args
 
     def record(self, txid: str) -> IdempotencyRecord | None:
         """The idempotency record of a transaction decided within the dedupe horizon, or None."""
@@ -240,6 +252,12 @@ def append_bounded(
     except redis.exceptions.NoScriptError:  # a Redis that has not seen the script yet, or restarted
         entry = client.eval(_APPEND, 1, stream, *args)
     return entry.decode() if isinstance(entry, bytes) else None
+
+
+def _put_result(done: object, txid: str) -> IdempotencyRecord | PutResult:
+    if isinstance(done, bytes):
+        return record_of(done, txid)
+    return "logged" if done == 1 else "buffer full"
 
 
 def answered(record: IdempotencyRecord) -> list[str]:

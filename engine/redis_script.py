@@ -15,9 +15,13 @@ Two ways to call, one script:
 - `await script.acall(keys, args)` lets the event loop serve other requests while Redis works: a
   worker then overlaps its payments' Redis waits. It costs the same CPU as the blocking call (an
   asyncio protocol with the hiredis parser, no redis.asyncio machinery, which measured ~150 us more
-  per call). Calls in flight share one connection per process, their replies matched in order. It
-  speaks to a plain TCP or unix-socket Redis with a password and a database number; any other
-  client (TLS, RESP3, a Redis Cluster) is served by the blocking call.
+  per call). Calls in flight share one connection per process, their replies matched in order. At
+  most `in_flight` calls are sent at once: under a burst, more would queue inside Redis, where the
+  socket timeout counts the wait (a call that waited there for 30 ms counted as Redis failing and
+  tripped the worker's circuit breaker, in a first version without the bound); past the bound a
+  call waits in the worker, outside the timeout, as a blocking worker's requests do. It speaks to a
+  plain TCP or unix-socket Redis with a password and a database number; any other client (TLS,
+  RESP3, a Redis Cluster) is served by the blocking call.
 """
 
 from __future__ import annotations
@@ -44,8 +48,9 @@ class DirectScript:
     is what redis-py's `Script` returns (nested lists of integers and bytes: a script's reply has no
     fixed type)."""
 
-    def __init__(self, client: redis.Redis | RedisCluster, source: str) -> None:
+    def __init__(self, client: redis.Redis | RedisCluster, source: str, in_flight: int = 4) -> None:
         self._client = client
+        self._in_flight = in_flight
         self._source = source
         self._fallback = client.register_script(source)  # type: ignore[misc]
         self.sha: str = self._fallback.sha
@@ -57,6 +62,7 @@ class DirectScript:
         # the event loop and process the connection and its lock belong to
         self._owner: tuple[asyncio.AbstractEventLoop, int] | None = None
         self._connecting: asyncio.Lock | None = None
+        self._slots: asyncio.Semaphore | None = None
         self._async_options = _async_options(client) if isinstance(client, redis.Redis) else None
 
     def __call__(self, keys: Sequence[str], args: Sequence[EncodableT]) -> Any:
@@ -80,11 +86,13 @@ class DirectScript:
         options = self._async_options
         if options is None:
             return self(keys, args)
-        conn = await self._loop_connection(options)
-        reply = await conn.send(_pack(keys, args, self.sha), options.timeout)
-        if isinstance(reply, hiredis.ReplyError) and str(reply).startswith(_NOSCRIPT):
-            await conn.send(_command("SCRIPT", "LOAD", self._source), options.timeout)
+        await self._loop_connection(options)  # this loop's connection and slots
+        async with cast(asyncio.Semaphore, self._slots):
+            conn = await self._loop_connection(options)  # a new one if it was lost meanwhile
             reply = await conn.send(_pack(keys, args, self.sha), options.timeout)
+            if isinstance(reply, hiredis.ReplyError) and str(reply).startswith(_NOSCRIPT):
+                await conn.send(_command("SCRIPT", "LOAD", self._source), options.timeout)
+                reply = await conn.send(_pack(keys, args, self.sha), options.timeout)
         if isinstance(reply, hiredis.ReplyError):
             raise redis.ResponseError(str(reply))
         return reply
@@ -127,6 +135,7 @@ class DirectScript:
         if self._connecting is None or self._owner != owner:
             # first call, another loop (a test's) or a forked worker: its own connection and lock
             self._connecting, self._loop_conn, self._owner = asyncio.Lock(), None, owner
+            self._slots = asyncio.Semaphore(self._in_flight)
         async with self._connecting:  # calls arriving while it connects wait for the one connection
             conn = self._loop_conn
             if conn is None or conn.lost:

@@ -22,6 +22,7 @@ from redis.crc import key_slot
 from antifraud.engine.redis_script import DirectScript
 from antifraud.engine.vocabulary import FEATURE_EVENT, FeatureEvent
 from antifraud.features.derive import Deriver
+from antifraud.features.fingerprint import TX_BITS, fingerprint
 from antifraud.features.plan import EntityPlan, Plan, compile_plan, feedback_retention_ms, raw_name
 from antifraud.features.spec import FeatureSpec, load_spec
 
@@ -69,13 +70,13 @@ def _layout(p: EntityPlan, spread: int) -> int:
 class _Block:
     """The static tokens of one entity's block; only distinct-field values vary per payment."""
 
-    def __init__(self, p: EntityPlan, late_ms: int) -> None:
-        """`late_ms`: how far before an entity's latest payment a late one may still move its first
-        payment time earlier (the spec's dedupe horizon)."""
+    def __init__(self, p: EntityPlan, spec: FeatureSpec) -> None:
         self.plan = p
         self.value_slots: list[tuple[int, str]] = []
         feedback = [(event, windows) for event, windows in p.feedback.items() if windows]
-        tokens: list[str | None] = ["S", str(p.event_retention_ms), str(len(p.buckets)), str(len(feedback))]
+        # the dedupe ring: the last `limits.dedupe` transactions within the dedupe horizon
+        tokens: list[str | None] = ["S", str(spec.dedupe_horizon_ms), str(spec.dedupe_limit)]
+        tokens += [str(len(p.buckets)), str(len(feedback))]
         if p.exact:
             # the exact windows: a head of the entity's last `p.head` payments and, once it
             # overflows, each window's tail buckets (score.lua, op E)
@@ -101,7 +102,8 @@ class _Block:
         for event, windows in feedback:
             tokens += ["F", event, str(len(windows))] + [str(w.ms) for w in windows]
         if p.profile_ttl_ms is not None:
-            tokens += ["P", str(p.profile_ttl_ms), str(late_ms)]
+            # a late payment moves the first payment time earlier within the dedupe horizon only
+            tokens += ["P", str(p.profile_ttl_ms), str(spec.dedupe_horizon_ms)]
         self.tokens = tokens
         self.n_values = len(p.raw_names()) - 1  # all but `present`
 
@@ -126,7 +128,7 @@ class OnlineFeatures:
         self.namespace = namespace
         self._script = client.register_script(LUA)  # type: ignore[misc]
         self._direct = DirectScript(client, LUA)  # one payment's call: the thin path
-        self._blocks = [_Block(p, self.spec.dedupe_horizon_ms) for p in self.plan.entities]
+        self._blocks = [_Block(p, self.spec) for p in self.plan.entities]
         self._starts = [self.plan.raw_index[raw_name(p.entity, "present")] for p in self.plan.entities]
         self._cluster = isinstance(client, RedisCluster)
 
@@ -184,7 +186,8 @@ class OnlineFeatures:
             keys.append(entity_prefix(self.namespace, block.plan.entity, key))
             args.append(block.args(payment))
             present.append((block, start))
-        header = ["score", str(payment["transaction_id"]), str(t_ms), str(to_milli(float(payment["amount"])))]
+        tx = fingerprint(str(payment["transaction_id"]), TX_BITS)
+        header = ["score", str(tx), str(t_ms), str(to_milli(float(payment["amount"])))]
         return header, keys, args, present
 
     def _feedback_blocks(
@@ -205,11 +208,12 @@ class OnlineFeatures:
             lists = [event for event, windows in p.feedback.items() if windows]
             position = lists.index(kind) + 1 if kind in lists else 0
             keys.append(entity_prefix(self.namespace, p.entity, key))
-            tokens = [str(feedback_retention_ms(p, kind)), str(g), str(keep), str(group), str(position)]
+            tokens = [str(feedback_retention_ms(p, kind)), str(self.spec.dedupe_limit)]
+            tokens += [str(g), str(keep), str(group), str(position)]
             # a fraud is counted in the bucket of the payment it is about (known-fraud share)
             tokens += [str(len(p.buckets)), str(len(lists)), str(paid_ms // g if g else 0)]
             args.append([str(len(tokens)), *tokens])
-        return ["feedback", txid, str(t_ms), kind], keys, args
+        return ["feedback", str(fingerprint(txid, TX_BITS)), str(t_ms), kind], keys, args
 
     def _call_cluster(
         self, keys: list[str], header: list[str], blocks: Sequence[list[str]]
@@ -288,7 +292,9 @@ class OnlineFeatures:
     ) -> bool:
         """Record a feedback event (decline, refund, cancel, fraud) about an earlier payment.
 
-        Returns False when every entity had already recorded this event for this transaction.
+        Returns False when an entity had already recorded this event for this transaction: all or
+        nothing, as for payments, none records it again (on a Redis Cluster: none of the same slot
+        group).
         """
         header, keys, args = self._feedback_blocks(event, txid, to_ms(reported_at), payment)
         if not keys:

@@ -82,7 +82,6 @@ class EntityPlan:
     # the exact windows keep the entity's last `head` payments one by one, older ones in the tail
     # buckets of each window (granularity `Window.tail_ms`): see `exact_start` in features/offline.py
     head: int = 0
-    event_retention_ms: int = 0
     buckets: dict[int, BucketGroup] = dataclasses.field(default_factory=dict)
     distinct: dict[str, DistinctField] = dataclasses.field(default_factory=dict)
     feedback: dict[FeatureEvent, list[Window]] = dataclasses.field(default_factory=dict)
@@ -164,7 +163,6 @@ def compile_plan(spec: FeatureSpec) -> Plan:
             untiled = [w.label for w in p.exact if w.tail_ms is None]
             if untiled:
                 raise ValueError(f"{p.entity}: exact windows {untiled} have no tail granularity")
-        p.event_retention_ms = max([spec.dedupe_horizon_ms, *(w.ms for w in p.exact)])
     ordered = list(plans.values())
     raw_names = [name for p in ordered for name in p.raw_names()]
     return Plan(spec, ordered, raw_names, {n: i for i, n in enumerate(raw_names)})

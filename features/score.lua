@@ -3,13 +3,14 @@
 --
 -- KEYS[i]  the key prefix of entity block i, hash-tagged ("af:{card:..}") so that all the keys a
 --          block derives from it live in one Redis Cluster slot.
--- ARGV     "score", txid, t_ms, amount_milli, then per block: ntokens, tokens...
+-- ARGV     "score", tx, t_ms, amount_milli, then per block: ntokens, tokens...
 --          "peek" (the same arguments): read exactly as "score" does, write nothing at all
---          "feedback", txid, event_ms, event, then per block: ntokens, tokens...
+--          "feedback", tx, event_ms, event, then per block: ntokens, tokens...
+--          tx is the transaction id's 53-bit fingerprint (features/fingerprint.py), never the id.
 -- Scores are event times in ms; amounts are integers in thousandths of the currency unit, so sums
 -- are exact. Every read happens before the block records anything: the aggregates describe the
--- state before this payment. Dedupe is all or nothing within a call: when any block has already
--- recorded the transaction id, no block records anything and every block answers "duplicate".
+-- state before this payment. Dedupe is all or nothing within a call: when any block holds the
+-- transaction's fingerprint already, no block records anything and every block answers "duplicate".
 --
 -- Time never runs backwards for an entity. Each block reads at its *effective time*
 -- te = max(t, the latest payment time the block has recorded): a payment older than that (late,
@@ -23,22 +24,22 @@
 -- is within the dedupe horizon of the card's latest one (no stale stamp can age a card).
 --
 -- Keys of a block (prefix ":" part):
---   ev   ZSET txid -> time: the idempotency record, kept for the dedupe horizon (see S below).
---   s    STRING, a MessagePack array: the block's state, read with one GET and written with one
---        SET (which refreshes its TTL, the longest any part needs):
---          [1] the server time (ms) "ev" was last given its TTL,
---          [2] the payment time "ev" was last trimmed at,
+--   s    STRING, a MessagePack array of numbers: the block's state, read with one GET and written
+--        with one SET (which refreshes its TTL, the longest any part needs):
+--          [1] the dedupe ring: fingerprint, effective time of each of the last `ring` transactions
+--              the block recorded within the dedupe horizon, in arrival order (see S below),
+--          [2] the feedback rings: event name -> fingerprint, effective time of the last `ring`
+--              feedback transactions of that kind within its retention (written by feedback mode),
 --          [3] the head and tails of the exact windows (E), or an empty array,
 --          [3 + k] the buckets of the k-th bucketed granularity (B), in token order,
 --          [3 + ngroups + k] the times of the feedback events of the k-th kind with windows (F),
 --          [4 + ngroups + nfeedback] the latest payment time the block recorded (absent in a
---          state only feedback has written so far, or written by an earlier version of this script).
---   f:<event>  ZSET txid -> time reported: the feedback events' idempotency record;
+--          state only feedback has written so far).
 --   p    HASH first/last payment time (it lives longer than the rest: its own key);
 --   d:<field>  ZSET value -> last time seen, per distinct or novelty field of an entity without
 --              exact windows, or of one that has held more than its head of values (see D).
--- Each part trims what fell out of its windows whenever it is written.
-
+-- Each part trims what fell out of its windows whenever it is written. A state of the layout before
+-- the rings (its [1] a number) is taken over on its next call: see `load_state`.
 local mode = ARGV[1]
 local txid = ARGV[2]
 local t = tonumber(ARGV[3])
@@ -485,147 +486,186 @@ end
 
 local ops = { E = op_events, B = op_buckets, D = op_distinct, F = op_feedback, P = op_profile }
 
--- The block's state string, or a new one with `nslots` bucket and feedback lists; and the latest
--- payment time it recorded (nil: none yet).
-local function load_state(key, nslots)
-  local blob = redis.call('GET', key)
+-- The fingerprint of a text: the first `bits` bits (28 < bits <= 53) of its SHA-1, as
+-- features/fingerprint.py computes it. Used only to take over the ZSETs of the layout before the
+-- rings, once per entity: every other fingerprint comes from the client.
+local function fingerprint(text, bits)
+  local h = redis.sha1hex(text)
+  return tonumber(string.sub(h, 1, 7), 16) * 2 ^ (bits - 28)
+    + math.floor(tonumber(string.sub(h, 8, 14), 16) / 2 ^ (56 - bits))
+end
+
+-- An idempotency ZSET of the layout before the rings (txid -> time) as a ring: its last `cap` ids
+-- by time, oldest first.
+local function ring_of_zset(key, cap)
+  local got = redis.call('ZREVRANGE', key, 0, cap - 1, 'WITHSCORES')
+  local ring = {}
+  for j = #got - 1, 1, -2 do
+    ring[#ring + 1] = fingerprint(got[j], 53)
+    ring[#ring + 1] = tonumber(got[j + 1])
+  end
+  return ring
+end
+
+local function ring_has(ring, fp)
+  for j = 1, #ring, 2 do
+    if ring[j] == fp then return true end
+  end
+  return false
+end
+
+-- A ring (fingerprint, time, ... in arrival order) with one more entry: when it is full or its
+-- first entry is older than `oldest` (nil: no bound), it keeps only the entries from `oldest` on,
+-- and of those the last cap - 1.
+local function ring_add(ring, fp, at, oldest, cap)
+  local n = #ring
+  if n >= 2 * cap or (n > 0 and oldest and ring[2] < oldest) then
+    local kept = {}
+    for j = 1, n, 2 do
+      if not oldest or ring[j + 1] >= oldest then kept[#kept + 1] = ring[j]; kept[#kept + 1] = ring[j + 1] end
+    end
+    local over = #kept - 2 * (cap - 1)
+    if over > 0 then
+      local last = {}
+      for j = over + 1, #kept do last[j - over] = kept[j] end
+      kept = last
+    end
+    ring, n = kept, #kept
+  end
+  ring[n + 1], ring[n + 2] = fp, at
+  return ring
+end
+
+-- The block's state, or a new one with `nslots` bucket and feedback lists; the latest payment time
+-- it recorded (nil: none yet); and whether it was written by the layout before the rings (its
+-- dedupe record then was the ZSET `ev`: read into the ring here, deleted when the state is written).
+local function load_state(prefix, nslots, cap)
+  local blob = redis.call('GET', prefix .. ':s')
   local s = blob and cmsgpack.unpack(blob)
   -- written for this spec: nslots lists after the events, then the latest time (or not yet)
   local n = type(s) == 'table' and #s or 0
   if not ((n == 3 + nslots and type(s[n]) == 'table') or (n == 4 + nslots and type(s[n]) == 'number')) then
-    s = { 0, 0, {} }
+    s = { {}, {}, {} }
     for k = 1, nslots do s[3 + k] = {} end
+    return s, nil, false
   end
-  return s, s[4 + nslots]
+  local legacy = type(s[1]) == 'number'
+  if legacy then s[1], s[2] = ring_of_zset(prefix .. ':ev', cap), {} end
+  return s, s[4 + nslots], legacy
 end
 
 if mode == 'score' or mode == 'peek' then
   local record = mode == 'score'
-  local amount = ARGV[4]
-  -- First every block's state and idempotency record, then the reads and writes: whether the
-  -- payment is a duplicate is known for all blocks before any of them records anything.
-  -- S tokens: dedupe_retention, ngroups, nfeedback. The record holds the ids of the last
-  -- dedupe_retention (+ slack) of effective time.
+  local tx, amount = tonumber(ARGV[2]), ARGV[4]
+  -- First every block's state, then the reads and writes: whether the payment is a duplicate is
+  -- known for all blocks before any of them records anything.
+  -- S tokens: horizon, ring, ngroups, nfeedback: the ring keeps the fingerprints of the last `ring`
+  -- payments the block recorded within `horizon` (the dedupe horizon) of effective time.
   -- per block (plain arrays: no table per block): ARGV position, state, effective time, whether
-  -- this call added the id, number of lists in the state
-  local bpos, bstate, bte, badded, bslots = {}, {}, {}, {}, {}
+  -- the state is of the layout before the rings, number of lists in the state
+  local bpos, bstate, bte, blegacy, bslots = {}, {}, {}, {}, {}
   local dup = false
   local pos = 5
   for b = 1, #KEYS do
-    local prefix = KEYS[b]
-    local nslots = tonumber(ARGV[pos + 3]) + tonumber(ARGV[pos + 4])
-    local s, latest = load_state(prefix .. ':s', nslots)
-    local e = (latest and latest > t) and latest or t
-    local added
-    if record then
-      added = redis.call('ZADD', prefix .. ':ev', 'NX', int(e), txid) == 1
-    else
-      added = not redis.call('ZSCORE', prefix .. ':ev', txid)
-    end
-    if not added then dup = true end
-    bpos[b], bstate[b], bte[b], badded[b], bslots[b] = pos, s, e, added, nslots
+    local nslots = tonumber(ARGV[pos + 4]) + tonumber(ARGV[pos + 5])
+    local s, latest, legacy = load_state(KEYS[b], nslots, tonumber(ARGV[pos + 3]))
+    if not dup and ring_has(s[1], tx) then dup = true end
+    bpos[b], bstate[b], blegacy[b], bslots[b] = pos, s, legacy, nslots
+    bte[b] = (latest and latest > t) and latest or t
     pos = pos + 1 + tonumber(ARGV[pos])
-  end
-  if dup and record then
-    -- all or nothing: take back the ids this call added (a key they created goes with them)
-    for b = 1, #KEYS do
-      if badded[b] then redis.call('ZREM', KEYS[b] .. ':ev', txid) end
-    end
   end
   local rec = record and not dup
   for b = 1, #KEYS do
     local prefix, p = KEYS[b], bpos[b]
     local stop = p + tonumber(ARGV[p])
-    local dedupe, ngroups = tonumber(ARGV[p + 2]), tonumber(ARGV[p + 3])
+    local horizon, cap, ngroups = tonumber(ARGV[p + 2]), tonumber(ARGV[p + 3]), tonumber(ARGV[p + 4])
     te = bte[b]
     push(dup and 1 or 0)
-    local st = { prefix = prefix, ttl = 0, group = 0, feed = 0, ngroups = ngroups, s = bstate[b] }
-    local i = p + 5
+    -- the state lives at least the horizon after its last write (its ring must)
+    local st = { prefix = prefix, ttl = horizon, group = 0, feed = 0, ngroups = ngroups, s = bstate[b] }
+    local i = p + 6
     while i <= stop do
       i = ops[ARGV[i]](st, ARGV, i + 1, rec, amount)
     end
     if rec then
-      local ev = prefix .. ':ev'
-      -- trimmed every slack of effective time, its TTL set again every slack of server time: it
-      -- holds at most dedupe + slack of ids, and lives at least dedupe after its last write
-      local slack = slack_of(dedupe)
-      if te - st.s[2] >= slack or te < st.s[2] then
-        redis.call('ZREMRANGEBYSCORE', ev, '-inf', '(' .. int(te - dedupe))
-        st.s[2] = te
-      end
-      if now() - st.s[1] >= slack then
-        redis.call('PEXPIRE', ev, int(dedupe + slack))
-        st.s[1] = now()
-      end
+      st.s[1] = ring_add(st.s[1], tx, te, te - horizon, cap)
       st.s[4 + bslots[b]] = te
-      -- the state outlives the record's TTL, so that a lapsed record is always given one again
-      local ttl = math.max(st.ttl, dedupe + slack)
-      redis.call('SET', prefix .. ':s', cmsgpack.pack(st.s), 'PX', int(ttl))
+      redis.call('SET', prefix .. ':s', cmsgpack.pack(st.s), 'PX', int(st.ttl))
+      if blegacy[b] then redis.call('DEL', prefix .. ':ev') end
     end
   end
   return out
 end
 
 if mode == 'feedback' then
-  -- tokens per block: retention, fraud_g (0: none), fraud_keep, the fraud granularity's position
-  -- among the block's bucketed ones (0: none), the position of this event's list among the
-  -- block's feedback lists (0: none), the numbers of bucketed granularities and feedback lists,
-  -- the bucket of the payment this event is about (fraud_g's; 0: none)
-  local event = ARGV[4]
+  -- tokens per block: retention, ring, fraud_g (0: none), fraud_keep, the fraud granularity's
+  -- position among the block's bucketed ones (0: none), the position of this event's list among
+  -- the block's feedback lists (0: none), the numbers of bucketed granularities and feedback lists,
+  -- the bucket of the payment this event is about (fraud_g's; 0: none).
+  -- All or nothing like payments: when any block's ring of this event holds the transaction, no
+  -- block records anything and every block answers 0.
+  local tx, event = tonumber(ARGV[2]), ARGV[4]
+  local bpos, bstate, blatest, blegacy, bzset = {}, {}, {}, {}, {}
+  local dup = false
   local pos = 5
   for b = 1, #KEYS do
-    local prefix = KEYS[b]
-    local retention, g, keep = tonumber(ARGV[pos + 1]), tonumber(ARGV[pos + 2]), tonumber(ARGV[pos + 3])
-    local gidx, fidx = tonumber(ARGV[pos + 4]), tonumber(ARGV[pos + 5])
-    local ngroups, nfeed = tonumber(ARGV[pos + 6]), tonumber(ARGV[pos + 7])
-    local paid = tonumber(ARGV[pos + 8])
-    local key = prefix .. ':f:' .. event
-    local skey = prefix .. ':s'
-    local s, latest = load_state(skey, ngroups + nfeed)
-    -- The event's effective time is never before the entity's latest payment (a late report, or
-    -- one stamped by a bad clock, is kept in the idempotency record as long as a timely one), and
-    -- nothing is trimmed relative to a time after that latest payment: an event stamped in the
-    -- future drops no other. Without a payment recorded yet, nothing is trimmed (TTLs bound it).
-    local fte = (latest and latest > t) and latest or t
-    local oldest = latest and latest - retention
-    local added = redis.call('ZADD', key, 'NX', int(fte), txid)
-    if added == 1 then
-      if oldest then redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. int(oldest)) end
-      redis.call('PEXPIRE', key, int(retention))
-      -- a known fraud counts only while its payment's bucket is still in some window
-      local counted = gidx > 0 and math.floor(fte / g) - paid < keep
-      if counted or fidx > 0 then
-        local ttl = 0
-        if fidx > 0 then
-          -- this event's time, in the list the F op counts (old ones dropped)
-          local v, kept = s[3 + ngroups + fidx], {}
-          for j = 1, #v do if not oldest or v[j] >= oldest then kept[#kept + 1] = v[j] end end
-          if not oldest or t >= oldest then kept[#kept + 1] = t end
-          s[3 + ngroups + fidx] = kept
-          ttl = retention
-        end
-        if counted then
-          -- one more known fraud among the payments of the paid bucket (see op_buckets for the
-          -- layout)
-          local v = s[3 + gidx]
-          local n, here = #v, nil
-          for j = 1, n, 5 do if v[j] == paid then here = j end end
-          if here then
-            v[here + 4] = v[here + 4] + 1
-          else
-            v[n + 1], v[n + 2], v[n + 3], v[n + 4], v[n + 5] = paid, 0, 0, -1, 1
-          end
-          ttl = math.max(ttl, (keep + 1) * g)
-        end
-        if redis.call('PTTL', skey) >= ttl then
-          redis.call('SET', skey, cmsgpack.pack(s), 'KEEPTTL')
-        else
-          redis.call('SET', skey, cmsgpack.pack(s), 'PX', int(ttl))
-        end
-      end
+    local prefix, cap = KEYS[b], tonumber(ARGV[pos + 2])
+    local s, latest, legacy = load_state(prefix, tonumber(ARGV[pos + 7]) + tonumber(ARGV[pos + 8]), cap)
+    if not s[2][event] then
+      -- the first event of this kind in this state: the layout before the rings kept its ids in
+      -- the ZSET `f:<event>` (taken over, deleted when the state is written)
+      s[2][event] = ring_of_zset(prefix .. ':f:' .. event, cap)
+      bzset[b] = #s[2][event] > 0
     end
-    push(added)
+    if not dup and ring_has(s[2][event], tx) then dup = true end
+    bpos[b], bstate[b], blatest[b], blegacy[b] = pos, s, latest, legacy
     pos = pos + 1 + tonumber(ARGV[pos])
+  end
+  for b = 1, #KEYS do
+    local prefix, p, s, latest = KEYS[b], bpos[b], bstate[b], blatest[b]
+    if not dup then
+      local retention, cap = tonumber(ARGV[p + 1]), tonumber(ARGV[p + 2])
+      local g, keep = tonumber(ARGV[p + 3]), tonumber(ARGV[p + 4])
+      local gidx, fidx = tonumber(ARGV[p + 5]), tonumber(ARGV[p + 6])
+      local ngroups, paid = tonumber(ARGV[p + 7]), tonumber(ARGV[p + 9])
+      -- The event's effective time is never before the entity's latest payment (a late report, or
+      -- one stamped by a bad clock, is kept in the ring as long as a timely one), and nothing is
+      -- trimmed relative to a time after that latest payment: an event stamped in the future drops
+      -- no other. Without a payment recorded yet, nothing is trimmed (TTLs bound it).
+      local fte = (latest and latest > t) and latest or t
+      local oldest = latest and latest - retention
+      s[2][event] = ring_add(s[2][event], tx, fte, oldest, cap)
+      local ttl = retention
+      if fidx > 0 then
+        -- this event's time, in the list the F op counts (old ones dropped)
+        local v, kept = s[3 + ngroups + fidx], {}
+        for j = 1, #v do if not oldest or v[j] >= oldest then kept[#kept + 1] = v[j] end end
+        if not oldest or t >= oldest then kept[#kept + 1] = t end
+        s[3 + ngroups + fidx] = kept
+      end
+      -- a known fraud counts only while its payment's bucket is still in some window: one more
+      -- known fraud among the payments of the paid bucket (see op_buckets for the layout)
+      if gidx > 0 and math.floor(fte / g) - paid < keep then
+        local v = s[3 + gidx]
+        local n, here = #v, nil
+        for j = 1, n, 5 do if v[j] == paid then here = j end end
+        if here then
+          v[here + 4] = v[here + 4] + 1
+        else
+          v[n + 1], v[n + 2], v[n + 3], v[n + 4], v[n + 5] = paid, 0, 0, -1, 1
+        end
+        ttl = math.max(ttl, (keep + 1) * g)
+      end
+      local skey = prefix .. ':s'
+      if redis.call('PTTL', skey) >= ttl then
+        redis.call('SET', skey, cmsgpack.pack(s), 'KEEPTTL')
+      else
+        redis.call('SET', skey, cmsgpack.pack(s), 'PX', int(ttl))
+      end
+      if blegacy[b] then redis.call('DEL', prefix .. ':ev') end
+      if bzset[b] then redis.call('DEL', prefix .. ':f:' .. event) end
+    end
+    push(dup and 0 or 1)
   end
   return out
 end

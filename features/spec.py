@@ -55,6 +55,7 @@ def parse_duration(text: str) -> int:
 
 SPEC_VERSION = 1
 DEFAULT_HEAD = 64  # limits.head when the spec leaves it out (docs/feature-state.md, section 2.1)
+DEFAULT_DEDUPE = 64  # limits.dedupe when the spec leaves it out (docs/feature-state.md, section 2.4)
 _TEXT, _NUMBER = Scalar("str"), Scalar("number")
 _DURATION_TEXT = Scalar("str", parse_duration)
 _NAMES, _WINDOWS = ListOf(_TEXT), ListOf(_DURATION_TEXT)
@@ -73,7 +74,7 @@ SPEC_SHAPE = Record(
     required={"version": Scalar("int"), "entities": MapOf(_NAMES)},
     optional={
         "dedupe_horizon": _DURATION_TEXT,
-        "limits": Record({}, {"head": _CAP, "tail": MapOf(_DURATION_TEXT)}),
+        "limits": Record({}, {"head": _CAP, "tail": MapOf(_DURATION_TEXT), "dedupe": _CAP}),
         "velocity": ListOf(
             Record(
                 {**_ENTRY, "windows": _WINDOWS, "stats": _NAMES},
@@ -181,6 +182,8 @@ class FeatureSpec:
     # the exact head: an entity's last `head` payments are kept one by one (`limits.head`, or its
     # velocity entry's `head`); older ones only in the windows' tail buckets
     head_limit: int = DEFAULT_HEAD
+    # how many transaction ids an entity keeps within the dedupe horizon, per feedback kind too
+    dedupe_limit: int = DEFAULT_DEDUPE
     digest: str = dataclasses.field(default="")
 
     def head(self, entity: str) -> int:
@@ -436,4 +439,5 @@ def _build(raw: dict[str, Any]) -> FeatureSpec:
         card_behaviour=behaviour,
         payment=payment,
         head_limit=int(limits.get("head", DEFAULT_HEAD)),
+        dedupe_limit=int(limits.get("dedupe", DEFAULT_DEDUPE)),
     )

@@ -33,3 +33,10 @@ def replay_online(
         else:
             online.feedback(event, record["transaction_id"], t_ms, record)
     return online.feature_names, values
+
+
+def dedupe_ring(client: redis.Redis, key: bytes | str) -> list[int]:
+    """The transaction fingerprints an entity's state `key` (`<prefix>:s`) holds in its dedupe ring,
+    oldest first (docs/feature-state.md, section 2.4)."""
+    ring = client.eval("return cmsgpack.unpack(redis.call('GET', KEYS[1]))[1]", 1, key)
+    return [int(x) for x in ring[::2]]

@@ -12,8 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import redis
-from feature_replay import parity_history, replay_online
+from feature_replay import dedupe_ring, parity_history, replay_online
 
+from antifraud.features.fingerprint import TX_BITS, fingerprint
 from antifraud.features.offline import OfflineFeatures
 from antifraud.features.online import OnlineFeatures
 from antifraud.features.spec import Distinct, Novelty, _windows, load_spec
@@ -76,9 +77,10 @@ def test_test_payments_change_nothing(history: pd.DataFrame, redis_client: redis
         values[row] = online.score(record).values
     offline = OfflineFeatures().transform(sample)[online.feature_names].to_numpy()
     assert np.allclose(values, offline, rtol=1e-9, atol=1e-9, equal_nan=True)
-    # and no idempotency record holds a test payment's id
-    records = [redis_client.zrange(key, 0, -1) for key in redis_client.scan_iter(match="*:ev", count=5000)]
-    assert records and not any(member.startswith(b"probe") for ids in records for member in ids)
+    # and no dedupe ring holds a test payment's id
+    rings = [dedupe_ring(redis_client, key) for key in redis_client.scan_iter(match="*:s", count=5000)]
+    probes = {fingerprint(f"probe{row}", TX_BITS) for row in range(len(sample))}
+    assert any(rings) and not probes & set().union(*rings)
 
 
 def test_retry_is_not_counted_twice(history: pd.DataFrame, redis_client: redis.Redis) -> None:
@@ -103,7 +105,7 @@ def test_every_key_has_a_ttl(history: pd.DataFrame, redis_client: redis.Redis) -
     forever = [k for k, ttl in zip(keys, pipe.execute(), strict=True) if ttl < 0]
     assert not forever, forever[:5]
     parts = {k.decode().split("}:", 1)[1] for k in keys}
-    assert {"ev", "s", "p"} <= parts and not any(p.startswith(("amt", "b:", "d:")) for p in parts)
+    assert parts == {"s", "p"}, parts
 
 
 def test_distinct_key_of_an_entity_without_exact_windows(

@@ -20,6 +20,10 @@ local n = redis.call('INCR', KEYS[1])
 if ARGV[1] == 'fail' then return redis.error_reply('asked to fail') end
 return {n, KEYS, ARGV, {tonumber(ARGV[2]) or 0, 'x'}}
 """
+# Busy for ARGV[1] microseconds of Redis's own clock, then returns 1.
+SLOW = "local t = redis.call('TIME'); local stop = t[1] * 1e6 + t[2] + ARGV[1]; " + (
+    "repeat t = redis.call('TIME') until t[1] * 1e6 + t[2] >= stop; return 1"
+)
 
 
 def test_replies_equal_redis_py_script(redis_client: redis.Redis) -> None:
@@ -138,10 +142,7 @@ def test_acall_reloads_a_flushed_script_and_raises_lua_errors(redis_client: redi
 
 
 def test_acall_times_out_then_recovers(redis_server: EmbeddedRedis) -> None:
-    slow = "local t = redis.call('TIME'); local stop = t[1] * 1e6 + t[2] + ARGV[1]; " + (
-        "repeat t = redis.call('TIME') until t[1] * 1e6 + t[2] >= stop; return 1"
-    )
-    direct = DirectScript(redis.Redis.from_url(redis_server.url, socket_timeout=0.05), slow)
+    direct = DirectScript(redis.Redis.from_url(redis_server.url, socket_timeout=0.05), SLOW)
 
     async def run() -> None:
         with pytest.raises(redis.TimeoutError):
@@ -150,6 +151,19 @@ def test_acall_times_out_then_recovers(redis_server: EmbeddedRedis) -> None:
         assert await direct.acall([], [0]) == 1  # a new connection
 
     asyncio.run(run())
+    direct.close()
+
+
+def test_acall_bounds_the_calls_in_flight_so_a_burst_does_not_time_out(redis_server: EmbeddedRedis) -> None:
+    # 15 calls of 10 ms of script each, against a 100 ms timeout: sent all at once, the last ones
+    # would wait ~150 ms inside Redis and time out; two at a time, each waits at most ~20 ms there.
+    client = redis.Redis.from_url(redis_server.url, socket_timeout=0.1)
+    direct = DirectScript(client, SLOW, in_flight=2)
+
+    async def burst() -> list[object]:
+        return await asyncio.gather(*[direct.acall([], [10_000]) for _ in range(15)])
+
+    assert asyncio.run(burst()) == [1] * 15
     direct.close()
 
 

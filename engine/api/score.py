@@ -54,7 +54,7 @@ async def score(request: Request) -> Response:
     # it), so reading it here is as safe as a dependency, and cheaper (see the module docstring).
     scorer: Scorer = request.app.state.scorer
     try:
-        scored = scorer.score(txn)
+        scored = await scorer.ascore(txn)
         answered = scored if not isinstance(scored, PendingRetry) else await _after_wait(scorer, scored)
     except IdempotencyConflict as exc:
         # rare: the whole decided payment is read (the buffer, else the store: off the event loop)

@@ -138,8 +138,14 @@ class DecisionColumns:
         """`extra` columns follow `DECISION_COLUMNS`; a feature named like any column or like one of
         `reserved` (columns the caller adds itself) is written as `feature_<name>`."""
         names: dict[str, None] = {}
+        # the decisions of a batch nearly all have the same feature names (one feature list): each
+        # distinct sequence of names is merged once, not every decision's
+        self._shapes: set[tuple[str, ...]] = set()
         for decision in first:
-            names.update(dict.fromkeys(decision.get("features") or {}))
+            shape = tuple(decision.get("features") or ())
+            if shape not in self._shapes:
+                self._shapes.add(shape)
+                names.update(dict.fromkeys(shape))
         taken = {f.name for f, _ in (*DECISION_COLUMNS, *extra)} | {"other_features", *reserved}
         self._fields: list[tuple[pa.Field, Source[Decision]]] = [
             *DECISION_COLUMNS,
@@ -156,7 +162,7 @@ class DecisionColumns:
 
     def _other(self, decision: Decision) -> str | None:
         features = decision.get("features") or {}
-        if features.keys() <= self._known:
+        if tuple(features) in self._shapes or features.keys() <= self._known:
             return None
         return json.dumps({k: v for k, v in features.items() if k not in self._known}, sort_keys=True)
 

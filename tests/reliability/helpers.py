@@ -24,7 +24,7 @@ import signal
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,7 +35,7 @@ import httpx
 import numpy as np
 import redis
 
-from antifraud.engine.decision_entry import FeatureLists, decision_of
+from antifraud.engine.decision_entry import FeatureLists, decision_of, record_of
 from antifraud.engine.loadgen.client import run_async, run_cell
 from antifraud.engine.loadgen.cpu import cpu_seconds, machine_busy_seconds, wait_quiet
 from antifraud.engine.loadgen.replay import load_replay
@@ -499,7 +499,7 @@ def idempotency_records(client: redis.Redis, txids: Sequence[str], namespace: st
         for txid in chunk:
             pipe.get(f"{namespace}:{{tx:{txid}}}:d")
         for txid, raw in zip(chunk, pipe.execute(), strict=True):
-            out[txid] = json.loads(raw) if raw else None
+            out[txid] = record_of(raw, txid) if raw else None
     return out
 
 
@@ -540,18 +540,36 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def entity_members(client: redis.Redis, entity: str, keys: Sequence[str]) -> dict[str, set[str]]:
-    """entity key -> the transaction ids its event log holds (the ZSET that also dedupes retries)."""
+_RING = "local s = redis.call('GET', KEYS[1]); if not s then return {} end; return cmsgpack.unpack(s)[1]"
+
+
+def entity_members(
+    client: redis.Redis, entity: str, keys: Sequence[str], txids: Iterable[str]
+) -> dict[str, set[str]]:
+    """entity key -> which of `txids` its dedupe ring holds (the fingerprints of its last 64
+    payments within the dedupe horizon: docs/feature-state.md, section 2.4). Raises when a ring
+    holds a transaction twice (a retry recorded again)."""
+    from antifraud.features.fingerprint import TX_BITS, fingerprint
     from antifraud.features.online import entity_prefix
 
+    by_fp = {fingerprint(t, TX_BITS): t for t in txids}
     out: dict[str, set[str]] = {}
     for chunk in _chunks(list(keys), 1000):
         pipe = client.pipeline(transaction=False)
         for key in chunk:
-            pipe.zrange(f"{entity_prefix('af', entity, key)}:ev", 0, -1)
-        for key, members in zip(chunk, pipe.execute(), strict=True):
-            out[key] = {m.decode() for m in members}
+            pipe.eval(_RING, 1, f"{entity_prefix('af', entity, key)}:s")
+        for key, ring in zip(chunk, pipe.execute(), strict=True):
+            fps = [int(x) for x in ring[::2]]
+            assert len(fps) == len(set(fps)), f"{entity} {key}: a transaction recorded twice"
+            out[key] = {by_fp[fp] for fp in fps if fp in by_fp}
     return out
+
+
+def ring_agrees(held: set[str], sent: Sequence[str], cap: int = 64) -> bool:
+    """Whether a dedupe ring holding `held` (`entity_members`) agrees with the entity's payments sent
+    once, `sent` in time order: it holds them all, or, past its cap, `cap` of them (the last ones
+    but for the order in which concurrent ones were recorded)."""
+    return held == set(sent) if len(sent) <= cap else held <= set(sent) and len(held) == cap
 
 
 def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:

@@ -367,7 +367,7 @@ def fault_run(swap_model: Path) -> FaultRun:
             by_card: dict[str, list[int]] = defaultdict(list)
             for i, p in enumerate(payments):
                 by_card[p["card_id"]].append(i)
-            members = entity_members(client, "card", list(by_card))
+            members = entity_members(client, "card", list(by_card), txids)
             # one probe per card, after recovery, timed an hour after the run: it reads the counters
             probe_ids, probe_requests = [], []
             for j, card in enumerate(by_card):
@@ -645,8 +645,8 @@ def test_every_full_answer_outside_fault_windows_is_in_the_decision_log(fault_ru
 
 
 def test_counters_are_consistent_after_recovery(fault_run: FaultRun) -> None:
-    """Per card: S = the payments Redis recorded (the card's event log, a ZSET of transaction ids,
-    which is also what dedupes retries); A = those answered non-degraded; U = those answered
+    """Per card: S = the payments Redis recorded (the card's dedupe ring: the fingerprints of its
+    last 64 transactions, fewer here); A = those answered non-degraded; U = those answered
     degraded because a Redis call failed or timed out (a timed-out script may still have run when
     Redis resumed; a 'circuit open' answer never reached Redis). Then A <= S <= A + U: nothing
     answered as fully scored is missing from the counters and nothing is counted that never
