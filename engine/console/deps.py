@@ -34,7 +34,7 @@ from antifraud.engine.settings import Settings
 SESSION_COOKIE: Final = "af_session"
 SIGNIN_COOKIE: Final = "af_signin"
 SIGNIN_PATH: Final = "/console/signin"
-#: the headers of every console page and redirect (docs/console.md, "Security")
+#: the headers of every console page and redirect (docs/console.md, "Signing in")
 SECURITY_HEADERS: Final[Mapping[str, str]] = {
     "Content-Security-Policy": (
         "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
