@@ -21,7 +21,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from antifraud.engine.settings import ROOT
 from antifraud.engine.stack import ServiceStack
@@ -38,6 +38,8 @@ CHROMIUM_ARGS = [
 ]
 SCREENSHOTS = Path(os.environ.get("AF_SCREENSHOTS", ROOT / "reports" / "browser"))
 VIEWPORT = {"width": 1280, "height": 800}
+# a busy machine (two cores shared by the suite, the service and Chromium) can take seconds per page
+expect.set_options(timeout=15_000)
 #: the stack's keys, by name
 KEYS = {"checkout": "scorer", "alice": "analyst", "ops": "admin"}
 REVIEW_RULE = """\
@@ -98,8 +100,8 @@ def sign_in(page: Page, console: Console, key_name: str) -> None:
     """Sign in through the form as a person would: type the key, press the button."""
     page.goto(f"{console.url}/console/signin")
     page.get_by_label("API key").fill(console.keys[key_name])
-    page.get_by_role("button", name="Sign in").click()
-    page.wait_for_load_state()
+    with page.expect_navigation():  # the form's answer: the queue, or the form again with the refusal
+        page.get_by_role("button", name="Sign in").click()
 
 
 def shot(page: Page, name: str) -> Path:
