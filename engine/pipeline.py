@@ -270,8 +270,8 @@ class Scorer:
             "payment": payment_record(payment),
             "amount": txn.amount,
             "currency": txn.currency,
-            # by position in the named list, not by name: the buffer entry is half the size, and
-            # NaN (missing) is logged as null
+            # by position in the named list, not by name: the buffer entry is 1.4 KB instead of
+            # 3.6 (107 features), and NaN (missing) is logged as null
             "feature_list": self._feature_list,
             "features": values.tolist(),
             "timings": timings,  # total_ms is added below, log_ms once the decision is logged

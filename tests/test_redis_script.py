@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import threading
+import time
 from pathlib import Path
 
 import pytest
 import redis
+import uvloop
 
 from antifraud.engine.redis_script import DirectScript
 from antifraud.engine.redis_server import EmbeddedRedis
@@ -20,6 +22,10 @@ local n = redis.call('INCR', KEYS[1])
 if ARGV[1] == 'fail' then return redis.error_reply('asked to fail') end
 return {n, KEYS, ARGV, {tonumber(ARGV[2]) or 0, 'x'}}
 """
+# Busy for ARGV[1] microseconds of Redis's own clock, then returns 1.
+SLOW = "local t = redis.call('TIME'); local stop = t[1] * 1e6 + t[2] + ARGV[1]; " + (
+    "repeat t = redis.call('TIME') until t[1] * 1e6 + t[2] >= stop; return 1"
+)
 
 
 def test_replies_equal_redis_py_script(redis_client: redis.Redis) -> None:
@@ -138,10 +144,7 @@ def test_acall_reloads_a_flushed_script_and_raises_lua_errors(redis_client: redi
 
 
 def test_acall_times_out_then_recovers(redis_server: EmbeddedRedis) -> None:
-    slow = "local t = redis.call('TIME'); local stop = t[1] * 1e6 + t[2] + ARGV[1]; " + (
-        "repeat t = redis.call('TIME') until t[1] * 1e6 + t[2] >= stop; return 1"
-    )
-    direct = DirectScript(redis.Redis.from_url(redis_server.url, socket_timeout=0.05), slow)
+    direct = DirectScript(redis.Redis.from_url(redis_server.url, socket_timeout=0.05), SLOW)
 
     async def run() -> None:
         with pytest.raises(redis.TimeoutError):
@@ -150,6 +153,41 @@ def test_acall_times_out_then_recovers(redis_server: EmbeddedRedis) -> None:
         assert await direct.acall([], [0]) == 1  # a new connection
 
     asyncio.run(run())
+    direct.close()
+
+
+def test_acall_bounds_the_calls_in_flight_so_a_burst_does_not_time_out(redis_server: EmbeddedRedis) -> None:
+    # 15 calls of 10 ms of script each, against a 100 ms timeout: sent all at once, the last ones
+    # would wait ~150 ms inside Redis and time out; two at a time, each waits at most ~20 ms there.
+    client = redis.Redis.from_url(redis_server.url, socket_timeout=0.1)
+    direct = DirectScript(client, SLOW, in_flight=2)
+
+    async def burst() -> list[object]:
+        return await asyncio.gather(*[direct.acall([], [10_000]) for _ in range(15)])
+
+    assert asyncio.run(burst()) == [1] * 15
+    direct.close()
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_reply_waiting_unread_behind_a_busy_loop_is_not_a_timeout(
+    redis_server: EmbeddedRedis, loop: str
+) -> None:
+    # Redis answers at once, but the worker's loop is busy for 4x the timeout before it reads the
+    # socket: the timer is due when the loop comes back, yet the reply is read first, so no timeout
+    # (a timeout counted from the write would fail every call behind a long stretch of work).
+    client = redis.Redis.from_url(redis_server.url, socket_timeout=0.05)
+    direct = DirectScript(client, SOURCE)
+
+    async def busy_then_read() -> object:
+        await direct.acall(["warm"], ["x"])  # connected
+        call = asyncio.ensure_future(direct.acall([f"busy-{loop}"], ["x"]))
+        await asyncio.sleep(0)  # the call is written
+        time.sleep(0.2)  # CPU work of other requests, holding the loop
+        return await call
+
+    run = uvloop.run if loop == "uvloop" else asyncio.run
+    assert run(busy_then_read())[0] == 1  # type: ignore[index]
     direct.close()
 
 
