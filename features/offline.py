@@ -17,6 +17,7 @@ import pandas as pd
 
 from antifraud.engine.vocabulary import EVENT_TIME_COLUMNS, FEATURE_EVENT, FeatureEvent, HistoryEvent
 from antifraud.features.derive import Deriver
+from antifraud.features.fingerprint import VALUE_BITS, fingerprint
 from antifraud.features.payment import PAYMENT_FIELDS
 from antifraud.features.plan import EntityPlan, Plan, compile_plan, raw_name
 from antifraud.features.spec import FeatureSpec, Window, load_spec
@@ -49,6 +50,19 @@ def _key_codes(frame: pd.DataFrame, fields: tuple[str, ...]) -> np.ndarray:
     key = parts[0] if len(parts) == 1 else parts[0].str.cat(parts[1:], sep="|")  # type: ignore[arg-type]
     codes, _ = pd.factorize(key, use_na_sentinel=True)
     return np.where(missing, -1, codes).astype(np.int64)
+
+
+def _value_codes(frame: pd.DataFrame, field: str) -> np.ndarray:
+    """Integer code of a distinct or novelty field's value per row, -1 where missing: the code of the
+    value's fingerprint (features/fingerprint.py), so that two values sharing one are one value, as
+    online, where the state keeps fingerprints."""
+    column = frame[field] if field in frame else pd.Series([None] * len(frame), index=frame.index)
+    text = column.astype("string")
+    missing = (text.isna() | (text == "")).to_numpy()
+    codes, uniques = pd.factorize(text.fillna(""))
+    prints = np.array([fingerprint(str(u), VALUE_BITS) for u in uniques], dtype=np.int64)
+    by_print, _ = pd.factorize(prints)
+    return np.where(missing, -1, by_print[codes]).astype(np.int64)
 
 
 @dataclass
@@ -94,6 +108,45 @@ class _RangeMax:
             sel = ok & (k == level)
             table = self.levels[level]
             out[sel] = np.maximum(table[lo[sel]], table[hi[sel] - (1 << level)])
+        return out
+
+
+class _DistinctInRanges:
+    """Distinct values of many ranges [lo, hi) of a sequence at once, from its next-occurrence array:
+    `nxt[j]` the position of the next element with the same value (beyond the last: the length),
+    -1 where the element has no value. The values of [lo, hi) are the j there with nxt[j] >= hi.
+
+    #{j < hi: nxt[j] >= hi} is one search in the sorted array (nxt[j] < hi implies j < hi, but for
+    valueless elements); #{j < lo: nxt[j] >= hi} comes from a merge-sort tree (level k holds nxt
+    sorted within aligned blocks of 2^k elements, so [0, lo) is one whole block per level at most):
+    O(log n) per range, the tree built in O(n log^2 n) (one sort per level)."""
+
+    def __init__(self, nxt: np.ndarray) -> None:
+        self.sorted = np.sort(nxt)
+        self.valueless_from = np.r_[np.cumsum((nxt < 0)[::-1])[::-1], 0]  # valueless elements at >= x
+        self.width = len(nxt) + 2  # a block's keys (nxt + 1) never reach the next block's
+        position = np.arange(len(nxt))
+        self.levels = []
+        k = 0
+        while (1 << k) <= len(nxt):
+            self.levels.append(np.sort((position >> k) * self.width + nxt + 1))
+            k += 1
+
+    def count(self, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+        """Per range, the distinct values of [lo, hi)."""
+        before_hi = hi - (np.searchsorted(self.sorted, hi, side="left") - self.valueless_from[hi])
+        return before_hi - self._reaching(lo, hi)
+
+    def _reaching(self, x: np.ndarray, threshold: np.ndarray) -> np.ndarray:
+        """#{j < x: nxt[j] >= threshold}: x's binary digits split [0, x) into whole blocks."""
+        out = np.zeros(len(x), dtype=np.int64)
+        for k, keys in enumerate(self.levels):
+            sel = np.nonzero((x >> k) & 1)[0]
+            if not len(sel):
+                continue
+            start = (x[sel] >> (k + 1)) << (k + 1)
+            below = np.searchsorted(keys, (start >> k) * self.width + threshold[sel] + 1, side="left") - start
+            out[sel] += (1 << k) - below
         return out
 
 
@@ -236,20 +289,26 @@ class OfflineFeatures:
                 yield raw_name(e, "rate_count", w.label), (upper - s.start(lower)).astype(float)
                 frauds = _known_frauds(s, codes, events.get("fraud"), t_all, w)
                 yield raw_name(e, "rate_frauds", w.label), frauds
+        cap = self.spec.distinct_limit
         for d in p.distinct.values():
-            values = _key_codes(history.iloc[s.rows], (d.field,))
+            # Online keeps the `cap` values seen most recently (score.lua, op D). The values in
+            # [lo, i) are the j there whose next occurrence is at i or later; a count saturates at
+            # cap; a value is still held when fewer than cap others were seen since its last time.
+            values = _value_codes(history.iloc[s.rows], d.field)
             prev, nxt = _neighbours(s, values)
-            novel = np.where(prev >= 0, (s.ts[np.maximum(prev, 0)] < s.ts - d.lookback_ms).astype(float), 1.0)
+            ranges = _DistinctInRanges(np.where(values >= 0, nxt, -1))
+            held = (prev >= 0) & (ranges.count(prev + 1, s.rank) < cap)
+            recent = held & (s.ts[np.maximum(prev, 0)] >= s.ts - d.lookback_ms)
+            novel = np.where(recent, 0.0, 1.0)
             yield raw_name(e, "novel", d.field), np.where((values < 0) | (d.lookback_ms == 0), -1.0, novel)
             for w in d.windows:
-                distinct = _distinct(s, values, nxt, s.start(s.ts - w.ms))
-                yield raw_name(e, "distinct", d.field, w.label), distinct
+                distinct = ranges.count(s.start(s.ts - w.ms), s.rank)
+                yield raw_name(e, "distinct", d.field, w.label), np.minimum(distinct, cap).astype(float)
         for event, windows in p.feedback.items():
             for w in windows:
-                yield (
-                    raw_name(e, "feedback", event, w.label),
-                    _count_events(s, codes, events.get(event), s.ts - w.ms),
-                )
+                # online keeps the times of the last `feedback_limit` events of a kind
+                found = _count_events(s, codes, events.get(event), s.ts - w.ms)
+                yield raw_name(e, "feedback", event, w.label), np.minimum(found, self.spec.feedback_limit)
         if p.profile_ttl_ms is not None:
             seen = s.rank > s.group_start
             yield raw_name(e, "first_ts"), np.where(seen, s.ts[s.group_start], -1).astype(float)
@@ -311,20 +370,6 @@ def _neighbours(s: _Sorted, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     prev[order[1:][same]] = order[:-1][same]
     nxt[order[:-1][same]] = order[1:][same]
     return prev, nxt
-
-
-def _distinct(s: _Sorted, values: np.ndarray, nxt: np.ndarray, lo: np.ndarray) -> np.ndarray:
-    """Distinct values among each element's earlier window [lo, rank): those not repeated before rank."""
-    count = s.rank - lo
-    out = np.zeros(len(lo))
-    active = np.nonzero(count > 0)[0]
-    step = 0
-    while len(active):
-        j = lo[active] + step
-        out[active] += (values[j] >= 0) & (nxt[j] >= s.rank[active])
-        step += 1
-        active = active[count[active] > step]
-    return out
 
 
 def _count_events(

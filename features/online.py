@@ -22,7 +22,7 @@ from redis.crc import key_slot
 from antifraud.engine.redis_script import DirectScript
 from antifraud.engine.vocabulary import FEATURE_EVENT, FeatureEvent
 from antifraud.features.derive import Deriver
-from antifraud.features.fingerprint import TX_BITS, fingerprint
+from antifraud.features.fingerprint import TX_BITS, VALUE_BITS, fingerprint
 from antifraud.features.plan import EntityPlan, Plan, compile_plan, feedback_retention_ms, raw_name
 from antifraud.features.spec import FeatureSpec, load_spec
 
@@ -59,11 +59,13 @@ class OnlineResult:
     duplicate: bool
 
 
-def _layout(p: EntityPlan, spread: int) -> int:
+def _layout(p: EntityPlan, spread: int, *, before_fingerprints: bool = False) -> int:
     """A number naming what an entity's exact-window state was written for (windows, tails, cap,
-    spread window, distinct fields): score.lua starts a state written for another layout anew.
-    Negative, so that it never reads as the stride of the layout before heads."""
-    shape = repr(([(w.ms, w.tail_ms) for w in p.exact], spread, p.head, list(p.distinct)))
+    spread window): score.lua starts a state written for another layout anew. With
+    `before_fingerprints`, the number the layout before fingerprints gave the same windows (it also
+    named the distinct fields, whose values it kept there): score.lua takes such a state over."""
+    windows = ([(w.ms, w.tail_ms) for w in p.exact], spread, p.head)
+    shape = repr((*windows, list(p.distinct))) if before_fingerprints else repr(("fingerprints", *windows))
     return -1 - int.from_bytes(hashlib.blake2b(shape.encode(), digest_size=4).digest(), "big") // 2
 
 
@@ -82,22 +84,22 @@ class _Block:
             # overflows, each window's tail buckets (score.lua, op E)
             spread = p.exact.index(p.spread_window) + 1 if p.spread_window is not None else 0
             tails = [w.tail_ms or 0 for w in p.exact]
-            tokens += ["E", str(_layout(p, spread)), str(len(p.exact))]
+            old = _layout(p, spread, before_fingerprints=True)
+            tokens += ["E", str(_layout(p, spread)), str(old), str(len(p.exact))]
             tokens += [str(w.ms) for w in p.exact] + [str(g) for g in tails]
-            tokens += [str(spread), str(p.head), str(len(p.distinct))]
+            tokens += [str(spread), str(p.head)]
         for g, group in p.buckets.items():
             tokens += ["B", str(g), str(group.max_buckets), str(len(group.windows))]
             tokens += [str(w.ms // g) for w in group.windows]
             tokens.append(str(len(group.fraud_windows)))
             for w in group.fraud_windows:
                 tokens += [str(w.lag_ms // g), str(w.ms // g)]
-        # distinct values and novelty: in the state's E table while an entity holds at most `head`
-        # values of the field, in a ZSET of their own past that or without exact windows (op D)
-        for k, d in enumerate(p.distinct.values()):
-            slot = 2 + len(p.exact) + k + 1 if p.exact else 0
+        # distinct counts and novelty: a capped set of the `limits.distinct` values seen most
+        # recently, by fingerprint (op D)
+        for d in p.distinct.values():
             tokens += ["D", d.field]
             self.value_slots.append((len(tokens), d.field))
-            tokens += [None, str(d.retention_ms), str(d.lookback_ms), str(slot), str(p.head)]
+            tokens += [None, str(d.retention_ms), str(d.lookback_ms), str(spec.distinct_limit)]
             tokens += [str(len(d.windows))] + [str(w.ms) for w in d.windows]
         for event, windows in feedback:
             tokens += ["F", event, str(len(windows))] + [str(w.ms) for w in windows]
@@ -111,7 +113,8 @@ class _Block:
         tokens = list(self.tokens)
         for slot, name in self.value_slots:
             value = payment.get(name)
-            tokens[slot] = "" if value is None else str(value)
+            text = "" if value is None else str(value)
+            tokens[slot] = str(fingerprint(text, VALUE_BITS)) if text else ""
         return [str(len(tokens)), *tokens]  # type: ignore[list-item]
 
 
@@ -208,8 +211,9 @@ class OnlineFeatures:
             lists = [event for event, windows in p.feedback.items() if windows]
             position = lists.index(kind) + 1 if kind in lists else 0
             keys.append(entity_prefix(self.namespace, p.entity, key))
+            # its ring keeps `limits.dedupe` ids, its list `limits.feedback` times
             tokens = [str(feedback_retention_ms(p, kind)), str(self.spec.dedupe_limit)]
-            tokens += [str(g), str(keep), str(group), str(position)]
+            tokens += [str(self.spec.feedback_limit), str(g), str(keep), str(group), str(position)]
             # a fraud is counted in the bucket of the payment it is about (known-fraud share)
             tokens += [str(len(p.buckets)), str(len(lists)), str(paid_ms // g if g else 0)]
             args.append([str(len(tokens)), *tokens])

@@ -24,24 +24,22 @@
 -- is within the dedupe horizon of the card's latest one (no stale stamp can age a card).
 --
 -- Keys of a block (prefix ":" part):
---   s    STRING, a MessagePack array of numbers: the block's state, read with one GET and written
---        with one SET (which refreshes its TTL, the longest any part needs):
---          [1] the dedupe ring: fingerprint, effective time of each of the last `ring` transactions
---              the block recorded within the dedupe horizon, in arrival order (see S below),
---          [2] the feedback rings: event name -> fingerprint, effective time of the last `ring`
---              feedback transactions of that kind within its retention (written by feedback mode),
+--   s    STRING, a MessagePack array of numbers (and [2]'s event names): the block's state, read
+--        with one GET and written with one SET (which refreshes its TTL, the longest any part needs):
+--          [1] the dedupe ring: fingerprint and effective time (s) of at least the last `ring`
+--              transactions the block recorded within the dedupe horizon, in arrival order (S),
+--          [2] the feedback rings: event name -> the same, of the feedback transactions of that
+--              kind within its retention (written by feedback mode),
 --          [3] the head and tails of the exact windows (E), or an empty array,
---          [3 + k] the buckets of the k-th bucketed granularity (B), in token order,
---          [3 + ngroups + k] the times of the feedback events of the k-th kind with windows (F),
---          [4 + ngroups + nfeedback] the latest payment time the block recorded (absent in a
+--          [4] the capped set of each distinct or novelty field (D), in token order,
+--          [4 + k] the buckets of the k-th bucketed granularity (B), in token order,
+--          [4 + ngroups + k] the times of the feedback events of the k-th kind with windows (F),
+--          [5 + ngroups + nfeedback] the latest payment time the block recorded (absent in a
 --          state only feedback has written so far).
---   p    HASH first/last payment time (it lives longer than the rest: its own key);
---   d:<field>  ZSET value -> last time seen, per distinct or novelty field of an entity without
---              exact windows, or of one that has held more than its head of values (see D).
--- Each part trims what fell out of its windows whenever it is written. A state of the layout before
--- the rings (its [1] a number) is taken over on its next call: see `load_state`.
+--   p    HASH first/last payment time (it lives longer than the rest: its own key).
+-- Each part trims what fell out of its windows whenever it is written. A state of the layouts before
+-- (no rings, or no distinct sets) is taken over on the entity's next call: see `load_state`.
 local mode = ARGV[1]
-local txid = ARGV[2]
 local t = tonumber(ARGV[3])
 -- the effective time of the block being read (see the top of the file); set per block
 local te = t
@@ -65,17 +63,39 @@ end
 -- has more than ttl to live, so its TTL need not be set again (nor its old entries trimmed) yet.
 local function slack_of(ttl) return math.floor(ttl / 10) end
 
+-- The fingerprint of a text: the first `bits` bits (28 < bits <= 53) of its SHA-1, as
+-- features/fingerprint.py computes it. Used only to take over, once per entity, the transaction
+-- ids and field values the layouts before kept as text: every other fingerprint comes from the client.
+local function fingerprint(text, bits)
+  local h = redis.sha1hex(text)
+  return tonumber(string.sub(h, 1, 7), 16) * 2 ^ (bits - 28)
+    + math.floor(tonumber(string.sub(h, 8, 14), 16) / 2 ^ (56 - bits))
+end
+
+-- An idempotency ZSET of the layout before the rings (txid -> time in ms) as a ring (see
+-- `ring_add`): its last `cap` ids by time, oldest first.
+local function ring_of_zset(key, cap)
+  local got = redis.call('ZREVRANGE', key, 0, cap - 1, 'WITHSCORES')
+  local ring = {}
+  for j = #got - 1, 1, -2 do
+    ring[#ring + 1] = fingerprint(got[j], 53)
+    ring[#ring + 1] = math.floor(tonumber(got[j + 1]) / 1000)
+  end
+  return ring
+end
+
 -- E: exact windows: the entity's last `cap` payments one by one (the head) and, once the head
 -- overflows, each window's tail: per-bucket partial sums of the payments that left the head.
--- tokens: layout, nw, w1..wn (ascending), g1..gn (each window's tail granularity), spread_k, cap, nd
--- state[3] = { layout, head, tail_1, .., tail_n, values_1, .., values_nd }:
---   layout  a number naming the windows, tails, cap and distinct fields it was written for
---           (another: started anew)
+-- tokens: layout, old_layout, nw, w1..wn (ascending), g1..gn (each window's tail granularity),
+-- spread_k, cap
+-- state[3] = { layout, head, tail_1, .., tail_n }:
+--   layout  a number naming the windows, tails and cap it was written for (another: started anew,
+--           but for `old_layout`, the same windows as the layout before fingerprints wrote them,
+--           which also kept each distinct field's values here: taken over, see op D)
 --   head    time, amount of each payment kept one by one, in arrival order: at most `cap`, none
 --           older than the longest window
 --   tail_k  the buckets of window k that have data: bucket (floor(time / g_k)), count, sum, max,
 --           and for the spread window the sum of squared deviations from the bucket's mean (m2)
---   values_d  the distinct values of the d-th distinct field (read and written by op D)
 -- A payment leaving the head (evicted by the cap, or older than the longest window) is added to the
 -- bucket of its own time in each tail that still keeps that bucket (the current bucket and the
 -- w_k / g_k - 1 before it). A window is read from the head alone while the head holds fewer than
@@ -84,10 +104,10 @@ local function slack_of(ttl) return math.floor(ttl / 10) end
 -- ones in whole buckets, so it may miss payments of at most one bucket at its lower edge.
 -- features/offline.py (`exact_start`) computes the same set: docs/features.md.
 local function op_events(st, a, i, rec, amount)
-  local layout, nw = tonumber(a[i]), tonumber(a[i + 1])
+  local layout, old_layout, nw = tonumber(a[i]), tonumber(a[i + 1]), tonumber(a[i + 2])
+  i = i + 1
   local ws, gs, nbs, bs, lows, strides = {}, {}, {}, {}, {}, {}
   local spread_k, cap = tonumber(a[i + 2 + 2 * nw]), tonumber(a[i + 3 + 2 * nw])
-  local nd = tonumber(a[i + 4 + 2 * nw])
   for k = 1, nw do
     ws[k], gs[k] = tonumber(a[i + 1 + k]), tonumber(a[i + 1 + nw + k])
     nbs[k] = math.floor(ws[k] / gs[k])
@@ -123,48 +143,18 @@ local function op_events(st, a, i, rec, amount)
     end
   end
   local v = st.s[3]
-  if v[1] ~= layout then
-    -- none yet, or written for another spec. The events of the layout before heads (stride, then
-    -- time, amount and field values per event) are taken over in arrival order.
-    local old = v
+  if v[1] == old_layout then
+    -- the layout before fingerprints: the same head and tails, then each distinct field's values
+    -- (value, last seen, ...; { 0 } once spilled into the ZSET d:<field>), for op D to take over
+    st.old_values = {}
+    for k = 3 + nw, #v do st.old_values[#st.old_values + 1] = v[k] end
+    for k = #v, 3 + nw, -1 do v[k] = nil end
+    v[1] = layout
+  elseif v[1] ~= layout then
     v = { layout, {} }
-    for k = 1, nw + nd do v[2 + k] = {} end
-    local stride = old[1]
-    if type(stride) == 'number' and stride >= 2 then
-      local head = v[2]
-      local lasts = {}
-      for d = 1, nd do lasts[d] = {} end
-      for j = 2, #old, stride do
-        if old[j] >= lows[nw] then
-          head[#head + 1] = old[j]; head[#head + 1] = old[j + 1]
-        end
-        -- each distinct value's last time seen, when the fields are the same
-        if stride == 2 + nd then
-          for d = 1, nd do
-            local value, last = old[j + 1 + d], lasts[d]
-            if value ~= '' and (not last[value] or old[j] > last[value]) then last[value] = old[j] end
-          end
-        end
-      end
-      for d = 1, nd do
-        local list = v[2 + nw + d]
-        for value, seen in pairs(lasts[d]) do list[#list + 1] = value; list[#list + 1] = seen end
-      end
-      local over = #head / 2 - cap
-      if over > 0 then
-        local kept = {}
-        for j = 1, #head, 2 do
-          if j <= 2 * over then
-            fold(v, head[j], head[j + 1])
-          else
-            kept[#kept + 1] = head[j]; kept[#kept + 1] = head[j + 1]
-          end
-        end
-        v[2] = kept
-      end
-    end
+    for k = 1, nw do v[2 + k] = {} end
   end
-  st.s[3] = v  -- (op D reads its values from it, recording or not)
+  st.s[3] = v
   local head = v[2]
   local nh = #head
   -- each head payment goes to the smallest window that holds it (slab k0); windows are nested, so
@@ -271,9 +261,9 @@ local function op_events(st, a, i, rec, amount)
     if t >= oldest then
       if nh >= 2 * cap then
         fold(v, head[1], head[2])
-        local kept = {}
-        for j = 3, nh do kept[j - 2] = head[j] end
-        head, nh = kept, nh - 2
+        table.remove(head, 1)
+        table.remove(head, 1)
+        nh = nh - 2
       end
       head[nh + 1], head[nh + 2] = t, tonumber(amount)
     end
@@ -281,10 +271,10 @@ local function op_events(st, a, i, rec, amount)
     st.s[3] = v
     if ws[nw] > st.ttl then st.ttl = ws[nw] end
   end
-  return i + 5 + 2 * nw
+  return i + 4 + 2 * nw
 end
 
--- B: bucketed windows of one granularity g: state[3 + k] for the k-th B op of the block holds the
+-- B: bucketed windows of one granularity g: state[4 + k] for the k-th B op of the block holds the
 -- buckets that have data, five numbers each: bucket (floor(time / g)), count, sum, max, and the
 -- frauds known among the bucket's payments (added by feedback as labels arrive). A window of nb buckets is the current bucket b and the nb - 1 before it; buckets after
 -- b (written by a fraud label ahead of its payment) are not in it. b is the bucket of the effective
@@ -304,7 +294,7 @@ local function op_buckets(st, a, i, rec, amount)
   end
   local nk = nw + nf
   st.group = st.group + 1
-  local slot = 3 + st.group
+  local slot = 4 + st.group
   local b, own = math.floor(te / g), math.floor(t / g)
   local v = st.s[slot] or {}
   local n = #v
@@ -358,75 +348,102 @@ local function op_buckets(st, a, i, rec, amount)
   return i + 4 + nw + 2 * nf
 end
 
--- D: distinct values of a field (value -> last time seen) and novelty. An entity with exact windows
--- keeps them in its state, in list `slot` of the E table (value, last seen, ...), while it holds at
--- most `spill` values; past that (a hot entity) and on an entity without exact windows, in a ZSET
--- of their own (member = value, score = last time seen), whose commands are O(log n) whatever the
--- entity's traffic. Either way the values are exact: the count of a window is the number of values
--- last seen inside it, a value is new when not seen within the look-back, and recording keeps the
--- later of a value's times and drops values last seen before te - retention.
--- tokens: field, value ('' when missing), retention, lookback, slot (0: none), spill, nw, w1..wn
-local function op_distinct(st, a, i, rec)
-  local value, retention, lookback = a[i + 1], tonumber(a[i + 2]), tonumber(a[i + 3])
-  local slot, spill, nw = tonumber(a[i + 4]), tonumber(a[i + 5]), tonumber(a[i + 6])
-  local key = st.prefix .. ':d:' .. a[i]
-  local list = slot > 0 and st.s[3][slot] or nil
-  if list and list[1] == 0 then list = nil end  -- spilled into the ZSET
-  if list then
-    local n, here = #list, nil
-    for j = 1, n, 2 do
-      if list[j] == value then here = j; break end
-    end
-    if value == '' or lookback == 0 then
-      push(-1)
-    else
-      push((here and list[here + 1] >= te - lookback) and 0 or 1)
-    end
-    for k = 1, nw do
-      local low, c = te - tonumber(a[i + 6 + k]), 0
-      for j = 2, n, 2 do
-        if list[j] >= low then c = c + 1 end
-      end
-      push(c)
-    end
-    if rec then
-      local oldest = te - retention
-      local kept = {}
-      for j = 1, n, 2 do
-        local last = list[j + 1]
-        if list[j] == value and t > last then last = t end
-        if last >= oldest then kept[#kept + 1] = list[j]; kept[#kept + 1] = last end
-      end
-      if value ~= '' and not here and t >= oldest then kept[#kept + 1] = value; kept[#kept + 1] = t end
-      if #kept > 2 * spill then
-        -- a hot entity: its values go to the ZSET, for good (until the state is started anew)
-        local args = { 'ZADD', key, 'GT' }
-        for j = 1, #kept, 2 do args[#args + 1] = int(kept[j + 1]); args[#args + 1] = kept[j] end
-        redis.call(unpack(args))
-        redis.call('PEXPIRE', key, int(retention))
-        kept = { 0 }
-      end
-      st.s[3][slot] = kept
-      if retention > st.ttl then st.ttl = retention end
-    end
-    return i + 7 + nw
+-- The values of a distinct field as the layout before fingerprints kept them, as a capped set (op
+-- D): op E's list (value, last seen, ...) or, once spilled and on an entity without exact windows,
+-- the ZSET d:<field> (deleted when the state is written). Its `cap` values seen most recently
+-- within the retention, by fingerprint (the later time when two values share one).
+local function take_over_values(st, field, retention, cap)
+  local list = st.old_values and st.old_values[st.distinct]
+  if not list or list[1] == 0 then
+    local key = st.prefix .. ':d:' .. field
+    list = redis.call('ZREVRANGEBYSCORE', key, '+inf', int(te - retention), 'WITHSCORES', 'LIMIT', 0, cap)
+    st.zsets[#st.zsets + 1] = key
   end
-  if value == '' or lookback == 0 then
+  local last_of, order = {}, {}
+  for j = 1, #list, 2 do
+    local fp, seen = fingerprint(list[j], 32), tonumber(list[j + 1])
+    if not last_of[fp] then
+      order[#order + 1] = fp
+      last_of[fp] = seen
+    elseif seen > last_of[fp] then
+      last_of[fp] = seen
+    end
+  end
+  table.sort(order, function(x, y) return last_of[x] < last_of[y] end)
+  local set = {}
+  for j = math.max(1, #order - cap + 1), #order do
+    set[#set + 1] = order[j]; set[#set + 1] = last_of[order[j]]
+  end
+  return set
+end
+
+-- D: distinct values of a field and novelty, from a capped set: state[4][d] for the d-th D op holds
+-- (fingerprint, last time seen) of the `cap` values of the field seen most recently, in the order
+-- they were last seen (a 32-bit fingerprint the client computes: features/fingerprint.py). The
+-- count of a window is the number of values last seen inside it: min(exact, cap), since only the
+-- least recently seen value is ever evicted; a value is new unless it is in the set and was seen
+-- within the look-back. Recording moves the value to the end with the later of its times, drops
+-- values last seen before te - retention and, past `cap`, the one seen least recently (ties: the
+-- first in the set). features/offline.py computes the same (`_DistinctInRanges`).
+-- tokens: field, value ('' when missing), retention, lookback, cap, nw, w1..wn
+local function op_distinct(st, a, i, rec)
+  local value, retention, lookback = tonumber(a[i + 1]), tonumber(a[i + 2]), tonumber(a[i + 3])
+  local cap, nw = tonumber(a[i + 4]), tonumber(a[i + 5])
+  st.distinct = st.distinct + 1
+  local sets = st.s[4]
+  local set = sets[st.distinct]
+  if not set then set = st.legacy and take_over_values(st, a[i], retention, cap) or {} end
+  local n, here = #set, nil
+  if value then
+    for j = 1, n, 2 do
+      if set[j] == value then here = j; break end
+    end
+  end
+  if not value or lookback == 0 then
     push(-1)
   else
-    local seen = redis.call('ZSCORE', key, value)
-    if seen and tonumber(seen) >= te - lookback then push(0) else push(1) end
+    push((here and set[here + 1] >= te - lookback) and 0 or 1)
   end
-  for k = 1, nw do push(redis.call('ZCOUNT', key, int(te - tonumber(a[i + 6 + k])), '+inf')) end
-  if rec and value ~= '' then
-    -- GT: a late payment never moves a value's last time seen backwards
-    redis.call('ZADD', key, 'GT', int(t), value)
-    redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. int(te - retention))
-    redis.call('PEXPIRE', key, int(retention))
+  local oldest = te - retention
+  local counts, lows, stale = {}, {}, false
+  for k = 1, nw do counts[k], lows[k] = 0, te - tonumber(a[i + 5 + k]) end
+  for j = 2, n, 2 do
+    local last = set[j]
+    for k = 1, nw do
+      if last >= lows[k] then counts[k] = counts[k] + 1 end
+    end
+    if last < oldest then stale = true end
   end
-  -- the state outlives the ZSET: a spilled entity whose ZSET lapsed has no value left to count
-  if rec and slot > 0 and retention > st.ttl then st.ttl = retention end
-  return i + 7 + nw
+  for k = 1, nw do push(counts[k]) end
+  if rec then
+    -- in place (a hot entity's set is full: no copy per payment)
+    local last = t
+    if here then
+      if set[here + 1] > t then last = set[here + 1] end
+      table.remove(set, here)
+      table.remove(set, here)
+    end
+    if value and last >= oldest then set[#set + 1] = value; set[#set + 1] = last end
+    if stale then
+      local kept = {}
+      for j = 1, #set, 2 do
+        if set[j + 1] >= oldest then kept[#kept + 1] = set[j]; kept[#kept + 1] = set[j + 1] end
+      end
+      set = kept
+    end
+    if #set > 2 * cap then
+      -- the value seen least recently leaves (one at most: one was added)
+      local least = 2
+      for j = 4, #set, 2 do
+        if set[j] < set[least] then least = j end
+      end
+      table.remove(set, least)
+      table.remove(set, least - 1)
+    end
+    sets[st.distinct] = set
+    if retention > st.ttl then st.ttl = retention end
+  end
+  return i + 6 + nw
 end
 
 -- F: feedback events of one kind reported in each window, from the k-th feedback list of the
@@ -435,7 +452,7 @@ end
 local function op_feedback(st, a, i, rec)
   local nw = tonumber(a[i + 1])
   st.feed = st.feed + 1
-  local slot = 3 + st.ngroups + st.feed
+  local slot = 4 + st.ngroups + st.feed
   local v = st.s[slot]
   local n = #v
   for k = 1, nw do
@@ -486,27 +503,6 @@ end
 
 local ops = { E = op_events, B = op_buckets, D = op_distinct, F = op_feedback, P = op_profile }
 
--- The fingerprint of a text: the first `bits` bits (28 < bits <= 53) of its SHA-1, as
--- features/fingerprint.py computes it. Used only to take over the ZSETs of the layout before the
--- rings, once per entity: every other fingerprint comes from the client.
-local function fingerprint(text, bits)
-  local h = redis.sha1hex(text)
-  return tonumber(string.sub(h, 1, 7), 16) * 2 ^ (bits - 28)
-    + math.floor(tonumber(string.sub(h, 8, 14), 16) / 2 ^ (56 - bits))
-end
-
--- An idempotency ZSET of the layout before the rings (txid -> time) as a ring: its last `cap` ids
--- by time, oldest first.
-local function ring_of_zset(key, cap)
-  local got = redis.call('ZREVRANGE', key, 0, cap - 1, 'WITHSCORES')
-  local ring = {}
-  for j = #got - 1, 1, -2 do
-    ring[#ring + 1] = fingerprint(got[j], 53)
-    ring[#ring + 1] = tonumber(got[j + 1])
-  end
-  return ring
-end
-
 local function ring_has(ring, fp)
   for j = 1, #ring, 2 do
     if ring[j] == fp then return true end
@@ -514,15 +510,18 @@ local function ring_has(ring, fp)
   return false
 end
 
--- A ring (fingerprint, time, ... in arrival order) with one more entry: when it is full or its
--- first entry is older than `oldest` (nil: no bound), it keeps only the entries from `oldest` on,
--- and of those the last cap - 1.
+-- A ring (fingerprint, time in seconds, ... in arrival order) with one more entry, at time `at`
+-- (ms). It holds at least the last `cap` entries from `oldest` (ms; nil: no bound) on: when it
+-- holds a quarter more than `cap`, or its first entry is older, it keeps only the entries from
+-- `oldest` on and of those the last cap - 1 (so that a hot entity's ring is rebuilt once per
+-- cap / 4 payments, not at every one; seconds: 5 bytes of MessagePack where ms take 9).
 local function ring_add(ring, fp, at, oldest, cap)
   local n = #ring
-  if n >= 2 * cap or (n > 0 and oldest and ring[2] < oldest) then
+  local from = oldest and math.floor(oldest / 1000)
+  if n >= 2 * (cap + math.max(1, math.floor(cap / 4))) or (n > 0 and from and ring[2] < from) then
     local kept = {}
     for j = 1, n, 2 do
-      if not oldest or ring[j + 1] >= oldest then kept[#kept + 1] = ring[j]; kept[#kept + 1] = ring[j + 1] end
+      if not from or ring[j + 1] >= from then kept[#kept + 1] = ring[j]; kept[#kept + 1] = ring[j + 1] end
     end
     local over = #kept - 2 * (cap - 1)
     if over > 0 then
@@ -532,26 +531,31 @@ local function ring_add(ring, fp, at, oldest, cap)
     end
     ring, n = kept, #kept
   end
-  ring[n + 1], ring[n + 2] = fp, at
+  ring[n + 1], ring[n + 2] = fp, math.floor(at / 1000)
   return ring
 end
 
 -- The block's state, or a new one with `nslots` bucket and feedback lists; the latest payment time
 -- it recorded (nil: none yet); and whether it was written by the layout before the rings (its
 -- dedupe record then was the ZSET `ev`: read into the ring here, deleted when the state is written).
+-- A state of the layout before fingerprints (no distinct sets: the list [4] missing) gets `false`
+-- there: op D takes its values over on the entity's next payment (feedback mode keeps the `false`).
 local function load_state(prefix, nslots, cap)
   local blob = redis.call('GET', prefix .. ':s')
   local s = blob and cmsgpack.unpack(blob)
-  -- written for this spec: nslots lists after the events, then the latest time (or not yet)
   local n = type(s) == 'table' and #s or 0
-  if not ((n == 3 + nslots and type(s[n]) == 'table') or (n == 4 + nslots and type(s[n]) == 'number')) then
-    s = { {}, {}, {} }
-    for k = 1, nslots do s[3 + k] = {} end
-    return s, nil, false
+  -- written for this spec: its lists, then the latest payment time (or none yet)
+  local latest = n > 0 and type(s[n]) == 'number'
+  if n == (latest and 5 or 4) + nslots then return s, s[5 + nslots], false end
+  if n > 0 and n == (latest and 4 or 3) + nslots then
+    table.insert(s, 4, false)
+    local rings = type(s[1]) == 'table'
+    if not rings then s[1], s[2] = ring_of_zset(prefix .. ':ev', cap), {} end
+    return s, s[5 + nslots], not rings
   end
-  local legacy = type(s[1]) == 'number'
-  if legacy then s[1], s[2] = ring_of_zset(prefix .. ':ev', cap), {} end
-  return s, s[4 + nslots], legacy
+  s = { {}, {}, {}, {} }
+  for k = 1, nslots do s[4 + k] = {} end
+  return s, nil, false
 end
 
 if mode == 'score' or mode == 'peek' then
@@ -582,23 +586,29 @@ if mode == 'score' or mode == 'peek' then
     te = bte[b]
     push(dup and 1 or 0)
     -- the state lives at least the horizon after its last write (its ring must)
-    local st = { prefix = prefix, ttl = horizon, group = 0, feed = 0, ngroups = ngroups, s = bstate[b] }
+    local st = {
+      prefix = prefix, ttl = horizon, group = 0, feed = 0, distinct = 0, ngroups = ngroups, s = bstate[b],
+      legacy = not bstate[b][4], zsets = {},
+    }
+    if st.legacy then st.s[4] = {} end
     local i = p + 6
     while i <= stop do
       i = ops[ARGV[i]](st, ARGV, i + 1, rec, amount)
     end
     if rec then
       st.s[1] = ring_add(st.s[1], tx, te, te - horizon, cap)
-      st.s[4 + bslots[b]] = te
+      st.s[5 + bslots[b]] = te
       redis.call('SET', prefix .. ':s', cmsgpack.pack(st.s), 'PX', int(st.ttl))
       if blegacy[b] then redis.call('DEL', prefix .. ':ev') end
+      for _, key in ipairs(st.zsets) do redis.call('DEL', key) end
     end
   end
   return out
 end
 
 if mode == 'feedback' then
-  -- tokens per block: retention, ring, fraud_g (0: none), fraud_keep, the fraud granularity's
+  -- tokens per block: retention, ring, kept (how many times of this kind the list keeps at most),
+  -- fraud_g (0: none), fraud_keep, the fraud granularity's
   -- position among the block's bucketed ones (0: none), the position of this event's list among
   -- the block's feedback lists (0: none), the numbers of bucketed granularities and feedback lists,
   -- the bucket of the payment this event is about (fraud_g's; 0: none).
@@ -610,7 +620,7 @@ if mode == 'feedback' then
   local pos = 5
   for b = 1, #KEYS do
     local prefix, cap = KEYS[b], tonumber(ARGV[pos + 2])
-    local s, latest, legacy = load_state(prefix, tonumber(ARGV[pos + 7]) + tonumber(ARGV[pos + 8]), cap)
+    local s, latest, legacy = load_state(prefix, tonumber(ARGV[pos + 8]) + tonumber(ARGV[pos + 9]), cap)
     if not s[2][event] then
       -- the first event of this kind in this state: the layout before the rings kept its ids in
       -- the ZSET `f:<event>` (taken over, deleted when the state is written)
@@ -624,10 +634,10 @@ if mode == 'feedback' then
   for b = 1, #KEYS do
     local prefix, p, s, latest = KEYS[b], bpos[b], bstate[b], blatest[b]
     if not dup then
-      local retention, cap = tonumber(ARGV[p + 1]), tonumber(ARGV[p + 2])
-      local g, keep = tonumber(ARGV[p + 3]), tonumber(ARGV[p + 4])
-      local gidx, fidx = tonumber(ARGV[p + 5]), tonumber(ARGV[p + 6])
-      local ngroups, paid = tonumber(ARGV[p + 7]), tonumber(ARGV[p + 9])
+      local retention, cap, most = tonumber(ARGV[p + 1]), tonumber(ARGV[p + 2]), tonumber(ARGV[p + 3])
+      local g, keep = tonumber(ARGV[p + 4]), tonumber(ARGV[p + 5])
+      local gidx, fidx = tonumber(ARGV[p + 6]), tonumber(ARGV[p + 7])
+      local ngroups, paid = tonumber(ARGV[p + 8]), tonumber(ARGV[p + 10])
       -- The event's effective time is never before the entity's latest payment (a late report, or
       -- one stamped by a bad clock, is kept in the ring as long as a timely one), and nothing is
       -- trimmed relative to a time after that latest payment: an event stamped in the future drops
@@ -637,16 +647,23 @@ if mode == 'feedback' then
       s[2][event] = ring_add(s[2][event], tx, fte, oldest, cap)
       local ttl = retention
       if fidx > 0 then
-        -- this event's time, in the list the F op counts (old ones dropped)
-        local v, kept = s[3 + ngroups + fidx], {}
+        -- this event's time, in the list the F op counts (old ones dropped, and past `most` times
+        -- the first arrivals: a window counts min(exact, most) in time order)
+        local v, kept = s[4 + ngroups + fidx], {}
         for j = 1, #v do if not oldest or v[j] >= oldest then kept[#kept + 1] = v[j] end end
         if not oldest or t >= oldest then kept[#kept + 1] = t end
-        s[3 + ngroups + fidx] = kept
+        local over = #kept - most
+        if over > 0 then
+          local last = {}
+          for j = over + 1, #kept do last[j - over] = kept[j] end
+          kept = last
+        end
+        s[4 + ngroups + fidx] = kept
       end
       -- a known fraud counts only while its payment's bucket is still in some window: one more
       -- known fraud among the payments of the paid bucket (see op_buckets for the layout)
       if gidx > 0 and math.floor(fte / g) - paid < keep then
-        local v = s[3 + gidx]
+        local v = s[4 + gidx]
         local n, here = #v, nil
         for j = 1, n, 5 do if v[j] == paid then here = j end end
         if here then

@@ -56,6 +56,8 @@ def parse_duration(text: str) -> int:
 SPEC_VERSION = 1
 DEFAULT_HEAD = 64  # limits.head when the spec leaves it out (docs/feature-state.md, section 2.1)
 DEFAULT_DEDUPE = 64  # limits.dedupe when the spec leaves it out (docs/feature-state.md, section 2.4)
+DEFAULT_DISTINCT = 64  # limits.distinct (section 2.2)
+DEFAULT_FEEDBACK = 64  # limits.feedback (section 2.3)
 _TEXT, _NUMBER = Scalar("str"), Scalar("number")
 _DURATION_TEXT = Scalar("str", parse_duration)
 _NAMES, _WINDOWS = ListOf(_TEXT), ListOf(_DURATION_TEXT)
@@ -74,7 +76,10 @@ SPEC_SHAPE = Record(
     required={"version": Scalar("int"), "entities": MapOf(_NAMES)},
     optional={
         "dedupe_horizon": _DURATION_TEXT,
-        "limits": Record({}, {"head": _CAP, "tail": MapOf(_DURATION_TEXT), "dedupe": _CAP}),
+        "limits": Record(
+            {},
+            {"head": _CAP, "tail": MapOf(_DURATION_TEXT), "distinct": _CAP, "feedback": _CAP, "dedupe": _CAP},
+        ),
         "velocity": ListOf(
             Record(
                 {**_ENTRY, "windows": _WINDOWS, "stats": _NAMES},
@@ -184,6 +189,9 @@ class FeatureSpec:
     head_limit: int = DEFAULT_HEAD
     # how many transaction ids an entity keeps within the dedupe horizon, per feedback kind too
     dedupe_limit: int = DEFAULT_DEDUPE
+    # distinct counts saturate at `distinct_limit` values, feedback counts at `feedback_limit` events
+    distinct_limit: int = DEFAULT_DISTINCT
+    feedback_limit: int = DEFAULT_FEEDBACK
     digest: str = dataclasses.field(default="")
 
     def head(self, entity: str) -> int:
@@ -440,4 +448,6 @@ def _build(raw: dict[str, Any]) -> FeatureSpec:
         payment=payment,
         head_limit=int(limits.get("head", DEFAULT_HEAD)),
         dedupe_limit=int(limits.get("dedupe", DEFAULT_DEDUPE)),
+        distinct_limit=int(limits.get("distinct", DEFAULT_DISTINCT)),
+        feedback_limit=int(limits.get("feedback", DEFAULT_FEEDBACK)),
     )

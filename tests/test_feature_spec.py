@@ -50,6 +50,8 @@ def _load(tmp_path: Path, text: str) -> None:
         ("    head: 256\n", "    head: 256\n    tail: {2h: 5m}\n", r"tail for \['2h'\], which are not among"),
         ("  head: 64\n", "  head: 0\n", r":\d+: spec.limits.head: .*not a positive whole number"),
         ("  head: 64\n", "  heads: 64\n", r"spec.limits: unknown key 'heads'"),
+        ("  distinct: 64\n", "  distinct: 0\n", r":\d+: spec.limits.distinct: .*not a positive whole number"),
+        ("  dedupe: 64\n", "  dedupe: -1\n", r":\d+: spec.limits.dedupe: .*not a positive whole number"),
         ("    head: 256\n", "    head: 2.5\n", r"spec.velocity\[0\].head: expected a whole number"),
         ("version: 1\n", "", r"spec: missing 'version'"),
     ],
@@ -77,3 +79,5 @@ def test_default_heads_and_tails() -> None:
     minutes = {w.label: (w.tail_ms or 0) // 60_000 for w in card.windows}
     assert minutes == {"10m": 1, "1h": 5, "24h": 60, "7d": 360, "30d": 1440}
     assert spec.card_behaviour is not None and spec.card_behaviour.window.tail_ms == 1440 * 60_000
+    # sections 2.2-2.4: distinct sets, feedback lists and dedupe rings of 64
+    assert (spec.distinct_limit, spec.feedback_limit, spec.dedupe_limit) == (64, 64, 64)
