@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo serve test check lint typecheck imports bench reliability clean
+.PHONY: venv demo serve test test-browser check lint typecheck imports bench reliability clean
 
 $(STAMP): pyproject.toml
 	@echo "==> creating $(VENV) and installing antifraud with its test tools"
@@ -19,10 +19,15 @@ demo: venv
 	@echo "==> antifraud demo: sample, model, embedded Redis, service, one day replayed over HTTP"
 	$(BIN)/antifraud demo
 
-# Runs until stopped, on the embedded Redis, with a local development key file in var/.
+# Runs until stopped, on the embedded Redis, with a local development key file in var/. Its admin key
+# (owner-only, var/dev-admin.key) signs in to the console; a checkout whose key file predates the
+# console gets a second admin key for it, dev-console.
 serve: venv
 	@mkdir -p var
-	@test -f var/dev-keys.yaml || $(BIN)/antifraud keys new --name dev --role admin --file var/dev-keys.yaml
+	@test -f var/dev-admin.key || ( umask 077; name=dev; test -f var/dev-keys.yaml && name=dev-console; \
+		out=$$($(BIN)/antifraud keys new --name $$name --role admin --file var/dev-keys.yaml) && \
+		printf '%s\n' "$$out" | tail -n 1 > var/dev-admin.key )
+	@echo "console: http://127.0.0.1:$${ANTIFRAUD_PORT:-8000}/console/ (sign in with the key in var/dev-admin.key)"
 	$(BIN)/antifraud serve --api-keys var/dev-keys.yaml
 
 lint: venv
@@ -45,7 +50,18 @@ check: lint typecheck imports
 
 test: venv lint typecheck imports
 	@echo "==> pytest (real redis-server, real LightGBM)"
-	$(BIN)/pytest -q --ignore=tests/reliability
+	$(BIN)/pytest -q --ignore=tests/reliability --ignore=tests/browser
+
+# The console in a real browser: Playwright (the `browser` extra, from PyPI) drives Debian's Chromium
+# (/usr/bin/chromium or ANTIFRAUD_CHROMIUM; `apt-get install chromium`), never a browser Playwright
+# downloads. Screenshots go to reports/browser/ (not committed).
+$(VENV)/.browser-installed: $(STAMP)
+	$(BIN)/python -m pip install --quiet --progress-bar off -e '.[browser]'
+	touch $@
+
+test-browser: $(VENV)/.browser-installed
+	@echo "==> browser tests (Playwright, $${ANTIFRAUD_CHROMIUM:-/usr/bin/chromium})"
+	$(BIN)/pytest -q tests/browser
 
 # The long evidence: faults under load, durability, idempotency at scale, fuzzing; prints figures.
 reliability: venv

@@ -176,6 +176,21 @@ class FeedbackRecord(TypedDict):
     received_at: str
 
 
+class AuditRecord(TypedDict):
+    """One action of a console user, as the audit stream holds it (engine/audit.py): who did what to
+    what, when and from where. `actor` is the key's name ("" for a sign-in with an unknown key),
+    `subject` what the action was about (a transaction id, a list, a rule file; "" for none) and
+    `detail` the action's own facts (a note, a diff, the reason for a refusal)."""
+
+    at: str  # ISO 8601, UTC
+    actor: str
+    role: str  # the key's role when the action was taken ("" when unknown)
+    action: str  # e.g. signin, review.resolve, rules.promote (engine.audit.ACTIONS)
+    subject: str
+    detail: dict[str, Any]
+    ip: str
+
+
 #: a logged record read back as an open JSON object: the API adds keys to a decision (its feedback,
 #: the contributions computed on read) before it answers it, so it is no longer a `Decision`
 JSONObject: TypeAlias = dict[str, Any]

@@ -20,6 +20,7 @@ refused, for its sender to retry. Nothing is ever dropped from a buffer unwritte
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, Literal, cast
@@ -84,8 +85,8 @@ return 0
 """
 )
 
-# Append one entry to a buffer if it has room. KEYS: stream. ARGV: the bound (max entries, max age ms,
-# age from), field, value. Returns the entry id, or false when full.
+# Append one entry to a bounded stream if it has room. KEYS: stream. ARGV: the bound (max entries, max
+# age ms, age from), field, value. Returns the entry id, or false when full.
 _APPEND = (
     _ROOM
     + """
@@ -95,6 +96,8 @@ end
 return false
 """
 )
+
+_APPEND_SHA: Final = hashlib.sha1(_APPEND.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -161,7 +164,6 @@ class DecisionLog:
         # the scoring path's call, over its own connection (engine/redis_script.py): about 20 us of
         # the worker's CPU less per payment than redis-py's Script
         self._put = DirectScript(client, _PUT)
-        self._append = client.register_script(_APPEND)
 
     def _key(self, txid: str) -> str:
         return f"{self.ns}:{{tx:{txid}}}:d"
@@ -234,8 +236,22 @@ class DecisionLog:
         return entry
 
     def _append_to(self, stream: str, field: bytes, value: bytes) -> str | None:
-        entry = self._append(keys=[stream], args=[*self.bound.args, field, value])
-        return entry.decode() if isinstance(entry, bytes) else None
+        return append_bounded(self.client, stream, self.bound, field, value)
+
+
+def append_bounded(
+    client: redis.Redis, stream: str, bound: BufferBound, field: bytes, value: bytes
+) -> str | None:
+    """Append one entry (`field` = `value`) to `stream` if it has room under `bound`, in one atomic
+    step; returns its entry id, or None when the stream is full. The feedback buffer, the audit log
+    (engine/audit.py) and the webhook outbox (engine/webhooks/outbox.py) are bounded by it: none of
+    them is ever trimmed below what its reader has not yet taken."""
+    args = (*bound.args, field, value)
+    try:
+        entry = client.evalsha(_APPEND_SHA, 1, stream, *args)
+    except redis.exceptions.NoScriptError:  # a Redis that has not seen the script yet, or restarted
+        entry = client.eval(_APPEND, 1, stream, *args)
+    return entry.decode() if isinstance(entry, bytes) else None
 
 
 def _put_result(done: object, txid: str) -> IdempotencyRecord | PutResult:

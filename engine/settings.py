@@ -21,6 +21,16 @@ def _env(name: str, default: str) -> str:
     return os.environ.get(f"ANTIFRAUD_{name}", default)
 
 
+def _flag(name: str, default: str) -> bool:
+    """An on/off setting: on, true, 1 or yes; off, false, 0 or no (any case)."""
+    value = _env(name, default).strip().lower()
+    if value in ("on", "true", "1", "yes"):
+        return True
+    if value in ("off", "false", "0", "no"):
+        return False
+    raise ValueError(f"ANTIFRAUD_{name} must be on or off, not {value!r}")
+
+
 @dataclass
 class Settings:
     """Everything the scoring service needs to start."""
@@ -53,6 +63,36 @@ class Settings:
     # How long the store keeps decisions and feedback: disputes and chargebacks come back for up to
     # 540 days after a payment (the longest card-scheme limits), so two years by default.
     retention_days: int = field(default_factory=lambda: int(_env("RETENTION_DAYS", "730")))
+    # The risk console (docs/console.md): mounted in this worker unless CONSOLE=off; its public base URL
+    # (printed by `serve`; https:// makes every session cookie Secure); a session ends after
+    # `console_session_idle_s` without a request or `console_session_max_s` after sign-in.
+    console: bool = field(default_factory=lambda: _flag("CONSOLE", "on"))
+    console_url: str | None = field(default_factory=lambda: _env("CONSOLE_URL", "") or None)
+    console_session_idle_s: int = field(default_factory=lambda: int(_env("CONSOLE_SESSION_IDLE_S", "1800")))
+    console_session_max_s: int = field(default_factory=lambda: int(_env("CONSOLE_SESSION_MAX_S", "43200")))
+    # the body limit of the rule tester's upload (POST /console/rules/test) only; every other route
+    # keeps `max_body_bytes`
+    console_upload_bytes: int = field(default_factory=lambda: int(_env("CONSOLE_UPLOAD_BYTES", "1048576")))
+    # the review queue: the most open cases (then new ones are refused, never evicted), how long a
+    # claim lasts, how long resolved cases stay in Redis
+    review_queue_max: int = field(default_factory=lambda: int(_env("REVIEW_QUEUE_MAX", "10000")))
+    review_claim_s: int = field(default_factory=lambda: int(_env("REVIEW_CLAIM_S", "900")))
+    review_keep_days: int = field(default_factory=lambda: int(_env("REVIEW_KEEP_DAYS", "30")))
+    # the rule tester: a history file to backtest over, and the most logged decisions a test reads
+    console_history: Path | None = field(
+        default_factory=lambda: Path(p) if (p := _env("CONSOLE_HISTORY", "")) else None
+    )
+    console_test_max_decisions: int = field(
+        default_factory=lambda: int(_env("CONSOLE_TEST_MAX_DECISIONS", "200000"))
+    )
+    # webhooks: the endpoints file (none: nothing is published), attempts per event, one POST's timeout
+    webhooks_file: Path | None = field(
+        default_factory=lambda: Path(p) if (p := _env("WEBHOOKS", "")) else None
+    )
+    webhook_max_attempts: int = field(default_factory=lambda: int(_env("WEBHOOK_MAX_ATTEMPTS", "12")))
+    webhook_timeout_s: float = field(default_factory=lambda: float(_env("WEBHOOK_TIMEOUT_S", "5")))
+    # `serve` runs the webhook delivery worker: on by default when an endpoints file is given
+    hooks: bool = field(default_factory=lambda: _flag("HOOKS", "on" if _env("WEBHOOKS", "") else "off"))
 
     def __post_init__(self) -> None:
         if self.fail_policy not in VERDICTS:
@@ -65,3 +105,19 @@ class Settings:
             raise ValueError(f"clock_skew_s must be 0 or more seconds, got {self.clock_skew_s}")
         if not 0 < self.budget_ms <= 10_000:
             raise ValueError(f"budget_ms must be in (0, 10000], got {self.budget_ms}")
+        for name in (
+            "console_session_idle_s",
+            "console_session_max_s",
+            "console_upload_bytes",
+            "review_queue_max",
+            "review_claim_s",
+            "review_keep_days",
+            "console_test_max_decisions",
+            "webhook_max_attempts",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not self.webhook_timeout_s > 0:
+            raise ValueError(f"webhook_timeout_s must be more than 0 seconds, got {self.webhook_timeout_s}")
+        if self.console_url is not None and not self.console_url.startswith(("http://", "https://")):
+            raise ValueError(f"console_url must start with http:// or https://, got {self.console_url!r}")

@@ -15,6 +15,9 @@ What that guarantees (docs/decisions.md):
 - nothing is written twice: the store's writes are idempotent (by transaction id for decisions, by
   stream id for feedback), so a batch written again after a crash adds nothing;
 - a store that fails leaves the batch pending; it is retried with a growing pause, never acknowledged.
+An `after_write` hook (the console's review queue, statistics and webhook outbox) sees each batch once
+the store has it and before it is acknowledged: a hook that raises leaves the batch pending too, so
+what it feeds must be idempotent, as the store is (docs/console-design.md, 2).
 Several sinks (consumers of one group) split the entries between them.
 
 Every command names one stream, so the sink runs unchanged on a Redis Cluster (the two streams live
@@ -24,12 +27,13 @@ in different slots).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, cast
 
@@ -55,6 +59,9 @@ LINGER_STEP_S = 0.05
 
 # one stream entry as redis-py returns it: id and fields ({} when the entry was deleted meanwhile)
 _Entry = tuple[bytes, dict[bytes, bytes]]
+
+#: what the sink calls with each batch's decisions and feedback once the store holds them
+AfterWrite = Callable[[Sequence[Logged], Sequence[Logged]], None]
 
 
 def default_consumer() -> str:
@@ -151,13 +158,16 @@ class Sink:
         forget_idle_ms: int = 3_600_000,
         metrics: SinkMetrics | None = None,
         linger_ms: int = 1000,
+        after_write: AfterWrite | None = None,
     ) -> None:
         """`claim_idle_ms`: how long an entry delivered to another consumer stays unacknowledged
         before this one takes it over (that consumer is taken for dead; longer than a batch's write).
         `forget_idle_ms`: consumers idle that long with nothing pending are removed from the group.
         `linger_ms`: once a batch has its first new entry, how long to wait for more before writing
         it (a full batch is written at once): each write adds files or a transaction to the store, so
-        a trickle of payments is written in a few larger batches rather than many tiny ones."""
+        a trickle of payments is written in a few larger batches rather than many tiny ones.
+        `after_write(decisions, feedback)`: called with each batch the store has taken, before the
+        batch is acknowledged; if it raises, the batch stays pending and is written and passed again."""
         if batch < 1:
             raise ValueError(f"batch must be at least 1, not {batch}")
         self.client = client
@@ -170,6 +180,7 @@ class Sink:
         self.linger_ms = linger_ms
         self.forget_idle_ms = forget_idle_ms
         self.metrics = metrics or SinkMetrics()
+        self.after_write = after_write
         self.rejected_stream = f"{namespace}:sink:rejected"
         self.feature_lists = FeatureLists(client, namespace)
         self.streams = (
@@ -332,6 +343,8 @@ class Sink:
             ):
                 self.metrics.written.labels(kind).inc(new)
                 self.metrics.repeated.labels(kind).inc(len(decoded[kind]) - new)
+            if self.after_write is not None:
+                self.after_write(decoded["decisions"], decoded["feedback"])
         for stream in self.streams:
             if stream.entries:
                 self.client.xack(stream.key, self.group, *stream.entries)
@@ -470,6 +483,8 @@ def run_sink(
 
     from prometheus_client import start_http_server
 
+    from antifraud.engine.review.feed import ConsoleFeed
+    from antifraud.engine.settings import Settings
     from antifraud.engine.store import open_store
 
     if not logging.getLogger().handlers:
@@ -483,6 +498,10 @@ def run_sink(
     previous = {s: signal.signal(s, request_stop) for s in (signal.SIGTERM, signal.SIGINT)}
     client = redis.Redis.from_url(redis_url)
     store = open_store(store_url)
+    metrics = SinkMetrics()
+    # the console's review queue and day figures, fed from every batch (ANTIFRAUD_REVIEW_* bounds)
+    settings = dataclasses.replace(Settings(), namespace=namespace)
+    feed = ConsoleFeed.from_settings(client, settings, None, metrics.registry)
     try:
         sink = Sink(
             client,
@@ -493,6 +512,8 @@ def run_sink(
             consumer=consumer,
             claim_idle_ms=claim_idle_ms,
             linger_ms=linger_ms,
+            metrics=metrics,
+            after_write=feed.after_write,
         )
         if metrics_port:
             start_http_server(metrics_port, registry=sink.metrics.registry)

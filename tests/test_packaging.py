@@ -33,4 +33,11 @@ def test_the_wheel_adds_only_antifraud(tmp_path: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     assert {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")} == {"antifraud"}
     assert {"antifraud/features/spec.yaml", "antifraud/features/score.lua"} <= set(names)
+    console = "antifraud/engine/console/"  # the console's templates and static files are package data
+    assert {
+        console + "templates/base.html",
+        console + "templates/partials/_csrf.html",
+        console + "static/console.css",
+        console + "static/console.js",
+    } <= set(names)
     assert "antifraud/engine/cli.py" in names and "antifraud/training/train.py" in names

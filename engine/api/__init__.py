@@ -17,6 +17,7 @@ import redis
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 
+from antifraud.engine import console
 from antifraud.engine.api import admin, decisions, feedback, health, openapi, score
 from antifraud.engine.api.errors import invalid_request
 from antifraud.engine.api.fast_path import ScoreFastPath
@@ -84,13 +85,16 @@ def create_app(
         # added first, so it runs last among the middlewares: after the metrics, the auth and the
         # body limit, it answers POST /v1/score without FastAPI's routing (engine/api/fast_path.py)
         app.add_middleware(ScoreFastPath, route=score_route)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
-    # added after the body limit, so it runs before it: nothing reads a body before the caller is known
+    # the console's rule upload alone may be larger (looked up only for a body over the limit)
     app.add_middleware(
-        ApiKeyAuth,
-        keys=KeyRing(settings.api_keys_file) if settings.api_keys_file else None,  # reloaded live
-        roles=ROUTE_ROLES,
+        BodyLimit,
+        max_bytes=settings.max_body_bytes,
+        allowances={"/console/rules/test": settings.console_upload_bytes},
     )
+    # added after the body limit, so it runs before it: nothing reads a body before the caller is known
+    keyring = KeyRing(settings.api_keys_file) if settings.api_keys_file else None  # reloaded live
+    app.state.keyring = keyring  # the console signs in against the same keys
+    app.add_middleware(ApiKeyAuth, keys=keyring, roles=ROUTE_ROLES)
     # added after the auth, so it runs before it and counts its 401 and 403 answers too
     app.add_middleware(HttpMetrics, metrics=app.state.metrics)
     app.add_exception_handler(RequestValidationError, invalid_request)
@@ -101,6 +105,7 @@ def create_app(
         (admin, "admin"),
     ):
         app.include_router(module.router, tags=[tag])
+    console.install(app, settings, keyring)  # after the API's routes; none of its own is in the schema
     openapi.install(app, ROUTE_ROLES, bodies=[Transaction])
     return app
 

@@ -2,41 +2,56 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
 class BodyLimit:
-    """Refuse request bodies over a size with 413, before anything parses them."""
+    """Refuse request bodies over a size with 413, before anything parses them.
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    `allowances` gives a few paths a larger limit (the console's rule upload); it is looked up only once
+    a body is over `max_bytes`, so the payments, far below it, never pay for it.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int, allowances: Mapping[str, int] | None = None) -> None:
         self.app, self.max_bytes = app, max_bytes
+        self.allowances = dict(allowances or {})
+
+    def _limit(self, scope: Scope) -> int:
+        return max(self.max_bytes, self.allowances.get(scope["path"], 0))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.max_bytes
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._refuse(scope, receive, send)
-            return
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            limit = self._limit(scope)
+            if int(declared) > limit:
+                await self._refuse(limit, scope, receive, send)
+                return
         seen = 0
 
         async def limited() -> Message:
-            nonlocal seen
+            nonlocal seen, limit
             message = await receive()
             seen += len(message.get("body", b""))
-            if seen > self.max_bytes:
-                raise _TooLarge
+            if seen > limit:
+                limit = self._limit(scope)
+                if seen > limit:
+                    raise _TooLarge
             return message
 
         try:
             await self.app(scope, limited, send)
         except _TooLarge:
-            await self._refuse(scope, receive, send)
+            await self._refuse(limit, scope, receive, send)
 
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = JSONResponse({"detail": f"request body over {self.max_bytes} bytes"}, status_code=413)
+    async def _refuse(self, limit: int, scope: Scope, receive: Receive, send: Send) -> None:
+        response = JSONResponse({"detail": f"request body over {limit} bytes"}, status_code=413)
         await response(scope, receive, send)
 
 

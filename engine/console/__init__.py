@@ -1,0 +1,95 @@
+"""The risk console: server-rendered pages for risk staff, served by the API's own app (docs/console.md).
+
+`install(app, settings)` mounts its routers under /console (none of them in the OpenAPI document), its
+static files under /console/static and its Jinja2 templates (autoescaped). Its requests pass the API-key
+middleware untouched (no /console prefix there) and are guarded by the console's own session and CSRF
+dependencies (`engine.console.deps`); POST /v1/score never reaches any of it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import jinja2
+from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.responses import Response
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+
+from antifraud.engine.audit import AuditLog
+from antifraud.engine.auth import KeyRing
+from antifraud.engine.console.deps import (
+    SESSION_COOKIE,
+    SIGNIN_PATH,
+    ConsoleError,
+    ConsoleState,
+    NotSignedIn,
+    current_session,
+    redirect,
+    render,
+)
+from antifraud.engine.console.pages import auth, decisions, queue, today
+from antifraud.engine.console.sessions import SessionStore
+from antifraud.engine.decisions import BufferBound
+from antifraud.engine.settings import Settings
+
+HERE = Path(__file__).resolve().parent
+#: the console's page routers, in the order of the navigation
+PAGES = (auth, queue, decisions, today)
+
+
+def install(app: FastAPI, settings: Settings, keyring: KeyRing | None) -> None:
+    """Mount the console on `app` unless `settings.console` is off. `keyring` is the API-key middleware's
+    own ring (reloaded live): sign-in checks keys against it; None means nobody can sign in."""
+    if not settings.console:
+        return
+    bound = BufferBound(settings.buffer_max_entries, settings.buffer_max_age_s)
+    app.state.console = ConsoleState(
+        settings=settings,
+        # every value escaped, whatever a template's name (select_autoescape would go by its suffix)
+        templates=Jinja2Templates(
+            env=jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True)
+        ),
+        sessions=SessionStore(
+            app.state.redis,
+            settings.namespace,
+            settings.console_session_idle_s,
+            settings.console_session_max_s,
+        ),
+        audit=AuditLog(app.state.redis, settings.namespace, bound),
+        keyring=keyring,
+    )
+    app.mount("/console/static", StaticFiles(directory=HERE / "static"), name="console-static")
+    for page in PAGES:
+        app.include_router(page.router, include_in_schema=False)
+    app.add_exception_handler(ConsoleError, _console_error)
+    app.add_exception_handler(NotSignedIn, _not_signed_in)
+    app.add_exception_handler(HTTPException, _http_error)
+
+
+async def _console_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ConsoleError)
+    return render(request, "error.html", {"status": exc.status, "message": exc.message}, exc.status)
+
+
+async def _not_signed_in(request: Request, exc: Exception) -> Response:
+    response = redirect(SIGNIN_PATH)
+    if SESSION_COOKIE in request.cookies:  # expired or revoked: drop the dead cookie
+        response.delete_cookie(SESSION_COOKIE, path="/console", httponly=True, samesite="strict")
+    return response
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """A console page for errors under /console (an unknown page: 404); the API keeps its JSON errors."""
+    assert isinstance(exc, HTTPException)
+    if not request.url.path.startswith("/console/"):
+        return await http_exception_handler(request, exc)
+    if SESSION_COOKIE in request.cookies:  # the page's navigation for a signed-in user
+        with contextlib.suppress(NotSignedIn):
+            await run_in_threadpool(current_session, request)
+    message = "there is no such page in the console" if exc.status_code == 404 else exc.detail
+    return render(request, "error.html", {"status": exc.status_code, "message": message}, exc.status_code)

@@ -1,0 +1,1 @@
+"""The console's pages: one `APIRouter` per page, mounted by `engine.console.install`."""

@@ -1,0 +1,112 @@
+"""Fixtures of the console's browser tests: a running service with a key of each role, and Debian's
+Chromium driven by Playwright (the PyPI package; its own browser download cannot run here).
+
+    def test_x(console: Console, page: Page) -> None:
+        sign_in(page, console, "alice")
+        ...
+        shot(page, "queue")
+
+The service is `antifraud serve` on loopback (engine.stack.ServiceStack, with its sink) over a copy of the
+rules with one more rule, `big_amount_review`: payments over 9,000 are reviewed, so a test makes a
+review case by scoring one. Screenshots go to reports/browser/ (git-ignored), or to AF_SCREENSHOTS.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from antifraud.engine.settings import ROOT
+from antifraud.engine.stack import ServiceStack
+
+CHROMIUM = Path(os.environ.get("ANTIFRAUD_CHROMIUM", "/usr/bin/chromium"))
+# without the background-networking flags Chromium keeps calling hosts this closed network refuses
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+SCREENSHOTS = Path(os.environ.get("AF_SCREENSHOTS", ROOT / "reports" / "browser"))
+VIEWPORT = {"width": 1280, "height": 800}
+# a busy machine (two cores shared by the suite, the service and Chromium) can take seconds per page
+expect.set_options(timeout=15_000)
+#: the stack's keys, by name
+KEYS = {"checkout": "scorer", "alice": "analyst", "ops": "admin"}
+REVIEW_RULE = """\
+rules:
+  - id: big_amount_review
+    description: Payments over 9,000 are looked at by a person
+    when: amount > 9000
+    action: review
+    reason: BIG_AMOUNT
+"""
+
+
+@dataclass(frozen=True)
+class Console:
+    """The running service: its console's address, its API keys by name, an API client."""
+
+    url: str  # http://127.0.0.1:<port>
+    keys: dict[str, str]
+    stack: ServiceStack
+
+    def api(self, key_name: str = "checkout") -> httpx.Client:
+        """An API client with the named key."""
+        return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.keys[key_name]}"})
+
+
+@pytest.fixture(scope="session")
+def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
+    """The service, started once for the browser tests."""
+    rules = tmp_path_factory.mktemp("rules") / "rules"
+    shutil.copytree(ROOT / "rules", rules)
+    (rules / "browser.yaml").write_text(REVIEW_RULE)
+    env = {"ANTIFRAUD_PAN_SECRET": "browser-tests-pan-secret-0123456789"}
+    with ServiceStack(keys=KEYS, rules_dir=rules, env=env, prefix="antifraud-browser-") as stack:
+        yield Console(f"http://127.0.0.1:{stack.port}", stack.keys, stack)
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Browser]:
+    """Debian's Chromium, headless."""
+    if not CHROMIUM.exists():
+        pytest.fail(f"no Chromium at {CHROMIUM}: `apt-get install chromium`, or set ANTIFRAUD_CHROMIUM")
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    """A page in a fresh browser context (no cookies from another test)."""
+    context = browser.new_context(viewport=VIEWPORT)  # type: ignore[arg-type]
+    context.set_default_timeout(15_000)
+    yield context.new_page()
+    context.close()
+
+
+def sign_in(page: Page, console: Console, key_name: str) -> None:
+    """Sign in through the form as a person would: type the key, press the button."""
+    page.goto(f"{console.url}/console/signin")
+    page.get_by_label("API key").fill(console.keys[key_name])
+    with page.expect_navigation():  # the form's answer: the queue, or the form again with the refusal
+        page.get_by_role("button", name="Sign in").click()
+
+
+def shot(page: Page, name: str) -> Path:
+    """Save a screenshot of the page as <SCREENSHOTS>/<name>.png."""
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    path = SCREENSHOTS / f"{name}.png"
+    page.screenshot(path=str(path))
+    return path
