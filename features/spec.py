@@ -385,10 +385,16 @@ def _check_within(spec: FeatureSpec) -> None:
         fields, prefix = spec.entities[entity], spec.entities[outer]
         if len(fields) != len(prefix) + 1 or fields[: len(prefix)] != prefix:
             raise SpecError(f"{where}: the key fields of {outer} {list(prefix)} and one more must be its own")
-        others = [*spec.distinct, *spec.novelty, *spec.feedback, *spec.label_rate]
-        if any(g.entity == entity for g in others) or (
-            spec.card_behaviour is not None and spec.card_behaviour.entity == entity
-        ):
+        groups: list[Distinct | Novelty | Feedback | LabelRate] = [
+            *spec.distinct,
+            *spec.novelty,
+            *spec.feedback,
+            *spec.label_rate,
+        ]
+        others = [g.entity for g in groups]
+        if spec.card_behaviour is not None:
+            others.append(spec.card_behaviour.entity)
+        if entity in others:
             raise SpecError(f"{where}: an entity kept within another has velocity windows only")
         outer_ms = [w.ms for v in spec.velocity if v.entity == outer for w in v.windows if w.tail_ms]
         if spec.card_behaviour is not None and spec.card_behaviour.entity == outer:

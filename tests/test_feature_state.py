@@ -248,7 +248,7 @@ def test_a_state_of_the_layout_before_fingerprints_is_taken_over(
     assert old.score(retry).duplicate
     for n, t in enumerate(times[-2:], start=len(times) - 2):
         x, y = _pay(old, n, t, 2000 + n), _pay(new, n, t, 2000 + n)
-        _assert_same_but_card_merchant(x, y, n)
+        _assert_same(x, y, n)
         # the payments of the old head are at an unknown merchant (the new: one of them at m1, m2)
         assert (x["card_merchant_count_24h"], y["card_merchant_count_24h"]) == (0, 1), n
     assert x["card_count_1h"] == 8 and x["card_distinct_merchants_1h"] == 3 and x["card_new_merchant"] == 0
@@ -261,9 +261,10 @@ def test_a_state_of_the_layout_before_fingerprints_is_taken_over(
     assert not old.feedback("decline", "tx2", times[8] + 2, {"card_id": "c0"})
 
 
-def _assert_same_but_card_merchant(x: dict[str, float], y: dict[str, float], n: int, skip: bool = True) -> None:
+def _assert_same(x: dict[str, float], y: dict[str, float], n: int, but: str = "card_merchant_") -> None:
+    """The same features, but those whose names start with `but` ('': all the same)."""
     assert x.keys() == y.keys()
-    same = [k for k in x if not (skip and k.startswith("card_merchant_"))]
+    same = [k for k in x if not (but and k.startswith(but))]
     assert all(x[k] == y[k] or (math.isnan(x[k]) and math.isnan(y[k])) for k in same), n
 
 
@@ -283,14 +284,14 @@ def test_a_card_head_without_merchants_is_taken_over(redis_client: redis.Redis) 
     )
     times = [T0 + k * 7 * MINUTE for k in range(12)]
     for n, t in enumerate(times[:6]):
-        _assert_same_but_card_merchant(_pay(before, n, t, 1000 + 37 * n), _pay(fresh, n, t, 1000 + 37 * n), n, False)
+        _assert_same(_pay(before, n, t, 1000 + 37 * n), _pay(fresh, n, t, 1000 + 37 * n), n, but="")
     pair = entity_prefix("a", "card_merchant", "c0|m0") + ":s"
     kept, ttl = redis_client.get(pair), redis_client.pttl(pair)
     assert kept is not None and 0 < ttl <= 30 * DAY
     counts = []
     for n, t in enumerate(times[6:], start=6):
         x, y = _pay(after, n, t, 1000 + 37 * n), _pay(fresh, n, t, 1000 + 37 * n)
-        _assert_same_but_card_merchant(x, y, n)
+        _assert_same(x, y, n)
         counts.append((x["card_merchant_count_24h"], y["card_merchant_count_24h"]))
     # m0, m1, m2, m0, m1, m2: the old payments 2-5 leave the head as the new ones come
     assert counts == [(0, 1), (0, 1), (0, 1), (1, 1), (1, 1), (1, 1)]
