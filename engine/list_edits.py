@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 import redis
 
@@ -26,9 +26,8 @@ from antifraud.engine.rules.yaml_loader import parse_list_file
 
 __all__ = ["LIST_TARGETS", "ListEdit", "ListEditError", "edit_list", "editable", "target"]
 
-Kind = Literal["deny", "allow"]
-#: which list a console action on (deny or allow, the payment field) edits
-LIST_TARGETS: Final[Mapping[tuple[Kind, str], str]] = {
+#: which list a console action on ("deny" or "allow", the payment field) edits
+LIST_TARGETS: Final[Mapping[tuple[str, str], str]] = {
     ("deny", "card_id"): "deny_cards",
     ("deny", "email"): "deny_emails",
     ("deny", "ip"): "blocked_ips",
@@ -69,7 +68,7 @@ class ListEdit:
 
 def target(kind: str, field: str) -> str:
     """The list a (deny or allow, payment field) action edits; ListEditError 400 for another pair."""
-    name = LIST_TARGETS.get((kind, field))  # type: ignore[call-overload]
+    name = LIST_TARGETS.get((kind, field))
     if name is None:
         raise ListEditError(400, f"no {kind} list for {field!r}: lists take card_id, email, ip and device_id")
     return name

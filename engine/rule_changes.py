@@ -141,7 +141,8 @@ def start_test(
     """Store the test and start its job; RuleChangeError 409 while another test runs (one at a time)."""
     running = f"{namespace}:console:test:running"
     if not client.set(running, cand.id, nx=True, ex=RUNNING_S):
-        other = test_record(client, namespace, str(client.get(running) or b"", "utf-8"))
+        holder = cast(bytes | None, client.get(running))
+        other = test_record(client, namespace, holder.decode() if holder else "")
         by = f" by {other['actor']}" if other else ""
         raise RuleChangeError(409, f"a test{by} is running: one test runs at a time, retry when it ends")
     key = _test_key(namespace, cand.id)
