@@ -66,7 +66,7 @@ def test_frauds_only_this_rule_and_the_bands_alone() -> None:
     )
     assert list(band) == ["allow"] * 3 + ["block"] + ["allow"] * 2
     assert core.band_alone(ruleset).rules == () and core.band_alone(ruleset).lists == ruleset.lists
-    # 0 only deny_card; 1 only big; 2 both (neither alone); 3 the band blocks anyway; vip allows; watch: shadow
+    # 0 only deny_card; 1 only big; 2 both (neither alone); 3 the band blocks anyway; vip allows
     assert core.frauds_only_this_rule(ruleset, fired, band, fraud) == {"deny_card": 1, "big": 1}
     stats = {
         s.rule_id: s for s in core.rule_stats(ruleset, fired, skipped, fraud, columns["amount"].to_numpy())
