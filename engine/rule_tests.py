@@ -124,7 +124,7 @@ def backtest_log(
     """The candidate against the live set on logged decisions (oldest first), as a JSON-ready dict."""
     n = len(decisions)
     if n == 0:
-        return {"source": "log", "payments": 0, "warnings": ["no logged decision in the period"]}
+        return {"source": "log", "payments": 0, "frauds": 0, "warnings": ["no logged decision in the period"]}
     names = set(candidate.name_types) | set(live.name_types)
     rows, features = _frame(decisions, names)
     columns = rule_environment(rows, features)
