@@ -151,7 +151,7 @@ async def start(request: Request, session: CsrfChecked, scorer: ScorerDep) -> Re
             request,
             ruleset,
             chosen=chosen,
-            new_name=name,
+            new_name=name if chosen == NEW_FILE else "",
             text=text,
             period=period,
             numbered=[(i, line, [e for e in here if e.line == i]) for i, line in enumerate(lines, 1)],
