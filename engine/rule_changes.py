@@ -21,6 +21,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -40,14 +41,15 @@ __all__ = [
     "PERIODS",
     "Candidate",
     "RuleChangeError",
-    "TestSpec",
+    "RuleTestSpec",
     "candidate",
     "file_diff",
     "finish_test",
     "promote",
+    "read_test",
     "rules_lock",
     "start_test",
-    "test_record",
+    "store_test",
 ]
 
 LOCK_MS: Final = 10_000
@@ -111,11 +113,22 @@ def candidate(
     shutil.copytree(rules_dir, directory, ignore=shutil.ignore_patterns(".*"))
     (directory / file).write_text(text.replace("\r\n", "\n"), encoding="utf-8")
     ruleset, errors = load_checked(directory, names)
+    if errors:  # nothing will run on it: only the errors are shown
+        shutil.rmtree(directory)
+    _drop_old_candidates(directory.parent)
     return Candidate(test_id, directory, file, text.replace("\r\n", "\n"), ruleset, list(errors))
 
 
+def _drop_old_candidates(root: Path) -> None:
+    """Remove candidate directories older than a test is kept (their tests are gone from Redis)."""
+    cutoff = time.time() - TEST_KEEP_S
+    for old in root.iterdir():
+        if old.is_dir() and old.stat().st_mtime < cutoff:
+            shutil.rmtree(old, ignore_errors=True)
+
+
 @dataclass(frozen=True)
-class TestSpec:
+class RuleTestSpec:
     """What the job needs, stored with the test: sources, the rules on both sides, costs and bounds."""
 
     live_dir: str
@@ -136,13 +149,32 @@ def _test_key(namespace: str, test_id: str) -> str:
 
 
 def start_test(
-    client: redis.Redis, namespace: str, cand: Candidate, spec: TestSpec, base_version: str, actor: str
+    client: redis.Redis, namespace: str, cand: Candidate, spec: RuleTestSpec, base_version: str, actor: str
 ) -> None:
     """Store the test and start its job; RuleChangeError 409 while another test runs (one at a time)."""
+    store_test(client, namespace, cand, spec, base_version, actor)
+    # the job connects as this client does; in its environment, not its arguments, for the password
+    env = {**os.environ, "ANTIFRAUD_RULE_TEST_REDIS": _url(client.connection_pool.connection_kwargs)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "antifraud.engine.rule_tests", cand.id, namespace],
+        env=env,
+        start_new_session=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    threading.Thread(target=process.wait, name=f"rule-test-{cand.id}", daemon=True).start()
+
+
+def store_test(
+    client: redis.Redis, namespace: str, cand: Candidate, spec: RuleTestSpec, base_version: str, actor: str
+) -> None:
+    """Take the one running slot and store the test's spec (`start_test` then starts its job; tests
+    run the job in process). RuleChangeError 409 while another test runs."""
     running = f"{namespace}:console:test:running"
     if not client.set(running, cand.id, nx=True, ex=RUNNING_S):
         holder = cast(bytes | None, client.get(running))
-        other = test_record(client, namespace, holder.decode() if holder else "")
+        other = read_test(client, namespace, holder.decode() if holder else "")
         by = f" by {other['actor']}" if other else ""
         raise RuleChangeError(409, f"a test{by} is running: one test runs at a time, retry when it ends")
     key = _test_key(namespace, cand.id)
@@ -160,17 +192,6 @@ def start_test(
         },
     )
     client.expire(key, TEST_KEEP_S)
-    # the job connects as this client does; in its environment, not its arguments, for the password
-    env = {**os.environ, "ANTIFRAUD_RULE_TEST_REDIS": _url(client.connection_pool.connection_kwargs)}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "antifraud.engine.rule_tests", cand.id, namespace],
-        env=env,
-        start_new_session=True,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    threading.Thread(target=process.wait, name=f"rule-test-{cand.id}", daemon=True).start()
 
 
 def _url(kwargs: Mapping[str, Any]) -> str:
@@ -181,7 +202,7 @@ def _url(kwargs: Mapping[str, Any]) -> str:
     return f"redis://{auth}{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}/{kwargs.get('db', 0)}"
 
 
-def test_record(client: redis.Redis, namespace: str, test_id: str) -> dict[str, Any] | None:
+def read_test(client: redis.Redis, namespace: str, test_id: str) -> dict[str, Any] | None:
     """The stored test (status, file, text, versions, actor, spec, result or error), or None."""
     if not re.fullmatch(r"[0-9a-f]{16}", test_id):
         return None

@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import sys
 import traceback
+from collections import deque
 from collections.abc import Iterable, Mapping
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -31,7 +32,7 @@ import redis
 
 from antifraud.engine.costs import CostParameters, expected_cost
 from antifraud.engine.decision_record import Decision, FeedbackRecord
-from antifraud.engine.rule_changes import TestSpec, finish_test, test_record
+from antifraud.engine.rule_changes import RuleTestSpec, finish_test, read_test
 from antifraud.engine.rules import RuleSet, load_rules, rule_environment
 from antifraud.engine.rules.backtest import (
     band_alone,
@@ -70,30 +71,38 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _decisions(spec: TestSpec, now: datetime) -> list[Decision]:
-    """The period's logged decisions, newest day first, at most `max_decisions`."""
+def _decisions(spec: RuleTestSpec, now: datetime, names: set[str]) -> list[Decision]:
+    """The period's logged decisions, oldest first: the newest `max_decisions`, read a day at a time from
+    the newest day, each trimmed to what the rules read (memory stays bounded by `max_decisions`)."""
     assert spec.hours is not None
+    start = now - timedelta(hours=spec.hours)
     store = open_store(spec.store_url)
     try:
-        start = now - timedelta(hours=spec.hours)
-        found: list[Decision] = []
+        found: list[Decision] = []  # newest first
         day_end = now
         while day_end > start and len(found) < spec.max_decisions:
             day_start = max(start, datetime.combine(day_end.date(), datetime.min.time(), UTC))
             if day_start == day_end:  # midnight exactly: the previous day
                 day_start = max(start, day_end - timedelta(days=1))
-            day = [
-                d for batch in store.iter_decisions(day_start, day_end) for d in batch if not d.get("test")
-            ]
+            # the day in time order: only its newest decisions that still fit are kept
+            day: deque[Decision] = deque(maxlen=spec.max_decisions - len(found))
+            for batch in store.iter_decisions(day_start, day_end):
+                day.extend(_trimmed(d, names) for d in batch if not d.get("test"))
             found.extend(reversed(day))
             day_end = day_start
-        labels = _labels(b for batch in store.iter_feedback() for b in batch)
+        # a label arrives after its payment: the feedback received since the period began
+        labels = _labels(f for batch in store.iter_feedback(start=start) for f in batch)
     finally:
         store.close()
-    kept = found[: spec.max_decisions]
-    for d in kept:
+    for d in found:
         d["label"] = labels.get(d["transaction_id"])  # type: ignore[typeddict-unknown-key]
-    return kept[::-1]
+    return found[::-1]
+
+
+def _trimmed(decision: Decision, names: set[str]) -> Decision:
+    """The decision with only the features some rule reads (the rest is never looked at)."""
+    decision["features"] = {k: v for k, v in decision["features"].items() if k in names}
+    return decision
 
 
 def _labels(feedback: Iterable[FeedbackRecord]) -> dict[str, str]:
@@ -180,7 +189,7 @@ def backtest_log(
     )
 
 
-def backtest_history(spec: TestSpec) -> dict[str, Any]:
+def backtest_history(spec: RuleTestSpec) -> dict[str, Any]:
     """`antifraud backtest` of the candidate on the history file, with the live set as baseline."""
     assert spec.history is not None and spec.start is not None and spec.end is not None
     result = run_backtest(
@@ -200,17 +209,18 @@ def backtest_history(spec: TestSpec) -> dict[str, Any]:
 
 def run(client: redis.Redis, namespace: str, test_id: str, now: datetime | None = None) -> dict[str, Any]:
     """Run a stored test and store its result; the result (also when called in process, as tests do)."""
-    test = test_record(client, namespace, test_id)
+    test = read_test(client, namespace, test_id)
     if test is None:
         raise LookupError(f"no rule test {test_id}")
-    spec = TestSpec(**test["spec"])
+    spec = RuleTestSpec(**test["spec"])
     try:
         names = load_spec().feature_names
         candidate = load_rules(spec.candidate_dir, names)
         live = load_rules(spec.live_dir, names)
         result: dict[str, Any] = {"candidate_version": candidate.version, "live_version": live.version}
         if spec.hours is not None:
-            decisions = _decisions(spec, now or datetime.now(UTC))
+            names_read = set(candidate.name_types) | set(live.name_types)
+            decisions = _decisions(spec, now or datetime.now(UTC), names_read)
             costs = TrainConfig().cost_parameters()
             result["log"] = backtest_log(decisions, candidate, live, spec.fail_policy, costs)
         if spec.history is not None:

@@ -1,8 +1,8 @@
 """The console's rule tester and promote, through the real app on a real redis-server with a Parquet
 store: errors inline under their lines (the checker of `antifraud rules check`); the log backtest in
 process (hits, frauds only one rule caught, reviews per day, cost and the changed payments) and once as
-the subprocess the page starts; promote atomic, reloaded and audited, refused on a moved version (409)
-and to an analyst (403)."""
+the subprocess the page starts; a history job in process; promote atomic, reloaded and audited, refused
+on a moved version (409) and to an analyst (403)."""
 
 from __future__ import annotations
 
@@ -11,16 +11,20 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import redis
 from console_app import RULES, ConsoleApp, console_app
 from console_helpers import check_page, csrf_token
 
 from antifraud.engine.audit import AuditLog
-from antifraud.engine.rule_tests import backtest_log
-from antifraud.engine.rules import load_rules
+from antifraud.engine.rule_changes import RuleChangeError, RuleTestSpec, candidate, read_test, store_test
+from antifraud.engine.rule_tests import backtest_log, run
+from antifraud.engine.rules import load_rules, rule_names
 from antifraud.engine.store import open_store
 from antifraud.features.spec import load_spec
+from antifraud.training.history import write_history
+from antifraud.training.simulator import simulate
 
 #: the candidate: reviews from 5,000 and blocks 6,000-7,000
 CANDIDATE = (
@@ -170,3 +174,41 @@ def test_a_test_runs_as_a_subprocess_and_an_admin_promotes_it(app: ConsoleApp) -
     # the same test again: the live set moved since
     refused = app.http.post(f"{url}/promote", data={"csrf": token})
     assert refused.status_code == 409 and "the live set changed since this test" in refused.text
+
+
+def test_a_history_job_in_process(app: ConsoleApp, tmp_path: Path) -> None:
+    history = simulate(days=7, cards=150, merchants=20, seed=5)
+    write_history(history, tmp_path / "history.parquet")
+    days = pd.to_datetime(history["timestamp"], utc=True).dt.date
+    start, end = days.min() + timedelta(days=3), days.max()
+    settings = app.settings
+    names = rule_names(load_spec().feature_names)
+    cand = candidate(settings.data_dir, settings.rules_dir, "rules.yaml", CANDIDATE, names)
+    assert cand.ruleset is not None and not cand.errors
+    spec = RuleTestSpec(
+        live_dir=str(settings.rules_dir),
+        candidate_dir=str(cand.directory),
+        file="rules.yaml",
+        hours=None,
+        history=str(tmp_path / "history.parquet"),
+        start=start.isoformat(),
+        end=end.isoformat(),
+        store_url=settings.store_url,
+        model_dir=None,
+        fail_policy="review",
+        max_decisions=1000,
+    )
+    store_test(app.redis, "af", cand, spec, "live-version", "ops")
+    with pytest.raises(RuleChangeError, match="a test by ops is running"):
+        store_test(app.redis, "af", cand, spec, "live-version", "ops")
+    result = run(app.redis, "af", cand.id)["history"]
+    in_period = int(((days >= start) & (days < end)).sum())
+    assert result["source"] == "history" and result["payments"] == in_period
+    assert sum(result["verdicts"][v]["payments"] for v in result["verdicts"]) == in_period
+    assert result["comparison"]["rules_added"] == ["mid_block"]
+    assert set(result["reviews_per_day"]) == {
+        (start + timedelta(days=i)).isoformat() for i in range((end - start).days)
+    }
+    stored = read_test(app.redis, "af", cand.id)
+    assert stored is not None and stored["status"] == "done" and stored["result"]["history"] == result
+    assert app.redis.get("af:console:test:running") is None  # the next test may start

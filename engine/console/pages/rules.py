@@ -34,12 +34,12 @@ from antifraud.engine.rule_changes import (
     PERIODS,
     Candidate,
     RuleChangeError,
-    TestSpec,
+    RuleTestSpec,
     candidate,
     file_diff,
     promote,
+    read_test,
     start_test,
-    test_record,
 )
 from antifraud.engine.rules import RuleSet, rule_names
 from antifraud.engine.stats import Stats
@@ -167,7 +167,7 @@ async def start(request: Request, session: CsrfChecked, scorer: ScorerDep) -> Re
     return redirect(f"/console/rules/tests/{cand.id}")
 
 
-def _spec(request: Request, cand: Candidate, period: str, start_day: str, end_day: str) -> TestSpec:
+def _spec(request: Request, cand: Candidate, period: str, start_day: str, end_day: str) -> RuleTestSpec:
     settings = request.app.state.settings
     history = settings.console_history if settings.console_history and start_day and end_day else None
     if history is not None:
@@ -180,7 +180,7 @@ def _spec(request: Request, cand: Candidate, period: str, start_day: str, end_da
         raise RuleChangeError(
             400, f"choose a period of logged decisions ({', '.join(PERIODS)}) or history dates"
         )
-    return TestSpec(
+    return RuleTestSpec(
         live_dir=str(settings.rules_dir),
         candidate_dir=str(cand.directory),
         file=cand.file,
@@ -197,7 +197,7 @@ def _spec(request: Request, cand: Candidate, period: str, start_day: str, end_da
 
 def _test(request: Request, test_id: str) -> dict[str, Any]:
     try:
-        test = test_record(request.app.state.redis, request.app.state.settings.namespace, test_id)
+        test = read_test(request.app.state.redis, request.app.state.settings.namespace, test_id)
     except redis.RedisError as exc:
         raise ConsoleError(503, f"Redis is unavailable: retry later ({exc})") from exc
     if test is None:
