@@ -32,14 +32,14 @@ from antifraud.engine.console.deps import (
     redirect,
     render,
 )
-from antifraud.engine.console.pages import auth, decisions, queue, today
+from antifraud.engine.console.pages import auth, decisions, lists, queue, rules, today
 from antifraud.engine.console.sessions import SessionStore
 from antifraud.engine.decisions import BufferBound
 from antifraud.engine.settings import Settings
 
 HERE = Path(__file__).resolve().parent
 #: the console's page routers, in the order of the navigation
-PAGES = (auth, queue, decisions, today)
+PAGES = (auth, queue, decisions, today, rules, lists)
 
 
 def install(app: FastAPI, settings: Settings, keyring: KeyRing | None) -> None:
