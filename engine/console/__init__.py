@@ -32,14 +32,16 @@ from antifraud.engine.console.deps import (
     redirect,
     render,
 )
-from antifraud.engine.console.pages import auth
+from antifraud.engine.console.pages import audit, auth, webhooks
 from antifraud.engine.console.sessions import SessionStore
 from antifraud.engine.decisions import BufferBound
 from antifraud.engine.settings import Settings
+from antifraud.engine.webhooks.config import Endpoints
+from antifraud.engine.webhooks.outbox import Outbox
 
 HERE = Path(__file__).resolve().parent
 #: the console's page routers, in the order of the navigation
-PAGES = (auth,)
+PAGES = (auth, audit, webhooks)
 
 
 def install(app: FastAPI, settings: Settings, keyring: KeyRing | None) -> None:
@@ -62,6 +64,13 @@ def install(app: FastAPI, settings: Settings, keyring: KeyRing | None) -> None:
         ),
         audit=AuditLog(app.state.redis, settings.namespace, bound),
         keyring=keyring,
+    )
+    # the webhook endpoints (reloaded live) and the outbox a resolution publishes to (none without a file)
+    app.state.webhooks = Endpoints(settings.webhooks_file)
+    app.state.outbox = (
+        Outbox(app.state.redis, app.state.webhooks.subscribed, settings.namespace)
+        if settings.webhooks_file is not None
+        else None
     )
     app.mount("/console/static", StaticFiles(directory=HERE / "static"), name="console-static")
     for page in PAGES:
