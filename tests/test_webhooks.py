@@ -24,6 +24,7 @@ from antifraud.engine.api import create_app
 from antifraud.engine.auth import new_key
 from antifraud.engine.decisions import BufferBound
 from antifraud.engine.settings import ROOT, Settings
+from antifraud.engine.stack import ServiceStack
 from antifraud.engine.webhooks.config import Endpoints, WebhookConfigError, load_endpoints, new_secret
 from antifraud.engine.webhooks.outbox import Outbox
 from antifraud.engine.webhooks.signing import sign, verify
@@ -346,3 +347,27 @@ def test_the_webhooks_page_lists_dead_letters_and_an_admin_sends_one_again_audit
     ]
     assert (entry["actor"], entry["subject"]) == ("ops", "decision.block:tx-7")
     assert client.post(retry, data={"csrf": csrf_token(page.text)}).status_code == 404
+
+
+# -- serve runs the worker
+
+
+def test_serve_runs_the_delivery_worker_beside_the_sink_and_stops_it(
+    receiver: Receiver, endpoints_file: Path
+) -> None:
+    with ServiceStack(keys={"ops": "admin"}, env={"ANTIFRAUD_WEBHOOKS": str(endpoints_file)}) as stack:
+        hooks_pid = stack.hooks_pid()
+        assert hooks_pid is not None and hooks_pid not in stack.worker_pids()
+        assert f"console: http://127.0.0.1:{stack.port}/console/" in stack.log_text()
+        client = stack.redis_client()
+        try:
+            event = publish(Outbox(client, lambda _type: True), "tx-1", "decision.block")
+            deadline = time.monotonic() + 60
+            while event not in receiver.delivered():
+                assert time.monotonic() < deadline, "the worker `serve` started did not deliver"
+                time.sleep(0.05)
+        finally:
+            client.close()
+        stack.stop_server()
+        assert not (stack.dir / "data" / "hooks.pid").exists()
+    assert all(s["signed"] for s in receiver.seen)
