@@ -336,6 +336,7 @@ def test_the_webhooks_page_lists_dead_letters_and_an_admin_sends_one_again_audit
     sign_in(client, keys["ops"])
     page = client.get("/console/webhooks")
     assert page.status_code == 200 and "decision.block:tx-7" in page.text and "outbox full" in page.text
+    assert "<td>bus</td>" in page.text, "the configured endpoint"
     check_page(page.text)
     retry = f"/console/webhooks/dead/{dead_id.decode()}/retry"
     assert client.post(retry, data={"csrf": "forged"}).status_code == 403

@@ -36,8 +36,7 @@ from antifraud.engine.console.pages import audit, auth, webhooks
 from antifraud.engine.console.sessions import SessionStore
 from antifraud.engine.decisions import BufferBound
 from antifraud.engine.settings import Settings
-from antifraud.engine.webhooks.config import Endpoints
-from antifraud.engine.webhooks.outbox import Outbox
+from antifraud.engine.webhooks.config import Endpoints, outbox_of
 
 HERE = Path(__file__).resolve().parent
 #: the console's page routers, in the order of the navigation
@@ -67,11 +66,7 @@ def install(app: FastAPI, settings: Settings, keyring: KeyRing | None) -> None:
     )
     # the webhook endpoints (reloaded live) and the outbox a resolution publishes to (none without a file)
     app.state.webhooks = Endpoints(settings.webhooks_file)
-    app.state.outbox = (
-        Outbox(app.state.redis, app.state.webhooks.subscribed, settings.namespace)
-        if settings.webhooks_file is not None
-        else None
-    )
+    app.state.outbox = outbox_of(app.state.redis, app.state.webhooks, settings.namespace)
     app.mount("/console/static", StaticFiles(directory=HERE / "static"), name="console-static")
     for page in PAGES:
         app.include_router(page.router, include_in_schema=False)

@@ -28,9 +28,10 @@ from pathlib import Path
 from typing import Final
 from urllib.parse import urlsplit
 
+import redis
 import yaml
 
-from antifraud.engine.webhooks.outbox import EVENT_TYPES
+from antifraud.engine.webhooks.outbox import EVENT_TYPES, Outbox
 
 log = logging.getLogger("antifraud.webhooks")
 
@@ -175,3 +176,9 @@ class Endpoints:
     def targets(self, event_type: str, data: dict[str, object]) -> Sequence[Endpoint]:
         """The endpoints an event goes to."""
         return [e for e in self.current() if e.wants(event_type, data)]
+
+
+def outbox_of(client: redis.Redis, endpoints: Endpoints, namespace: str = "af") -> Outbox | None:
+    """The outbox events are published to, asking `endpoints` which types are wanted; None without an
+    endpoints file: then nothing is ever published."""
+    return Outbox(client, endpoints.subscribed, namespace) if endpoints.path is not None else None
