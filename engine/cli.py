@@ -518,11 +518,15 @@ def demo(
         str | None, typer.Option(help="Day of the sample to replay (default: the last full day)")
     ] = None,
     limit: Annotated[int | None, typer.Option(help="Replay at most this many payments")] = None,
+    wait: Annotated[
+        bool, typer.Option(help="On a terminal, keep the stack up for the risk console until Ctrl+C")
+    ] = True,
 ) -> None:
-    """Start the service on an embedded Redis, replay one sample day over HTTP, print a summary."""
+    """Start the service on an embedded Redis, replay one sample day over HTTP, print a summary and the
+    reviews waiting in the risk console."""
     from antifraud.engine.demo import run_demo
 
-    sys.exit(run_demo(day=day, limit=limit, console=console))
+    sys.exit(run_demo(day=day, limit=limit, console=console, wait=wait))
 
 
 @app.command("export-decisions")

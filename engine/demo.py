@@ -5,7 +5,10 @@
 3. `antifraud serve` as a real process, with a fresh API key;
 4. one day of sample payments replayed over HTTP `POST /v1/score` in time order, with the day's
    feedback sent to `POST /v1/feedback` as it happens;
-5. a summary: verdicts, frauds caught and missed, latency; everything started is stopped.
+5. a summary: verdicts, frauds caught and missed, latency; then, once the decision sink has written
+   everything, the reviews waiting in the risk console, its address and an admin key to sign in with;
+   on a terminal the stack stays up for the console until Ctrl+C (unless `wait` is off); everything
+   started is then stopped.
 """
 
 from __future__ import annotations
@@ -25,6 +28,10 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from antifraud.engine.console.explain import age_words, reason_lines
+from antifraud.engine.decisions import DecisionLog
+from antifraud.engine.review.queue import ReviewQueue
+from antifraud.engine.rules import load_rules
 from antifraud.engine.settings import ROOT
 from antifraud.engine.stack import ServiceStack
 from antifraud.engine.verdicts import VERDICTS
@@ -36,6 +43,7 @@ SAMPLE = ROOT / "data" / "sample" / "history.parquet"
 MODEL = ROOT / "models" / "default"
 SAMPLE_ARGS = {"days": 60, "cards": 3000, "merchants": 300, "seed": 7}
 TRAIN_DAYS = 42  # the model is trained on the first six weeks; later days are unseen
+REVIEWS_SHOWN = 10
 
 
 def ensure_sample(console: Console) -> pd.DataFrame:
@@ -61,8 +69,11 @@ def ensure_model(history: pd.DataFrame, console: Console) -> None:
     train(SAMPLE, start, start + timedelta(days=TRAIN_DAYS), MODEL)
 
 
-def run_demo(day: str | None = None, limit: int | None = None, console: Console | None = None) -> int:
-    """Run the demo; returns the process exit code."""
+def run_demo(
+    day: str | None = None, limit: int | None = None, console: Console | None = None, wait: bool = True
+) -> int:
+    """Run the demo; returns the process exit code. `wait`: on a terminal, keep the stack up for the
+    console until Ctrl+C."""
     console = console or Console()
     history = ensure_sample(console)
     ensure_model(history, console)
@@ -71,7 +82,7 @@ def run_demo(day: str | None = None, limit: int | None = None, console: Console 
     start_ms = int(replay_day.timestamp() * 1000)
     end_ms = start_ms + 86_400_000
     stack = ServiceStack(
-        keys={"demo": "scorer"},
+        keys={"demo": "scorer", "console": "admin"},
         env={
             # a fresh secret per demo unless one is given: no key ever lives in the code
             "ANTIFRAUD_PAN_SECRET": os.environ.get("ANTIFRAUD_PAN_SECRET") or secrets.token_hex(16),
@@ -97,7 +108,14 @@ def run_demo(day: str | None = None, limit: int | None = None, console: Console 
         except RuntimeError as exc:
             console.print(f"[red]{exc}[/red]")
             return 1
-        return _replay(history, start_ms, end_ms, stack.port, stack.keys["demo"], limit, console)
+        code = _replay(history, start_ms, end_ms, stack.port, stack.keys["demo"], limit, console)
+        _console_summary(stack, console)
+        if wait and console.is_terminal:
+            console.print("the stack stays up for the console: press Ctrl+C to stop it")
+            with contextlib.suppress(KeyboardInterrupt):
+                while True:
+                    time.sleep(3600)
+        return code
 
 
 def _replay(
@@ -186,3 +204,41 @@ def _summary(
         table.add_row("latency p99 (ms, client side)", f"{np.percentile(latencies, 99):.2f}")
     table.add_row("HTTP errors", str(errors))
     console.print(table)
+
+
+def _console_summary(stack: ServiceStack, console: Console) -> None:
+    """Once the sink has written every decision: the reviews waiting in the console (up to
+    REVIEWS_SHOWN, riskiest first), the console's address and the key to sign in with."""
+    client = stack.redis_client()
+    try:
+        _wait_for_sink(client)
+        queue = ReviewQueue(client)
+        found = queue.page("riskiest", 0, REVIEWS_SHOWN)
+        rules = load_rules(stack.rules_dir or ROOT / "rules", OnlineFeatures(client).feature_names)
+    finally:
+        client.close()
+    table = Table(title=f"reviews waiting in the console: {found.open_count}")
+    for column in ("transaction", "risk score", "amount", "merchant", "reasons", "waiting"):
+        table.add_column(column, no_wrap=column != "reasons")
+    for case in found.cases:
+        table.add_row(
+            case.transaction_id,
+            "none" if case.risk_score is None else str(case.risk_score),
+            f"{case.amount:.2f} {case.currency}",
+            case.merchant,
+            "; ".join(line.text for line in reason_lines(case.reasons, rules)),
+            age_words(case.age),
+        )
+    console.print(table)
+    address = f"http://127.0.0.1:{stack.port}/console/"
+    console.print(f"console: {address}  sign in with the key {stack.keys['console']}")
+
+
+def _wait_for_sink(client: redis.Redis, timeout_s: float = 30.0) -> None:
+    """Until the decision and feedback buffers are empty (the sink has written and fed them all)."""
+    log = DecisionLog(client)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not client.xlen(log.decisions_stream) and not client.xlen(log.feedback_stream):
+            return
+        time.sleep(0.2)

@@ -28,6 +28,7 @@ different slots).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import socket
@@ -492,6 +493,8 @@ def run_sink(
 
     from prometheus_client import start_http_server
 
+    from antifraud.engine.review.feed import ConsoleFeed
+    from antifraud.engine.settings import Settings
     from antifraud.engine.store import open_store
 
     if not logging.getLogger().handlers:
@@ -505,6 +508,10 @@ def run_sink(
     previous = {s: signal.signal(s, request_stop) for s in (signal.SIGTERM, signal.SIGINT)}
     client = redis.Redis.from_url(redis_url)
     store = open_store(store_url)
+    metrics = SinkMetrics()
+    # the console's review queue and day figures, fed from every batch (ANTIFRAUD_REVIEW_* bounds)
+    settings = dataclasses.replace(Settings(), namespace=namespace)
+    feed = ConsoleFeed.from_settings(client, settings, None, metrics.registry)
     try:
         sink = Sink(
             client,
@@ -515,6 +522,8 @@ def run_sink(
             consumer=consumer,
             claim_idle_ms=claim_idle_ms,
             linger_ms=linger_ms,
+            metrics=metrics,
+            after_write=feed.after_write,
         )
         if metrics_port:
             start_http_server(metrics_port, registry=sink.metrics.registry)

@@ -28,8 +28,8 @@
 --        with one GET and written with one SET (which refreshes its TTL, the longest any part needs):
 --          [1] the dedupe ring: fingerprint and effective time (s) of at least the last `ring`
 --              transactions the block recorded within the dedupe horizon, in arrival order (S),
---          [2] the feedback rings: event name -> the same, of the feedback transactions of that
---              kind within its retention (written by feedback mode),
+--          [2] the feedback rings: event name -> the same, of the last `ring` feedback transactions
+--              of that kind, whatever their age (written by feedback mode),
 --          [3] the head and tails of the exact windows (E), or an empty array,
 --          [4] the capped set of each distinct or novelty field (D), in token order,
 --          [4 + k] the buckets of the k-th bucketed granularity (B), in token order,
@@ -639,12 +639,14 @@ if mode == 'feedback' then
       local gidx, fidx = tonumber(ARGV[p + 6]), tonumber(ARGV[p + 7])
       local ngroups, paid = tonumber(ARGV[p + 8]), tonumber(ARGV[p + 10])
       -- The event's effective time is never before the entity's latest payment (a late report, or
-      -- one stamped by a bad clock, is kept in the ring as long as a timely one), and nothing is
-      -- trimmed relative to a time after that latest payment: an event stamped in the future drops
-      -- no other. Without a payment recorded yet, nothing is trimmed (TTLs bound it).
+      -- one stamped by a bad clock, is listed as a timely one), and nothing is trimmed relative to a
+      -- time after that latest payment: an event stamped in the future drops no other. Without a
+      -- payment recorded yet, nothing is trimmed (TTLs bound it).
       local fte = (latest and latest > t) and latest or t
       local oldest = latest and latest - retention
-      s[2][event] = ring_add(s[2][event], tx, fte, oldest, cap)
+      -- The ring keeps the last `cap` ids of the kind whatever their age: a report sent again long
+      -- after the first (whose time may have been too old to count) must not count then.
+      s[2][event] = ring_add(s[2][event], tx, fte, nil, cap)
       local ttl = retention
       if fidx > 0 then
         -- this event's time, in the list the F op counts (old ones dropped, and past `most` times

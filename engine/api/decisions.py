@@ -2,6 +2,7 @@
 
 A key scoped to merchants reads only its merchants' decisions; another merchant's decision gets the
 same 404 as one never stored, so a scoped key cannot learn that a transaction id exists elsewhere.
+What it answers is `engine/decision_view.py`'s, which the console's decision page shares.
 The route is a plain `def`: FastAPI runs it in its thread pool, so a store read (DuckDB over Parquet
 files, or PostgreSQL) never blocks the worker's event loop, where payments are scored.
 """
@@ -16,6 +17,7 @@ from fastapi import APIRouter, HTTPException
 from antifraud.engine.api.deps import CallerDep, ReaderDep, ScorerDep
 from antifraud.engine.api.models import ERRORS, UNAVAILABLE, Problem, StoredDecision
 from antifraud.engine.decision_reads import StoreUnavailable
+from antifraud.engine.decision_view import NotFound, explained
 
 router = APIRouter()
 
@@ -36,19 +38,8 @@ router = APIRouter()
 def decision(transaction_id: str, reader: ReaderDep, scorer: ScorerDep, caller: CallerDep) -> dict[str, Any]:
     """A decision with its features, reasons and the feedback the store holds about it."""
     try:
-        decided = reader.decision(transaction_id)
-        if decided is None or (
-            caller is not None and not caller.may_act_for(str(decided["payment"]["merchant_id"]))
-        ):
-            raise HTTPException(404, f"no decision stored for transaction {transaction_id!r}")
-        found: dict[str, Any] = {**decided, "feedback": reader.feedback_for(transaction_id)}
+        return explained(reader, scorer, transaction_id, caller.merchants if caller is not None else None)
+    except NotFound as exc:
+        raise HTTPException(404, str(exc)) from exc
     except (redis.RedisError, OSError, StoreUnavailable) as exc:
         raise HTTPException(503, f"decision store unavailable: retry later ({exc})") from exc
-    # flagged decisions get their contributions logged after the answer; until the store holds them
-    # (and for the others) they are computed on read, by the model that decided (or a note says why not)
-    if not found["reasons"].get("model"):
-        try:
-            found["reasons"] = {**found["reasons"], "model": scorer.explain(found)}
-        except LookupError as exc:
-            found["reasons"] = {**found["reasons"], "model_note": f"contributions unavailable: {exc}"}
-    return found
