@@ -496,6 +496,7 @@ def run_sink(
     from antifraud.engine.review.feed import ConsoleFeed
     from antifraud.engine.settings import Settings
     from antifraud.engine.store import open_store
+    from antifraud.engine.webhooks.config import Endpoints, outbox_of
 
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -511,7 +512,8 @@ def run_sink(
     metrics = SinkMetrics()
     # the console's review queue and day figures, fed from every batch (ANTIFRAUD_REVIEW_* bounds)
     settings = dataclasses.replace(Settings(), namespace=namespace)
-    feed = ConsoleFeed.from_settings(client, settings, None, metrics.registry)
+    outbox = outbox_of(client, Endpoints(settings.webhooks_file), namespace)  # ANTIFRAUD_WEBHOOKS
+    feed = ConsoleFeed.from_settings(client, settings, outbox, metrics.registry)
     try:
         sink = Sink(
             client,

@@ -6,6 +6,7 @@ duration."""
 
 from __future__ import annotations
 
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -13,12 +14,14 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import httpx
 import orjson
 import pytest
 import redis
 import yaml
 from console_helpers import check_page, csrf_token, sign_in
 from fastapi.testclient import TestClient
+from payloads import score_request
 
 from antifraud.engine.api import create_app
 from antifraud.engine.auth import new_key
@@ -353,22 +356,39 @@ def test_the_webhooks_page_lists_dead_letters_and_an_admin_sends_one_again_audit
 # -- serve runs the worker
 
 
-def test_serve_runs_the_delivery_worker_beside_the_sink_and_stops_it(
-    receiver: Receiver, endpoints_file: Path
+REVIEW_BIG = """\
+rules:
+  - id: big_amount_review
+    description: Payments over 9,000 are looked at by a person
+    when: amount > 9000
+    action: review
+    reason: BIG_AMOUNT
+"""
+
+
+def test_serve_runs_the_delivery_worker_and_a_review_reaches_the_receiver(
+    receiver: Receiver, endpoints_file: Path, tmp_path: Path
 ) -> None:
-    with ServiceStack(keys={"ops": "admin"}, env={"ANTIFRAUD_WEBHOOKS": str(endpoints_file)}) as stack:
+    rules = tmp_path / "rules"
+    shutil.copytree(ROOT / "rules", rules)
+    (rules / "review.yaml").write_text(REVIEW_BIG)
+    env = {"ANTIFRAUD_WEBHOOKS": str(endpoints_file)}
+    with ServiceStack(keys={"checkout": "scorer"}, rules_dir=rules, env=env) as stack:
         hooks_pid = stack.hooks_pid()
         assert hooks_pid is not None and hooks_pid not in stack.worker_pids()
         assert f"console: http://127.0.0.1:{stack.port}/console/" in stack.log_text()
-        client = stack.redis_client()
-        try:
-            event = publish(Outbox(client, lambda _type: True), "tx-1", "decision.block")
-            deadline = time.monotonic() + 60
-            while event not in receiver.delivered():
-                assert time.monotonic() < deadline, "the worker `serve` started did not deliver"
-                time.sleep(0.05)
-        finally:
-            client.close()
+        # scored, logged, written by the sink, published by its hook, delivered by the worker
+        answer = httpx.post(
+            f"http://127.0.0.1:{stack.port}/v1/score",
+            json=score_request("tx-big", amount=9500.0),
+            headers={"Authorization": f"Bearer {stack.keys['checkout']}"},
+        )
+        assert answer.json()["verdict"] == "review"
+        deadline = time.monotonic() + 60
+        while "decision.review:tx-big" not in receiver.delivered():
+            assert time.monotonic() < deadline, "the review did not reach the receiver"
+            time.sleep(0.05)
         stack.stop_server()
         assert not (stack.dir / "data" / "hooks.pid").exists()
-    assert all(s["signed"] for s in receiver.seen)
+    (seen,) = receiver.seen
+    assert seen["signed"] and seen["tx"] == "tx-big"
