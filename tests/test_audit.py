@@ -141,6 +141,8 @@ def test_the_audit_page_shows_who_did_what_filtered(
     assert page.text.index("<td>signin</td>") < page.text.index("<td>rules.promote</td>"), "newest first"
     only = client.get("/console/audit", params={"actor": "ops"}).text
     assert "<td>rules.promote</td>" in only and "<td>signin.refused</td>" not in only
+    about = client.get("/console/audit", params={"subject": "default.yaml"}).text
+    assert "<td>rules.promote</td>" in about and "<td>signin</td>" not in about
     today = datetime.now(UTC).date()
     assert "<td>rules.promote</td>" in client.get("/console/audit", params={"day": today.isoformat()}).text
     yesterday = client.get("/console/audit", params={"day": (today - timedelta(days=1)).isoformat()}).text

@@ -1,5 +1,5 @@
 """The audit log page: who did what, newest first, from the store and the stream's unwritten tail
-(engine/audit.py), filtered by actor, action and UTC day (docs/console.md, "Audit")."""
+(engine/audit.py), filtered by actor, action, subject and UTC day (docs/console.md, "Audit")."""
 
 from __future__ import annotations
 
@@ -36,6 +36,7 @@ async def audit_page(
     session: Annotated[Session, require({"analyst", "admin"}, unscoped=True)],
     actor: str = "",
     action: str = "",
+    subject: str = "",
     day: str = "",
 ) -> Response:
     """The audit records matching the form, newest first, at most PAGE_ROWS."""
@@ -46,6 +47,7 @@ async def audit_page(
     query = AuditQuery(
         actor=actor or None,
         action=action or None,
+        subject=subject or None,
         start=start,
         end=start + timedelta(days=1) if start else None,
         limit=PAGE_ROWS,
@@ -59,5 +61,12 @@ async def audit_page(
     return render(
         request,
         "audit.html",
-        {"records": records, "actions": sorted(ACTIONS), "actor": actor, "action": action, "day": day},
+        {
+            "records": records,
+            "actions": sorted(ACTIONS),
+            "actor": actor,
+            "action": action,
+            "subject": subject,
+            "day": day,
+        },
     )
