@@ -13,13 +13,10 @@ merchant ids (`merchants`): it then scores, reads and sends feedback only for th
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import hmac
 import logging
-import os
 import secrets
-import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -29,6 +26,8 @@ from typing import Literal, cast
 import yaml
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from antifraud.engine.files import atomic_write
 
 log = logging.getLogger("antifraud.auth")
 
@@ -165,24 +164,10 @@ def revoke_key(path: Path, name: str) -> ApiKey:
 
 
 def write_keys(path: Path, keys: list[ApiKey]) -> None:
-    """Rewrite the keys file atomically, readable by its owner only.
-
-    Written to a temporary file beside it (created 0600) and renamed over it, so a worker reloading
-    it reads either the old file or the new one, never half of one, and the hashes are never
-    readable by others, not even for a moment.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(yaml.safe_dump([k.to_entry() for k in keys], sort_keys=False))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp)
-        raise
+    """Rewrite the keys file atomically, readable by its owner only (`engine.files.atomic_write`):
+    a worker reloading it reads either the old file or the new one, and the hashes are never readable
+    by others, not even for a moment."""
+    atomic_write(path, yaml.safe_dump([k.to_entry() for k in keys], sort_keys=False), mode=0o600)
 
 
 def _digest(key: str) -> str:

@@ -169,9 +169,14 @@ class Scorer:
             return None
 
     def resume(self, pending: PendingRetry, stored: IdempotencyRecord | None) -> Answer:
-        """The answer to a pending retry once its wait is over: the first answer when its record came;
-        otherwise the first request's state already counts this payment, so deciding on that state
-        would be wrong: decided without state, degraded, and not logged (logging is the first's)."""
+        """The answer to a pending retry once its wait is over: the first answer when its record came.
+
+        Otherwise the first request's state already counts this payment, so deciding on that state
+        would be wrong: the retry is decided without state, degraded, and logged. The first request's
+        log call failed (its answer said so), or it is still running: the log keeps one decision per
+        transaction, so whichever is stored first answers both, and a payment the features counted
+        is never left out of the log (a retry used to log nothing, so a first call that timed out
+        left its payment counted and never logged)."""
         if stored is not None:
             return _retry_answer(stored, pending.payment, pending.timings, pending.started)
         values = self.features.without_state(pending.payment)
@@ -184,8 +189,8 @@ class Scorer:
             pending.timings,
             pending.started,
             pending.loaded,
-            store=False,
-            blocking=True,
+            store=True,
+            blocking=True,  # rare (a retry that waited in vain): its one log call may block
         )
         return _run_blocking(decided)
 

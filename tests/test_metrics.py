@@ -90,8 +90,8 @@ def _edit_rules(rules_dir: Path) -> str:
     """Change the rule set (so its version changes); the new text."""
     path = rules_dir / "default.yaml"
     text = path.read_text()
-    assert "trusted_cards: []" in text
-    edited = text.replace("trusted_cards: []", "trusted_cards: [card_vetted_by_ops]")
+    assert "sanctioned_countries: [KP, IR, SY, CU]" in text
+    edited = text.replace("sanctioned_countries: [KP, IR, SY, CU]", "sanctioned_countries: [KP, IR, SY]")
     path.write_text(edited)
     return edited
 
@@ -277,7 +277,7 @@ def test_workers_metrics_merge_and_versions_follow_the_last_reload(
     metrics_dir.mkdir()
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir), "ANTIFRAUD_PAN_SECRET": SECRET}
     new_rules = (
-        (rules_dir / "default.yaml").read_text().replace("trusted_cards: []", "trusted_cards: [c_ops]")
+        (rules_dir / "default.yaml").read_text().replace("[KP, IR, SY, CU]", "[KP, IR, SY]")
     )
 
     def worker(txid: str, minute: float, reload_to: str | None) -> str:

@@ -351,17 +351,22 @@ def test_a_retry_racing_the_original_returns_the_original_decision(
     assert answer(retry) == answer(expected)
 
 
-def test_a_retry_whose_original_never_stores_is_degraded_and_not_stored(
+def test_a_retry_whose_original_never_stores_is_degraded_and_logged_once(
     make_app: Callable[..., TestClient], redis_client: redis.Redis
 ) -> None:
-    """If the original's decision never appears, the retry says so and leaves no decision behind."""
+    """If the original's decision never appears (its log call failed), the retry is decided without
+    the state (which already counts the payment), says so, and is logged: the payment is in the log
+    once, and a later retry gets that same answer."""
     body = payment("orphan", card_id="card_new", merchant_id="m_new")
     http = make_app()
     features = http.app.state.reloader.scorer.features  # type: ignore[attr-defined]
     features.score(Transaction.model_validate(body).model_dump())  # recorded, never decided
     retry = http.post("/v1/score", json=body).json()
     assert retry["degraded"] and "retry" in retry["degraded"][0]
-    assert http.get("/v1/decisions/orphan").status_code == 404
+    assert answer(http.post("/v1/score", json=body).json()) == answer(retry)
+    stored = http.get("/v1/decisions/orphan")
+    assert stored.status_code == 200 and stored.json()["degraded"] == retry["degraded"]
+    assert [e["transaction_id"] for e in logged_decisions(redis_client)] == ["orphan"]
 
 
 def test_a_retry_waiting_for_its_original_does_not_hold_up_other_payments(

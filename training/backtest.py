@@ -15,7 +15,7 @@ set to it exactly as the scoring service does:
 
 What it measures is in :class:`BacktestResult` and docs/backtest.md: per rule (shadow rules
 included) hits, precision, fraud amount caught, good payments hit and skips; the verdict mix and
-the expected cost of `antifraud.training.metrics.expected_cost`; and, against a baseline rule set, which
+the expected cost of `antifraud.engine.costs.expected_cost`; and, against a baseline rule set, which
 payments change verdict and what that costs.
 
 Two steps, so that a notebook tuning thresholds computes features once::
@@ -40,13 +40,24 @@ from typing import Any, Final
 import numpy as np
 import pandas as pd
 
+from antifraud.engine.costs import CostParameters, expected_cost
 from antifraud.engine.rules import RuleSet, RuleSetError
 from antifraud.engine.rules import load_rules as load_service_rules
-from antifraud.engine.verdicts import VERDICTS, RiskScale, Verdict
+from antifraud.engine.rules.backtest import (
+    EXAMPLES,
+    Comparison,
+    RuleStats,
+    VerdictChange,
+    cents,
+    compare,
+    decide,
+    mix,
+    rule_stats,
+)
+from antifraud.engine.verdicts import RiskScale, Verdict
 from antifraud.features.spec import FeatureSpec, load_spec
-from antifraud.training.config import CostParameters, TrainingError
+from antifraud.training.config import TrainingError
 from antifraud.training.dataset import ProgressArg, as_progress, check_period, utc_midnight
-from antifraud.training.metrics import expected_cost, verdict_mix
 from antifraud.training.model_artifact import ModelArtifact
 from antifraud.training.replay import Replay, model_risk_scale, replay
 
@@ -68,8 +79,6 @@ __all__ = [
 
 #: the verdict of a payment no rule decides when there is no model (no score, so no band)
 NO_MODEL_VERDICT: Final[Verdict] = "allow"
-#: example transaction ids kept per verdict change direction
-EXAMPLES: Final = 10
 
 
 class BacktestError(ValueError):
@@ -81,61 +90,7 @@ class BacktestError(ValueError):
 
 
 # ------------------------------------------------------------------------------------------ results
-
-
-@dataclass(frozen=True)
-class RuleStats:
-    """What one rule did over the period. Fraud figures are None when the history has no labels."""
-
-    rule_id: str
-    action: str
-    mode: str  # live | shadow (shadow: evaluated and reported, never changes a verdict)
-    reason: str | None
-    merchants: list[str] | None  # the rule's merchant scope; None: every merchant
-    hits: int  # payments on which the condition held
-    hit_rate: float  # hits / payments of the period
-    frauds: int | None  # frauds among the hits
-    precision: float | None  # frauds / hits; None without hits
-    fraud_amount: float | None  # amount of the frauds among the hits ("caught" if the rule acts)
-    good_hits: int | None  # legitimate payments among the hits
-    skipped: int  # payments on which an input the rule reads was missing (not evaluated)
-
-    @property
-    def shadow(self) -> bool:
-        """Whether the rule is in shadow mode."""
-        return self.mode == "shadow"
-
-
-@dataclass(frozen=True)
-class VerdictChange:
-    """Payments whose verdict went from `before` (baseline) to `after` (the rule set tested)."""
-
-    before: str
-    after: str
-    payments: int
-    frauds: int | None
-    amount: float
-    fraud_amount: float | None
-    examples: list[str]  # up to EXAMPLES transaction ids, earliest first
-
-
-@dataclass(frozen=True)
-class Comparison:
-    """The rule set tested against a baseline rule set, on the same payments and scores."""
-
-    baseline_dir: str
-    baseline_version: str
-    changed: int  # payments whose verdict differs
-    matrix: dict[str, dict[str, int]]  # matrix[baseline verdict][new verdict] = payments
-    changes: list[VerdictChange]  # one per direction with at least one payment, largest first
-    baseline_verdicts: dict[str, dict[str, Any]]
-    baseline_cost: dict[str, float] | None
-    cost_difference: dict[str, float] | None  # new minus baseline, per cost part
-    rules_added: list[str]
-    rules_removed: list[str]
-    rules_changed: list[str]  # same id, different condition, action, mode, reason or scope
-    lists_changed: list[str]
-    bands_changed: bool
+# RuleStats, VerdictChange and Comparison are in antifraud.engine.rules.backtest, shared with the console.
 
 
 @dataclass
@@ -155,7 +110,7 @@ class BacktestResult:
     cost_parameters: CostParameters
     rules: list[RuleStats]
     verdicts: dict[str, dict[str, Any]]  # verdict -> payments, share, frauds, fraud_amount
-    cost: dict[str, float] | None  # training.metrics.expected_cost; None without labels
+    cost: dict[str, float] | None  # engine.costs.expected_cost; None without labels
     comparison: Comparison | None = None
     warnings: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)  # seconds per step
@@ -208,11 +163,6 @@ class BacktestResult:
         """The per-rule figures as a DataFrame, one row per rule in rule set order (for notebooks)."""
         frame = pd.DataFrame([{**vars(r), "shadow": r.shadow} for r in self.rules])
         return frame.set_index("rule_id") if len(frame) else frame
-
-
-def _cents(amount: Any) -> float:
-    """A sum of amounts to the cent: float noise such as 404.82000000000005 helps nobody."""
-    return round(float(amount), 2)
 
 
 def _plain(value: Any) -> Any:
@@ -332,142 +282,21 @@ def load_rules(directory: Path | str, feature_names: Sequence[str], what: str = 
         ) from exc
 
 
-def _rule_stats(
-    ruleset: RuleSet, fired: np.ndarray, skipped: np.ndarray, fraud: np.ndarray | None, amounts: np.ndarray
-) -> list[RuleStats]:
-    n = len(amounts)
-    fraud_amounts = np.where(fraud, amounts, 0.0) if fraud is not None else None
-    stats = []
-    for j, rule in enumerate(ruleset.rules):
-        hit = fired[:, j]
-        hits = int(hit.sum())
-        frauds = int(np.count_nonzero(hit & fraud)) if fraud is not None else None
-        stats.append(
-            RuleStats(
-                rule_id=rule.id,
-                action=rule.action,
-                mode=rule.mode,
-                reason=rule.reason,
-                merchants=sorted(rule.merchants) if rule.merchants is not None else None,
-                hits=hits,
-                hit_rate=hits / n if n else 0.0,
-                frauds=frauds,
-                precision=frauds / hits if frauds is not None and hits else None,
-                fraud_amount=_cents(fraud_amounts[hit].sum()) if fraud_amounts is not None else None,
-                good_hits=hits - frauds if frauds is not None else None,
-                skipped=int(skipped[:, j].sum()),
-            )
-        )
-    return stats
-
-
-def _mix(verdicts: np.ndarray, fraud: np.ndarray | None, amounts: np.ndarray) -> dict[str, dict[str, Any]]:
-    if fraud is not None:
-        return verdict_mix(fraud.astype(np.int8), verdicts, amounts)
-    mix = verdict_mix(np.zeros(len(verdicts), dtype=np.int8), verdicts, amounts)
-    return {v: {**m, "frauds": None, "fraud_amount": None} for v, m in mix.items()}
-
-
 def _decide(
     replay: Replay, ruleset: RuleSet, risk_scores: np.ndarray | None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    no_score = NO_MODEL_VERDICT if replay.model_version is None else None
     if ruleset.scale == "risk_score" and risk_scores is None and replay.model_version is not None:
         raise BacktestError(
             f"rule set {ruleset.version}: its score_bands are on the risk_score scale, which is the "
             "model's own: replay the period with the model, or pass backtest_rules(..., risk_scale=...)"
         )
-    verdicts, fired, skipped = ruleset.decide_frame(
+    return decide(
+        ruleset,
         replay.scores,
         replay.columns(),
         replay.rows["merchant_id"],
-        no_score_verdict=no_score,
+        no_score_verdict=NO_MODEL_VERDICT if replay.model_version is None else None,
         risk_scores=risk_scores,
-    )
-    # With a model every score is present, and without one no_score_verdict stands in for the
-    # band: every payment has a verdict, so the cost counts each one.
-    if not set(pd.unique(verdicts)) <= set(VERDICTS):
-        raise RuntimeError("the rule engine left payments without a verdict")
-    return verdicts, fired, skipped
-
-
-def _bands_key(ruleset: RuleSet) -> tuple[Any, ...]:
-    # what turns a score into a verdict besides the rules
-    return (ruleset.bands, dict(ruleset.merchant_bands), ruleset.scale, ruleset.authenticated_fallback)
-
-
-def _rule_key(ruleset: RuleSet) -> dict[str, tuple[Any, ...]]:
-    # what a rule does: its description changes the version but never a decision
-    return {
-        r.id: (r.when.canonical, r.action, r.mode, r.reason, sorted(r.merchants or ()) or None)
-        for r in ruleset.rules
-    }
-
-
-def _compare(
-    replay: Replay,
-    ruleset: RuleSet,
-    verdicts: np.ndarray,
-    baseline: RuleSet,
-    before: np.ndarray,
-    baseline_dir: str,
-    fraud: np.ndarray | None,
-    amounts: np.ndarray,
-    cost: dict[str, float] | None,
-) -> Comparison:
-    ids = replay.rows["transaction_id"].to_numpy()
-    matrix: dict[str, dict[str, int]] = {}
-    changes: list[VerdictChange] = []
-    for a in VERDICTS:
-        was = before == a
-        matrix[a] = {}
-        for b in VERDICTS:
-            moved = was & (verdicts == b)
-            count = int(moved.sum())
-            matrix[a][b] = count
-            if a == b or count == 0:
-                continue
-            changes.append(
-                VerdictChange(
-                    before=a,
-                    after=b,
-                    payments=count,
-                    frauds=int(np.count_nonzero(moved & fraud)) if fraud is not None else None,
-                    amount=_cents(amounts[moved].sum()),
-                    fraud_amount=_cents(amounts[moved & fraud].sum()) if fraud is not None else None,
-                    examples=[str(i) for i in ids[moved][:EXAMPLES]],
-                )
-            )
-    changes.sort(key=lambda c: -c.payments)
-    base_cost = (
-        expected_cost(fraud.astype(np.int8), before, amounts, **replay.cost_parameters)
-        if fraud is not None
-        else None
-    )
-    new_keys, old_keys = _rule_key(ruleset), _rule_key(baseline)
-    return Comparison(
-        baseline_dir=baseline_dir,
-        baseline_version=baseline.version,
-        changed=int(np.count_nonzero(before != verdicts)),
-        matrix=matrix,
-        changes=changes,
-        baseline_verdicts=_mix(before, fraud, amounts),
-        baseline_cost=base_cost,
-        cost_difference=(
-            # to a thousandth of a cent: costs carry 0.1 x amounts, and the subtraction adds float noise
-            {k: round(cost[k] - base_cost[k], 5) for k in cost if k != "allow_everything"}
-            if cost is not None and base_cost is not None
-            else None
-        ),
-        rules_added=[r for r in new_keys if r not in old_keys],
-        rules_removed=[r for r in old_keys if r not in new_keys],
-        rules_changed=[r for r in new_keys if r in old_keys and new_keys[r] != old_keys[r]],
-        lists_changed=sorted(
-            name
-            for name in set(ruleset.lists) | set(baseline.lists)
-            if ruleset.lists.get(name) != baseline.lists.get(name)
-        ),
-        bands_changed=_bands_key(ruleset) != _bands_key(baseline),
     )
 
 
@@ -528,7 +357,18 @@ def backtest_rules(
         before, _, _ = _decide(replay, base, risk_scores)
         decisions["baseline_verdict"] = before
         where = baseline_label or (str(baseline) if not isinstance(baseline, RuleSet) else "baseline")
-        comparison = _compare(replay, ruleset, verdicts, base, before, where, fraud, amounts, cost)
+        comparison = compare(
+            replay.rows["transaction_id"].to_numpy(),
+            ruleset,
+            verdicts,
+            base,
+            before,
+            where,
+            fraud,
+            amounts,
+            cost,
+            replay.cost_parameters,
+        )
     timings = {**replay.timings, "rules_s": time.perf_counter() - t0}
     return BacktestResult(
         history=replay.history,
@@ -536,14 +376,14 @@ def backtest_rules(
         end=replay.end,
         payments=len(replay),
         frauds=int(fraud.sum()) if fraud is not None else None,
-        fraud_amount=_cents(amounts[fraud].sum()) if fraud is not None else None,
+        fraud_amount=cents(amounts[fraud].sum()) if fraud is not None else None,
         model_version=replay.model_version,
         no_score_verdict=NO_MODEL_VERDICT if replay.model_version is None else None,
         rules_dir=rules_label or (str(rules) if not isinstance(rules, RuleSet) else "rules"),
         rules_version=ruleset.version,
         cost_parameters=CostParameters(**replay.cost_parameters),
-        rules=_rule_stats(ruleset, fired, skipped, fraud, amounts),
-        verdicts=_mix(verdicts, fraud, amounts),
+        rules=rule_stats(ruleset, fired, skipped, fraud, amounts),
+        verdicts=mix(verdicts, fraud, amounts),
         cost=cost,
         comparison=comparison,
         warnings=list(replay.warnings),

@@ -20,9 +20,11 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any
 
 import yaml
+
+from antifraud.engine.costs import CostParameters
 
 # Never more than two threads: training runs next to the scoring service on small machines.
 MAX_THREADS = 2
@@ -35,14 +37,6 @@ class TrainingError(ValueError):
 
 class ConfigError(TrainingError):
     """A TRAIN.yaml is malformed; the message names the file and the key."""
-
-
-class CostParameters(TypedDict):
-    """The cost settings an expected cost used (`TrainConfig.cost_parameters`)."""
-
-    review_cost: float
-    block_cost_factor: float
-    challenge_cost: float
 
 
 @dataclass(frozen=True)

@@ -24,8 +24,9 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
-from antifraud.training.config import CostParameters, TrainConfig, TrainingError
-from antifraud.training.scoring import VERDICTS, verdicts
+from antifraud.engine.costs import CostParameters, expected_cost, verdict_mix
+from antifraud.training.config import TrainConfig, TrainingError
+from antifraud.training.scoring import verdicts
 
 FPR_TARGETS = (0.001, 0.01)
 # Card precision@100 is the literature's standard (what ~100 investigations a day find); it is
@@ -194,35 +195,6 @@ def card_precision_at_k(
     return float(daily.mean()), [float(v) for v in daily.to_numpy()]
 
 
-def expected_cost(
-    labels: np.ndarray,
-    verdict: np.ndarray,
-    amounts: np.ndarray,
-    review_cost: float,
-    block_cost_factor: float,
-    challenge_cost: float,
-) -> dict[str, float]:
-    """The cost formula of the module docstring, with its four parts.
-
-    Keys: total, fraud_allowed, reviews, challenges, legit_blocked, and allow_everything (the cost
-    of no score).
-    """
-    fraud = np.asarray(labels) == 1
-    amounts = np.asarray(amounts, dtype=float)
-    missed = float(amounts[fraud & (verdict == "allow")].sum())
-    reviews = float(review_cost * (verdict == "review").sum())
-    challenges = float(challenge_cost * (verdict == "challenge").sum())
-    blocked_good = float(block_cost_factor * amounts[~fraud & (verdict == "block")].sum())
-    return {
-        "total": missed + reviews + challenges + blocked_good,
-        "fraud_allowed": missed,
-        "reviews": reviews,
-        "challenges": challenges,
-        "legit_blocked": blocked_good,
-        "allow_everything": float(amounts[fraud].sum()),
-    }
-
-
 def cost_curve(
     labels: np.ndarray, scores: np.ndarray, amounts: np.ndarray, config: TrainConfig, points: int = 200
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -242,22 +214,6 @@ def cost_curve(
     n_blocked = np.searchsorted(-s, -grid, side="right")
     cost = (fraud_blocked[-1] - fraud_blocked[n_blocked]) + config.block_cost_factor * good_blocked[n_blocked]
     return grid, cost
-
-
-def verdict_mix(labels: np.ndarray, verdict: np.ndarray, amounts: np.ndarray) -> dict[str, dict[str, float]]:
-    """Per verdict: payments, their share, frauds among them and fraud amount."""
-    fraud = np.asarray(labels) == 1
-    amounts = np.asarray(amounts, dtype=float)
-    mix: dict[str, dict[str, float]] = {}
-    for v in VERDICTS:
-        sel = verdict == v
-        mix[v] = {
-            "payments": int(sel.sum()),
-            "share": float(sel.mean()) if len(sel) else 0.0,
-            "frauds": int((sel & fraud).sum()),
-            "fraud_amount": float(amounts[sel & fraud].sum()),
-        }
-    return mix
 
 
 def compute_metrics(

@@ -149,9 +149,16 @@ class RuleSet:
         scale: Scale = "score",
         authenticated_fallback: Fallback = DEFAULT_FALLBACK,
         metadata: Mapping[str, MetadataType] | None = None,
+        files: Sequence[str] = (),
+        list_files: Mapping[str, str] | None = None,
     ) -> None:
         self.rules: tuple[Rule, ...] = tuple(rules)
         self.lists: Mapping[str, frozenset[str]] = dict(lists)
+        #: the rule files it was read from, relative to its directory (the console shows and edits them);
+        #: like `list_files`, where the content came from, never part of the version
+        self.files: tuple[str, ...] = tuple(files)
+        #: the lists read from a file ({file: path} in a rules file): list name -> path in the directory
+        self.list_files: Mapping[str, str] = dict(list_files or {})
         self.bands = bands
         self.merchant_bands: Mapping[str, ScoreBands] = dict(merchant_bands or {})
         #: what the bands' thresholds are written on (decide reads the risk score or the score)

@@ -153,6 +153,7 @@ class _Loader:
         self.metadata: dict[str, MetadataType] = {}
         self.metadata_at: dict[str, tuple[str, int]] = {}
         self.lists: dict[str, frozenset[str]] = {}
+        self.list_files: dict[str, str] = {}
         self.list_at: dict[str, tuple[str, int]] = {}
         self.rules: list[_RawRule] = []
         self.rule_at: dict[str, tuple[str, int]] = {}
@@ -185,6 +186,8 @@ class _Loader:
             scale=self.scale,
             authenticated_fallback=self.fallback,
             metadata=self.metadata,
+            files=sorted(sources),
+            list_files=self.list_files,
         )
 
     # -- YAML helpers
@@ -418,6 +421,7 @@ class _Loader:
             if path is None:
                 self.error(file, node, f"list '{name}': give {{file: path}}")
                 return frozenset()
+            self.list_files[name] = path
             try:
                 return parse_list_file(self.read_list(path))
             except FileNotFoundError:

@@ -567,9 +567,12 @@ def entity_members(
 
 def ring_agrees(held: set[str], sent: Sequence[str], cap: int = 64) -> bool:
     """Whether a dedupe ring holding `held` (`entity_members`) agrees with the entity's payments sent
-    once, `sent` in time order: it holds them all, or, past its cap, `cap` of them (the last ones
-    but for the order in which concurrent ones were recorded)."""
-    return held == set(sent) if len(sent) <= cap else held <= set(sent) and len(held) == cap
+    once, `sent` in time order: it holds them all, or, past its cap, at least `cap` of them and at
+    most a quarter more (score.lua trims a ring once it holds cap + cap / 4, not at every payment;
+    which ones are the last depends on the order in which concurrent ones were recorded)."""
+    if len(sent) <= cap:
+        return held == set(sent)
+    return held <= set(sent) and cap <= len(held) <= cap + max(1, cap // 4)
 
 
 def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:

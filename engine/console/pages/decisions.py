@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict
 from antifraud.engine.api.deps import ReaderDep, ScorerDep
 from antifraud.engine.console.deps import ConsoleError, redirect, render, require
 from antifraud.engine.console.explain import contribution_lines, feature_rows, reason_lines
+from antifraud.engine.console.pages.lists import list_actions
 from antifraud.engine.console.pages.queue import review_queue
 from antifraud.engine.console.sessions import Session
 from antifraud.engine.decision_reads import DecisionReader, StoreUnavailable
@@ -80,6 +81,7 @@ def decision_page(
             "timeline": _timeline(decision["feedback"], case),
             "case": case,
             "message": message,
+            "list_actions": list_actions(payment, scorer.loaded.rules),
         },
     )
 
