@@ -150,6 +150,15 @@ class AuditReader:
             found.setdefault(item.stream_id, item)
         return sorted(found.values(), key=_entry_order, reverse=True)[: query.limit]
 
+    def read_or_tail(self, query: AuditQuery) -> list[AuditRecord]:
+        """The records of `read`, or of the tail alone while the store cannot be read (a page that
+        shows the latest records as a side panel shows what it can rather than fail)."""
+        try:
+            found = self.read(query)
+        except self.store.errors:
+            found = self.tail(query)[: query.limit]
+        return [item.record for item in found]
+
     def tail(self, query: AuditQuery) -> list[Audited]:
         """The records matching `query` among the stream's newest `scan` entries."""
         entries = cast(

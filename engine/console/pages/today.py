@@ -66,14 +66,10 @@ def today_page(request: Request, session: Staff, log: LogDep) -> Response:
 
 def _latest_audit(request: Request, count: int) -> list[AuditRecord]:
     """The newest audit records: the store's and the stream's unwritten tail (the sink drains the
-    stream within about a second); the tail alone while the store cannot be read."""
+    stream within about a second)."""
     state = request.app.state
     reader = AuditReader(state.services.reader.store, state.redis, state.settings.namespace)
-    query = AuditQuery(limit=count)
-    try:
-        return [a.record for a in reader.read(query)]
-    except reader.store.errors:
-        return [a.record for a in reader.tail(query)][:count]
+    return reader.read_or_tail(AuditQuery(limit=count))
 
 
 def _bound_words(bound: float | None) -> str:
