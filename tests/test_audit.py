@@ -150,6 +150,16 @@ def test_the_audit_page_shows_who_did_what_filtered(
     assert client.get("/console/audit", params={"day": "tomorrow"}).status_code == 400
     assert client.get("/console/audit", params={"action": "review.delete"}).status_code == 400
 
+    # once the sink has moved the records to the store, the pages read them there
+    store = open_store(client.app.state.settings.store_url)  # type: ignore[attr-defined]
+    try:
+        Sink(redis_client, store, block_ms=10, linger_ms=0).run_once()
+    finally:
+        store.close()
+    assert redis_client.xlen("af:audit") == 0
+    assert "<td>rules.promote</td>" in client.get("/console/audit").text
+    assert ">rules.promote<" in client.get("/console/today").text, "the day's latest audit records"
+
     scoped = TestClient(client.app, client=("127.0.0.1", 50001))
     sign_in(scoped, keys["shop"])
     assert scoped.get("/console/audit").status_code == 403, "a key scoped to merchants sees no audit log"
