@@ -233,9 +233,10 @@ def test_a_restarted_worker_resumes_the_pending_events_in_order(
     outbox = Outbox(redis_client, Endpoints(endpoints_file).subscribed)
     first = publish(outbox, "tx-1")
     second = publish(outbox, "tx-1", "review.resolved")
-    receiver.script[first] = [500, 500]
+    receiver.script[first] = [500] * 4
     hooks = worker(redis_client, endpoints_file)
-    run_until(hooks, lambda: receiver.tries(first) == 1, "a first failed attempt")
+    # a round may send a retry too on a busy machine: stop after the first failure or two
+    run_until(hooks, lambda: receiver.tries(first) >= 1, "a first failed attempt")
     hooks.close()  # stopped with tx-1's first event due for a retry
     assert redis_client.xpending("af:hooks:outbox", "hooks")["pending"] == 2
     (entry, _), _ = redis_client.xrange("af:hooks:outbox")
@@ -246,7 +247,7 @@ def test_a_restarted_worker_resumes_the_pending_events_in_order(
         run_until(hooks=again, done=lambda: len(receiver.delivered()) == 2, what="both delivered")
     finally:
         again.close()
-    assert receiver.delivered() == [first, second] and receiver.tries(first) == 3
+    assert receiver.delivered() == [first, second] and receiver.tries(first) == 5
 
 
 def test_a_standby_delivers_nothing_until_the_holder_stops(
