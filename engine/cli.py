@@ -26,6 +26,8 @@ app.add_typer(rules_app, name="rules")
 app.add_typer(keys_app, name="keys")
 store_app = typer.Typer(help="Maintain the durable decision store.", no_args_is_help=True)
 app.add_typer(store_app, name="store")
+webhooks_app = typer.Typer(help="Webhook endpoints (docs/console.md).", no_args_is_help=True)
+app.add_typer(webhooks_app, name="webhooks")
 console = Console(stderr=True)
 T = TypeVar("T")
 
@@ -479,6 +481,16 @@ def serve(
             "answered unlogged",
         ),
     ] = True,
+    hooks: Annotated[
+        bool | None,
+        typer.Option(
+            "--hooks/--no-hooks",
+            envvar="ANTIFRAUD_HOOKS",
+            help="Also run the webhook delivery worker (default: on when ANTIFRAUD_WEBHOOKS names an "
+            "endpoints file). --no-hooks when `antifraud hooks` runs elsewhere",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Run the scoring service (FastAPI on uvicorn) until SIGTERM or SIGINT (exit status 0)."""
     from antifraud.engine.service import run_service
@@ -496,6 +508,7 @@ def serve(
         data_dir=data_dir,
         store_url=store,
         sink=sink,
+        hooks=hooks,
     )
 
 
@@ -600,6 +613,50 @@ def sink(
         )
     except redis.ConnectionError as exc:  # at start; later failures are retried by the sink
         raise _fail(f"cannot reach Redis at {redis_url}: {exc}") from exc
+
+
+@app.command()
+def hooks(
+    redis_url: Annotated[
+        str,
+        typer.Option("--redis", envvar="ANTIFRAUD_REDIS_URL", help="Default: the embedded one of --data-dir"),
+    ] = "",
+    webhooks: Annotated[
+        Path | None, typer.Option("--webhooks", envvar="ANTIFRAUD_WEBHOOKS", help="The endpoints file")
+    ] = None,
+    data_dir: DataDirOpt = Path("var"),
+    namespace: Annotated[str, typer.Option(envvar="ANTIFRAUD_NAMESPACE")] = "af",
+    max_attempts: Annotated[
+        int, typer.Option("--max-attempts", envvar="ANTIFRAUD_WEBHOOK_MAX_ATTEMPTS", min=1)
+    ] = 12,
+    timeout_s: Annotated[float, typer.Option("--timeout-s", envvar="ANTIFRAUD_WEBHOOK_TIMEOUT_S")] = 5.0,
+) -> None:
+    """Deliver the webhook outbox's events to the endpoints until SIGTERM or SIGINT (exit status 0).
+    Several may run: one delivers, the others stand by."""
+    import redis
+
+    from antifraud.engine.redis_server import socket_path
+    from antifraud.engine.webhooks.config import WebhookConfigError
+    from antifraud.engine.webhooks.worker import run_hooks
+
+    if webhooks is None:
+        raise _fail("no endpoints file: give --webhooks or ANTIFRAUD_WEBHOOKS (docs/console.md, Webhooks)")
+    if not redis_url:  # the redis-server `serve` runs under the same data directory
+        redis_url = f"unix://{socket_path((data_dir / 'redis').resolve())[0]}"
+    try:
+        run_hooks(redis_url, str(webhooks), namespace, max_attempts, timeout_s)
+    except WebhookConfigError as exc:
+        raise _fail(str(exc)) from exc
+    except redis.ConnectionError as exc:  # at start; later failures are retried by the worker
+        raise _fail(f"cannot reach Redis at {redis_url}: {exc}") from exc
+
+
+@webhooks_app.command("secret")
+def webhooks_secret() -> None:
+    """Print a new endpoint secret for the endpoints file (give it to the receiver too)."""
+    from antifraud.engine.webhooks.config import new_secret
+
+    print(new_secret())
 
 
 @store_app.command("compact")

@@ -8,9 +8,13 @@ process before any `finally` ran, which left the embedded Redis orphaned. The se
 both signals from its first line to its last: a stop before the server is up aborts the start, a
 stop during the clean-up is held until the clean-up is done.
 
+The decision sink and the webhook delivery worker run beside the workers, each in a process of its
+own; they are stopped after the workers (the sink first: it may still publish webhook events), before
+the embedded Redis.
+
 Exit statuses: 0 stopped by SIGTERM or SIGINT; 1 could not start (no key file, port taken, a worker
 whose app failed to start, an embedded Redis that could not start or already runs in the data
-directory).
+directory, a webhook endpoints file refused).
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from antifraud.engine.redis_server import EmbeddedRedis, die_with_parent
-from antifraud.engine.settings import DEFAULT_DATA_DIR, SINK_PID_FILE
+from antifraud.engine.settings import DEFAULT_DATA_DIR, HOOKS_PID_FILE, SINK_PID_FILE
 from antifraud.engine.workers import APP, serve_workers
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -65,6 +69,7 @@ def run_service(
     data_dir: Path = Path(DEFAULT_DATA_DIR),
     store_url: str | None = None,
     sink: bool = True,
+    hooks: bool | None = None,
 ) -> None:
     """Serve until SIGTERM or SIGINT, then stop the workers and the embedded Redis and return.
 
@@ -74,6 +79,8 @@ def run_service(
     `data_dir`/decisions); with `sink`, a decision sink (engine/sink.py) runs beside them in its own
     process, draining the decision and feedback streams into that store; it is stopped after the
     workers (finishing its batch) and before the Redis.
+    With `hooks` (None: when ANTIFRAUD_WEBHOOKS names an endpoints file), the webhook delivery worker
+    (engine/webhooks/worker.py) runs in a process of its own too, stopped after the sink.
     Raises SystemExit(1) when the service cannot start."""
     if api_keys is None and os.environ.get("ANTIFRAUD_ALLOW_NO_AUTH") != "1":
         console.print(
@@ -82,9 +89,11 @@ def run_service(
             "or set ANTIFRAUD_ALLOW_NO_AUTH=1 for local development only."
         )
         raise SystemExit(EXIT_CANNOT_START)
+    webhooks = _webhooks_file(hooks, console)
     previous = {signum: signal.signal(signum, _raise_stopped) for signum in STOP_SIGNALS}
     embedded: EmbeddedRedis | None = None
     sink_process: BaseProcess | None = None
+    hooks_process: BaseProcess | None = None
     metrics_dir = None
     status = EXIT_STOPPED
     try:
@@ -113,7 +122,14 @@ def run_service(
             # where operators (and engine.stack's CPU accounting) find it among this one's children
             if sink_process.pid is not None:
                 _write_pid(data_dir.absolute() / SINK_PID_FILE, sink_process.pid)
+        if webhooks is not None:
+            hooks_process = _start_hooks(redis_url, webhooks, console)
+            if hooks_process.pid is not None:
+                _write_pid(data_dir.absolute() / HOOKS_PID_FILE, hooks_process.pid)
         console.print(f"serving on http://{host}:{port} with {workers} worker(s); OpenAPI at /docs")
+        if os.environ.get("ANTIFRAUD_CONSOLE", "on").strip().lower() not in ("off", "false", "0", "no"):
+            url = os.environ.get("ANTIFRAUD_CONSOLE_URL") or f"http://{host}:{port}/console/"
+            console.print(f"console: {escape(url)} (sign in with an analyst or admin key)")
         if workers > 1:
             status = serve_workers(host, port, workers)
         else:
@@ -136,8 +152,11 @@ def run_service(
         for signum in STOP_SIGNALS:
             signal.signal(signum, _hold)
         if sink_process is not None:
-            _stop_sink(sink_process)
+            _stop_child(sink_process)
             (data_dir.absolute() / SINK_PID_FILE).unlink(missing_ok=True)
+        if hooks_process is not None:
+            _stop_child(hooks_process)
+            (data_dir.absolute() / HOOKS_PID_FILE).unlink(missing_ok=True)
         if embedded is not None:
             embedded.stop()
         if metrics_dir:
@@ -173,8 +192,57 @@ def _sink_main(redis_url: str, store_url: str, namespace: str) -> None:
     run_sink(redis_url, store_url, namespace=namespace)
 
 
-def _stop_sink(process: BaseProcess) -> None:
-    """SIGTERM: the sink finishes the batch in hand (while Redis is still up), then exits."""
+def _webhooks_file(hooks: bool | None, console: Console) -> Path | None:
+    """The endpoints file the delivery worker reads, checked now (a refused file stops the start), or
+    None when the worker does not run here. Made absolute in ANTIFRAUD_WEBHOOKS for the workers."""
+    from antifraud.engine.webhooks.config import WebhookConfigError, load_endpoints
+
+    given = os.environ.get("ANTIFRAUD_WEBHOOKS", "")
+    if hooks is None:
+        hooks = bool(given)
+    if not given:
+        if hooks:
+            console.print("[red]error:[/red] --hooks needs an endpoints file: set ANTIFRAUD_WEBHOOKS")
+            raise SystemExit(EXIT_CANNOT_START)
+        return None
+    path = Path(given).resolve()
+    os.environ["ANTIFRAUD_WEBHOOKS"] = str(path)
+    try:
+        endpoints = load_endpoints(path)
+    except WebhookConfigError as exc:
+        console.print(f"[red]error:[/red] {escape(str(exc))}")
+        raise SystemExit(EXIT_CANNOT_START) from None
+    if not hooks:
+        return None
+    console.print(f"webhooks: {len(endpoints)} endpoint(s) in {escape(str(path))}")
+    return path
+
+
+def _start_hooks(redis_url: str, webhooks: Path, console: Console) -> BaseProcess:
+    """The webhook delivery worker in a process of its own (its POSTs wait on other hosts: never on a
+    worker's event loop), dying with this one."""
+    process = multiprocessing.get_context("spawn").Process(
+        target=_hooks_main, args=(redis_url, str(webhooks)), name="antifraud-hooks"
+    )
+    process.start()
+    console.print(f"webhook worker: outbox -> endpoints (pid {process.pid})")
+    return process
+
+
+def _hooks_main(redis_url: str, webhooks: str) -> None:
+    from antifraud.engine.settings import Settings
+    from antifraud.engine.webhooks.worker import run_hooks
+
+    die_with_parent(signal.SIGTERM)
+    settings = Settings()
+    run_hooks(
+        redis_url, webhooks, settings.namespace, settings.webhook_max_attempts, settings.webhook_timeout_s
+    )
+
+
+def _stop_child(process: BaseProcess) -> None:
+    """SIGTERM: the sink finishes the batch in hand, the webhook worker its POSTs in flight (while Redis
+    is still up), then it exits."""
     if process.is_alive():
         process.terminate()
     process.join(timeout=30)

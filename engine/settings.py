@@ -15,6 +15,8 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA_DIR = "var"
 #: the file under the data directory holding the pid of the decision sink `serve` runs
 SINK_PID_FILE = "sink.pid"
+#: the file under the data directory holding the pid of the webhook delivery worker `serve` runs
+HOOKS_PID_FILE = "hooks.pid"
 
 
 def _env(name: str, default: str) -> str:

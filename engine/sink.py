@@ -2,7 +2,8 @@
 
 The scoring path appends every decision to `{ns}:decisions` (field "d"), a flagged decision's model
 contributions right after its answer to the same stream (field "c"), and every feedback event to
-`{ns}:feedback` (field "e"); the streams are a short buffer (engine/decisions.py). The sink reads both
+`{ns}:feedback` (field "e"), and the console appends every action of its users to `{ns}:audit` (field "a",
+engine/audit.py); the streams are a short buffer (engine/decisions.py). The sink reads all three
 with a consumer group (`sink` by default, created at the start of each stream so nothing logged
 before the first run is skipped), writes a batch to the store (`antifraud.engine.store.Store.write`,
 durable on return) and only then acknowledges it (XACK) and trims the stream below the oldest entry
@@ -13,15 +14,15 @@ What that guarantees (docs/decisions.md):
   a sink killed mid-batch leaves its entries pending, and they are written again by the next run
   (its own, or another consumer's after `claim_idle_ms`, XAUTOCLAIM);
 - nothing is written twice: the store's writes are idempotent (by transaction id for decisions, by
-  stream id for feedback), so a batch written again after a crash adds nothing;
+  stream id for feedback and audit records), so a batch written again after a crash adds nothing;
 - a store that fails leaves the batch pending; it is retried with a growing pause, never acknowledged.
 An `after_write` hook (the console's review queue, statistics and webhook outbox) sees each batch once
 the store has it and before it is acknowledged: a hook that raises leaves the batch pending too, so
 what it feeds must be idempotent, as the store is (docs/console-design.md, 2).
 Several sinks (consumers of one group) split the entries between them.
 
-Every command names one stream, so the sink runs unchanged on a Redis Cluster (the two streams live
-in different slots).
+Every command names one stream, so the sink runs unchanged on a Redis Cluster (the streams live in
+different slots).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from redis.typing import EncodableT, FieldT
 
 from antifraud.engine.decision_entry import FeatureLists, decision_of
-from antifraud.engine.decision_record import ContributionsRecord, FeedbackRecord
+from antifraud.engine.decision_record import AuditRecord, ContributionsRecord, FeedbackRecord
 from antifraud.engine.store import Logged, Store
 
 log = logging.getLogger("antifraud.sink")
@@ -129,7 +130,7 @@ class SinkMetrics:
 
 
 #: what a stream entry holds, by the field its record's JSON is in
-Kind = Literal["decisions", "feedback", "contributions"]
+Kind = Literal["decisions", "feedback", "contributions", "audit"]
 
 
 @dataclass
@@ -143,7 +144,7 @@ class _Stream:
 
 
 class Sink:
-    """Reads the decision and feedback streams with a consumer group and writes them to a store."""
+    """Reads the decision, feedback and audit streams with a consumer group and writes them to a store."""
 
     def __init__(
         self,
@@ -186,6 +187,7 @@ class Sink:
         self.streams = (
             _Stream(f"{namespace}:decisions", {b"d": "decisions", b"c": "contributions"}),
             _Stream(f"{namespace}:feedback", {b"e": "feedback"}),
+            _Stream(f"{namespace}:audit", {b"a": "audit"}),
         )
         self._last_forget = 0.0
         self.acknowledged = 0  # stream entries acknowledged since this sink started
@@ -312,7 +314,12 @@ class Sink:
                     return
 
     def _write_and_ack(self) -> None:
-        decoded: dict[Kind, list[Logged]] = {"decisions": [], "feedback": [], "contributions": []}
+        decoded: dict[Kind, list[Logged]] = {
+            "decisions": [],
+            "feedback": [],
+            "contributions": [],
+            "audit": [],
+        }
         for stream in self.streams:
             lost = 0
             for entry_id, fields in stream.entries.items():
@@ -325,7 +332,7 @@ class Sink:
                     record = (
                         decision_of(raw, self.feature_lists.names)  # its features by name
                         if kind == "decisions"
-                        else cast(FeedbackRecord | ContributionsRecord, orjson.loads(raw))
+                        else cast(FeedbackRecord | ContributionsRecord | AuditRecord, orjson.loads(raw))
                     )
                 except (orjson.JSONDecodeError, LookupError) as exc:
                     self._reject(stream, entry_id, fields, exc)
@@ -335,11 +342,14 @@ class Sink:
                 self._note_lost(stream, lost)
         if any(decoded.values()):
             # durable on return: only then acknowledge
-            written = self.store.write(decoded["decisions"], decoded["feedback"], decoded["contributions"])
+            written = self.store.write(
+                decoded["decisions"], decoded["feedback"], decoded["contributions"], decoded["audit"]
+            )
             for kind, new in (
                 ("decisions", written.decisions),
                 ("feedback", written.feedback),
                 ("contributions", written.contributions),
+                ("audit", written.audit),
             ):
                 self.metrics.written.labels(kind).inc(new)
                 self.metrics.repeated.labels(kind).inc(len(decoded[kind]) - new)
@@ -486,6 +496,7 @@ def run_sink(
     from antifraud.engine.review.feed import ConsoleFeed
     from antifraud.engine.settings import Settings
     from antifraud.engine.store import open_store
+    from antifraud.engine.webhooks.config import Endpoints, outbox_of
 
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -501,7 +512,8 @@ def run_sink(
     metrics = SinkMetrics()
     # the console's review queue and day figures, fed from every batch (ANTIFRAUD_REVIEW_* bounds)
     settings = dataclasses.replace(Settings(), namespace=namespace)
-    feed = ConsoleFeed.from_settings(client, settings, None, metrics.registry)
+    outbox = outbox_of(client, Endpoints(settings.webhooks_file), namespace)  # ANTIFRAUD_WEBHOOKS
+    feed = ConsoleFeed.from_settings(client, settings, outbox, metrics.registry)
     try:
         sink = Sink(
             client,
@@ -518,11 +530,10 @@ def run_sink(
         if metrics_port:
             start_http_server(metrics_port, registry=sink.metrics.registry)
         log.info(
-            "sink %s of group %s: %s and %s -> %s",
+            "sink %s of group %s: %s -> %s",
             sink.consumer,
             sink.group,
-            sink.streams[0].key,
-            sink.streams[1].key,
+            ", ".join(s.key for s in sink.streams),
             store.url,
         )
         sink.run(stop)

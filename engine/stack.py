@@ -39,7 +39,7 @@ import redis
 
 from antifraud.engine.auth import Role, new_key
 from antifraud.engine.redis_server import EmbeddedRedis
-from antifraud.engine.settings import ROOT, SINK_PID_FILE
+from antifraud.engine.settings import HOOKS_PID_FILE, ROOT, SINK_PID_FILE
 
 # Where the server's stdout and stderr go:
 #   "inherit": this process's own (the demo prints them on the console);
@@ -259,8 +259,15 @@ class ServiceStack:
 
     def sink_pid(self) -> int | None:
         """The decision sink `serve` runs beside its workers (its pid file), or None when it runs none."""
+        return self._child_pid(SINK_PID_FILE)
+
+    def hooks_pid(self) -> int | None:
+        """The webhook delivery worker `serve` runs beside its workers, or None when it runs none."""
+        return self._child_pid(HOOKS_PID_FILE)
+
+    def _child_pid(self, pid_file: str) -> int | None:
         try:
-            pid = int((self.dir / "data" / SINK_PID_FILE).read_text())
+            pid = int((self.dir / "data" / pid_file).read_text())
         except (OSError, ValueError):
             return None
         return pid if self.server is not None and pid in descendants(self.server.pid) else None
@@ -270,14 +277,17 @@ class ServiceStack:
         assert self.server is not None, "the service is not running"
         if self.workers == 1:
             return [self.server.pid]
-        sink = self.sink_pid()
+        children = {self.sink_pid(), self.hooks_pid()}
         return [
-            p for p in descendants(self.server.pid) if p != sink and b"resource_tracker" not in cmdline(p)
+            p
+            for p in descendants(self.server.pid)
+            if p not in children and b"resource_tracker" not in cmdline(p)
         ]
 
     def cpu_pids(self) -> dict[str, list[int]]:
         """The stack's processes by role: "server" (the workers), "sink" (the decision sink),
-        "supervisor" (the rest of the server's tree), "redis" (empty with an external Redis)."""
+        "supervisor" (the rest of the server's tree, the webhook worker included), "redis" (empty with
+        an external Redis)."""
         assert self.server is not None, "the service is not running"
         workers = self.worker_pids()
         sink = self.sink_pid()

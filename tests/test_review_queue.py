@@ -17,13 +17,14 @@ from console_app import console_app
 from console_helpers import csrf_token
 from payloads import log_decision, logged_decision
 
+from antifraud.engine.audit import AuditReader
 from antifraud.engine.decision_record import Decision, FeedbackRecord
 from antifraud.engine.decisions import DecisionLog
 from antifraud.engine.review.feed import ConsoleFeed
 from antifraud.engine.review.queue import ReviewQueue, case_fields
 from antifraud.engine.sink import Sink
 from antifraud.engine.stats import LATENCY_EDGES_MS, Stats
-from antifraud.engine.store import Logged, open_store
+from antifraud.engine.store import AuditQuery, Logged, open_store
 from antifraud.engine.webhooks.outbox import Outbox
 
 
@@ -254,7 +255,12 @@ def test_a_resolution_becomes_a_label_the_api_and_the_features_see(
         assert event["data"]["outcome"] == "fraud" and event["data"]["resolved_by"] == "alice"
         day = ReviewQueue(redis_client).days(1)[0][1]
         assert (day["queued"], day["claimed"], day["fraud"]) == (1, 1, 1)
-        actions = [orjson.loads(f[b"a"])["action"] for _, f in redis_client.xrange("af:audit")]  # type: ignore[union-attr]
+        # the audit log, drained into the store by the sink, read with what it has not written yet
+        store = open_store(app.settings.store_url)
+        try:
+            actions = [a.record["action"] for a in AuditReader(store, redis_client).read(AuditQuery())]
+        finally:
+            store.close()
         assert actions.count("review.claim") == 2 and actions.count("review.resolve") == 2
 
 

@@ -155,7 +155,7 @@ def test_logged_decisions_and_feedback_reach_the_store_once(
         assert store.feedback_for("tx-3") == [feedback(3)]
         # every entry written and acknowledged: the streams are trimmed to nothing
         assert redis_client.xlen("af:decisions") == 0 and redis_client.xlen("af:feedback") == 0
-        assert sink.lag() == {"af:decisions": 0, "af:feedback": 0}
+        assert sink.lag() == {"af:decisions": 0, "af:feedback": 0, "af:audit": 0}
 
         # the same entries delivered again (as after a crash between the write and the ack)
         log_decisions(log, range(300, 310))
@@ -210,7 +210,7 @@ def test_the_stream_is_trimmed_after_writes_never_below_an_unwritten_entry(
     fast = Sink(redis_client, store, consumer="fast", batch=10, block_ms=10, linger_ms=0)
     redis_client.xreadgroup("sink", "slow", {"af:decisions": ">"}, count=10)  # slow holds tx-0..9
     assert fast.run_once() == 10  # tx-10..19, written
-    assert fast.trim() == {"af:decisions": 0, "af:feedback": 0}  # tx-0 is still unwritten
+    assert fast.trim() == {"af:decisions": 0, "af:feedback": 0, "af:audit": 0}  # tx-0 is still unwritten
     assert redis_client.xlen("af:decisions") == 50
     assert fast.lag()["af:decisions"] == 40  # 10 pending, 30 never delivered
 
@@ -272,7 +272,7 @@ def test_a_failing_store_leaves_the_batch_pending_until_it_is_writable(
             assert stored_counts(str(root)) == (20, 20, 0, 0)
             assert redis_client.xlen("af:decisions") == 100  # none trimmed
             assert pending(redis_client) + pending(redis_client, "af:feedback") > 0
-            assert sink.lag() == {"af:decisions": 100, "af:feedback": 40}
+            assert sink.lag() == {"af:decisions": 100, "af:feedback": 40, "af:audit": 0}
         wait_until(lambda: sum(sink.lag().values()) == 0, what="the backlog to drain")
     finally:
         stop.set()

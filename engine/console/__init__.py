@@ -32,14 +32,15 @@ from antifraud.engine.console.deps import (
     redirect,
     render,
 )
-from antifraud.engine.console.pages import auth, decisions, lists, queue, rules, today
+from antifraud.engine.console.pages import audit, auth, decisions, lists, queue, rules, today, webhooks
 from antifraud.engine.console.sessions import SessionStore
 from antifraud.engine.decisions import BufferBound
 from antifraud.engine.settings import Settings
+from antifraud.engine.webhooks.config import Endpoints, outbox_of
 
 HERE = Path(__file__).resolve().parent
 #: the console's page routers, in the order of the navigation
-PAGES = (auth, queue, decisions, today, rules, lists)
+PAGES = (auth, queue, decisions, today, rules, lists, audit, webhooks)
 
 
 def install(app: FastAPI, settings: Settings, keyring: KeyRing | None) -> None:
@@ -63,6 +64,9 @@ def install(app: FastAPI, settings: Settings, keyring: KeyRing | None) -> None:
         audit=AuditLog(app.state.redis, settings.namespace, bound),
         keyring=keyring,
     )
+    # the webhook endpoints (reloaded live) and the outbox a resolution publishes to (none without a file)
+    app.state.webhooks = Endpoints(settings.webhooks_file)
+    app.state.outbox = outbox_of(app.state.redis, app.state.webhooks, settings.namespace)
     app.mount("/console/static", StaticFiles(directory=HERE / "static"), name="console-static")
     for page in PAGES:
         app.include_router(page.router, include_in_schema=False)

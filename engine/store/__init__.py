@@ -1,6 +1,6 @@
-"""The durable decision store: every decision, its model contributions and every feedback event, kept
-for as long as the provider sets, outside Redis (which holds only the hot state and a short buffer;
-docs/decisions.md).
+"""The durable decision store: every decision, its model contributions, every feedback event and the
+console's audit records, kept for as long as the provider sets, outside Redis (which holds only the hot
+state and a short buffer; docs/decisions.md).
 
 Two backends behind one small interface, as Feast keeps its online store apart from its feature
 definitions: Parquet files partitioned by day, queried with DuckDB (the embedded default, one host),
@@ -14,9 +14,9 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
-from antifraud.engine.decision_record import ContributionsRecord, Decision, FeedbackRecord
+from antifraud.engine.decision_record import AuditRecord, ContributionsRecord, Decision, FeedbackRecord
 from antifraud.engine.verdicts import Verdict
 
 
@@ -26,7 +26,7 @@ class Logged:
     idempotent (a batch written again after a crash adds nothing)."""
 
     stream_id: str  # e.g. "1764950000000-0"
-    record: Decision | FeedbackRecord | ContributionsRecord
+    record: Decision | FeedbackRecord | ContributionsRecord | AuditRecord
 
 
 @dataclass(frozen=True)
@@ -43,12 +43,33 @@ class DecisionQuery:
 
 
 @dataclass(frozen=True)
+class AuditQuery:
+    """What `Store.audit` looks for; every given field must match. Newest records first."""
+
+    actor: str | None = None
+    action: str | None = None
+    subject: str | None = None
+    start: datetime | None = None  # the record's time (`at`), inclusive
+    end: datetime | None = None  # exclusive
+    limit: int = 100
+
+
+class Audited(NamedTuple):
+    """An audit record read back, with the stream entry it was written from (the same record read
+    from the store and from the stream's unwritten tail is one record: engine/audit.py)."""
+
+    stream_id: str
+    record: AuditRecord
+
+
+@dataclass(frozen=True)
 class Written:
     """What one `Store.write` added: records new to the store (the rest were there already)."""
 
     decisions: int
     feedback: int
     contributions: int = 0
+    audit: int = 0
 
 
 def with_contributions(decision: Decision, contributions: ContributionsRecord | None) -> Decision:
@@ -82,10 +103,14 @@ class Store(Protocol):
     errors: tuple[type[Exception], ...]
 
     def write(
-        self, decisions: Sequence[Logged], feedback: Sequence[Logged], contributions: Sequence[Logged] = ()
+        self,
+        decisions: Sequence[Logged],
+        feedback: Sequence[Logged],
+        contributions: Sequence[Logged] = (),
+        audit: Sequence[Logged] = (),
     ) -> Written:
         """Add a batch; idempotent by transaction id (decisions, contributions: the first kept) and by
-        stream id (feedback). Contributions may come before, with or after their decision.
+        stream id (feedback, audit records). Contributions may come before, with or after their decision.
 
         Returns only once the batch is durable (fsynced files, a committed transaction): the sink
         acknowledges the stream entries after this returns, never before.
@@ -108,10 +133,15 @@ class Store(Protocol):
         `query.limit`."""
         ...
 
+    def audit(self, query: AuditQuery) -> list[Audited]:
+        """Audit records matching `query`, newest first (by time, then stream entry), at most
+        `query.limit`."""
+        ...
+
     def apply_retention(self, before: datetime) -> int:
-        """Delete the decisions and contributions of payments and the feedback received before the UTC
-        day of `before` (whole days, on both backends: the Parquet store deletes day partitions);
-        returns how many records were deleted."""
+        """Delete the decisions and contributions of payments, the feedback received and the audit
+        records made before the UTC day of `before` (whole days, on both backends: the Parquet store
+        deletes day partitions); returns how many records were deleted."""
         ...
 
     def iter_decisions(

@@ -1,6 +1,6 @@
-"""Decisions, their contributions and feedback events as Arrow columns: the conversion the decision
-store's Parquet files (engine/store/parquet.py) and `antifraud export-decisions` (engine/export.py)
-share.
+"""Decisions, their contributions, feedback events and audit records as Arrow columns: the conversion
+the decision store's Parquet files (engine/store/parquet.py) and `antifraud export-decisions`
+(engine/export.py) share.
 
 Pure: it reads logged records (engine.decision_record) and returns Arrow arrays, nothing else.
 """
@@ -14,7 +14,7 @@ from typing import Literal, TypeAlias, TypeVar
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from antifraud.engine.decision_record import ContributionsRecord, Decision, FeedbackRecord
+from antifraud.engine.decision_record import AuditRecord, ContributionsRecord, Decision, FeedbackRecord
 from antifraud.engine.vocabulary import ENTITY_FIELDS
 
 TIME = pa.timestamp("us", tz="UTC")
@@ -126,6 +126,20 @@ CONTRIBUTIONS_SCHEMA = pa.schema(
 )
 
 
+#: an audit record of the console (its `detail` as JSON text; the whole record is in the store's `record`)
+AUDIT_SCHEMA = pa.schema(
+    [
+        ("at", TIME),
+        ("actor", pa.string()),
+        ("role", pa.string()),
+        ("action", pa.string()),
+        ("subject", pa.string()),
+        ("ip", pa.string()),
+        ("detail", pa.string()),
+    ]
+)
+
+
 class DecisionColumns:
     """Turns logged decisions into record batches of one schema, fixed by the first batch."""
 
@@ -179,3 +193,16 @@ def contributions_batch(records: Sequence[ContributionsRecord]) -> pa.RecordBatc
         (f, (f.name,)) for f in CONTRIBUTIONS_SCHEMA
     ]
     return pa.RecordBatch.from_arrays(_read(records, fields), schema=CONTRIBUTIONS_SCHEMA)
+
+
+def audit_batch(records: Sequence[AuditRecord]) -> pa.RecordBatch:
+    """One record batch of audit records (`AUDIT_SCHEMA`)."""
+    fields: list[tuple[pa.Field, Source[AuditRecord]]] = [
+        (f, (f.name,) if f.name != "detail" else lambda r: _json_or_none(r.get("detail")))
+        for f in AUDIT_SCHEMA
+    ]
+    return pa.RecordBatch.from_arrays(_read(records, fields), schema=AUDIT_SCHEMA)
+
+
+def _json_or_none(value: object) -> str | None:
+    return json.dumps(value, sort_keys=True) if value else None

@@ -5,6 +5,7 @@ Layout (Hive partitions, so DuckDB, pandas, Spark and Polars all read it as it i
     <root>/decisions/day=YYYY-MM-DD/part-<time>-<id>.parquet       the payment's UTC day
     <root>/contributions/day=YYYY-MM-DD/part-<time>-<id>.parquet   the payment's UTC day too
     <root>/feedback/day=YYYY-MM-DD/part-<time>-<id>.parquet        the day the event was received (UTC)
+    <root>/audit/day=YYYY-MM-DD/part-<time>-<id>.parquet           the day of the console's action (UTC)
     <root>/store.lock                                           the writers' lock
 
 Each `write` adds at most one file per day and kind, named by its write time (ns); its idempotency
@@ -37,8 +38,8 @@ In a notebook:
     duckdb.sql("select * from read_parquet('var/store/decisions/*/*.parquet', hive_partitioning=true, "
                "union_by_name=true)")
 
-or `ParquetStore(path).connect()`, a DuckDB connection with `decisions`, `contributions` and `feedback`
-views.
+or `ParquetStore(path).connect()`, a DuckDB connection with `decisions`, `contributions`, `feedback` and
+`audit` views.
 """
 
 from __future__ import annotations
@@ -59,15 +60,23 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from antifraud.engine.decision_record import ContributionsRecord, Decision, FeedbackRecord
-from antifraud.engine.store import DecisionQuery, Logged, Written, with_contributions
-from antifraud.engine.store.arrow import DecisionColumns, Source, contributions_batch, feedback_batch
+from antifraud.engine.decision_record import AuditRecord, ContributionsRecord, Decision, FeedbackRecord
+from antifraud.engine.store import Audited, AuditQuery, DecisionQuery, Logged, Written, with_contributions
+from antifraud.engine.store.arrow import (
+    DecisionColumns,
+    Source,
+    audit_batch,
+    contributions_batch,
+    feedback_batch,
+)
 from antifraud.engine.vocabulary import ENTITY_FIELDS
 
 T = TypeVar("T")
 
-Kind: TypeAlias = Literal["decisions", "feedback", "contributions"]
-KINDS: tuple[Kind, ...] = ("decisions", "contributions", "feedback")
+Kind: TypeAlias = Literal["decisions", "feedback", "contributions", "audit"]
+KINDS: tuple[Kind, ...] = ("decisions", "contributions", "feedback", "audit")
+#: the kinds whose records are keyed by their stream entry (the others by transaction id)
+_BY_ENTRY: tuple[Kind, ...] = ("feedback", "audit")
 
 #: the columns every decision row has beside `DECISION_COLUMNS` and its features
 DECISION_EXTRA: tuple[tuple[pa.Field, Source[Decision]], ...] = (
@@ -104,7 +113,7 @@ def _json_or_none(value: object) -> str | None:
     return orjson.dumps(value).decode() if value else None
 
 
-def _dumps(record: Decision | FeedbackRecord | ContributionsRecord) -> bytes:
+def _dumps(record: Decision | FeedbackRecord | ContributionsRecord | AuditRecord) -> bytes:
     # as engine/decisions.py logs it: NaN becomes null, numpy values are written as numbers
     return orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY)
 
@@ -124,7 +133,7 @@ class _Row(NamedTuple):
 
     stream_id: str
     blob: bytes
-    record: Decision | FeedbackRecord | ContributionsRecord
+    record: Decision | FeedbackRecord | ContributionsRecord | AuditRecord
 
 
 def _fsync_dir(path: Path) -> None:
@@ -260,7 +269,11 @@ class ParquetStore:
         return len(replaced)
 
     def write(
-        self, decisions: Sequence[Logged], feedback: Sequence[Logged], contributions: Sequence[Logged] = ()
+        self,
+        decisions: Sequence[Logged],
+        feedback: Sequence[Logged],
+        contributions: Sequence[Logged] = (),
+        audit: Sequence[Logged] = (),
     ) -> Written:
         """Add a batch; records already stored or repeated in the batch are skipped. Durable on return
         (fsynced files and directories)."""
@@ -268,19 +281,22 @@ class ParquetStore:
             new_decisions = self._write_kind("decisions", decisions)
             new_feedback = self._write_kind("feedback", feedback)
             new_contributions = self._write_kind("contributions", contributions)
-        return Written(new_decisions, new_feedback, new_contributions)
+            new_audit = self._write_kind("audit", audit)
+        return Written(new_decisions, new_feedback, new_contributions, new_audit)
 
     def _write_kind(self, kind: Kind, logged: Sequence[Logged]) -> int:
-        key = "stream_id" if kind == "feedback" else "transaction_id"
+        key = "stream_id" if kind in _BY_ENTRY else "transaction_id"
         by_day: dict[date, dict[str, _Row]] = {}
         for item in logged:
             record = item.record
             blob = _dumps(record)
             if kind == "feedback":
                 ident, day = item.stream_id, _utc_day(cast(FeedbackRecord, record)["received_at"])
+            elif kind == "audit":
+                ident, day = item.stream_id, _utc_day(cast(AuditRecord, record)["at"])
             else:  # a decision, or contributions (under the payment's day, as their decision)
-                ident = record["transaction_id"]
-                day = _utc_day(cast(Decision | ContributionsRecord, record)["timestamp"])
+                paid = cast(Decision | ContributionsRecord, record)
+                ident, day = paid["transaction_id"], _utc_day(paid["timestamp"])
             # the first of a batch's duplicates wins; a record's day never changes (its payment time
             # or its received time), so an earlier copy is always in the same day's partition
             by_day.setdefault(day, {}).setdefault(ident, _Row(item.stream_id, blob, record))
@@ -338,6 +354,8 @@ class ParquetStore:
             batch = columns.batch(records)
         elif kind == "contributions":
             batch = contributions_batch(records)
+        elif kind == "audit":
+            batch = audit_batch(records)
         else:
             batch = feedback_batch(records)
         stream_ids = pa.array([row.stream_id for row in rows], pa.string())
@@ -450,9 +468,43 @@ class ParquetStore:
         rows = self._query("decisions", where, params, "order by timestamp desc, transaction_id desc limit ?")
         return self._merged([cast(Decision, orjson.loads(row)) for row in rows])
 
+    def audit(self, query: AuditQuery) -> list[Audited]:
+        """Audit records matching `query`, newest first, at most `query.limit`: the day partitions of
+        the query's time range only, when it has one."""
+        clauses, params = ["true"], list[object]()
+        for column in ("actor", "action", "subject"):
+            value = getattr(query, column)
+            if value is not None:
+                clauses.append(f"{column} = ?")  # column: a fixed name
+                params.append(value)
+        if query.start is not None:
+            clauses.append('"at" >= ?')
+            params.append(_aware(query.start))
+        if query.end is not None:
+            clauses.append('"at" < ?')
+            params.append(_aware(query.end))
+        days = None
+        if query.start is not None and query.end is not None:
+            first, last = _aware(query.start).date(), _aware(query.end).date()
+            days = [date.fromordinal(n) for n in range(first.toordinal(), last.toordinal() + 1)]
+        sql = (
+            "select stream_id, record from read_parquet(?, union_by_name=true) "
+            f'where {" and ".join(clauses)} order by "at" desc, '
+            "try_cast(split_part(stream_id, '-', 1) as ubigint) desc, "
+            "try_cast(split_part(stream_id, '-', 2) as ubigint) desc, stream_id desc limit ?"
+        )
+
+        def read() -> list[tuple[str, ...]]:
+            files = self._files("audit", days)
+            return self._fetch(sql, [files, *params, query.limit]) if files else []
+
+        return [
+            Audited(ident, cast(AuditRecord, orjson.loads(record))) for ident, record in self._retry(read)
+        ]
+
     def connect(self) -> duckdb.DuckDBPyConnection:
         """A new DuckDB connection with the views `decisions`, `contributions` (the model contributions
-        of flagged decisions, logged after them) and `feedback` over the store's files
+        of flagged decisions, logged after them), `feedback` and `audit` over the store's files
         (a kind with no file yet has no view), for notebooks and ad hoc queries. The views are over
         the files of the moment of the call, without the inputs of a compaction (which a plain glob
         would see twice for an instant, or until the next compaction after a crash): connect again
@@ -471,8 +523,9 @@ class ParquetStore:
 
     def apply_retention(self, before: datetime) -> int:
         """Delete whole day partitions older than the UTC day of `before`: decisions and contributions
-        by payment day, feedback by received day. Day granularity: records of `before`'s own day are
-        kept, even those before `before`. Returns how many records were deleted."""
+        by payment day, feedback by received day, audit records by the day of the action. Day
+        granularity: records of `before`'s own day are kept, even those before `before`. Returns how
+        many records were deleted."""
         cutoff = (before if before.tzinfo else before.replace(tzinfo=UTC)).astimezone(UTC).date()
         deleted = 0
         with self._locked():
@@ -570,11 +623,10 @@ class ParquetStore:
         )
         # the first logged copy of a record wins, as in `write`: a copy is only there if clocks
         # differed by more than the margin, or an id was logged again once Redis forgot it
-        key, order = (
-            ("stream_id", f"received_at, {entry}")
-            if kind == "feedback"
-            else ("transaction_id", "timestamp, transaction_id")  # decisions, contributions
-        )
+        key, order = {
+            "feedback": ("stream_id", f"received_at, {entry}"),
+            "audit": ("stream_id", f'"at", {entry}'),
+        }.get(kind, ("transaction_id", "timestamp, transaction_id"))  # decisions, contributions
         listed = ", ".join(_quote(str(path)) for path, _ in inputs)
 
         def source(files: str) -> str:

@@ -1,6 +1,6 @@
 """The shared decision store: PostgreSQL, for several service hosts writing and reading one store.
 
-`PostgresStore("postgresql://user@host:5432/db?schema=antifraud")` keeps three tables in the schema the
+`PostgresStore("postgresql://user@host:5432/db?schema=antifraud")` keeps four tables in the schema the
 URL names (`schema`, a parameter of this store that is removed before connecting; `antifraud` when
 absent), created when missing:
 
@@ -14,12 +14,14 @@ absent), created when missing:
   them and merges them into its `reasons.model` (`with_contributions`);
 - `feedback`: one row per feedback event, keyed by the transaction and the stream entry it came from
   (`(transaction_id, stream_id)`: stream entry ids are per Redis, so two hosts' streams can hold the
-  same id), with its fields and `record`.
+  same id), with its fields and `record`;
+- `audit`: one row per action of a console user (engine/audit.py), keyed by its stream entry and time
+  (`(stream_id, at)`), with its fields, `detail` and `record`.
 
 Writes are one transaction of `INSERT ... ON CONFLICT DO NOTHING` (idempotent; durable once
 committed). Reads use indexes: `(card_id, timestamp)`, `(customer_id, timestamp)`,
 `(merchant_id, timestamp)`, `(verdict, timestamp)`, `(timestamp)`, feedback by transaction, and
-contributions by payment time (retention).
+contributions by payment time (retention), audit records by time.
 One connection per store, used by one thread at a time, reopened after the server went away.
 """
 
@@ -36,8 +38,8 @@ import orjson
 import psycopg
 from psycopg import sql
 
-from antifraud.engine.decision_record import ContributionsRecord, Decision, FeedbackRecord
-from antifraud.engine.store import DecisionQuery, Logged, Written, with_contributions
+from antifraud.engine.decision_record import AuditRecord, ContributionsRecord, Decision, FeedbackRecord
+from antifraud.engine.store import Audited, AuditQuery, DecisionQuery, Logged, Written, with_contributions
 from antifraud.engine.vocabulary import ENTITY_FIELDS
 
 T = TypeVar("T")
@@ -78,7 +80,26 @@ _CONTRIBUTION_COLUMNS: tuple[tuple[str, str], ...] = (
     ("timestamp", "timestamptz"),  # the payment's time
     ("model_version", "text"),
 )
-_NOT_NULL = {"transaction_id", "stream_id", "timestamp", "decided_at", "verdict", "kind", "received_at"}
+_AUDIT_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("stream_id", "text"),
+    ("at", "timestamptz"),
+    ("actor", "text"),
+    ("role", "text"),
+    ("action", "text"),
+    ("subject", "text"),
+    ("ip", "text"),
+)
+_NOT_NULL = {
+    "transaction_id",
+    "stream_id",
+    "timestamp",
+    "decided_at",
+    "verdict",
+    "kind",
+    "received_at",
+    "at",
+    "action",
+}
 # the order of a transaction's feedback: received time, then the stream entry ("<ms>-<seq>") as numbers
 _STREAM_ORDER = (
     "received_at, "
@@ -88,7 +109,7 @@ _STREAM_ORDER = (
 )
 
 
-def _dumps(record: Decision | FeedbackRecord | ContributionsRecord) -> str:
+def _dumps(record: Decision | FeedbackRecord | ContributionsRecord | AuditRecord) -> str:
     # as engine/decisions.py logs it: NaN becomes null, numpy values are written as numbers
     return orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY).decode()
 
@@ -187,7 +208,7 @@ class PostgresStore:
             )
 
         decisions, feedback = self._table("decisions"), self._table("feedback")
-        contributions = self._table("contributions")
+        contributions, audit = self._table("contributions"), self._table("audit")
         with conn.transaction():
             conn.execute("select pg_advisory_xact_lock(hashtext(%s))", [f"antifraud.store.{self.schema}"])
             conn.execute(sql.SQL("create schema if not exists {}").format(sql.Identifier(self.schema)))
@@ -207,6 +228,11 @@ class PostgresStore:
                     "create table if not exists {} ({}, record json not null, primary key (transaction_id))"
                 ).format(contributions, columns(_CONTRIBUTION_COLUMNS))
             )
+            conn.execute(
+                sql.SQL(
+                    "create table if not exists {} ({}, record json not null, primary key (stream_id, at))"
+                ).format(audit, columns(_AUDIT_COLUMNS))
+            )
             for table, name, keys in (
                 (decisions, "decisions_card", ("card_id", "timestamp")),
                 (decisions, "decisions_customer", ("customer_id", "timestamp")),
@@ -215,6 +241,7 @@ class PostgresStore:
                 (decisions, "decisions_timestamp", ("timestamp",)),
                 (feedback, "feedback_received", ("received_at",)),
                 (contributions, "contributions_timestamp", ("timestamp",)),
+                (audit, "audit_at", ("at",)),
             ):
                 conn.execute(
                     sql.SQL("create index if not exists {} on {} ({})").format(
@@ -225,7 +252,11 @@ class PostgresStore:
     # --- writing -----------------------------------------------------------------------------------
 
     def write(
-        self, decisions: Sequence[Logged], feedback: Sequence[Logged], contributions: Sequence[Logged] = ()
+        self,
+        decisions: Sequence[Logged],
+        feedback: Sequence[Logged],
+        contributions: Sequence[Logged] = (),
+        audit: Sequence[Logged] = (),
     ) -> Written:
         """Add a batch in one transaction; records already stored or repeated in the batch are skipped
         (the first kept). Durable on return (committed)."""
@@ -279,11 +310,29 @@ class PostgresStore:
                 [c["transaction_id"], item.stream_id, c["timestamp"], c.get("model_version"), _dumps(c)],
             )
 
+        audit_rows: dict[tuple[str, str], list[object]] = {}
+        for item in audit:
+            a = cast(AuditRecord, item.record)
+            audit_rows.setdefault(
+                (item.stream_id, a["at"]),
+                [
+                    item.stream_id,
+                    a["at"],
+                    a["actor"],
+                    a["role"],
+                    a["action"],
+                    a["subject"],
+                    a["ip"],
+                    _dumps(a),
+                ],
+            )
+
         def insert(conn: psycopg.Connection[tuple[object, ...]]) -> Written:
             return Written(
                 self._insert(conn, "decisions", _DECISION_COLUMNS, list(decision_rows.values())),
                 self._insert(conn, "feedback", _FEEDBACK_COLUMNS, list(feedback_rows.values())),
                 self._insert(conn, "contributions", _CONTRIBUTION_COLUMNS, list(contribution_rows.values())),
+                self._insert(conn, "audit", _AUDIT_COLUMNS, list(audit_rows.values())),
             )
 
         return self._run(insert)
@@ -380,11 +429,41 @@ class PostgresStore:
         rows = self._rows(statement, params)
         return [_decision(cast(str, record), cast(str | None, extra)) for record, extra in rows]
 
+    def audit(self, query: AuditQuery) -> list[Audited]:
+        """Audit records matching `query`, newest first (time, then stream entry), at most `query.limit`."""
+        clauses: list[sql.Composable] = [sql.SQL("true")]
+        params: list[object] = []
+        for column in ("actor", "action", "subject"):
+            value = getattr(query, column)
+            if value is not None:
+                clauses.append(sql.SQL("{} = %s").format(sql.Identifier(column)))
+                params.append(value)
+        if query.start is not None:
+            clauses.append(sql.SQL('"at" >= %s'))
+            params.append(_aware(query.start))
+        if query.end is not None:
+            clauses.append(sql.SQL('"at" < %s'))
+            params.append(_aware(query.end))
+        params.append(query.limit)
+        order = (
+            '"at" desc, '
+            "case when stream_id ~ '^[0-9]+-[0-9]+$' then split_part(stream_id, '-', 1)::numeric end desc, "
+            "case when stream_id ~ '^[0-9]+-[0-9]+$' then split_part(stream_id, '-', 2)::numeric end desc, "
+            "stream_id desc"
+        )
+        rows = self._rows(
+            sql.SQL("select stream_id, record::text from {} where {} order by " + order + " limit %s").format(
+                self._table("audit"), sql.SQL(" and ").join(clauses)
+            ),
+            params,
+        )
+        return [Audited(cast(str, i), cast(AuditRecord, orjson.loads(cast(str, r)))) for i, r in rows]
+
     # --- retention ---------------------------------------------------------------------------------
 
     def apply_retention(self, before: datetime) -> int:
-        """Delete the decisions and contributions of payments and the feedback received before the UTC
-        day of `before`
+        """Delete the decisions and contributions of payments, the feedback received and the audit
+        records made before the UTC day of `before`
         (day granularity, as the Parquet store: records of `before`'s own day are kept). Returns how
         many records were deleted."""
         cutoff = datetime.combine(_aware(before).date(), time(0), tzinfo=UTC)
@@ -395,6 +474,7 @@ class PostgresStore:
                 ("decisions", "timestamp"),
                 ("contributions", "timestamp"),
                 ("feedback", "received_at"),
+                ("audit", "at"),
             ):
                 cursor = conn.execute(
                     sql.SQL("delete from {} where {} < %s").format(self._table(name), sql.Identifier(column)),

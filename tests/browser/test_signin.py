@@ -1,4 +1,5 @@
-"""Signing in to the console in Chromium: an analyst key gets in, a scorer key is refused."""
+"""Signing in to the console in Chromium: an analyst key gets in, a scorer key is refused, a form with an
+altered CSRF token is refused; the audit log and the webhooks page (admins only)."""
 
 from __future__ import annotations
 
@@ -29,3 +30,30 @@ def test_a_scorer_key_is_refused(console: Console, page: Page) -> None:
     expect(page).to_have_url(f"{console.url}/console/signin")
     assert not [c for c in page.context.cookies() if c["name"] == "af_session"]
     shot(page, "signin-scorer-refused")
+
+
+def test_a_form_whose_csrf_token_was_altered_is_refused(console: Console, page: Page) -> None:
+    sign_in(page, console, "alice")
+    page.evaluate("document.querySelector('form.signout input[name=csrf]').value = 'forged'")
+    with page.expect_navigation():
+        page.get_by_role("button", name="Sign out").click()
+    expect(page.get_by_role("alert")).to_contain_text("the form's CSRF token is missing or wrong")
+    shot(page, "csrf-refused")
+    # nothing was done: still signed in, and the audit log holds the sign-in
+    page.goto(f"{console.url}/console/audit?actor=alice")
+    expect(page.get_by_role("heading", level=1)).to_have_text("Audit log")
+    expect(page.get_by_role("cell", name="signin", exact=True).first).to_be_visible()
+    shot(page, "audit")
+
+
+def test_an_admin_reads_the_webhooks_page_and_an_analyst_cannot(console: Console, page: Page) -> None:
+    sign_in(page, console, "alice")
+    expect(page.get_by_role("link", name="Webhooks")).to_have_count(0)
+    page.goto(f"{console.url}/console/webhooks")
+    expect(page.get_by_role("alert")).to_contain_text("this page needs an admin key")
+    page.get_by_role("button", name="Sign out").click()
+    sign_in(page, console, "ops")
+    page.get_by_role("link", name="Webhooks").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("Webhooks")
+    expect(page.get_by_role("table", name="Dead letters: 0")).to_be_visible()
+    shot(page, "webhooks")

@@ -11,7 +11,7 @@ tested against.
 from __future__ import annotations
 
 import difflib
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Annotated, Any
 
 import redis
@@ -20,11 +20,11 @@ from fastapi.responses import Response
 from starlette.datastructures import UploadFile
 
 from antifraud.engine.api.deps import ReloaderDep, ScorerDep
+from antifraud.engine.audit import AuditReader
 from antifraud.engine.console.deps import (
     ConsoleError,
     CsrfChecked,
     audited,
-    console_state,
     redirect,
     render,
     require,
@@ -43,6 +43,7 @@ from antifraud.engine.rule_changes import (
 )
 from antifraud.engine.rules import RuleSet, rule_names
 from antifraud.engine.stats import Stats
+from antifraud.engine.store import AuditQuery
 
 router = APIRouter()
 
@@ -67,12 +68,11 @@ def rules_page(request: Request, session: Staff, scorer: ScorerDep, promoted: st
         (rule, *((t.shadow_rules if rule.mode == "shadow" else t.rules).get(rule.id, 0) for t in (hour, day)))
         for rule in ruleset.rules
     ]
-    today = now.date().isoformat()
-    promotions = [
-        r
-        for r in console_state(request).audit.latest(500)
-        if r["action"] == "rules.promote" and r["at"].startswith(today)
-    ]
+    # today's, from the store and the audit stream's unwritten tail
+    midnight = datetime.combine(now.date(), time(), UTC)
+    state = request.app.state
+    reader = AuditReader(state.services.reader.store, state.redis, state.settings.namespace)
+    promotions = reader.read_or_tail(AuditQuery(action="rules.promote", start=midnight, limit=500))
     return render(
         request,
         "rules.html",

@@ -13,11 +13,14 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from antifraud.engine.api.deps import LogDep
-from antifraud.engine.console.deps import console_state, render, require
+from antifraud.engine.audit import AuditReader
+from antifraud.engine.console.deps import render, require
 from antifraud.engine.console.explain import age_words
 from antifraud.engine.console.pages.queue import review_queue
 from antifraud.engine.console.sessions import Session
+from antifraud.engine.decision_record import AuditRecord
 from antifraud.engine.stats import LATENCY_EDGES_MS, Stats
+from antifraud.engine.store import AuditQuery
 from antifraud.engine.verdicts import VERDICTS
 from antifraud.engine.webhooks.outbox import Outbox
 
@@ -56,9 +59,17 @@ def today_page(request: Request, session: Staff, log: LogDep) -> Response:
             "day": queue.days(1)[0][1],
             "buffers": {"decisions": decisions_waiting, "feedback": feedback_waiting},
             "dead_letters": dead,
-            "audit": console_state(request).audit.latest(20),
+            "audit": _latest_audit(request, 20),
         },
     )
+
+
+def _latest_audit(request: Request, count: int) -> list[AuditRecord]:
+    """The newest audit records: the store's and the stream's unwritten tail (the sink drains the
+    stream within about a second)."""
+    state = request.app.state
+    reader = AuditReader(state.services.reader.store, state.redis, state.settings.namespace)
+    return reader.read_or_tail(AuditQuery(limit=count))
 
 
 def _bound_words(bound: float | None) -> str:
