@@ -9,6 +9,7 @@ over that order, with exact integer sums and a sparse table for maxima.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -221,8 +222,14 @@ class OfflineFeatures:
             raw[:, self.plan.raw_index[raw_name(p.entity, "present")]] = (codes >= 0).astype(float)
             if not (codes >= 0).any():
                 continue
+            starts: Callable[[_Sorted, Window], np.ndarray] = functools.partial(exact_start, head=p.head)
+            if p.within is not None:
+                # kept in the enclosing entity's head: keyed as online, by the extra field's fingerprint
+                outer = _key_codes(history, self.spec.entities[p.within])
+                codes = _pair_codes(outer, _value_codes(history, self.spec.entities[p.entity][-1]))
+                starts = _FoldedStarts(self._sort(outer, t, amount), p.head).start
             s = self._sort(codes, t, amount)
-            for name, values in self._entity(p, s, history, codes, events, t):
+            for name, values in self._entity(p, s, history, codes, events, t, starts):
                 raw[s.rows, self.plan.raw_index[name]] = values
         return raw
 
@@ -263,6 +270,7 @@ class OfflineFeatures:
         codes: np.ndarray,
         events: dict[FeatureEvent, tuple[np.ndarray, np.ndarray]],
         t_all: np.ndarray,
+        starts: Callable[[_Sorted, Window], np.ndarray],
     ) -> Iterator[tuple[str, np.ndarray]]:
         e = p.entity
         cumsum = np.r_[0, np.cumsum(s.amount)]
@@ -276,7 +284,7 @@ class OfflineFeatures:
             yield raw_name(e, "max", label), range_max.query(lo, s.rank).astype(float)
 
         for w in p.exact:
-            yield from window(w.label, exact_start(s, w, p.head))
+            yield from window(w.label, starts(s, w))
         if p.spread_window is not None:
             yield raw_name(e, "m2", p.spread_window.label), self._spread(s, p.spread_window, p.head)
         for group in p.buckets.values():
@@ -350,6 +358,36 @@ def exact_start(s: _Sorted, w: Window, head: int) -> np.ndarray:
         return lo
     lo_b = s.start((s.ts // g - w.ms // g + 1) * g)
     return np.where(tiled, np.minimum(lo_b, s.rank - head), lo)
+
+
+class _FoldedStarts:
+    """Exact windows of an entity kept within another (card x merchant in the card's head: score.lua,
+    op E): the entity's payments among the enclosing entity's with rank in [max(lo, i - head), i),
+    `lo` its first payment in the window: exact while the enclosing entity holds fewer than `head`
+    payments in the window, else among its last `head`."""
+
+    def __init__(self, outer: _Sorted, head: int) -> None:
+        self.outer, self.head = outer, head
+        self.rank = np.zeros(int(outer.rows.max()) + 1, dtype=np.int64)
+        self.rank[outer.rows] = outer.rank - outer.group_start  # rank among the enclosing entity's
+
+    def start(self, s: _Sorted, w: Window) -> np.ndarray:
+        """First sorted position (in `s`, the inner entity's order) of the payments window `w` holds."""
+        o = self.outer
+        own = o.rank - o.group_start
+        lower = np.zeros_like(self.rank)
+        lower[o.rows] = np.maximum(o.start(o.ts - w.ms) - o.group_start, own - self.head)
+        # within an inner entity, stream order is the enclosing entity's rank order
+        width = len(self.rank) + 1
+        keys = s.code * width + self.rank[s.rows]
+        return np.searchsorted(keys, s.code * width + lower[s.rows], side="left")
+
+
+def _pair_codes(outer: np.ndarray, value: np.ndarray) -> np.ndarray:
+    """Integer code of each (outer code, value code) pair, -1 where either is missing."""
+    ok = (outer >= 0) & (value >= 0)
+    codes, _ = pd.factorize(outer * (int(value.max(initial=0)) + 1) + value)
+    return np.where(ok, codes, -1).astype(np.int64)
 
 
 def _bucket_lower(w: Window, ts: np.ndarray) -> np.ndarray:

@@ -59,21 +59,28 @@ class OnlineResult:
     duplicate: bool
 
 
-def _layout(p: EntityPlan, spread: int, *, before_fingerprints: bool = False) -> int:
+def _layout(p: EntityPlan, spread: int, *, before_fingerprints: bool = False, flat: bool = False) -> int:
     """A number naming what an entity's exact-window state was written for (windows, tails, cap,
-    spread window): score.lua starts a state written for another layout anew. With
-    `before_fingerprints`, the number the layout before fingerprints gave the same windows (it also
-    named the distinct fields, whose values it kept there): score.lua takes such a state over."""
+    spread window, the windows of the entities folded into it): score.lua starts a state written for
+    another layout anew. With `before_fingerprints`, the number the layout before fingerprints gave
+    the same windows (it also named the distinct fields, whose values it kept there), with `flat`
+    the number of the same windows without the folded ones: score.lua takes such a state over."""
     windows = ([(w.ms, w.tail_ms) for w in p.exact], spread, p.head)
-    shape = repr((*windows, list(p.distinct))) if before_fingerprints else repr(("fingerprints", *windows))
+    if before_fingerprints:
+        shape = repr((*windows, list(p.distinct)))
+    elif p.folded and not flat:
+        shape = repr(("fingerprints", *windows, "within", [[w.ms for w in f.exact] for f in p.folded]))
+    else:
+        shape = repr(("fingerprints", *windows))
     return -1 - int.from_bytes(hashlib.blake2b(shape.encode(), digest_size=4).digest(), "big") // 2
 
 
 class _Block:
-    """The static tokens of one entity's block; only distinct-field values vary per payment."""
+    """The static tokens of one entity's block; only field fingerprints vary per payment."""
 
-    def __init__(self, p: EntityPlan, spec: FeatureSpec) -> None:
+    def __init__(self, p: EntityPlan, spec: FeatureSpec, raw_index: dict[str, int]) -> None:
         self.plan = p
+        self.start = raw_index[raw_name(p.entity, "present")]
         self.value_slots: list[tuple[int, str]] = []
         feedback = [(event, windows) for event, windows in p.feedback.items() if windows]
         # the dedupe ring: the last `limits.dedupe` transactions within the dedupe horizon
@@ -88,6 +95,14 @@ class _Block:
             tokens += ["E", str(_layout(p, spread)), str(old), str(len(p.exact))]
             tokens += [str(w.ms) for w in p.exact] + [str(g) for g in tails]
             tokens += [str(spread), str(p.head)]
+            # the windows of an entity kept within this one (card x merchant in the card), read from
+            # the head, whose payments carry the fingerprint of that entity's extra key field
+            folded = [w for f in p.folded for w in f.exact]
+            flat = _layout(p, spread, flat=True) if folded else 0
+            tokens += [str(flat), str(len(folded))] + [str(w.ms) for w in folded]
+            if folded:
+                self.value_slots.append((len(tokens), spec.entities[p.folded[0].entity][-1]))
+            tokens.append("")
         for g, group in p.buckets.items():
             tokens += ["B", str(g), str(group.max_buckets), str(len(group.windows))]
             tokens += [str(w.ms // g) for w in group.windows]
@@ -107,7 +122,18 @@ class _Block:
             # a late payment moves the first payment time earlier within the dedupe horizon only
             tokens += ["P", str(p.profile_ttl_ms), str(spec.dedupe_horizon_ms)]
         self.tokens = tokens
-        self.n_values = len(p.raw_names()) - 1  # all but `present`
+        # where each reply value goes among the raw aggregates: the entity's own (all but `present`),
+        # with its folded entities' windows after its exact windows and spread (op E's order)
+        own = list(range(self.start + 1, self.start + len(p.raw_names())))
+        cut = 3 * len(p.exact) + (p.spread_window is not None)
+        inner = [raw_index[name] for f in p.folded for name in f.raw_names()[1:]]
+        self.targets = np.array(own[:cut] + inner + own[cut:], dtype=np.intp)
+        self.n_values = len(self.targets)
+        # each folded entity: its `present` and its values' positions (NaN without its key)
+        self.folded = [
+            (f.entity, raw_index[raw_name(f.entity, "present")], [raw_index[n] for n in f.raw_names()[1:]])
+            for f in p.folded
+        ]
 
     def args(self, payment: Mapping[str, Any]) -> list[str]:
         tokens = list(self.tokens)
@@ -131,8 +157,10 @@ class OnlineFeatures:
         self.namespace = namespace
         self._script = client.register_script(LUA)  # type: ignore[misc]
         self._direct = DirectScript(client, LUA)  # one payment's call: the thin path
-        self._blocks = [_Block(p, self.spec) for p in self.plan.entities]
-        self._starts = [self.plan.raw_index[raw_name(p.entity, "present")] for p in self.plan.entities]
+        # an entity kept within another has no block: the enclosing entity's block reads it
+        index = self.plan.raw_index
+        self._blocks = [_Block(p, self.spec, index) for p in self.plan.entities if p.within is None]
+        self._starts = [index[raw_name(p.entity, "present")] for p in self.plan.entities]
         self._cluster = isinstance(client, RedisCluster)
 
     @property
@@ -165,30 +193,35 @@ class OnlineFeatures:
         header, keys, blocks, present = self._score_blocks(payment, t_ms)
         if not record:
             header[0] = "peek"
-        lengths = [1 + block.n_values for block, _ in present]
+        lengths = [1 + block.n_values for block in present]
         return _ScoreCall(payment, t_ms, header, keys, blocks, present, lengths)
 
     def _scored(self, call: _ScoreCall, replies: list[list[Any]]) -> OnlineResult:
         raw = np.full(len(self.plan.raw_names), np.nan)
         raw[self._starts] = 0.0
         duplicate = False
-        for (block, start), reply in zip(call.present, replies, strict=True):
+        for block, reply in zip(call.present, replies, strict=True):
             duplicate = duplicate or reply[0] == 1
-            raw[start] = 1.0
-            raw[start + 1 : start + 1 + block.n_values] = [float(v) for v in reply[1:]]
+            raw[block.start] = 1.0
+            raw[block.targets] = [float(v) for v in reply[1:]]
+            for entity, present, values in block.folded:
+                if self.spec.entity_key(entity, call.payment) is None:  # type: ignore[arg-type]
+                    raw[values] = np.nan
+                else:
+                    raw[present] = 1.0
         return OnlineResult(self._derive(raw, call.payment, call.t_ms), duplicate)
 
     def _score_blocks(
         self, payment: Mapping[str, Any], t_ms: int
-    ) -> tuple[list[str], list[str], list[list[str]], list[tuple[_Block, int]]]:
+    ) -> tuple[list[str], list[str], list[list[str]], list[_Block]]:
         keys, args, present = [], [], []
-        for block, start in zip(self._blocks, self._starts, strict=True):
+        for block in self._blocks:
             key = self.spec.entity_key(block.plan.entity, payment)  # type: ignore[arg-type]
             if key is None:
                 continue
             keys.append(entity_prefix(self.namespace, block.plan.entity, key))
             args.append(block.args(payment))
-            present.append((block, start))
+            present.append(block)
         tx = fingerprint(str(payment["transaction_id"]), TX_BITS)
         header = ["score", str(tx), str(t_ms), str(to_milli(float(payment["amount"])))]
         return header, keys, args, present
@@ -203,7 +236,7 @@ class OnlineFeatures:
         paid_ms = to_ms(payment["timestamp"]) if kind == "fraud" else 0
         for p in self.plan.entities:
             key = self.spec.entity_key(p.entity, payment)  # type: ignore[arg-type]
-            if kind not in p.feedback or key is None:
+            if kind not in p.feedback or key is None or p.within is not None:
                 continue
             g = p.fraud_bucket_ms if kind == "fraud" and p.fraud_bucket_ms else 0
             keep = p.buckets[g].max_buckets if g else 0
@@ -331,7 +364,7 @@ class _ScoreCall:
     header: list[str]
     keys: list[str]
     blocks: list[list[str]]
-    present: list[tuple[_Block, int]]  # each block's entity and the index of its first raw value
+    present: list[_Block]  # the blocks of the entities the payment has
     lengths: list[int]  # how many reply values each block returns
 
 

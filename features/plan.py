@@ -82,6 +82,10 @@ class EntityPlan:
     # the exact windows keep the entity's last `head` payments one by one, older ones in the tail
     # buckets of each window (granularity `Window.tail_ms`): see `exact_start` in features/offline.py
     head: int = 0
+    # kept within another entity's state (the spec's `within`): its exact windows are read from that
+    # entity's head (docs/feature-state.md, section 2.5); `folded` lists the entities kept in this one
+    within: str | None = None
+    folded: list[EntityPlan] = dataclasses.field(default_factory=list)
     buckets: dict[int, BucketGroup] = dataclasses.field(default_factory=dict)
     distinct: dict[str, DistinctField] = dataclasses.field(default_factory=dict)
     feedback: dict[FeatureEvent, list[Window]] = dataclasses.field(default_factory=dict)
@@ -163,6 +167,10 @@ def compile_plan(spec: FeatureSpec) -> Plan:
             untiled = [w.label for w in p.exact if w.tail_ms is None]
             if untiled:
                 raise ValueError(f"{p.entity}: exact windows {untiled} have no tail granularity")
+    for name, outer in spec.within.items():
+        if name in plans:
+            plans[name].within = outer
+            plans[outer].folded.append(plans[name])
     ordered = list(plans.values())
     raw_names = [name for p in ordered for name in p.raw_names()]
     return Plan(spec, ordered, raw_names, {n: i for i, n in enumerate(raw_names)})

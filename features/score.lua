@@ -87,13 +87,15 @@ end
 -- E: exact windows: the entity's last `cap` payments one by one (the head) and, once the head
 -- overflows, each window's tail: per-bucket partial sums of the payments that left the head.
 -- tokens: layout, old_layout, nw, w1..wn (ascending), g1..gn (each window's tail granularity),
--- spread_k, cap
+-- spread_k, cap, flat_layout, nm, m1..mm, mfp
 -- state[3] = { layout, head, tail_1, .., tail_n }:
 --   layout  a number naming the windows, tails and cap it was written for (another: started anew,
 --           but for `old_layout`, the same windows as the layout before fingerprints wrote them,
---           which also kept each distinct field's values here: taken over, see op D)
+--           which also kept each distinct field's values here: taken over, see op D; and for
+--           `flat_layout`, the same windows without the folded entity: taken over, see below)
 --   head    time, amount of each payment kept one by one, in arrival order: at most `cap`, none
---           older than the longest window
+--           older than the longest window; with folded windows (nm > 0) also the 32-bit fingerprint
+--           of the folded entity's extra key field (mfp: the card's merchant; -1 when unknown)
 --   tail_k  the buckets of window k that have data: bucket (floor(time / g_k)), count, sum, max,
 --           and for the spread window the sum of squared deviations from the bucket's mean (m2)
 -- A payment leaving the head (evicted by the cap, or older than the longest window) is added to the
@@ -103,11 +105,22 @@ end
 -- buckets of the window (the rule bucketed windows have): the last `cap` payments exactly, older
 -- ones in whole buckets, so it may miss payments of at most one bucket at its lower edge.
 -- features/offline.py (`exact_start`) computes the same set: docs/features.md.
+-- Folded windows m1..mm (an entity kept within this one: card x merchant in the card) count, sum and
+-- take the maximum of the head's payments with fingerprint mfp inside each: exact while the entity
+-- holds fewer than `cap` payments in the window, else among its last `cap` (`folded_start` offline).
+-- A head of `flat_layout` (written before the fold) is taken over: its payments get the fingerprint
+-- -1 (an unknown merchant: counted by the entity's windows, by no folded one) until they leave it.
+-- Pushes each window's count, sum, max, then the spread window's m2, then each folded window's.
 local function op_events(st, a, i, rec, amount)
   local layout, old_layout, nw = tonumber(a[i]), tonumber(a[i + 1]), tonumber(a[i + 2])
   i = i + 1
   local ws, gs, nbs, bs, lows, strides = {}, {}, {}, {}, {}, {}
   local spread_k, cap = tonumber(a[i + 2 + 2 * nw]), tonumber(a[i + 3 + 2 * nw])
+  local flat_layout, nm = tonumber(a[i + 4 + 2 * nw]), tonumber(a[i + 5 + 2 * nw])
+  local mlows = {}
+  for k = 1, nm do mlows[k] = te - tonumber(a[i + 5 + 2 * nw + k]) end
+  local mfp = tonumber(a[i + 6 + 2 * nw + nm]) or -1
+  local hs = nm > 0 and 3 or 2
   for k = 1, nw do
     ws[k], gs[k] = tonumber(a[i + 1 + k]), tonumber(a[i + 1 + nw + k])
     nbs[k] = math.floor(ws[k] / gs[k])
@@ -143,16 +156,28 @@ local function op_events(st, a, i, rec, amount)
     end
   end
   local v = st.s[3]
+  local flat = false
   if v[1] == old_layout then
     -- the layout before fingerprints: the same head and tails, then each distinct field's values
     -- (value, last seen, ...; { 0 } once spilled into the ZSET d:<field>), for op D to take over
     st.old_values = {}
     for k = 3 + nw, #v do st.old_values[#st.old_values + 1] = v[k] end
     for k = #v, 3 + nw, -1 do v[k] = nil end
-    v[1] = layout
+    v[1], flat = layout, nm > 0
+  elseif v[1] == flat_layout and nm > 0 then
+    v[1], flat = layout, true
   elseif v[1] ~= layout then
     v = { layout, {} }
     for k = 1, nw do v[2 + k] = {} end
+  end
+  if flat then
+    -- a head of (time, amount) pairs: its payments' fingerprints are unknown
+    local old, wide = v[2], {}
+    for j = 1, #old, 2 do
+      local n = #wide
+      wide[n + 1], wide[n + 2], wide[n + 3] = old[j], old[j + 1], -1
+    end
+    v[2] = wide
   end
   st.s[3] = v
   local head = v[2]
@@ -161,8 +186,10 @@ local function op_events(st, a, i, rec, amount)
   -- a window's totals are its slab's plus every smaller one's
   local counts, sums, maxs = {}, {}, {}
   for k = 1, nw do counts[k], sums[k], maxs[k] = 0, 0, -1 end
+  local mcounts, msums, mmaxs = {}, {}, {}
+  for k = 1, nm do mcounts[k], msums[k], mmaxs[k] = 0, 0, -1 end
   local widest = lows[nw]
-  for j = 1, nh, 2 do
+  for j = 1, nh, hs do
     local tj = head[j]
     if tj >= widest then
       local k0 = nw
@@ -171,6 +198,14 @@ local function op_events(st, a, i, rec, amount)
       counts[k0] = counts[k0] + 1
       sums[k0] = sums[k0] + x
       if x > maxs[k0] then maxs[k0] = x end
+      if hs == 3 and head[j + 2] == mfp then
+        for k = 1, nm do
+          if tj >= mlows[k] then
+            mcounts[k], msums[k] = mcounts[k] + 1, msums[k] + x
+            if x > mmaxs[k] then mmaxs[k] = x end
+          end
+        end
+      end
     end
   end
   for k = 2, nw do
@@ -202,7 +237,7 @@ local function op_events(st, a, i, rec, amount)
     local m2, c = 0, counts[spread_k]
     if c > 0 then
       local mean, low = sums[spread_k] / c, lows[spread_k]
-      for j = 1, nh, 2 do
+      for j = 1, nh, hs do
         if head[j] >= low then
           local dx = head[j + 1] - mean
           m2 = m2 + dx * dx
@@ -223,6 +258,7 @@ local function op_events(st, a, i, rec, amount)
     end
     push(string.format('%.17g', m2))
   end
+  for k = 1, nm do push(mcounts[k]); push(msums[k]); push(mmaxs[k]) end
   if rec then
     -- tail buckets out of their window go
     for k = 1, nw do
@@ -247,9 +283,9 @@ local function op_events(st, a, i, rec, amount)
     local oldest = lows[nw]
     if nh > 0 and head[1] < oldest then
       local kept = {}
-      for j = 1, nh, 2 do
+      for j = 1, nh, hs do
         if head[j] >= oldest then
-          kept[#kept + 1] = head[j]; kept[#kept + 1] = head[j + 1]
+          for o = 0, hs - 1 do kept[#kept + 1] = head[j + o] end
         else
           fold(v, head[j], head[j + 1])
         end
@@ -259,19 +295,19 @@ local function op_events(st, a, i, rec, amount)
     -- this payment, at its own time (unless it is already outside every window: a late payment is
     -- then left out); past the cap, the first arrival leaves the head
     if t >= oldest then
-      if nh >= 2 * cap then
+      if nh >= hs * cap then
         fold(v, head[1], head[2])
-        table.remove(head, 1)
-        table.remove(head, 1)
-        nh = nh - 2
+        for _ = 1, hs do table.remove(head, 1) end
+        nh = nh - hs
       end
       head[nh + 1], head[nh + 2] = t, tonumber(amount)
+      if hs == 3 then head[nh + 3] = mfp end
     end
     v[2] = head
     st.s[3] = v
     if ws[nw] > st.ttl then st.ttl = ws[nw] end
   end
-  return i + 4 + 2 * nw
+  return i + 7 + 2 * nw + nm
 end
 
 -- B: bucketed windows of one granularity g: state[4 + k] for the k-th B op of the block holds the

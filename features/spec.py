@@ -20,7 +20,16 @@ from typing import Any, Literal
 import yaml
 
 from antifraud.engine.vocabulary import FEATURE_EVENTS, FeatureEvent
-from antifraud.features.spec_shape import ListOf, MapOf, Record, Scalar, SpecError, check_shape, key_line
+from antifraud.features.spec_shape import (
+    ListOf,
+    ListOrRecord,
+    MapOf,
+    Record,
+    Scalar,
+    SpecError,
+    check_shape,
+    key_line,
+)
 
 __all__ = ["FeatureSpec", "SpecError", "Window", "load_spec", "parse_duration"]
 
@@ -73,7 +82,11 @@ def _positive(text: str) -> int:
 
 _CAP = Scalar("int", _positive)
 SPEC_SHAPE = Record(
-    required={"version": Scalar("int"), "entities": MapOf(_NAMES)},
+    required={
+        "version": Scalar("int"),
+        # an entity's key fields, or {fields: [...], within: <entity>} for one kept inside another's state
+        "entities": MapOf(ListOrRecord(_NAMES, Record({"fields": _NAMES}, {"within": _TEXT}))),
+    },
     optional={
         "dedupe_horizon": _DURATION_TEXT,
         "limits": Record(
@@ -192,10 +205,15 @@ class FeatureSpec:
     # distinct counts saturate at `distinct_limit` values, feedback counts at `feedback_limit` events
     distinct_limit: int = DEFAULT_DISTINCT
     feedback_limit: int = DEFAULT_FEEDBACK
+    # entity -> the entity whose state keeps it (`within`): its windows are read from that entity's
+    # head (docs/feature-state.md, section 2.5)
+    within: dict[str, str] = dataclasses.field(default_factory=dict)
     digest: str = dataclasses.field(default="")
 
     def head(self, entity: str) -> int:
-        """How many of the entity's last payments its exact windows keep one by one."""
+        """How many of the entity's last payments its exact windows keep one by one (an entity kept
+        within another: that one's)."""
+        entity = self.within.get(entity, entity)
         caps = [v.head for v in self.velocity if v.entity == entity and v.head is not None]
         return caps[0] if caps else self.head_limit
 
@@ -353,8 +371,57 @@ def _check_entity(entities: dict[str, tuple[str, ...]], name: str, section: str)
     return name
 
 
+def _check_within(spec: FeatureSpec) -> None:
+    """An entity kept within another (`within`) is that entity plus one key field, and only has
+    exact velocity windows, no longer than the longest the enclosing entity's head keeps."""
+    outers = list(spec.within.values())
+    if len(outers) != len(set(outers)):
+        raise SpecError("entities: at most one entity can be kept within another")
+    for entity, outer in spec.within.items():
+        where = f"entities.{entity}.within"
+        _check_entity(spec.entities, outer, where)
+        if outer in spec.within or outer == entity:
+            raise SpecError(f"{where}: {outer} is itself kept within another entity")
+        fields, prefix = spec.entities[entity], spec.entities[outer]
+        if len(fields) != len(prefix) + 1 or fields[: len(prefix)] != prefix:
+            raise SpecError(f"{where}: the key fields of {outer} {list(prefix)} and one more must be its own")
+        groups: list[Distinct | Novelty | Feedback | LabelRate] = [
+            *spec.distinct,
+            *spec.novelty,
+            *spec.feedback,
+            *spec.label_rate,
+        ]
+        others = [g.entity for g in groups]
+        if spec.card_behaviour is not None:
+            others.append(spec.card_behaviour.entity)
+        if entity in others:
+            raise SpecError(f"{where}: an entity kept within another has velocity windows only")
+        outer_ms = [w.ms for v in spec.velocity if v.entity == outer for w in v.windows if w.tail_ms]
+        if spec.card_behaviour is not None and spec.card_behaviour.entity == outer:
+            outer_ms.append(spec.card_behaviour.window.ms)
+        for v in spec.velocity:
+            if v.entity != entity:
+                continue
+            if v.head is not None:
+                raise SpecError(f"velocity of {entity}: no head of its own: it reads the head of {outer}")
+            for w in v.windows:
+                if w.granularity_ms is not None or w.ms > max(outer_ms, default=0):
+                    raise SpecError(
+                        f"velocity of {entity}: window {w.label} must be exact and no longer than the "
+                        f"longest exact window of {outer}"
+                    )
+
+
 def _build(raw: dict[str, Any]) -> FeatureSpec:
-    entities = {name: tuple(fields) for name, fields in raw["entities"].items()}
+    entities = {
+        name: tuple(given["fields"] if isinstance(given, dict) else given)
+        for name, given in raw["entities"].items()
+    }
+    within = {
+        name: str(given["within"])
+        for name, given in raw["entities"].items()
+        if isinstance(given, dict) and "within" in given
+    }
     limits = raw.get("limits") or {}
     # the tail granularity of an exact window of each length, unless its velocity entry says
     default_tails = {parse_duration(w): g for w, g in (limits.get("tail") or {}).items()}
@@ -436,7 +503,7 @@ def _build(raw: dict[str, Any]) -> FeatureSpec:
     unknown = [p for p in payment if p not in PAYMENT_FEATURES]
     if unknown:
         raise SpecError(f"payment: unknown features {unknown}; available: {list(PAYMENT_FEATURES)}")
-    return FeatureSpec(
+    spec = FeatureSpec(
         entities=entities,
         dedupe_horizon_ms=parse_duration(raw.get("dedupe_horizon", "2d")),
         velocity=tuple(velocity),
@@ -450,4 +517,7 @@ def _build(raw: dict[str, Any]) -> FeatureSpec:
         dedupe_limit=int(limits.get("dedupe", DEFAULT_DEDUPE)),
         distinct_limit=int(limits.get("distinct", DEFAULT_DISTINCT)),
         feedback_limit=int(limits.get("feedback", DEFAULT_FEEDBACK)),
+        within=within,
     )
+    _check_within(spec)
+    return spec

@@ -56,7 +56,16 @@ class Record:
     optional: Mapping[str, Shape] = field(default_factory=dict)
 
 
-Shape = Scalar | ListOf | MapOf | Record
+@dataclass(frozen=True)
+class ListOrRecord:
+    """Either a sequence of shape `listed` or a mapping of shape `record` (a short form and a long
+    one, e.g. an entity's key fields alone or with more)."""
+
+    listed: ListOf
+    record: Record
+
+
+Shape = Scalar | ListOf | MapOf | Record | ListOrRecord
 
 
 def check_shape(node: yaml.Node, shape: Shape, path: str, where: str) -> None:
@@ -65,6 +74,8 @@ def check_shape(node: yaml.Node, shape: Shape, path: str, where: str) -> None:
     def fail(at: yaml.Node, message: str) -> SpecError:
         return SpecError(f"{path}:{at.start_mark.line + 1}: {where}: {message}")
 
+    if isinstance(shape, ListOrRecord):
+        shape = shape.listed if isinstance(node, yaml.SequenceNode) else shape.record
     if isinstance(shape, Scalar):
         if not isinstance(node, yaml.ScalarNode) or node.tag not in _TAGS[shape.kind]:
             raise fail(node, f"expected {_WHAT[shape.kind]}, got {_describe(node)}")

@@ -54,6 +54,11 @@ def _load(tmp_path: Path, text: str) -> None:
         ("  dedupe: 64\n", "  dedupe: -1\n", r":\d+: spec.limits.dedupe: .*not a positive whole number"),
         ("    head: 256\n", "    head: 2.5\n", r"spec.velocity\[0\].head: expected a whole number"),
         ("version: 1\n", "", r"spec: missing 'version'"),
+        # an entity kept within another (docs/feature-state.md, section 2.5)
+        ("within: card}", "within: ip}", r"within: the key fields of ip \['ip'\] and one more must be"),
+        ("within: card}", "within: cards}", r"within: unknown entity 'cards'"),
+        ("{fields: [card_id, merchant_id]", "{field: [card_id, merchant_id]", r"unknown key 'field'"),
+        ("256 payments\n", "256 payments\n    head: 64\n", r"card_merchant: no head of its own"),
     ],
 )
 def test_malformed_spec_names_file_line_and_key(tmp_path: Path, old: str, new: str, expected: str) -> None:

@@ -1,7 +1,8 @@
-"""Bounded feature state (docs/feature-state.md, sections 2.1-2.4): exact windows keep an entity's
+"""Bounded feature state (docs/feature-state.md, sections 2.1-2.5): exact windows keep an entity's
 last `head` payments one by one and older ones in tail buckets, once the head overflows; distinct
 counts and novelty come from a capped set of the values seen most recently, feedback counts from the
-last events of each kind, dedupe from a ring of the last transaction ids.
+last events of each kind, dedupe from a ring of the last transaction ids; card x merchant from the
+card's head.
 
 Parity with the offline executor on the overflow paths (a spec of tiny caps, and hot entities with
 the default caps), the time-safety rules with tiny heads (late, decades-old and early payments),
@@ -106,13 +107,18 @@ def test_hot_entities_with_the_default_heads(history: pd.DataFrame, redis_client
     merchants in 6 days. Both executors agree."""
     sample = history.iloc[:8000].reset_index(drop=True).copy()
     sample.loc[np.arange(0, len(sample), 6), "ip"] = "203.0.113.7"
-    sample.loc[np.arange(3, len(sample), len(sample) // 400)[:400], "card_id"] = "hot-card"
+    hot = np.arange(3, len(sample), len(sample) // 400)[:400]
+    sample.loc[hot, "card_id"] = "hot-card"
+    # mostly at three merchants: card x merchant, read from the card's head, then counts only the
+    # card's last 256 payments
+    sample.loc[hot[::4], "merchant_id"] = [f"M{k % 3}" for k in range(len(hot[::4]))]
     spec = load_spec()
     names, online = replay_online(sample, redis_client, spec)
     offline = OfflineFeatures(spec).transform(sample)[names].to_numpy()
     _assert_parity(names, online, offline)
     assert np.nanmax(offline[:, names.index("card_count_7d")]) > 256
     assert _tiled_rows(spec, sample, names, "ip_count_24h").sum() > 100
+    assert _tiled_rows(spec, sample, names, "card_merchant_count_30d").sum() > 20
 
 
 def _pay(online: OnlineFeatures, n: int, t: int, cents: int, card: str = "c0") -> dict[str, float]:
@@ -228,8 +234,11 @@ def test_a_state_of_the_layout_before_fingerprints_is_taken_over(
     if not rings:
         redis_client.zadd(prefix + ":ev", {f"tx{n}": t for n, t in enumerate(times[:7])})
         redis_client.zadd(prefix + ":f:decline", {"tx2": times[6] + 1})
+    # (and its head had no merchant fingerprints: section 2.5)
     rewrite = """local s = cmsgpack.unpack(redis.call('GET', KEYS[1]))
-        local e = s[3]
+        local e, h = s[3], {}
+        for j = 1, #e[2], 3 do h[#h + 1] = e[2][j]; h[#h + 1] = e[2][j + 1] end
+        e[2] = h
         e[1] = tonumber(ARGV[1]); e[#e + 1] = {0}; e[#e + 1] = cjson.decode(ARGV[2]); e[#e + 1] = {}
         table.remove(s, 4)
         if ARGV[3] == '0' then s[1] = 0; s[2] = 0 end
@@ -239,8 +248,9 @@ def test_a_state_of_the_layout_before_fingerprints_is_taken_over(
     assert old.score(retry).duplicate
     for n, t in enumerate(times[-2:], start=len(times) - 2):
         x, y = _pay(old, n, t, 2000 + n), _pay(new, n, t, 2000 + n)
-        assert x.keys() == y.keys()
-        assert all(x[k] == y[k] or (math.isnan(x[k]) and math.isnan(y[k])) for k in x), n
+        _assert_same(x, y, n)
+        # the payments of the old head are at an unknown merchant (the new: one of them at m1, m2)
+        assert (x["card_merchant_count_24h"], y["card_merchant_count_24h"]) == (0, 1), n
     assert x["card_count_1h"] == 8 and x["card_distinct_merchants_1h"] == 3 and x["card_new_merchant"] == 0
     assert not redis_client.exists(prefix + ":ev", prefix + ":d:merchant_id")
     assert old.score(retry).duplicate
@@ -249,6 +259,44 @@ def test_a_state_of_the_layout_before_fingerprints_is_taken_over(
     assert old.feedback("decline", "tx5", times[8] + 1, {"card_id": "c0"})
     assert not redis_client.exists(prefix + ":f:decline")
     assert not old.feedback("decline", "tx2", times[8] + 2, {"card_id": "c0"})
+
+
+def _assert_same(x: dict[str, float], y: dict[str, float], n: int, but: str = "card_merchant_") -> None:
+    """The same features, but those whose names start with `but` ('': all the same)."""
+    assert x.keys() == y.keys()
+    same = [k for k in x if not (but and k.startswith(but))]
+    assert all(x[k] == y[k] or (math.isnan(x[k]) and math.isnan(y[k])) for k in same), n
+
+
+def test_a_card_head_without_merchants_is_taken_over(redis_client: redis.Redis) -> None:
+    """Before card x merchant was folded into the card (docs/feature-state.md, 2.5 as built), the
+    card's head held (time, amount) pairs and each pair was its own entity with its own key. The
+    card's next payment keeps its head and tails, its old payments at an unknown merchant until they
+    leave the head (by its cap or by age): the card's features are those of a card that was never
+    of the layout before, card x merchant counts only the payments since. The pair's keys are no
+    longer read nor written, and expire with their TTL."""
+    spec = tiny_heads(card=4)
+    flat = dataclasses.replace(spec, within={})
+    before, after, fresh = (
+        OnlineFeatures(redis_client, flat, namespace="a"),
+        OnlineFeatures(redis_client, spec, namespace="a"),
+        OnlineFeatures(redis_client, spec, namespace="b"),
+    )
+    times = [T0 + k * 7 * MINUTE for k in range(12)]
+    for n, t in enumerate(times[:6]):
+        _assert_same(_pay(before, n, t, 1000 + 37 * n), _pay(fresh, n, t, 1000 + 37 * n), n, but="")
+    pair = entity_prefix("a", "card_merchant", "c0|m0") + ":s"
+    kept, ttl = redis_client.get(pair), redis_client.pttl(pair)
+    assert kept is not None and 0 < ttl <= 30 * DAY
+    counts = []
+    for n, t in enumerate(times[6:], start=6):
+        x, y = _pay(after, n, t, 1000 + 37 * n), _pay(fresh, n, t, 1000 + 37 * n)
+        _assert_same(x, y, n)
+        counts.append((x["card_merchant_count_24h"], y["card_merchant_count_24h"]))
+    # m0, m1, m2, m0, m1, m2: the old payments 2-5 leave the head as the new ones come
+    assert counts == [(0, 1), (0, 1), (0, 1), (1, 1), (1, 1), (1, 1)]
+    assert redis_client.get(pair) == kept and 0 < redis_client.pttl(pair) <= ttl
+    assert not list(redis_client.scan_iter(match="b:{card_merchant:*", count=1000))
 
 
 def test_distinct_values_of_ranges() -> None:
