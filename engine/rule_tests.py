@@ -21,7 +21,7 @@ import os
 import sys
 import traceback
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final, cast
@@ -39,6 +39,7 @@ from antifraud.engine.rules.backtest import (
     compare,
     decide,
     frauds_only_this_rule,
+    json_ready,
     mix,
     reviews_per_day,
     rule_stats,
@@ -56,19 +57,6 @@ CHANGED_LISTED: Final = 500
 #: the most a result may take in Redis; past it the changed payments are cut
 MAX_RESULT_BYTES: Final = 2_000_000
 _FRAUD_LABELS: Final = frozenset({"fraud", "chargeback"})
-
-
-def _plain(value: Any) -> Any:
-    """JSON-ready: numpy scalars to Python, NaN to None, tuples to lists."""
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and value != value:
-        return None
-    return value
 
 
 def _decisions(spec: RuleTestSpec, now: datetime, names: set[str]) -> list[Decision]:
@@ -156,7 +144,7 @@ def backtest_log(
     cost = expected_cost(fraud.astype(np.int8), verdicts, amounts, **costs)
     comparison = compare(ids, candidate, verdicts, live, before, "live", fraud, amounts, cost, costs)
     changed = np.flatnonzero(before != verdicts)[:CHANGED_LISTED]
-    return _plain(
+    return json_ready(
         {
             "source": "log",
             "payments": n,
@@ -204,7 +192,7 @@ def backtest_history(spec: RuleTestSpec) -> dict[str, Any]:
     assert result.decisions is not None
     days = pd.to_datetime(result.decisions["timestamp"], utc=True).dt.strftime("%Y-%m-%d").to_numpy()
     report["reviews_per_day"] = reviews_per_day(result.decisions["verdict"].to_numpy(), days)
-    return _plain({"source": "history", **report})
+    return json_ready({"source": "history", **report})
 
 
 def run(client: redis.Redis, namespace: str, test_id: str, now: datetime | None = None) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
@@ -51,6 +51,7 @@ from antifraud.engine.rules.backtest import (
     cents,
     compare,
     decide,
+    json_ready,
     mix,
     rule_stats,
 )
@@ -130,10 +131,10 @@ class BacktestResult:
                 "changed": c.changed,
                 "changed_share": c.changed / self.payments if self.payments else 0.0,
                 "matrix": c.matrix,
-                "changes": [_plain(vars(change)) for change in c.changes],
-                "baseline_verdicts": _plain(c.baseline_verdicts),
-                "baseline_cost": _plain(c.baseline_cost),
-                "cost_difference": _plain(c.cost_difference),
+                "changes": [json_ready(vars(change)) for change in c.changes],
+                "baseline_verdicts": json_ready(c.baseline_verdicts),
+                "baseline_cost": json_ready(c.baseline_cost),
+                "cost_difference": json_ready(c.cost_difference),
                 "rules_added": c.rules_added,
                 "rules_removed": c.rules_removed,
                 "rules_changed": c.rules_changed,
@@ -145,37 +146,24 @@ class BacktestResult:
             "period": {"start": self.start.isoformat(), "end": self.end.isoformat()},
             "payments": self.payments,
             "frauds": self.frauds,
-            "fraud_amount": _plain(self.fraud_amount),
+            "fraud_amount": json_ready(self.fraud_amount),
             "model_version": self.model_version,
             "no_score_verdict": self.no_score_verdict,
             "rules_dir": self.rules_dir,
             "rules_version": self.rules_version,
-            "cost_parameters": _plain(self.cost_parameters),
-            "rules": [_plain({**vars(r), "shadow": r.shadow}) for r in self.rules],
-            "verdicts": _plain(self.verdicts),
-            "cost": _plain(self.cost),
+            "cost_parameters": json_ready(self.cost_parameters),
+            "rules": [json_ready({**vars(r), "shadow": r.shadow}) for r in self.rules],
+            "verdicts": json_ready(self.verdicts),
+            "cost": json_ready(self.cost),
             "comparison": comparison,
             "warnings": list(self.warnings),
-            "timings": _plain(self.timings),
+            "timings": json_ready(self.timings),
         }
 
     def rules_frame(self) -> pd.DataFrame:
         """The per-rule figures as a DataFrame, one row per rule in rule set order (for notebooks)."""
         frame = pd.DataFrame([{**vars(r), "shadow": r.shadow} for r in self.rules])
         return frame.set_index("rule_id") if len(frame) else frame
-
-
-def _plain(value: Any) -> Any:
-    """JSON-ready: numpy scalars to Python, NaN and infinities to None, tuples to lists."""
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 # ------------------------------------------------------------------------------------ the replay

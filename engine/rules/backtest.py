@@ -9,6 +9,7 @@ Every input is a numpy array or a column mapping: nothing here knows where the p
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -278,3 +279,17 @@ def compare(
         ),
         bands_changed=_bands_key(ruleset) != _bands_key(baseline),
     )
+
+
+def json_ready(value: Any) -> Any:
+    """A backtest's figures as plain JSON: numpy scalars to Python, NaN and infinities to None,
+    tuples to lists (the CLI's report and the console's rule tests write the same way)."""
+    if isinstance(value, Mapping):
+        return {str(k): json_ready(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_ready(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
