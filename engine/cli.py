@@ -45,6 +45,18 @@ DataDirOpt = Annotated[
     Path,
     typer.Option("--data-dir", envvar="ANTIFRAUD_DATA_DIR", help="The service's data directory (./var)"),
 ]
+# the worker commands beside `serve` (sink, hooks): "" means the Redis `serve` runs under --data-dir
+ServedRedisOpt = Annotated[
+    str,
+    typer.Option("--redis", envvar="ANTIFRAUD_REDIS_URL", help="Default: the embedded one of --data-dir"),
+]
+
+
+def _served_redis(redis_url: str, data_dir: Path) -> str:
+    """The URL given, or the unix socket of the redis-server `serve` embeds under `data_dir`."""
+    from antifraud.engine.redis_server import socket_path
+
+    return redis_url or f"unix://{socket_path((data_dir / 'redis').resolve())[0]}"
 
 
 def _store_url(store: str, data_dir: Path) -> str:
@@ -553,10 +565,7 @@ def export_decisions(
 
 @app.command()
 def sink(
-    redis_url: Annotated[
-        str,
-        typer.Option("--redis", envvar="ANTIFRAUD_REDIS_URL", help="Default: the embedded one of --data-dir"),
-    ] = "",
+    redis_url: ServedRedisOpt = "",
     store: StoreOpt = "",
     data_dir: DataDirOpt = Path("var"),
     batch: Annotated[int, typer.Option(envvar="ANTIFRAUD_SINK_BATCH", help="Entries per write")] = 1000,
@@ -592,11 +601,9 @@ def sink(
     finish the batch in hand; exit status 0). Several sinks may run: they share the work."""
     import redis
 
-    from antifraud.engine.redis_server import socket_path
     from antifraud.engine.sink import run_sink
 
-    if not redis_url:  # the redis-server `serve` runs under the same data directory
-        redis_url = f"unix://{socket_path((data_dir / 'redis').resolve())[0]}"
+    redis_url = _served_redis(redis_url, data_dir)
     if batch < 1:
         raise _fail(f"--batch must be at least 1, not {batch}")
     try:
@@ -617,10 +624,7 @@ def sink(
 
 @app.command()
 def hooks(
-    redis_url: Annotated[
-        str,
-        typer.Option("--redis", envvar="ANTIFRAUD_REDIS_URL", help="Default: the embedded one of --data-dir"),
-    ] = "",
+    redis_url: ServedRedisOpt = "",
     webhooks: Annotated[
         Path | None, typer.Option("--webhooks", envvar="ANTIFRAUD_WEBHOOKS", help="The endpoints file")
     ] = None,
@@ -635,14 +639,12 @@ def hooks(
     Several may run: one delivers, the others stand by."""
     import redis
 
-    from antifraud.engine.redis_server import socket_path
     from antifraud.engine.webhooks.config import WebhookConfigError
     from antifraud.engine.webhooks.worker import run_hooks
 
     if webhooks is None:
         raise _fail("no endpoints file: give --webhooks or ANTIFRAUD_WEBHOOKS (docs/console.md, Webhooks)")
-    if not redis_url:  # the redis-server `serve` runs under the same data directory
-        redis_url = f"unix://{socket_path((data_dir / 'redis').resolve())[0]}"
+    redis_url = _served_redis(redis_url, data_dir)
     try:
         run_hooks(redis_url, str(webhooks), namespace, max_attempts, timeout_s)
     except WebhookConfigError as exc:

@@ -43,6 +43,7 @@ import redis
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from redis.typing import EncodableT, FieldT
 
+from antifraud.engine.daemon import stop_on_signals
 from antifraud.engine.decision_entry import FeatureLists, decision_of
 from antifraud.engine.decision_record import AuditRecord, ContributionsRecord, FeedbackRecord
 from antifraud.engine.store import Logged, Store
@@ -489,8 +490,6 @@ def run_sink(
 ) -> int:
     """`antifraud sink`: run a sink until SIGTERM or SIGINT, which finish the batch in hand; returns
     how many stream entries it acknowledged. `metrics_port` > 0 serves its Prometheus metrics."""
-    import signal
-
     from prometheus_client import start_http_server
 
     from antifraud.engine.review.feed import ConsoleFeed
@@ -498,49 +497,39 @@ def run_sink(
     from antifraud.engine.store import open_store
     from antifraud.engine.webhooks.config import Endpoints, outbox_of
 
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    stop = threading.Event()
-
-    def request_stop(signum: int, _frame: object) -> None:
-        log.info("signal %d: finishing the batch in hand, then stopping", signum)
-        stop.set()
-
-    previous = {s: signal.signal(s, request_stop) for s in (signal.SIGTERM, signal.SIGINT)}
-    client = redis.Redis.from_url(redis_url)
-    store = open_store(store_url)
-    metrics = SinkMetrics()
-    # the console's review queue and day figures, fed from every batch (ANTIFRAUD_REVIEW_* bounds)
-    settings = dataclasses.replace(Settings(), namespace=namespace)
-    outbox = outbox_of(client, Endpoints(settings.webhooks_file), namespace)  # ANTIFRAUD_WEBHOOKS
-    feed = ConsoleFeed.from_settings(client, settings, outbox, metrics.registry)
-    try:
-        sink = Sink(
-            client,
-            store,
-            namespace=namespace,
-            batch=batch,
-            block_ms=block_ms,
-            consumer=consumer,
-            claim_idle_ms=claim_idle_ms,
-            linger_ms=linger_ms,
-            metrics=metrics,
-            after_write=feed.after_write,
-        )
-        if metrics_port:
-            start_http_server(metrics_port, registry=sink.metrics.registry)
-        log.info(
-            "sink %s of group %s: %s -> %s",
-            sink.consumer,
-            sink.group,
-            ", ".join(s.key for s in sink.streams),
-            store.url,
-        )
-        sink.run(stop)
-    finally:
-        store.close()
-        client.close()
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+    with stop_on_signals("the batch in hand") as stop:
+        client = redis.Redis.from_url(redis_url)
+        store = open_store(store_url)
+        metrics = SinkMetrics()
+        # the console's review queue and day figures, fed from every batch (ANTIFRAUD_REVIEW_* bounds)
+        settings = dataclasses.replace(Settings(), namespace=namespace)
+        outbox = outbox_of(client, Endpoints(settings.webhooks_file), namespace)  # ANTIFRAUD_WEBHOOKS
+        feed = ConsoleFeed.from_settings(client, settings, outbox, metrics.registry)
+        try:
+            sink = Sink(
+                client,
+                store,
+                namespace=namespace,
+                batch=batch,
+                block_ms=block_ms,
+                consumer=consumer,
+                claim_idle_ms=claim_idle_ms,
+                linger_ms=linger_ms,
+                metrics=metrics,
+                after_write=feed.after_write,
+            )
+            if metrics_port:
+                start_http_server(metrics_port, registry=sink.metrics.registry)
+            log.info(
+                "sink %s of group %s: %s -> %s",
+                sink.consumer,
+                sink.group,
+                ", ".join(s.key for s in sink.streams),
+                store.url,
+            )
+            sink.run(stop)
+        finally:
+            store.close()
+            client.close()
     log.info("sink %s stopped after %d entries", sink.consumer, sink.acknowledged)
     return sink.acknowledged

@@ -1,13 +1,36 @@
-"""Helpers of the console's HTTP tests: signing in through the form, reading a page's CSRF token, and what
+"""Helpers of the console's HTTP tests: signing in through the form, reading a page's CSRF token, what
 every page's HTML must hold (one <h1>, every form control labelled: a <label for=id>, a wrapping <label>,
-or aria-label)."""
+or aria-label), and rules that send a payment to the review queue."""
 
 from __future__ import annotations
 
 import re
+import shutil
 from html.parser import HTMLParser
+from pathlib import Path
 
 import httpx
+
+from antifraud.engine.settings import ROOT
+
+REVIEW_RULE = """\
+rules:
+  - id: big_amount_review
+    description: Payments over 9,000 are looked at by a person
+    when: amount > 9000
+    action: review
+    reason: BIG_AMOUNT
+"""
+
+
+def rules_with_review(directory: Path) -> Path:
+    """A copy of the repository's rules in `directory`/rules plus `big_amount_review` (payments over
+    9,000 are reviewed), so a test makes a review case by scoring one."""
+    rules = directory / "rules"
+    shutil.copytree(ROOT / "rules", rules)
+    (rules / "review.yaml").write_text(REVIEW_RULE)
+    return rules
+
 
 _CONTROLS = ("input", "select", "textarea")
 _UNLABELLED_INPUTS = ("hidden", "submit", "button", "reset", "image")

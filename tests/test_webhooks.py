@@ -6,7 +6,6 @@ duration."""
 
 from __future__ import annotations
 
-import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -19,7 +18,7 @@ import orjson
 import pytest
 import redis
 import yaml
-from console_helpers import check_page, csrf_token, sign_in
+from console_helpers import check_page, csrf_token, rules_with_review, sign_in
 from fastapi.testclient import TestClient
 from payloads import score_request
 
@@ -357,22 +356,10 @@ def test_the_webhooks_page_lists_dead_letters_and_an_admin_sends_one_again_audit
 # -- serve runs the worker
 
 
-REVIEW_BIG = """\
-rules:
-  - id: big_amount_review
-    description: Payments over 9,000 are looked at by a person
-    when: amount > 9000
-    action: review
-    reason: BIG_AMOUNT
-"""
-
-
 def test_serve_runs_the_delivery_worker_and_a_review_reaches_the_receiver(
     receiver: Receiver, endpoints_file: Path, tmp_path: Path
 ) -> None:
-    rules = tmp_path / "rules"
-    shutil.copytree(ROOT / "rules", rules)
-    (rules / "review.yaml").write_text(REVIEW_BIG)
+    rules = rules_with_review(tmp_path)
     env = {"ANTIFRAUD_WEBHOOKS": str(endpoints_file)}
     with ServiceStack(keys={"checkout": "scorer"}, rules_dir=rules, env=env) as stack:
         hooks_pid = stack.hooks_pid()

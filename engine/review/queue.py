@@ -44,7 +44,8 @@ DAY_KEEP_S = 90 * 86_400
 NEXT_AMONG = 50
 _RISK_BASE = 10**13
 
-# Shared by the scripts: put a case into the open sets (its scores from the case hash).
+# Shared by the scripts: put a case into the open sets (its scores from the case hash), count a day's
+# figure, check who may act on a case.
 _OPEN = """
 local function open_case(p, tx, case)
   local merchant = redis.call('HGET', case, 'merchant')
@@ -59,6 +60,18 @@ end
 local function count(p, day, field, by)
   redis.call('HINCRBY', p .. 'day:' .. day, field, by)
   redis.call('EXPIRE', p .. 'day:' .. day, tonumber(ARGV[3]))
+end
+-- Whether who may act on the case: nil and the claim's holder (false: nobody), or the refusal
+-- {status, holder, ms left}: missing, `closed` (resolved before, by holder), or taken (by holder).
+local function may_act(p, tx, who, closed)
+  local case = p .. 'case:' .. tx
+  local status = redis.call('HGET', case, 'status')
+  if not status then return {'missing', '', 0} end
+  if status ~= 'open' then return {closed, redis.call('HGET', case, 'resolved_by'), 0} end
+  local claim = p .. 'claim:' .. tx
+  local holder = redis.call('GET', claim)
+  if holder and holder ~= who then return {'taken', holder, redis.call('PTTL', claim)} end
+  return nil, holder
 end
 """
 
@@ -87,15 +100,10 @@ _CLAIM = (
     _OPEN
     + """
 local p, tx, who = ARGV[1], ARGV[2], ARGV[5]
-local case = p .. 'case:' .. tx
-local status = redis.call('HGET', case, 'status')
-if not status then return {'missing', '', 0} end
-if status ~= 'open' then return {'resolved', redis.call('HGET', case, 'resolved_by'), 0} end
-local claim = p .. 'claim:' .. tx
-local holder = redis.call('GET', claim)
-if holder and holder ~= who then return {'taken', holder, redis.call('PTTL', claim)} end
-redis.call('SET', claim, who, 'PX', tonumber(ARGV[6]))
-redis.call('HSET', case, 'claimed_by', who, 'claimed_at', ARGV[7])
+local refused, holder = may_act(p, tx, who, 'resolved')
+if refused then return refused end
+redis.call('SET', p .. 'claim:' .. tx, who, 'PX', tonumber(ARGV[6]))
+redis.call('HSET', p .. 'case:' .. tx, 'claimed_by', who, 'claimed_at', ARGV[7])
 if not holder then count(p, ARGV[4], 'claimed', 1) end
 return {'claimed', who, tonumber(ARGV[6])}
 """
@@ -109,19 +117,15 @@ return 0
 """
 
 # ARGV: prefix, tx, day-keep s, day, who, outcome, note, now (ISO), now ms, keep ms.
-# Only while the claim is the caller's or nobody's. Returns {status, holder}: resolved, taken,
-# missing, or already (resolved before, by holder).
+# Only while the claim is the caller's or nobody's. Returns {status, holder, ms left}: resolved,
+# taken, missing, or already (resolved before, by holder).
 _RESOLVE = (
     _OPEN
     + """
 local p, tx, who = ARGV[1], ARGV[2], ARGV[5]
+local refused = may_act(p, tx, who, 'already')
+if refused then return refused end
 local case = p .. 'case:' .. tx
-local status = redis.call('HGET', case, 'status')
-if not status then return {'missing', ''} end
-if status ~= 'open' then return {'already', redis.call('HGET', case, 'resolved_by')} end
-local claim = p .. 'claim:' .. tx
-local holder = redis.call('GET', claim)
-if holder and holder ~= who then return {'taken', holder} end
 local merchant = redis.call('HGET', case, 'merchant')
 redis.call('HSET', case, 'status', 'resolved', 'outcome', ARGV[6], 'note', ARGV[7],
   'resolved_by', who, 'resolved_at', ARGV[8])
@@ -132,9 +136,9 @@ for _, order in ipairs({'age', 'risk'}) do
 end
 redis.call('ZADD', p .. 'resolved', tonumber(ARGV[9]), tx)
 redis.call('ZREMRANGEBYSCORE', p .. 'resolved', '-inf', tonumber(ARGV[9]) - tonumber(ARGV[10]))
-redis.call('DEL', claim)
+redis.call('DEL', p .. 'claim:' .. tx)
 count(p, ARGV[4], ARGV[6], 1)
-return {'resolved', who}
+return {'resolved', who, 0}
 """
 )
 
@@ -199,6 +203,12 @@ class ClaimResult:
     status: str  # claimed, taken, resolved, missing (claim); resolved, taken, already, missing (resolve)
     holder: str
     ms_left: int = 0
+
+
+def _claim_result(reply: object) -> ClaimResult:
+    """The claim or resolve script's {status, holder, ms left}."""
+    status, holder, left = cast(list[Any], reply)
+    return ClaimResult(cast(str, _text(status)), cast(str, _text(holder)) or "", int(left))
 
 
 @dataclass(frozen=True)
@@ -390,10 +400,7 @@ class ReviewQueue:
     def claim(self, transaction_id: str, who: str) -> ClaimResult:
         """Claim a case for `claim_s` (or renew one's own claim)."""
         now = datetime.now(UTC).isoformat()
-        status, holder, left = cast(
-            list[Any], self._claim(args=self._args(transaction_id, who, self.claim_ms, now))
-        )
-        return ClaimResult(cast(str, _text(status)), cast(str, _text(holder)) or "", int(left))
+        return _claim_result(self._claim(args=self._args(transaction_id, who, self.claim_ms, now)))
 
     def free(self, who: str, order: Order = "oldest", merchants: Collection[str] | None = None) -> list[str]:
         """The cases among the first NEXT_AMONG that `who` may claim now: nobody's, or `who`'s own."""
@@ -410,21 +417,9 @@ class ReviewQueue:
     def resolve(self, transaction_id: str, who: str, outcome: Outcome, note: str) -> ClaimResult:
         """Mark a case resolved, while the claim is the caller's or nobody's."""
         now = datetime.now(UTC)
-        status, holder = cast(
-            list[Any],
-            self._resolve(
-                args=self._args(
-                    transaction_id,
-                    who,
-                    outcome,
-                    note,
-                    now.isoformat(),
-                    int(now.timestamp() * 1000),
-                    self.keep_ms,
-                )
-            ),
-        )
-        return ClaimResult(cast(str, _text(status)), cast(str, _text(holder)) or "")
+        at_ms = int(now.timestamp() * 1000)
+        args = self._args(transaction_id, who, outcome, note, now.isoformat(), at_ms, self.keep_ms)
+        return _claim_result(self._resolve(args=args))
 
     def reopen(self, transaction_id: str, who: str) -> bool:
         """Reopen a case the caller just resolved (its label could not be saved), still claimed."""

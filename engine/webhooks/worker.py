@@ -36,6 +36,7 @@ import httpx
 import orjson
 import redis
 
+from antifraud.engine.daemon import stop_on_signals
 from antifraud.engine.decisions import append_bounded
 from antifraud.engine.webhooks.config import Endpoint, Endpoints
 from antifraud.engine.webhooks.outbox import DEAD_MAXLEN, FIELD, OUTBOX_BOUND, HookEvent
@@ -499,33 +500,22 @@ def run_hooks(
 ) -> int:
     """`antifraud hooks`: deliver (or stand by) until SIGTERM or SIGINT, which let the POSTs in flight
     finish; returns how many deliveries succeeded."""
-    import signal
     from pathlib import Path
 
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    stop = threading.Event()
-
-    def request_stop(signum: int, _frame: object) -> None:
-        log.info("signal %d: finishing the deliveries in flight, then stopping", signum)
-        stop.set()
-
-    previous = {s: signal.signal(s, request_stop) for s in (signal.SIGTERM, signal.SIGINT)}
-    client = redis.Redis.from_url(redis_url)
-    worker = HookWorker(
-        client, Endpoints(Path(endpoints_file)), namespace, max_attempts=max_attempts, timeout_s=timeout_s
-    )
-    try:
-        log.info(
-            "webhook worker %s: %s -> %d endpoint(s)",
-            worker.holder,
-            worker.outbox,
-            len(worker.endpoints.current()),
+    with stop_on_signals("the deliveries in flight") as stop:
+        client = redis.Redis.from_url(redis_url)
+        worker = HookWorker(
+            client, Endpoints(Path(endpoints_file)), namespace, max_attempts=max_attempts, timeout_s=timeout_s
         )
-        worker.run(stop)
-    finally:
-        client.close()
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+        try:
+            log.info(
+                "webhook worker %s: %s -> %d endpoint(s)",
+                worker.holder,
+                worker.outbox,
+                len(worker.endpoints.current()),
+            )
+            worker.run(stop)
+        finally:
+            client.close()
     log.info("webhook worker stopped after %d deliveries", worker.delivered)
     return worker.delivered

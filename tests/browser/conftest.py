@@ -14,13 +14,13 @@ review case by scoring one. Screenshots go to reports/browser/ (git-ignored), or
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
+from console_helpers import rules_with_review
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from antifraud.engine.settings import ROOT
@@ -42,14 +42,6 @@ VIEWPORT = {"width": 1280, "height": 800}
 expect.set_options(timeout=15_000)
 #: the stack's keys, by name
 KEYS = {"checkout": "scorer", "alice": "analyst", "ops": "admin"}
-REVIEW_RULE = """\
-rules:
-  - id: big_amount_review
-    description: Payments over 9,000 are looked at by a person
-    when: amount > 9000
-    action: review
-    reason: BIG_AMOUNT
-"""
 
 
 @dataclass(frozen=True)
@@ -68,9 +60,7 @@ class Console:
 @pytest.fixture(scope="session")
 def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
     """The service, started once for the browser tests."""
-    rules = tmp_path_factory.mktemp("rules") / "rules"
-    shutil.copytree(ROOT / "rules", rules)
-    (rules / "browser.yaml").write_text(REVIEW_RULE)
+    rules = rules_with_review(tmp_path_factory.mktemp("rules"))
     env = {"ANTIFRAUD_PAN_SECRET": "browser-tests-pan-secret-0123456789"}
     with ServiceStack(keys=KEYS, rules_dir=rules, env=env, prefix="antifraud-browser-") as stack:
         yield Console(f"http://127.0.0.1:{stack.port}", stack.keys, stack)

@@ -23,7 +23,7 @@ def _open_tester(page: Page, console: Console) -> None:
     expect(page.locator("#rule-big_amount_review")).to_be_visible()
     shot(page, "rules")
     page.get_by_role("link", name="Test a change").click()
-    page.get_by_label("Rules file").select_option("browser.yaml")
+    page.get_by_label("Rules file").select_option("review.yaml")
 
 
 def test_a_rule_change_is_tested_and_its_diff_read(console: Console, page: Page) -> None:
@@ -40,12 +40,12 @@ def test_a_rule_change_is_tested_and_its_diff_read(console: Console, page: Page)
     page.get_by_label("Its text").fill(LOWER)
     page.get_by_label("Logged decisions of the last").select_option("1 h")
     page.get_by_role("button", name="Check and test").click()
-    expect(page.get_by_role("heading", level=1)).to_have_text("Rule test of browser.yaml")
+    expect(page.get_by_role("heading", level=1)).to_have_text("Rule test of review.yaml")
     expect(page.locator("#status")).to_have_text("Done.", timeout=60_000)  # console.js polls every 2 s
     expect(page.locator("#diff")).to_contain_text("-    when: amount > 9000")
     expect(page.locator("#diff")).to_contain_text("+    when: amount > 8000")
     expect(page.get_by_role("link", name=tx)).to_be_visible()  # a changed payment, allow -> review
-    expect(page.get_by_role("button", name="Promote browser.yaml to the live rules")).to_be_enabled()
+    expect(page.get_by_role("button", name="Promote review.yaml to the live rules")).to_be_enabled()
     shot(page, "rule-test-result")
 
 
