@@ -1,5 +1,6 @@
 """The service with its console for HTTP tests of the review queue and the decision pages: keys of each
-role (two analysts, one scoped to a merchant), rules that review amounts over 9,000, a Parquet store,
+role (two analysts, one scoped to a merchant), rules that review amounts over 9,000 and challenge
+those between 5,000 and 6,000, a Parquet store,
 and the real sink with the console's after-write hook to move decisions (`ConsoleApp.drain`)."""
 
 from __future__ import annotations
@@ -39,6 +40,11 @@ rules:
     when: amount > 9000
     action: review
     reason: BIG_AMOUNT
+  - id: large_amount
+    description: Amounts between 5,000 and 6,000 need a second factor
+    when: amount > 5000 and amount <= 6000
+    action: challenge
+    reason: LARGE_AMOUNT
   - id: card_known_fraud
     description: A card with a fraud label reported in the last 30 days
     when: card_frauds_30d >= 1
@@ -76,7 +82,7 @@ class ConsoleApp:
     def drain(self) -> None:
         """Run the real sink, with the console's hook, until both buffers are written."""
         store = open_store(self.settings.store_url)
-        feed = ConsoleFeed.from_settings(self.redis, self.settings, None, None)
+        feed = ConsoleFeed.from_settings(self.redis, self.settings, None, None, store)
         try:
             sink = Sink(self.redis, store, block_ms=10, linger_ms=0, after_write=feed.after_write)
             for _ in range(100):

@@ -55,8 +55,12 @@ def band_line(band: Mapping[str, Any]) -> Line:
 
 
 def reason_lines(reasons: Mapping[str, Any], rules: RuleSet, degraded: Sequence[str] = ()) -> list[Line]:
-    """The rules, band, fail policy and fallback of a decision (or a review case) in words."""
-    lines = [rule_line(f, rules) for f in reasons.get("rules", ())]
+    """The rules, band, fail policy and fallback of a decision (or a review case) in words; a case
+    of a failed challenge says so first."""
+    lines = []
+    if reasons.get("challenge") == "failed":
+        lines.append(Line("challenge", "the payer failed the challenge (reported by the payment flow)"))
+    lines += [rule_line(f, rules) for f in reasons.get("rules", ())]
     if (band := reasons.get("band")) is not None:
         lines.append(band_line(band))
     if (policy := reasons.get("fail_policy")) is not None:

@@ -101,10 +101,11 @@ def _timeline(feedback: list[dict[str, Any]], case: Case | None) -> list[tuple[s
     """(time, what happened) of the feedback received and the review case, oldest first."""
     events = []
     for f in feedback:
-        said = f.get("label") or f.get("outcome") or ""
+        said = f.get("label") or f.get("outcome") or f.get("result") or ""
         events.append((f["received_at"], f"feedback: {f['kind']} {said}".strip()))
     if case is not None:
-        events.append((case.queued_at, "entered the review queue"))
+        why = ": the challenge failed" if case.source == "challenge" else ""
+        events.append((case.queued_at, f"entered the review queue{why}"))
         if case.claimed_by:
             events.append(("", f"claimed by {case.claimed_by} ({case.claim_ms_left // 60_000} min left)"))
         if case.resolved_at:
