@@ -12,6 +12,9 @@ import pytest
 import redis
 from console_app import ConsoleApp, console_app
 from console_helpers import check_page
+from payloads import log_decision, logged_decision
+
+from antifraud.engine.decisions import DecisionLog
 
 PAN = "4111111111111111"
 
@@ -130,3 +133,20 @@ def _rows(html: str) -> list[str]:
         return []
     table = html[html.index('id="results"') : html.index("</table>", html.index('id="results"'))]
     return re.findall(r'<th scope="row"><a href="/console/decisions/[^"]+">([^<]+)</a>', table)
+
+
+def test_skipped_rules_are_collapsed_under_a_count(app: ConsoleApp) -> None:
+    """Rules skipped for a missing input are listed in a <details> whose summary counts them, so the
+    fired rules and the band come first; a decision with none has no such section."""
+    skipped = [f"rule_{i}" for i in range(7)]
+    reasons = {"rules": [], "shadow_rules": [], "skipped_rules": skipped, "model": []}
+    log_decision(DecisionLog(app.redis), logged_decision("tx-skip", 30, verdict="allow", reasons=reasons))
+    app.drain()
+    html = app.http.get("/console/decisions/tx-skip").text
+    check_page(html)
+    details = html[html.index('<details id="skipped">') : html.index("</details>")]
+    assert "<summary>7 rules not evaluated (an input was missing)</summary>" in details
+    assert all(f"rule {rule} was not evaluated" in details for rule in skipped)
+    why = html[html.index('id="reasons-title"') : html.index('<details id="skipped">')]
+    assert "was not evaluated" not in why
+    assert '<details id="skipped">' not in app.http.get("/console/decisions/tx-2").text

@@ -69,11 +69,16 @@ def reason_lines(reasons: Mapping[str, Any], rules: RuleSet, degraded: Sequence[
     if (fallback := reasons.get("authenticated_fallback")) is not None:
         lines.append(Line("policy", f"already authenticated: the challenge became {fallback}"))
     lines += [rule_line(f, rules, shadow=True) for f in reasons.get("shadow_rules", ())]
-    lines += [
+    return lines
+
+
+def skipped_lines(reasons: Mapping[str, Any]) -> list[Line]:
+    """The rules skipped because an input they read was missing: often many (a rule set's every rule
+    on a signal the payment lacks), so pages show them apart, collapsed."""
+    return [
         Line("note", f"rule {rule_id} was not evaluated: an input it reads was missing")
         for rule_id in reasons.get("skipped_rules", ())
     ]
-    return lines
 
 
 def contribution_lines(reasons: Mapping[str, Any], labels: Mapping[str, str]) -> list[Line]:

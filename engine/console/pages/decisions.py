@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict
 
 from antifraud.engine.api.deps import ReaderDep, ScorerDep
 from antifraud.engine.console.deps import ConsoleError, redirect, render, require
-from antifraud.engine.console.explain import contribution_lines, feature_rows, reason_lines
+from antifraud.engine.console.explain import contribution_lines, feature_rows, reason_lines, skipped_lines
 from antifraud.engine.console.pages.lists import list_actions
 from antifraud.engine.console.pages.queue import review_queue
 from antifraud.engine.console.sessions import Session
@@ -75,6 +75,7 @@ def decision_page(
             "payment": [(k, v, k in ENTITY_FIELDS) for k, v in payment.items() if k != "metadata"],
             "metadata": payment.get("metadata") or {},
             "reasons": reason_lines(reasons, scorer.loaded.rules, decision["degraded"]),
+            "skipped": skipped_lines(reasons),
             "contributions": contribution_lines(reasons, labels),
             "features": feature_rows(decision["features"], labels),
             "earlier": earlier,
