@@ -316,6 +316,7 @@ def test_a_failed_challenge_enters_the_queue_and_a_passed_one_does_not(
         decision = app.http.get("/console/decisions/tx-fail").text
         assert "feedback: challenge failed" in decision
         assert "entered the review queue: the challenge failed" in decision
+        assert "In the queue because the payer failed the challenge" in decision
         stored = app.http.get("/v1/decisions/tx-pass", headers=app.bearer("alice")).json()
         assert [(f["kind"], f["result"]) for f in stored["feedback"]] == [("challenge", "passed")]
         # neither result is a feature event: the card's declines are not counted
