@@ -343,14 +343,13 @@ def queue_day(client: redis.Redis) -> dict[str, int]:
     return ReviewQueue(client).days(1)[0][1]
 
 
-def test_a_challenge_result_about_a_payment_not_challenged_is_refused_naming_kind(
+def test_a_challenge_result_about_a_payment_not_challenged_is_a_conflict_naming_kind(
     redis_client: redis.Redis, model_dir: Path, tmp_path: Path
 ) -> None:
     with console_app(redis_client, model_dir, tmp_path) as app:
         assert app.score("tx-review", 0, amount=9500.0)["verdict"] == "review"
         for txid, says in (("tx-review", "was answered 'review'"), ("tx-nobody", "has no known decision")):
             refused = _challenge(app, txid, "failed")
-            assert refused.status_code == 422
-            [error] = refused.json()["detail"]
-            assert error["loc"] == ["body", "kind"] and says in error["msg"], error
+            assert refused.status_code == 409
+            assert refused.json()["fields"] == ["kind"] and says in refused.json()["detail"], refused.text
         assert redis_client.xlen("af:feedback") == 0

@@ -973,7 +973,7 @@ def test_the_openapi_says_which_fields_a_challenge_result_takes(
     make_app: Callable[..., TestClient], redis_client: redis.Redis
 ) -> None:
     """The feedback body is a union tagged by `kind`: `challenge` takes `result` (passed or failed),
-    the 422 of the route says a result about a payment not challenged is refused."""
+    the 409 of the route says a result about a payment not challenged is refused."""
     document = make_app().get("/openapi.json").json()
     schemas = document["components"]["schemas"]
     challenge = schemas["ChallengeFeedback"]
@@ -982,7 +982,7 @@ def test_the_openapi_says_which_fields_a_challenge_result_takes(
     body = document["paths"]["/v1/feedback"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert body["discriminator"]["mapping"]["challenge"] == "#/components/schemas/ChallengeFeedback"
     responses = document["paths"]["/v1/feedback"]["post"]["responses"]
-    assert "not answered `challenge`" in responses["422"]["description"]
+    assert "not answered `challenge`" in responses["409"]["description"]
     assert "result" in schemas["FeedbackRecord"]["properties"]
 
 

@@ -2,7 +2,7 @@
 
 What it does is `engine/feedback_intake.py`'s, which the console's review resolution shares: a key
 scoped to merchants sends feedback only about its merchants' stored decisions (403 otherwise,
-nothing stored), a challenge's result about a payment not answered `challenge` is a 422 naming
+nothing stored), a challenge's result about a payment not answered `challenge` is a 409 naming
 `kind`, and a full feedback buffer refuses the event with 503 and Retry-After. The route is
 a plain `def`, run in FastAPI's thread pool, so a store read never blocks the event loop where
 payments are scored.
@@ -17,8 +17,8 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse
 
 from antifraud.engine.api.deps import CallerDep, FeaturesDep, LogDep, MetricsDep, ReaderDep
-from antifraud.engine.api.errors import ahead_of_clock, invalid
-from antifraud.engine.api.models import ERRORS, UNAVAILABLE, FeedbackAccepted, Problem
+from antifraud.engine.api.errors import ahead_of_clock, conflict
+from antifraud.engine.api.models import ERRORS, UNAVAILABLE, Conflict, FeedbackAccepted, Problem
 from antifraud.engine.decision_reads import StoreUnavailable
 from antifraud.engine.decisions import BufferFull
 from antifraud.engine.feedback import Feedback
@@ -38,10 +38,10 @@ router = APIRouter()
             "description": "The key's role may not send feedback, or the key is scoped to merchants "
             "and no decision of theirs is stored for this transaction",
         },
-        422: {
-            "model": Problem,
-            "description": "A field is missing or invalid, or a challenge's result was sent about a "
-            "payment not answered `challenge`: detail names the field",
+        409: {
+            "model": Conflict,
+            "description": "A challenge's result about a payment not answered `challenge`, or with no "
+            "known decision: nothing is stored; `fields` names `kind`",
         },
         **UNAVAILABLE,
     },
@@ -65,7 +65,8 @@ def feedback(
     except NotYours as exc:
         raise HTTPException(403, str(exc)) from exc
     except NotChallenged as exc:
-        return invalid([{"loc": ("kind",), "msg": str(exc), "type": "not_challenged"}], prefix=("body",))
+        # the body is valid; what it says conflicts with the stored decision, as a changed retry's does
+        return conflict(str(exc), ["kind"])
     except BufferFull as exc:
         raise HTTPException(503, str(exc), headers={"Retry-After": "5"}) from exc
     except (redis.RedisError, OSError, StoreUnavailable) as exc:
