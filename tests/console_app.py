@@ -1,6 +1,6 @@
 """The service with its console for HTTP tests of the review queue and the decision pages: keys of each
-role (two analysts, one scoped to a merchant), rules that review amounts over 9,000 and challenge
-those between 5,000 and 6,000, a Parquet store,
+role (two analysts, one scoped to a merchant), rules that review amounts over 9,000 (`RULES`; a test
+may give others, such as `CHALLENGE_RULES`), a Parquet store,
 and the real sink with the console's after-write hook to move decisions (`ConsoleApp.drain`)."""
 
 from __future__ import annotations
@@ -40,17 +40,23 @@ rules:
     when: amount > 9000
     action: review
     reason: BIG_AMOUNT
-  - id: large_amount
-    description: Amounts between 5,000 and 6,000 need a second factor
-    when: amount > 5000 and amount <= 6000
-    action: challenge
-    reason: LARGE_AMOUNT
   - id: card_known_fraud
     description: A card with a fraud label reported in the last 30 days
     when: card_frauds_30d >= 1
     action: block
     reason: KNOWN_FRAUD_CARD
 """
+
+#: `RULES` and a rule that challenges amounts between 5,000 and 6,000
+CHALLENGE_RULES = (
+    RULES
+    + """  - id: large_amount
+    description: Amounts between 5,000 and 6,000 need a second factor
+    when: amount > 5000 and amount <= 6000
+    action: challenge
+    reason: LARGE_AMOUNT
+"""
+)
 
 
 @dataclass
@@ -94,11 +100,13 @@ class ConsoleApp:
 
 
 @contextmanager
-def console_app(redis_client: redis.Redis, model_dir: Path, tmp_path: Path) -> Iterator[ConsoleApp]:
-    """The app on `redis_client`, with its own rules, keys and store under `tmp_path`."""
+def console_app(
+    redis_client: redis.Redis, model_dir: Path, tmp_path: Path, rules_text: str = RULES
+) -> Iterator[ConsoleApp]:
+    """The app on `redis_client`, with its own rules (`rules_text`), keys and store under `tmp_path`."""
     rules = tmp_path / "rules"
     rules.mkdir()
-    (rules / "rules.yaml").write_text(RULES)
+    (rules / "rules.yaml").write_text(rules_text)
     keys_file = tmp_path / "keys.yaml"
     keys = {name: new_key(keys_file, name, role, merchants) for name, (role, merchants) in KEYS.items()}
     settings = Settings(

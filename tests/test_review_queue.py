@@ -14,7 +14,7 @@ import httpx
 import orjson
 import pytest
 import redis
-from console_app import ConsoleApp, console_app
+from console_app import CHALLENGE_RULES, ConsoleApp, console_app
 from console_helpers import csrf_token
 from payloads import T0, log_decision, logged_decision
 
@@ -297,7 +297,7 @@ def _challenge(app: ConsoleApp, txid: str, result: str) -> httpx.Response:
 def test_a_failed_challenge_enters_the_queue_and_a_passed_one_does_not(
     redis_client: redis.Redis, model_dir: Path, tmp_path: Path
 ) -> None:
-    with console_app(redis_client, model_dir, tmp_path) as app:
+    with console_app(redis_client, model_dir, tmp_path, CHALLENGE_RULES) as app:
         assert app.score("tx-fail", 0, amount=5500.0)["verdict"] == "challenge"
         assert app.score("tx-pass", 1, amount=5600.0, card_id="card_b")["verdict"] == "challenge"
         app.drain()  # the decisions are stored before the results arrive
@@ -330,7 +330,7 @@ def test_a_failed_challenge_whose_decision_is_still_in_the_buffer_is_queued(
     redis_client: redis.Redis, model_dir: Path, tmp_path: Path
 ) -> None:
     """The decision and its result in one batch of the sink: the hook reads the decision all the same."""
-    with console_app(redis_client, model_dir, tmp_path) as app:
+    with console_app(redis_client, model_dir, tmp_path, CHALLENGE_RULES) as app:
         app.score("tx-fast", 0, amount=5100.0)
         assert _challenge(app, "tx-fast", "failed").status_code == 202
         app.drain()
@@ -346,7 +346,7 @@ def queue_day(client: redis.Redis) -> dict[str, int]:
 def test_a_challenge_result_about_a_payment_not_challenged_is_a_conflict_naming_kind(
     redis_client: redis.Redis, model_dir: Path, tmp_path: Path
 ) -> None:
-    with console_app(redis_client, model_dir, tmp_path) as app:
+    with console_app(redis_client, model_dir, tmp_path, CHALLENGE_RULES) as app:
         assert app.score("tx-review", 0, amount=9500.0)["verdict"] == "review"
         for txid, says in (("tx-review", "was answered 'review'"), ("tx-nobody", "has no known decision")):
             refused = _challenge(app, txid, "failed")
