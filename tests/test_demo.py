@@ -41,20 +41,23 @@ def _case(i: int, reasons: dict[str, object]) -> Case:
 
 def test_the_review_table_fits_100_columns_one_line_per_case() -> None:
     console = Console(width=100, record=True, color_system=None)
-    short = {"rules": [{"rule": "big", "action": "review", "reason": "BIG_AMOUNT"}]}
+    short = {
+        "rules": [{"rule": "big", "action": "review", "reason": "BIG_AMOUNT"}],
+        "band": {"band": "review", "code": "SCORE_BAND_REVIEW", "scale": "risk_score", "threshold": 58},
+    }
     console.print(review_table([_case(1, LONG_REASONS), _case(2, short)], 42))
     lines = console.export_text().splitlines()
     assert max(len(line) for line in lines) <= 100
     rows = [line for line in lines if "tx_0000000" in line]
     assert len(rows) == 2, "each case on one line"
     assert "challenge failed +4" in rows[0]
-    assert "BIG_AMOUNT" in rows[1] and "23 h 59 min" in rows[1]
+    assert "BIG_AMOUNT, score band ≥58" in rows[1] and "23 h 59 min" in rows[1]
     assert "reviews waiting in the console: 42" in lines[0]
 
 
 def test_codes_are_cut_with_a_count_of_the_rest() -> None:
-    codes = ["ACCOUNT_TAKEOVER", "DEVICE_VELOCITY", "score band"]
-    assert fit_codes(codes, 100) == "ACCOUNT_TAKEOVER, DEVICE_VELOCITY, score band"
+    codes = ["ACCOUNT_TAKEOVER", "DEVICE_VELOCITY", "score band ≥58"]
+    assert fit_codes(codes, 100) == "ACCOUNT_TAKEOVER, DEVICE_VELOCITY, score band ≥58"
     assert fit_codes(codes, REASONS_WIDTH) == "ACCOUNT_TAKEOVER +2"
     assert fit_codes(codes, 5) == "ACCOUNT_TAKEOVER +2"  # the first always shows
     assert fit_codes([], 10) == ""

@@ -83,15 +83,14 @@ def skipped_lines(reasons: Mapping[str, Any]) -> list[Line]:
 
 def reason_codes(reasons: Mapping[str, Any]) -> list[str]:
     """The reasons as short stable words, for a one-line summary where the full text does not fit (the
-    demo's table): each fired rule's reason code (its id when it has none), then "score band", "fail
-    policy", "authenticated" (a challenge replaced), and "challenge failed" first when it did."""
+    demo's table): each fired rule's reason code (its id when it has none), then the band ("score
+    band ≥58"), "fail policy", "authenticated" (a challenge replaced), and "challenge failed" first
+    when it did."""
     codes = ["challenge failed"] if reasons.get("challenge") == "failed" else []
     codes += [str(f.get("reason") or f["rule"]) for f in reasons.get("rules", ())]
-    for key, word in (
-        ("band", "score band"),
-        ("fail_policy", "fail policy"),
-        ("authenticated_fallback", "authenticated"),
-    ):
+    if (band := reasons.get("band")) is not None:
+        codes.append(f"score band ≥{band['threshold']:g}")
+    for key, word in (("fail_policy", "fail policy"), ("authenticated_fallback", "authenticated")):
         if reasons.get(key) is not None:
             codes.append(word)
     return codes
