@@ -720,6 +720,10 @@ def hooks(
         int, typer.Option("--max-attempts", envvar="ANTIFRAUD_WEBHOOK_MAX_ATTEMPTS", min=1)
     ] = 12,
     timeout_s: Annotated[float, typer.Option("--timeout-s", envvar="ANTIFRAUD_WEBHOOK_TIMEOUT_S")] = 5.0,
+    metrics_port: Annotated[
+        int,
+        typer.Option("--metrics-port", envvar="ANTIFRAUD_HOOKS_METRICS_PORT", help="Metrics port, 0: off"),
+    ] = 0,
 ) -> None:
     """Deliver the webhook outbox's events to the endpoints until SIGTERM or SIGINT (exit status 0).
     Several may run: one delivers, the others stand by."""
@@ -732,7 +736,7 @@ def hooks(
         raise _fail("no endpoints file: give --webhooks or ANTIFRAUD_WEBHOOKS (docs/console.md, Webhooks)")
     redis_url = _served_redis(redis_url, data_dir)
     try:
-        run_hooks(redis_url, str(webhooks), namespace, max_attempts, timeout_s)
+        run_hooks(redis_url, str(webhooks), namespace, max_attempts, timeout_s, metrics_port)
     except WebhookConfigError as exc:
         raise _fail(str(exc)) from exc
     except redis.ConnectionError as exc:  # at start; later failures are retried by the worker

@@ -504,7 +504,7 @@ def run_sink(
         # the console's review queue and day figures, fed from every batch (ANTIFRAUD_REVIEW_* bounds)
         settings = dataclasses.replace(Settings(), namespace=namespace)
         outbox = outbox_of(client, Endpoints(settings.webhooks_file), namespace)  # ANTIFRAUD_WEBHOOKS
-        feed = ConsoleFeed.from_settings(client, settings, outbox, metrics.registry)
+        feed = ConsoleFeed.from_settings(client, settings, outbox, metrics.registry, store)
         try:
             sink = Sink(
                 client,
