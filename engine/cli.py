@@ -121,16 +121,42 @@ def simulate(
             "(see 'Simulator presets' in docs/training.md)"
         ),
     ] = "default",
+    drift_after: Annotated[
+        int | None,
+        typer.Option(
+            metavar="DAY", help="Inject --drift trouble from this day on (0-based: 45 is the 46th day)"
+        ),
+    ] = None,
+    drift: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="KIND",
+            help="new-fraud-pattern, missing-device or amount-scale (repeat, or a comma list; "
+            "see docs/monitoring.md)",
+        ),
+    ] = None,
+    drift_amount_factor: Annotated[
+        float, typer.Option(help="amount-scale: the factor amounts are multiplied by")
+    ] = 100.0,
 ) -> None:
     """Write a realistic simulated payment history with labelled fraud patterns."""
     from rich.progress import Progress
 
     from antifraud.training.history import write_history
-    from antifraud.training.simulator import PRESET_NAMES
+    from antifraud.training.simulator import PRESET_NAMES, Drift
     from antifraud.training.simulator import simulate as run
 
     if preset not in PRESET_NAMES:
         raise _fail(f"unknown --preset {preset!r}: choose one of {', '.join(PRESET_NAMES)}")
+    kinds = tuple(k.strip() for k in ",".join(drift or []).split(",") if k.strip())
+    if (drift_after is None) != (not kinds):
+        raise _fail("--drift-after DAY and --drift KIND go together")
+    try:
+        trouble = None if drift_after is None else Drift(drift_after, kinds, drift_amount_factor)
+        if trouble is not None:
+            trouble.check(days)
+    except ValueError as exc:
+        raise _fail(str(exc)) from exc
     with Progress(console=console) as progress:
         task = progress.add_task(f"simulating {days} days", total=days)
         frame = run(
@@ -140,6 +166,7 @@ def simulate(
             seed=seed,
             progress=lambda done, total: progress.update(task, completed=done, total=total),
             preset=preset,
+            drift=trouble,
         )
     write_history(frame, out)
     frauds = int(frame["label"].sum())
