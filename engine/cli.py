@@ -627,6 +627,10 @@ def monitor(
     ] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the report as JSON")] = None,
     html: Annotated[Path | None, typer.Option(help="Write the report as HTML, plots beside it")] = None,
+    history: Annotated[
+        Path | None,
+        typer.Option(help="The history the service's state was built from: recompute a sample's features"),
+    ] = None,
 ) -> None:
     """Watch the live model over a period of decisions: feature and score drift, verdict mix, degraded
     share, live performance per week, champion and challenger (docs/monitoring.md). Exit status 0:
@@ -637,6 +641,7 @@ def monitor(
     import tempfile
 
     from antifraud.engine.export import ExportError, export
+    from antifraud.training.monitor.consistency import add_to_report
     from antifraud.training.monitor.output import print_report, write_html, write_json
     from antifraud.training.monitor.run import monitor as run_monitor
 
@@ -647,6 +652,8 @@ def monitor(
             report = run_monitor(
                 decisions or Path(exported), model, start, end, thresholds, label_delay, as_of
             )
+            if history is not None:  # online/offline consistency (training/monitor/consistency.py)
+                add_to_report(report, decisions or Path(exported), history, start, end)
         except (ValueError, ExportError) as exc:
             console.print(f"[red]error:[/red] {escape(str(exc))}")
             raise typer.Exit(2) from exc

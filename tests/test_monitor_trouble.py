@@ -1,22 +1,34 @@
 """Purpose-made trouble for monitoring (issue 17): the simulator's drift options, the online/offline
-consistency check against a real redis-server, and `antifraud monitor` flagging each trouble."""
+consistency check against a real redis-server, and `antifraud monitor` flagging each trouble.
+
+`antifraud monitor` runs on the committed model (models/default and its reference.json, profiled on
+the sample's days 34-42) over the sample's world simulated again with drift from day 45: its
+decisions are what the service logs for the period, made offline here (the same features: the
+parity tests; the model's score and thresholds) and written as an export, with every label known."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import redis
 from feature_replay import replay_online
 from typer.testing import CliRunner
 
 from antifraud.engine import cli
+from antifraud.engine.settings import ROOT
+from antifraud.features.offline import OfflineFeatures
 from antifraud.features.spec import load_spec
 from antifraud.training.history import load_history, write_history
+from antifraud.training.model_artifact import ModelArtifact
 from antifraud.training.monitor.consistency import ConsistencyError, check
+from antifraud.training.scoring import verdicts
 from antifraud.training.simulator import Drift, simulate
 from antifraud.training.simulator_drift import NEW_PATTERN
 
@@ -204,3 +216,121 @@ def test_degraded_and_unknown_decisions_are_left_out(small: pd.DataFrame, served
     assert {s.checked for s in check(half, small, sample=len(small), seed=1)} == {len(small) - degraded.sum()}
     with pytest.raises(ConsistencyError, match="none of the"):
         check(served, small.iloc[:0], sample=10, seed=1)
+
+
+# ------------------------------------------------------------------------------------ monitor
+
+MODEL = ROOT / "models" / "default"
+SAMPLE_WORLD = {"days": 60, "cards": 3000, "merchants": 300, "seed": 7}  # data/sample's
+PERIOD = ("2026-02-16", "2026-02-18")  # a Monday and a Tuesday: one ISO week, after the drift (day 45)
+
+
+@pytest.fixture(scope="module")
+def thresholds(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The defaults, card_age_days ignored too: a simulated world starts with every card new, so the
+    cards' age grows with the file (docs/monitoring.md, "Thresholds")."""
+    path = tmp_path_factory.mktemp("thresholds") / "thresholds.yaml"
+    path.write_text("ignore: [hour_of_day, day_of_week, card_age_days]\n")
+    return path
+
+
+def logged(history: pd.DataFrame, directory: Path) -> tuple[Path, Path]:
+    """The period's decisions as the service logs them (an export's decisions_with_feedback.parquet,
+    every label reported), and the history up to the period's end as a file."""
+    model = ModelArtifact.load(MODEL, check_spec=False)
+    before = history[history["timestamp"] < pd.Timestamp(PERIOD[1], tz="UTC")].reset_index(drop=True)
+    period = (before["timestamp"] >= pd.Timestamp(PERIOD[0], tz="UTC")).to_numpy()
+    features = OfflineFeatures().transform(before)[period]
+    rows = before[period]
+    scores = model.predict(features[model.features].to_numpy(dtype=float))
+    fraud = rows["label"].to_numpy() == 1
+    columns: dict[str, object] = {
+        "transaction_id": rows["transaction_id"].to_numpy(dtype=str),
+        "timestamp": pa.array(rows["timestamp"]),
+        "verdict": verdicts(scores, model.thresholds).astype(str),
+        "score": scores,
+        "model_version": np.full(len(rows), model.version),
+        "degraded": pa.nulls(len(rows), pa.string()),
+        "shadow_model_version": pa.nulls(len(rows), pa.string()),
+        "shadow_score": pa.nulls(len(rows), pa.float64()),
+        "is_fraud": pa.array(np.where(fraud, True, None), pa.bool_()),
+        "label_reported_at": pa.array(rows["label_time"].where(fraud)),
+    }
+    for name in model.features:  # named as the export names them (a decision's own `amount` is the payment's)
+        columns[f"feature_{name}" if name == "amount" else name] = features[name].to_numpy(dtype=float)
+    directory.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table(columns), directory / "decisions_with_feedback.parquet")
+    write_history(before, directory / "history.parquet")
+    return directory / "decisions_with_feedback.parquet", directory / "history.parquet"
+
+
+def monitor(decisions: Path, thresholds: Path, *extra: str) -> tuple[int, dict, str]:  # type: ignore[type-arg]
+    out = decisions.parent / "report.json"
+    args = ["monitor", "--model", str(MODEL), "--decisions", str(decisions), "--from", PERIOD[0]]
+    args += ["--to", PERIOD[1], "--thresholds", str(thresholds), "--as-of", "2026-12-01", "--json", str(out)]
+    result = CliRunner().invoke(cli.app, [*args, *extra])
+    return result.exit_code, json.loads(out.read_text()) if out.exists() else {}, result.output
+
+
+def alerts(report: dict, kind: str) -> set[str]:  # type: ignore[type-arg]
+    return {f["subject"] for f in report["flags"] if f["kind"] == kind and f["level"] == "alert"}
+
+
+@pytest.fixture(scope="module")
+def clean_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return logged(simulate(**SAMPLE_WORLD), tmp_path_factory.mktemp("clean"))  # type: ignore[arg-type]
+
+
+def test_monitor_is_quiet_on_a_clean_period(clean_run: tuple[Path, Path], thresholds: Path) -> None:
+    code, report, output = monitor(clean_run[0], thresholds)
+    assert code == 0, output
+    assert report["flags"] == [] and report["rows"] > 5000
+    [week] = report["weeks"]
+    assert week["figures"]["recall_review"] > 0.8
+
+
+def test_monitor_flags_a_skewed_online_feature(clean_run: tuple[Path, Path], thresholds: Path) -> None:
+    """--history: the clean period's decisions match the history; with `card_count_24h` logged one too
+    high on a tenth of them, that feature alone is an alert."""
+    decisions, history = clean_run
+    code, report, output = monitor(decisions, thresholds, "--history", str(history))
+    assert code == 0, output
+    assert report["sections"]["consistency"]["sampled"] > 5000 and "all 59 features match" in output
+    table = pq.read_table(decisions)
+    count = table["card_count_24h"].to_numpy().copy()
+    count[::10] += 1
+    skewed = decisions.parent / "skewed" / decisions.name
+    skewed.parent.mkdir()
+    pq.write_table(
+        table.set_column(table.schema.get_field_index("card_count_24h"), "card_count_24h", pa.array(count)),
+        skewed,
+    )
+    code, report, output = monitor(skewed, thresholds, "--history", str(history))
+    assert code == 3, output
+    assert alerts(report, "skew_share") == {"card_count_24h"} and report["flags"][0][
+        "value"
+    ] == pytest.approx(0.1, abs=0.01)
+    assert "card_count_24h: served and recomputed differ on" in output
+
+
+def test_monitor_flags_missing_device_ids_and_scaled_amounts(thresholds: Path, tmp_path: Path) -> None:
+    history = simulate(**SAMPLE_WORLD, drift=Drift(45, ("missing-device", "amount-scale")))  # type: ignore[arg-type]
+    code, report, output = monitor(logged(history, tmp_path)[0], thresholds)
+    assert code == 3, output
+    device = {n for n in load_spec().feature_names if n.startswith("device_") or n == "card_new_device"}
+    assert device <= alerts(report, "feature_missing"), output  # the device's features went missing
+    amounts = {"amount", "card_amount_to_mean_30d", "card_sum_24h", "merchant_mean_1h"}
+    assert amounts <= alerts(report, "feature_psi"), output  # the amounts' scale moved
+
+
+def test_monitor_shows_a_new_fraud_pattern_in_live_performance(
+    clean_run: tuple[Path, Path], thresholds: Path, tmp_path: Path
+) -> None:
+    """Fresh cards at new merchants: the model lets most through, so recall falls in the week."""
+    history = simulate(**SAMPLE_WORLD, drift=Drift(45, ("new-fraud-pattern",)))  # type: ignore[arg-type]
+    _, report, output = monitor(logged(history, tmp_path)[0], thresholds)
+    _, clean, _ = monitor(clean_run[0], thresholds)
+    [week], [was] = report["weeks"], clean["weeks"]
+    assert week["frauds"] > was["frauds"] * 1.5, output
+    assert week["figures"]["recall_review"] < was["figures"]["recall_review"] - 0.2, output
+    assert week["figures"]["average_precision"] < was["figures"]["average_precision"] - 0.2, output
