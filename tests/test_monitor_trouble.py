@@ -222,7 +222,7 @@ def test_degraded_and_unknown_decisions_are_left_out(small: pd.DataFrame, served
 
 MODEL = ROOT / "models" / "default"
 SAMPLE_WORLD = {"days": 60, "cards": 3000, "merchants": 300, "seed": 7}  # data/sample's
-PERIOD = ("2026-02-16", "2026-02-18")  # a Monday and a Tuesday: one ISO week, after the drift (day 45)
+PERIOD = ("2026-02-16", "2026-02-23")  # Monday to Sunday: one ISO week, after the drift (day 45)
 
 
 @pytest.fixture(scope="module")
@@ -267,7 +267,7 @@ def logged(history: pd.DataFrame, directory: Path) -> tuple[Path, Path]:
 def monitor(decisions: Path, thresholds: Path, *extra: str) -> tuple[int, dict, str]:  # type: ignore[type-arg]
     out = decisions.parent / "report.json"
     args = ["monitor", "--model", str(MODEL), "--decisions", str(decisions), "--from", PERIOD[0]]
-    args += ["--to", PERIOD[1], "--thresholds", str(thresholds), "--as-of", "2026-12-01", "--json", str(out)]
+    args += ["--to", PERIOD[1], "--thresholds", str(thresholds), "--json", str(out)]
     result = CliRunner().invoke(cli.app, [*args, *extra])
     return result.exit_code, json.loads(out.read_text()) if out.exists() else {}, result.output
 
@@ -284,7 +284,7 @@ def clean_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def test_monitor_is_quiet_on_a_clean_period(clean_run: tuple[Path, Path], thresholds: Path) -> None:
     code, report, output = monitor(clean_run[0], thresholds)
     assert code == 0, output
-    assert report["flags"] == [] and report["rows"] > 5000
+    assert not [f for f in report["flags"] if f["level"] == "alert"] and report["rows"] > 20_000
     [week] = report["weeks"]
     assert week["figures"]["recall_review"] > 0.8
 
@@ -295,7 +295,10 @@ def test_monitor_flags_a_skewed_online_feature(clean_run: tuple[Path, Path], thr
     decisions, history = clean_run
     code, report, output = monitor(decisions, thresholds, "--history", str(history))
     assert code == 0, output
-    assert report["sections"]["consistency"]["sampled"] > 5000 and "all 59 features match" in output
+    assert (
+        report["sections"]["consistency"]["sampled"] > 5000
+        and f"all {len(load_spec().feature_names)} features match" in output
+    )
     table = pq.read_table(decisions)
     count = table["card_count_24h"].to_numpy().copy()
     count[::10] += 1
@@ -307,9 +310,9 @@ def test_monitor_flags_a_skewed_online_feature(clean_run: tuple[Path, Path], thr
     )
     code, report, output = monitor(skewed, thresholds, "--history", str(history))
     assert code == 3, output
-    assert alerts(report, "skew_share") == {"card_count_24h"} and report["flags"][0][
-        "value"
-    ] == pytest.approx(0.1, abs=0.01)
+    assert alerts(report, "skew_share") == {"card_count_24h"}
+    [flag] = [f for f in report["flags"] if f["kind"] == "skew_share"]
+    assert flag["value"] == pytest.approx(0.1, abs=0.01)  # a tenth edited, 10,000 drawn
     assert "card_count_24h: served and recomputed differ on" in output
 
 
