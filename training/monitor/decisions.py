@@ -115,8 +115,8 @@ def read_decisions(
     frame, stamps = frame[keep], stamps[keep]
     labels = label_times = None
     if labelled:
-        fraud = frame["is_fraud"]
-        labels = np.where(fraud.isna(), -1, fraud.fillna(False).astype(bool).astype(int)).astype(np.int8)
+        fraud = frame["is_fraud"].to_numpy(dtype=object)
+        labels = np.array([-1 if pd.isna(f) else int(bool(f)) for f in fraud], dtype=np.int8)
         label_times = pd.DatetimeIndex(pd.to_datetime(frame["label_reported_at"], utc=True))
     return Decisions(
         timestamps=stamps,

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import average_precision_score
 
-from antifraud.training.monitor.decisions import Decisions
+from antifraud.training.monitor.decisions import Decisions, utc
 
 FLAGGED = ("review", "block")  # the verdicts that stop a good payment (the realised FPR's numerator)
 
@@ -47,7 +47,7 @@ def known_frauds(decisions: Decisions, as_of: datetime) -> np.ndarray | None:
     carry no labels at all (decisions.parquet rather than the joined file)."""
     if decisions.labels is None or decisions.label_times is None:
         return None
-    reported = np.asarray(decisions.label_times <= pd.Timestamp(as_of))  # NaT: False
+    reported = np.asarray(decisions.label_times <= utc(as_of))  # NaT: False
     return (decisions.labels == 1) & reported
 
 
@@ -88,7 +88,7 @@ def weekly(
     if fraud is None or len(decisions) == 0:
         return []
     weeks = iso_week(decisions.timestamps)
-    mature = np.asarray(decisions.timestamps <= pd.Timestamp(as_of) - label_delay)
+    mature = np.asarray(decisions.timestamps <= utc(as_of) - label_delay)
     out = []
     for week in sorted(set(weeks)):
         rows = weeks == week

@@ -95,7 +95,7 @@ def _drift_flags(report: MonitorReport) -> None:
     for d in report.features:
         if d.feature in t.ignore:
             continue
-        if d.psi >= t.psi_warn:
+        if d.psi >= t.psi_warn and d.present >= t.min_rows:  # the PSI of a few values is noise
             level: Literal["alert", "warn"] = "alert" if d.psi >= t.psi_alert else "warn"
             limit = t.psi_alert if level == "alert" else t.psi_warn
             report.add_flag(
@@ -214,6 +214,11 @@ def assemble(
         report.notes.append(
             f"the reference profile is of {profile.model_version}; the period's decisions were scored by "
             f"{', '.join(report.model_versions) or 'no model'}"
+        )
+    if sparse := sum(d.present < thresholds.min_rows for d in report.features):
+        report.notes.append(
+            f"{sparse} features have fewer than min_rows {thresholds.min_rows:,} values in the period: "
+            "their PSI is shown, not judged (their missing share is)"
         )
     if decisions.labels is None:
         report.notes.append("the decisions carry no labels (decisions.parquet): no live performance")

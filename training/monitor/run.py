@@ -5,13 +5,13 @@ decisions, then assemble the report (`training.monitor.report`). Every input pro
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from antifraud.engine.monitoring import ReferenceProfile, Thresholds
 from antifraud.training.history import DEFAULT_LABEL_DELAY
 from antifraud.training.model_artifact import ModelArtifact
-from antifraud.training.monitor.decisions import MonitorError, read_decisions
+from antifraud.training.monitor.decisions import MonitorError, read_decisions, utc
 from antifraud.training.monitor.report import MonitorReport, assemble
 
 
@@ -51,6 +51,6 @@ def monitor(
         limits,
         artifact.thresholds,
         label_delay or recorded_label_delay(artifact),
-        as_of or datetime.now().astimezone(),
+        utc(as_of or datetime.now(UTC)).to_pydatetime(),
         (start, end),
     )
