@@ -267,7 +267,7 @@ def logged(history: pd.DataFrame, directory: Path) -> tuple[Path, Path]:
 def monitor(decisions: Path, thresholds: Path, *extra: str) -> tuple[int, dict, str]:  # type: ignore[type-arg]
     out = decisions.parent / "report.json"
     args = ["monitor", "--model", str(MODEL), "--decisions", str(decisions), "--from", PERIOD[0]]
-    args += ["--to", PERIOD[1], "--thresholds", str(thresholds), "--json", str(out)]
+    args += ["--to", PERIOD[1], "--thresholds", str(thresholds), "--as-of", "2026-12-01", "--json", str(out)]
     result = CliRunner().invoke(cli.app, [*args, *extra])
     return result.exit_code, json.loads(out.read_text()) if out.exists() else {}, result.output
 
