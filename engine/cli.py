@@ -123,16 +123,42 @@ def simulate(
             "(see 'Simulator presets' in docs/training.md)"
         ),
     ] = "default",
+    drift_after: Annotated[
+        int | None,
+        typer.Option(
+            metavar="DAY", help="Inject --drift trouble from this day on (0-based: 45 is the 46th day)"
+        ),
+    ] = None,
+    drift: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="KIND",
+            help="new-fraud-pattern, missing-device or amount-scale (repeat, or a comma list; "
+            "see docs/monitoring.md)",
+        ),
+    ] = None,
+    drift_amount_factor: Annotated[
+        float, typer.Option(help="amount-scale: the factor amounts are multiplied by")
+    ] = 100.0,
 ) -> None:
     """Write a realistic simulated payment history with labelled fraud patterns."""
     from rich.progress import Progress
 
     from antifraud.training.history import write_history
-    from antifraud.training.simulator import PRESET_NAMES
+    from antifraud.training.simulator import PRESET_NAMES, Drift
     from antifraud.training.simulator import simulate as run
 
     if preset not in PRESET_NAMES:
         raise _fail(f"unknown --preset {preset!r}: choose one of {', '.join(PRESET_NAMES)}")
+    kinds = tuple(k.strip() for k in ",".join(drift or []).split(",") if k.strip())
+    if (drift_after is None) != (not kinds):
+        raise _fail("--drift-after DAY and --drift KIND go together")
+    try:
+        trouble = None if drift_after is None else Drift(drift_after, kinds, drift_amount_factor)
+        if trouble is not None:
+            trouble.check(days)
+    except ValueError as exc:
+        raise _fail(str(exc)) from exc
     with Progress(console=console) as progress:
         task = progress.add_task(f"simulating {days} days", total=days)
         frame = run(
@@ -142,6 +168,7 @@ def simulate(
             seed=seed,
             progress=lambda done, total: progress.update(task, completed=done, total=total),
             preset=preset,
+            drift=trouble,
         )
     write_history(frame, out)
     frauds = int(frame["label"].sum())
@@ -600,6 +627,10 @@ def monitor(
     ] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the report as JSON")] = None,
     html: Annotated[Path | None, typer.Option(help="Write the report as HTML, plots beside it")] = None,
+    history: Annotated[
+        Path | None,
+        typer.Option(help="The history the service's state was built from: recompute a sample's features"),
+    ] = None,
 ) -> None:
     """Watch the live model over a period of decisions: feature and score drift, verdict mix, degraded
     share, live performance per week, champion and challenger (docs/monitoring.md). Exit status 0:
@@ -610,6 +641,7 @@ def monitor(
     import tempfile
 
     from antifraud.engine.export import ExportError, export
+    from antifraud.training.monitor.consistency import add_to_report
     from antifraud.training.monitor.output import print_report, write_html, write_json
     from antifraud.training.monitor.run import monitor as run_monitor
 
@@ -620,6 +652,8 @@ def monitor(
             report = run_monitor(
                 decisions or Path(exported), model, start, end, thresholds, label_delay, as_of
             )
+            if history is not None:  # online/offline consistency (training/monitor/consistency.py)
+                add_to_report(report, decisions or Path(exported), history, start, end)
         except (ValueError, ExportError) as exc:
             console.print(f"[red]error:[/red] {escape(str(exc))}")
             raise typer.Exit(2) from exc

@@ -44,6 +44,7 @@ class Decisions:
     """One row per decision of the period, in payment time order."""
 
     timestamps: pd.DatetimeIndex  # the payments' times, UTC
+    transaction_ids: np.ndarray  # str: the consistency check finds each payment in the history
     verdicts: np.ndarray  # str
     scores: np.ndarray  # float, NaN where no model scored
     model_versions: np.ndarray  # str or None
@@ -119,6 +120,7 @@ def read_decisions(
         label_times = pd.DatetimeIndex(pd.to_datetime(frame["label_reported_at"], utc=True))
     return Decisions(
         timestamps=stamps,
+        transaction_ids=frame["transaction_id"].to_numpy(dtype=object),
         verdicts=frame["verdict"].to_numpy(dtype=str),
         scores=frame["score"].to_numpy(dtype=float, na_value=np.nan),
         model_versions=frame["model_version"].to_numpy(dtype=object),
