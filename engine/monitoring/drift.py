@@ -112,6 +112,17 @@ class Thresholds:
     degraded_share: float = 0.01
     skew_share: float = 0.01  # online/offline mismatch share per feature
     min_rows: int = 500  # below this, nothing is flagged, and the report says why
+    # live performance of a week against the model's validation figures (out of sample), judged only
+    # once the week's labels are mature enough and its frauds numerous enough: a young or thin week's
+    # recall and AP move by chance
+    recall_drop_warn: float = 0.10  # absolute drop of recall at the review threshold
+    recall_drop_alert: float = 0.20
+    ap_drop_warn: float = 0.10  # relative drop of average precision (0.2: a fifth lower)
+    ap_drop_alert: float = 0.20
+    fpr_rise_warn: float = 0.01  # absolute rise of the realised false-positive rate (review or block)
+    fpr_rise_alert: float = 0.02
+    performance_min_maturity: float = 0.8  # share of the week's payments older than the label delay
+    performance_min_frauds: int = 20  # frauds labelled in the week
     #: features never flagged (their figures are still reported): the clock's own features, whose mix
     #: over a period shorter than their cycle (a day, a week) differs from the reference by construction
     ignore: tuple[str, ...] = CLOCK_FEATURES
@@ -137,6 +148,11 @@ class Thresholds:
         return dataclasses.replace(cls(), **values)
 
 
+#: thresholds that count rows (whole numbers), and those that are shares or relative changes (<= 1)
+_COUNTS: Final = ("min_rows", "performance_min_frauds")
+_SHARES: Final = ("performance_min_maturity", "ap_drop_warn", "ap_drop_alert")
+
+
 def _checked(path: Path, key: str, value: object) -> object:
     """A threshold's value from YAML as its field's type; ThresholdsError when it is not one."""
     if key == "ignore":
@@ -145,7 +161,9 @@ def _checked(path: Path, key: str, value: object) -> object:
         return tuple(value)
     if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
         raise ThresholdsError(f"{path}: {key} must be a number >= 0, not {value!r}")
-    if key == "min_rows":
+    if key in _SHARES and value > 1:
+        raise ThresholdsError(f"{path}: {key} is a share, between 0 and 1, not {value!r}")
+    if key in _COUNTS:
         if value != int(value):
             raise ThresholdsError(f"{path}: {key} must be a whole number, not {value!r}")
         return int(value)

@@ -15,6 +15,7 @@ from rich.table import Table
 
 from antifraud.engine.files import atomic_write
 from antifraud.engine.monitoring import FeatureDrift
+from antifraud.training.monitor.performance import LiveFigures
 from antifraud.training.monitor.report import MonitorReport
 from antifraud.training.report import Block, Grid, Image, Text, html_page, save_figure
 
@@ -47,6 +48,20 @@ def _header(report: MonitorReport) -> list[str]:
     ]
 
 
+def _week_row(name: str, payments: int, frauds: int, maturity: str, f: LiveFigures) -> tuple[str, ...]:
+    return (
+        name,
+        f"{payments:,}",
+        f"{frauds:,}",
+        maturity,
+        _num(f.average_precision),
+        _pct(f.recall_review),
+        _pct(f.recall_block),
+        _pct(f.realised_fpr),
+        _pct(f.blocked_fpr),
+    )
+
+
 def _grids(report: MonitorReport) -> list[tuple[str, Grid]]:
     """Every table of the report, for the terminal and the HTML page alike."""
     flagged = {(f.kind, f.subject): f.level for f in report.flags}
@@ -63,6 +78,7 @@ def _grids(report: MonitorReport) -> list[tuple[str, Grid]]:
             for d in shown_features(report)
         ],
     )
+    baseline = [report.baseline] if report.baseline is not None else []
     mix = Grid(
         ("verdict", "reference", "now", "shift"),
         [(v, _pct(m["reference"]), _pct(m["now"]), f"{m['shift']:+.2%}") for v, m in report.verdicts.items()],
@@ -86,20 +102,8 @@ def _grids(report: MonitorReport) -> list[tuple[str, Grid]]:
             "FPR flagged",
             "FPR blocked",
         ),
-        [
-            (
-                w.week,
-                f"{w.payments:,}",
-                f"{w.frauds:,}",
-                _pct(w.maturity),
-                _num(w.figures.average_precision),
-                _pct(w.figures.recall_review),
-                _pct(w.figures.recall_block),
-                _pct(w.figures.realised_fpr),
-                _pct(w.figures.blocked_fpr),
-            )
-            for w in report.weeks
-        ],
+        [_week_row(f"validation {b.period[0]}", b.payments, b.frauds, "-", b.figures) for b in baseline]
+        + [_week_row(w.week, w.payments, w.frauds, _pct(w.maturity), w.figures) for w in report.weeks],
     )
     sides = Grid(
         ("model", "role", "payments", "frauds", "mean score", "AP", "recall at 0.1% FPR", "recall at 1% FPR"),
@@ -124,7 +128,10 @@ def _grids(report: MonitorReport) -> list[tuple[str, Grid]]:
         ("Verdict mix against the reference", mix),
     ]
     if report.weeks:
-        tables.append(("Live performance per ISO week (labels known at the as-of time)", weeks))
+        title = (
+            "Live performance per ISO week (labels known at the as-of time; first, the model's validation)"
+        )
+        tables.append((title, weeks))
     if report.challengers:
         tables.append(("Champion and challenger on the same payments", sides))
     return tables

@@ -1,6 +1,7 @@
 """The monitoring report of a period: drift, verdict mix, degraded share, live performance and the
-challenger against a model's reference profile, each figure flagged against `Thresholds`
-(docs/monitoring.md explains every one). `assemble` builds it; `training.monitor.output` shows it.
+challenger against a model's reference profile (live performance against the model's validation
+figures), each figure flagged against `Thresholds` (docs/monitoring.md explains every one).
+`assemble` builds it; `training.monitor.output` shows it.
 
 Exit codes (`MonitorReport.exit_code`): 0 nothing crossed an alert threshold, 3 something did (a
 scheduler alerts on it); 2 is bad input, raised before a report exists (`MonitorError`).
@@ -18,7 +19,7 @@ from antifraud.engine.monitoring import FeatureDrift, ReferenceProfile, Threshol
 from antifraud.engine.monitoring.drift import verdict_mix, verdict_shift
 from antifraud.training.monitor.challenger import Challenge, challenges
 from antifraud.training.monitor.decisions import Decisions
-from antifraud.training.monitor.performance import WeekPerformance, known_frauds, weekly
+from antifraud.training.monitor.performance import Baseline, WeekPerformance, known_frauds, unjudged, weekly
 
 CLEAN: Final = 0
 BAD_INPUT: Final = 2
@@ -30,8 +31,10 @@ class Flag:
     """A figure past its threshold. `alert` sets the exit code to 3; `warn` is shown only."""
 
     level: Literal["alert", "warn"]
-    kind: str  # feature_psi, feature_missing, score_psi, verdict_shift, degraded_share, skew_share
-    subject: str  # the feature, verdict or "score"
+    #: feature_psi, feature_missing, score_psi, verdict_shift, degraded_share, skew_share,
+    #: recall_drop, ap_drop, fpr_rise
+    kind: str
+    subject: str  # the feature, verdict, "score", or the ISO week of a live-performance flag
     value: float
     limit: float
     message: str
@@ -59,6 +62,8 @@ class MonitorReport:
     degraded_share: float
     weeks: list[WeekPerformance]
     challengers: list[Challenge]
+    #: the model's validation figures the weeks are judged against (None: metadata.json has none)
+    baseline: Baseline | None = None
     flags: list[Flag] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     #: other checks' sections (the online/offline consistency check adds its own), by name
@@ -165,6 +170,50 @@ def _mix_flags(report: MonitorReport) -> None:
         )
 
 
+def _performance_flags(report: MonitorReport) -> None:
+    """Each week with mature labels and enough frauds against the model's validation figures: recall
+    at the review threshold (absolute drop), AP (relative drop), realised FPR (absolute rise). A week
+    not judged gets a note saying why."""
+    t, base = report.thresholds, report.baseline
+    if base is None:
+        if report.weeks:
+            report.notes.append(
+                "metadata.json records no validation metrics: live performance is shown, not judged"
+            )
+        return
+    was = base.figures
+    for week in report.weeks:
+        if reason := unjudged(week, t):
+            report.notes.append(f"{week.week}: {reason}: its live performance is shown, not judged")
+            continue
+        now = week.figures
+        if now.recall_review is not None and was.recall_review is not None:
+            drop = was.recall_review - now.recall_review
+            what = f"recall at review {now.recall_review:.1%}, {was.recall_review:.1%} on validation"
+            _judge(report, "recall_drop", week.week, drop, (t.recall_drop_warn, t.recall_drop_alert), what)
+        if now.average_precision is not None and was.average_precision:
+            drop = 1 - now.average_precision / was.average_precision  # relative: AP's scale varies by model
+            what = f"average precision {now.average_precision:.3f}, {was.average_precision:.3f} on validation"
+            _judge(report, "ap_drop", week.week, drop, (t.ap_drop_warn, t.ap_drop_alert), what)
+        if now.realised_fpr is not None and was.realised_fpr is not None:
+            rise = now.realised_fpr - was.realised_fpr
+            what = f"realised FPR {now.realised_fpr:.2%}, {was.realised_fpr:.2%} on validation"
+            _judge(report, "fpr_rise", week.week, rise, (t.fpr_rise_warn, t.fpr_rise_alert), what)
+
+
+def _judge(
+    report: MonitorReport, kind: str, week: str, change: float, limits: tuple[float, float], what: str
+) -> None:
+    """A warning when `change` (positive: worse) reaches the first of `limits`, an alert at the second."""
+    warn, alert = limits
+    if change < min(warn, alert):
+        return
+    level: Literal["alert", "warn"] = "alert" if change >= alert else "warn"
+    limit = alert if level == "alert" else warn
+    by = f"{change:+.0%} relative" if kind == "ap_drop" else f"{change:+.1%}"
+    report.add_flag(Flag(level, kind, week, change, limit, f"{week}: {what} ({kind} {by} >= {limit:g})"))
+
+
 def assemble(
     profile: ReferenceProfile,
     decisions: Decisions,
@@ -173,11 +222,14 @@ def assemble(
     label_delay: timedelta,
     as_of: datetime,
     period: tuple[datetime | None, datetime | None] = (None, None),
+    baseline: Baseline | None = None,
 ) -> MonitorReport:
     """The report of `decisions` against `profile`, flagged against `thresholds`.
 
     `model_thresholds` are the live model's review and block thresholds (live recall); labels are
-    those reported by `as_of`, and a payment is mature when older than `label_delay` then.
+    those reported by `as_of`, and a payment is mature when older than `label_delay` then. Each
+    week's live performance is judged against `baseline` (the model's validation figures; None: not
+    judged).
     """
     versions, counts = np.unique(decisions.model_versions.astype(str), return_counts=True)
     scored = decisions.scores[~np.isnan(decisions.scores)]
@@ -204,6 +256,7 @@ def assemble(
         degraded_share=float(decisions.degraded.mean()) if len(decisions) else 0.0,
         weeks=weekly(decisions, model_thresholds, label_delay, as_of),
         challengers=challenges(decisions, known_frauds(decisions, as_of)),
+        baseline=baseline,
     )
     if report.quiet:
         report.notes.append(
@@ -228,6 +281,7 @@ def assemble(
         )
     _drift_flags(report)
     _mix_flags(report)
+    _performance_flags(report)
     return report
 
 

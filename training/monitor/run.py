@@ -12,6 +12,7 @@ from antifraud.engine.monitoring import ReferenceProfile, Thresholds
 from antifraud.training.history import DEFAULT_LABEL_DELAY
 from antifraud.training.model_artifact import ModelArtifact
 from antifraud.training.monitor.decisions import MonitorError, read_decisions, utc
+from antifraud.training.monitor.performance import validation_baseline
 from antifraud.training.monitor.report import MonitorReport, assemble
 
 
@@ -53,4 +54,5 @@ def monitor(
         label_delay or recorded_label_delay(artifact),
         utc(as_of or datetime.now(UTC)).to_pydatetime(),
         (start, end),
+        validation_baseline(artifact.metadata),
     )
