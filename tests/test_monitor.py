@@ -34,11 +34,13 @@ from antifraud.engine.redis_server import EmbeddedRedis
 from antifraud.engine.settings import ROOT, Settings
 from antifraud.features.online import OnlineFeatures
 from antifraud.features.stream import payment_record, stream
+from antifraud.training.metrics import recall_at_fpr, threshold_at_fpr
 from antifraud.training.model_artifact import ModelArtifact
 from antifraud.training.monitor.decisions import read_decisions
-from antifraud.training.monitor.performance import weekly
+from antifraud.training.monitor.performance import Baseline, LiveFigures, measure, validation_baseline, weekly
 from antifraud.training.monitor.reference import write_reference
-from antifraud.training.monitor.report import assemble
+from antifraud.training.monitor.report import MonitorReport, assemble
+from antifraud.training.scoring import verdicts
 from antifraud.training.simulator import simulate
 from antifraud.training.train import train
 
@@ -180,6 +182,8 @@ def test_a_clean_day_exits_0_with_the_challenger_side_by_side(
     [week] = report["weeks"]
     assert week["frauds"] == challenge["frauds"] == int(sim.loc[on_day, "label"].sum()) > 0
     assert week["maturity"] == 1.0
+    assert report["baseline"]["frauds"] == trained.metadata["counts"]["validation"]["frauds"]
+    assert f"{week['frauds']} frauds, fewer than performance_min_frauds 20" in " ".join(report["notes"])
     assert "Champion and challenger" in page.read_text()
     assert (tmp_path / "html" / "report-feature_psi.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -284,3 +288,80 @@ def test_too_few_rows_flag_nothing_and_say_why(tmp_path: Path) -> None:
     assert flagged.exit_code == 3 and {f.kind for f in flagged.flags} >= {"degraded_share", "score_psi"}
     silent = assemble(profile, decisions, quiet, *args)
     assert silent.exit_code == 0 and silent.flags == [] and "fewer than min_rows 500" in silent.notes[0]
+
+
+# --------------------------------------------------------------- live performance against validation
+
+BASELINE = Baseline(
+    ("2026-02-01", "2026-02-08"),
+    payments=1000,
+    frauds=50,
+    figures=LiveFigures(
+        average_precision=1.0, recall_review=0.8, recall_block=0.6, realised_fpr=0.1, blocked_fpr=0.01
+    ),
+)
+
+
+def performance_flags(report: MonitorReport) -> dict[tuple[str, str], tuple[str, float]]:
+    kinds = ("recall_drop", "ap_drop", "fpr_rise")
+    return {(f.kind, f.subject): (f.level, f.value) for f in report.flags if f.kind in kinds}
+
+
+def test_live_performance_flags_by_hand(tmp_path: Path) -> None:
+    """The tiny export's weeks against a made-up validation: week 10 (2 frauds) recall 0.5 against
+    0.8 (an absolute drop of 0.3: alert), AP 0.833 against 1.0 (a sixth lower: warning), 1 of 2 good
+    payments reviewed against 10 % (+0.4: alert); week 11 has a single fraud: thin, not judged."""
+    decisions = read_decisions(tiny_export(tmp_path), ["amount"])
+    profile = build_profile(
+        "live-1", ("2026-02-01", "2026-02-08"), {"amount": np.arange(100.0)}, np.zeros(100)
+    )
+    limits = Thresholds(min_rows=1, performance_min_frauds=2)
+    model = {"review": 0.5, "block": 0.9}
+
+    def report(delay: int, baseline: Baseline | None = BASELINE) -> MonitorReport:
+        as_of = T + timedelta(days=60)
+        return assemble(profile, decisions, limits, model, timedelta(days=delay), as_of, baseline=baseline)
+
+    judged = report(30)
+    flags = performance_flags(judged)
+    assert flags.keys() == {("recall_drop", "2026-W10"), ("ap_drop", "2026-W10"), ("fpr_rise", "2026-W10")}
+    assert flags["recall_drop", "2026-W10"] == ("alert", pytest.approx(0.3))
+    assert flags["ap_drop", "2026-W10"] == ("warn", pytest.approx(1 / 6))
+    assert flags["fpr_rise", "2026-W10"] == ("alert", pytest.approx(0.4))
+    assert judged.exit_code == 3
+    assert "2026-W11: 1 frauds, fewer than performance_min_frauds 2" in " ".join(judged.notes)
+    young = report(55)  # week 11's payments are 50-51 days old: labels not mature under 55 days
+    assert "2026-W11: labels 0% mature, below performance_min_maturity 80%" in " ".join(young.notes)
+    assert performance_flags(young).keys() == flags.keys()
+    unknown = report(30, baseline=None)
+    assert performance_flags(unknown) == {} and any("no validation metrics" in n for n in unknown.notes)
+    assert report(30).to_dict()["baseline"]["figures"]["recall_review"] == 0.8  # in --json
+
+
+def test_the_baseline_is_the_models_out_of_sample_validation(trained: ModelArtifact) -> None:
+    """metadata.json's validation figures, as a week's are measured: recall at the best threshold within
+    1 % (0.1 %) false positives is the recall at the review (block) threshold set there."""
+    baseline = validation_baseline(trained.metadata)
+    metrics = trained.metadata["validation_metrics"]
+    assert baseline is not None and baseline.frauds == trained.metadata["counts"]["validation"]["frauds"]
+    assert baseline.figures == LiveFigures(
+        average_precision=metrics["average_precision"],
+        recall_review=metrics["recall_at_fpr_0.01"],
+        recall_block=metrics["recall_at_fpr_0.001"],
+        realised_fpr=metrics["realised_fpr"]["review"],
+        blocked_fpr=metrics["realised_fpr"]["block"],
+    )
+    other = {**trained.metadata, "thresholds": {**trained.metadata["thresholds"], "review_fpr": 0.02}}
+    assert validation_baseline(other).figures.recall_review is None  # type: ignore[union-attr]
+    assert validation_baseline({"thresholds": {}}) is None
+    rng = np.random.default_rng(3)
+    for _ in range(20):  # continuous scores: no ties
+        fraud = rng.random(3000) < 0.03
+        scores = rng.beta(1, 8, fraud.size) + fraud * rng.random(fraud.size) * 0.5
+        cut = {
+            "review": threshold_at_fpr(scores, fraud, 0.01),
+            "block": threshold_at_fpr(scores, fraud, 0.001),
+        }
+        live = measure(scores, fraud, verdicts(scores, cut).astype(str), cut)
+        assert live.recall_review == recall_at_fpr(fraud, scores, 0.01)
+        assert live.recall_block == recall_at_fpr(fraud, scores, 0.001)

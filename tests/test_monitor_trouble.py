@@ -326,14 +326,24 @@ def test_monitor_flags_missing_device_ids_and_scaled_amounts(thresholds: Path, t
     assert amounts <= alerts(report, "feature_psi"), output  # the amounts' scale moved
 
 
-def test_monitor_shows_a_new_fraud_pattern_in_live_performance(
+def test_monitor_flags_a_new_fraud_pattern_in_live_performance(
     clean_run: tuple[Path, Path], thresholds: Path, tmp_path: Path
 ) -> None:
-    """Fresh cards at new merchants: the model lets most through, so recall falls in the week."""
+    """Fresh cards at new merchants: the inputs and the score barely move (no drift flag), but the
+    model lets most of the scheme through, so the week's recall and AP fall far below the model's
+    validation figures: live-performance alerts, exit 3. The clean week is judged too, and quiet."""
     history = simulate(**SAMPLE_WORLD, drift=Drift(45, ("new-fraud-pattern",)))  # type: ignore[arg-type]
-    _, report, output = monitor(logged(history, tmp_path)[0], thresholds)
+    code, report, output = monitor(logged(history, tmp_path)[0], thresholds)
     _, clean, _ = monitor(clean_run[0], thresholds)
     [week], [was] = report["weeks"], clean["weeks"]
     assert week["frauds"] > was["frauds"] * 1.5, output
     assert week["figures"]["recall_review"] < was["figures"]["recall_review"] - 0.2, output
     assert week["figures"]["average_precision"] < was["figures"]["average_precision"] - 0.2, output
+    assert code == 3, output
+    assert {f["kind"] for f in report["flags"] if f["level"] == "alert"} == {"recall_drop", "ap_drop"}, output
+    assert alerts(report, "recall_drop") == alerts(report, "ap_drop") == {"2026-W08"}
+    assert report["score_psi"] < 0.1 and "2026-W08: recall at review" in output
+    baseline = report["baseline"]["figures"]  # models/default's validation, out of sample
+    assert baseline["recall_review"] - week["figures"]["recall_review"] > 0.3
+    assert not [n for n in clean["notes"] if "not judged" in n]  # the clean week was judged
+    assert not [f for f in clean["flags"] if f["kind"] in ("recall_drop", "ap_drop", "fpr_rise")]

@@ -117,11 +117,23 @@ def test_thresholds_from_yaml(tmp_path: Path) -> None:
     assert Thresholds.load(path) == Thresholds(psi_alert=0.3, min_rows=100)
     path.write_text("ignore: [card_age_days]\n")
     assert Thresholds.load(path).ignore == ("card_age_days",)
+    path.write_text("recall_drop_alert: 0.3\nperformance_min_frauds: 50\nperformance_min_maturity: 0.9\n")
+    loaded = Thresholds.load(path)
+    assert (loaded.recall_drop_alert, loaded.performance_min_frauds, loaded.performance_min_maturity) == (
+        0.3,
+        50,
+        0.9,
+    )
+    assert isinstance(loaded.performance_min_frauds, int) and loaded.recall_drop_warn == 0.1
     for text, error in (
         ("ignore: card_age_days\n", "list of feature names"),
         ("psi_alrt: 0.3\n", "unknown threshold 'psi_alrt'"),
         ("min_rows: 1.5\n", "whole number"),
         ("psi_warn: high\n", "psi_warn must be a number"),
+        ("performance_min_frauds: 2.5\n", "whole number"),
+        ("performance_min_maturity: 80\n", "a share, between 0 and 1"),
+        ("ap_drop_alert: 1.5\n", "a share, between 0 and 1"),
+        ("recall_drop_alert: -0.1\n", "must be a number >= 0"),
     ):
         path.write_text(text)
         with pytest.raises(ThresholdsError, match=error):
