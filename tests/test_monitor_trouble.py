@@ -342,7 +342,7 @@ def test_monitor_flags_a_new_fraud_pattern_in_live_performance(
     assert code == 3, output
     assert {f["kind"] for f in report["flags"] if f["level"] == "alert"} == {"recall_drop", "ap_drop"}, output
     assert alerts(report, "recall_drop") == alerts(report, "ap_drop") == {"2026-W08"}
-    assert report["score_psi"] < 0.1 and "2026-W08: recall at review" in output
+    assert report["score_psi"] < 0.1 and "alert: 2026-W08: recall at the review" in output
     baseline = report["baseline"]["figures"]  # models/default's validation, out of sample
     assert baseline["recall_review"] - week["figures"]["recall_review"] > 0.3
     assert not [n for n in clean["notes"] if "not judged" in n]  # the clean week was judged

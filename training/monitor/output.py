@@ -102,7 +102,7 @@ def _grids(report: MonitorReport) -> list[tuple[str, Grid]]:
             "FPR flagged",
             "FPR blocked",
         ),
-        [_week_row(f"validation {b.period[0]}", b.payments, b.frauds, "-", b.figures) for b in baseline]
+        [_week_row("validation", b.payments, b.frauds, "-", b.figures) for b in baseline]
         + [_week_row(w.week, w.payments, w.frauds, _pct(w.maturity), w.figures) for w in report.weeks],
     )
     sides = Grid(

@@ -69,9 +69,10 @@ def validation_baseline(metadata: Mapping[str, Any]) -> Baseline | None:
     """The validation figures recorded in a model's metadata.json, as `measure` computes a week's:
     AP; recall at the review and block thresholds (`recall_at_fpr_<fpr>`: the thresholds were set at
     those false-positive rates on these very scores, so the best recall within the rate is the share
-    of frauds at or above the threshold, up to tied scores); the realised false-positive rates (legitimate payments at
-    or above each threshold: the verdicts the model's thresholds give). None when metadata.json
-    records no validation metrics; a figure it lacks (a rate other than 0.1 % or 1 %) is None."""
+    of frauds at or above the threshold, up to tied scores); the realised false-positive rates
+    (legitimate payments at or above each threshold: the verdicts the model's thresholds give). None
+    when metadata.json records no validation metrics; a figure it lacks (a rate other than 0.1 % or
+    1 %) is None."""
     metrics = metadata.get("validation_metrics")
     if not isinstance(metrics, Mapping):
         return None

@@ -186,32 +186,42 @@ def _performance_flags(report: MonitorReport) -> None:
         if reason := unjudged(week, t):
             report.notes.append(f"{week.week}: {reason}: its live performance is shown, not judged")
             continue
-        now = week.figures
+        now, name = week.figures, week.week
         if now.recall_review is not None and was.recall_review is not None:
             drop = was.recall_review - now.recall_review
-            what = f"recall at review {now.recall_review:.1%}, {was.recall_review:.1%} on validation"
-            _judge(report, "recall_drop", week.week, drop, (t.recall_drop_warn, t.recall_drop_alert), what)
+            if judged := _level(drop, t.recall_drop_warn, t.recall_drop_alert):
+                level, limit = judged
+                message = (
+                    f"{name}: recall at the review threshold {now.recall_review:.1%}, "
+                    f"{was.recall_review:.1%} on validation (-{drop:.1%}, a drop of {limit:.0%} or more)"
+                )
+                report.add_flag(Flag(level, "recall_drop", name, drop, limit, message))
         if now.average_precision is not None and was.average_precision:
             drop = 1 - now.average_precision / was.average_precision  # relative: AP's scale varies by model
-            what = f"average precision {now.average_precision:.3f}, {was.average_precision:.3f} on validation"
-            _judge(report, "ap_drop", week.week, drop, (t.ap_drop_warn, t.ap_drop_alert), what)
+            if judged := _level(drop, t.ap_drop_warn, t.ap_drop_alert):
+                level, limit = judged
+                message = (
+                    f"{name}: average precision {now.average_precision:.3f}, {was.average_precision:.3f} on "
+                    f"validation ({drop:.0%} lower, {limit:.0%} or more)"
+                )
+                report.add_flag(Flag(level, "ap_drop", name, drop, limit, message))
         if now.realised_fpr is not None and was.realised_fpr is not None:
             rise = now.realised_fpr - was.realised_fpr
-            what = f"realised FPR {now.realised_fpr:.2%}, {was.realised_fpr:.2%} on validation"
-            _judge(report, "fpr_rise", week.week, rise, (t.fpr_rise_warn, t.fpr_rise_alert), what)
+            if judged := _level(rise, t.fpr_rise_warn, t.fpr_rise_alert):
+                level, limit = judged
+                message = (
+                    f"{name}: {now.realised_fpr:.2%} of good payments reviewed or blocked, "
+                    f"{was.realised_fpr:.2%} on validation (+{rise:.2%}, a rise of {limit:.0%} or more)"
+                )
+                report.add_flag(Flag(level, "fpr_rise", name, rise, limit, message))
 
 
-def _judge(
-    report: MonitorReport, kind: str, week: str, change: float, limits: tuple[float, float], what: str
-) -> None:
-    """A warning when `change` (positive: worse) reaches the first of `limits`, an alert at the second."""
-    warn, alert = limits
-    if change < min(warn, alert):
-        return
-    level: Literal["alert", "warn"] = "alert" if change >= alert else "warn"
-    limit = alert if level == "alert" else warn
-    by = f"{change:+.0%} relative" if kind == "ap_drop" else f"{change:+.1%}"
-    report.add_flag(Flag(level, kind, week, change, limit, f"{week}: {what} ({kind} {by} >= {limit:g})"))
+def _level(change: float, warn: float, alert: float) -> tuple[Literal["alert", "warn"], float] | None:
+    """("alert", alert) when `change` (positive: worse) reaches `alert`, ("warn", warn) when it
+    reaches `warn`, else None."""
+    if change >= alert:
+        return "alert", alert
+    return ("warn", warn) if change >= warn else None
 
 
 def assemble(
