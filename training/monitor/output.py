@@ -198,6 +198,11 @@ def _plot_weeks(report: MonitorReport, path: Path) -> None:
         ("label maturity", [w.maturity for w in report.weeks]),
     ):
         ax.plot(weeks, [np.nan if v is None else v for v in values], marker="o", label=name)
+    if report.baseline is not None:  # validation's figures, the marks the weeks are judged against
+        was = report.baseline.figures
+        for value, color in ((was.average_precision, "C0"), (was.recall_review, "C1")):
+            if value is not None:
+                ax.axhline(value, color=color, linestyle="--", linewidth=0.8)
     ax.set_ylim(0, 1.05)
     ax.legend(fontsize=8)
     ax.tick_params(axis="x", labelsize=7)
@@ -210,7 +215,9 @@ def write_html(report: MonitorReport, path: Path) -> None:
     plots = [("feature_psi", "PSI of the 20 most drifted features (dotted: warn, dashed: alert)", _plot_psi)]
     plots.append(("score_bins", "Score distribution in the reference's bins", _plot_scores))
     if report.weeks:
-        plots.append(("weeks", "Live performance and label maturity per week", _plot_weeks))
+        plots.append(
+            ("weeks", "Live performance and label maturity per week (dashed: on validation)", _plot_weeks)
+        )
     blocks: list[Block] = [Text("h1", f"Monitoring of {report.model_version}")]
     blocks += [Text("p", line) for line in _header(report) + [f"note: {n}" for n in report.notes]]
     blocks += [Text("p", f"**{f.level}**: {f.message}") for f in report.flags] or [
