@@ -9,6 +9,7 @@ scheduler alerts on it); 2 is bad input, raised before a report exists (`Monitor
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Final, Literal
@@ -19,7 +20,14 @@ from antifraud.engine.monitoring import FeatureDrift, ReferenceProfile, Threshol
 from antifraud.engine.monitoring.drift import verdict_mix, verdict_shift
 from antifraud.training.monitor.challenger import Challenge, challenges
 from antifraud.training.monitor.decisions import Decisions
-from antifraud.training.monitor.performance import Baseline, WeekPerformance, known_frauds, unjudged, weekly
+from antifraud.training.monitor.performance import (
+    Baseline,
+    LiveFigures,
+    WeekPerformance,
+    known_frauds,
+    unjudged,
+    weekly,
+)
 
 CLEAN: Final = 0
 BAD_INPUT: Final = 2
@@ -186,34 +194,53 @@ def _performance_flags(report: MonitorReport) -> None:
         if reason := unjudged(week, t):
             report.notes.append(f"{week.week}: {reason}: its live performance is shown, not judged")
             continue
-        now, name = week.figures, week.week
-        if now.recall_review is not None and was.recall_review is not None:
-            drop = was.recall_review - now.recall_review
-            if judged := _level(drop, t.recall_drop_warn, t.recall_drop_alert):
-                level, limit = judged
-                message = (
-                    f"{name}: recall at the review threshold {now.recall_review:.1%}, "
-                    f"{was.recall_review:.1%} on validation (-{drop:.1%}, a drop of {limit:.0%} or more)"
-                )
-                report.add_flag(Flag(level, "recall_drop", name, drop, limit, message))
-        if now.average_precision is not None and was.average_precision:
-            drop = 1 - now.average_precision / was.average_precision  # relative: AP's scale varies by model
-            if judged := _level(drop, t.ap_drop_warn, t.ap_drop_alert):
-                level, limit = judged
-                message = (
-                    f"{name}: average precision {now.average_precision:.3f}, {was.average_precision:.3f} on "
-                    f"validation ({drop:.0%} lower, {limit:.0%} or more)"
-                )
-                report.add_flag(Flag(level, "ap_drop", name, drop, limit, message))
-        if now.realised_fpr is not None and was.realised_fpr is not None:
-            rise = now.realised_fpr - was.realised_fpr
-            if judged := _level(rise, t.fpr_rise_warn, t.fpr_rise_alert):
-                level, limit = judged
-                message = (
-                    f"{name}: {now.realised_fpr:.2%} of good payments reviewed or blocked, "
-                    f"{was.realised_fpr:.2%} on validation (+{rise:.2%}, a rise of {limit:.0%} or more)"
-                )
-                report.add_flag(Flag(level, "fpr_rise", name, rise, limit, message))
+        for judged in _JUDGED:
+            if (flag := judged.flag(week.week, week.figures, was, t)) is not None:
+                report.add_flag(flag)
+
+
+@dataclass(frozen=True)
+class _Judged:
+    """One live-performance figure judged against validation."""
+
+    kind: str  # the flag's kind, and the prefix of its two thresholds (`<kind>_warn`, `<kind>_alert`)
+    name: str  # in messages
+    figure: Callable[[LiveFigures], float | None]
+    limits: Callable[[Thresholds], tuple[float, float]]  # warn, alert
+    how: Literal["absolute drop", "relative drop", "absolute rise"]
+    shown: str  # format of the figure in messages
+
+    def flag(self, week: str, now: LiveFigures, was: LiveFigures, t: Thresholds) -> Flag | None:
+        """The week's flag, or None: the figure is within its limits, or undefined on either side."""
+        new, old = self.figure(now), self.figure(was)
+        if new is None or old is None or (self.how == "relative drop" and old <= 0):
+            return None
+        change = {"absolute drop": old - new, "relative drop": 1 - new / old, "absolute rise": new - old}
+        worse = change[self.how]
+        if (judged := _level(worse, *self.limits(t))) is None:
+            return None
+        level, limit = judged
+        return Flag(
+            level,
+            self.kind,
+            week,
+            worse,
+            limit,
+            f"{week}: {self.name} {new:{self.shown}}, {old:{self.shown}} on validation "
+            f"({self.how} {worse:.1%}, {limit:.0%} or more)",
+        )
+
+
+#: recall at the review threshold in points (the share of frauds the team sees at all); AP relative
+#: to validation's (its level varies with the model and the fraud rate); the realised FPR in points
+_JUDGED: Final = (
+    _Judged("recall_drop", "recall at the review threshold", lambda f: f.recall_review,
+            lambda t: (t.recall_drop_warn, t.recall_drop_alert), "absolute drop", ".1%"),
+    _Judged("ap_drop", "average precision", lambda f: f.average_precision,
+            lambda t: (t.ap_drop_warn, t.ap_drop_alert), "relative drop", ".3f"),
+    _Judged("fpr_rise", "good payments reviewed or blocked", lambda f: f.realised_fpr,
+            lambda t: (t.fpr_rise_warn, t.fpr_rise_alert), "absolute rise", ".2%"),
+)  # fmt: skip
 
 
 def _level(change: float, warn: float, alert: float) -> tuple[Literal["alert", "warn"], float] | None:
