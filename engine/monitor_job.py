@@ -1,0 +1,352 @@
+"""The model monitor in the running service: a periodic job in the decision sink's process.
+
+Every `ANTIFRAUD_MONITOR_INTERVAL_S` (300 s; 0: off) a thread of the sink (engine/sink.py `run_sink`,
+so under `serve` and a standalone `antifraud sink` alike) reads the decisions of the last
+`ANTIFRAUD_MONITOR_WINDOW_S` (3600 s of payment time) through the store's query path
+(`Store.search`, newest first, in pages; at most `ANTIFRAUD_MONITOR_MAX_ROWS`, the newest), measures
+them against the live model's reference profile (engine.monitoring: feature and score drift), adds
+the verdict mix, the degraded share and the review queue's figures, flags what crosses the thresholds,
+and stores the summary in Redis (engine/monitor_summary.py), where the console and every worker's
+/metrics read it.
+
+Why the sink: it is the one process of a deployment that already reads the store and Redis off the
+scoring path; the scoring workers never run any of it. The job opens a store connection of its own
+(the PostgreSQL store serialises its connection's users: the sink's writes must not wait for a
+read), and holds `{ns}:monitor:lock` for an interval, so several sinks on one Redis run it once per
+interval between them. A run that fails is logged and tried again at the next interval: the sink goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import redis
+
+from antifraud.engine.decision_record import Decision
+from antifraud.engine.monitor_summary import (
+    MAX_FEATURES,
+    MAX_FLAGS,
+    SUMMARY_VERSION,
+    FeatureFigures,
+    FlagRecord,
+    ProfileInfo,
+    Summary,
+    write_summary,
+)
+from antifraud.engine.monitoring import FeatureDrift, ReferenceProfile, Thresholds, feature_drift, score_drift
+from antifraud.engine.monitoring.drift import ThresholdsError, verdict_mix, verdict_shift
+from antifraud.engine.monitoring.profile import ProfileError
+from antifraud.engine.review.queue import ReviewQueue
+from antifraud.engine.settings import Settings
+from antifraud.engine.store import DecisionQuery, Store, open_store
+
+log = logging.getLogger("antifraud.monitor")
+
+#: decisions per read of the store: what bounds the job's memory besides its arrays
+PAGE_ROWS = 5000
+#: the first run waits this long after the sink starts (its groups and first batch come first)
+FIRST_RUN_DELAY_S = 5.0
+
+
+@dataclass
+class Recent:
+    """The window's decisions as columns: what the drift arithmetic takes."""
+
+    names: list[str]  # the features measured (the profile's), in its order
+    values: list[list[float]] = field(default_factory=list)  # per drift row, one value per name (NaN missing)
+    scores: list[float] = field(default_factory=list)  # scores of drift rows decided by the profile's model
+    verdicts: list[str] = field(default_factory=list)  # every row's verdict
+    degraded: int = 0
+    rows: int = 0
+    capped: bool = False
+
+    def take(self, decisions: Sequence[Decision], model_version: str | None) -> None:
+        """Add a page. Degraded answers count in the verdict mix and the degraded share only: their
+        stateful features are missing because Redis was not read, not because the inputs drifted."""
+        nan = math.nan
+        for decision in decisions:
+            self.rows += 1
+            self.verdicts.append(decision["verdict"])
+            if decision.get("degraded"):
+                self.degraded += 1
+                continue
+            features = decision.get("features") or {}
+            self.values.append([nan if (v := features.get(n)) is None else v for n in self.names])
+            score = decision.get("score")
+            if score is not None and decision.get("model_version") == model_version:
+                self.scores.append(score)
+
+    def columns(self) -> dict[str, np.ndarray]:
+        """Each feature's values over the drift rows."""
+        matrix = np.asarray(self.values, dtype=float).reshape(len(self.values), len(self.names))
+        return {name: matrix[:, i] for i, name in enumerate(self.names)}
+
+
+def recent_decisions(
+    store: Store, start: datetime, max_rows: int, names: list[str], model_version: str | None
+) -> Recent:
+    """The newest decisions of payments since `start`, at most `max_rows`, read in pages through
+    `Store.search` (newest first). A page ends before its oldest row's payment time; the rows of that
+    same instant already read are skipped when the next page reads them again."""
+    recent = Recent(names)
+    end: datetime | None = None
+    seen_at_end: set[str] = set()
+    while recent.rows < max_rows:
+        limit = min(PAGE_ROWS, max_rows - recent.rows) + len(seen_at_end)
+        page = store.search(DecisionQuery(start=start, end=end, limit=limit))
+        fresh = [d for d in page if d["transaction_id"] not in seen_at_end]
+        recent.take(fresh[: max_rows - recent.rows], model_version)
+        if len(page) < limit or not fresh:
+            return recent
+        oldest = page[-1]["timestamp"]
+        seen_at_end = {d["transaction_id"] for d in page if d["timestamp"] == oldest}
+        end = datetime.fromisoformat(oldest) + timedelta(microseconds=1)
+    recent.capped = True
+    return recent
+
+
+def _level(value: float, warn: float | None, alert: float) -> str | None:
+    if value >= alert:
+        return "alert"
+    return "warn" if warn is not None and value >= warn else None
+
+
+def flags(
+    thresholds: Thresholds,
+    drifts: Sequence[FeatureDrift],
+    score_psi: float | None,
+    shift: Mapping[str, float],
+    degraded_share: float,
+) -> list[FlagRecord]:
+    """The figures past their thresholds (docs/monitoring.md), alerts first, highest value first.
+    The caller leaves out what has fewer rows than `thresholds.min_rows`."""
+    found: list[FlagRecord] = []
+
+    def flag(kind: str, subject: str, level: str | None, value: float, threshold: float, text: str) -> None:
+        if level is not None:
+            found.append(
+                FlagRecord(
+                    kind=kind, subject=subject, level=level, value=value, threshold=threshold, text=text
+                )
+            )
+
+    t = thresholds
+    for d in drifts:
+        level = _level(d.psi, t.psi_warn, t.psi_alert)
+        bound = t.psi_alert if level == "alert" else t.psi_warn
+        flag("feature_psi", d.feature, level, d.psi, bound, f"{d.feature}: PSI {d.psi:.3f} (≥ {bound:g})")
+        rise = d.missing_now - d.missing_reference
+        flag(
+            "feature_missing",
+            d.feature,
+            _level(rise, None, t.missing_increase),
+            rise,
+            t.missing_increase,
+            f"{d.feature}: missing in {d.missing_now:.1%} of decisions "
+            f"({d.missing_reference:.1%} in the reference)",
+        )
+    if score_psi is not None:
+        flag(
+            "score_psi",
+            "score",
+            _level(score_psi, None, t.score_psi_alert),
+            score_psi,
+            t.score_psi_alert,
+            f"score: PSI {score_psi:.3f} (≥ {t.score_psi_alert:g})",
+        )
+    for verdict, change in shift.items():
+        flag(
+            "verdict_shift",
+            verdict,
+            _level(abs(change), None, t.verdict_shift),
+            change,
+            t.verdict_shift,
+            f"{verdict}: share {change:+.1%} against the reference",
+        )
+    flag(
+        "degraded_share",
+        "degraded",
+        _level(degraded_share, None, t.degraded_share),
+        degraded_share,
+        t.degraded_share,
+        f"{degraded_share:.1%} of decisions answered without every signal (≥ {t.degraded_share:.1%})",
+    )
+    found.sort(key=lambda f: (f["level"] != "alert", -abs(f["value"])))
+    return found[:MAX_FLAGS]
+
+
+class MonitorJob:
+    """One run reads, measures and stores a summary (`run_once`); `run` repeats it every interval."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        store: Store,
+        settings: Settings,
+        thresholds: Thresholds | None = None,
+    ) -> None:
+        self.client = client
+        self.store = store
+        self.settings = settings
+        self.thresholds = thresholds or Thresholds.load(settings.monitor_thresholds)
+        self.queue = ReviewQueue.from_settings(client, settings)
+        self.lock_key = f"{settings.namespace}:monitor:lock"
+        self._noted: str | None = None  # the last note logged: a missing profile is logged once
+
+    def profile(self) -> tuple[ReferenceProfile | None, str]:
+        """The live model's reference profile (read again each run: a model reload may bring a new
+        one), or None and why."""
+        model_dir = self.settings.model_dir
+        try:
+            found = ReferenceProfile.load(model_dir)
+        except ProfileError as exc:
+            return None, f"reference profile not readable: {exc}"
+        return (found, "") if found is not None else (None, f"no reference profile in {model_dir}")
+
+    def run_once(self, now: datetime | None = None) -> Summary:
+        """Read the window, measure it, store and return the summary."""
+        started = time.perf_counter()
+        now = now or datetime.now(UTC)
+        start = now - timedelta(seconds=self.settings.monitor_window_s)
+        profile, note = self.profile()
+        if note != self._noted:
+            if note:
+                log.warning(
+                    "model monitoring: %s: reporting the verdict mix, degraded share and queue only", note
+                )
+            self._noted = note
+        names = list(profile.features)[:MAX_FEATURES] if profile is not None else []
+        version = profile.model_version if profile is not None else None
+        recent = recent_decisions(self.store, start, self.settings.monitor_max_rows, names, version)
+        drifts = feature_drift(profile, recent.columns()) if profile is not None and recent.values else []
+        score_psi = (
+            score_drift(profile, np.asarray(recent.scores)) if profile is not None and recent.scores else None
+        )
+        if profile is not None and recent.values and not recent.scores:
+            note = f"no decision of the window was scored by model {version}: no score drift"
+        mix = verdict_mix(recent.verdicts)
+        reference_mix = dict(profile.verdicts) if profile is not None else {}
+        degraded_share = recent.degraded / recent.rows if recent.rows else 0.0
+        t = self.thresholds
+        drift_rows = len(recent.values)
+        raised = flags(
+            t,
+            drifts if drift_rows >= t.min_rows else (),
+            score_psi if len(recent.scores) >= t.min_rows else None,
+            verdict_shift(reference_mix, mix) if reference_mix and recent.rows >= t.min_rows else {},
+            degraded_share if recent.rows >= t.min_rows else 0.0,
+        )
+        oldest = self.queue.oldest_decided()
+        summary = Summary(
+            version=SUMMARY_VERSION,
+            at=datetime.now(UTC).isoformat(),
+            took_s=round(time.perf_counter() - started, 3),
+            window_s=self.settings.monitor_window_s,
+            start=start.isoformat(),
+            rows=recent.rows,
+            capped=recent.capped,
+            drift_rows=drift_rows,
+            model_dir=str(self.settings.model_dir),
+            profile=_info(profile),
+            note=note,
+            features=[_figures(d) for d in sorted(drifts, key=lambda d: -d.psi)],
+            score_psi=score_psi,
+            score_rows=len(recent.scores),
+            verdicts=mix,
+            verdicts_reference=reference_mix,
+            degraded_rows=recent.degraded,
+            degraded_share=degraded_share,
+            queue_open=self.queue.open_count(),
+            queue_oldest_age_s=(now - oldest).total_seconds() if oldest is not None else None,
+            min_rows=t.min_rows,
+            flags=raised,
+        )
+        size = write_summary(self.client, self.settings.namespace, summary)
+        log.info(
+            "model monitoring: %d decisions (%d measured), %d flags, %.2f s, %d bytes",
+            recent.rows,
+            drift_rows,
+            len(raised),
+            summary["took_s"],
+            size,
+        )
+        return summary
+
+    def due(self) -> bool:
+        """Take the interval's lock: True when no other sink ran the job within the interval. The lock
+        is left to expire (a little before the interval does, so this sink's next turn finds it free)."""
+        ttl_ms = max(1, int(self.settings.monitor_interval_s * 900))
+        return bool(self.client.set(self.lock_key, "1", nx=True, px=ttl_ms))
+
+    def run(self, stop: threading.Event, first_delay_s: float = FIRST_RUN_DELAY_S) -> None:
+        """Run every interval until `stop` is set; a failed run is logged, the next one tried."""
+        wait = min(first_delay_s, self.settings.monitor_interval_s)
+        while not stop.wait(wait):
+            wait = self.settings.monitor_interval_s
+            try:
+                if self.due():
+                    self.run_once()
+            except Exception:  # the store or Redis failing must never stop the sink
+                log.exception("model monitoring: the run failed; next try in %.0f s", wait)
+
+
+def _info(profile: ReferenceProfile | None) -> ProfileInfo | None:
+    if profile is None:
+        return None
+    return ProfileInfo(model_version=profile.model_version, rows=profile.rows, period=list(profile.period))
+
+
+def _figures(drift: FeatureDrift) -> FeatureFigures:
+    return FeatureFigures(
+        feature=drift.feature,
+        psi=drift.psi,
+        missing_reference=drift.missing_reference,
+        missing_now=drift.missing_now,
+        rows=drift.rows,
+    )
+
+
+@dataclass
+class Running:
+    """The job's thread and the store it opened; `close` after the sink has stopped."""
+
+    thread: threading.Thread
+    store: Store
+
+    def close(self, timeout_s: float = 30.0) -> None:
+        """Wait for a run in progress (the stop event is already set), then close the store."""
+        self.thread.join(timeout_s)
+        self.store.close()
+
+
+def start_monitor(client: redis.Redis, settings: Settings, stop: threading.Event) -> Running | None:
+    """Start the job in a daemon thread of this process (None when the interval is 0: off). It reads
+    `settings.store_url` through a store of its own and stops when `stop` is set."""
+    if settings.monitor_interval_s <= 0:
+        log.info("model monitoring is off (ANTIFRAUD_MONITOR_INTERVAL_S=0)")
+        return None
+    try:
+        thresholds = Thresholds.load(settings.monitor_thresholds)
+    except ThresholdsError as exc:
+        # the sink must go on writing decisions; the page and /metrics show no new run
+        log.error("model monitoring is off: %s", exc)
+        return None
+    store = open_store(settings.store_url)
+    job = MonitorJob(client, store, settings, thresholds)
+    thread = threading.Thread(target=job.run, args=(stop,), name="antifraud-monitor", daemon=True)
+    thread.start()
+    log.info(
+        "model monitoring every %.0f s over the last %.0f s (at most %d decisions), model %s",
+        settings.monitor_interval_s,
+        settings.monitor_window_s,
+        settings.monitor_max_rows,
+        settings.model_dir,
+    )
+    return Running(thread, store)
