@@ -51,6 +51,8 @@ log = logging.getLogger("antifraud.monitor")
 
 #: decisions per read of the store: what bounds the job's memory besides its arrays
 PAGE_ROWS = 5000
+#: the newest slice of the window read first (seconds); each next one is twice as long
+FIRST_SLICE_S = 60.0
 #: the first run waits this long after the sink starts (its groups and first batch come first)
 FIRST_RUN_DELAY_S = 5.0
 
@@ -60,17 +62,23 @@ class Recent:
     """The window's decisions as columns: what the drift arithmetic takes."""
 
     names: list[str]  # the features measured (the profile's), in its order
-    values: list[list[float]] = field(default_factory=list)  # per drift row, one value per name (NaN missing)
+    blocks: list[np.ndarray] = field(default_factory=list)  # per page, drift rows x names (NaN missing)
     scores: list[float] = field(default_factory=list)  # scores of drift rows decided by the profile's model
     verdicts: list[str] = field(default_factory=list)  # every row's verdict
     degraded: int = 0
     rows: int = 0
     capped: bool = False
 
+    @property
+    def drift_rows(self) -> int:
+        """The rows answered with every signal: those the drift is measured on."""
+        return self.rows - self.degraded
+
     def take(self, decisions: Sequence[Decision], model_version: str | None) -> None:
         """Add a page. Degraded answers count in the verdict mix and the degraded share only: their
         stateful features are missing because Redis was not read, not because the inputs drifted."""
         nan = math.nan
+        values: list[list[float]] = []
         for decision in decisions:
             self.rows += 1
             self.verdicts.append(decision["verdict"])
@@ -78,36 +86,54 @@ class Recent:
                 self.degraded += 1
                 continue
             features = decision.get("features") or {}
-            self.values.append([nan if (v := features.get(n)) is None else v for n in self.names])
+            values.append([nan if (v := features.get(n)) is None else v for n in self.names])
             score = decision.get("score")
             if score is not None and decision.get("model_version") == model_version:
                 self.scores.append(score)
+        # a page's floats as one array: Python lists of 50,000 rows would take ~100 MB, the array 24
+        self.blocks.append(np.asarray(values, dtype=float).reshape(len(values), len(self.names)))
 
     def columns(self) -> dict[str, np.ndarray]:
         """Each feature's values over the drift rows."""
-        matrix = np.asarray(self.values, dtype=float).reshape(len(self.values), len(self.names))
+        matrix = np.concatenate(self.blocks) if self.blocks else np.empty((0, len(self.names)))
         return {name: matrix[:, i] for i, name in enumerate(self.names)}
 
 
 def recent_decisions(
-    store: Store, start: datetime, max_rows: int, names: list[str], model_version: str | None
+    store: Store,
+    start: datetime,
+    now: datetime,
+    max_rows: int,
+    names: list[str],
+    model_version: str | None,
 ) -> Recent:
-    """The newest decisions of payments since `start`, at most `max_rows`, read in pages through
-    `Store.search` (newest first). A page ends before its oldest row's payment time; the rows of that
-    same instant already read are skipped when the next page reads them again."""
+    """The newest decisions of payments since `start`, at most `max_rows`, through `Store.search`.
+
+    A search's rows are sorted newest first only after every row of its time range is read, so the
+    window is read in slices from its newest end (the first open above, for payments stamped ahead of
+    `now`), each twice as long as the last, and a slice in pages of PAGE_ROWS: the newest rows cost the
+    same to read whether the window holds 50,000 payments or millions. A page ends before its oldest
+    row's payment time; the rows of that same instant already read are skipped when the next page
+    reads them again."""
     recent = Recent(names)
-    end: datetime | None = None
+    step = FIRST_SLICE_S
+    high: datetime | None = None  # the slice's end (exclusive); None: no end
+    low = max(start, now - timedelta(seconds=step))
     seen_at_end: set[str] = set()
     while recent.rows < max_rows:
         limit = min(PAGE_ROWS, max_rows - recent.rows) + len(seen_at_end)
-        page = store.search(DecisionQuery(start=start, end=end, limit=limit))
+        page = store.search(DecisionQuery(start=low, end=high, limit=limit))
         fresh = [d for d in page if d["transaction_id"] not in seen_at_end]
         recent.take(fresh[: max_rows - recent.rows], model_version)
-        if len(page) < limit or not fresh:
+        if len(page) == limit and fresh:  # more in this slice: its next page
+            oldest = page[-1]["timestamp"]
+            seen_at_end = {d["transaction_id"] for d in page if d["timestamp"] == oldest}
+            high = datetime.fromisoformat(oldest) + timedelta(microseconds=1)
+            continue
+        if low <= start:  # the window is read whole
             return recent
-        oldest = page[-1]["timestamp"]
-        seen_at_end = {d["transaction_id"] for d in page if d["timestamp"] == oldest}
-        end = datetime.fromisoformat(oldest) + timedelta(microseconds=1)
+        step *= 2
+        high, low, seen_at_end = low, max(start, low - timedelta(seconds=step)), set()
     recent.capped = True
     return recent
 
@@ -224,18 +250,18 @@ class MonitorJob:
             self._noted = note
         names = list(profile.features)[:MAX_FEATURES] if profile is not None else []
         version = profile.model_version if profile is not None else None
-        recent = recent_decisions(self.store, start, self.settings.monitor_max_rows, names, version)
-        drifts = feature_drift(profile, recent.columns()) if profile is not None and recent.values else []
+        recent = recent_decisions(self.store, start, now, self.settings.monitor_max_rows, names, version)
+        drift_rows = recent.drift_rows
+        drifts = feature_drift(profile, recent.columns()) if profile is not None and drift_rows else []
         score_psi = (
             score_drift(profile, np.asarray(recent.scores)) if profile is not None and recent.scores else None
         )
-        if profile is not None and recent.values and not recent.scores:
+        if profile is not None and drift_rows and not recent.scores:
             note = f"no decision of the window was scored by model {version}: no score drift"
         mix = verdict_mix(recent.verdicts)
         reference_mix = dict(profile.verdicts) if profile is not None else {}
         degraded_share = recent.degraded / recent.rows if recent.rows else 0.0
         t = self.thresholds
-        drift_rows = len(recent.values)
         raised = flags(
             t,
             drifts if drift_rows >= t.min_rows else (),

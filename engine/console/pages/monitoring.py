@@ -31,7 +31,7 @@ def monitoring_page(request: Request, session: Staff) -> Response:
     context: dict[str, object] = {"summary": summary, "interval_s": settings.monitor_interval_s}
     if summary is not None:
         now = datetime.now(UTC)
-        shares = {**dict.fromkeys(VERDICTS, 0.0), **summary["verdicts"]}
+        shares: dict[str, float] = {**dict.fromkeys(VERDICTS, 0.0), **summary["verdicts"]}
         reference = summary["verdicts_reference"]
         oldest = summary["queue_oldest_age_s"]
         context |= {
