@@ -28,6 +28,8 @@ store_app = typer.Typer(help="Maintain the durable decision store.", no_args_is_
 app.add_typer(store_app, name="store")
 webhooks_app = typer.Typer(help="Webhook endpoints (docs/console.md).", no_args_is_help=True)
 app.add_typer(webhooks_app, name="webhooks")
+monitor_app = typer.Typer()
+app.add_typer(monitor_app, name="monitor")
 console = Console(stderr=True)
 T = TypeVar("T")
 
@@ -561,6 +563,90 @@ def export_decisions(
         export(_store_url(store, data_dir), out, start, end, console=console)
     except ExportError as exc:
         raise _fail(str(exc)) from exc
+
+
+@monitor_app.callback(invoke_without_command=True)
+def monitor(
+    ctx: typer.Context,
+    model: Annotated[
+        Path,
+        typer.Option(envvar="ANTIFRAUD_MODEL_DIR", help="The live model's directory, with reference.json"),
+    ] = Path("models/default"),
+    store: StoreOpt = "",
+    data_dir: DataDirOpt = Path("var"),
+    decisions: Annotated[
+        Path | None,
+        typer.Option(help="An export-decisions directory or file, read instead of the store"),
+    ] = None,
+    start: Annotated[
+        datetime | None, typer.Option("--from", formats=["%Y-%m-%d"], help="First day (UTC)")
+    ] = None,
+    end: Annotated[
+        datetime | None, typer.Option("--to", formats=["%Y-%m-%d"], help="Exclusive (UTC)")
+    ] = None,
+    thresholds: Annotated[Path | None, typer.Option(help="YAML of thresholds (docs/monitoring.md)")] = None,
+    label_delay: Annotated[
+        timedelta | None,
+        typer.Option(
+            "--label-delay",
+            parser=_label_delay,
+            metavar="DURATION",
+            help="Default: the model's recorded delay",
+        ),
+    ] = None,
+    as_of: Annotated[
+        datetime | None,
+        typer.Option("--as-of", formats=["%Y-%m-%d"], help="Labels reported by then (default: now)"),
+    ] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the report as JSON")] = None,
+    html: Annotated[Path | None, typer.Option(help="Write the report as HTML, plots beside it")] = None,
+) -> None:
+    """Watch the live model over a period of decisions: feature and score drift, verdict mix, degraded
+    share, live performance per week, champion and challenger (docs/monitoring.md). Exit status 0:
+    nothing crossed a threshold; 3: an alert threshold was crossed; 2: bad input (a missing model,
+    reference.json, store or file). `antifraud monitor reference` rebuilds a model's reference.json."""
+    if ctx.invoked_subcommand is not None:
+        return
+    import tempfile
+
+    from antifraud.engine.export import ExportError, export
+    from antifraud.training.monitor.output import print_report, write_html, write_json
+    from antifraud.training.monitor.run import monitor as run_monitor
+
+    with tempfile.TemporaryDirectory(prefix="antifraud-monitor-") as exported:
+        try:
+            if decisions is None:
+                export(_store_url(store, data_dir), exported, start, end, console=console)
+            report = run_monitor(
+                decisions or Path(exported), model, start, end, thresholds, label_delay, as_of
+            )
+        except (ValueError, ExportError) as exc:
+            console.print(f"[red]error:[/red] {escape(str(exc))}")
+            raise typer.Exit(2) from exc
+    print_report(report, Console())
+    if json_out is not None:
+        write_json(report, json_out)
+    if html is not None:
+        write_html(report, html)
+    raise typer.Exit(report.exit_code)
+
+
+@monitor_app.command("reference")
+def monitor_reference(
+    model: Annotated[Path, typer.Argument(help="Model directory")],
+    history: HistoryOpt,
+    columns: ColumnsOpt = None,
+    label_delay: LabelDelayOpt = None,
+) -> None:
+    """Rebuild MODEL/reference.json from the history the model was trained on: its validation slice
+    replayed and scored by the model (no retraining). `antifraud train` writes it itself."""
+    from antifraud.training.monitor.reference import write_reference
+
+    profile = _run(write_reference, model, history, columns=columns, label_delay=label_delay)
+    console.print(
+        f"wrote {model / 'reference.json'}: {profile.rows:,} payments of [{profile.period[0]}, "
+        f"{profile.period[1]}), {len(profile.features)} features, model {profile.model_version}"
+    )
 
 
 @app.command()

@@ -111,9 +111,15 @@ def test_verdict_mix_and_shift() -> None:
 
 def test_thresholds_from_yaml(tmp_path: Path) -> None:
     assert Thresholds.load(None) == Thresholds()
+    assert Thresholds().ignore == ("hour_of_day", "day_of_week")
     path = tmp_path / "t.yaml"
     path.write_text("psi_alert: 0.3\nmin_rows: 100\n")
     assert Thresholds.load(path) == Thresholds(psi_alert=0.3, min_rows=100)
+    path.write_text("ignore: [card_age_days]\n")
+    assert Thresholds.load(path).ignore == ("card_age_days",)
+    path.write_text("ignore: card_age_days\n")
+    with pytest.raises(ThresholdsError, match="list of feature names"):
+        Thresholds.load(path)
     path.write_text("psi_alrt: 0.3\n")
     with pytest.raises(ThresholdsError, match="unknown threshold 'psi_alrt'"):
         Thresholds.load(path)

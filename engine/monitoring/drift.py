@@ -14,13 +14,15 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import numpy as np
 import yaml
 
 from antifraud.engine.monitoring.profile import Distribution, ReferenceProfile, as_values
 
+#: features computed from the payment's time alone (features/spec.yaml)
+CLOCK_FEATURES: Final = ("hour_of_day", "day_of_week")
 #: the smallest share a bin is given in the PSI (docs/monitoring.md, "Population stability index")
 PSI_FLOOR: Final = 1e-4
 
@@ -110,6 +112,9 @@ class Thresholds:
     degraded_share: float = 0.01
     skew_share: float = 0.01  # online/offline mismatch share per feature
     min_rows: int = 500  # below this, nothing is flagged, and the report says why
+    #: features never flagged (their figures are still reported): the clock's own features, whose mix
+    #: over a period shorter than their cycle (a day, a week) differs from the reference by construction
+    ignore: tuple[str, ...] = CLOCK_FEATURES
 
     @classmethod
     def load(cls, path: Path | None) -> Thresholds:
@@ -123,15 +128,25 @@ class Thresholds:
             raise ThresholdsError(f"{path}: {exc}") from exc
         if not isinstance(data, dict):
             raise ThresholdsError(f"{path}: expected a mapping such as `psi_alert: 0.25`")
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        values: dict[str, float | int] = {}
+        fields = [f.name for f in dataclasses.fields(cls)]
+        values: dict[str, Any] = {}  # each value checked against its field by _checked
         for key, value in data.items():
             if key not in fields:
                 raise ThresholdsError(f"{path}: unknown threshold {key!r}; known: {', '.join(fields)}")
-            kind = int if key == "min_rows" else float
-            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-                raise ThresholdsError(f"{path}: {key} must be a number >= 0, not {value!r}")
-            if kind is int and value != int(value):
-                raise ThresholdsError(f"{path}: {key} must be a whole number, not {value!r}")
-            values[key] = kind(value)
-        return cls(**values)  # type: ignore[arg-type]
+            values[key] = _checked(path, key, value)
+        return dataclasses.replace(cls(), **values)
+
+
+def _checked(path: Path, key: str, value: object) -> object:
+    """A threshold's value from YAML as its field's type; ThresholdsError when it is not one."""
+    if key == "ignore":
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ThresholdsError(f"{path}: ignore must be a list of feature names, not {value!r}")
+        return tuple(value)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise ThresholdsError(f"{path}: {key} must be a number >= 0, not {value!r}")
+    if key == "min_rows":
+        if value != int(value):
+            raise ThresholdsError(f"{path}: {key} must be a whole number, not {value!r}")
+        return int(value)
+    return float(value)
