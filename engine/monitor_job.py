@@ -138,72 +138,69 @@ def recent_decisions(
     return recent
 
 
-def _level(value: float, warn: float | None, alert: float) -> str | None:
-    if value >= alert:
-        return "alert"
-    return "warn" if warn is not None and value >= warn else None
-
-
 def flags(
     thresholds: Thresholds,
+    rows: int,
     drifts: Sequence[FeatureDrift],
     score_psi: float | None,
     shift: Mapping[str, float],
     degraded_share: float,
 ) -> list[FlagRecord]:
-    """The figures past their thresholds (docs/monitoring.md), alerts first, highest value first.
-    The caller leaves out what has fewer rows than `thresholds.min_rows`."""
+    """The figures past their thresholds, alerts first, largest first: the rules of `antifraud
+    monitor` (training/monitor/report.py, docs/monitoring.md), which the service cannot import.
+    Nothing when `rows` is below `min_rows`; a feature's PSI only on `min_rows` values present; the
+    features of `thresholds.ignore` never."""
+    t = thresholds
+    if rows < t.min_rows:
+        return []
     found: list[FlagRecord] = []
 
-    def flag(kind: str, subject: str, level: str | None, value: float, threshold: float, text: str) -> None:
-        if level is not None:
-            found.append(
-                FlagRecord(
-                    kind=kind, subject=subject, level=level, value=value, threshold=threshold, text=text
-                )
-            )
+    def flag(level: str, kind: str, subject: str, value: float, limit: float, message: str) -> None:
+        found.append(
+            FlagRecord(level=level, kind=kind, subject=subject, value=value, limit=limit, message=message)
+        )
 
-    t = thresholds
     for d in drifts:
-        level = _level(d.psi, t.psi_warn, t.psi_alert)
-        bound = t.psi_alert if level == "alert" else t.psi_warn
-        flag("feature_psi", d.feature, level, d.psi, bound, f"{d.feature}: PSI {d.psi:.3f} (≥ {bound:g})")
-        rise = d.missing_now - d.missing_reference
-        flag(
-            "feature_missing",
-            d.feature,
-            _level(rise, None, t.missing_increase),
-            rise,
-            t.missing_increase,
-            f"{d.feature}: missing in {d.missing_now:.1%} of decisions "
-            f"({d.missing_reference:.1%} in the reference)",
+        if d.feature in t.ignore:
+            continue
+        if d.psi >= t.psi_warn and d.present >= t.min_rows:  # the PSI of a few values is noise
+            level, limit = ("alert", t.psi_alert) if d.psi >= t.psi_alert else ("warn", t.psi_warn)
+            flag(level, "feature_psi", d.feature, d.psi, limit, f"{d.feature}: PSI {d.psi:.3f} ≥ {limit:g}")
+        if d.missing_increase > t.missing_increase:
+            flag(
+                "alert",
+                "feature_missing",
+                d.feature,
+                d.missing_increase,
+                t.missing_increase,
+                f"{d.feature}: missing on {d.missing_now:.1%} of payments, {d.missing_reference:.1%} "
+                f"in the reference (+{d.missing_increase:.1%} > {t.missing_increase:.0%})",
+            )
+    if score_psi is not None and score_psi >= t.psi_warn:
+        level, limit = (
+            ("alert", t.score_psi_alert) if score_psi >= t.score_psi_alert else ("warn", t.psi_warn)
         )
-    if score_psi is not None:
-        flag(
-            "score_psi",
-            "score",
-            _level(score_psi, None, t.score_psi_alert),
-            score_psi,
-            t.score_psi_alert,
-            f"score: PSI {score_psi:.3f} (≥ {t.score_psi_alert:g})",
-        )
+        flag(level, "score_psi", "score", score_psi, limit, f"score: PSI {score_psi:.3f} ≥ {limit:g}")
     for verdict, change in shift.items():
+        if abs(change) > t.verdict_shift:
+            flag(
+                "alert",
+                "verdict_shift",
+                verdict,
+                change,
+                t.verdict_shift,
+                f"{verdict}: {change:+.1%} against the reference "
+                f"(more than {t.verdict_shift:.0%} either way)",
+            )
+    if degraded_share > t.degraded_share:
         flag(
-            "verdict_shift",
-            verdict,
-            _level(abs(change), None, t.verdict_shift),
-            change,
-            t.verdict_shift,
-            f"{verdict}: share {change:+.1%} against the reference",
+            "alert",
+            "degraded_share",
+            "degraded",
+            degraded_share,
+            t.degraded_share,
+            f"{degraded_share:.1%} of decisions degraded (a signal missing) > {t.degraded_share:.0%}",
         )
-    flag(
-        "degraded_share",
-        "degraded",
-        _level(degraded_share, None, t.degraded_share),
-        degraded_share,
-        t.degraded_share,
-        f"{degraded_share:.1%} of decisions answered without every signal (≥ {t.degraded_share:.1%})",
-    )
     found.sort(key=lambda f: (f["level"] != "alert", -abs(f["value"])))
     return found[:MAX_FLAGS]
 
@@ -261,13 +258,13 @@ class MonitorJob:
         mix = verdict_mix(recent.verdicts)
         reference_mix = dict(profile.verdicts) if profile is not None else {}
         degraded_share = recent.degraded / recent.rows if recent.rows else 0.0
-        t = self.thresholds
         raised = flags(
-            t,
-            drifts if drift_rows >= t.min_rows else (),
-            score_psi if len(recent.scores) >= t.min_rows else None,
-            verdict_shift(reference_mix, mix) if reference_mix and recent.rows >= t.min_rows else {},
-            degraded_share if recent.rows >= t.min_rows else 0.0,
+            self.thresholds,
+            recent.rows,
+            drifts,
+            score_psi,
+            verdict_shift(reference_mix, mix) if reference_mix else {},
+            degraded_share,
         )
         oldest = self.queue.oldest_decided()
         summary = Summary(
@@ -291,7 +288,8 @@ class MonitorJob:
             degraded_share=degraded_share,
             queue_open=self.queue.open_count(),
             queue_oldest_age_s=(now - oldest).total_seconds() if oldest is not None else None,
-            min_rows=t.min_rows,
+            min_rows=self.thresholds.min_rows,
+            ignored=list(self.thresholds.ignore),
             flags=raised,
         )
         size = write_summary(self.client, self.settings.namespace, summary)
@@ -336,6 +334,7 @@ def _figures(drift: FeatureDrift) -> FeatureFigures:
         missing_reference=drift.missing_reference,
         missing_now=drift.missing_now,
         rows=drift.rows,
+        present=drift.present,
     )
 
 

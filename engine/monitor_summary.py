@@ -42,17 +42,19 @@ class FeatureFigures(TypedDict):
     missing_reference: float
     missing_now: float
     rows: int
+    present: int  # of which not missing: the values the PSI is computed on
 
 
 class FlagRecord(TypedDict):
-    """A figure past its threshold: what (`kind`), about what (`subject`), how bad, and in words."""
+    """A figure past its threshold (the fields of `antifraud monitor`'s flags): how bad, what, about
+    what, its value, the threshold it crossed, and in words."""
 
+    level: str  # alert or warn
     kind: str  # feature_psi, feature_missing, score_psi, verdict_shift, degraded_share
     subject: str  # a feature, a verdict, "score" or "degraded"
-    level: str  # warn or alert
     value: float
-    threshold: float
-    text: str
+    limit: float
+    message: str
 
 
 class ProfileInfo(TypedDict):
@@ -87,6 +89,7 @@ class Summary(TypedDict):
     queue_open: int
     queue_oldest_age_s: float | None  # None: the queue is empty
     min_rows: int
+    ignored: list[str]  # features never flagged (Thresholds.ignore: the clock's own, by default)
     flags: list[FlagRecord]  # alerts first, then warnings
 
 

@@ -57,8 +57,9 @@ def app(
 
 
 def score_batch(app: ConsoleApp, prefix: str, first_minute: float, scale: float = 1.0, seed: int = 7) -> None:
-    """Score BATCH payments 20 s apart (40 minutes: inside the default hour's window) (amounts log-normal around 50, times `scale`; 30 cards,
-    5 merchants, 3 devices) and write them to the store through the sink."""
+    """Score BATCH payments 20 s apart, 40 minutes: inside the default hour's window (amounts
+    log-normal around 50, times `scale`; 30 cards, 5 merchants, 3 devices), then write them to the
+    store through the sink."""
     rng = np.random.default_rng(seed)
     for i in range(BATCH):
         app.score(
