@@ -105,7 +105,8 @@ def main() -> None:
             store = open_store(settings.store_url)
             # the window ends just after the newest decision, however long ago the store was written
             newest = datetime.fromisoformat(store.search(DecisionQuery(limit=1))[0]["timestamp"])
-            job = MonitorJob(client, store, settings)
+            store.close()
+            job = MonitorJob(client, settings)
             print(
                 f"{len(names)} features; window {args.window_s:.0f} s; "
                 f"at most {settings.monitor_max_rows} rows"
@@ -122,7 +123,6 @@ def main() -> None:
                     f"rss {before} MB -> peak {memory_mb('VmHWM')} MB, "
                     f"summary {client.strlen('af:monitor:latest')} B"
                 )
-            store.close()
             client.close()
 
 

@@ -3,17 +3,18 @@
 Every `ANTIFRAUD_MONITOR_INTERVAL_S` (300 s; 0: off) a thread of the sink (engine/sink.py `run_sink`,
 so under `serve` and a standalone `antifraud sink` alike) reads the decisions of the last
 `ANTIFRAUD_MONITOR_WINDOW_S` (3600 s of payment time) through the store's query path
-(`Store.search`, newest first, in pages; at most `ANTIFRAUD_MONITOR_MAX_ROWS`, the newest), measures
-them against the live model's reference profile (engine.monitoring: feature and score drift), adds
-the verdict mix, the degraded share and the review queue's figures, flags what crosses the thresholds,
-and stores the summary in Redis (engine/monitor_summary.py), where the console and every worker's
-/metrics read it.
+(`Store.search`, newest first, in slices and pages; at most `ANTIFRAUD_MONITOR_MAX_ROWS`, the
+newest), measures them against the live model's reference profile (engine.monitoring: feature and
+score drift), adds the verdict mix, the degraded share and the review queue's figures, flags what
+crosses the thresholds, and stores the summary in Redis (engine/monitor_summary.py), where the
+console and every worker's /metrics read it.
 
 Why the sink: it is the one process of a deployment that already reads the store and Redis off the
-scoring path; the scoring workers never run any of it. The job opens a store connection of its own
-(the PostgreSQL store serialises its connection's users: the sink's writes must not wait for a
-read), and holds `{ns}:monitor:lock` for an interval, so several sinks on one Redis run it once per
-interval between them. A run that fails is logged and tried again at the next interval: the sink goes on.
+scoring path; the scoring workers never run any of it. Each run opens a store connection of its own
+and closes it (the PostgreSQL store serialises its connection's users: the sink's writes must not
+wait for a read; DuckDB's buffers are given back between runs), and the job holds
+`{ns}:monitor:lock` for an interval, so several sinks on one Redis run it once per interval between
+them. A run that fails is logged and tried again at the next interval: the sink goes on.
 """
 
 from __future__ import annotations
@@ -49,10 +50,13 @@ from antifraud.engine.store import DecisionQuery, Store, open_store
 
 log = logging.getLogger("antifraud.monitor")
 
-#: decisions per read of the store: what bounds the job's memory besides its arrays
-PAGE_ROWS = 5000
-#: the newest slice of the window read first (seconds); each next one is twice as long
+#: decisions per read of the store: what bounds the job's memory besides its arrays (5,000 cost
+#: 60-70 MB more at the peak than 2,000 for 10 % less CPU: benchmarks/bench_monitor_job.py)
+PAGE_ROWS = 2000
+#: the newest slice of the window read first (seconds); the next ones are sized by the rate seen
 FIRST_SLICE_S = 60.0
+#: the share of a page a slice is sized to hold (a slice that holds more is read in pages)
+SLICE_FILL = 0.8
 #: the first run waits this long after the sink starts (its groups and first batch come first)
 FIRST_RUN_DELAY_S = 5.0
 
@@ -109,22 +113,25 @@ def recent_decisions(
 ) -> Recent:
     """The newest decisions of payments since `start`, at most `max_rows`, through `Store.search`.
 
-    A search's rows are sorted newest first only after every row of its time range is read, so the
-    window is read in slices from its newest end (the first open above, for payments stamped ahead of
-    `now`), each twice as long as the last, and a slice in pages of PAGE_ROWS: the newest rows cost the
-    same to read whether the window holds 50,000 payments or millions. A page ends before its oldest
-    row's payment time; the rows of that same instant already read are skipped when the next page
-    reads them again."""
+    A search reads every row of its time range before it returns the newest, so the window is read in
+    slices from its newest end (the first open above, for payments stamped ahead of `now`), each sized
+    to hold about SLICE_FILL of a page at the rate of the slice before it (at most four times as
+    long), and a slice holding more in pages of PAGE_ROWS: the newest rows cost the same to read
+    whether the window holds 50,000 payments or millions, and each row is read about once. A page
+    ends before its oldest row's payment time; the rows of that same instant already read are
+    skipped when the next page reads them again."""
     recent = Recent(names)
     step = FIRST_SLICE_S
     high: datetime | None = None  # the slice's end (exclusive); None: no end
     low = max(start, now - timedelta(seconds=step))
     seen_at_end: set[str] = set()
+    in_slice = 0
     while recent.rows < max_rows:
         limit = min(PAGE_ROWS, max_rows - recent.rows) + len(seen_at_end)
         page = store.search(DecisionQuery(start=low, end=high, limit=limit))
         fresh = [d for d in page if d["transaction_id"] not in seen_at_end]
         recent.take(fresh[: max_rows - recent.rows], model_version)
+        in_slice += len(fresh)
         if len(page) == limit and fresh:  # more in this slice: its next page
             oldest = page[-1]["timestamp"]
             seen_at_end = {d["transaction_id"] for d in page if d["timestamp"] == oldest}
@@ -132,8 +139,8 @@ def recent_decisions(
             continue
         if low <= start:  # the window is read whole
             return recent
-        step *= 2
-        high, low, seen_at_end = low, max(start, low - timedelta(seconds=step)), set()
+        step = max(1.0, min(4 * step, step * SLICE_FILL * PAGE_ROWS / in_slice if in_slice else 4 * step))
+        high, low, seen_at_end, in_slice = low, max(start, low - timedelta(seconds=step)), set(), 0
     recent.capped = True
     return recent
 
@@ -208,15 +215,9 @@ def flags(
 class MonitorJob:
     """One run reads, measures and stores a summary (`run_once`); `run` repeats it every interval."""
 
-    def __init__(
-        self,
-        client: redis.Redis,
-        store: Store,
-        settings: Settings,
-        thresholds: Thresholds | None = None,
-    ) -> None:
+    def __init__(self, client: redis.Redis, settings: Settings, thresholds: Thresholds | None = None) -> None:
+        """The job of `settings`' namespace, model directory, store (`store_url`) and MONITOR_* bounds."""
         self.client = client
-        self.store = store
         self.settings = settings
         self.thresholds = thresholds or Thresholds.load(settings.monitor_thresholds)
         self.queue = ReviewQueue.from_settings(client, settings)
@@ -247,7 +248,11 @@ class MonitorJob:
             self._noted = note
         names = list(profile.features)[:MAX_FEATURES] if profile is not None else []
         version = profile.model_version if profile is not None else None
-        recent = recent_decisions(self.store, start, now, self.settings.monitor_max_rows, names, version)
+        store = open_store(self.settings.store_url)
+        try:
+            recent = recent_decisions(store, start, now, self.settings.monitor_max_rows, names, version)
+        finally:
+            store.close()
         drift_rows = recent.drift_rows
         drifts = feature_drift(profile, recent.columns()) if profile is not None and drift_rows else []
         score_psi = (
@@ -338,22 +343,9 @@ def _figures(drift: FeatureDrift) -> FeatureFigures:
     )
 
 
-@dataclass
-class Running:
-    """The job's thread and the store it opened; `close` after the sink has stopped."""
-
-    thread: threading.Thread
-    store: Store
-
-    def close(self, timeout_s: float = 30.0) -> None:
-        """Wait for a run in progress (the stop event is already set), then close the store."""
-        self.thread.join(timeout_s)
-        self.store.close()
-
-
-def start_monitor(client: redis.Redis, settings: Settings, stop: threading.Event) -> Running | None:
-    """Start the job in a daemon thread of this process (None when the interval is 0: off). It reads
-    `settings.store_url` through a store of its own and stops when `stop` is set."""
+def start_monitor(client: redis.Redis, settings: Settings, stop: threading.Event) -> threading.Thread | None:
+    """Start the job in a daemon thread of this process (None when the interval is 0: off, or the
+    thresholds file is refused). It stops when `stop` is set: join it to wait for a run in progress."""
     if settings.monitor_interval_s <= 0:
         log.info("model monitoring is off (ANTIFRAUD_MONITOR_INTERVAL_S=0)")
         return None
@@ -363,8 +355,7 @@ def start_monitor(client: redis.Redis, settings: Settings, stop: threading.Event
         # the sink must go on writing decisions; the page and /metrics show no new run
         log.error("model monitoring is off: %s", exc)
         return None
-    store = open_store(settings.store_url)
-    job = MonitorJob(client, store, settings, thresholds)
+    job = MonitorJob(client, settings, thresholds)
     thread = threading.Thread(target=job.run, args=(stop,), name="antifraud-monitor", daemon=True)
     thread.start()
     log.info(
@@ -374,4 +365,4 @@ def start_monitor(client: redis.Redis, settings: Settings, stop: threading.Event
         settings.monitor_max_rows,
         settings.model_dir,
     )
-    return Running(thread, store)
+    return thread

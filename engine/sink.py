@@ -534,7 +534,7 @@ def run_sink(
         finally:
             stop.set()  # a failed start must stop the monitor too
             if monitor is not None:
-                monitor.close()
+                monitor.join(timeout=30)  # a run in progress finishes (it closes its own store)
             store.close()
             client.close()
     log.info("sink %s stopped after %d entries", sink.consumer, sink.acknowledged)

@@ -93,9 +93,9 @@ def profile_from_store(app: ConsoleApp, model: Path) -> ReferenceProfile:
 
 
 def job(app: ConsoleApp, **settings: object) -> MonitorJob:
-    """The job on the app's Redis and store (a store of its own, closed with the test's tmp dir)."""
+    """The job on the app's Redis and store."""
     replaced = dataclasses.replace(app.settings, **settings)  # type: ignore[arg-type]
-    return MonitorJob(app.redis, open_store(replaced.store_url), replaced, THRESHOLDS)
+    return MonitorJob(app.redis, replaced, THRESHOLDS)
 
 
 def gauges(app: ConsoleApp) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -192,8 +192,8 @@ def test_the_read_is_bounded_to_the_newest_and_pages_through_equal_times(
 def test_the_thread_runs_every_interval_and_interval_zero_starts_nothing(app: ConsoleApp) -> None:
     stop = threading.Event()
     assert start_monitor(app.redis, dataclasses.replace(app.settings, monitor_interval_s=0), stop) is None
-    running = start_monitor(app.redis, dataclasses.replace(app.settings, monitor_interval_s=0.3), stop)
-    assert running is not None
+    thread = start_monitor(app.redis, dataclasses.replace(app.settings, monitor_interval_s=0.3), stop)
+    assert thread is not None
     try:
         deadline = time.monotonic() + 20
         while read_summary(app.redis, "af") is None and time.monotonic() < deadline:
@@ -205,8 +205,8 @@ def test_the_thread_runs_every_interval_and_interval_zero_starts_nothing(app: Co
         assert now is not None and now["at"] > first["at"]  # it ran again
     finally:
         stop.set()
-        running.close()
-    assert not running.thread.is_alive()
+        thread.join(timeout=30)
+    assert not thread.is_alive()
 
 
 def test_every_process_renders_the_same_gauges_under_multiprocess_metrics(

@@ -13,6 +13,7 @@ from payloads import score_request
 from playwright.sync_api import Page, expect
 
 from antifraud.engine.monitor_job import MonitorJob
+from antifraud.engine.review.queue import ReviewQueue
 from antifraud.engine.settings import Settings
 from antifraud.engine.store import open_store
 
@@ -46,20 +47,23 @@ def _score_now(console: Console) -> list[str]:
 
 
 def _run_job_once_stored(console: Console, ids: list[str]) -> int:
-    """Once the sink has stored every payment, run the job as the sink does (its next turn is minutes
-    away); the rows it read."""
+    """Once the sink has stored every payment and queued the reviewed one (its hook runs after the
+    write), run the job as the sink does (its next turn is minutes away); the rows it read."""
     settings = dataclasses.replace(
         Settings(), redis_url=console.stack.redis_url, store_url=str(console.stack.dir / "data" / "decisions")
     )
     store = open_store(settings.store_url)
-    try:
-        deadline = time.monotonic() + WAIT_S
-        while any(store.decision(tx) is None for tx in ids) and time.monotonic() < deadline:
-            time.sleep(0.3)
-        with console.stack.redis_client() as client:
-            return MonitorJob(client, store, settings).run_once()["rows"]
-    finally:
-        store.close()
+    with console.stack.redis_client() as client:
+        queue = ReviewQueue.from_settings(client, settings)
+        try:
+            deadline = time.monotonic() + WAIT_S
+            while time.monotonic() < deadline and (
+                queue.case(ids[-1]) is None or any(store.decision(tx) is None for tx in ids)
+            ):
+                time.sleep(0.3)
+        finally:
+            store.close()
+        return MonitorJob(client, settings).run_once()["rows"]
 
 
 def test_the_monitoring_page_shows_the_latest_run(console: Console, page: Page) -> None:
