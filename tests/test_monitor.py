@@ -131,7 +131,7 @@ def store(
 
 def run(*args: str) -> tuple[int, str]:
     result = CliRunner().invoke(cli.app, ["monitor", *args])
-    return result.exit_code, result.output
+    return result.exit_code, " ".join(result.output.split())  # rich wraps long lines
 
 
 def day(which: date) -> tuple[str, ...]:
