@@ -3,7 +3,8 @@ real redis-server, written to a Parquet store by the real sink with the console'
 against a reference profile made from a first batch of them. One run stores the summary and /metrics
 shows its gauges; a batch whose amounts are shifted raises the amount's PSI and flags it; without a
 profile the verdict mix, degraded share and queue are still reported; interval 0 starts nothing; the
-read is bounded and pages through payments that share a timestamp; the console's page shows the run."""
+read is bounded and pages through payments that share a timestamp; one sink per interval runs it, and
+a refused thresholds file turns it off; the console's page shows the run."""
 
 from __future__ import annotations
 
@@ -253,3 +254,19 @@ def test_a_run_older_than_two_intervals_is_called_stale(app: ConsoleApp) -> None
     assert "more than two intervals old: is the decision sink running?" in page
     assert "(2 h 0 min ago)" in page
     assert gauges(app)[("antifraud_monitor_last_run_age_seconds", ())] >= 7200
+
+
+def test_one_sink_per_interval_runs_it_and_a_refused_thresholds_file_turns_it_off(
+    app: ConsoleApp, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    first, second = job(app, monitor_interval_s=60), job(app, monitor_interval_s=60)
+    assert first.due() and not second.due()  # another sink on the same Redis waits for the next interval
+    assert 0 < int(app.redis.pttl("af:monitor:lock")) <= 54_000  # type: ignore[arg-type]
+    bad = tmp_path / "thresholds.yaml"
+    bad.write_text("psi_alrt: 0.3\n")
+    settings = dataclasses.replace(app.settings, monitor_thresholds=bad)
+    with caplog.at_level(logging.ERROR, logger="antifraud.monitor"):
+        assert start_monitor(app.redis, settings, threading.Event()) is None
+    assert "model monitoring is off" in caplog.text and "psi_alrt" in caplog.text
+    with pytest.raises(ValueError, match="monitor_interval_s"):
+        dataclasses.replace(app.settings, monitor_interval_s=-1)
