@@ -76,7 +76,7 @@ def test_the_monitoring_page_shows_the_latest_run(console: Console, page: Page) 
     rows = _run_job_once_stored(console, _score_now(console))
     assert rows >= PAYMENTS
     page.reload()
-    expect(page.locator("#run")).to_contain_text(f"{rows} decisions of payments since")
+    expect(page.locator("#run")).to_contain_text(f"{rows:,} decisions of payments since")
     expect(page.get_by_role("heading", level=2, name="Flags")).to_be_visible()
     expect(page.get_by_role("table", name="Verdict mix")).to_be_visible()
     figures = page.get_by_role("table", name="Score, degraded answers and the review queue")
