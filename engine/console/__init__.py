@@ -33,7 +33,17 @@ from antifraud.engine.console.deps import (
     redirect,
     render,
 )
-from antifraud.engine.console.pages import audit, auth, decisions, lists, queue, rules, today, webhooks
+from antifraud.engine.console.pages import (
+    audit,
+    auth,
+    decisions,
+    lists,
+    monitoring,
+    queue,
+    rules,
+    today,
+    webhooks,
+)
 from antifraud.engine.console.sessions import SessionStore
 from antifraud.engine.decisions import BufferBound
 from antifraud.engine.settings import Settings
@@ -41,7 +51,7 @@ from antifraud.engine.webhooks.config import Endpoints, outbox_of
 
 HERE = Path(__file__).resolve().parent
 #: the console's page routers, in the order of the navigation
-PAGES = (auth, queue, decisions, today, rules, lists, audit, webhooks)
+PAGES = (auth, queue, decisions, today, monitoring, rules, lists, audit, webhooks)
 
 
 def install(app: FastAPI, settings: Settings, keyring: KeyRing | None) -> None:
