@@ -593,6 +593,18 @@ def redis_stalls(client: redis.Redis, offset: float) -> list[tuple[str, float, i
     return sorted(out, key=lambda e: e[1])
 
 
+def slow_commands(client: redis.Redis, count: int = 5) -> list[tuple[str, int]]:
+    """Redis's slowest commands still in its SLOWLOG (10 ms and over by default), slowest first:
+    (the command and its first argument, µs)."""
+    entries = client.slowlog_get(128)
+    slowest = sorted(entries, key=lambda e: -int(e["duration"]))[:count]
+    return [(" ".join(_text(a) for a in e["command"].split()[:2]), int(e["duration"])) for e in slowest]
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else value
+
+
 def metric_value(text: str, name: str) -> float:
     """Sum of a Prometheus metric's samples (all label sets) in exposition text."""
     total = 0.0

@@ -59,6 +59,7 @@ from .helpers import (
     read_log,
     redis_stalls,
     replay,
+    slow_commands,
     store_rows,
     wait_drained,
 )
@@ -423,6 +424,7 @@ def test_store_unavailable_for_10_s_then_the_backlog_drains(pg_store: str) -> No
             drained_s = wait_drained(client, 120)
             logged = read_log(client, pg_store)
             stalls = [(name, ms) for name, _, ms in redis_stalls(client, service.latency_offset)]
+            slowest = slow_commands(client)
     locked, released = sent.fault["locked"], sent.fault["released"]
     during = [n for t, n, _ in sent.samples if locked <= t <= released]
     before = [n for t, n, _ in sent.samples if t < locked]
@@ -452,10 +454,10 @@ def test_store_unavailable_for_10_s_then_the_backlog_drains(pg_store: str) -> No
         SECTION,
         "b. store locked: during the fault, scoring p99 (server) / latency p99 from due time (ms); "
         "degraded answers while locked / over the run (all / by the decision log: after the release, "
-        "Redis calls timed out during the catch-up); Redis's own stalls >= 10 ms",
+        "Redis calls timed out during the catch-up); Redis's own stalls >= 10 ms; its slowest commands (µs)",
         f"{pct(server, 99):.2f} / {pct(client_side, 99):.2f}; "
         f"{sum(1 for a in sent.answers_between(locked, released) if a['degraded'])} / "
-        f"{len(degraded)} / {len(by_log)}; {stalls}",
+        f"{len(degraded)} / {len(by_log)}; {stalls}; {slowest}",
         COMMAND,
     )
     FIGURES.add(
