@@ -333,7 +333,7 @@ _PLAIN_BUCKETS = """local s = cmsgpack.unpack(redis.call('GET', KEYS[1]))
 
 
 def test_bucket_lists_of_the_layout_before_are_taken_over(redis_client: redis.Redis) -> None:
-    """A merchant's and a terminal's buckets (docs/feature-state.md, "1 as built" of section 5): a
+    """A merchant's and a terminal's buckets (docs/feature-state.md, "5.1 as built"): a
     call reads its closed buckets' sums while the current bucket is the one it wrote them at, so that
     it decodes a handful of numbers, not every bucket. A state of the plain bucket list of the layout
     before is taken over on its next payment, and fraud labels about closed and open buckets, late
