@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo serve test test-browser check lint typecheck imports bench reliability clean
+.PHONY: venv demo serve test test-browser console-screenshots check lint typecheck imports bench reliability clean
 
 $(STAMP): pyproject.toml
 	@echo "==> creating $(VENV) and installing antifraud with its test tools"
@@ -62,6 +62,15 @@ $(VENV)/.browser-installed: $(STAMP)
 test-browser: $(VENV)/.browser-installed
 	@echo "==> browser tests (Playwright, $${ANTIFRAUD_CHROMIUM:-/usr/bin/chromium})"
 	$(BIN)/pytest -q tests/browser
+
+# The screenshots docs/console.md shows, from a real run of the browser tests (1280x800 viewports):
+# written to docs/console/, then those the page does not show are removed; fails on a PNG over 150 KB.
+console-screenshots: $(VENV)/.browser-installed
+	AF_SCREENSHOTS=docs/console $(BIN)/pytest -q tests/browser
+	@for png in docs/console/*.png; do \
+		grep -q "(console/$$(basename $$png))" docs/console.md || rm "$$png"; done
+	@ls -l docs/console/*.png
+	@! find docs/console -name '*.png' -size +150k | grep . || { echo "a PNG is over 150 KB"; exit 1; }
 
 # The long evidence: faults under load, durability, idempotency at scale, fuzzing; prints figures.
 reliability: venv

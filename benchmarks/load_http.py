@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/load_http.py --quick              # one repeat, shorter cells
     .venv/bin/python benchmarks/load_http.py --self-test          # the load generator alone
     .venv/bin/python benchmarks/load_http.py --components 3000    # each step of a request, in-process
+    .venv/bin/python benchmarks/load_http.py --sequential 3000 --workers 1 2   # one payment at a time
     .venv/bin/python benchmarks/load_http.py --workers 1 --profile 600   # py-spy, one worker at 600/s
 
 What it does, all on loopback and stopping by itself:
@@ -62,6 +63,7 @@ from loadlib.components import components
 from loadlib.profiling import profile
 from loadlib.report import machine, report, write_results
 from loadlib.runs import matrix, self_test
+from loadlib.sequential import sequential
 from loadlib.snapshot import snapshot
 
 from antifraud.engine.loadgen.replay import load_replay
@@ -112,6 +114,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--components", type=int, default=0, help="time each step in-process over this many payments"
     )
+    parser.add_argument(
+        "--sequential", type=int, default=0, help="send this many payments one at a time, per --workers"
+    )
     parser.add_argument("--out", type=Path, help="JSON results file (default reports/load_http-<time>.json)")
     args = parser.parse_args(argv)
     if args.quick:
@@ -140,6 +145,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     if args.components:
         components(args, replay, rdb)
+        return
+    if args.sequential:
+        sequential(args, replay, rdb)
         return
     results = matrix(args, replay, rdb)
     text = report(results, args)

@@ -28,6 +28,8 @@ store_app = typer.Typer(help="Maintain the durable decision store.", no_args_is_
 app.add_typer(store_app, name="store")
 webhooks_app = typer.Typer(help="Webhook endpoints (docs/console.md).", no_args_is_help=True)
 app.add_typer(webhooks_app, name="webhooks")
+monitor_app = typer.Typer()
+app.add_typer(monitor_app, name="monitor")
 console = Console(stderr=True)
 T = TypeVar("T")
 
@@ -121,16 +123,42 @@ def simulate(
             "(see 'Simulator presets' in docs/training.md)"
         ),
     ] = "default",
+    drift_after: Annotated[
+        int | None,
+        typer.Option(
+            metavar="DAY", help="Inject --drift trouble from this day on (0-based: 45 is the 46th day)"
+        ),
+    ] = None,
+    drift: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="KIND",
+            help="new-fraud-pattern, missing-device or amount-scale (repeat, or a comma list; "
+            "see docs/monitoring.md)",
+        ),
+    ] = None,
+    drift_amount_factor: Annotated[
+        float, typer.Option(help="amount-scale: the factor amounts are multiplied by")
+    ] = 100.0,
 ) -> None:
     """Write a realistic simulated payment history with labelled fraud patterns."""
     from rich.progress import Progress
 
     from antifraud.training.history import write_history
-    from antifraud.training.simulator import PRESET_NAMES
+    from antifraud.training.simulator import PRESET_NAMES, Drift
     from antifraud.training.simulator import simulate as run
 
     if preset not in PRESET_NAMES:
         raise _fail(f"unknown --preset {preset!r}: choose one of {', '.join(PRESET_NAMES)}")
+    kinds = tuple(k.strip() for k in ",".join(drift or []).split(",") if k.strip())
+    if (drift_after is None) != (not kinds):
+        raise _fail("--drift-after DAY and --drift KIND go together")
+    try:
+        trouble = None if drift_after is None else Drift(drift_after, kinds, drift_amount_factor)
+        if trouble is not None:
+            trouble.check(days)
+    except ValueError as exc:
+        raise _fail(str(exc)) from exc
     with Progress(console=console) as progress:
         task = progress.add_task(f"simulating {days} days", total=days)
         frame = run(
@@ -140,6 +168,7 @@ def simulate(
             seed=seed,
             progress=lambda done, total: progress.update(task, completed=done, total=total),
             preset=preset,
+            drift=trouble,
         )
     write_history(frame, out)
     frauds = int(frame["label"].sum())
@@ -563,6 +592,97 @@ def export_decisions(
         raise _fail(str(exc)) from exc
 
 
+@monitor_app.callback(invoke_without_command=True)
+def monitor(
+    ctx: typer.Context,
+    model: Annotated[
+        Path,
+        typer.Option(envvar="ANTIFRAUD_MODEL_DIR", help="The live model's directory, with reference.json"),
+    ] = Path("models/default"),
+    store: StoreOpt = "",
+    data_dir: DataDirOpt = Path("var"),
+    decisions: Annotated[
+        Path | None,
+        typer.Option(help="An export-decisions directory or file, read instead of the store"),
+    ] = None,
+    start: Annotated[
+        datetime | None, typer.Option("--from", formats=["%Y-%m-%d"], help="First day (UTC)")
+    ] = None,
+    end: Annotated[
+        datetime | None, typer.Option("--to", formats=["%Y-%m-%d"], help="Exclusive (UTC)")
+    ] = None,
+    thresholds: Annotated[Path | None, typer.Option(help="YAML of thresholds (docs/monitoring.md)")] = None,
+    label_delay: Annotated[
+        timedelta | None,
+        typer.Option(
+            "--label-delay",
+            parser=_label_delay,
+            metavar="DURATION",
+            help="Default: the model's recorded delay",
+        ),
+    ] = None,
+    as_of: Annotated[
+        datetime | None,
+        typer.Option("--as-of", formats=["%Y-%m-%d"], help="Labels reported by then (default: now)"),
+    ] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the report as JSON")] = None,
+    html: Annotated[Path | None, typer.Option(help="Write the report as HTML, plots beside it")] = None,
+    history: Annotated[
+        Path | None,
+        typer.Option(help="The history the service's state was built from: recompute a sample's features"),
+    ] = None,
+) -> None:
+    """Watch the live model over a period of decisions: feature and score drift, verdict mix, degraded
+    share, live performance per week, champion and challenger (docs/monitoring.md). Exit status 0:
+    nothing crossed a threshold; 3: an alert threshold was crossed; 2: bad input (a missing model,
+    reference.json, store or file). `antifraud monitor reference` rebuilds a model's reference.json."""
+    if ctx.invoked_subcommand is not None:
+        return
+    import tempfile
+
+    from antifraud.engine.export import ExportError, export
+    from antifraud.training.monitor.consistency import add_to_report
+    from antifraud.training.monitor.output import print_report, write_html, write_json
+    from antifraud.training.monitor.run import monitor as run_monitor
+
+    with tempfile.TemporaryDirectory(prefix="antifraud-monitor-") as exported:
+        try:
+            if decisions is None:
+                export(_store_url(store, data_dir), exported, start, end, console=console)
+            report = run_monitor(
+                decisions or Path(exported), model, start, end, thresholds, label_delay, as_of
+            )
+            if history is not None:  # online/offline consistency (training/monitor/consistency.py)
+                add_to_report(report, decisions or Path(exported), history, start, end)
+        except (ValueError, ExportError) as exc:
+            console.print(f"[red]error:[/red] {escape(str(exc))}")
+            raise typer.Exit(2) from exc
+    print_report(report, Console())
+    if json_out is not None:
+        write_json(report, json_out)
+    if html is not None:
+        write_html(report, html)
+    raise typer.Exit(report.exit_code)
+
+
+@monitor_app.command("reference")
+def monitor_reference(
+    model: Annotated[Path, typer.Argument(help="Model directory")],
+    history: HistoryOpt,
+    columns: ColumnsOpt = None,
+    label_delay: LabelDelayOpt = None,
+) -> None:
+    """Rebuild MODEL/reference.json from the history the model was trained on: its validation slice
+    replayed and scored by the model (no retraining). `antifraud train` writes it itself."""
+    from antifraud.training.monitor.reference import write_reference
+
+    profile = _run(write_reference, model, history, columns=columns, label_delay=label_delay)
+    console.print(
+        f"wrote {model / 'reference.json'}: {profile.rows:,} payments of [{profile.period[0]}, "
+        f"{profile.period[1]}), {len(profile.features)} features, model {profile.model_version}"
+    )
+
+
 @app.command()
 def sink(
     redis_url: ServedRedisOpt = "",
@@ -634,6 +754,10 @@ def hooks(
         int, typer.Option("--max-attempts", envvar="ANTIFRAUD_WEBHOOK_MAX_ATTEMPTS", min=1)
     ] = 12,
     timeout_s: Annotated[float, typer.Option("--timeout-s", envvar="ANTIFRAUD_WEBHOOK_TIMEOUT_S")] = 5.0,
+    metrics_port: Annotated[
+        int,
+        typer.Option("--metrics-port", envvar="ANTIFRAUD_HOOKS_METRICS_PORT", help="Metrics port, 0: off"),
+    ] = 0,
 ) -> None:
     """Deliver the webhook outbox's events to the endpoints until SIGTERM or SIGINT (exit status 0).
     Several may run: one delivers, the others stand by."""
@@ -646,7 +770,7 @@ def hooks(
         raise _fail("no endpoints file: give --webhooks or ANTIFRAUD_WEBHOOKS (docs/console.md, Webhooks)")
     redis_url = _served_redis(redis_url, data_dir)
     try:
-        run_hooks(redis_url, str(webhooks), namespace, max_attempts, timeout_s)
+        run_hooks(redis_url, str(webhooks), namespace, max_attempts, timeout_s, metrics_port)
     except WebhookConfigError as exc:
         raise _fail(str(exc)) from exc
     except redis.ConnectionError as exc:  # at start; later failures are retried by the worker

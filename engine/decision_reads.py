@@ -27,6 +27,7 @@ from antifraud.engine.decision_record import Decision, FeedbackRecord, Idempoten
 from antifraud.engine.decisions import DecisionLog
 from antifraud.engine.pipeline import changed_fields, entities_of
 from antifraud.engine.store import DecisionQuery, Store
+from antifraud.engine.verdicts import Verdict
 
 T = TypeVar("T")
 
@@ -37,11 +38,13 @@ class StoreUnavailable(Exception):
 
 @dataclass(frozen=True)
 class Subject:
-    """What feedback needs of a decided payment: whose it is, when it was, and its entities."""
+    """What feedback needs of a decided payment: whose it is, when it was, its entities, and what it
+    was answered (a challenge's result is taken only about a payment answered `challenge`)."""
 
     merchant_id: str | None
     timestamp: datetime
     entities: Mapping[str, str]
+    verdict: Verdict
 
 
 @dataclass
@@ -81,12 +84,14 @@ class DecisionReader:
         record = self.log.record(transaction_id)
         if record is not None:
             entities = record["entities"]
-            return Subject(entities.get("merchant_id"), datetime.fromisoformat(record["timestamp"]), entities)
+            when = datetime.fromisoformat(record["timestamp"])
+            return Subject(entities.get("merchant_id"), when, entities, record["verdict"])
         decision = self._whole(transaction_id, None)
         if decision is None:
             return None
         entities = entities_of(decision["payment"])
-        return Subject(entities.get("merchant_id"), datetime.fromisoformat(decision["timestamp"]), entities)
+        when = datetime.fromisoformat(decision["timestamp"])
+        return Subject(entities.get("merchant_id"), when, entities, decision["verdict"])
 
     def changed_fields(self, record: IdempotencyRecord, payment: Mapping[str, Any]) -> list[str] | None:
         """The fields in which a refused retry differs from the decided payment; None when the whole

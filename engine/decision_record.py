@@ -19,7 +19,7 @@ from typing import Any, Literal, NotRequired, TypeAlias
 from typing_extensions import TypedDict
 
 from antifraud.engine.verdicts import Verdict
-from antifraud.engine.vocabulary import FeedbackKind, Label, Outcome
+from antifraud.engine.vocabulary import ChallengeResult, FeedbackKind, Label, Outcome
 
 
 class FiredRuleRecord(TypedDict):
@@ -172,6 +172,7 @@ class FeedbackRecord(TypedDict):
     label: Label | None
     outcome: Outcome | None
     decline_code: str | None
+    result: NotRequired[ChallengeResult | None]  # a challenge's; absent from records logged before it
     reported_at: str
     received_at: str
 

@@ -28,10 +28,9 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from antifraud.engine.console.explain import age_words, reason_lines
+from antifraud.engine.console.explain import age_words, reason_codes
 from antifraud.engine.decisions import DecisionLog
-from antifraud.engine.review.queue import ReviewQueue
-from antifraud.engine.rules import load_rules
+from antifraud.engine.review.queue import Case, ReviewQueue
 from antifraud.engine.settings import ROOT
 from antifraud.engine.stack import ServiceStack
 from antifraud.engine.verdicts import VERDICTS
@@ -44,6 +43,8 @@ MODEL = ROOT / "models" / "default"
 SAMPLE_ARGS = {"days": 60, "cards": 3000, "merchants": 300, "seed": 7}
 TRAIN_DAYS = 42  # the model is trained on the first six weeks; later days are unseen
 REVIEWS_SHOWN = 10
+#: the review table's reasons column: with the other columns the table fits 100 columns of terminal
+REASONS_WIDTH = 26
 
 
 def ensure_sample(console: Console) -> pd.DataFrame:
@@ -212,26 +213,44 @@ def _console_summary(stack: ServiceStack, console: Console) -> None:
     client = stack.redis_client()
     try:
         _wait_for_sink(client)
-        queue = ReviewQueue(client)
-        found = queue.page("riskiest", 0, REVIEWS_SHOWN)
-        rules = load_rules(stack.rules_dir or ROOT / "rules", OnlineFeatures(client).feature_names)
+        found = ReviewQueue(client).page("riskiest", 0, REVIEWS_SHOWN)
     finally:
         client.close()
-    table = Table(title=f"reviews waiting in the console: {found.open_count}")
-    for column in ("transaction", "risk score", "amount", "merchant", "reasons", "waiting"):
-        table.add_column(column, no_wrap=column != "reasons")
-    for case in found.cases:
+    console.print(review_table(found.cases, found.open_count))
+    address = f"http://127.0.0.1:{stack.port}/console/"
+    console.print(f"console: {address}  sign in with the key {stack.keys['console']}")
+
+
+def review_table(cases: list[Case], open_count: int) -> Table:
+    """The reviews waiting, one line each: the reasons as their codes, cut to REASONS_WIDTH with a
+    count of those left out (the console shows each case's reasons in full)."""
+    table = Table(
+        title=f"reviews waiting in the console: {open_count}",
+        caption="reasons by their codes; the console shows them in words",
+    )
+    for column in ("transaction", "risk", "amount", "merchant", "reasons", "waiting"):
+        width = REASONS_WIDTH if column == "reasons" else None
+        table.add_column(column, no_wrap=True, overflow="ellipsis", max_width=width)
+    for case in cases:
         table.add_row(
             case.transaction_id,
             "none" if case.risk_score is None else str(case.risk_score),
             f"{case.amount:.2f} {case.currency}",
             case.merchant,
-            "; ".join(line.text for line in reason_lines(case.reasons, rules)),
+            fit_codes(reason_codes(case.reasons), REASONS_WIDTH),
             age_words(case.age),
         )
-    console.print(table)
-    address = f"http://127.0.0.1:{stack.port}/console/"
-    console.print(f"console: {address}  sign in with the key {stack.keys['console']}")
+    return table
+
+
+def fit_codes(codes: list[str], width: int) -> str:
+    """As many of `codes` as fit in `width` characters, joined by ", ", and "+N" for the rest."""
+
+    def shown(n: int) -> str:
+        return ", ".join(codes[:n]) + (f" +{len(codes) - n}" if n < len(codes) else "")
+
+    # the first code always shows (the table cuts it with an ellipsis when it alone is too long)
+    return next((shown(n) for n in range(len(codes), 0, -1) if len(shown(n)) <= width), shown(1))
 
 
 def _wait_for_sink(client: redis.Redis, timeout_s: float = 30.0) -> None:

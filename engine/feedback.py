@@ -28,10 +28,13 @@ from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError
 
 from antifraud.engine.schema import Identifier, _utc
 from antifraud.engine.vocabulary import (
+    CHALLENGE_RESULTS,
     HISTORY_EVENT_OF_FEEDBACK,
     LABELS,
     OUTCOMES,
+    ChallengeResult,
     FeedbackKind,
+    FeedbackValue,
     HistoryEvent,
     Label,
     Outcome,
@@ -52,7 +55,7 @@ ReportedAt = Annotated[datetime, BeforeValidator(_rfc3339), AfterValidator(_utc)
 
 # The fields of a stored feedback record, in order: every kind has them all (null where they do
 # not apply), so the feedback stream and its export keep one shape.
-RECORD_FIELDS = ("transaction_id", "kind", "label", "outcome", "decline_code", "reported_at")
+RECORD_FIELDS = ("transaction_id", "kind", "label", "outcome", "decline_code", "result", "reported_at")
 
 
 class FeedbackEvent(BaseModel):
@@ -65,8 +68,9 @@ class FeedbackEvent(BaseModel):
     reported_at: ReportedAt
 
     @property
-    def value(self) -> Label | Outcome | None:
-        """What the kind says (the label or the bank's outcome); None for a refund or a cancellation."""
+    def value(self) -> FeedbackValue:
+        """What the kind says (the label, the bank's outcome or the challenge's result); None for a
+        refund or a cancellation."""
         return None
 
     @property
@@ -87,7 +91,7 @@ class LabelFeedback(FeedbackEvent):
     label: Label
 
     @property
-    def value(self) -> Label | Outcome | None:
+    def value(self) -> FeedbackValue:
         return self.label
 
 
@@ -99,7 +103,7 @@ class OutcomeFeedback(FeedbackEvent):
     decline_code: Annotated[str, Field(max_length=8)] | None = None
 
     @property
-    def value(self) -> Label | Outcome | None:
+    def value(self) -> FeedbackValue:
         return self.outcome
 
 
@@ -115,17 +119,32 @@ class CancelFeedback(FeedbackEvent):
     kind: Literal["cancel"]
 
 
+class ChallengeFeedback(FeedbackEvent):
+    """How the payer did on the second factor a `challenge` verdict asked for. Taken only about a
+    payment answered `challenge` (engine/feedback_intake.py); a failed one puts the payment in the
+    review queue, and neither feeds a feature (engine/vocabulary.py says why)."""
+
+    kind: Literal["challenge"]
+    result: ChallengeResult
+
+    @property
+    def value(self) -> FeedbackValue:
+        return self.result
+
+
 KINDS: dict[FeedbackKind, type[FeedbackEvent]] = {
     "label": LabelFeedback,
     "outcome": OutcomeFeedback,
     "refund": RefundFeedback,
     "cancel": CancelFeedback,
+    "challenge": ChallengeFeedback,
 }
 # the fields only some kinds take: field -> (its kind, its values)
 _OWN_FIELDS: dict[str, tuple[str, tuple[str, ...]]] = {
     "label": ("label", LABELS),
     "outcome": ("outcome", OUTCOMES),
     "decline_code": ("outcome", ()),
+    "result": ("challenge", CHALLENGE_RESULTS),
 }
 
 
@@ -164,7 +183,7 @@ def _name_the_fields(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
 
 # Something learned about an earlier payment; the body of POST /v1/feedback.
 Feedback = Annotated[
-    LabelFeedback | OutcomeFeedback | RefundFeedback | CancelFeedback,
+    LabelFeedback | OutcomeFeedback | RefundFeedback | CancelFeedback | ChallengeFeedback,
     Discriminator("kind"),
     WrapValidator(_name_the_fields),
 ]

@@ -13,6 +13,10 @@ proves it is the caller's merchant's: kept unmatched, it would be joined (by tra
 whichever merchant's payment later carries that id. Unscoped callers keep feedback about unknown ids
 (`matched` false), for chargebacks about payments the store no longer holds.
 
+A challenge's result (`kind: challenge`) is taken only about a payment answered `challenge`: about
+any other, or about an unknown transaction, it is `NotChallenged` and nothing is stored (a result
+with nothing to attach it to could not put the payment in the review queue, which is what it is for).
+
 The payment's entities come from its idempotency record within the dedupe horizon, and from the
 store after it (engine/decision_reads.py). When the feedback buffer is full (the decision sink down
 or far behind), `BufferFull` is raised: the event is never accepted and then dropped.
@@ -37,6 +41,10 @@ class NotYours(Exception):
     """A caller scoped to merchants sent feedback about a payment none of its merchants made."""
 
 
+class NotChallenged(Exception):
+    """A challenge's result about a payment that was not answered `challenge` (or is unknown)."""
+
+
 @dataclass(frozen=True)
 class FeedbackIntake:
     """What accepting feedback needs: the log (its buffer), the reader (the payment), the features."""
@@ -51,8 +59,8 @@ class FeedbackIntake:
         is known (`matched`).
 
         `merchants`: the caller's (None: every merchant); `who` names the caller in a refusal.
-        Raises `NotYours`, `BufferFull`, or a Redis, OS or `StoreUnavailable` error (retry later);
-        each is counted in the metrics.
+        Raises `NotYours`, `NotChallenged`, `BufferFull`, or a Redis, OS or `StoreUnavailable` error
+        (retry later); each but `NotChallenged` is counted in the metrics.
         """
         record = {**event.model_dump(mode="json"), "received_at": datetime.now(UTC).isoformat()}
         try:
@@ -63,6 +71,12 @@ class FeedbackIntake:
                 raise NotYours(
                     f"key {who!r} may send feedback only about payments of its merchants; "
                     f"none is stored for transaction {event.transaction_id!r}"
+                )
+            if event.kind == "challenge" and (subject is None or subject.verdict != "challenge"):
+                answered = f"was answered {subject.verdict!r}" if subject else "has no known decision"
+                raise NotChallenged(
+                    f"kind 'challenge' is only for a payment answered 'challenge'; transaction "
+                    f"{event.transaction_id!r} {answered}"
                 )
             self.log.add_feedback(record)  # logged before the feature update: an accepted event is never lost
             if subject is not None and event.feature_event is not None:

@@ -2,8 +2,9 @@
 
 What an operator reads here: decisions by verdict and the time of each scoring stage; HTTP
 requests by route template, method and status (counted by `antifraud.engine.api.http_metrics`);
-the distribution of scores; and which model, shadow model and rule set are live (info metrics,
-value 1, updated at start and after every reload).
+the distribution of scores; which model, shadow model and rule set are live (info metrics,
+value 1, updated at start and after every reload); and the model monitor's latest figures, read from
+Redis when /metrics is scraped (`antifraud_monitor_*`, engine/monitor_summary.py).
 """
 
 from __future__ import annotations
@@ -47,10 +48,15 @@ class LoadedVersions(Protocol):
 class Metrics:
     """Counters and histograms the service updates on every decision and request."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, shared: Collector | None = None) -> None:
+        """`shared`: metrics every worker reads from one place at scrape time (the model monitor's
+        gauges, engine/monitor_summary.py), rendered beside this process's or the merged ones."""
         self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
         # multi-process mode writes every metric to files and needs no registry of its own
         self.registry = registry or (None if self.multiprocess else CollectorRegistry())
+        self.shared = shared
+        if shared is not None and self.registry is not None:
+            self.registry.register(shared)
         r = self.registry
         self.stage = Histogram(
             "antifraud_stage_seconds", "Time per scoring stage", ["stage"], buckets=STAGE_BUCKETS, registry=r
@@ -150,6 +156,8 @@ class Metrics:
         if self.multiprocess:
             registry = CollectorRegistry()
             registry.register(_WithoutRetiredVersions(multiprocess.MultiProcessCollector(None)))
+            if self.shared is not None:
+                registry.register(self.shared)
             return generate_latest(registry)
         assert self.registry is not None
         return generate_latest(self.registry)

@@ -95,6 +95,15 @@ class Settings:
     webhook_timeout_s: float = field(default_factory=lambda: float(_env("WEBHOOK_TIMEOUT_S", "5")))
     # `serve` runs the webhook delivery worker: on by default when an endpoints file is given
     hooks: bool = field(default_factory=lambda: _flag("HOOKS", "on" if _env("WEBHOOKS", "") else "off"))
+    # model monitoring in the decision sink (docs/monitoring.md, "In the service"): how often it runs
+    # (0: off), how far back it reads decisions and at most how many (the newest), the thresholds'
+    # YAML (none: the defaults of engine.monitoring.Thresholds)
+    monitor_interval_s: float = field(default_factory=lambda: float(_env("MONITOR_INTERVAL_S", "300")))
+    monitor_window_s: float = field(default_factory=lambda: float(_env("MONITOR_WINDOW_S", "3600")))
+    monitor_max_rows: int = field(default_factory=lambda: int(_env("MONITOR_MAX_ROWS", "50000")))
+    monitor_thresholds: Path | None = field(
+        default_factory=lambda: Path(p) if (p := _env("MONITOR_THRESHOLDS", "")) else None
+    )
 
     def __post_init__(self) -> None:
         if self.fail_policy not in VERDICTS:
@@ -116,9 +125,16 @@ class Settings:
             "review_keep_days",
             "console_test_max_decisions",
             "webhook_max_attempts",
+            "monitor_max_rows",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not self.monitor_interval_s >= 0:
+            raise ValueError(
+                f"monitor_interval_s must be 0 (off) or more seconds, got {self.monitor_interval_s}"
+            )
+        if not self.monitor_window_s > 0:
+            raise ValueError(f"monitor_window_s must be more than 0 seconds, got {self.monitor_window_s}")
         if not self.webhook_timeout_s > 0:
             raise ValueError(f"webhook_timeout_s must be more than 0 seconds, got {self.webhook_timeout_s}")
         if self.console_url is not None and not self.console_url.startswith(("http://", "https://")):

@@ -492,6 +492,7 @@ def run_sink(
     how many stream entries it acknowledged. `metrics_port` > 0 serves its Prometheus metrics."""
     from prometheus_client import start_http_server
 
+    from antifraud.engine.monitor_job import start_monitor
     from antifraud.engine.review.feed import ConsoleFeed
     from antifraud.engine.settings import Settings
     from antifraud.engine.store import open_store
@@ -502,9 +503,11 @@ def run_sink(
         store = open_store(store_url)
         metrics = SinkMetrics()
         # the console's review queue and day figures, fed from every batch (ANTIFRAUD_REVIEW_* bounds)
-        settings = dataclasses.replace(Settings(), namespace=namespace)
+        settings = dataclasses.replace(Settings(), namespace=namespace, store_url=store_url)
         outbox = outbox_of(client, Endpoints(settings.webhooks_file), namespace)  # ANTIFRAUD_WEBHOOKS
-        feed = ConsoleFeed.from_settings(client, settings, outbox, metrics.registry)
+        feed = ConsoleFeed.from_settings(client, settings, outbox, metrics.registry, store)
+        # model monitoring (ANTIFRAUD_MONITOR_*), a thread beside the batches: engine/monitor_job.py
+        monitor = start_monitor(client, settings, stop)
         try:
             sink = Sink(
                 client,
@@ -529,6 +532,9 @@ def run_sink(
             )
             sink.run(stop)
         finally:
+            stop.set()  # a failed start must stop the monitor too
+            if monitor is not None:
+                monitor.join(timeout=30)  # a run in progress finishes (it closes its own store)
             store.close()
             client.close()
     log.info("sink %s stopped after %d entries", sink.consumer, sink.acknowledged)

@@ -1,7 +1,7 @@
 """The words the service, the feature executors and the training tools share, each said once.
 
-- the feedback the API takes (`FeedbackKind`, its `Label` and `Outcome` values), the events a
-  history's feedback columns record (`HistoryEvent`, at `EVENT_TIME_COLUMNS`), and the event each
+- the feedback the API takes (`FeedbackKind`, its `Label`, `Outcome` and `ChallengeResult` values), the
+  events a history's feedback columns record (`HistoryEvent`, at `EVENT_TIME_COLUMNS`), and the event each
   feeds in the feature state (`FeatureEvent`, by `FEATURE_EVENT`);
 - the payment fields that key an entity (`ENTITY_FIELDS`): what a decision keeps of its payment so
   that later feedback reaches the same entities.
@@ -16,12 +16,15 @@ from collections.abc import Mapping
 from typing import Final, Literal, TypeAlias, get_args
 
 # --- feedback, as the API takes it (engine/feedback.py) -------------------------------------------
-FeedbackKind: TypeAlias = Literal["label", "outcome", "refund", "cancel"]
+FeedbackKind: TypeAlias = Literal["label", "outcome", "refund", "cancel", "challenge"]
 Label: TypeAlias = Literal["fraud", "chargeback", "legitimate"]
 Outcome: TypeAlias = Literal["approved", "declined"]
+#: how the payer did on the second factor a `challenge` verdict asked for (3-D Secure or the like)
+ChallengeResult: TypeAlias = Literal["passed", "failed"]
 FEEDBACK_KINDS: Final[tuple[FeedbackKind, ...]] = get_args(FeedbackKind)
 LABELS: Final[tuple[Label, ...]] = get_args(Label)
 OUTCOMES: Final[tuple[Outcome, ...]] = get_args(Outcome)
+CHALLENGE_RESULTS: Final[tuple[ChallengeResult, ...]] = get_args(ChallengeResult)
 #: the labels that say the payment was fraud (a chargeback is the bank's word for it)
 FRAUD_LABELS: Final[frozenset[Label]] = frozenset({"fraud", "chargeback"})
 
@@ -48,9 +51,14 @@ FEATURE_EVENT: Final[Mapping[HistoryEvent, FeatureEvent]] = {
     "cancel": "reversal",
     "fraud": "fraud",
 }
+#: what a feedback event says: its label, the bank's outcome or the challenge's result (None for a
+#: refund or a cancellation)
+FeedbackValue: TypeAlias = Label | Outcome | ChallengeResult | None
 #: API feedback (kind, its label or outcome) -> the history event it is; feedback not listed (a
-#: legitimate label, an approval) feeds no feature
-HISTORY_EVENT_OF_FEEDBACK: Final[Mapping[tuple[FeedbackKind, Label | Outcome | None], HistoryEvent]] = {
+#: legitimate label, an approval, a challenge's result) feeds no feature. A failed challenge is not a
+#: decline: the bank never saw the payment, and the payer may simply have lost their phone; it sends
+#: the payment to the review queue instead (engine/review/feed.py, docs/console.md)
+HISTORY_EVENT_OF_FEEDBACK: Final[Mapping[tuple[FeedbackKind, FeedbackValue], HistoryEvent]] = {
     ("label", "fraud"): "fraud",
     ("label", "chargeback"): "fraud",
     ("outcome", "declined"): "decline",
@@ -58,7 +66,7 @@ HISTORY_EVENT_OF_FEEDBACK: Final[Mapping[tuple[FeedbackKind, Label | Outcome | N
     ("cancel", None): "cancel",
 }
 #: the other way, for replaying a history over the API (engine/demo.py): the first feedback listed
-FEEDBACK_OF_HISTORY_EVENT: Final[Mapping[HistoryEvent, tuple[FeedbackKind, Label | Outcome | None]]] = {
+FEEDBACK_OF_HISTORY_EVENT: Final[Mapping[HistoryEvent, tuple[FeedbackKind, FeedbackValue]]] = {
     event: feedback for feedback, event in reversed(list(HISTORY_EVENT_OF_FEEDBACK.items()))
 }
 

@@ -1,5 +1,6 @@
 """The service with its console for HTTP tests of the review queue and the decision pages: keys of each
-role (two analysts, one scoped to a merchant), rules that review amounts over 9,000, a Parquet store,
+role (two analysts, one scoped to a merchant), rules that review amounts over 9,000 (`RULES`; a test
+may give others, such as `CHALLENGE_RULES`), a Parquet store,
 and the real sink with the console's after-write hook to move decisions (`ConsoleApp.drain`)."""
 
 from __future__ import annotations
@@ -46,6 +47,17 @@ rules:
     reason: KNOWN_FRAUD_CARD
 """
 
+#: `RULES` and a rule that challenges amounts between 5,000 and 6,000
+CHALLENGE_RULES = (
+    RULES
+    + """  - id: large_amount
+    description: Amounts between 5,000 and 6,000 need a second factor
+    when: amount > 5000 and amount <= 6000
+    action: challenge
+    reason: LARGE_AMOUNT
+"""
+)
+
 
 @dataclass
 class ConsoleApp:
@@ -76,7 +88,7 @@ class ConsoleApp:
     def drain(self) -> None:
         """Run the real sink, with the console's hook, until both buffers are written."""
         store = open_store(self.settings.store_url)
-        feed = ConsoleFeed.from_settings(self.redis, self.settings, None, None)
+        feed = ConsoleFeed.from_settings(self.redis, self.settings, None, None, store)
         try:
             sink = Sink(self.redis, store, block_ms=10, linger_ms=0, after_write=feed.after_write)
             for _ in range(100):
@@ -88,11 +100,13 @@ class ConsoleApp:
 
 
 @contextmanager
-def console_app(redis_client: redis.Redis, model_dir: Path, tmp_path: Path) -> Iterator[ConsoleApp]:
-    """The app on `redis_client`, with its own rules, keys and store under `tmp_path`."""
+def console_app(
+    redis_client: redis.Redis, model_dir: Path, tmp_path: Path, rules_text: str = RULES
+) -> Iterator[ConsoleApp]:
+    """The app on `redis_client`, with its own rules (`rules_text`), keys and store under `tmp_path`."""
     rules = tmp_path / "rules"
     rules.mkdir()
-    (rules / "rules.yaml").write_text(RULES)
+    (rules / "rules.yaml").write_text(rules_text)
     keys_file = tmp_path / "keys.yaml"
     keys = {name: new_key(keys_file, name, role, merchants) for name, (role, merchants) in KEYS.items()}
     settings = Settings(

@@ -167,15 +167,15 @@ def test_feedback_of_every_kind_is_stored_with_the_same_fields(service) -> None:
     assert [r["kind"] for r in records] == ["label", "outcome", "refund", "cancel"]
     for record in records:
         assert list(record) == [
-            *("transaction_id", "kind", "label", "outcome", "decline_code", "reported_at"),
+            *("transaction_id", "kind", "label", "outcome", "decline_code", "result", "reported_at"),
             "received_at",
         ]
         assert record["transaction_id"] == "tx-9" and record["reported_at"] == "2026-03-01T12:00:02Z"
-    assert [(r["label"], r["outcome"], r["decline_code"]) for r in records] == [
-        ("legitimate", None, None),
-        (None, "approved", None),
-        (None, None, None),
-        (None, None, None),
+    assert [(r["label"], r["outcome"], r["decline_code"], r["result"]) for r in records] == [
+        ("legitimate", None, None, None),
+        (None, "approved", None, None),
+        (None, None, None, None),
+        (None, None, None, None),
     ]
 
 
@@ -187,8 +187,11 @@ def test_feedback_of_every_kind_is_stored_with_the_same_fields(service) -> None:
         ({"kind": "label", "label": "maybe"}, "label", "'fraud', 'chargeback' or 'legitimate'"),
         ({"kind": "refund", "label": "fraud"}, "label", "sent only when kind is 'label'"),
         ({"kind": "cancel", "decline_code": "05"}, "decline_code", "sent only when kind is 'outcome'"),
-        ({}, "kind", "kind is required: 'label', 'outcome', 'refund' or 'cancel'"),
-        ({"kind": "chargeback"}, "kind", "'label', 'outcome', 'refund' or 'cancel'"),
+        ({}, "kind", "kind is required: 'label', 'outcome', 'refund', 'cancel' or 'challenge'"),
+        ({"kind": "chargeback"}, "kind", "'label', 'outcome', 'refund', 'cancel' or 'challenge'"),
+        ({"kind": "challenge"}, "result", "required when kind is 'challenge': 'passed' or 'failed'"),
+        ({"kind": "challenge", "result": "timeout"}, "result", "'passed' or 'failed'"),
+        ({"kind": "refund", "result": "failed"}, "result", "sent only when kind is 'challenge'"),
         ({"kind": "refund", "reported_at": 1772366402}, "reported_at", "RFC 3339"),
         ({"kind": "refund", "reported_at": "1772366402"}, "reported_at", "RFC 3339"),
         ({"kind": "refund", "reported_at": "2026-03-01T12:00:02"}, "reported_at", "UTC offset"),

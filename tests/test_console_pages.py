@@ -12,6 +12,10 @@ import pytest
 import redis
 from console_app import ConsoleApp, console_app
 from console_helpers import check_page
+from payloads import log_decision, logged_decision, score_request
+
+from antifraud.engine.decisions import DecisionLog
+from antifraud.engine.redis_server import EmbeddedRedis
 
 PAN = "4111111111111111"
 
@@ -130,3 +134,45 @@ def _rows(html: str) -> list[str]:
         return []
     table = html[html.index('id="results"') : html.index("</table>", html.index('id="results"'))]
     return re.findall(r'<th scope="row"><a href="/console/decisions/[^"]+">([^<]+)</a>', table)
+
+
+def test_skipped_rules_are_collapsed_under_a_count(app: ConsoleApp) -> None:
+    """Rules skipped for a missing input are listed in a <details> whose summary counts them, so the
+    fired rules and the band come first; a decision with none has no such section."""
+    skipped = [f"rule_{i}" for i in range(7)]
+    reasons = {"rules": [], "shadow_rules": [], "skipped_rules": skipped, "model": []}
+    log_decision(DecisionLog(app.redis), logged_decision("tx-skip", 30, verdict="allow", reasons=reasons))
+    app.drain()
+    html = app.http.get("/console/decisions/tx-skip").text
+    check_page(html)
+    details = html[html.index('<details id="skipped">') : html.index("</details>")]
+    assert "<summary>7 rules not evaluated (an input was missing)</summary>" in details
+    assert all(f"rule {rule} was not evaluated" in details for rule in skipped)
+    why = html[html.index('id="reasons-title"') : html.index('<details id="skipped">')]
+    assert "was not evaluated" not in why
+    assert '<details id="skipped">' not in app.http.get("/console/decisions/tx-2").text
+
+
+def test_a_page_redis_does_not_answer_is_a_503_page_and_the_api_keeps_its_answers(
+    model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis stopped under a signed-in console: its pages say "retry" with 503, not a bare 500; the
+    scoring route still answers (degraded), as without the console."""
+    monkeypatch.setenv("ANTIFRAUD_PAN_SECRET", "test-secret-0123456789")
+    server = EmbeddedRedis(tmp_path / "redis").start()
+    client = redis.Redis.from_url(server.url, socket_timeout=0.2, socket_connect_timeout=0.2)
+    try:
+        with console_app(client, model_dir, tmp_path) as running:
+            running.sign_in("alice")
+            server.stop()
+            for path in ("/console/queue", "/console/rules", "/console/today"):
+                page = running.http.get(path)
+                assert page.status_code == 503, (path, page.text[:300])
+                assert "Redis did not answer" in page.text and "retry" in page.text
+            scored = running.http.post(
+                "/v1/score", json=score_request("tx-down"), headers=running.bearer("checkout")
+            )
+            assert scored.status_code == 200 and scored.json()["degraded"]
+    finally:
+        client.close()
+        server.stop()

@@ -276,9 +276,7 @@ def test_workers_metrics_merge_and_versions_follow_the_last_reload(
     metrics_dir = tmp_path / "metrics"
     metrics_dir.mkdir()
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir), "ANTIFRAUD_PAN_SECRET": SECRET}
-    new_rules = (
-        (rules_dir / "default.yaml").read_text().replace("[KP, IR, SY, CU]", "[KP, IR, SY]")
-    )
+    new_rules = (rules_dir / "default.yaml").read_text().replace("[KP, IR, SY, CU]", "[KP, IR, SY]")
 
     def worker(txid: str, minute: float, reload_to: str | None) -> str:
         args = {

@@ -10,12 +10,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
 
+import httpx
 import orjson
 import pytest
 import redis
-from console_app import console_app
+from console_app import CHALLENGE_RULES, ConsoleApp, console_app
 from console_helpers import csrf_token
-from payloads import log_decision, logged_decision
+from payloads import T0, log_decision, logged_decision
 
 from antifraud.engine.audit import AuditReader
 from antifraud.engine.decision_record import Decision, FeedbackRecord
@@ -282,3 +283,73 @@ def test_a_resolution_needs_a_note_and_a_scoped_key_sees_its_own_cases(
         )
         assert no_note.status_code == 422
         assert ReviewQueue(redis_client).case("tx-m2").status == "open"  # type: ignore[union-attr]
+
+
+# -- failed challenges ----------------------------------------------------------------------------------
+
+
+def _challenge(app: ConsoleApp, txid: str, result: str) -> httpx.Response:
+    """The payment flow reports how the payer did on a challenge."""
+    event = {"transaction_id": txid, "kind": "challenge", "result": result, "reported_at": T0.isoformat()}
+    return app.http.post("/v1/feedback", json=event, headers=app.bearer("checkout"))
+
+
+def test_a_failed_challenge_enters_the_queue_and_a_passed_one_does_not(
+    redis_client: redis.Redis, model_dir: Path, tmp_path: Path
+) -> None:
+    with console_app(redis_client, model_dir, tmp_path, CHALLENGE_RULES) as app:
+        assert app.score("tx-fail", 0, amount=5500.0)["verdict"] == "challenge"
+        assert app.score("tx-pass", 1, amount=5600.0, card_id="card_b")["verdict"] == "challenge"
+        app.drain()  # the decisions are stored before the results arrive
+        assert _challenge(app, "tx-pass", "passed").status_code == 202
+        failed = _challenge(app, "tx-fail", "failed")
+        assert failed.status_code == 202 and failed.json()["matched"] is True
+        app.drain()
+        queue = ReviewQueue(redis_client)
+        (case,) = queue.page().cases
+        assert (case.transaction_id, case.source) == ("tx-fail", "challenge")
+        assert case.reasons["challenge"] == "failed"
+        assert case.amount == 5500.0 and case.reasons["rules"][0]["rule"] == "large_amount"
+        app.sign_in("alice")
+        page = app.http.get("/console/queue").text
+        assert "the payer failed the challenge" in page and "tx-pass" not in page
+        decision = app.http.get("/console/decisions/tx-fail").text
+        assert "feedback: challenge failed" in decision
+        assert "entered the review queue: the challenge failed" in decision
+        assert "In the queue because the payer failed the challenge" in decision
+        stored = app.http.get("/v1/decisions/tx-pass", headers=app.bearer("alice")).json()
+        assert [(f["kind"], f["result"]) for f in stored["feedback"]] == [("challenge", "passed")]
+        # neither result is a feature event: the card's declines are not counted
+        later = app.score("tx-later", 2, amount=20.0)
+        assert later["verdict"] == "allow"
+        features = app.http.get("/v1/decisions/tx-later", headers=app.bearer("alice")).json()["features"]
+        assert features["card_declines_1h"] == 0.0
+
+
+def test_a_failed_challenge_whose_decision_is_still_in_the_buffer_is_queued(
+    redis_client: redis.Redis, model_dir: Path, tmp_path: Path
+) -> None:
+    """The decision and its result in one batch of the sink: the hook reads the decision all the same."""
+    with console_app(redis_client, model_dir, tmp_path, CHALLENGE_RULES) as app:
+        app.score("tx-fast", 0, amount=5100.0)
+        assert _challenge(app, "tx-fast", "failed").status_code == 202
+        app.drain()
+        case = ReviewQueue(redis_client).case("tx-fast")
+        assert case is not None and case.source == "challenge" and queue_day(redis_client)["queued"] == 1
+
+
+def queue_day(client: redis.Redis) -> dict[str, int]:
+    """Today's counters of the review queue."""
+    return ReviewQueue(client).days(1)[0][1]
+
+
+def test_a_challenge_result_about_a_payment_not_challenged_is_a_conflict_naming_kind(
+    redis_client: redis.Redis, model_dir: Path, tmp_path: Path
+) -> None:
+    with console_app(redis_client, model_dir, tmp_path, CHALLENGE_RULES) as app:
+        assert app.score("tx-review", 0, amount=9500.0)["verdict"] == "review"
+        for txid, says in (("tx-review", "was answered 'review'"), ("tx-nobody", "has no known decision")):
+            refused = _challenge(app, txid, "failed")
+            assert refused.status_code == 409
+            assert refused.json()["fields"] == ["kind"] and says in refused.json()["detail"], refused.text
+        assert redis_client.xlen("af:feedback") == 0

@@ -969,6 +969,23 @@ def test_a_payment_stamped_ahead_of_the_service_clock_is_refused(
 # the OpenAPI document, as a client generator reads it
 
 
+def test_the_openapi_says_which_fields_a_challenge_result_takes(
+    make_app: Callable[..., TestClient], redis_client: redis.Redis
+) -> None:
+    """The feedback body is a union tagged by `kind`: `challenge` takes `result` (passed or failed),
+    the 409 of the route says a result about a payment not challenged is refused."""
+    document = make_app().get("/openapi.json").json()
+    schemas = document["components"]["schemas"]
+    challenge = schemas["ChallengeFeedback"]
+    assert challenge["required"] == ["transaction_id", "kind", "reported_at", "result"]
+    assert challenge["properties"]["result"]["enum"] == ["passed", "failed"]
+    body = document["paths"]["/v1/feedback"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert body["discriminator"]["mapping"]["challenge"] == "#/components/schemas/ChallengeFeedback"
+    responses = document["paths"]["/v1/feedback"]["post"]["responses"]
+    assert "not answered `challenge`" in responses["409"]["description"]
+    assert "result" in schemas["FeedbackRecord"]["properties"]
+
+
 def test_a_client_generated_from_the_openapi_scores_reads_and_sends_feedback(
     served: Service, redis_client: redis.Redis, tmp_path: Path
 ) -> None:

@@ -6,6 +6,9 @@ duration."""
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -25,8 +28,9 @@ from payloads import score_request
 from antifraud.engine.api import create_app
 from antifraud.engine.auth import new_key
 from antifraud.engine.decisions import BufferBound
+from antifraud.engine.redis_server import EmbeddedRedis
 from antifraud.engine.settings import ROOT, Settings
-from antifraud.engine.stack import ServiceStack
+from antifraud.engine.stack import ServiceStack, free_port
 from antifraud.engine.webhooks.config import Endpoints, WebhookConfigError, load_endpoints, new_secret
 from antifraud.engine.webhooks.outbox import Outbox
 from antifraud.engine.webhooks.signing import sign, verify
@@ -224,6 +228,65 @@ def test_a_failing_delivery_becomes_a_dead_letter_which_frees_the_next_and_can_b
     finally:
         hooks.close()
     assert not retry_dead(redis_client, letters[failing]["id"]), "gone from the dead letters"
+
+
+def test_the_workers_metrics_count_deliveries_attempts_dead_letters_backlog_and_latency(
+    redis_client: redis.Redis, receiver: Receiver, endpoints_file: Path
+) -> None:
+    outbox = Outbox(redis_client, Endpoints(endpoints_file).subscribed)
+    retried, gone, fine = publish(outbox, "tx-1"), publish(outbox, "tx-2"), publish(outbox, "tx-3")
+    receiver.script[retried] = [503]
+    receiver.script[gone] = [410]
+    hooks = worker(redis_client, endpoints_file)
+    value = hooks.metrics.registry.get_sample_value
+    try:
+        hooks.trim()  # nothing read yet: the whole outbox is the backlog
+        assert value("antifraud_hooks_outbox_backlog") == 3
+        run_until(hooks, lambda: {retried, fine} <= set(receiver.delivered()), "two events delivered")
+        run_until(hooks, lambda: value("antifraud_hooks_outbox_backlog") == 0, "the backlog gauge at 0")
+        assert value("antifraud_hooks_lock_held") == 1 and value("antifraud_hooks_retrying") == 0
+    finally:
+        hooks.close()
+    assert value("antifraud_hooks_lock_held") == 0, "released: a standby may take over"
+    assert value("antifraud_hooks_deliveries_total", {"outcome": "delivered"}) == 2
+    assert value("antifraud_hooks_deliveries_total", {"outcome": "dead_letter"}) == 1
+    assert value("antifraud_hooks_dead_letters_total", {"reason": "gone"}) == 1
+    assert value("antifraud_hooks_dead_letters_total", {"reason": "attempts"}) == 0
+    attempts = {
+        r: value("antifraud_hooks_attempts_total", {"result": r}) for r in ("2xx", "4xx", "5xx", "error")
+    }
+    assert attempts == {"2xx": 2, "4xx": 1, "5xx": 1, "error": 0}
+    assert value("antifraud_hooks_post_seconds_count") == 4
+    assert value("antifraud_hooks_delivery_seconds_count") == 2
+    assert 0 < value("antifraud_hooks_delivery_seconds_sum") < 60  # type: ignore[operator]
+
+
+def test_antifraud_hooks_serves_its_metrics_on_the_metrics_port(
+    redis_server: EmbeddedRedis, endpoints_file: Path
+) -> None:
+    port = free_port()
+    command = [sys.executable, "-m", "antifraud.engine.cli", "hooks", "--redis", redis_server.url]
+    hooks = subprocess.Popen(
+        [*command, "--webhooks", str(endpoints_file), "--metrics-port", str(port)], stderr=subprocess.PIPE
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                text = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+                if "antifraud_hooks_lock_held 1.0" in text:
+                    break
+            except httpx.TransportError:
+                pass
+            assert hooks.poll() is None, hooks.stderr.read() if hooks.stderr else ""
+            assert time.monotonic() < deadline, "no metrics served"
+            time.sleep(0.1)
+        assert 'antifraud_hooks_deliveries_total{outcome="delivered"} 0.0' in text
+        assert "antifraud_hooks_outbox_backlog 0.0" in text
+    finally:
+        hooks.send_signal(signal.SIGTERM)
+        hooks.wait(timeout=30)
+    assert hooks.returncode == 0
 
 
 def test_a_restarted_worker_resumes_the_pending_events_in_order(

@@ -70,7 +70,8 @@ Block = Text | Grid | Image
 Scores = Mapping[str, np.ndarray]
 
 
-def _save(fig: Figure, path: Path) -> None:
+def save_figure(fig: Figure, path: Path) -> None:
+    """Draw `fig` on the Agg canvas (no pyplot) and write it as a PNG."""
     FigureCanvasAgg(fig)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -87,7 +88,7 @@ def plot_pr(path: Path, y: np.ndarray, scores: Scores) -> None:
     ax.axhline(float(np.mean(y)), color="grey", ls=":", label="fraud rate")
     ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02))
     ax.legend()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_roc(path: Path, y: np.ndarray, scores: Scores) -> None:
@@ -102,7 +103,7 @@ def plot_roc(path: Path, y: np.ndarray, scores: Scores) -> None:
         ax.axvline(x, color="grey", ls=":")
     ax.set(xscale="log", xlim=(1e-4, 1), ylim=(0, 1.02), xlabel="false-positive rate", ylabel="recall")
     ax.legend(loc="lower right")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_scores(path: Path, y: np.ndarray, scores: np.ndarray, thresholds: Thresholds) -> None:
@@ -118,7 +119,7 @@ def plot_scores(path: Path, y: np.ndarray, scores: np.ndarray, thresholds: Thres
         ax.axvline(value, color=color, ls="--", label=f"{name} >= {value:.3f}")
     ax.set(yscale="log", xlabel="score", ylabel="density")
     ax.legend()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_cost(
@@ -141,7 +142,7 @@ def plot_cost(
         ax.axvline(value, color=color, ls="--", label=name)
     ax.set(xscale="log", xlim=(1e-5, 1), xlabel="threshold (log scale)", ylabel="expected cost")
     ax.legend(fontsize=8)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_importance(path: Path, pairs: list[tuple[str, float]]) -> None:
@@ -152,7 +153,7 @@ def plot_importance(path: Path, pairs: list[tuple[str, float]]) -> None:
     ax.barh(names, [g for _, g in pairs][::-1])
     ax.set(xlabel="total gain")
     ax.tick_params(axis="y", labelsize=8)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def _fmt(value: object) -> str:
@@ -348,7 +349,7 @@ def plot_folds(path: Path, metrics: PrequentialMetrics) -> None:
         ax.set(xlabel="fold", title=title, xticks=folds)
         ax.set_ylim(bottom=0)
     fig.axes[0].legend(fontsize=8)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def _markdown(blocks: list[Block]) -> str:
@@ -365,7 +366,8 @@ def _markdown(blocks: list[Block]) -> str:
     return "\n".join(lines)
 
 
-def _html(blocks: list[Block]) -> str:
+def html_page(blocks: list[Block]) -> str:
+    """A standalone HTML page of `blocks` (the images are files next to it)."""
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>antifraud report</title>",
         "<style>body{font-family:sans-serif;max-width:60em;margin:auto}table{border-collapse:collapse}"
@@ -422,7 +424,7 @@ def write_prequential_report(out_dir: Path, metrics: PrequentialMetrics) -> Path
 
 
 def _write_pages(out_dir: Path, blocks: list[Block]) -> Path:
-    (out_dir / "report.html").write_text(_html(blocks))
+    (out_dir / "report.html").write_text(html_page(blocks))
     path = out_dir / "report.md"
     path.write_text(_markdown(blocks))
     return path

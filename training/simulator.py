@@ -36,6 +36,8 @@ provider that blocks cards with reported fraud stops it). The frame has the dtyp
 
 This is the ``default`` preset. ``simulate(..., preset=NAME)`` gives harder worlds built on the same
 customers and merchants, where other signals carry the fraud: see ``antifraud.training.simulator_presets``.
+``simulate(..., drift=Drift(...))`` injects trouble from a given day on (a new fraud scheme, device ids
+that stop arriving, amounts scaled), for monitoring: see ``antifraud.training.simulator_drift``.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ import pandas as pd
 
 from antifraud.engine.schema import TRANSACTION_COLUMNS
 
-__all__ = ["FRAUD_PATTERNS", "PRESET_NAMES", "simulate", "simulate_to_file"]
+__all__ = ["DRIFT_KINDS", "FRAUD_PATTERNS", "PRESET_NAMES", "Drift", "simulate", "simulate_to_file"]
 
 Progress = Callable[[int, int], None]
 Batch = dict[str, np.ndarray]  # one array per internal column, all of the same length
@@ -72,6 +74,8 @@ FRAUD_PATTERNS = (
 # Named worlds (training.simulator_presets): named here so that the simulator's callers can list
 # them without importing the presets' code.
 PRESET_NAMES = ("default", "minimal", "small-merchants", "in-range", "slow-labels")
+# Trouble a history can carry from a given day on (training.simulator_drift), named here for the CLI.
+DRIFT_KINDS = ("new-fraud-pattern", "missing-device", "amount-scale")
 FRAUD_RATE = 0.01  # share of payments that are fraudulent
 # Share of the fraudulent rows for each pattern (card testing and bust-outs are row-heavy).
 PATTERN_SHARES = {
@@ -220,6 +224,37 @@ class _World:
         return len(self.k_id)
 
 
+@dataclass(frozen=True)
+class Drift:
+    """Trouble from day ``after`` on (0-based: payments at or after the start plus ``after`` days).
+
+    ``kinds`` among ``DRIFT_KINDS``: ``new-fraud-pattern`` adds a fraud scheme absent before,
+    ``missing-device`` drops every ``device_id``, ``amount-scale`` multiplies every amount by
+    ``amount_factor`` (100: a client that starts sending minor units). See
+    ``antifraud.training.simulator_drift``.
+    """
+
+    after: int
+    kinds: tuple[str, ...]
+    amount_factor: float = 100.0
+
+    def __post_init__(self) -> None:
+        unknown = [k for k in self.kinds if k not in DRIFT_KINDS]
+        if unknown or not self.kinds:
+            raise ValueError(
+                f"unknown drift kind {unknown or self.kinds!r}: choose among {', '.join(DRIFT_KINDS)}"
+            )
+        if not (self.amount_factor > 0 and np.isfinite(self.amount_factor)):
+            raise ValueError(f"the drift's amount factor must be a positive number, not {self.amount_factor}")
+
+    def check(self, days: int) -> None:
+        """Refuses a drift day outside the simulated period (the trouble needs a day before it)."""
+        if not 1 <= self.after < days:
+            raise ValueError(
+                f"the drift day must be within the {days} simulated days (1 to {days - 1}), not {self.after}"
+            )
+
+
 # ------------------------------------------------------------------------------------------ public
 
 
@@ -231,6 +266,7 @@ def simulate(
     start: date = date(2026, 1, 1),
     progress: Progress | None = None,
     preset: str = "default",
+    drift: Drift | None = None,
 ) -> pd.DataFrame:
     """Simulate ``days`` of card payments of ``cards`` cards at ``merchants`` merchants.
 
@@ -240,25 +276,38 @@ def simulate(
     are fraud, from every pattern of ``FRAUD_PATTERNS``. The same arguments give the same frame.
     ``progress(done, total)`` is called after each simulated day and once at the end.
     ``preset`` names another world (one of ``PRESET_NAMES``, see ``antifraud.training.simulator_presets``).
+    ``drift`` injects trouble from a day on; without it the frame is exactly what it was before drift
+    existed (its draws come from a generator of their own).
     """
     if preset not in PRESET_NAMES:
         raise ValueError(f"unknown simulator preset {preset!r}: choose one of {', '.join(PRESET_NAMES)}")
     if days < 7 or cards < 20 or merchants < 20:
         raise ValueError("simulate needs at least 7 days, 20 cards and 20 merchants")
+    if drift is not None:
+        drift.check(days)
     if preset != "default":
         from antifraud.training.simulator_presets import (
             simulate_preset,  # late: the presets build on this module
         )
 
-        return simulate_preset(preset, days, cards, merchants, seed, start, progress)
+        return simulate_preset(preset, days, cards, merchants, seed, start, progress, drift)
     rng = np.random.default_rng(seed)
     world = _build_world(rng, days, cards, merchants, start)
     payments = legit_payments(rng, world, days, progress)
     fraud = _inject_fraud(_FraudContext(rng, world, payments), len(payments["ts"]))
-    frame = _assemble(rng, world, _concat([payments, *fraud]))
+    frame = _assemble(rng, world, with_drift(drift, seed, world, _concat([payments, *fraud])))
     if progress is not None:
         progress(days + 1, days + 1)
     return frame
+
+
+def with_drift(drift: Drift | None, seed: int, world: _World, payments: Batch) -> Batch:
+    """The payments with ``drift``'s trouble (``payments`` itself without one)."""
+    if drift is None:
+        return payments
+    from antifraud.training.simulator_drift import apply_drift  # late: it builds on this module
+
+    return apply_drift(drift, seed, world, payments)
 
 
 def legit_payments(rng: np.random.Generator, world: _World, days: int, progress: Progress | None) -> Batch:
@@ -279,11 +328,12 @@ def simulate_to_file(
     seed: int,
     progress: Progress | None = None,
     preset: str = "default",
+    drift: Drift | None = None,
 ) -> pd.DataFrame:
     """Simulate (see ``simulate``) and write the history to ``path`` (.csv, .csv.gz or .parquet)."""
     from antifraud.training.history import write_history  # late: keeps the simulator importable alone
 
-    frame = simulate(days, cards, merchants, seed, progress=progress, preset=preset)
+    frame = simulate(days, cards, merchants, seed, progress=progress, preset=preset, drift=drift)
     write_history(frame, path)
     return frame
 

@@ -69,6 +69,7 @@ from antifraud.training.simulator import (
     PRESET_NAMES,
     SHIPS,
     Batch,
+    Drift,
     Progress,
     _assemble,
     _batch,
@@ -84,6 +85,7 @@ from antifraud.training.simulator import (
     _tokens,
     _World,
     legit_payments,
+    with_drift,
 )
 
 __all__ = ["MINIMAL_COLUMNS", "PRESETS", "Preset", "simulate_preset"]
@@ -177,12 +179,14 @@ def simulate_preset(
     seed: int,
     start: date = date(2026, 1, 1),
     progress: Progress | None = None,
+    drift: Drift | None = None,
 ) -> pd.DataFrame:
-    """``antifraud.training.simulator.simulate`` for the preset ``name`` (see the module docstring)."""
+    """``antifraud.training.simulator.simulate`` for the preset ``name`` (see the module docstring),
+    with ``drift``'s trouble if given (``antifraud.training.simulator_drift``)."""
     if name == "default":
         from antifraud.training.simulator import simulate
 
-        return simulate(days, cards, merchants, seed, start, progress)
+        return simulate(days, cards, merchants, seed, start, progress, drift=drift)
     if name not in PRESETS:
         raise ValueError(f"unknown simulator preset {name!r}: choose one of {', '.join(PRESET_NAMES)}")
     preset = PRESETS[name]
@@ -198,7 +202,7 @@ def simulate_preset(
             np.flatnonzero((payments["amount"] > LARGE_AMOUNT) & (payments["fraud_pattern"] == "")),
             "large_amount",
         )
-    frame = _assemble(rng, world, _concat([payments, *cx.added]))
+    frame = _assemble(rng, world, with_drift(drift, seed, world, _concat([payments, *cx.added])))
     if preset.minimal:
         frame["currency"] = "EUR"
         frame = frame[[*MINIMAL_COLUMNS, "fraud_pattern"]]

@@ -58,6 +58,7 @@ from antifraud.training.dataset import (
 from antifraud.training.evaluate import assess
 from antifraud.training.metrics import Assessment, threshold_at_fpr
 from antifraud.training.model_artifact import METADATA_FILE, MODEL_FILE, ModelArtifact
+from antifraud.training.monitor.reference import reference_profile
 
 MIN_FRAUDS = 5  # below this in either slice, early stopping and thresholds are noise
 THRESHOLD_RULE = (
@@ -465,6 +466,11 @@ def run_training(
         metadata["validation_metrics"] = _validation_summary(metrics)
         metadata["training_seconds"] = round(time.perf_counter() - started, 2)
         artifact.save(staging, name=out.name)
+        # what the served model saw on its validation slice: `antifraud monitor` compares live
+        # traffic with it (docs/monitoring.md)
+        step("writing the reference profile")
+        scores = artifact.predict(valid.X, num_threads=cfg.num_threads)
+        reference_profile(str(artifact.metadata["version"]), valid, scores, fitted.thresholds).save(staging)
         _install(staging, out)
     finally:
         if staging.exists():

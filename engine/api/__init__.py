@@ -26,6 +26,7 @@ from antifraud.engine.api.middleware import BodyLimit
 from antifraud.engine.api.models import ANSWER_FIELDS, ERRORS, FeedbackAccepted, Problem, ScoreResponse
 from antifraud.engine.auth import ROUTE_ROLES, ApiKeyAuth, KeyRing
 from antifraud.engine.metrics import Metrics
+from antifraud.engine.monitor_summary import SummaryGauges
 from antifraud.engine.schema import Transaction
 from antifraud.engine.services import Services, build_services, connect_redis
 from antifraud.engine.settings import Settings
@@ -77,7 +78,8 @@ def create_app(
     )
     app.state.settings = settings
     app.state.redis = app_client
-    app.state.metrics = Metrics()
+    # the model monitor's gauges come from its summary in Redis, the same for every worker and host
+    app.state.metrics = Metrics(shared=SummaryGauges(app_client, settings.namespace))
     # The routes in this order, which is the OpenAPI document's. The scoring route goes on the app's
     # own router: an included router costs each request a second path match (engine/api/score.py).
     score_route = score.add_to(app.router)

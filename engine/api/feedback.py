@@ -2,7 +2,8 @@
 
 What it does is `engine/feedback_intake.py`'s, which the console's review resolution shares: a key
 scoped to merchants sends feedback only about its merchants' stored decisions (403 otherwise,
-nothing stored), and a full feedback buffer refuses the event with 503 and Retry-After. The route is
+nothing stored), a challenge's result about a payment not answered `challenge` is a 409 naming
+`kind`, and a full feedback buffer refuses the event with 503 and Retry-After. The route is
 a plain `def`, run in FastAPI's thread pool, so a store read never blocks the event loop where
 payments are scored.
 """
@@ -16,12 +17,12 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse
 
 from antifraud.engine.api.deps import CallerDep, FeaturesDep, LogDep, MetricsDep, ReaderDep
-from antifraud.engine.api.errors import ahead_of_clock
-from antifraud.engine.api.models import ERRORS, UNAVAILABLE, FeedbackAccepted, Problem
+from antifraud.engine.api.errors import ahead_of_clock, conflict
+from antifraud.engine.api.models import ERRORS, UNAVAILABLE, Conflict, FeedbackAccepted, Problem
 from antifraud.engine.decision_reads import StoreUnavailable
 from antifraud.engine.decisions import BufferFull
 from antifraud.engine.feedback import Feedback
-from antifraud.engine.feedback_intake import FeedbackIntake, NotYours
+from antifraud.engine.feedback_intake import FeedbackIntake, NotChallenged, NotYours
 
 router = APIRouter()
 
@@ -37,6 +38,11 @@ router = APIRouter()
             "description": "The key's role may not send feedback, or the key is scoped to merchants "
             "and no decision of theirs is stored for this transaction",
         },
+        409: {
+            "model": Conflict,
+            "description": "A challenge's result about a payment not answered `challenge`, or with no "
+            "known decision: nothing is stored; `fields` names `kind`",
+        },
         **UNAVAILABLE,
     },
 )
@@ -49,7 +55,8 @@ def feedback(
     metrics: MetricsDep,
     caller: CallerDep,
 ) -> dict[str, Any] | JSONResponse:
-    """Tell the engine what happened to a payment (label, bank outcome, refund, cancellation)."""
+    """Tell the engine what happened to a payment (label, bank outcome, refund, cancellation, or the
+    result of the challenge it was answered)."""
     if (refused := ahead_of_clock(request, "reported_at", event.reported_at)) is not None:
         return refused
     intake = FeedbackIntake(log, reader, features, metrics)
@@ -57,6 +64,9 @@ def feedback(
         matched = intake.accept(event, caller.merchants if caller else None, caller.name if caller else "")
     except NotYours as exc:
         raise HTTPException(403, str(exc)) from exc
+    except NotChallenged as exc:
+        # the body is valid; what it says conflicts with the stored decision, as a changed retry's does
+        return conflict(str(exc), ["kind"])
     except BufferFull as exc:
         raise HTTPException(503, str(exc), headers={"Retry-After": "5"}) from exc
     except (redis.RedisError, OSError, StoreUnavailable) as exc:

@@ -47,8 +47,9 @@ async def ready(response: Response, services: ServicesDep) -> Readiness:
 
 
 @router.get("/metrics", response_class=PlainTextResponse)
-async def prometheus(metrics: MetricsDep) -> Response:
-    """Prometheus metrics."""
+def prometheus(metrics: MetricsDep) -> Response:
+    """Prometheus metrics. A plain function, run in the thread pool: rendering reads the workers'
+    metric files and the model monitor's summary in Redis, never on the event loop that scores."""
     return Response(metrics.render(), media_type="text/plain; version=0.0.4")
 
 

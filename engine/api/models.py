@@ -43,10 +43,14 @@ UNAVAILABLE: dict[int | str, dict[str, Any]] = {
 
 
 class Conflict(BaseModel):
-    """409: the transaction id was already decided with another body."""
+    """409: the request conflicts with what is stored about the transaction: a payment already decided
+    with another body, or a challenge's result about a payment not answered `challenge`."""
 
     detail: str
-    fields: list[str] = Field(description="the fields whose values differ from the decided payment's")
+    fields: list[str] = Field(
+        description="the fields in conflict: those whose values differ from the decided payment's, "
+        "or `kind` for a challenge's result"
+    )
 
 
 class FeedbackAccepted(BaseModel):

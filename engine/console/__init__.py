@@ -12,6 +12,7 @@ import contextlib
 from pathlib import Path
 
 import jinja2
+import redis
 from fastapi import FastAPI, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import Response
@@ -32,7 +33,17 @@ from antifraud.engine.console.deps import (
     redirect,
     render,
 )
-from antifraud.engine.console.pages import audit, auth, decisions, lists, queue, rules, today, webhooks
+from antifraud.engine.console.pages import (
+    audit,
+    auth,
+    decisions,
+    lists,
+    monitoring,
+    queue,
+    rules,
+    today,
+    webhooks,
+)
 from antifraud.engine.console.sessions import SessionStore
 from antifraud.engine.decisions import BufferBound
 from antifraud.engine.settings import Settings
@@ -40,7 +51,7 @@ from antifraud.engine.webhooks.config import Endpoints, outbox_of
 
 HERE = Path(__file__).resolve().parent
 #: the console's page routers, in the order of the navigation
-PAGES = (auth, queue, decisions, today, rules, lists, audit, webhooks)
+PAGES = (auth, queue, decisions, today, monitoring, rules, lists, audit, webhooks)
 
 
 def install(app: FastAPI, settings: Settings, keyring: KeyRing | None) -> None:
@@ -73,6 +84,7 @@ def install(app: FastAPI, settings: Settings, keyring: KeyRing | None) -> None:
     app.add_exception_handler(ConsoleError, _console_error)
     app.add_exception_handler(NotSignedIn, _not_signed_in)
     app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(redis.RedisError, _redis_error)
 
 
 async def _console_error(request: Request, exc: Exception) -> Response:
@@ -85,6 +97,16 @@ async def _not_signed_in(request: Request, exc: Exception) -> Response:
     if SESSION_COOKIE in request.cookies:  # expired or revoked: drop the dead cookie
         response.delete_cookie(SESSION_COOKIE, path="/console", httponly=True, samesite="strict")
     return response
+
+
+async def _redis_error(request: Request, exc: Exception) -> Response:
+    """A console page that Redis did not answer (down, or slower than the scoring path's short
+    timeout, which the console shares): 503 "retry" rather than a bare 500. The API's routes keep
+    their own handling: re-raised, as without this handler."""
+    if not request.url.path.startswith("/console/"):
+        raise exc
+    message = f"Redis did not answer ({type(exc).__name__}): retry in a moment"
+    return render(request, "error.html", {"status": 503, "message": message}, 503)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

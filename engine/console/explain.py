@@ -55,8 +55,12 @@ def band_line(band: Mapping[str, Any]) -> Line:
 
 
 def reason_lines(reasons: Mapping[str, Any], rules: RuleSet, degraded: Sequence[str] = ()) -> list[Line]:
-    """The rules, band, fail policy and fallback of a decision (or a review case) in words."""
-    lines = [rule_line(f, rules) for f in reasons.get("rules", ())]
+    """The rules, band, fail policy and fallback of a decision (or a review case) in words; a case
+    of a failed challenge says so first."""
+    lines = []
+    if reasons.get("challenge") == "failed":
+        lines.append(Line("challenge", "the payer failed the challenge (reported by the payment flow)"))
+    lines += [rule_line(f, rules) for f in reasons.get("rules", ())]
     if (band := reasons.get("band")) is not None:
         lines.append(band_line(band))
     if (policy := reasons.get("fail_policy")) is not None:
@@ -65,11 +69,31 @@ def reason_lines(reasons: Mapping[str, Any], rules: RuleSet, degraded: Sequence[
     if (fallback := reasons.get("authenticated_fallback")) is not None:
         lines.append(Line("policy", f"already authenticated: the challenge became {fallback}"))
     lines += [rule_line(f, rules, shadow=True) for f in reasons.get("shadow_rules", ())]
-    lines += [
+    return lines
+
+
+def skipped_lines(reasons: Mapping[str, Any]) -> list[Line]:
+    """The rules skipped because an input they read was missing: often many (a rule set's every rule
+    on a signal the payment lacks), so pages show them apart, collapsed."""
+    return [
         Line("note", f"rule {rule_id} was not evaluated: an input it reads was missing")
         for rule_id in reasons.get("skipped_rules", ())
     ]
-    return lines
+
+
+def reason_codes(reasons: Mapping[str, Any]) -> list[str]:
+    """The reasons as short stable words, for a one-line summary where the full text does not fit (the
+    demo's table): each fired rule's reason code (its id when it has none), then the band ("score
+    band ≥58"), "fail policy", "authenticated" (a challenge replaced), and "challenge failed" first
+    when it did."""
+    codes = ["challenge failed"] if reasons.get("challenge") == "failed" else []
+    codes += [str(f.get("reason") or f["rule"]) for f in reasons.get("rules", ())]
+    if (band := reasons.get("band")) is not None:
+        codes.append(f"score band ≥{band['threshold']:g}")
+    for key, word in (("fail_policy", "fail policy"), ("authenticated_fallback", "authenticated")):
+        if reasons.get(key) is not None:
+            codes.append(word)
+    return codes
 
 
 def contribution_lines(reasons: Mapping[str, Any], labels: Mapping[str, str]) -> list[Line]:

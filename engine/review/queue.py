@@ -1,10 +1,12 @@
-"""The review queue in Redis: every decision answered `review` waits here for a person.
+"""The review queue in Redis: every decision answered `review`, and every challenge the payment flow
+reported failed, waits here for a person.
 
 Keys (all under the hash tag `{review}`, so each script touches one slot of a cluster), with
 `p = {ns}:{review}:`:
 
 - `p case:<tx>`  hash: the case (merchant, amount, currency, risk score, score, reasons as JSON, card
-  token, decided_at, queued_at, source, status, claimed_by, claimed_at, outcome, note, resolved_by,
+  token, decided_at, queued_at, source (`decision`: answered review; `challenge`: a challenge the
+  payment flow reported failed), status, claimed_by, claimed_at, outcome, note, resolved_by,
   resolved_at); a resolved case expires `keep_days` after its resolution;
 - `p open:age`, `p open:risk`  zsets of the open cases, by decision time (ms), and by
   `risk_score * 1e13 + (1e13 - decided_ms)` (riskiest, then oldest); `... :m:<merchant>` the same
@@ -35,6 +37,8 @@ from antifraud.engine.settings import Settings
 
 Order = Literal["oldest", "riskiest"]
 ORDERS: tuple[Order, ...] = ("oldest", "riskiest")
+#: why a case entered: a `review` decision, or a `challenge` the payment flow reported failed
+Source = Literal["decision", "challenge"]
 Outcome = Literal["fraud", "legitimate"]
 OUTCOMES: tuple[Outcome, ...] = ("fraud", "legitimate")
 #: the day counters, in the order pages show them
@@ -181,7 +185,7 @@ class Case:
     timestamp: str  # the payment's time
     decided_at: str
     queued_at: str
-    source: str
+    source: Source
     status: Literal["open", "resolved"]
     claimed_by: str | None = None  # the live claim's holder (None: free)
     claim_ms_left: int = 0
@@ -234,10 +238,16 @@ def _today() -> str:
     return datetime.now(UTC).date().isoformat()
 
 
-def case_fields(decision: Decision, source: str = "decision") -> dict[str, str]:
-    """The hash fields of a decision's case."""
+def case_fields(decision: Decision, source: Source = "decision") -> dict[str, str]:
+    """The hash fields of a decision's case; a case of a failed challenge says so in its reasons."""
     reasons = decision["reasons"]
-    kept = {k: reasons[k] for k in ("rules", "band", "fail_policy", "authenticated_fallback") if k in reasons}  # type: ignore[literal-required]
+    kept: dict[str, object] = {
+        k: reasons[k]  # type: ignore[literal-required]
+        for k in ("rules", "band", "fail_policy", "authenticated_fallback")
+        if k in reasons
+    }
+    if source == "challenge":
+        kept["challenge"] = "failed"
     payment = decision["payment"]
     decided = datetime.fromisoformat(decision["decided_at"])
     fields = {
@@ -296,12 +306,12 @@ class ReviewQueue:
 
     # -- intake ---------------------------------------------------------------------------------------
 
-    def enqueue(self, decisions: Iterable[Decision]) -> tuple[int, int]:
+    def enqueue(self, decisions: Iterable[Decision], source: Source = "decision") -> tuple[int, int]:
         """Queue each decision as a case, once (one pipeline); returns (queued, refused as overflow)."""
         pipe = self.client.pipeline(transaction=False)
         calls = 0
         for decision in decisions:
-            fields = case_fields(decision)
+            fields = case_fields(decision, source)
             flat = [x for pair in fields.items() for x in pair]
             self._enqueue(args=self._args(decision["transaction_id"], self.max_open, *flat), client=pipe)
             calls += 1
@@ -443,7 +453,7 @@ def _case_of(tx: str, found: dict[bytes, bytes], holder: str | None, left_ms: in
         timestamp=f.get("timestamp", ""),
         decided_at=f.get("decided_at", ""),
         queued_at=f.get("queued_at", ""),
-        source=f.get("source", "decision"),
+        source="challenge" if f.get("source") == "challenge" else "decision",
         status="open" if f.get("status") == "open" else "resolved",
         claimed_by=holder,
         claim_ms_left=max(left_ms, 0) if holder else 0,

@@ -18,6 +18,10 @@ the group's pending entries in id order); other transactions flow on, and a dead
 An entry is acknowledged once every endpoint is done with it, then trimmed below the oldest entry still
 pending, as the decision sink trims. Dead letters go to `{ns}:hooks:dead` (the newest DEAD_MAXLEN),
 where the console lists them and an admin can send one again (`retry_dead`).
+
+Its Prometheus metrics (engine/webhooks/metrics.py, a registry of its own) count deliveries by outcome,
+attempts by result and dead letters by reason, and give the outbox's backlog and the latencies;
+`antifraud hooks --metrics-port` serves them.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import time
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Final, cast
 
 import httpx
@@ -39,6 +44,7 @@ import redis
 from antifraud.engine.daemon import stop_on_signals
 from antifraud.engine.decisions import append_bounded
 from antifraud.engine.webhooks.config import Endpoint, Endpoints
+from antifraud.engine.webhooks.metrics import HookMetrics, attempt_result
 from antifraud.engine.webhooks.outbox import DEAD_MAXLEN, FIELD, OUTBOX_BOUND, HookEvent
 from antifraud.engine.webhooks.signing import DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER, sign
 
@@ -79,10 +85,20 @@ class _Pending:
 
 @dataclass(frozen=True)
 class Outcome:
-    """One POST's result: the HTTP status (None when no answer came) and the error's text."""
+    """One POST's result: the HTTP status (None when no answer came), the error's text, how long."""
 
     status: int | None
     error: str = ""
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class _Dead:
+    """Why a delivery is given up (a DEAD_REASONS label), the last status (None: no answer), the text."""
+
+    reason: str
+    status: int | None
+    error: str
 
 
 def _text(value: bytes | str) -> str:
@@ -103,11 +119,13 @@ def post(client: httpx.Client, endpoint: Endpoint, event: HookEvent, body: bytes
         DELIVERY_HEADER: event["id"],
         SIGNATURE_HEADER: sign(endpoint.secrets, body),
     }
+    started = time.perf_counter()
     try:
         answer = client.post(endpoint.url, content=body, headers=headers)
     except httpx.HTTPError as exc:
-        return Outcome(None, f"{type(exc).__name__}: {exc}"[:500])
-    return Outcome(answer.status_code, "" if answer.is_success else answer.text[:500])
+        return Outcome(None, f"{type(exc).__name__}: {exc}"[:500], time.perf_counter() - started)
+    error = "" if answer.is_success else answer.text[:500]
+    return Outcome(answer.status_code, error, time.perf_counter() - started)
 
 
 class HookWorker:
@@ -126,8 +144,10 @@ class HookWorker:
         renew_s: float = 10.0,
         threads: int = 8,
         holder: str | None = None,
+        metrics: HookMetrics | None = None,
     ) -> None:
         self.client = client
+        self.metrics = metrics or HookMetrics()
         self.endpoints = endpoints
         self.max_attempts = max_attempts
         self.base_delay_s = base_delay_s
@@ -171,6 +191,7 @@ class HookWorker:
                 self._drain_inflight()
                 self._reset()
             self._renewed = now
+            self.metrics.holding.set(int(self.holding))
             return self.holding
         # taken, or still ours after a failed round (this worker starts over from Redis's state)
         if self.client.set(self.lock, self.holder, nx=True, px=self.lock_ms) or self._renew(
@@ -180,6 +201,7 @@ class HookWorker:
             self._ensure_group()
             self._resume()
             log.info("webhook delivery lock taken: delivering (%d entries pending)", len(self.pending))
+        self.metrics.holding.set(int(self.holding))
         return self.holding
 
     def release(self) -> None:
@@ -188,6 +210,7 @@ class HookWorker:
         if self.holding:
             self._release(keys=[self.lock], args=[self.holder])
             self.holding = False
+            self.metrics.holding.set(0)
         self._reset()
 
     def close(self) -> None:
@@ -288,7 +311,9 @@ class HookWorker:
             endpoint = self.endpoints.named(name)
             pending = self.pending[entry]
             if endpoint is None:
-                self._finish(name, entry, dead=(None, "the endpoint is no longer configured"))
+                self._finish(
+                    name, entry, _Dead("endpoint_removed", None, "the endpoint is no longer configured")
+                )
                 continue
             future = self.pool.submit(post, self.http, endpoint, pending.event, pending.body)
             self.inflight[future] = (name, entry)
@@ -308,20 +333,23 @@ class HookWorker:
 
     def _result(self, name: str, entry: str, outcome: Outcome) -> None:
         member = f"{name}|{entry}"
+        self.metrics.attempts.labels(attempt_result(outcome.status)).inc()
+        self.metrics.post_seconds.observe(outcome.seconds)
         if outcome.status is not None and 200 <= outcome.status < 300:
             self.delivered += 1
+            created = datetime.fromisoformat(self.pending[entry].event["created"])
+            self.metrics.delivery_seconds.observe(max(0.0, time.time() - created.timestamp()))
             self._finish(name, entry)
             return
         if outcome.status == 410:
             self._finish(
-                name, entry, dead=(outcome.status, outcome.error or "410 Gone: the endpoint is gone")
+                name, entry, _Dead("gone", outcome.status, outcome.error or "410 Gone: the endpoint is gone")
             )
             return
         attempts = int(cast(int, self.client.hincrby(self.attempts, member, 1)))
         if attempts >= self.max_attempts:
-            self._finish(
-                name, entry, dead=(outcome.status, f"{attempts} attempts failed; last: {outcome.error}")
-            )
+            error = f"{attempts} attempts failed; last: {outcome.error}"
+            self._finish(name, entry, _Dead("attempts", outcome.status, error))
             return
         delay = min(self.base_delay_s * 2 ** (attempts - 1), self.max_delay_s) * random.uniform(0.8, 1.2)
         due = time.time() + delay
@@ -336,12 +364,14 @@ class HookWorker:
             delay,
         )
 
-    def _finish(self, name: str, entry: str, dead: tuple[int | None, str] | None = None) -> None:
+    def _finish(self, name: str, entry: str, dead: _Dead | None = None) -> None:
         """The endpoint is done with the entry (delivered, or a dead letter): free its lane's next."""
         pending = self.pending[entry]
         member = f"{name}|{entry}"
+        self.metrics.deliveries.labels("delivered" if dead is None else "dead_letter").inc()
         if dead is not None:
-            status, error = dead
+            status, error = dead.status, dead.error
+            self.metrics.dead_letters.labels(dead.reason).inc()
             self.dead_lettered += 1
             event = orjson.dumps(pending.event)
             self.client.xadd(
@@ -381,9 +411,11 @@ class HookWorker:
         pipe.execute()
 
     def trim(self) -> int:
-        """Trim the outbox below its oldest entry not yet acknowledged; how many entries went."""
+        """Trim the outbox below its oldest entry not yet acknowledged; how many entries went. Also
+        sets the backlog gauge."""
         groups = cast(list[dict[str, object]], self.client.xinfo_groups(self.outbox))
         group = next((g for g in groups if _text(cast(bytes, g["name"])) == GROUP), None)
+        self.metrics.backlog.set(self._backlog(group))
         if group is None:
             return 0
         last = _text(cast(bytes, group["last-delivered-id"]))
@@ -395,6 +427,14 @@ class HookWorker:
         if summary["pending"] and summary["min"] is not None:
             bound = min(bound, _text(cast(bytes, summary["min"])), key=_id_key)
         return int(cast(int, self.client.xtrim(self.outbox, minid=bound, approximate=False)))
+
+    def _backlog(self, group: dict[str, object] | None) -> int:
+        """Entries never read plus those read and not finished; the stream's length when Redis cannot
+        tell what was read (no group yet, or entries deleted in the middle of the stream)."""
+        unread = group.get("lag") if group is not None else None
+        if group is None or unread is None:
+            return int(cast(int, self.client.xlen(self.outbox)))
+        return int(cast(int, unread)) + int(cast(int, group["pending"]))
 
     # -- running ------------------------------------------------------------------------------------
 
@@ -412,6 +452,7 @@ class HookWorker:
         if got or not self.inflight:
             self._start_due()
         self.trim()
+        self.metrics.retrying.set(len(self.due))
         return True
 
     def _next_wait(self, longest: float) -> float:
@@ -497,10 +538,13 @@ def run_hooks(
     namespace: str = "af",
     max_attempts: int = 12,
     timeout_s: float = 5.0,
+    metrics_port: int = 0,
 ) -> int:
     """`antifraud hooks`: deliver (or stand by) until SIGTERM or SIGINT, which let the POSTs in flight
-    finish; returns how many deliveries succeeded."""
+    finish; returns how many deliveries succeeded. `metrics_port` > 0 serves its Prometheus metrics."""
     from pathlib import Path
+
+    from prometheus_client import start_http_server
 
     with stop_on_signals("the deliveries in flight") as stop:
         client = redis.Redis.from_url(redis_url)
@@ -508,6 +552,8 @@ def run_hooks(
             client, Endpoints(Path(endpoints_file)), namespace, max_attempts=max_attempts, timeout_s=timeout_s
         )
         try:
+            if metrics_port:
+                start_http_server(metrics_port, registry=worker.metrics.registry)
             log.info(
                 "webhook worker %s: %s -> %d endpoint(s)",
                 worker.holder,

@@ -81,6 +81,11 @@ def test_claim_and_resolve_a_review_then_find_it(console: Console, page: Page) -
     page.get_by_role("link", name=tx).click()
     expect(page.get_by_role("heading", level=1)).to_have_text(f"Decision {tx}")
 
+    page.get_by_role("link", name="Today", exact=True).click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("Today")
+    expect(page.get_by_role("table", name="Reviews")).to_be_visible()
+    shot(page, "today")
+
 
 def test_claim_and_resolve_by_keyboard_alone(console: Console, page: Page) -> None:
     tx, _ = _reviewed_payment(console)

@@ -7,10 +7,11 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 
+from console_helpers import REVIEW_RULE
 from payloads import score_request
 from playwright.sync_api import Page, expect
 
-from .conftest import REVIEW_RULE, Console, shot, sign_in
+from .conftest import Console, shot, sign_in
 
 #: the browser tests' review rule, lowered from 9,000 to 8,000
 LOWER = REVIEW_RULE.replace("amount > 9000", "amount > 8000")

@@ -1,8 +1,13 @@
 """Signing in to the console in Chromium: an analyst key gets in, a scorer key is refused, a form with an
-altered CSRF token is refused; the audit log and the webhooks page (admins only)."""
+altered CSRF token is refused; the audit log and the webhooks page (admins only), with the dead letter
+of a review whose endpoint answered 410."""
 
 from __future__ import annotations
 
+import time
+import uuid
+
+from payloads import score_request
 from playwright.sync_api import Page, expect
 
 from .conftest import Console, shot, sign_in
@@ -52,8 +57,17 @@ def test_an_admin_reads_the_webhooks_page_and_an_analyst_cannot(console: Console
     page.goto(f"{console.url}/console/webhooks")
     expect(page.get_by_role("alert")).to_contain_text("this page needs an admin key")
     page.get_by_role("button", name="Sign out").click()
+    tx = f"br-hook-{uuid.uuid4().hex[:8]}"
+    with console.api() as api:  # reviewed: its decision.review goes to the retired endpoint, a 410
+        assert api.post("/v1/score", json=score_request(tx, 0, amount=9500.0)).json()["verdict"] == "review"
     sign_in(page, console, "ops")
     page.get_by_role("link", name="Webhooks").click()
     expect(page.get_by_role("heading", level=1)).to_have_text("Webhooks")
-    expect(page.get_by_role("table", name="Dead letters: 0")).to_be_visible()
+    expect(page.get_by_role("cell", name="retired-bus", exact=True).first).to_be_visible()
+    deadline = time.monotonic() + 30  # the sink's linger, then the worker's POST
+    while not page.get_by_role("link", name=tx).count() and time.monotonic() < deadline:
+        time.sleep(0.5)
+        page.reload()
+    expect(page.get_by_role("link", name=tx)).to_be_visible()
+    expect(page.get_by_role("button", name=f"send decision.review:{tx} again")).to_be_visible()
     shot(page, "webhooks")

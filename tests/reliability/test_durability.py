@@ -218,7 +218,8 @@ def test_kill_9_after_an_acknowledged_burst_loses_nothing() -> None:
             (t, logged.times_logged(t), logged.store_decision_rows[t]) for t in not_once[:5]
         ]
         assert not fb_lost and not fb_twice, fb_lost[:5]
-        assert len(before) > 50 and not counters_differ, counters_differ[:5]
+        # at least one key per entity compared, whatever the state's layout (a card: its state and profile)
+        assert len(before) >= len(entities) and not counters_differ, counters_differ[:5]
 
 
 def test_control_without_persistence_kill_9_loses_everything() -> None:

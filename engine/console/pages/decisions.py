@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict
 
 from antifraud.engine.api.deps import ReaderDep, ScorerDep
 from antifraud.engine.console.deps import ConsoleError, redirect, render, require
-from antifraud.engine.console.explain import contribution_lines, feature_rows, reason_lines
+from antifraud.engine.console.explain import contribution_lines, feature_rows, reason_lines, skipped_lines
 from antifraud.engine.console.pages.lists import list_actions
 from antifraud.engine.console.pages.queue import review_queue
 from antifraud.engine.console.sessions import Session
@@ -75,6 +75,7 @@ def decision_page(
             "payment": [(k, v, k in ENTITY_FIELDS) for k, v in payment.items() if k != "metadata"],
             "metadata": payment.get("metadata") or {},
             "reasons": reason_lines(reasons, scorer.loaded.rules, decision["degraded"]),
+            "skipped": skipped_lines(reasons),
             "contributions": contribution_lines(reasons, labels),
             "features": feature_rows(decision["features"], labels),
             "earlier": earlier,
@@ -101,10 +102,11 @@ def _timeline(feedback: list[dict[str, Any]], case: Case | None) -> list[tuple[s
     """(time, what happened) of the feedback received and the review case, oldest first."""
     events = []
     for f in feedback:
-        said = f.get("label") or f.get("outcome") or ""
+        said = f.get("label") or f.get("outcome") or f.get("result") or ""
         events.append((f["received_at"], f"feedback: {f['kind']} {said}".strip()))
     if case is not None:
-        events.append((case.queued_at, "entered the review queue"))
+        why = ": the challenge failed" if case.source == "challenge" else ""
+        events.append((case.queued_at, f"entered the review queue{why}"))
         if case.claimed_by:
             events.append(("", f"claimed by {case.claimed_by} ({case.claim_ms_left // 60_000} min left)"))
         if case.resolved_at:
