@@ -16,12 +16,25 @@ Redis spends executing the script, without reading the request or writing the re
 CONFIG RESETSTAT before the measured loop; the bare EVALSHA calls interleaved there are taken out
 with their own usec per call, measured alone in the same run, and the two are compared (issue 15:
 at most 120 us per payment).
+
+`--against DIR` runs an interleaved A/B instead: this checkout's `OnlineFeatures` against the one of
+another checkout (DIR/features/online.py with its own score.lua, e.g. a worktree of main), each on
+its own redis-server loaded with the same history, scoring the same payments in alternating
+batches of 100, so that the load of a shared machine falls on both alike. It prints each side's
+Redis time per payment (INFO commandstats) and Redis CPU per batch (INFO cpu), and memory per card.
+Run: .venv/bin/python benchmarks/bench_online_features.py --against ../main-checkout
 """
 
 from __future__ import annotations
 
+import argparse
+import importlib.util
+import sys
 import time
 from collections import defaultdict
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 import redis
@@ -34,6 +47,7 @@ from antifraud.training.simulator import simulate
 
 MEASURED = 3000  # payments timed with one EVALSHA each
 BY_BLOCK = 1500  # later payments sent one EVALSHA per entity block
+AB_BATCH = 100  # payments per turn of one side in the interleaved A/B
 
 
 def percentiles(samples: list[float]) -> str:
@@ -74,9 +88,67 @@ def _cpu_us(client: redis.Redis) -> float:
     return (float(info["used_cpu_user_main_thread"]) + float(info["used_cpu_sys_main_thread"])) * 1e6
 
 
-def main() -> None:
+def _history() -> Any:
     history = simulate(days=30, cards=2000, merchants=100, seed=5)
-    history = history.sort_values("timestamp", kind="stable").reset_index(drop=True)
+    return history.sort_values("timestamp", kind="stable").reset_index(drop=True)
+
+
+class _Scoring(Protocol):
+    def backfill(self, history: Any) -> int: ...
+
+    def score(self, payment: Mapping[str, Any]) -> object: ...
+
+
+def _other_online(checkout: Path) -> type:
+    """`OnlineFeatures` of another checkout (its features/online.py reads its own score.lua)."""
+    spec = importlib.util.spec_from_file_location("online_other", checkout / "features" / "online.py")
+    if spec is None or spec.loader is None:
+        raise SystemExit(f"no features/online.py under {checkout}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["online_other"] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module.OnlineFeatures
+
+
+def against(checkout: Path, payments: int = 4000) -> None:
+    """Interleaved A/B of Redis time per payment: this checkout against `checkout`."""
+    history = _history()
+    warm = history.iloc[: len(history) - payments]
+    records = [payment_record(history, row) for row in range(len(history) - payments, len(history))]
+    with EmbeddedRedis() as server_a, EmbeddedRedis() as server_b:
+        sides: list[tuple[str, redis.Redis, _Scoring]] = []
+        for name, server, cls in (
+            ("this", server_a, OnlineFeatures),
+            (str(checkout), server_b, _other_online(checkout)),
+        ):
+            client = redis.Redis.from_url(server.url)
+            online: _Scoring = cls(client)
+            online.backfill(warm)
+            client.config_resetstat()
+            sides.append((name, client, online))
+        per_batch: dict[str, list[float]] = defaultdict(list)
+        for turn, start in enumerate(range(0, payments, AB_BATCH)):
+            for name, client, online in sides if turn % 2 == 0 else sides[::-1]:
+                before = _cpu_us(client)
+                for record in records[start : start + AB_BATCH]:
+                    online.score(record)
+                per_batch[name].append((_cpu_us(client) - before) / AB_BATCH)
+        cards = history["card_id"].nunique()
+        print(f"{payments:,} payments in batches of {AB_BATCH}, alternately; {cards:,} active cards")
+        for name, client, _ in sides:
+            usec, calls = _evalsha_usec(client)
+            memory = client.info("memory")
+            used = int(memory["used_memory"]) - int(memory["used_memory_startup"])
+            cpu = np.array(per_batch[name])
+            print(
+                f"  {name}: Redis us per payment {usec / calls:6.1f} (commandstats);"
+                f" Redis CPU per payment, median of batches {np.median(cpu):6.1f} (INFO cpu);"
+                f" memory per card {used / cards:,.0f} B"
+            )
+
+
+def main() -> None:
+    history = _history()
     n = len(history)
     warm = history.iloc[: n - MEASURED - BY_BLOCK]
     measured = history.iloc[n - MEASURED - BY_BLOCK : n - BY_BLOCK]
@@ -174,4 +246,10 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--against", type=Path, help="another checkout: interleaved A/B against it")
+    options = parser.parse_args()
+    if options.against:
+        against(options.against.resolve())
+    else:
+        main()

@@ -72,6 +72,11 @@ def _layout(p: EntityPlan, spread: int, *, before_fingerprints: bool = False, fl
         shape = repr(("fingerprints", *windows, "within", [[w.ms for w in f.exact] for f in p.folded]))
     else:
         shape = repr(("fingerprints", *windows))
+    return _layout_number(shape)
+
+
+def _layout_number(shape: str) -> int:
+    """A negative number naming a state layout (`shape`), as score.lua compares it."""
     return -1 - int.from_bytes(hashlib.blake2b(shape.encode(), digest_size=4).digest(), "big") // 2
 
 
@@ -104,11 +109,13 @@ class _Block:
                 self.value_slots.append((len(tokens), spec.entities[p.folded[0].entity][-1]))
             tokens.append("")
         for g, group in p.buckets.items():
-            tokens += ["B", str(g), str(group.max_buckets), str(len(group.windows))]
-            tokens += [str(w.ms // g) for w in group.windows]
-            tokens.append(str(len(group.fraud_windows)))
+            bucketed = [str(g), str(group.max_buckets), str(len(group.windows))]
+            bucketed += [str(w.ms // g) for w in group.windows]
+            bucketed.append(str(len(group.fraud_windows)))
             for w in group.fraud_windows:
-                tokens += [str(w.lag_ms // g), str(w.ms // g)]
+                bucketed += [str(w.lag_ms // g), str(w.ms // g)]
+            # a number naming these windows: the closed sums kept for others are not read (op B)
+            tokens += ["B", *bucketed, str(_layout_number(repr(("buckets", bucketed))))]
         # distinct counts and novelty: a capped set of the `limits.distinct` values seen most
         # recently, by fingerprint (op D)
         for d in p.distinct.values():

@@ -32,7 +32,7 @@
 --              of that kind, whatever their age (written by feedback mode),
 --          [3] the head and tails of the exact windows (E), or an empty array,
 --          [4] the capped set of each distinct or novelty field (D), in token order,
---          [4 + k] the buckets of the k-th bucketed granularity (B), in token order,
+--          [4 + k] the buckets of the k-th bucketed granularity (B: closed and open parts), in token order,
 --          [4 + ngroups + k] the times of the feedback events of the k-th kind with windows (F),
 --          [5 + ngroups + nfeedback] the latest payment time the block recorded (absent in a
 --          state only feedback has written so far).
@@ -310,78 +310,150 @@ local function op_events(st, a, i, rec, amount)
   return i + 7 + 2 * nw + nm
 end
 
--- B: bucketed windows of one granularity g: state[4 + k] for the k-th B op of the block holds the
--- buckets that have data, five numbers each: bucket (floor(time / g)), count, sum, max, and the
--- frauds known among the bucket's payments (added by feedback as labels arrive). A window of nb buckets is the current bucket b and the nb - 1 before it; buckets after
--- b (written by a fraud label ahead of its payment) are not in it. b is the bucket of the effective
--- time; the payment is counted in the bucket of its own time (the one a fraud label about it
--- names), unless that bucket is already out of every window. Recording drops buckets that fell
--- out of every window (<= b - keep).
+-- B: bucketed windows of one granularity g: the k-th B op of the block reads state[4 + k]. Its
+-- buckets are those that have data, five numbers each: bucket (floor(time / g)), count, sum, max,
+-- and the frauds known among the bucket's payments (added by feedback as labels arrive). A window of
+-- nb buckets is the current bucket b and the nb - 1 before it; buckets after b (written by a fraud
+-- label ahead of its payment) are not in it. b is the bucket of the effective time; the payment is
+-- counted in the bucket of its own time (the one a fraud label about it names), unless that bucket
+-- is already out of every window. Recording drops buckets that fell out of every window (<= b - keep).
 -- A known-fraud window may be lagged: lag buckets before b, it covers buckets b - lag - nb + 1 to
 -- b - lag (labels arrive late: the payments of a week ago are the ones whose labels are known).
--- tokens: g, keep, nw, nb1..nbn, nf, then per known-fraud window: lag, nb
+-- state[4 + k] = { closed, b0, layout, sums, open }: the buckets before b0 ("closed": a MessagePack
+-- string, decoded only when b0 is no longer the current bucket), the bucket the state was written
+-- at, a number naming the windows (`layout`: sums written for other windows are not read), each
+-- window's count, sum, max and frauds over the closed buckets as read at b0 (`sums`), and the
+-- buckets from b0 on (`open`, usually b0's alone). While the current bucket is b0, a call decodes
+-- and encodes a handful of numbers instead of every bucket (a merchant's 30 daily buckets: 150) and
+-- reads each window from its sums and b0's bucket. A new bucket, a late payment into a closed one
+-- or a fraud label about a closed bucket (feedback mode: `sums` marked stale by b0 = -1) reads every
+-- bucket, as the layout before did (a plain list of buckets: taken over), and writes the parts anew.
+-- tokens: g, keep, nw, nb1..nbn, nf, then per known-fraud window: lag, nb; then layout
 local function op_buckets(st, a, i, rec, amount)
   local g, keep, nw = tonumber(a[i]), tonumber(a[i + 1]), tonumber(a[i + 2])
   local nf = tonumber(a[i + 3 + nw])
-  local sizes, lags = {}, {}
-  for k = 1, nw do sizes[k], lags[k] = tonumber(a[i + 2 + k]), 0 end
-  for k = 1, nf do
-    lags[nw + k], sizes[nw + k] = tonumber(a[i + 2 + nw + 2 * k]), tonumber(a[i + 3 + nw + 2 * k])
-  end
+  local layout = tonumber(a[i + 4 + nw + 2 * nf])
   local nk = nw + nf
   st.group = st.group + 1
   local slot = 4 + st.group
   local b, own = math.floor(te / g), math.floor(t / g)
   local v = st.s[slot] or {}
+  local ttl = (keep + 1) * g
+  if rec and ttl > st.ttl then st.ttl = ttl end
+  if type(v[1]) == 'string' and v[2] == b and v[3] == layout and not (rec and own < b) then
+    -- the current bucket is b0: each window is its closed sums plus b0's bucket (lag 0 only)
+    local sums, open = v[4], v[5]
+    local here
+    for j = 1, #open, 5 do if open[j] == b then here = j end end
+    for k = 1, nk do
+      local o = 4 * k - 4
+      local c, s, m, f = sums[o + 1], sums[o + 2], sums[o + 3], sums[o + 4]
+      if here and (k <= nw or a[i + 2 + nw + 2 * (k - nw)] == '0') then
+        c, s, f = c + open[here + 1], s + open[here + 2], f + open[here + 4]
+        if open[here + 3] > m then m = open[here + 3] end
+      end
+      if k <= nw then push(c); push(s); push(m) else push(c); push(f) end
+    end
+    if rec then
+      local x = tonumber(amount)
+      if here then
+        open[here + 1], open[here + 2] = open[here + 1] + 1, open[here + 2] + x
+        if x > open[here + 3] then open[here + 3] = x end
+      else
+        local n = #open
+        open[n + 1], open[n + 2], open[n + 3], open[n + 4], open[n + 5] = b, 1, x, math.max(x, -1), 0
+      end
+    end
+    return i + 5 + nw + 2 * nf
+  end
+  local sizes, lags = {}, {}
+  for k = 1, nw do sizes[k], lags[k] = tonumber(a[i + 2 + k]), 0 end
+  for k = 1, nf do
+    lags[nw + k], sizes[nw + k] = tonumber(a[i + 2 + nw + 2 * k]), tonumber(a[i + 3 + nw + 2 * k])
+  end
+  -- every bucket: the closed ones and the open ones (or a list of the layout before)
+  if type(v[1]) == 'string' then
+    local all = cmsgpack.unpack(v[1])
+    local n, open = #all, v[5]
+    for j = 1, #open do all[n + j] = open[j] end
+    v = all
+  end
   local n = #v
-  local c, s, m, f = {}, {}, {}, {}
-  for k = 1, nk do c[k], s[k], m[k], f[k] = 0, 0, -1, 0 end
-  local here, stale = nil, false
+  -- Each window is a run of bucket ages [lag, lag + nb). The window edges and age 1 cut the ages
+  -- 0..keep - 1 into slabs (slab 1: age 0, the current bucket); each bucket is added to its slab
+  -- once and a window sums its slabs (a loop over buckets x windows cost ~90 ns per pair).
+  local edge = { [1] = true }
+  for k = 1, nk do edge[lags[k]] = true; edge[lags[k] + sizes[k]] = true end
+  local slab_of, ns = { [0] = 1 }, 1
+  for age = 1, keep - 1 do
+    if edge[age] then ns = ns + 1 end
+    slab_of[age] = ns
+  end
+  local sc, ss, sm, sf = {}, {}, {}, {}
+  for z = 1, ns do sc[z], ss[z], sm[z], sf[z] = 0, 0, -1, 0 end
+  local here
   for j = 1, n, 5 do
     local bj = v[j]
-    local age = b - bj
     if bj == own then here = j end
-    if age >= 0 then
-      for k = 1, nk do
-        if age >= lags[k] and age < lags[k] + sizes[k] then
-          c[k] = c[k] + v[j + 1]
-          s[k] = s[k] + v[j + 2]
-          if v[j + 3] > m[k] then m[k] = v[j + 3] end
-          f[k] = f[k] + v[j + 4]
-        end
-      end
-      if age >= keep then stale = true end
+    -- (a bucket past every window, age >= keep, has no slab: left out, and out of the parts below)
+    local z = bj <= b and slab_of[b - bj]
+    if z then
+      sc[z], ss[z], sf[z] = sc[z] + v[j + 1], ss[z] + v[j + 2], sf[z] + v[j + 4]
+      if v[j + 3] > sm[z] then sm[z] = v[j + 3] end
     end
   end
-  for k = 1, nw do push(c[k]); push(s[k]); push(m[k]) end
-  for k = nw + 1, nk do push(c[k]); push(f[k]) end
-  if rec then
-    local x = tonumber(amount)
-    if stale then
-      local kept = {}
-      for j = 1, n, 5 do
-        if b - v[j] < keep then
-          for o = 0, 4 do kept[#kept + 1] = v[j + o] end
-        end
-      end
-      v, n, here = kept, #kept, nil
-      for j = 1, n, 5 do if v[j] == own then here = j end end
+  -- window k's slabs, from the first (at age lag; `from` at least) to the one before age lag + nb
+  local function window(k, from)
+    local c, s, m, f = 0, 0, -1, 0
+    local last = slab_of[lags[k] + sizes[k]]
+    last = last and last - 1 or ns
+    for z = math.max(slab_of[lags[k]], from), last do
+      c, s, f = c + sc[z], s + ss[z], f + sf[z]
+      if sm[z] > m then m = sm[z] end
     end
-    -- (a late payment whose bucket is already out of every window is not counted anywhere)
-    if b - own < keep then
-      if here then
-        v[here + 1] = v[here + 1] + 1
-        v[here + 2] = v[here + 2] + x
-        if x > v[here + 3] then v[here + 3] = x end
-      else
-        v[n + 1], v[n + 2], v[n + 3], v[n + 4], v[n + 5] = own, 1, x, math.max(x, -1), 0
-      end
-    end
-    st.s[slot] = v
-    local ttl = (keep + 1) * g
-    if ttl > st.ttl then st.ttl = ttl end
+    return c, s, m, f
   end
-  return i + 4 + nw + 2 * nf
+  for k = 1, nk do
+    local c, s, m, f = window(k, 1)
+    if k <= nw then push(c); push(s); push(m) else push(c); push(f) end
+  end
+  if not rec then return i + 5 + nw + 2 * nf end
+  local x = tonumber(amount)
+  -- (a late payment whose bucket is already out of every window is not counted anywhere)
+  if b - own < keep then
+    if here then
+      v[here + 1], v[here + 2] = v[here + 1] + 1, v[here + 2] + x
+      if x > v[here + 3] then v[here + 3] = x end
+    else
+      v[n + 1], v[n + 2], v[n + 3], v[n + 4], v[n + 5] = own, 1, x, math.max(x, -1), 0
+      n = n + 5
+    end
+    if own < b then
+      -- a late payment into a closed bucket: in its slab too, for the closed sums below
+      local z = slab_of[b - own]
+      sc[z], ss[z] = sc[z] + 1, ss[z] + x
+      if x > sm[z] then sm[z] = x end
+    end
+  end
+  -- the parts anew at b: closed buckets still in some window, the open ones, the closed sums
+  local closed, open, nc, no = {}, {}, 0, 0
+  for j = 1, n, 5 do
+    local bj = v[j]
+    if bj >= b then
+      open[no + 1], open[no + 2], open[no + 3], open[no + 4], open[no + 5] = bj, v[j + 1], v[j + 2], v[j + 3], v[j + 4]
+      no = no + 5
+    elseif b - bj < keep then
+      closed[nc + 1], closed[nc + 2], closed[nc + 3], closed[nc + 4], closed[nc + 5] = bj, v[j + 1], v[j + 2], v[j + 3], v[j + 4]
+      nc = nc + 5
+    end
+  end
+  local sums = {}
+  for k = 1, nk do
+    local o = 4 * k - 4
+    sums[o + 1], sums[o + 2], sums[o + 3], sums[o + 4] = window(k, 2)
+  end
+  st.s[slot] = { cmsgpack.pack(closed), b, layout, sums, open }
+  return i + 5 + nw + 2 * nf
 end
 
 -- The values of a distinct field as the layout before fingerprints kept them, as a capped set (op
@@ -702,6 +774,20 @@ if mode == 'feedback' then
       -- known fraud among the payments of the paid bucket (see op_buckets for the layout)
       if gidx > 0 and math.floor(fte / g) - paid < keep then
         local v = s[4 + gidx]
+        if type(v[1]) == 'string' then
+          -- op B's parts: a bucket from b0 on is an open one (the closed sums stand); a closed
+          -- one is counted among every bucket, kept open until the next payment writes the parts
+          -- anew (b0 = -1: the sums are no longer read)
+          if v[2] >= 0 and paid >= v[2] then
+            v = v[5]
+          else
+            local all, open = cmsgpack.unpack(v[1]), v[5]
+            local m = #all
+            for j = 1, #open do all[m + j] = open[j] end
+            s[4 + gidx] = { cmsgpack.pack({}), -1, v[3], {}, all }
+            v = all
+          end
+        end
         local n, here = #v, nil
         for j = 1, n, 5 do if v[j] == paid then here = j end end
         if here then

@@ -316,3 +316,54 @@ def test_distinct_values_of_ranges() -> None:
         hi = np.maximum(lo, rng.integers(0, n + 1, 200))
         expected = [len({v for v in values[a:b] if v >= 0}) for a, b in zip(lo, hi, strict=True)]
         assert _DistinctInRanges(nxt).count(lo, hi).tolist() == expected, n
+
+
+# op B's parts (closed buckets as one MessagePack string, b0, layout, closed sums, open buckets)
+# turned back into the plain bucket list of the layout before them
+_PLAIN_BUCKETS = """local s = cmsgpack.unpack(redis.call('GET', KEYS[1]))
+    for i = 5, #s do
+      local v = s[i]
+      if type(v) == 'table' and type(v[1]) == 'string' then
+        local all, open = cmsgpack.unpack(v[1]), v[5]
+        for j = 1, #open do all[#all + 1] = open[j] end
+        s[i] = all
+      end
+    end
+    redis.call('SET', KEYS[1], cmsgpack.pack(s), 'KEEPTTL')"""
+
+
+def test_bucket_lists_of_the_layout_before_are_taken_over(redis_client: redis.Redis) -> None:
+    """A merchant's and a terminal's buckets (docs/feature-state.md, "5.1 as built"): a
+    call reads its closed buckets' sums while the current bucket is the one it wrote them at, so that
+    it decodes a handful of numbers, not every bucket. A state of the plain bucket list of the layout
+    before is taken over on its next payment, and fraud labels about closed and open buckets, late
+    payments into closed ones and new buckets read what a state never of that layout reads."""
+    spec = load_spec()
+    before, fresh = (
+        OnlineFeatures(redis_client, spec, namespace="a"),
+        OnlineFeatures(redis_client, spec, namespace="b"),
+    )
+    # three payments a day at three merchants over twelve days; every fourth a day late
+    times = [T0 + (n // 3) * DAY + (n % 3) * 5 * HOUR for n in range(36)]
+    stamps = [t - DAY if n % 4 == 3 else t for n, t in enumerate(times)]
+    state_keys = [entity_prefix("a", "merchant", "m0") + ":s", entity_prefix("a", "terminal", "term") + ":s"]
+    for n, t in enumerate(stamps):
+        if n in (13, 25):  # the terminal then reads its closed sums (its second payment of the day)
+            for key in state_keys:
+                redis_client.eval(_PLAIN_BUCKETS, 1, key)
+        x, y = _pay(before, n, t, 1000 + 37 * n), _pay(fresh, n, t, 1000 + 37 * n)
+        _assert_same(x, y, n, but="")
+        if n % 5 == 4:
+            # a fraud label about a payment of some days ago (a closed bucket) and of this one (open)
+            for m in (n - 4, n):
+                payment = {
+                    "card_id": "c0",
+                    "merchant_id": f"m{m % 3}",
+                    "terminal_id": "term",
+                    "timestamp": stamps[m],
+                }
+                for executor in (before, fresh):
+                    assert executor.feedback("fraud", f"tx{m}", times[n] + MINUTE, payment)
+    assert x["merchant_known_frauds_30d"] > 0 and x["terminal_known_frauds_7d_lag7d"] > 0
+    state = redis_client.eval("return cmsgpack.unpack(redis.call('GET', KEYS[1]))[7][1]", 1, state_keys[0])
+    assert isinstance(state, bytes)  # the daily buckets' closed part, written anew
