@@ -91,11 +91,11 @@ class Recent:
         self.degraded += int(degraded.sum())
         self.verdicts.extend(d["verdict"] for d in decisions)
         self.scores.extend(scores[scored].tolist())
-        values = [
-            [nan if (v := (d.get("features") or {}).get(n)) is None else v for n in self.names]
-            for d, keep in zip(decisions, drift, strict=True)
-            if keep
-        ]
+        values: list[list[float]] = []
+        for decision, keep in zip(decisions, drift, strict=True):
+            if keep:
+                features = decision.get("features") or {}
+                values.append([nan if (v := features.get(n)) is None else v for n in self.names])
         # a page's floats as one array: Python lists of 50,000 rows would take ~100 MB, the array 24
         self.blocks.append(np.asarray(values, dtype=float).reshape(len(values), len(self.names)))
 

@@ -91,8 +91,11 @@ def measured(
     `degraded`: bool per decision; `model_versions`: the model that scored each (None: none);
     `scores`: float, NaN where no model scored."""
     features = ~np.asarray(degraded, dtype=bool)
-    versions = np.asarray(model_versions, dtype=object)
-    same = np.array([v is not None and v == model_version for v in versions], dtype=bool)
+    same = (
+        np.asarray(np.asarray(model_versions, dtype=object) == model_version, dtype=bool)
+        if model_version is not None
+        else np.zeros(features.size, dtype=bool)
+    )
     return features, features & same & ~np.isnan(np.asarray(scores, dtype=float))
 
 
