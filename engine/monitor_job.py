@@ -23,7 +23,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -36,13 +36,13 @@ from antifraud.engine.monitor_summary import (
     MAX_FLAGS,
     SUMMARY_VERSION,
     FeatureFigures,
-    FlagRecord,
     ProfileInfo,
     Summary,
     write_summary,
 )
 from antifraud.engine.monitoring import FeatureDrift, ReferenceProfile, Thresholds, feature_drift, score_drift
-from antifraud.engine.monitoring.drift import ThresholdsError, verdict_mix, verdict_shift
+from antifraud.engine.monitoring.drift import ThresholdsError, measured, verdict_mix
+from antifraud.engine.monitoring.flags import ranked, traffic_flags
 from antifraud.engine.monitoring.profile import ProfileError
 from antifraud.engine.review.queue import ReviewQueue
 from antifraud.engine.settings import Settings
@@ -79,21 +79,23 @@ class Recent:
         return self.rows - self.degraded
 
     def take(self, decisions: Sequence[Decision], model_version: str | None) -> None:
-        """Add a page. Degraded answers count in the verdict mix and the degraded share only: their
-        stateful features are missing because Redis was not read, not because the inputs drifted."""
+        """Add a page. Which rows the drift is measured on is `engine.monitoring.drift.measured`'s
+        rule: degraded answers count in the verdict mix and the degraded share only, and the score's
+        PSI takes only the scores of the profile's model."""
         nan = math.nan
+        degraded = np.array([bool(d.get("degraded")) for d in decisions], dtype=bool)
+        versions = np.array([d.get("model_version") for d in decisions], dtype=object)
+        scores = np.array([nan if (s := d.get("score")) is None else s for d in decisions], dtype=float)
+        drift, scored = measured(degraded, versions, scores, model_version)
+        self.rows += len(decisions)
+        self.degraded += int(degraded.sum())
+        self.verdicts.extend(d["verdict"] for d in decisions)
+        self.scores.extend(scores[scored].tolist())
         values: list[list[float]] = []
-        for decision in decisions:
-            self.rows += 1
-            self.verdicts.append(decision["verdict"])
-            if decision.get("degraded"):
-                self.degraded += 1
-                continue
-            features = decision.get("features") or {}
-            values.append([nan if (v := features.get(n)) is None else v for n in self.names])
-            score = decision.get("score")
-            if score is not None and decision.get("model_version") == model_version:
-                self.scores.append(score)
+        for decision, keep in zip(decisions, drift, strict=True):
+            if keep:
+                features = decision.get("features") or {}
+                values.append([nan if (v := features.get(n)) is None else v for n in self.names])
         # a page's floats as one array: Python lists of 50,000 rows would take ~100 MB, the array 24
         self.blocks.append(np.asarray(values, dtype=float).reshape(len(values), len(self.names)))
 
@@ -143,73 +145,6 @@ def recent_decisions(
         high, low, seen_at_end, in_slice = low, max(start, low - timedelta(seconds=step)), set(), 0
     recent.capped = True
     return recent
-
-
-def flags(
-    thresholds: Thresholds,
-    rows: int,
-    drifts: Sequence[FeatureDrift],
-    score_psi: float | None,
-    shift: Mapping[str, float],
-    degraded_share: float,
-) -> list[FlagRecord]:
-    """The figures past their thresholds, alerts first, largest first: the rules of `antifraud
-    monitor` (training/monitor/report.py, docs/monitoring.md), which the service cannot import.
-    Nothing when `rows` is below `min_rows`; a feature's PSI only on `min_rows` values present; the
-    features of `thresholds.ignore` never."""
-    t = thresholds
-    if rows < t.min_rows:
-        return []
-    found: list[FlagRecord] = []
-
-    def flag(level: str, kind: str, subject: str, value: float, limit: float, message: str) -> None:
-        found.append(
-            FlagRecord(level=level, kind=kind, subject=subject, value=value, limit=limit, message=message)
-        )
-
-    for d in drifts:
-        if d.feature in t.ignore:
-            continue
-        if d.psi >= t.psi_warn and d.present >= t.min_rows:  # the PSI of a few values is noise
-            level, limit = ("alert", t.psi_alert) if d.psi >= t.psi_alert else ("warn", t.psi_warn)
-            flag(level, "feature_psi", d.feature, d.psi, limit, f"{d.feature}: PSI {d.psi:.3f} ≥ {limit:g}")
-        if d.missing_increase > t.missing_increase:
-            flag(
-                "alert",
-                "feature_missing",
-                d.feature,
-                d.missing_increase,
-                t.missing_increase,
-                f"{d.feature}: missing on {d.missing_now:.1%} of payments, {d.missing_reference:.1%} "
-                f"in the reference (+{d.missing_increase:.1%} > {t.missing_increase:.0%})",
-            )
-    if score_psi is not None and score_psi >= t.psi_warn:
-        level, limit = (
-            ("alert", t.score_psi_alert) if score_psi >= t.score_psi_alert else ("warn", t.psi_warn)
-        )
-        flag(level, "score_psi", "score", score_psi, limit, f"score: PSI {score_psi:.3f} ≥ {limit:g}")
-    for verdict, change in shift.items():
-        if abs(change) > t.verdict_shift:
-            flag(
-                "alert",
-                "verdict_shift",
-                verdict,
-                change,
-                t.verdict_shift,
-                f"{verdict}: {change:+.1%} against the reference "
-                f"(more than {t.verdict_shift:.0%} either way)",
-            )
-    if degraded_share > t.degraded_share:
-        flag(
-            "alert",
-            "degraded_share",
-            "degraded",
-            degraded_share,
-            t.degraded_share,
-            f"{degraded_share:.1%} of decisions degraded (a signal missing) > {t.degraded_share:.0%}",
-        )
-    found.sort(key=lambda f: (f["level"] != "alert", -abs(f["value"])))
-    return found[:MAX_FLAGS]
 
 
 class MonitorJob:
@@ -263,14 +198,9 @@ class MonitorJob:
         mix = verdict_mix(recent.verdicts)
         reference_mix = dict(profile.verdicts) if profile is not None else {}
         degraded_share = recent.degraded / recent.rows if recent.rows else 0.0
-        raised = flags(
-            self.thresholds,
-            recent.rows,
-            drifts,
-            score_psi,
-            verdict_shift(reference_mix, mix) if reference_mix else {},
-            degraded_share,
-        )
+        raised = ranked(
+            traffic_flags(self.thresholds, recent.rows, drifts, score_psi, reference_mix, mix, degraded_share)
+        )[:MAX_FLAGS]
         oldest = self.queue.oldest_decided()
         summary = Summary(
             version=SUMMARY_VERSION,

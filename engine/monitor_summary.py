@@ -25,6 +25,8 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from typing_extensions import TypedDict
 
+from antifraud.engine.monitoring.flags import Flag
+
 log = logging.getLogger("antifraud.monitor")
 
 #: the summary's layout; a value of another version is not shown (a newer sink wrote it)
@@ -43,18 +45,6 @@ class FeatureFigures(TypedDict):
     missing_now: float
     rows: int
     present: int  # of which not missing: the values the PSI is computed on
-
-
-class FlagRecord(TypedDict):
-    """A figure past its threshold (the fields of `antifraud monitor`'s flags): how bad, what, about
-    what, its value, the threshold it crossed, and in words."""
-
-    level: str  # alert or warn
-    kind: str  # feature_psi, feature_missing, score_psi, verdict_shift, degraded_share
-    subject: str  # a feature, a verdict, "score" or "degraded"
-    value: float
-    limit: float
-    message: str
 
 
 class ProfileInfo(TypedDict):
@@ -90,7 +80,7 @@ class Summary(TypedDict):
     queue_oldest_age_s: float | None  # None: the queue is empty
     min_rows: int
     ignored: list[str]  # features never flagged (Thresholds.ignore: the clock's own, by default)
-    flags: list[FlagRecord]  # alerts first, then warnings
+    flags: list[Flag]  # alerts first, then warnings; in JSON, an object of Flag's six fields
 
 
 def summary_key(namespace: str) -> str:
@@ -99,7 +89,8 @@ def summary_key(namespace: str) -> str:
 
 
 def write_summary(client: redis.Redis, namespace: str, summary: Summary) -> int:
-    """Store `summary` as the latest (one SET, replacing the previous one); returns its size in bytes."""
+    """Store `summary` as the latest (one SET, replacing the previous one); returns its size in bytes.
+    orjson writes each `Flag` (a dataclass) as an object of its fields."""
     value = orjson.dumps(summary)
     client.set(summary_key(namespace), value)
     return len(value)
@@ -116,6 +107,11 @@ def read_summary(client: redis.Redis, namespace: str) -> Summary | None:
         log.error("%s is not JSON: ignored", summary_key(namespace))
         return None
     if not isinstance(found, dict) or found.get("version") != SUMMARY_VERSION:
+        return None
+    try:
+        found["flags"] = [Flag(**flag) for flag in found["flags"]]
+    except (KeyError, TypeError):  # a summary of this version always has them: written by hand?
+        log.error("%s has no readable flags: ignored", summary_key(namespace))
         return None
     return cast(Summary, found)
 

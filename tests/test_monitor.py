@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -288,6 +289,42 @@ def test_too_few_rows_flag_nothing_and_say_why(tmp_path: Path) -> None:
     assert flagged.exit_code == 3 and {f.kind for f in flagged.flags} >= {"degraded_share", "score_psi"}
     silent = assemble(profile, decisions, quiet, *args)
     assert silent.exit_code == 0 and silent.flags == [] and "fewer than min_rows 500" in silent.notes[0]
+
+
+def test_degraded_answers_and_other_models_scores_are_left_out_of_the_drift(tmp_path: Path) -> None:
+    """The service's rule (engine.monitoring.drift.measured): the tiny export's degraded decision (its
+    amount missing by design) is out of the feature and score drift, and so is a decision scored by
+    another model out of the score's; the verdict mix and the degraded share count all eight, and the
+    notes say what was left out and why."""
+    read = read_decisions(tiny_export(tmp_path), ["amount"])
+    versions = read.model_versions.copy()
+    versions[0] = "old-0"  # the 0.9 block, scored by the model before
+    decisions = replace(read, model_versions=versions)
+    profile = build_profile(
+        "live-1", ("2026-02-01", "2026-02-08"), {"amount": np.arange(100.0)}, np.linspace(0, 1, 100)
+    )
+    report = assemble(
+        profile, decisions, Thresholds(min_rows=1), {"review": 0.5, "block": 0.9}, timedelta(days=30), T
+    )
+    [amount] = report.features
+    assert (report.rows, report.drift_rows, report.score_rows) == (8, 7, 6)
+    assert amount.rows == 7 and amount.missing_now == 0.0  # counted, the degraded one would be 1 in 8
+    assert report.degraded_share == 1 / 8 and sum(report.verdicts[v]["now"] for v in report.verdicts) == 1
+    assert report.score_bins["now"] == pytest.approx(
+        np.bincount(np.searchsorted(profile.score.edges, [0.6, 0.3, 0.1, 0.5, 0.2, 0.05]),
+                    minlength=len(profile.score.shares)) / 6
+    )  # fmt: skip
+    notes = " ".join(report.notes)
+    assert "1 degraded decisions are left out of the feature and score drift" in notes
+    assert "1 decisions not scored by live-1, the reference profile's model (old-0: 1)" in notes
+    data = report.to_dict()
+    assert (data["drift_rows"], data["score_rows"]) == (7, 6)
+    others = replace(read, model_versions=np.full(len(read), "old-0", dtype=object))
+    unscored = assemble(
+        profile, others, Thresholds(min_rows=1), {"review": 0.5, "block": 0.9}, timedelta(days=30), T
+    )
+    assert unscored.score_psi is None and "no score drift" in " ".join(unscored.notes)
+    assert not [f for f in unscored.flags if f.kind == "score_psi"]
 
 
 # --------------------------------------------------------------- live performance against validation

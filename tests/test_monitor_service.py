@@ -146,9 +146,10 @@ def test_a_shifted_batch_raises_the_amounts_psi_and_is_flagged(app: ConsoleApp, 
     by_feature = {f["feature"]: f for f in summary["features"]}
     assert by_feature["amount"]["psi"] > THRESHOLDS.psi_alert
     assert summary["features"][0]["psi"] >= by_feature["amount"]["psi"]  # highest PSI first
-    flagged = {(f["kind"], f["subject"]) for f in summary["flags"]}
+    flagged = {(f.kind, f.subject) for f in summary["flags"]}
     assert ("feature_psi", "amount") in flagged
-    assert summary["flags"][0]["level"] == "alert"
+    assert summary["flags"][0].level == "alert"
+    assert read_summary(app.redis, "af") == summary  # the flags come back from their JSON as they went
     seen = gauges(app)
     assert seen[("antifraud_monitor_feature_psi", (("feature", "amount"),))] > THRESHOLDS.psi_alert
     assert seen[("antifraud_monitor_flags", ())] == len(summary["flags"])

@@ -18,7 +18,15 @@ from antifraud.engine.monitoring import (
     psi,
     score_drift,
 )
-from antifraud.engine.monitoring.drift import PSI_FLOOR, ThresholdsError, verdict_mix, verdict_shift
+from antifraud.engine.monitoring.drift import (
+    PSI_FLOOR,
+    FeatureDrift,
+    ThresholdsError,
+    measured,
+    verdict_mix,
+    verdict_shift,
+)
+from antifraud.engine.monitoring.flags import Flag, level_of, ranked, traffic_flags
 from antifraud.engine.monitoring.profile import ProfileError
 
 
@@ -138,3 +146,78 @@ def test_thresholds_from_yaml(tmp_path: Path) -> None:
         path.write_text(text)
         with pytest.raises(ThresholdsError, match=error):
             Thresholds.load(path)
+
+
+# ----------------------------------------------------------------------------------- the flag rules
+
+
+def drift(
+    feature: str, psi: float, missing: tuple[float, float] = (0.0, 0.0), present: int = 1000
+) -> FeatureDrift:
+    return FeatureDrift(feature, psi, missing[0], missing[1], rows=1000, present=present)
+
+
+def flagged(flags: list[Flag]) -> dict[tuple[str, str], str]:
+    return {(f.kind, f.subject): f.level for f in flags}
+
+
+def test_each_traffic_flag_at_its_threshold() -> None:
+    t = Thresholds()
+    drifts = [
+        drift("amount", 0.25),  # alert from psi_alert on
+        drift("mcc", 0.1),  # a warning from psi_warn on
+        drift("quiet", 0.0999),
+        drift("sparse", 3.2, present=499),  # the PSI of fewer than min_rows values is not judged ...
+        drift("device", 0.0, missing=(0.6, 0.71)),  # ... a missing share rising by more than 10 points is
+        drift("device_at", 0.0, missing=(0.6, 0.7)),
+        drift("hour_of_day", 9.0, missing=(0.0, 1.0)),  # ignored: never flagged
+    ]
+    reference = {"allow": 0.98, "review": 0.01, "block": 0.01}
+    now = {"allow": 0.90, "review": 0.04, "block": 0.01, "challenge": 0.05}
+    found = traffic_flags(t, 1000, drifts, 0.1, reference, now, 0.011)
+    assert flagged(found) == {
+        ("feature_psi", "amount"): "alert",
+        ("feature_psi", "mcc"): "warn",
+        ("feature_missing", "device"): "alert",
+        ("score_psi", "score"): "warn",
+        ("verdict_shift", "allow"): "alert",  # -8 points; challenge's +5 is not more than 5
+        ("degraded_share", "degraded"): "alert",
+    }
+    by = {(f.kind, f.subject): f for f in found}
+    assert by["feature_psi", "amount"].message == "amount: PSI 0.250 >= 0.25"
+    assert by["feature_psi", "mcc"].limit == t.psi_warn
+    assert by["verdict_shift", "allow"].message == (
+        "allow: 90.0% of payments, 98.0% in the reference (-8.0%, more than 5% either way)"
+    )
+    assert by["feature_missing", "device"].value == pytest.approx(0.11)
+    score = traffic_flags(t, 1000, [], 0.25, {}, now, 0.0)  # no reference mix: not compared
+    assert [(f.kind, f.level, f.limit) for f in score] == [("score_psi", "alert", t.score_psi_alert)]
+    assert traffic_flags(t, 1000, [], None, {}, {}, 0.0) == []  # no score drift measured
+
+
+def test_below_min_rows_nothing_is_flagged() -> None:
+    args = ([drift("amount", 5.0)], 5.0, {"allow": 1.0}, {"block": 1.0}, 1.0)
+    assert traffic_flags(Thresholds(), 499, *args) == []
+    assert len(traffic_flags(Thresholds(), 500, *args)) == 5
+
+
+def test_levels_and_ranking() -> None:
+    assert level_of(0.2, 0.1, 0.2) == ("alert", 0.2)
+    assert level_of(0.1, 0.1, 0.2) == ("warn", 0.1)
+    assert level_of(0.09, 0.1, 0.2) is None
+    flags = [
+        Flag("warn", "feature_psi", "a", 0.2, 0.1, ""),
+        Flag("alert", "verdict_shift", "allow", -0.3, 0.05, ""),
+        Flag("alert", "feature_psi", "b", 0.26, 0.25, ""),
+    ]
+    assert [f.subject for f in ranked(flags)] == ["allow", "b", "a"]
+
+
+def test_measured_leaves_degraded_answers_and_other_models_scores_out() -> None:
+    degraded = np.array([False, True, False, False, False])
+    versions = np.array(["m-1", "m-1", "m-0", None, "m-1"], dtype=object)
+    scores = np.array([0.1, 0.2, 0.3, np.nan, np.nan])
+    features, score = measured(degraded, versions, scores, "m-1")
+    assert features.tolist() == [True, False, True, True, True]
+    assert score.tolist() == [True, False, False, False, False]  # m-1's, not degraded, with a score
+    assert not measured(degraded, versions, scores, None)[1].any()

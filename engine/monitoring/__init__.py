@@ -1,5 +1,6 @@
 """Model monitoring arithmetic shared by the offline report (`antifraud monitor`) and the service's
-periodic job: a model's reference profile (`profile`) and drift against it (`drift`).
+periodic job: a model's reference profile (`profile`), drift against it (`drift`) and the flags it
+raises (`flags`).
 
 numpy, PyYAML and the standard library only: it sits beside `antifraud.engine.model` in the import
 layers, so both the service and the offline tools can use it. Reading decisions (the store, an

@@ -79,6 +79,26 @@ def feature_drift(profile: ReferenceProfile, features: Mapping[str, np.ndarray])
     return drifts
 
 
+def measured(
+    degraded: np.ndarray, model_versions: np.ndarray, scores: np.ndarray, model_version: str | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Which decisions the drift is measured on, as two masks: the feature drift's (answered with
+    every signal) and the score drift's (of those, the ones scored by `model_version`, the reference
+    profile's model). A degraded answer's stateful features are missing by design, and the degraded
+    share already counts it; another model's scores are not comparable with this model's reference.
+    The verdict mix and the degraded share count every decision.
+
+    `degraded`: bool per decision; `model_versions`: the model that scored each (None: none);
+    `scores`: float, NaN where no model scored."""
+    features = ~np.asarray(degraded, dtype=bool)
+    same = (
+        np.asarray(np.asarray(model_versions, dtype=object) == model_version, dtype=bool)
+        if model_version is not None
+        else np.zeros(features.size, dtype=bool)
+    )
+    return features, features & same & ~np.isnan(np.asarray(scores, dtype=float))
+
+
 def score_drift(profile: ReferenceProfile, scores: np.ndarray) -> float:
     """The PSI of the model's scores against the reference's score distribution."""
     return psi(profile.score, scores)

@@ -29,11 +29,12 @@ from typing import Protocol
 import numpy as np
 import pandas as pd
 
+from antifraud.engine.monitoring.flags import Flag
 from antifraud.features.offline import OfflineFeatures
 from antifraud.features.spec import FeatureSpec, load_spec
 from antifraud.training.history import load_history
 from antifraud.training.monitor.decisions import read_decisions
-from antifraud.training.monitor.report import Flag, MonitorReport
+from antifraud.training.monitor.report import MonitorReport
 
 __all__ = ["EXAMPLES", "SAMPLE", "SEED", "TOLERANCE", "ConsistencyError", "FeatureSkew", "Logged", "check"]
 

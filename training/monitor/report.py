@@ -17,7 +17,8 @@ from typing import Any, Final, Literal
 import numpy as np
 
 from antifraud.engine.monitoring import FeatureDrift, ReferenceProfile, Thresholds, feature_drift, score_drift
-from antifraud.engine.monitoring.drift import verdict_mix, verdict_shift
+from antifraud.engine.monitoring.drift import measured, verdict_mix, verdict_shift
+from antifraud.engine.monitoring.flags import Flag, level_of, traffic_flags
 from antifraud.training.monitor.challenger import Challenge, challenges
 from antifraud.training.monitor.decisions import Decisions
 from antifraud.training.monitor.performance import (
@@ -34,20 +35,6 @@ BAD_INPUT: Final = 2
 CROSSED: Final = 3
 
 
-@dataclass(frozen=True)
-class Flag:
-    """A figure past its threshold. `alert` sets the exit code to 3; `warn` is shown only."""
-
-    level: Literal["alert", "warn"]
-    #: feature_psi, feature_missing, score_psi, verdict_shift, degraded_share, skew_share,
-    #: recall_drop, ap_drop, fpr_rise
-    kind: str
-    subject: str  # the feature, verdict, "score", or the ISO week of a live-performance flag
-    value: float
-    limit: float
-    message: str
-
-
 @dataclass
 class MonitorReport:
     """Everything `antifraud monitor` reports about one period."""
@@ -59,11 +46,14 @@ class MonitorReport:
     as_of: str  # the time labels and their maturity are judged at, ISO 8601
     label_delay_days: float
     rows: int
+    #: of which answered with every signal: the feature drift's rows (engine.monitoring.drift.measured)
+    drift_rows: int
+    score_rows: int  # of those, scored by the reference profile's model: the score drift's rows
     model_versions: dict[str, int]  # decisions per model version that scored them
     thresholds: Thresholds
     model_thresholds: dict[str, float]  # the live model's review and block thresholds
     features: list[FeatureDrift]
-    score_psi: float
+    score_psi: float | None  # None: no decision of the period was scored by the profile's model
     #: the score's reference bins: inner `edges`, the `reference` shares and the period's (`now`)
     score_bins: dict[str, list[float]]
     verdicts: dict[str, dict[str, float]]  # verdict -> reference, now, shift
@@ -101,81 +91,6 @@ class MonitorReport:
         data["exit_code"] = self.exit_code
         data["quiet"] = self.quiet
         return data
-
-
-def _drift_flags(report: MonitorReport) -> None:
-    t = report.thresholds
-    for d in report.features:
-        if d.feature in t.ignore:
-            continue
-        if d.psi >= t.psi_warn and d.present >= t.min_rows:  # the PSI of a few values is noise
-            level: Literal["alert", "warn"] = "alert" if d.psi >= t.psi_alert else "warn"
-            limit = t.psi_alert if level == "alert" else t.psi_warn
-            report.add_flag(
-                Flag(
-                    level,
-                    "feature_psi",
-                    d.feature,
-                    d.psi,
-                    limit,
-                    f"{d.feature}: PSI {d.psi:.3f} >= {limit:g}",
-                )
-            )
-        if d.missing_increase > t.missing_increase:
-            report.add_flag(
-                Flag(
-                    "alert",
-                    "feature_missing",
-                    d.feature,
-                    d.missing_increase,
-                    t.missing_increase,
-                    f"{d.feature}: missing on {d.missing_now:.1%} of payments, "
-                    f"{d.missing_reference:.1%} in the reference (+{d.missing_increase:.1%} > "
-                    f"{t.missing_increase:.0%})",
-                )
-            )
-    if report.score_psi >= t.psi_warn:
-        level = "alert" if report.score_psi >= t.score_psi_alert else "warn"
-        limit = t.score_psi_alert if level == "alert" else t.psi_warn
-        report.add_flag(
-            Flag(
-                level,
-                "score_psi",
-                "score",
-                report.score_psi,
-                limit,
-                f"score: PSI {report.score_psi:.3f} >= {limit:g}",
-            )
-        )
-
-
-def _mix_flags(report: MonitorReport) -> None:
-    t = report.thresholds
-    for verdict, mix in report.verdicts.items():
-        if abs(mix["shift"]) > t.verdict_shift:
-            report.add_flag(
-                Flag(
-                    "alert",
-                    "verdict_shift",
-                    verdict,
-                    mix["shift"],
-                    t.verdict_shift,
-                    f"{verdict}: {mix['now']:.1%} of payments, {mix['reference']:.1%} in the reference "
-                    f"({mix['shift']:+.1%}, more than {t.verdict_shift:.0%} either way)",
-                )
-            )
-    if report.degraded_share > t.degraded_share:
-        report.add_flag(
-            Flag(
-                "alert",
-                "degraded_share",
-                "degraded",
-                report.degraded_share,
-                t.degraded_share,
-                f"{report.degraded_share:.1%} of decisions degraded (a signal missing) > "
-                f"{t.degraded_share:.0%}",
-            )
-        )
 
 
 def _performance_flags(report: MonitorReport) -> None:
@@ -217,7 +132,7 @@ class _Judged:
             return None
         change = {"absolute drop": old - new, "relative drop": 1 - new / old, "absolute rise": new - old}
         worse = change[self.how]
-        if (judged := _level(worse, *self.limits(t))) is None:
+        if (judged := level_of(worse, *self.limits(t))) is None:
             return None
         level, limit = judged
         return Flag(
@@ -243,14 +158,6 @@ _JUDGED: Final = (
 )  # fmt: skip
 
 
-def _level(change: float, warn: float, alert: float) -> tuple[Literal["alert", "warn"], float] | None:
-    """("alert", alert) when `change` (positive: worse) reaches `alert`, ("warn", warn) when it
-    reaches `warn`, else None."""
-    if change >= alert:
-        return "alert", alert
-    return ("warn", warn) if change >= warn else None
-
-
 def assemble(
     profile: ReferenceProfile,
     decisions: Decisions,
@@ -269,7 +176,10 @@ def assemble(
     judged).
     """
     versions, counts = np.unique(decisions.model_versions.astype(str), return_counts=True)
-    scored = decisions.scores[~np.isnan(decisions.scores)]
+    drift_rows, score_rows = measured(
+        decisions.degraded, decisions.model_versions, decisions.scores, profile.model_version
+    )
+    scored = decisions.scores[score_rows]
     mix = verdict_mix(list(decisions.verdicts))
     shift = verdict_shift(profile.verdicts, mix)
     report = MonitorReport(
@@ -280,11 +190,13 @@ def assemble(
         as_of=as_of.isoformat(),
         label_delay_days=label_delay / timedelta(days=1),
         rows=len(decisions),
+        drift_rows=int(drift_rows.sum()),
+        score_rows=int(score_rows.sum()),
         model_versions={str(v): int(c) for v, c in zip(versions, counts, strict=True)},
         thresholds=thresholds,
         model_thresholds=dict(model_thresholds),
-        features=feature_drift(profile, decisions.features),
-        score_psi=score_drift(profile, scored),
+        features=feature_drift(profile, {n: v[drift_rows] for n, v in decisions.features.items()}),
+        score_psi=score_drift(profile, scored) if scored.size else None,
         score_bins=_bins(profile, scored),
         verdicts={
             v: {"reference": profile.verdicts.get(v, 0.0), "now": mix.get(v, 0.0), "shift": s}
@@ -300,11 +212,7 @@ def assemble(
             f"only {report.rows:,} decisions in the period, fewer than min_rows {thresholds.min_rows:,}: "
             "the figures are shown, nothing is flagged"
         )
-    if profile.model_version not in report.model_versions:
-        report.notes.append(
-            f"the reference profile is of {profile.model_version}; the period's decisions were scored by "
-            f"{', '.join(report.model_versions) or 'no model'}"
-        )
+    report.notes += _left_out(decisions, drift_rows, score_rows, profile.model_version)
     if sparse := sum(d.present < thresholds.min_rows for d in report.features):
         report.notes.append(
             f"{sparse} features have fewer than min_rows {thresholds.min_rows:,} values in the period: "
@@ -316,10 +224,38 @@ def assemble(
         report.notes.append(
             f"{len(missing)} profiled features are not in the decisions: {', '.join(missing)}"
         )
-    _drift_flags(report)
-    _mix_flags(report)
+    report.flags += traffic_flags(
+        thresholds,
+        report.rows,
+        report.features,
+        report.score_psi,
+        profile.verdicts,
+        mix,
+        report.degraded_share,
+    )
     _performance_flags(report)
     return report
+
+
+def _left_out(decisions: Decisions, drift_rows: np.ndarray, score_rows: np.ndarray, model: str) -> list[str]:
+    """Notes on the decisions the drift leaves out (engine.monitoring.drift.measured): the degraded
+    ones, and those scored by another model (or by none)."""
+    notes = []
+    if degraded := int((~drift_rows).sum()):
+        notes.append(
+            f"{degraded:,} degraded decisions are left out of the feature and score drift: their stateful "
+            "features are missing by design, and the degraded share counts them"
+        )
+    others = drift_rows & ~score_rows
+    if others.any():
+        versions, counts = np.unique(decisions.model_versions[others].astype(str), return_counts=True)
+        by = ", ".join(f"{v}: {c:,}" for v, c in zip(versions, counts, strict=True))
+        notes.append(
+            f"{int(others.sum()):,} decisions not scored by {model}, the reference profile's model ({by}), "
+            "are left out of the score drift: another model's scores are not comparable with its reference"
+            + ("" if score_rows.any() else "; no score drift")
+        )
+    return notes
 
 
 def _bins(profile: ReferenceProfile, scores: np.ndarray) -> dict[str, list[float]]:
