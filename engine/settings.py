@@ -72,6 +72,10 @@ class Settings:
     console_url: str | None = field(default_factory=lambda: _env("CONSOLE_URL", "") or None)
     console_session_idle_s: int = field(default_factory=lambda: int(_env("CONSOLE_SESSION_IDLE_S", "1800")))
     console_session_max_s: int = field(default_factory=lambda: int(_env("CONSOLE_SESSION_MAX_S", "43200")))
+    # sign-in attempts an IP may make per minute (a guess at keys is audited and slowed down)
+    console_signin_per_minute: int = field(
+        default_factory=lambda: int(_env("CONSOLE_SIGNIN_PER_MINUTE", "10"))
+    )
     # the body limit of the rule tester's upload (POST /console/rules/test) only; every other route
     # keeps `max_body_bytes`
     console_upload_bytes: int = field(default_factory=lambda: int(_env("CONSOLE_UPLOAD_BYTES", "1048576")))
@@ -119,6 +123,7 @@ class Settings:
         for name in (
             "console_session_idle_s",
             "console_session_max_s",
+            "console_signin_per_minute",
             "console_upload_bytes",
             "review_queue_max",
             "review_claim_s",

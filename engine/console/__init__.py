@@ -71,6 +71,7 @@ def install(app: FastAPI, settings: Settings, keyring: KeyRing | None) -> None:
             settings.namespace,
             settings.console_session_idle_s,
             settings.console_session_max_s,
+            settings.console_signin_per_minute,
         ),
         audit=AuditLog(app.state.redis, settings.namespace, bound),
         keyring=keyring,

@@ -24,7 +24,7 @@ from antifraud.engine.auth import ApiKey, Role
 
 #: how often the idle expiry is pushed back, at most (seconds)
 RENEW_EVERY_S: Final = 60
-#: sign-in attempts an IP may make per minute
+#: sign-in attempts an IP may make per minute, unless ANTIFRAUD_CONSOLE_SIGNIN_PER_MINUTE says otherwise
 SIGNIN_ATTEMPTS_PER_MINUTE: Final = 10
 
 
@@ -63,10 +63,16 @@ class SessionStore:
     """Creates, reads and ends console sessions, and counts sign-in attempts per IP."""
 
     def __init__(
-        self, client: redis.Redis, namespace: str = "af", idle_s: int = 1800, max_s: int = 43_200
+        self,
+        client: redis.Redis,
+        namespace: str = "af",
+        idle_s: int = 1800,
+        max_s: int = 43_200,
+        signin_per_minute: int = SIGNIN_ATTEMPTS_PER_MINUTE,
     ) -> None:
         self.client = client
         self.idle_s, self.max_s = idle_s, max_s
+        self.signin_per_minute = signin_per_minute
         self._prefix = f"{namespace}:console:session:"
         self._attempts = f"{namespace}:console:signin:"
 
@@ -118,11 +124,11 @@ class SessionStore:
         self.client.delete(self._key(session.token_hash))
 
     def attempt(self, ip: str) -> bool:
-        """Count a sign-in attempt from `ip`; False once it made SIGNIN_ATTEMPTS_PER_MINUTE within the
-        minute that began with its first."""
+        """Count a sign-in attempt from `ip`; False once it made `signin_per_minute` within the minute
+        that began with its first."""
         name = self._attempts + ip
         with self.client.pipeline(transaction=True) as pipe:
             pipe.set(name, 0, ex=60, nx=True)
             pipe.incr(name)
             count = cast(int, pipe.execute()[1])
-        return count <= SIGNIN_ATTEMPTS_PER_MINUTE
+        return count <= self.signin_per_minute

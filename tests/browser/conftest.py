@@ -104,6 +104,8 @@ def console(tmp_path_factory: pytest.TempPathFactory, gone_endpoints: Path) -> I
     env = {
         "ANTIFRAUD_PAN_SECRET": "browser-tests-pan-secret-0123456789",
         "ANTIFRAUD_WEBHOOKS": str(gone_endpoints),
+        # every test signs in from 127.0.0.1, some twice: more than the default 10 a minute in a fast run
+        "ANTIFRAUD_CONSOLE_SIGNIN_PER_MINUTE": "1000",
     }
     with ServiceStack(keys=KEYS, rules_dir=rules, env=env, prefix="antifraud-browser-") as stack:
         yield Console(f"http://127.0.0.1:{stack.port}", stack.keys, stack)

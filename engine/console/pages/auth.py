@@ -1,10 +1,10 @@
 """Signing in and out of the console with an analyst or admin API key (docs/console.md, "Signing in").
 
 The key is checked against the API-key middleware's own ring; a scorer key is refused (403), an unknown
-one too (401), and an IP may try SIGNIN_ATTEMPTS_PER_MINUTE times a minute. The sign-in form comes before
-any session, so its CSRF token is a double submit: the hidden field must equal the `af_signin` cookie set
-with the form. Every attempt within the rate is audited, and a sign-in is recorded before the session is
-made.
+one too (401), and an IP may try `console_signin_per_minute` times a minute (10 by default). The
+sign-in form comes before any session, so its CSRF token is a double submit: the hidden field must
+equal the `af_signin` cookie set with the form. Every attempt within the rate is audited, and a
+sign-in is recorded before the session is made.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from antifraud.engine.console.deps import (
     render,
     same_token,
 )
-from antifraud.engine.console.sessions import SIGNIN_ATTEMPTS_PER_MINUTE, is_loopback
+from antifraud.engine.console.sessions import is_loopback
 
 router = APIRouter()
 
@@ -81,7 +81,7 @@ def signin(request: Request, key: Annotated[str, Form()] = "", csrf: Annotated[s
     state, ip = console_state(request), client_ip(request)
     if not state.sessions.attempt(ip):
         raise ConsoleError(
-            429, f"more than {SIGNIN_ATTEMPTS_PER_MINUTE} sign-in attempts in a minute: wait a minute"
+            429, f"more than {state.sessions.signin_per_minute} sign-in attempts in a minute: wait a minute"
         )
     refuse_foreign_origin(request)
     if not same_token(csrf, request.cookies.get(SIGNIN_COOKIE, "")):
