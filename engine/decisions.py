@@ -10,6 +10,10 @@
 - `{ns}:decisions:features`  the names of the entries' feature lists, by id (`FeatureLists`).
 - `{ns}:feedback`     the buffer of accepted feedback events (field "e").
 
+On a Redis Cluster the record and the feature lists take the decisions stream's name as their hash
+tag (`{{ns}:decisions}:{tx:<id>}:d`, `{{ns}:decisions}:features`), since one script writes all three:
+the decision log lives on one shard, the feature state on all of them (docs/scale.md).
+
 The encodings are engine/decision_entry.py's.
 
 The decision sink (engine/sink.py) writes the buffers to the durable store and trims them; nothing
@@ -39,6 +43,7 @@ from antifraud.engine.decision_record import (
     JSONObject,
 )
 from antifraud.engine.redis_script import DirectScript
+from antifraud.engine.redis_url import on_cluster, same_slot_as
 
 #: the `degraded` entry of a decision answered while the buffer was full: it is not in the log
 BUFFER_FULL: Final = "decision log: buffer full"
@@ -161,12 +166,16 @@ class DecisionLog:
         self.decisions_stream = f"{namespace}:decisions"
         self.feedback_stream = f"{namespace}:feedback"
         self.feature_lists = FeatureLists(client, namespace)
+        # The script writes a record, the stream and reads the feature lists in one step, so on a
+        # cluster all three share the stream's slot (a record hashes by its transaction elsewhere).
+        self._on_cluster = on_cluster(client)
+        self._record_prefix = f"{same_slot_as(self.decisions_stream, client)}:{{tx:"
         # the scoring path's call, over its own connection (engine/redis_script.py): about 20 us of
         # the worker's CPU less per payment than redis-py's Script
         self._put = DirectScript(client, _PUT)
 
     def _key(self, txid: str) -> str:
-        return f"{self.ns}:{{tx:{txid}}}:d"
+        return f"{self._record_prefix}{txid}}}:d" if self._on_cluster else f"{self.ns}:{{tx:{txid}}}:d"
 
     def feature_list(self, names: Sequence[str]) -> str:
         """The id of a list of feature names, for a `DecisionEntry`'s `feature_list`: the first entry

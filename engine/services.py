@@ -19,6 +19,7 @@ from antifraud.engine.loader import Reloader
 from antifraud.engine.metrics import Metrics
 from antifraud.engine.model import ModelError, ModelRuntime
 from antifraud.engine.pipeline import Loaded, Scorer
+from antifraud.engine.redis_url import connect
 from antifraud.engine.rules import load_rules
 from antifraud.engine.settings import Settings
 from antifraud.engine.store import open_store
@@ -43,12 +44,13 @@ class Services:
 
 
 def connect_redis(settings: Settings) -> redis.Redis:
-    """A Redis client for `settings.redis_url` (connects lazily, on its first call)."""
+    """A Redis client for `settings.redis_url`, one Redis or a cluster (`redis+cluster://`:
+    engine/redis_url.py); it connects lazily, on its first call."""
     if not settings.redis_url:
         raise ValueError("no Redis URL: pass --redis or set ANTIFRAUD_REDIS_URL")
     # Each call may block this worker for at most a share of the request's budget.
     timeout = settings.budget_ms * 0.6 / 1000
-    return redis.Redis.from_url(
+    return connect(
         settings.redis_url,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,

@@ -33,6 +33,7 @@ import orjson
 import redis
 
 from antifraud.engine.decision_record import Decision
+from antifraud.engine.redis_url import following_moves, slot_pipeline
 from antifraud.engine.settings import Settings
 
 Order = Literal["oldest", "riskiest"]
@@ -308,7 +309,7 @@ class ReviewQueue:
 
     def enqueue(self, decisions: Iterable[Decision], source: Source = "decision") -> tuple[int, int]:
         """Queue each decision as a case, once (one pipeline); returns (queued, refused as overflow)."""
-        pipe = self.client.pipeline(transaction=False)
+        pipe = slot_pipeline(self.client, self.prefix)  # a script per case: all under `{review}`
         calls = 0
         for decision in decisions:
             fields = case_fields(decision, source)
@@ -317,7 +318,8 @@ class ReviewQueue:
             calls += 1
         if not calls:
             return 0, 0
-        done = [int(cast(int, r)) for r in pipe.execute()]
+        with following_moves(self.client):
+            done = [int(cast(int, r)) for r in pipe.execute()]
         return done.count(1), done.count(-1)
 
     # -- reading --------------------------------------------------------------------------------------
