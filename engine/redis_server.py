@@ -359,6 +359,9 @@ class LocalCluster:
                 str(directory / "nodes.conf"),
                 "--cluster-node-timeout",
                 str(self.node_timeout_ms),
+                # the other shards keep serving while one has no primary (docs/scale.md)
+                "--cluster-require-full-coverage",
+                "no",
                 "--dir",
                 str(directory),
                 "--save",
@@ -447,6 +450,19 @@ class LocalCluster:
         process = self.processes[port]
         process.kill()
         process.wait()
+
+    def restart(self, port: int, timeout: float = 30.0) -> None:
+        """Start a killed node again, as a supervisor would: it reads its nodes.conf (and AOF), rejoins,
+        and, its slots taken over meanwhile, becomes a replica of the node that took them; returns once
+        it is in sync."""
+        self._start_node(port)
+        deadline = time.monotonic() + timeout
+        with redis.Redis(host="127.0.0.1", port=port, decode_responses=True) as client:
+            self._wait(
+                lambda: _replication(client).get("master_link_status") == "up",
+                deadline,
+                f"node {port} did not rejoin as a replica in sync",
+            )
 
     def stop(self) -> None:
         """Stop every node and remove their directories."""

@@ -18,8 +18,10 @@ from typing import cast
 from urllib.parse import urlsplit
 
 import redis
+from redis.backoff import NoBackoff
 from redis.client import Pipeline
 from redis.cluster import ClusterNode, RedisCluster
+from redis.retry import Retry
 
 CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 
@@ -51,6 +53,10 @@ def connect(url: str, **options: object) -> redis.Redis:
     parts = urlsplit(url)
     if parts.scheme not in CLUSTER_SCHEMES:
         return redis.Redis.from_url(url, **options)
+    # redis-py's default retries a failed node with back-off from a second up, beyond any request's
+    # budget: fail at once instead, and let the caller retry (the scoring path's breaker, the sink's
+    # next batch), by which time the slot map is reloaded
+    options.setdefault("retry", Retry(NoBackoff(), 0))
     cluster = RedisCluster(
         startup_nodes=cluster_nodes(url),
         ssl=CLUSTER_SCHEMES[parts.scheme] == "rediss",
@@ -61,7 +67,7 @@ def connect(url: str, **options: object) -> redis.Redis:
     return cast(redis.Redis, cluster)
 
 
-def on_cluster(client: redis.Redis) -> bool:
+def on_cluster(client: redis.Redis | RedisCluster) -> bool:
     """Whether `client` talks to a Redis Cluster (built by `connect` from a cluster URL)."""
     return isinstance(client, RedisCluster)
 
@@ -87,7 +93,7 @@ def slot_pipeline(client: redis.Redis, key: str) -> Pipeline:
 
 
 @contextmanager
-def following_moves(client: redis.Redis) -> Iterator[None]:
+def following_moves(client: redis.Redis | RedisCluster) -> Iterator[None]:
     """Reload a cluster client's slot map when a call on one node's connection finds that node gone
     or no longer serving the slot (redis-py does so for its own calls, not for a node's pipeline)."""
     try:

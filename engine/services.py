@@ -14,7 +14,7 @@ from pathlib import Path
 import redis
 
 from antifraud.engine.decision_reads import DecisionReader
-from antifraud.engine.decisions import BufferBound, DecisionLog
+from antifraud.engine.decisions import BufferBound, DecisionLog, Replication
 from antifraud.engine.loader import Reloader
 from antifraud.engine.metrics import Metrics
 from antifraud.engine.model import ModelError, ModelRuntime
@@ -82,6 +82,7 @@ def build_services(
         settings.namespace,
         record_ttl_ms(features.spec.dedupe_horizon_ms),
         BufferBound(settings.buffer_max_entries, settings.buffer_max_age_s),
+        Replication(settings.redis_wait_replicas, settings.redis_wait_ms),
     )
     reader = DecisionReader(log, open_store(settings.store_url))
     scorer = Scorer(

@@ -10,15 +10,15 @@ from pathlib import Path
 
 import httpx
 import pytest
+from console_helpers import rules_with_review
+from payloads import score_request
+from reliability.helpers import read_log
 
 from antifraud.engine.redis_server import LocalCluster
 from antifraud.engine.redis_url import connect, on_cluster
 from antifraud.engine.review.queue import ReviewQueue
 from antifraud.engine.settings import Settings
 from antifraud.engine.stack import ServiceStack
-from tests.console_helpers import rules_with_review
-from tests.payloads import score_request
-from tests.reliability.helpers import read_log
 
 
 @pytest.fixture(scope="module")
