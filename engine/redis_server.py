@@ -180,14 +180,7 @@ class EmbeddedRedis:
             str(self.socket),
             "--unixsocketperm",
             "700",
-            "--dir",
-            str(self.directory),
-            "--save",
-            "",
-            "--appendonly",
-            "yes" if self.appendonly else "no",
-            "--appendfsync",
-            "everysec",
+            *_storage_args(self.directory, self.appendonly),
             "--daemonize",
             "no",
             "--loglevel",
@@ -299,6 +292,20 @@ class EmbeddedRedis:
         self.stop()
 
 
+def _storage_args(directory: Path, appendonly: bool) -> list[str]:
+    """redis-server's options for where its files go: no RDB snapshots, AOF (fsync every second) or none."""
+    return [
+        "--dir",
+        str(directory),
+        "--save",
+        "",
+        "--appendonly",
+        "yes" if appendonly else "no",
+        "--appendfsync",
+        "everysec",
+    ]
+
+
 def _private_directory(path: Path) -> None:
     """Create `path` readable by this user only, or check that an existing one is ours and private:
     it sits in the shared temporary directory, where another account could have made it first."""
@@ -362,14 +369,7 @@ class LocalCluster:
                 # the other shards keep serving while one has no primary (docs/scale.md)
                 "--cluster-require-full-coverage",
                 "no",
-                "--dir",
-                str(directory),
-                "--save",
-                "",
-                "--appendonly",
-                "yes" if self.appendonly else "no",
-                "--appendfsync",
-                "everysec",
+                *_storage_args(directory, self.appendonly),
                 "--logfile",
                 str(directory / "redis.log"),
             ],
