@@ -129,6 +129,8 @@ def test_a_primary_killed_under_load_loses_no_acknowledged_decision_or_feedback(
                 if a and any(d != NOT_REPLICATED for d in a["degraded"])
             ]
             down_s = (max(down_at) - (killed_at[0] - start)) if down_at else 0.0
+            # when they fell, by whole second after the kill (the failover, then the restart's resync)
+            down_by_second = Counter(int(t - (killed_at[0] - start)) for t in down_at)
             # recovered by itself: the last 3 s of payments are answered in full
             tail = [a for i, a in enumerate(answers) if a and run.sched[i] - start > SECONDS - 3]
             errors = [line for line in service.log_text().splitlines() if "Error" in line or "error" in line]
@@ -179,6 +181,12 @@ def test_a_primary_killed_under_load_loses_no_acknowledged_decision_or_feedback(
             SECTION,
             "degraded answers (by cause)",
             f"{sum(1 for a in answers if a and a['degraded'])} {dict(causes)}",
+            COMMAND,
+        )
+        FIGURES.add(
+            SECTION,
+            "answers without state or log, by second after the kill",
+            str(dict(sorted(down_by_second.items()))),
             COMMAND,
         )
         FIGURES.add(
