@@ -25,6 +25,7 @@ import orjson
 import redis
 
 from antifraud.engine.decision_record import Decision, DecisionEntry, IdempotencyRecord, Reasons
+from antifraud.engine.redis_url import same_slot_as
 
 
 def feature_list_id(names: Sequence[str]) -> str:
@@ -54,12 +55,14 @@ def decision_of(raw: bytes, names_of: Callable[[str], Sequence[str]]) -> Decisio
 
 class FeatureLists:
     """The named feature lists of the buffer's entries, in the Redis hash `{ns}:decisions:features`
+    (`{{ns}:decisions}:features` on a cluster)
     (id -> the names as a JSON array), and a copy of those known to this process. A list is never
     changed (its id is its names' digest), so a copy never goes stale."""
 
     def __init__(self, client: redis.Redis, namespace: str = "af") -> None:
         self.client = client
-        self.key = f"{namespace}:decisions:features"
+        # on a cluster, in the decisions stream's slot: the decision log's script reads it
+        self.key = f"{same_slot_as(f'{namespace}:decisions', client)}:features"
         self._names: dict[str, list[str]] = {}
 
     def id_of(self, names: Sequence[str]) -> str:

@@ -10,6 +10,10 @@
 - `{ns}:decisions:features`  the names of the entries' feature lists, by id (`FeatureLists`).
 - `{ns}:feedback`     the buffer of accepted feedback events (field "e").
 
+On a Redis Cluster the record and the feature lists take the decisions stream's name as their hash
+tag (`{{ns}:decisions}:{tx:<id>}:d`, `{{ns}:decisions}:features`), since one script writes all three:
+the decision log lives on one shard, the feature state on all of them (docs/scale.md).
+
 The encodings are engine/decision_entry.py's.
 
 The decision sink (engine/sink.py) writes the buffers to the durable store and trims them; nothing
@@ -21,12 +25,15 @@ refused, for its sender to retry. Nothing is ever dropped from a buffer unwritte
 from __future__ import annotations
 
 import hashlib
+import logging
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, Literal, cast
 
 import orjson
 import redis
+from redis.commands.core import Script
 from redis.typing import EncodableT
 
 from antifraud.engine.decision_entry import FeatureLists, decision_of, entry_json, record_head, record_of
@@ -39,6 +46,9 @@ from antifraud.engine.decision_record import (
     JSONObject,
 )
 from antifraud.engine.redis_script import DirectScript
+from antifraud.engine.redis_url import following_moves, on_cluster, same_slot_as, slot_pipeline
+
+log = logging.getLogger(__name__)
 
 #: the `degraded` entry of a decision answered while the buffer was full: it is not in the log
 BUFFER_FULL: Final = "decision log: buffer full"
@@ -137,8 +147,23 @@ class BufferFull(Exception):
         self.stream = stream
 
 
+#: the `degraded` entry of a decision logged on the primary whose replicas did not confirm it in time
+#: (`Replication`): it is answered and logged, but a failover right now could lose it
+NOT_REPLICATED: Final = "decision log: not replicated"
+
 #: what `DecisionLog.put` did with a new decision (the store's `Logged` is a record read back)
-PutResult = Literal["logged", "buffer full"]
+PutResult = Literal["logged", "buffer full", "not replicated"]
+
+
+@dataclass(frozen=True)
+class Replication:
+    """How many replicas must hold a decision or feedback event before it is acknowledged (Redis's
+    `WAIT replicas timeout_ms`, sent after the write on the same connection), and how long to wait.
+    0 replicas: no wait (the default; one Redis has none). On a cluster with a replica per primary,
+    1 means a failover never loses an acknowledged decision or feedback event (docs/scale.md)."""
+
+    replicas: int = 0
+    timeout_ms: int = 20
 
 
 class DecisionLog:
@@ -151,6 +176,7 @@ class DecisionLog:
         namespace: str = "af",
         record_ttl_ms: int = 2 * 86_400_000,
         bound: BufferBound | None = None,
+        replication: Replication | None = None,
     ) -> None:
         """`record_ttl_ms`: how long an idempotency record is kept; the service passes the feature
         spec's dedupe horizon, so a retry the feature state recognizes always finds its record."""
@@ -158,15 +184,23 @@ class DecisionLog:
         self.ns = namespace
         self.record_ttl_ms = record_ttl_ms
         self.bound = bound or BufferBound()
+        self.replication = replication or Replication()
+        self._unreplicated_until = 0.0  # monotonic time until which WAIT is skipped (`_replicated`)
         self.decisions_stream = f"{namespace}:decisions"
         self.feedback_stream = f"{namespace}:feedback"
         self.feature_lists = FeatureLists(client, namespace)
+        # The script writes a record, the stream and reads the feature lists in one step, so on a
+        # cluster all three share the stream's slot (a record hashes by its transaction elsewhere).
+        self._on_cluster = on_cluster(client)
+        self._record_prefix = f"{same_slot_as(self.decisions_stream, client)}:{{tx:"
         # the scoring path's call, over its own connection (engine/redis_script.py): about 20 us of
         # the worker's CPU less per payment than redis-py's Script
         self._put = DirectScript(client, _PUT)
+        self._put_script = client.register_script(_PUT)  # for a pipeline with WAIT (`_replicated`)
+        self._append_script = client.register_script(_APPEND)
 
     def _key(self, txid: str) -> str:
-        return f"{self.ns}:{{tx:{txid}}}:d"
+        return f"{self._record_prefix}{txid}}}:d" if self._on_cluster else f"{self.ns}:{{tx:{txid}}}:d"
 
     def feature_list(self, names: Sequence[str]) -> str:
         """The id of a list of feature names, for a `DecisionEntry`'s `feature_list`: the first entry
@@ -179,15 +213,49 @@ class DecisionLog:
         entered the buffer ("logged") or found it full ("buffer full"; the record is kept). Its
         feature list must be known to this log (`feature_list`)."""
         keys, args = self._put_call(entry, record)
+        if self.replication.replicas:
+            return self._put_replicated(entry, keys, args)
         done = self._put(keys, args)
         if done == -1:  # the list's first entry, or a Redis that lost the names (restarted empty)
             self.feature_lists.save(entry["feature_list"])
             done = self._put(keys, args)
         return _put_result(done, entry["transaction_id"])
 
+    def _put_replicated(
+        self, entry: DecisionEntry, keys: list[str], args: list[EncodableT]
+    ) -> IdempotencyRecord | PutResult:
+        done, copies = self._replicated(self._put_script, keys, args)
+        if done == -1:
+            self.feature_lists.save(entry["feature_list"])
+            done, copies = self._replicated(self._put_script, keys, args)
+        result = _put_result(done, entry["transaction_id"])
+        if result == "logged" and copies < self.replication.replicas:
+            return "not replicated"
+        return result
+
+    def _replicated(self, script: Script, keys: list[str], args: Sequence[EncodableT]) -> tuple[object, int]:
+        """Run `script` and WAIT on the same connection (the node of the keys' slot): its reply, and
+        how many replicas confirmed the write within the timeout."""
+        pipe = slot_pipeline(self.client, keys[0])
+        script(keys=keys, args=args, client=pipe)
+        if time.monotonic() < self._unreplicated_until:
+            # the last WAIT went unmet (the shard lost its replica: a failover): for a second, do not
+            # block each call for the whole timeout, and answer its writes as not replicated
+            with following_moves(self.client):
+                (reply,) = pipe.execute()
+            return reply, 0
+        pipe.execute_command("WAIT", self.replication.replicas, self.replication.timeout_ms)
+        with following_moves(self.client):
+            reply, copies = pipe.execute()
+        if int(copies) < self.replication.replicas:
+            self._unreplicated_until = time.monotonic() + 1.0
+        return reply, int(copies)
+
     async def aput(self, entry: DecisionEntry, record: IdempotencyRecord) -> IdempotencyRecord | PutResult:
         """`put` without blocking the event loop while Redis runs the script."""
         keys, args = self._put_call(entry, record)
+        if self.replication.replicas:  # blocks for the write and its WAIT (docs/scale.md: the cost)
+            return self._put_replicated(entry, keys, args)
         done = await self._put.acall(keys, args)
         if done == -1:  # as in `put`; saving the names blocks, once per list and Redis
             self.feature_lists.save(entry["feature_list"])
@@ -236,7 +304,19 @@ class DecisionLog:
         return entry
 
     def _append_to(self, stream: str, field: bytes, value: bytes) -> str | None:
-        return append_bounded(self.client, stream, self.bound, field, value)
+        if not self.replication.replicas:
+            return append_bounded(self.client, stream, self.bound, field, value)
+        entry, copies = self._replicated(self._append_script, [stream], (*self.bound.args, field, value))
+        if entry is not None and copies < self.replication.replicas:
+            # accepted on the primary only: a failover now could lose it (counted in the log)
+            log.warning(
+                "%s entry %s not confirmed by %d replica(s) in %d ms",
+                stream,
+                entry,
+                self.replication.replicas,
+                self.replication.timeout_ms,
+            )
+        return entry.decode() if isinstance(entry, bytes) else None
 
 
 def append_bounded(

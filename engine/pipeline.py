@@ -35,7 +35,7 @@ from antifraud.engine.decision_record import (
     Reasons,
     Timings,
 )
-from antifraud.engine.decisions import BUFFER_FULL, DecisionLog, PutResult, answered
+from antifraud.engine.decisions import BUFFER_FULL, NOT_REPLICATED, DecisionLog, PutResult, answered
 from antifraud.engine.model import ModelRuntime
 from antifraud.engine.rules import FiredRule, RuleSet
 from antifraud.engine.schema import Transaction
@@ -300,6 +300,9 @@ class Scorer:
             decision["degraded"].append(BUFFER_FULL)
             if self.metrics is not None:
                 self.metrics.buffer_full.labels("decisions").inc()
+        elif logged == "not replicated":
+            # logged on the primary, not yet confirmed by its replicas: a failover could lose it
+            decision["degraded"].append(NOT_REPLICATED)
         elif logged == "not stored":
             # no audit record and no idempotency record: the answer must not claim to be complete
             decision["degraded"].append("decision log: not stored")

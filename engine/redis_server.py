@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import cast
+from typing import Any, cast
 
 import redis
 
@@ -180,14 +180,7 @@ class EmbeddedRedis:
             str(self.socket),
             "--unixsocketperm",
             "700",
-            "--dir",
-            str(self.directory),
-            "--save",
-            "",
-            "--appendonly",
-            "yes" if self.appendonly else "no",
-            "--appendfsync",
-            "everysec",
+            *_storage_args(self.directory, self.appendonly),
             "--daemonize",
             "no",
             "--loglevel",
@@ -299,6 +292,20 @@ class EmbeddedRedis:
         self.stop()
 
 
+def _storage_args(directory: Path, appendonly: bool) -> list[str]:
+    """redis-server's options for where its files go: no RDB snapshots, AOF (fsync every second) or none."""
+    return [
+        "--dir",
+        str(directory),
+        "--save",
+        "",
+        "--appendonly",
+        "yes" if appendonly else "no",
+        "--appendfsync",
+        "everysec",
+    ]
+
+
 def _private_directory(path: Path) -> None:
     """Create `path` readable by this user only, or check that an existing one is ours and private:
     it sits in the shared temporary directory, where another account could have made it first."""
@@ -320,74 +327,163 @@ def _free_cluster_port() -> int:
 
 
 class LocalCluster:
-    """A Redis Cluster of `nodes` primaries on loopback, for tests and trying the cluster path."""
+    """A Redis Cluster on loopback, for tests, benchmarks and trying the cluster path: `primaries`
+    nodes sharing the slots evenly, each with `replicas` replicas.
 
-    def __init__(self, nodes: int = 3) -> None:
+    `node_timeout_ms` is the cluster's node timeout: how long a primary may be unreachable before the
+    others mark it failed and its replica takes over (Redis's default 15 s; a drill uses ~1 s).
+    `appendonly`: each node keeps an append-only file (fsync every second)."""
+
+    def __init__(
+        self, primaries: int = 3, replicas: int = 0, node_timeout_ms: int = 15_000, appendonly: bool = False
+    ) -> None:
         self._tmp = tempfile.TemporaryDirectory(prefix="antifraud-cluster-")
-        self.ports = [_free_cluster_port() for _ in range(nodes)]
-        self.processes: list[subprocess.Popen[bytes]] = []
+        self.primaries = primaries
+        self.replicas = replicas
+        self.node_timeout_ms = node_timeout_ms
+        self.appendonly = appendonly
+        self.ports = [_free_cluster_port() for _ in range(primaries * (1 + replicas))]
+        self.processes: dict[int, subprocess.Popen[bytes]] = {}
 
-    def start(self, timeout: float = 20.0) -> LocalCluster:
-        """Start the nodes, give each a third of the slots, join them, wait until the cluster is ok."""
+    @property
+    def url(self) -> str:
+        """The cluster URL for `antifraud serve --redis` (engine/redis_url.py): every node a seed."""
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in self.ports)
+
+    def _start_node(self, port: int) -> None:
+        directory = Path(self._tmp.name) / str(port)
+        directory.mkdir(exist_ok=True)
+        self.processes[port] = subprocess.Popen(
+            [
+                redis_binary(),
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                str(directory / "nodes.conf"),
+                "--cluster-node-timeout",
+                str(self.node_timeout_ms),
+                # the other shards keep serving while one has no primary (docs/scale.md)
+                "--cluster-require-full-coverage",
+                "no",
+                *_storage_args(directory, self.appendonly),
+                "--logfile",
+                str(directory / "redis.log"),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+        )
+
+    def start(self, timeout: float = 30.0) -> LocalCluster:
+        """Start the nodes, give each primary an even share of the slots, join them, attach the
+        replicas, and wait until the cluster is ok with every replica in sync."""
         for port in self.ports:
-            directory = Path(self._tmp.name) / str(port)
-            directory.mkdir()
-            self.processes.append(
-                subprocess.Popen(
-                    [
-                        redis_binary(),
-                        "--port",
-                        str(port),
-                        "--bind",
-                        "127.0.0.1",
-                        "--cluster-enabled",
-                        "yes",
-                        "--cluster-config-file",
-                        str(directory / "nodes.conf"),
-                        "--dir",
-                        str(directory),
-                        "--save",
-                        "",
-                        "--appendonly",
-                        "no",
-                        "--logfile",
-                        str(directory / "redis.log"),
-                    ],
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.DEVNULL,
-                )
-            )
-        clients = [redis.Redis(host="127.0.0.1", port=p) for p in self.ports]
+            self._start_node(port)
         deadline = time.monotonic() + timeout
-        for client in clients:
-            while True:
-                try:
-                    client.ping()
-                    break
-                except redis.ConnectionError:
-                    if time.monotonic() > deadline:
-                        self.stop()
-                        raise RuntimeError("cluster nodes did not start") from None
-                    time.sleep(0.05)
-        n = len(clients)
-        for i, client in enumerate(clients):
-            client.execute_command("CLUSTER ADDSLOTS", *range(i * 16384 // n, (i + 1) * 16384 // n))
-        for client in clients[1:]:
-            client.execute_command("CLUSTER MEET", "127.0.0.1", self.ports[0])
-        while not all(c.execute_command("CLUSTER INFO")["cluster_state"] == "ok" for c in clients):
+        clients = [redis.Redis(host="127.0.0.1", port=p, decode_responses=True) for p in self.ports]
+        try:
+            self._wait(lambda: all(c.ping() for c in clients), deadline, "cluster nodes did not start")
+            n = self.primaries
+            primaries, replicas = clients[:n], clients[n:]
+            for i, client in enumerate(primaries):
+                client.execute_command("CLUSTER ADDSLOTS", *range(i * 16384 // n, (i + 1) * 16384 // n))
+            for client in clients[1:]:
+                client.execute_command("CLUSTER MEET", "127.0.0.1", self.ports[0])
+            total = len(clients)
+            self._wait(
+                lambda: all(len(_cluster_nodes(c)) == total for c in clients),
+                deadline,
+                "the nodes did not all meet",
+            )
+            ids = [str(c.execute_command("CLUSTER MYID")) for c in primaries]
+            for i, client in enumerate(replicas):
+                client.execute_command("CLUSTER REPLICATE", ids[i % n])
+            self._wait(
+                lambda: (
+                    all(c.execute_command("CLUSTER INFO")["cluster_state"] == "ok" for c in clients)
+                    and all(int(_replication(c)["connected_slaves"]) == self.replicas for c in primaries)
+                    and all(_replication(c).get("master_link_status") == "up" for c in replicas)
+                ),
+                deadline,
+                "the cluster did not reach state ok with its replicas in sync",
+            )
+        finally:
+            for client in clients:
+                client.close()
+        return self
+
+    def _wait(self, ready: Callable[[], bool], deadline: float, failure: str) -> None:
+        while True:
+            try:
+                if ready():
+                    return
+            except redis.RedisError:
+                pass
             if time.monotonic() > deadline:
                 self.stop()
-                raise RuntimeError("the cluster did not reach state ok")
-            time.sleep(0.1)
-        for client in clients:
-            client.close()
-        return self
+                raise RuntimeError(failure)
+            time.sleep(0.05)
+
+    def primary_ports(self) -> list[int]:
+        """The ports of the nodes that are primaries now (a failover changes them), from a live node."""
+        for port in self.processes:
+            if self.processes[port].poll() is not None:
+                continue
+            with redis.Redis(host="127.0.0.1", port=port, decode_responses=True) as client:
+                try:
+                    nodes = _cluster_nodes(client)
+                except redis.RedisError:
+                    continue
+            found = [
+                int(address.rsplit(":", 1)[1])
+                for address, node in nodes.items()
+                if "master" in node["flags"].split(",") and "fail" not in node["flags"] and node["slots"]
+            ]
+            return sorted(found)
+        raise RuntimeError("no cluster node answers")
+
+    def kill(self, port: int) -> None:
+        """SIGKILL one node (a crash: no shutdown, no last write to disk)."""
+        process = self.processes[port]
+        process.kill()
+        process.wait()
+
+    def restart(self, port: int, timeout: float = 30.0) -> None:
+        """Start a killed node again, as a supervisor would: it reads its nodes.conf (and AOF), rejoins,
+        and, its slots taken over meanwhile, becomes a replica of the node that took them; returns once
+        it is in sync."""
+        self._start_node(port)
+        deadline = time.monotonic() + timeout
+        with redis.Redis(host="127.0.0.1", port=port, decode_responses=True) as client:
+            self._wait(
+                lambda: _replication(client).get("master_link_status") == "up",
+                deadline,
+                f"node {port} did not rejoin as a replica in sync",
+            )
 
     def stop(self) -> None:
         """Stop every node and remove their directories."""
-        for process in self.processes:
-            process.terminate()
-        for process in self.processes:
-            process.wait(timeout=10)
-        self.processes = []
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.terminate()
+        for process in self.processes.values():
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        self.processes = {}
         self._tmp.cleanup()
+
+
+def _cluster_nodes(client: redis.Redis) -> dict[str, dict[str, Any]]:
+    """CLUSTER NODES as redis-py parses it: "host:port" -> flags, slots, node_id, ..."""
+    return cast(dict[str, dict[str, Any]], client.execute_command("CLUSTER NODES"))
+
+
+def _replication(client: redis.Redis) -> dict[str, Any]:
+    """INFO replication, parsed."""
+    return cast(dict[str, Any], client.info("replication"))

@@ -14,11 +14,12 @@ from pathlib import Path
 import redis
 
 from antifraud.engine.decision_reads import DecisionReader
-from antifraud.engine.decisions import BufferBound, DecisionLog
+from antifraud.engine.decisions import BufferBound, DecisionLog, Replication
 from antifraud.engine.loader import Reloader
 from antifraud.engine.metrics import Metrics
 from antifraud.engine.model import ModelError, ModelRuntime
 from antifraud.engine.pipeline import Loaded, Scorer
+from antifraud.engine.redis_url import connect
 from antifraud.engine.rules import load_rules
 from antifraud.engine.settings import Settings
 from antifraud.engine.store import open_store
@@ -43,12 +44,13 @@ class Services:
 
 
 def connect_redis(settings: Settings) -> redis.Redis:
-    """A Redis client for `settings.redis_url` (connects lazily, on its first call)."""
+    """A Redis client for `settings.redis_url`, one Redis or a cluster (`redis+cluster://`:
+    engine/redis_url.py); it connects lazily, on its first call."""
     if not settings.redis_url:
         raise ValueError("no Redis URL: pass --redis or set ANTIFRAUD_REDIS_URL")
     # Each call may block this worker for at most a share of the request's budget.
     timeout = settings.budget_ms * 0.6 / 1000
-    return redis.Redis.from_url(
+    return connect(
         settings.redis_url,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
@@ -80,6 +82,7 @@ def build_services(
         settings.namespace,
         record_ttl_ms(features.spec.dedupe_horizon_ms),
         BufferBound(settings.buffer_max_entries, settings.buffer_max_age_s),
+        Replication(settings.redis_wait_replicas, settings.redis_wait_ms),
     )
     reader = DecisionReader(log, open_store(settings.store_url))
     scorer = Scorer(

@@ -53,6 +53,10 @@ class Settings:
     # answered unlogged (degraded) and feedback refused. About 3 KB a decision: 1,000,000 is ~3 GB.
     buffer_max_entries: int = field(default_factory=lambda: int(_env("BUFFER_MAX_ENTRIES", "1000000")))
     buffer_max_age_s: float = field(default_factory=lambda: float(_env("BUFFER_MAX_AGE_S", "86400")))
+    # replicas that must confirm a decision or feedback event before it is acknowledged (Redis WAIT;
+    # 0: none), and how long to wait for them: docs/scale.md
+    redis_wait_replicas: int = field(default_factory=lambda: int(_env("REDIS_WAIT_REPLICAS", "0")))
+    redis_wait_ms: int = field(default_factory=lambda: int(_env("REDIS_WAIT_MS", "20")))
     max_body_bytes: int = field(default_factory=lambda: int(_env("MAX_BODY_BYTES", "16384")))
     namespace: str = field(default_factory=lambda: _env("NAMESPACE", "af"))
     data_dir: Path = field(default_factory=lambda: Path(_env("DATA_DIR", DEFAULT_DATA_DIR)).absolute())

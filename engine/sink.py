@@ -46,6 +46,7 @@ from redis.typing import EncodableT, FieldT
 from antifraud.engine.daemon import stop_on_signals
 from antifraud.engine.decision_entry import FeatureLists, decision_of
 from antifraud.engine.decision_record import AuditRecord, ContributionsRecord, FeedbackRecord
+from antifraud.engine.redis_url import connect
 from antifraud.engine.store import Logged, Store
 
 log = logging.getLogger("antifraud.sink")
@@ -499,7 +500,7 @@ def run_sink(
     from antifraud.engine.webhooks.config import Endpoints, outbox_of
 
     with stop_on_signals("the batch in hand") as stop:
-        client = redis.Redis.from_url(redis_url)
+        client = connect(redis_url)
         store = open_store(store_url)
         metrics = SinkMetrics()
         # the console's review queue and day figures, fed from every batch (ANTIFRAUD_REVIEW_* bounds)

@@ -39,6 +39,7 @@ import redis
 
 from antifraud.engine.auth import Role, new_key
 from antifraud.engine.redis_server import EmbeddedRedis
+from antifraud.engine.redis_url import connect
 from antifraud.engine.settings import HOOKS_PID_FILE, ROOT, SINK_PID_FILE
 
 # Where the server's stdout and stderr go:
@@ -136,7 +137,7 @@ class ServiceStack:
 
     def redis_client(self, **kwargs: object) -> redis.Redis:
         """A new redis-py client on the stack's Redis (the caller closes it)."""
-        return redis.Redis.from_url(self.redis_url, **kwargs)
+        return connect(self.redis_url, **kwargs)
 
     def start_redis(self) -> None:
         """Start the embedded redis-server (restored from `rdb` the first time) and apply redis_config.

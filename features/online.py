@@ -20,6 +20,7 @@ from redis.cluster import RedisCluster
 from redis.crc import key_slot
 
 from antifraud.engine.redis_script import DirectScript
+from antifraud.engine.redis_url import following_moves
 from antifraud.engine.vocabulary import FEATURE_EVENT, FeatureEvent
 from antifraud.features.derive import Deriver
 from antifraud.features.fingerprint import TX_BITS, VALUE_BITS, fingerprint
@@ -264,7 +265,8 @@ class OnlineFeatures:
     ) -> list[tuple[list[int], Any]]:
         """Redis Cluster: one EVALSHA per slot, pipelined per node (redis-py's cluster pipeline refuses
         EVALSHA); a node that answers MOVED or ASK (resharding) gets its calls again through the
-        cluster client, which follows the redirection."""
+        cluster client, which follows the redirection; a node that cannot be reached has the slot
+        map reloaded and the call fail."""
         cluster = cast(RedisCluster, self.client)
         by_slot: dict[int, list[int]] = {}
         for i, key in enumerate(keys):
@@ -280,7 +282,10 @@ class OnlineFeatures:
                 pipe = node.redis_connection.pipeline(transaction=False)
                 for call_keys, call_args in calls:
                     self._script(keys=call_keys, args=call_args, client=pipe)
-                replies = pipe.execute()
+                # a node gone (killed, failed over) reloads the slot map, so the next payment finds
+                # the promoted replica; this one fails to its caller (the scoring path's breaker)
+                with following_moves(self.client):
+                    replies = pipe.execute()
             except redis.ResponseError as exc:
                 if not str(exc).startswith(("MOVED", "ASK")):
                     raise

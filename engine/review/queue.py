@@ -33,6 +33,7 @@ import orjson
 import redis
 
 from antifraud.engine.decision_record import Decision
+from antifraud.engine.redis_url import following_moves, slot_pipeline
 from antifraud.engine.settings import Settings
 
 Order = Literal["oldest", "riskiest"]
@@ -301,6 +302,12 @@ class ReviewQueue:
             settings.review_keep_days,
         )
 
+    @property
+    def _route(self) -> list[str]:
+        """The one key every script call names: the scripts build their keys from the prefix (ARGV),
+        but a Redis Cluster sends a call to the node of its named keys, here `{review}`'s."""
+        return [f"{self.prefix}open:age"]
+
     def _args(self, tx: str, *more: object) -> list[Any]:
         return [self.prefix, tx, DAY_KEEP_S, _today(), *more]
 
@@ -308,16 +315,21 @@ class ReviewQueue:
 
     def enqueue(self, decisions: Iterable[Decision], source: Source = "decision") -> tuple[int, int]:
         """Queue each decision as a case, once (one pipeline); returns (queued, refused as overflow)."""
-        pipe = self.client.pipeline(transaction=False)
+        pipe = slot_pipeline(self.client, self.prefix)  # a script per case: all under `{review}`
         calls = 0
         for decision in decisions:
             fields = case_fields(decision, source)
             flat = [x for pair in fields.items() for x in pair]
-            self._enqueue(args=self._args(decision["transaction_id"], self.max_open, *flat), client=pipe)
+            self._enqueue(
+                keys=self._route,
+                args=self._args(decision["transaction_id"], self.max_open, *flat),
+                client=pipe,
+            )
             calls += 1
         if not calls:
             return 0, 0
-        done = [int(cast(int, r)) for r in pipe.execute()]
+        with following_moves(self.client):
+            done = [int(cast(int, r)) for r in pipe.execute()]
         return done.count(1), done.count(-1)
 
     # -- reading --------------------------------------------------------------------------------------
@@ -410,7 +422,9 @@ class ReviewQueue:
     def claim(self, transaction_id: str, who: str) -> ClaimResult:
         """Claim a case for `claim_s` (or renew one's own claim)."""
         now = datetime.now(UTC).isoformat()
-        return _claim_result(self._claim(args=self._args(transaction_id, who, self.claim_ms, now)))
+        return _claim_result(
+            self._claim(keys=self._route, args=self._args(transaction_id, who, self.claim_ms, now))
+        )
 
     def free(self, who: str, order: Order = "oldest", merchants: Collection[str] | None = None) -> list[str]:
         """The cases among the first NEXT_AMONG that `who` may claim now: nobody's, or `who`'s own."""
@@ -422,18 +436,18 @@ class ReviewQueue:
 
     def release(self, transaction_id: str, who: str) -> bool:
         """Drop the caller's own claim; False when the claim was not the caller's."""
-        return bool(self._release(args=self._args(transaction_id, who)))
+        return bool(self._release(keys=self._route, args=self._args(transaction_id, who)))
 
     def resolve(self, transaction_id: str, who: str, outcome: Outcome, note: str) -> ClaimResult:
         """Mark a case resolved, while the claim is the caller's or nobody's."""
         now = datetime.now(UTC)
         at_ms = int(now.timestamp() * 1000)
         args = self._args(transaction_id, who, outcome, note, now.isoformat(), at_ms, self.keep_ms)
-        return _claim_result(self._resolve(args=args))
+        return _claim_result(self._resolve(keys=self._route, args=args))
 
     def reopen(self, transaction_id: str, who: str) -> bool:
         """Reopen a case the caller just resolved (its label could not be saved), still claimed."""
-        return bool(self._reopen(args=self._args(transaction_id, who, self.claim_ms)))
+        return bool(self._reopen(keys=self._route, args=self._args(transaction_id, who, self.claim_ms)))
 
 
 _ORDER_KEY: Mapping[Order, str] = {"oldest": "age", "riskiest": "risk"}

@@ -43,6 +43,7 @@ import redis
 
 from antifraud.engine.daemon import stop_on_signals
 from antifraud.engine.decisions import append_bounded
+from antifraud.engine.redis_url import connect
 from antifraud.engine.webhooks.config import Endpoint, Endpoints
 from antifraud.engine.webhooks.metrics import HookMetrics, attempt_result
 from antifraud.engine.webhooks.outbox import DEAD_MAXLEN, FIELD, OUTBOX_BOUND, HookEvent
@@ -547,7 +548,7 @@ def run_hooks(
     from prometheus_client import start_http_server
 
     with stop_on_signals("the deliveries in flight") as stop:
-        client = redis.Redis.from_url(redis_url)
+        client = connect(redis_url)
         worker = HookWorker(
             client, Endpoints(Path(endpoints_file)), namespace, max_attempts=max_attempts, timeout_s=timeout_s
         )

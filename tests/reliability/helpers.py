@@ -288,6 +288,7 @@ class Service(ServiceStack):
         fsync_always: bool = False,
         env: dict[str, str] | None = None,
         pan_secret: str | None = "",
+        redis_url: str | None = None,
     ) -> None:
         # a fresh random secret per run: never a literal, and the PAN scan can look for it too
         self.pan_secret = os.urandom(24).hex() if pan_secret == "" else pan_secret
@@ -305,6 +306,7 @@ class Service(ServiceStack):
             workers=workers,
             tcp_redis=tcp,
             appendonly=appendonly,
+            redis_url=redis_url,  # a Redis (Cluster) of the test's own instead of the embedded one
             redis_config=redis_config,
             keys={"checkout": "scorer", "ops": "admin"},
             env=server_env,
