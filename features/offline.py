@@ -10,7 +10,7 @@ over that order, with exact integer sums and a sparse table for maxima.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -205,8 +205,17 @@ class OfflineFeatures:
     def feature_names(self) -> list[str]:
         return self.spec.feature_names
 
-    def raw(self, history: pd.DataFrame, progress: Progress | None = None) -> np.ndarray:
-        """Raw aggregates (rows in the history's order, which must be time-sorted)."""
+    def raw(
+        self,
+        history: pd.DataFrame,
+        progress: Progress | None = None,
+        entities: Collection[str] | None = None,
+    ) -> np.ndarray:
+        """Raw aggregates (rows in the history's order, which must be time-sorted).
+
+        `entities` limits the work to those entity plans (the others' columns stay NaN): the Dask
+        executor (features/offline_dask.py) computes each entity block on the rows of its keys only.
+        """
         t = timestamps_ms(history["timestamp"])
         if len(t) > 1 and np.any(np.diff(t) < 0):
             raise ValueError(
@@ -216,6 +225,8 @@ class OfflineFeatures:
         events = _feature_events(history)
         raw = np.full((len(history), len(self.plan.raw_names)), np.nan)
         for p in self.plan.entities:
+            if entities is not None and p.entity not in entities:
+                continue
             if progress:
                 progress(p.entity)
             codes = _key_codes(history, self.spec.entities[p.entity])
