@@ -18,16 +18,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import dask
 import dask.dataframe as dd
 import numpy as np
 import pandas as pd
 from dask import delayed
 
+from antifraud.engine.vocabulary import EVENT_TIME_COLUMNS
 from antifraud.features.offline import OfflineFeatures, timestamps_ms
 from antifraud.features.payment import PAYMENT_FIELDS
 from antifraud.features.spec import FeatureSpec
 
 POSITION = "_position"  # a payment's place in the whole stream (0, 1, ...): the index of the results
+
+
+# what every entity's aggregates read besides its own fields: time, amount and feedback events
+_EVENT_COLUMNS = ("timestamp", "amount", "bank_outcome", "label", *EVENT_TIME_COLUMNS.values())
 
 
 @dataclass(frozen=True)
@@ -37,25 +43,39 @@ class EntityBlock:
     key: tuple[str, ...]  # the fields the block's rows are partitioned by
     entities: tuple[str, ...]
     raw_names: tuple[str, ...]
+    reads: tuple[str, ...]  # the history columns its aggregates read (the only ones shuffled)
 
 
 def entity_blocks(features: OfflineFeatures) -> list[EntityBlock]:
     """The plan's entities grouped by the entity whose state holds them, in plan order."""
     members: dict[str, list[str]] = {}
     names: dict[str, list[str]] = {}
+    reads: dict[str, list[str]] = {}
     for p in features.plan.entities:
         root = p.within or p.entity
         members.setdefault(root, []).append(p.entity)
         names.setdefault(root, []).extend(p.raw_names())
+        fields = [*features.spec.entities[root], *features.spec.entities[p.entity]]
+        reads.setdefault(root, list(_EVENT_COLUMNS)).extend(
+            [*fields, *(d.field for d in p.distinct.values())]
+        )
     return [
-        EntityBlock(tuple(features.spec.entities[root]), tuple(members[root]), tuple(names[root]))
+        EntityBlock(
+            tuple(features.spec.entities[root]),
+            tuple(members[root]),
+            tuple(names[root]),
+            tuple(dict.fromkeys(reads[root])),
+        )
         for root in members
     ]
 
 
 def with_positions(history: dd.DataFrame) -> dd.DataFrame:
     """The history indexed by stream position, with known divisions (one pass counts the rows)."""
-    lengths = np.asarray(history.map_partitions(len).compute(), dtype=np.int64)
+    # the rows are counted on the very pieces that are numbered: Dask may partition a projection of
+    # the same files differently (it fuses small Parquet partitions when few columns are read)
+    pieces = history.to_delayed()
+    lengths = np.asarray(dask.compute(*[delayed(len)(p) for p in pieces]), dtype=np.int64)
     offsets = np.r_[0, np.cumsum(lengths)]
     meta = history._meta.reset_index(drop=True)
     meta.index = pd.RangeIndex(0, name=POSITION)
@@ -63,7 +83,6 @@ def with_positions(history: dd.DataFrame) -> dd.DataFrame:
     kept = [i for i, n in enumerate(lengths) if n]
     if not kept:
         return dd.from_pandas(meta, npartitions=1)
-    pieces = history.to_delayed()
     numbered = [delayed(_numbered)(pieces[i], int(offsets[i])) for i in kept]
     divisions = [int(offsets[i]) for i in kept] + [int(offsets[-1]) - 1]
     return dd.from_delayed(numbered, meta=meta, divisions=tuple(divisions), verify_meta=False)
@@ -122,7 +141,8 @@ def dask_features(
     parts: list[dd.DataFrame] = [positioned]
     for block in entity_blocks(features):
         fields = [f for f in block.key if f in positioned.columns]
-        shuffled = positioned.shuffle(on=fields, npartitions=n) if fields else positioned
+        read = positioned[[c for c in block.reads if c in positioned.columns]]
+        shuffled = read.shuffle(on=fields, npartitions=n) if fields else read
         meta = pd.DataFrame({name: pd.Series(dtype=float) for name in block.raw_names})
         meta.index = pd.Index([], dtype=np.int64, name=POSITION)
         raw = shuffled.map_partitions(_block_raw, features, block, meta=meta, align_dataframes=False)
