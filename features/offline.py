@@ -39,6 +39,15 @@ def amounts_milli(series: pd.Series) -> np.ndarray:
     return np.rint(series.to_numpy(dtype=float) * 1000).astype(np.int64)
 
 
+def _objects(column: pd.Series) -> np.ndarray:
+    """A column as Python objects, None where a text is missing (a pandas or pyarrow string column,
+    as Dask reads texts, holds pd.NA there; the payment features read None)."""
+    values = column.to_numpy(dtype=object)
+    if isinstance(column.dtype, pd.StringDtype):
+        values[column.isna().to_numpy()] = None
+    return values
+
+
 def _key_codes(frame: pd.DataFrame, fields: tuple[str, ...]) -> np.ndarray:
     """Integer code of an entity key per row, -1 where a key field is missing."""
     missing = np.zeros(len(frame), dtype=bool)
@@ -246,11 +255,13 @@ class OfflineFeatures:
 
     def transform(self, history: pd.DataFrame, progress: Progress | None = None) -> pd.DataFrame:
         """Features for every payment: a frame with `transaction_id` and one column per feature."""
-        raw = self.raw(history, progress)
+        return self.derive(self.raw(history, progress), history)
+
+    def derive(self, raw: np.ndarray, history: pd.DataFrame) -> pd.DataFrame:
+        """`transform`'s result from the raw aggregates of `history`'s rows (one row's features read
+        only that row: the Dask executor derives partition by partition)."""
         columns = {
-            name: history[name].to_numpy(dtype=object)
-            if name in history
-            else np.full(len(history), None, dtype=object)
+            name: _objects(history[name]) if name in history else np.full(len(history), None, dtype=object)
             for name in PAYMENT_FIELDS
         }
         columns["amount"] = history["amount"].to_numpy(dtype=float)

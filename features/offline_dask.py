@@ -25,8 +25,7 @@ import pandas as pd
 from dask import delayed
 
 from antifraud.engine.vocabulary import EVENT_TIME_COLUMNS
-from antifraud.features.offline import OfflineFeatures, timestamps_ms
-from antifraud.features.payment import PAYMENT_FIELDS
+from antifraud.features.offline import OfflineFeatures
 from antifraud.features.spec import FeatureSpec
 
 POSITION = "_position"  # a payment's place in the whole stream (0, 1, ...): the index of the results
@@ -94,35 +93,12 @@ def _numbered(part: pd.DataFrame, first: int) -> pd.DataFrame:
     return out
 
 
-def _objects(column: pd.Series) -> np.ndarray:
-    """A column as the Python objects the executor reads, None where a text is missing (Dask may
-    hold texts as pyarrow strings, whose missing value is pd.NA)."""
-    values = column.to_numpy(dtype=object)
-    if isinstance(column.dtype, pd.StringDtype):
-        values[column.isna().to_numpy()] = None
-    return values
-
-
 def _block_raw(part: pd.DataFrame, features: OfflineFeatures, block: EntityBlock) -> pd.DataFrame:
     """One block's raw aggregates for the payments of one partition (whole entities), by position."""
     part = part.sort_index()  # stream order: the executor reads payments before each one
     raw = features.raw(part.reset_index(drop=True), entities=block.entities)
     columns = [features.plan.raw_index[name] for name in block.raw_names]
     return pd.DataFrame(raw[:, columns], columns=list(block.raw_names), index=part.index)
-
-
-def _derive(part: pd.DataFrame, features: OfflineFeatures) -> pd.DataFrame:
-    """Features of one partition's payments from their raw aggregates and fields."""
-    raw = part[features.plan.raw_names].to_numpy(dtype=float)
-    columns = {
-        name: _objects(part[name]) if name in part else np.full(len(part), None, dtype=object)
-        for name in PAYMENT_FIELDS
-    }
-    columns["amount"] = part["amount"].to_numpy(dtype=float)
-    values = features.deriver.transform(raw, columns, timestamps_ms(part["timestamp"]))
-    out = pd.DataFrame(values, columns=features.feature_names, index=part.index)
-    out.insert(0, "transaction_id", part["transaction_id"].to_numpy())
-    return out
 
 
 def dask_features(
@@ -156,4 +132,8 @@ def dask_features(
         }
     )
     meta_out.index = pd.Index([], dtype=np.int64, name=POSITION)
-    return joined.map_partitions(_derive, features, meta=meta_out, align_dataframes=False)
+    return joined.map_partitions(
+        lambda part: features.derive(part[features.plan.raw_names].to_numpy(dtype=float), part),
+        meta=meta_out,
+        align_dataframes=False,
+    )
