@@ -116,8 +116,10 @@ def dask_features(
     n = partitions or positioned.npartitions
     parts: list[dd.DataFrame] = [positioned]
     for block in entity_blocks(features):
-        fields = [f for f in block.key if f in positioned.columns]
-        read = positioned[[c for c in block.reads if c in positioned.columns]]
+        fields = [f for f in block.key if f in history.columns]
+        # each block reads its own columns from the source and numbers them itself (the positions
+        # are row numbers, whatever the partitions): the whole history is never held for all blocks
+        read = with_positions(history[[c for c in block.reads if c in history.columns]])
         shuffled = read.shuffle(on=fields, npartitions=n) if fields else read
         meta = pd.DataFrame({name: pd.Series(dtype=float) for name in block.raw_names})
         meta.index = pd.Index([], dtype=np.int64, name=POSITION)
