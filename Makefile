@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml
 	@echo "==> creating $(VENV) and installing antifraud with its test tools"
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet --progress-bar off -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --progress-bar off -e '.[dev,dask]'
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from collections.abc import Callable
@@ -33,7 +34,10 @@ app.add_typer(monitor_app, name="monitor")
 console = Console(stderr=True)
 T = TypeVar("T")
 
-HistoryOpt = Annotated[Path, typer.Option("--history", help="History file: .csv, .csv.gz or .parquet")]
+HistoryOpt = Annotated[
+    Path,
+    typer.Option("--history", help="History file: .csv, .csv.gz or .parquet, or a folder of .parquet files"),
+]
 ColumnsOpt = Annotated[Path | None, typer.Option("--columns", help="YAML map: canonical name -> your column")]
 StoreOpt = Annotated[
     str,
@@ -86,6 +90,30 @@ LabelDelayOpt = Annotated[
         "(e.g. 7d, 36h; default 30d, or the model's recorded delay)",
     ),
 ]
+
+
+DaskOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--dask",
+        metavar="SCHEDULER",
+        help="Compute features and train trees on Dask: 'local' starts a cluster on this machine, "
+        "else a scheduler address (tcp://host:8786); needs the dask extra (docs/scale.md)",
+    ),
+]
+
+
+def _on_dask(scheduler: str | None) -> contextlib.AbstractContextManager[object]:
+    """The `--dask` cluster for the command's duration (nothing without the option)."""
+    if scheduler is None:
+        return contextlib.nullcontext()
+    import importlib.util
+
+    if importlib.util.find_spec("distributed") is None:
+        raise _fail("--dask needs the dask extra: pip install 'antifraud[dask]'")
+    from antifraud.training.dask_cluster import dask_cluster
+
+    return dask_cluster(scheduler)
 
 
 def _fail(message: str) -> typer.Exit:
@@ -181,6 +209,7 @@ def features(
     out: Annotated[Path, typer.Option(help="Output file (.parquet or .csv)")],
     columns: ColumnsOpt = None,
     label_delay: LabelDelayOpt = None,
+    dask: DaskOpt = None,
 ) -> None:
     """Compute every feature of the spec, point-in-time, for each payment of a history."""
     from antifraud.features.offline import OfflineFeatures
@@ -195,8 +224,15 @@ def features(
             f"[yellow]warning:[/yellow] {frame.attrs['label_time_defaulted']:,} frauds have no label_time: "
             "each is taken as known 30 days after its payment; pass --label-delay with your chargeback delay"
         )
-    with console.status("computing features") as status:
-        result = OfflineFeatures().transform(frame, progress=lambda e: status.update(f"features: {e}"))
+    with console.status("computing features") as status, _on_dask(dask):
+        if dask is None:
+            result = OfflineFeatures().transform(frame, progress=lambda e: status.update(f"features: {e}"))
+        else:
+            from antifraud.features.spec import load_spec
+            from antifraud.training.dask_cluster import dask_transform
+
+            status.update(f"features on Dask ({dask})")
+            result = dask_transform(frame, load_spec())
     if out.suffix == ".parquet":
         result.to_parquet(out, index=False)
     else:
@@ -216,23 +252,25 @@ def train(
     force: Annotated[
         bool, typer.Option("--force", help="Replace --out if it holds a model (a running service reloads it)")
     ] = False,
+    dask: DaskOpt = None,
 ) -> None:
     """Train a LightGBM model on [train-start, train-end): trees chosen out of time, refitted on the
     whole period; prints the validation figures next to the logistic and rules-only baselines."""
     from antifraud.training.headline import print_headline
     from antifraud.training.train import run_training
 
-    result = _run(
-        run_training,
-        history,
-        _date(train_start),
-        _date(train_end),
-        out,
-        columns=columns,
-        config=config,
-        label_delay=label_delay,
-        force=force,
-    )
+    with _on_dask(dask):
+        result = _run(
+            run_training,
+            history,
+            _date(train_start),
+            _date(train_end),
+            out,
+            columns=columns,
+            config=config,
+            label_delay=label_delay,
+            force=force,
+        )
     for warning in result.warnings:
         console.print(f"[yellow]warning:[/yellow] {escape(warning)}")
     print_headline(console, result.validation)
@@ -285,6 +323,7 @@ def evaluate(
     ] = 7,
     folds: Annotated[int, typer.Option(help="prequential: number of folds")] = 4,
     label_delay: LabelDelayOpt = None,
+    dask: DaskOpt = None,
 ) -> None:
     """Evaluate against the logistic and rules-only baselines: AUC, AP, card precision@100, recall at low
     FPR, the FPR reached, cost. `--protocol single` measures a trained model on a later period;
@@ -314,26 +353,28 @@ def evaluate(
             result.write(target)
             return dict(result.metrics), target
 
-        metrics, target = _run(run)
+        with _on_dask(dask):
+            metrics, target = _run(run)
     else:
         from antifraud.training.evaluate import evaluate as run_single
 
         if model is None or start is None or end is None:
             raise _fail("--protocol single needs --model, --start and --end (or use --protocol prequential)")
         target = out or model / f"eval-{_date(start)}-{_date(end)}"
-        metrics = dict(
-            _run(
-                run_single,
-                history,
-                model,
-                _date(start),
-                _date(end),
-                out_dir=target,
-                columns=columns,
-                config=config,
-                label_delay=label_delay,
+        with _on_dask(dask):
+            metrics = dict(
+                _run(
+                    run_single,
+                    history,
+                    model,
+                    _date(start),
+                    _date(end),
+                    out_dir=target,
+                    columns=columns,
+                    config=config,
+                    label_delay=label_delay,
+                )
             )
-        )
     for kind, style in (("notes", "note:"), ("warnings", "[yellow]warning:[/yellow]")):
         lines = metrics.get(kind)
         for line in lines if isinstance(lines, list) else []:
@@ -352,22 +393,24 @@ def score_history(
     rules: Annotated[Path | None, typer.Option(help="Apply this rule set as in production")] = None,
     columns: ColumnsOpt = None,
     label_delay: LabelDelayOpt = None,
+    dask: DaskOpt = None,
 ) -> None:
     """Score every payment of a period with point-in-time features (the history is read as the
     model's was: its recorded --columns and --label-delay unless given)."""
     from antifraud.training.scoring import score_history as run
 
-    frame = _run(
-        run,
-        history,
-        model,
-        _date(start),
-        _date(end),
-        out,
-        rules_dir=rules,
-        columns=columns,
-        label_delay=label_delay,
-    )
+    with _on_dask(dask):
+        frame = _run(
+            run,
+            history,
+            model,
+            _date(start),
+            _date(end),
+            out,
+            rules_dir=rules,
+            columns=columns,
+            label_delay=label_delay,
+        )
     for note in frame.attrs.get("notes", []):
         console.print(f"note: {escape(note)}")
     console.print(f"wrote {out}")
@@ -395,6 +438,7 @@ def backtest(
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the result as JSON")] = None,
     columns: ColumnsOpt = None,
     label_delay: LabelDelayOpt = None,
+    dask: DaskOpt = None,
 ) -> None:
     """Replay a period with point-in-time features: what a rule set would have done, per rule."""
     import json
@@ -402,17 +446,18 @@ def backtest(
     from antifraud.training.backtest import run_backtest
     from antifraud.training.backtest_report import print_report
 
-    result = _run(
-        run_backtest,
-        history,
-        rules,
-        _date(start),
-        _date(end),
-        model_dir=model,
-        baseline_rules_dir=baseline_rules,
-        columns=columns,
-        label_delay=label_delay,
-    )
+    with _on_dask(dask):
+        result = _run(
+            run_backtest,
+            history,
+            rules,
+            _date(start),
+            _date(end),
+            model_dir=model,
+            baseline_rules_dir=baseline_rules,
+            columns=columns,
+            label_delay=label_delay,
+        )
     print_report(result, Console())
     if json_out is not None:
         json_out.write_text(json.dumps(result.to_json(), indent=2))

@@ -10,7 +10,7 @@ over that order, with exact integer sums and a sparse table for maxima.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,6 +37,15 @@ def timestamps_ms(series: pd.Series) -> np.ndarray:
 def amounts_milli(series: pd.Series) -> np.ndarray:
     """Amounts in thousandths of the currency unit, rounded exactly as online (half to even)."""
     return np.rint(series.to_numpy(dtype=float) * 1000).astype(np.int64)
+
+
+def _objects(column: pd.Series) -> np.ndarray:
+    """A column as Python objects, None where a text is missing (a pandas or pyarrow string column,
+    as Dask reads texts, holds pd.NA there; the payment features read None)."""
+    values = column.to_numpy(dtype=object)
+    if isinstance(column.dtype, pd.StringDtype):
+        values[column.isna().to_numpy()] = None
+    return values
 
 
 def _key_codes(frame: pd.DataFrame, fields: tuple[str, ...]) -> np.ndarray:
@@ -205,8 +214,17 @@ class OfflineFeatures:
     def feature_names(self) -> list[str]:
         return self.spec.feature_names
 
-    def raw(self, history: pd.DataFrame, progress: Progress | None = None) -> np.ndarray:
-        """Raw aggregates (rows in the history's order, which must be time-sorted)."""
+    def raw(
+        self,
+        history: pd.DataFrame,
+        progress: Progress | None = None,
+        entities: Collection[str] | None = None,
+    ) -> np.ndarray:
+        """Raw aggregates (rows in the history's order, which must be time-sorted).
+
+        `entities` limits the work to those entity plans (the others' columns stay NaN): the Dask
+        executor (features/offline_dask.py) computes each entity block on the rows of its keys only.
+        """
         t = timestamps_ms(history["timestamp"])
         if len(t) > 1 and np.any(np.diff(t) < 0):
             raise ValueError(
@@ -216,6 +234,8 @@ class OfflineFeatures:
         events = _feature_events(history)
         raw = np.full((len(history), len(self.plan.raw_names)), np.nan)
         for p in self.plan.entities:
+            if entities is not None and p.entity not in entities:
+                continue
             if progress:
                 progress(p.entity)
             codes = _key_codes(history, self.spec.entities[p.entity])
@@ -235,11 +255,13 @@ class OfflineFeatures:
 
     def transform(self, history: pd.DataFrame, progress: Progress | None = None) -> pd.DataFrame:
         """Features for every payment: a frame with `transaction_id` and one column per feature."""
-        raw = self.raw(history, progress)
+        return self.derive(self.raw(history, progress), history)
+
+    def derive(self, raw: np.ndarray, history: pd.DataFrame) -> pd.DataFrame:
+        """`transform`'s result from the raw aggregates of `history`'s rows (one row's features read
+        only that row: the Dask executor derives partition by partition)."""
         columns = {
-            name: history[name].to_numpy(dtype=object)
-            if name in history
-            else np.full(len(history), None, dtype=object)
+            name: _objects(history[name]) if name in history else np.full(len(history), None, dtype=object)
             for name in PAYMENT_FIELDS
         }
         columns["amount"] = history["amount"].to_numpy(dtype=float)

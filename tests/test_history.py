@@ -307,7 +307,7 @@ def test_unknown_extension_and_missing_file(tmp_path: Path) -> None:
     assert "no such file" in error_of(tmp_path / "absent.csv")
     folder = tmp_path / "dataset.parquet"
     folder.mkdir()
-    assert "not a file" in error_of(folder)
+    assert "without .parquet files" in error_of(folder)  # an empty folder is no Parquet dataset
 
 
 # ---------------------------------------------------------------------------------------- property

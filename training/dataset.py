@@ -23,7 +23,8 @@ import pandas as pd
 from antifraud.features.offline import OfflineFeatures
 from antifraud.features.spec import FeatureSpec, load_spec
 from antifraud.training.config import TrainingError
-from antifraud.training.history import load_column_map, load_history
+from antifraud.training.dask_cluster import active_client, dask_transform
+from antifraud.training.history import dataset_files, load_column_map, load_history
 
 if TYPE_CHECKING:
     from rich.progress import Progress as RichProgress
@@ -78,11 +79,15 @@ def utc_midnight(day: date) -> pd.Timestamp:
 
 
 def file_sha256(path: Path) -> str:
-    """sha256 of a file, read in chunks (histories can be large)."""
+    """sha256 of a file, read in chunks (histories can be large); of a Parquet dataset, of its files'
+    names (relative to the folder) and contents in stream order."""
     digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
+    for file in dataset_files(path):
+        if file != path:
+            digest.update(file.relative_to(path).as_posix().encode() + b"\0")
+        with file.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
     return digest.hexdigest()
 
 
@@ -151,8 +156,13 @@ def compute_features(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Point-in-time features of every payment before `end`: (history rows, features)."""
     before = history[(history["timestamp"] < end).to_numpy()]
-    offline = OfflineFeatures(spec or load_spec())
-    features = offline.transform(before, progress=lambda entity: progress(f"features: {entity}"))
+    client = active_client()
+    if client is not None:  # `--dask`: the same values, computed by entity block on the cluster
+        progress(f"features on Dask ({client.scheduler_info()['address']})")
+        features = dask_transform(before, spec or load_spec())
+    else:
+        offline = OfflineFeatures(spec or load_spec())
+        features = offline.transform(before, progress=lambda entity: progress(f"features: {entity}"))
     return before, features.drop(columns="transaction_id")
 
 

@@ -6,7 +6,9 @@ the reader accepts; split by column kind, the parts would import each other.
 
 A history file is CSV (``.csv``), gzipped CSV (``.csv.gz``) or Parquet (``.parquet``) with one
 payment per row: the transaction columns of ``antifraud.engine.schema`` plus, optionally, the history
-columns (label, bank outcome, refund, cancellation, each with the time it became known).
+columns (label, bank outcome, refund, cancellation, each with the time it became known). A
+Parquet dataset, a folder of ``.parquet`` files, is read as one file: its files in name order
+(``dataset_files``), rows in file order.
 
 ``load_history`` returns a frame with these conventions, whatever the file's format:
 
@@ -188,6 +190,8 @@ def _checked_column_map(columns: Mapping[Any, Any], source: str) -> dict[str, st
 
 
 def _format_of(path: Path) -> str:
+    if path.is_dir():
+        return "parquet"  # a Parquet dataset: a folder of .parquet files (`dataset_files`)
     name = path.name.lower()
     if name.endswith((".csv", ".csv.gz")):
         return "csv"
@@ -201,9 +205,12 @@ def _read(path: Path) -> pd.DataFrame:
     fmt = _format_of(path)
     if not path.exists():
         raise HistoryError(f"{path}: no such file")
-    if not path.is_file():
+    if path.is_dir():
+        if not dataset_files(path):
+            raise HistoryError(f"{path}: a folder without .parquet files (a dataset is a folder of them)")
+    elif not path.is_file():
         raise HistoryError(f"{path}: not a file (a history is one .csv, .csv.gz or .parquet file)")
-    if path.stat().st_size == 0:
+    elif path.stat().st_size == 0:
         raise HistoryError(f"{path}: the file is empty")
     try:
         frame = _read_parquet(path) if fmt == "parquet" else _read_csv(path)
@@ -259,7 +266,22 @@ def _first_long_row(path: Path, width: int) -> int:
     return 0
 
 
+def dataset_files(path: Path) -> list[Path]:
+    """The files of a history: the file itself, or a Parquet dataset's .parquet files (recursively)
+    in name order, which is their stream order (name them so, e.g. part-00000.parquet)."""
+    if not path.is_dir():
+        return [path]
+    return sorted((p for p in path.rglob("*") if p.is_file() and _is_parquet(p)), key=lambda p: str(p))
+
+
+def _is_parquet(path: Path) -> bool:
+    return path.name.lower().endswith((".parquet", ".pq"))
+
+
 def _read_parquet(path: Path) -> pd.DataFrame:
+    if path.is_dir():
+        tables = [pq.read_table(p) for p in dataset_files(path)]
+        return pa.concat_tables(tables, promote_options="default").to_pandas()
     return pq.read_table(path).to_pandas()
 
 

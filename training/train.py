@@ -44,6 +44,8 @@ from antifraud.features.spec import FeatureSpec, load_spec
 from antifraud.training.baselines import LogisticBaseline, baseline_scores
 from antifraud.training.checks import data_warnings
 from antifraud.training.config import TrainConfig, TrainingError, load_config
+from antifraud.training.dask_cluster import active_client
+from antifraud.training.dask_lgbm import dask_select, dask_trees
 from antifraud.training.dataset import (
     Dataset,
     Progress,
@@ -141,6 +143,14 @@ def fit(
     """A LightGBM booster trained on `train`, early-stopped on `valid`'s average precision; and
     its parameters. The returned booster holds exactly the trees up to the best iteration."""
     params = _params(config, train)
+    client = active_client()
+    if client is not None:  # `--dask`: lightgbm.dask on the cluster, the same stopping rule
+        progress(f"choosing the number of trees on Dask: growing {config.max_trees}")
+        stopping = config.early_stopping_rounds
+        trees = dask_select(
+            client, (train.X, train.y), (valid.X, valid.y), params, config.max_trees, stopping, feature_names
+        )
+        return trees, params
     dtrain = lgb.Dataset(train.X, train.y, feature_name=feature_names, free_raw_data=True)
     dvalid = lgb.Dataset(valid.X, valid.y, reference=dtrain)
     booster = lgb.train(
@@ -168,7 +178,12 @@ def fit_trees(
     progress: Progress = no_progress,
     what: str = "training",
 ) -> lgb.Booster:
-    """A LightGBM booster of exactly `num_trees` trees trained on all of `data`."""
+    """A LightGBM booster of exactly `num_trees` trees trained on all of `data` (on the active Dask
+    cluster with `--dask`)."""
+    client = active_client()
+    if client is not None:
+        progress(f"{what} on Dask: {num_trees} trees")
+        return dask_trees(client, data.X, data.y, _params(config, data), num_trees, feature_names)
     dtrain = lgb.Dataset(data.X, data.y, feature_name=feature_names, free_raw_data=True)
     return lgb.train(
         _params(config, data),
